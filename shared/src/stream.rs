@@ -1,0 +1,217 @@
+//! JetStream stream configuration for `TG_UPDATES` and `TG_DLQ`, and their provisioning.
+//!
+//! Both the ingress (at start, unless `TGPIPE_PROVISION=false`) and the `provision`
+//! commands create or update the streams from the same [`StreamSettings`], so the two
+//! cannot drift apart.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use clap::{Args, ValueEnum};
+
+use crate::subject::{DLQ_SUBJECT_PREFIX, SUBJECT_PREFIX};
+
+/// Default name of the update stream.
+pub const DEFAULT_STREAM: &str = "TG_UPDATES";
+/// Default name of the dead-letter stream.
+pub const DEFAULT_DLQ_STREAM: &str = "TG_DLQ";
+
+/// How long the update stream keeps a message (`TGPIPE_RETENTION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Retention {
+    /// Delete a message once a consumer acknowledged it; lanes must not overlap.
+    #[value(name = "workqueue")]
+    WorkQueue,
+    /// Keep messages until age/size limits; several consumer groups may read them.
+    Limits,
+    /// Keep a message while any consumer still has interest in it.
+    Interest,
+}
+
+impl From<Retention> for stream::RetentionPolicy {
+    fn from(r: Retention) -> Self {
+        match r {
+            Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+            Retention::Limits => stream::RetentionPolicy::Limits,
+            Retention::Interest => stream::RetentionPolicy::Interest,
+        }
+    }
+}
+
+/// Stream settings shared by every binary (each a flag and an environment variable).
+#[derive(Debug, Clone, Args)]
+pub struct StreamSettings {
+    /// Name of the JetStream stream that stores updates.
+    #[arg(long = "stream", env = "TGPIPE_STREAM", default_value = DEFAULT_STREAM)]
+    pub name: String,
+    /// Name of the dead-letter stream.
+    #[arg(long = "dlq-stream", env = "TGPIPE_DLQ_STREAM", default_value = DEFAULT_DLQ_STREAM)]
+    pub dlq_name: String,
+    /// JetStream de-duplication window. Telegram retries a failed delivery within
+    /// seconds to minutes; JetStream keeps every id of the window in memory, so it is
+    /// short by default (older duplicates are caught by the worker's per-chat memory).
+    #[arg(long, env = "TGPIPE_DEDUPE_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub dedupe_window: Duration,
+    /// How long an unconsumed update is kept. Telegram itself gives up after 24 hours.
+    #[arg(long, env = "TGPIPE_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
+    pub max_age: Duration,
+    /// How long dead letters are kept.
+    #[arg(long, env = "TGPIPE_DLQ_MAX_AGE", default_value = "14d", value_parser = parse_duration)]
+    pub dlq_max_age: Duration,
+    /// Retention policy of the update stream.
+    #[arg(
+        long,
+        env = "TGPIPE_RETENTION",
+        value_enum,
+        default_value = "workqueue"
+    )]
+    pub retention: Retention,
+    /// Stream replicas (1 for a single NATS server, 3 for a cluster).
+    #[arg(long, env = "TGPIPE_STREAM_REPLICAS", default_value_t = 1,
+        value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+    /// Size limit of the update stream in bytes (-1: none). When full, new writes are
+    /// refused (the ingress answers 503 and Telegram retries) rather than old updates dropped.
+    #[arg(long, env = "TGPIPE_STREAM_MAX_BYTES", default_value_t = -1, allow_hyphen_values = true)]
+    pub max_bytes: i64,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            name: DEFAULT_STREAM.to_owned(),
+            dlq_name: DEFAULT_DLQ_STREAM.to_owned(),
+            dedupe_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(24 * 3600),
+            dlq_max_age: Duration::from_secs(14 * 24 * 3600),
+            retention: Retention::WorkQueue,
+            replicas: 1,
+            max_bytes: -1,
+        }
+    }
+}
+
+impl StreamSettings {
+    /// Settings for a stream of the given name with every other value at its default
+    /// (tests use a unique name per test).
+    pub fn named(name: &str) -> StreamSettings {
+        StreamSettings {
+            name: name.to_owned(),
+            dlq_name: format!("{name}_DLQ"),
+            ..StreamSettings::default()
+        }
+    }
+
+    /// The JetStream configuration of the update stream.
+    pub fn updates_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.name.clone(),
+            description: Some(
+                "tgpipe: raw Telegram updates, tg.<bot_id>.<update_type>.<shard>".into(),
+            ),
+            subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+            retention: self.retention.into(),
+            storage: stream::StorageType::File,
+            duplicate_window: self.dedupe_window,
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            num_replicas: usize::from(self.replicas),
+            // When the stream is full, refuse new writes: the ingress answers 503 and
+            // Telegram retries later, instead of silently dropping the oldest updates.
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        }
+    }
+
+    /// The JetStream configuration of the dead-letter stream.
+    pub fn dlq_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.dlq_name.clone(),
+            description: Some("tgpipe: dead letters, tgdlq.<bot_id>.<update_type>".into()),
+            subjects: vec![format!("{DLQ_SUBJECT_PREFIX}.>")],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            duplicate_window: self.dedupe_window,
+            max_age: self.dlq_max_age,
+            num_replicas: usize::from(self.replicas),
+            ..Default::default()
+        }
+    }
+}
+
+/// Why provisioning a stream failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create or update stream `{stream}`: {source}")]
+pub struct ProvisionError {
+    /// The stream's name.
+    pub stream: String,
+    /// What JetStream answered.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Creates the update and dead-letter streams, or updates them to `settings`.
+///
+/// Some settings cannot change on an existing stream (for example the retention policy);
+/// JetStream's refusal is returned as is, naming the stream.
+pub async fn provision_streams(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<(), ProvisionError> {
+    for config in [settings.updates_config(), settings.dlq_config()] {
+        let name = config.name.clone();
+        let err = |e: Box<dyn std::error::Error + Send + Sync>| ProvisionError {
+            stream: name.clone(),
+            source: e,
+        };
+        match js.get_stream(&name).await {
+            Ok(_) => {
+                js.update_stream(config)
+                    .await
+                    .map_err(|e| err(Box::new(e)))?;
+            }
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref je)
+                    if je.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                js.create_stream(config)
+                    .await
+                    .map_err(|e| err(Box::new(e)))?;
+            }
+            Err(e) => return Err(err(Box::new(e))),
+        }
+    }
+    Ok(())
+}
+
+/// Parses durations such as `500ms`, `30s`, `2m`, `24h`, `14d` (a bare number is seconds).
+///
+/// ```
+/// use std::time::Duration;
+/// use tgpipe_shared::stream::parse_duration;
+///
+/// assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+/// assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+/// assert!(parse_duration("2 weeks").is_err());
+/// ```
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 2m, 24h"))?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{s}` is too long"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(format!("`{s}` has an unknown unit (use ms, s, m, h or d)")),
+    }
+}

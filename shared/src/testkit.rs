@@ -1,0 +1,226 @@
+//! Test harness: a private `nats-server` (JetStream) or `redis-server` per test, on a
+//! free port, with its own temporary storage, stopped and removed on `Drop`.
+//!
+//! Tests run against the real servers, never mocks. Each test gets its own process
+//! because JetStream streams cannot share subjects and some tests stop and restart the
+//! broker. Binaries are found through `TGPIPE_NATS_SERVER` / `TGPIPE_REDIS_SERVER`
+//! (set by the project's test command) or on `PATH`. The NATS server must be 2.10 or
+//! newer (multi-subject consumer filters).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound and released: another process could take it in
+/// between, which the servers below detect and retry).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+fn binary(env: &str, name: &str) -> PathBuf {
+    std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!("{what} on port {port} exited early: {status}");
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A private JetStream-enabled `nats-server`.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with a fresh store. Panics if it cannot start.
+    pub fn start() -> NatsServer {
+        let store = tempfile::tempdir().expect("temp dir for the JetStream store");
+        for _ in 0..5 {
+            let port = free_port();
+            if let Some(child) = Self::spawn(port, &store) {
+                return NatsServer {
+                    child: Some(child),
+                    port,
+                    store,
+                };
+            }
+        }
+        panic!("nats-server did not start (set TGPIPE_NATS_SERVER to a nats-server >= 2.10)");
+    }
+
+    fn spawn(port: u16, store: &tempfile::TempDir) -> Option<Child> {
+        let mut child = Command::new(binary("TGPIPE_NATS_SERVER", "nats-server"))
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run nats-server (set TGPIPE_NATS_SERVER or put it on PATH)");
+        // nats-server accepts connections a moment before JetStream is ready; it logs
+        // "Server is ready" once both are, so wait for that line.
+        let Some(stderr) = child.stderr.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("Server is ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(15)).is_ok()
+            && wait_for_port(port, &mut child, "nats-server")
+        {
+            Some(child)
+        } else {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    }
+
+    /// The client URL, `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (its store is kept, so [`NatsServer::restart`] brings the same
+    /// streams back).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(child) = Self::spawn(self.port, &self.store) {
+                self.child = Some(child);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("nats-server did not restart on port {}", self.port);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private `redis-server` that keeps nothing on disk.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port. Panics if it cannot start.
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(binary("TGPIPE_REDIS_SERVER", "redis-server"))
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("cannot run redis-server (set TGPIPE_REDIS_SERVER or put it on PATH)");
+            if wait_for_port(port, &mut child, "redis-server") {
+                return RedisServer {
+                    child: Some(child),
+                    port,
+                    _dir: dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start");
+    }
+
+    /// The client URL, `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (its data is lost: it keeps nothing on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The fixture corpus of real updates, one JSON object per line
+/// (`../shared/fixtures/updates/corpus.jsonl` beside the repository; override with
+/// `TGPIPE_FIXTURES`).
+pub fn corpus() -> Vec<String> {
+    let path = std::env::var_os("TGPIPE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/fixtures/updates/corpus.jsonl")
+        });
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the fixture corpus {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}

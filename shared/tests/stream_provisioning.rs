@@ -1,0 +1,52 @@
+//! Stream provisioning against a real nats-server.
+
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType};
+use tgpipe_shared::stream::{StreamSettings, provision_streams};
+use tgpipe_shared::testkit::NatsServer;
+
+#[tokio::test]
+async fn provisioning_creates_then_updates_both_streams() {
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+
+    let mut settings = StreamSettings::default();
+    provision_streams(&js, &settings).await.unwrap();
+    let mut updates = js.get_stream("TG_UPDATES").await.unwrap();
+    let info = updates.info().await.unwrap();
+    assert_eq!(info.config.subjects, vec!["tg.>".to_owned()]);
+    assert_eq!(info.config.retention, RetentionPolicy::WorkQueue);
+    assert_eq!(info.config.storage, StorageType::File);
+    assert_eq!(info.config.discard, DiscardPolicy::New);
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(120));
+    let dlq = js
+        .get_stream("TG_DLQ")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(dlq.subjects, vec!["tgdlq.>".to_owned()]);
+    assert_eq!(dlq.retention, RetentionPolicy::Limits);
+
+    // Running it again with a changed setting updates the stream in place.
+    settings.dedupe_window = Duration::from_secs(30);
+    provision_streams(&js, &settings).await.unwrap();
+    let info = updates.info().await.unwrap();
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn a_change_jetstream_refuses_names_the_stream() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut settings = StreamSettings::default();
+    provision_streams(&js, &settings).await.unwrap();
+    settings.retention = tgpipe_shared::stream::Retention::Limits;
+    let err = provision_streams(&js, &settings).await.unwrap_err();
+    assert_eq!(err.stream, "TG_UPDATES");
+}
