@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every test of tgpipe on this machine: formatting, clippy, the unit and
+# integration tests (against real nats-server and redis-server processes that the test
+# harness starts on free ports, one private pair per test), the doc tests, and the Helm
+# chart's offline validation. Installs nats-server and redis-server when missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. deploy/local/lib.sh
+
+ensure_nats_server
+ensure_redis_server
+log "nats-server: $TGPIPE_NATS_SERVER ($("$TGPIPE_NATS_SERVER" --version))"
+log "redis-server: $TGPIPE_REDIS_SERVER ($("$TGPIPE_REDIS_SERVER" --version | cut -d' ' -f3))"
+
+# Every server a test starts keeps its files under this directory; whatever a killed
+# test leaves running is stopped on the way out.
+TMPDIR=$(mktemp -d -t tgpipe-test.XXXXXX)
+export TMPDIR
+cleanup() {
+  pkill -f -- "$TMPDIR" 2>/dev/null || true
+  rm -rf -- "$TMPDIR"
+}
+trap cleanup EXIT
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --profile ci
+else
+  cargo test --workspace --locked --all-targets
+fi
+log "doc tests"
+cargo test --workspace --locked --doc
+if [ -f deploy/helm-test/run.sh ]; then
+  log "helm chart"
+  bash deploy/helm-test/run.sh
+fi
+log "all checks passed"
