@@ -1,0 +1,284 @@
+//! Configuration: every setting is a flag and an environment variable (clap), parsed and
+//! validated before anything starts, so a misconfigured pod fails at once with exit
+//! code 64 and a message, not later under traffic.
+//!
+//! Tests build a configuration with [`Cli::try_parse_from`] and explicit flags, never
+//! through the process environment.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tgpipe_shared::config::{NatsArgs, TelemetryArgs, read_list_file};
+use tgpipe_shared::stream::{StreamSettings, parse_duration};
+
+use crate::bots::{Bots, BotsError};
+use crate::client_ip::{CidrError, IpPolicy, TELEGRAM_CIDRS};
+
+/// `tgpipe-ingress`: receives Telegram webhooks and stores every update in NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tgpipe-ingress",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings of `serve`, also accepted without the subcommand.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the webhook (the default).
+    Serve(Box<ServeArgs>),
+    /// Create or update the JetStream streams, then exit.
+    Provision(ProvisionArgs),
+    /// Write a self-signed certificate and key for this host, for `setWebhook`.
+    Cert(CertArgs),
+}
+
+/// Settings of the webhook server.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TGPIPE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Bots served and their webhook secrets: `<bot_id>:<secret>[,<bot_id>:<secret>...]`.
+    #[arg(long, env = "TGPIPE_BOTS", hide_env_values = true)]
+    pub bots: Option<String>,
+    /// A file with the same content as TGPIPE_BOTS (for a mounted Kubernetes Secret).
+    #[arg(long, env = "TGPIPE_BOTS_FILE", conflicts_with = "bots")]
+    pub bots_file: Option<PathBuf>,
+    /// Source ranges allowed to post updates (`any` disables the check).
+    #[arg(long, env = "TGPIPE_ALLOWED_CIDRS", default_value = TELEGRAM_CIDRS)]
+    pub allowed_cidrs: String,
+    /// Proxies whose X-Forwarded-For is believed (CIDRs, comma separated).
+    #[arg(long, env = "TGPIPE_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+    /// Largest accepted body in bytes; larger ones are answered 413 without being read.
+    #[arg(long, env = "TGPIPE_MAX_BODY", default_value_t = 1 << 20,
+        value_parser = clap::value_parser!(u64).range(1..=64 << 20))]
+    pub max_body: u64,
+    /// Shards per bot and update type.
+    #[arg(long, env = "TGPIPE_SHARDS", default_value_t = tgpipe_shared::subject::DEFAULT_SHARDS,
+        value_parser = clap::value_parser!(u16).range(1..))]
+    pub shards: u16,
+    /// How long to wait for JetStream's acknowledgement before answering 503.
+    #[arg(long, env = "TGPIPE_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+    /// How long a client may take to send the request headers.
+    #[arg(long, env = "TGPIPE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send the body.
+    #[arg(long, env = "TGPIPE_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "TGPIPE_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Create or update the streams at start (and whenever the update stream is missing).
+    #[arg(long, env = "TGPIPE_PROVISION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub provision: bool,
+    /// PEM certificate chain: serve HTTPS directly (with --tls-key).
+    #[arg(long, env = "TGPIPE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TGPIPE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub stream: StreamSettings,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// Settings of `provision`.
+#[derive(Debug, Clone, Args)]
+pub struct ProvisionArgs {
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub stream: StreamSettings,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// Settings of `cert`.
+#[derive(Debug, Clone, Args)]
+pub struct CertArgs {
+    /// The webhook's public IP address or domain name (Common Name and subjectAltName).
+    #[arg(long)]
+    pub host: String,
+    /// Where to write the PEM certificate (upload it with `setWebhook`).
+    #[arg(long, default_value = "tgpipe-cert.pem")]
+    pub out_cert: PathBuf,
+    /// Where to write the PEM private key (mode 0600; keep it on the server).
+    #[arg(long, default_value = "tgpipe-key.pem")]
+    pub out_key: PathBuf,
+    /// Validity in days.
+    #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub days: u32,
+}
+
+/// A validated configuration of the webhook server.
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Bots and secrets.
+    pub bots: Bots,
+    /// Source checks.
+    pub ip_policy: IpPolicy,
+    /// Body limit in bytes.
+    pub max_body: usize,
+    /// Shard count.
+    pub shards: NonZeroU16,
+    /// PubAck timeout.
+    pub publish_timeout: Duration,
+    /// Header read timeout.
+    pub header_read_timeout: Duration,
+    /// Body read timeout.
+    pub body_read_timeout: Duration,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Whether to provision streams.
+    pub provision: bool,
+    /// TLS certificate and key files.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// NATS connection.
+    pub nats: NatsArgs,
+    /// Stream settings.
+    pub stream: StreamSettings,
+    /// Telemetry settings.
+    pub telemetry: TelemetryArgs,
+}
+
+/// Why a configuration is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// TGPIPE_BOTS / TGPIPE_BOTS_FILE.
+    #[error("TGPIPE_BOTS: {0}")]
+    Bots(#[from] BotsError),
+    /// The bots file cannot be read.
+    #[error("TGPIPE_BOTS_FILE: {0}")]
+    BotsFile(#[from] tgpipe_shared::config::ListFileError),
+    /// A CIDR list.
+    #[error("TGPIPE_ALLOWED_CIDRS / TGPIPE_TRUSTED_PROXIES: {0}")]
+    Cidr(#[from] CidrError),
+    /// A zero duration where waiting is needed.
+    #[error("{0} must be longer than zero")]
+    ZeroDuration(&'static str),
+}
+
+impl ServeArgs {
+    /// Validates the settings.
+    pub fn validate(self) -> Result<IngressConfig, ConfigError> {
+        let bots = match (&self.bots, &self.bots_file) {
+            (_, Some(path)) => Bots::parse(&read_list_file(path)?)?,
+            (Some(list), None) => Bots::parse(list)?,
+            (None, None) => return Err(BotsError::Empty.into()),
+        };
+        for (name, d) in [
+            ("TGPIPE_PUBLISH_TIMEOUT", self.publish_timeout),
+            ("TGPIPE_HEADER_READ_TIMEOUT", self.header_read_timeout),
+            ("TGPIPE_BODY_READ_TIMEOUT", self.body_read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        Ok(IngressConfig {
+            listen: self.listen,
+            bots,
+            ip_policy: IpPolicy::new(&self.allowed_cidrs, &self.trusted_proxies)?,
+            max_body: usize::try_from(self.max_body).unwrap_or(usize::MAX),
+            // The parser's range excludes zero.
+            shards: NonZeroU16::new(self.shards).unwrap_or(NonZeroU16::MIN),
+            publish_timeout: self.publish_timeout,
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            shutdown_grace: self.shutdown_grace,
+            provision: self.provision,
+            tls: self.tls_cert.zip(self.tls_key),
+            nats: self.nats,
+            stream: self.stream,
+            telemetry: self.telemetry,
+        })
+    }
+}
+
+impl IngressConfig {
+    /// A configuration from flags only (what tests use), ignoring the environment's
+    /// defaults only where a flag is given.
+    pub fn from_flags<I, T>(flags: I) -> Result<IngressConfig, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(
+            std::iter::once(std::ffi::OsString::from("tgpipe-ingress"))
+                .chain(flags.into_iter().map(Into::into)),
+        )
+        .map_err(|e| e.to_string())?;
+        cli.serve.validate().map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = IngressConfig::from_flags(["--bots", "1:abc"]).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.max_body, 1 << 20);
+        assert_eq!(c.shards.get(), 64);
+        assert!(c.provision);
+        assert_eq!(c.stream.name, "TG_UPDATES");
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_at_start() {
+        for flags in [
+            vec!["--bots", "x:abc"],
+            vec!["--bots", "1:abc", "--shards", "0"],
+            vec!["--bots", "1:abc", "--max-body", "0"],
+            vec!["--bots", "1:abc", "--allowed-cidrs", "10.0.0.0/99"],
+            vec!["--bots", "1:abc", "--publish-timeout", "0s"],
+            vec!["--bots", "1:abc", "--tls-cert", "c.pem"],
+            vec!["--bots", "1:abc", "--provision", "maybe"],
+            vec!["--listen", "nowhere", "--bots", "1:abc"],
+        ] {
+            assert!(
+                IngressConfig::from_flags(flags.clone()).is_err(),
+                "{flags:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bots_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bots");
+        std::fs::write(&path, "# prod bots\n1:abc\n2:def\n").unwrap();
+        let c = IngressConfig::from_flags(["--bots-file", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.bots.ids().len(), 2);
+        let missing = dir.path().join("missing");
+        assert!(IngressConfig::from_flags(["--bots-file", missing.to_str().unwrap()]).is_err());
+    }
+}

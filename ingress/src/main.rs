@@ -1,0 +1,67 @@
+//! `tgpipe-ingress`: config -> build -> serve -> drain.
+
+use anyhow::Context as _;
+use tgpipe_ingress::config::{Cli, Command};
+use tgpipe_ingress::serve::{ServeOptions, bind, serve, tls_acceptor};
+use tgpipe_ingress::{AppState, app};
+use tgpipe_shared::config::{exit_invalid, parse_or_exit};
+
+fn main() -> anyhow::Result<()> {
+    let cli: Cli = parse_or_exit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Some(Command::Cert(args)) => {
+            tgpipe_ingress::cert::write(&args.host, args.days, &args.out_cert, &args.out_key)?;
+            println!("wrote {} and {}", args.out_cert.display(), args.out_key.display());
+            println!(
+                "Upload the certificate with setWebhook, e.g. `tgpipe-example-bot webhook set --url https://{}:8443/webhook/<bot_id> --secret <secret> --certificate {}`,",
+                args.host,
+                args.out_cert.display()
+            );
+            println!("and serve with TGPIPE_TLS_CERT={} TGPIPE_TLS_KEY={}.", args.out_cert.display(), args.out_key.display());
+            Ok(())
+        }
+        Some(Command::Provision(args)) => runtime.block_on(async {
+            let _telemetry = tgpipe_shared::telemetry::init("tgpipe-ingress", &args.telemetry)?;
+            let client = args.nats.connect("tgpipe-ingress provision").await?;
+            let js = async_nats::jetstream::new(client);
+            tgpipe_shared::stream::provision_streams(&js, &args.stream).await?;
+            tracing::info!(stream = %args.stream.name, dlq = %args.stream.dlq_name, "streams ready");
+            Ok(())
+        }),
+        Some(Command::Serve(args)) => runtime.block_on(run(*args)),
+        None => runtime.block_on(run(cli.serve)),
+    }
+}
+
+async fn run(args: tgpipe_ingress::config::ServeArgs) -> anyhow::Result<()> {
+    let config = args.validate().unwrap_or_else(|e| exit_invalid(e));
+    let _telemetry = tgpipe_shared::telemetry::init("tgpipe-ingress", &config.telemetry)?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|(cert, key)| tls_acceptor(cert, key).unwrap_or_else(|e| exit_invalid(e)));
+    let client = config.nats.connect("tgpipe-ingress").await?;
+    let state = AppState::new(&config, client);
+    let listener = bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, tls = tls.is_some(), bots = config.bots.ids().len(), "serving webhooks");
+    let options = ServeOptions {
+        header_read_timeout: config.header_read_timeout,
+        grace: config.shutdown_grace,
+    };
+    serve(
+        listener,
+        app(state.clone()),
+        tls,
+        options,
+        tgpipe_shared::shutdown::signal(),
+    )
+    .await;
+    state.publisher().flush().await;
+    tracing::info!("stopped");
+    Ok(())
+}

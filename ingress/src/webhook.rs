@@ -1,0 +1,234 @@
+//! `POST /webhook/{bot_id}`: check, extract, publish, then answer.
+//!
+//! Checks run cheapest and least revealing first: the source address (403), the bot
+//! (404), the secret (401), the body's size and arrival time (413, 408), its shape (400),
+//! and only then the broker (503 on failure, 200 once stored). A request that fails a
+//! check costs no JSON parsing and no broker round trip.
+
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tgpipe_shared::subject::update_subject;
+use tgpipe_shared::{BotId, ExtractError, Shard, extract_keys, headers as h};
+
+use crate::AppState;
+use crate::client_ip::SourceError;
+use crate::metrics as m;
+use crate::publish::PublishError;
+
+/// The header Telegram puts the webhook secret in.
+pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+
+/// Why a webhook request was not stored. Each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The client address is outside the allowed ranges.
+    #[error("source address {0} is not allowed")]
+    SourceNotAllowed(std::net::IpAddr),
+    /// A trusted proxy sent an unreadable X-Forwarded-For.
+    #[error("X-Forwarded-For from a trusted proxy does not parse")]
+    BadForwardedFor,
+    /// Not a bot this ingress serves.
+    #[error("unknown bot")]
+    UnknownBot,
+    /// Missing or wrong secret token.
+    #[error("missing or wrong secret token")]
+    BadSecret,
+    /// The body is over the limit.
+    #[error("body over {0} bytes")]
+    TooLarge(usize),
+    /// The body did not arrive in time.
+    #[error("body not received in time")]
+    BodyTimeout,
+    /// The connection failed while reading the body.
+    #[error("body could not be read: {0}")]
+    BodyRead(String),
+    /// The body is not an update.
+    #[error("{0}")]
+    Malformed(#[from] ExtractError),
+    /// The broker did not store it.
+    #[error("{0}")]
+    Unavailable(#[from] PublishError),
+}
+
+impl WebhookError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WebhookError::SourceNotAllowed(_) => StatusCode::FORBIDDEN,
+            WebhookError::BadForwardedFor => StatusCode::BAD_REQUEST,
+            WebhookError::UnknownBot => StatusCode::NOT_FOUND,
+            WebhookError::BadSecret => StatusCode::UNAUTHORIZED,
+            WebhookError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            WebhookError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            WebhookError::BodyRead(_) | WebhookError::Malformed(_) => StatusCode::BAD_REQUEST,
+            WebhookError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for WebhookError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        // Logged once, here at the edge. Rejections of hostile traffic stay at debug so
+        // that a scan cannot flood the logs; a broker failure is an operator's problem.
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %self, "update not stored; answering 503 so Telegram retries");
+        } else {
+            tracing::debug!(error = %self, status = status.as_u16(), "webhook request rejected");
+        }
+        let mut response = (status, self.to_string()).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The webhook handler.
+pub(crate) async fn webhook(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(bot): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let _in_flight = m::InFlight::enter();
+    let bot_id = BotId::parse(&bot).filter(|id| state.inner.bots.get(*id).is_some());
+    let result = receive(&state, peer, bot_id, &headers, body).await;
+    let status = match &result {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status(),
+    };
+    m::request(bot_id, status);
+    match result {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn receive(
+    state: &AppState,
+    peer: SocketAddr,
+    bot: Option<BotId>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(), WebhookError> {
+    let inner = &state.inner;
+    inner
+        .ip_policy
+        .check(peer.ip(), headers)
+        .map_err(|e| match e {
+            SourceError::NotAllowed(ip) => WebhookError::SourceNotAllowed(ip),
+            SourceError::BadForwardedFor => WebhookError::BadForwardedFor,
+        })?;
+    let bot = bot.ok_or(WebhookError::UnknownBot)?;
+    let secret = inner.bots.get(bot).ok_or(WebhookError::UnknownBot)?;
+    let presented = headers
+        .get(SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !secret.verify(presented) {
+        return Err(WebhookError::BadSecret);
+    }
+    let body = read_body(state, headers, body).await?;
+    let received_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let keys = extract_keys(&body)?;
+    let shard = Shard::of(keys.ordering_key(), inner.shards);
+    let subject = update_subject(bot, &keys.kind, shard);
+
+    let mut nats_headers = async_nats::HeaderMap::new();
+    nats_headers.insert(h::MSG_ID, h::msg_id(bot, keys.update_id).as_str());
+    nats_headers.insert(h::BOT_ID, bot.to_string().as_str());
+    nats_headers.insert(h::UPDATE_TYPE, keys.kind.as_str());
+    if let Some(chat) = keys.chat_id {
+        nats_headers.insert(h::CHAT_ID, chat.to_string().as_str());
+    }
+    if let Some(user) = keys.user_id {
+        nats_headers.insert(h::USER_ID, user.to_string().as_str());
+    }
+    nats_headers.insert(h::RECEIVED_AT, received_at.to_string().as_str());
+    trace_context(headers, &mut nats_headers);
+    drop(keys);
+
+    let bytes = body.len();
+    let started = Instant::now();
+    let duplicate = inner.publisher.publish(subject, nats_headers, body).await?;
+    m::published(bot, started.elapsed(), bytes, duplicate);
+    Ok(())
+}
+
+/// Reads the whole body within the size limit and the read timeout. A declared
+/// `Content-Length` over the limit is refused before reading a byte.
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, WebhookError> {
+    let limit = state.inner.max_body;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(WebhookError::TooLarge(limit));
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(state.inner.body_read_timeout, limited.collect()).await {
+        Err(_) => Err(WebhookError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(WebhookError::TooLarge(limit))
+        }
+        Ok(Err(e)) => Err(WebhookError::BodyRead(e.to_string())),
+    }
+}
+
+/// Carries W3C trace context: the caller's when it sent one (a tracing proxy), else
+/// the ingress span's own when traces are exported.
+fn trace_context(incoming: &HeaderMap, out: &mut async_nats::HeaderMap) {
+    let traceparent = incoming.get(h::TRACEPARENT).and_then(|v| v.to_str().ok());
+    match traceparent {
+        Some(tp) if is_traceparent(tp) => {
+            out.insert(h::TRACEPARENT, tp);
+            if let Some(ts) = incoming.get(h::TRACESTATE).and_then(|v| v.to_str().ok())
+                && ts.len() <= 512
+            {
+                out.insert(h::TRACESTATE, ts);
+            }
+        }
+        _ => tgpipe_shared::telemetry::inject_current(out),
+    }
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`: anything else is not passed on.
+fn is_traceparent(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    matches!(parts.as_slice(), [v, t, p, f]
+        if v.len() == 2 && t.len() == 32 && p.len() == 16 && f.len() == 2
+            && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_shape() {
+        assert!(is_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        ));
+        assert!(!is_traceparent("00-zz-b7ad6b7169203331-01"));
+        assert!(!is_traceparent("garbage"));
+    }
+}

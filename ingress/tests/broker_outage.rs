@@ -1,0 +1,68 @@
+//! NATS stopped mid-run: 503 while it is down, 200 once it is back, and nothing lost.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::*;
+use tgpipe_shared::extract_keys;
+
+#[tokio::test]
+async fn nats_stopped_mid_run_is_503_then_200_with_nothing_lost() {
+    let mut t = harness(&["--publish-timeout", "1s"]).await;
+    let mut pending: Vec<String> = (0..40)
+        .map(|i| text_update(i, i % 7, &format!("u{i}")))
+        .collect();
+    // First half while NATS is up.
+    for body in pending.drain(..20) {
+        assert_eq!(t.post(body).await, StatusCode::OK);
+    }
+    t.nats.stop();
+    // While it is down, every update is refused with 503 (Telegram will retry it).
+    for body in &pending[..5] {
+        assert_eq!(t.post(body.clone()).await, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    t.nats.restart();
+    t.wait_ready().await;
+    // Telegram's retries: keep re-sending what was not accepted until it is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !pending.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "updates still refused after the restart"
+        );
+        let mut refused = Vec::new();
+        for body in pending.drain(..) {
+            if t.post(body.clone()).await != StatusCode::OK {
+                refused.push(body);
+            }
+        }
+        pending = refused;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let ids: BTreeSet<i64> = t
+        .stored()
+        .await
+        .iter()
+        .map(|m| extract_keys(&m.payload).unwrap().update_id)
+        .collect();
+    assert_eq!(
+        ids,
+        (0..40).collect::<BTreeSet<i64>>(),
+        "every update stored exactly once"
+    );
+    assert_eq!(t.stored().await.len(), 40);
+}
+
+#[tokio::test]
+async fn readiness_follows_the_broker() {
+    let mut t = harness(&[]).await;
+    t.nats.stop();
+    eventually(Duration::from_secs(20), || async { !t.state.is_ready() }).await;
+    t.nats.restart();
+    t.wait_ready().await;
+}
