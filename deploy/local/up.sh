@@ -105,7 +105,7 @@ import json, sys
 for acc in json.load(sys.stdin).get("account_details", []):
     for s in acc.get("stream_detail", []):
         st = s["state"]
-        print(f"stream {s[\"name\"]}: {st[\"messages\"]} message(s), {st[\"bytes\"]} bytes, last seq {st[\"last_seq\"]}")
+        print("stream %s: %d message(s), %d bytes, last seq %d" % (s["name"], st["messages"], st["bytes"], st["last_seq"]))
 '
 echo
 echo "The stack is up (./deploy/local/up.sh status; ./deploy/local/up.sh down to stop)."
