@@ -1,0 +1,201 @@
+"""Asserts the rendered chart: lanes, autoscaling, secrets, hardening, policies, hooks."""
+
+import json
+
+import pytest
+
+from conftest import CHART, RenderError, by_kind, containers, env, named, pod_spec, render
+
+BOTS = {"bots.list[0].id": "111", "bots.list[0].secret": "topsecret-value", "bots.list[0].token": "111:TOKENvalue"}
+
+
+def test_two_lanes_become_two_deployments_with_their_replicas_and_kinds(ci_dir):
+    objs = render(ci_dir / "two-lanes-hpa.yaml")
+    messages = named(objs, "Deployment", "t-tgpipe-worker-messages")
+    callbacks = named(objs, "Deployment", "t-tgpipe-worker-callbacks")
+    # Autoscaled lanes leave replicas to their HPA.
+    assert "replicas" not in messages["spec"] and "replicas" not in callbacks["spec"]
+    e = env(messages["spec"]["template"]["spec"]["containers"][0])
+    assert e["TGPIPE_LANE"] == "messages"
+    assert e["TGPIPE_LANE_KINDS"] == "message,edited_message"
+    assert e["TGPIPE_CONCURRENCY"] == "128"
+    assert env(callbacks["spec"]["template"]["spec"]["containers"][0])["TGPIPE_LANE_KINDS"] == "callback_query"
+    # Each lane's pods are selected by its own label, so the Deployments never fight.
+    assert messages["spec"]["selector"]["matchLabels"]["tgpipe.dev/lane"] == "messages"
+    assert callbacks["spec"]["selector"]["matchLabels"]["tgpipe.dev/lane"] == "callbacks"
+    # Per-lane resources override the default.
+    assert callbacks["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "50m"
+
+
+def test_each_autoscaled_lane_gets_its_own_hpa(ci_dir):
+    objs = render(ci_dir / "two-lanes-hpa.yaml")
+    hpas = {h["metadata"]["name"]: h for h in by_kind(objs, "HorizontalPodAutoscaler")}
+    assert set(hpas) == {"t-tgpipe-ingress", "t-tgpipe-worker-messages", "t-tgpipe-worker-callbacks"}
+    m = hpas["t-tgpipe-worker-messages"]["spec"]
+    assert (m["minReplicas"], m["maxReplicas"]) == (3, 12)
+    assert m["scaleTargetRef"]["name"] == "t-tgpipe-worker-messages"
+    c = hpas["t-tgpipe-worker-callbacks"]["spec"]
+    assert (c["minReplicas"], c["maxReplicas"]) == (1, 4)
+
+
+def test_fixed_lanes_keep_their_replicas_and_have_no_autoscaler():
+    objs = render(sets=BOTS)
+    assert by_kind(objs, "HorizontalPodAutoscaler") == []
+    assert named(objs, "Deployment", "t-tgpipe-worker-messages")["spec"]["replicas"] == 2
+    assert named(objs, "Deployment", "t-tgpipe-worker-interactions")["spec"]["replicas"] == 1
+    assert named(objs, "Deployment", "t-tgpipe-ingress")["spec"]["replicas"] == 2
+
+
+def test_keda_scales_lanes_on_consumer_lag(ci_dir):
+    objs = render(ci_dir / "keda.yaml")
+    assert by_kind(objs, "HorizontalPodAutoscaler") == []
+    so = named(objs, "ScaledObject", "t-tgpipe-worker-all")
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    trigger = so["spec"]["triggers"][0]
+    assert trigger["type"] == "nats-jetstream"
+    assert trigger["metadata"]["stream"] == "TG_UPDATES"
+    assert trigger["metadata"]["consumer"] == "all"
+    assert trigger["metadata"]["lagThreshold"] == "50"
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (2, 20)
+    monitors = by_kind(objs, "ServiceMonitor")
+    assert {m["metadata"]["name"] for m in monitors} == {"t-tgpipe-ingress", "t-tgpipe-worker"}
+    assert all(m["metadata"]["labels"]["release"] == "prometheus" for m in monitors)
+
+
+def test_secrets_never_appear_outside_the_secret():
+    objs = render(sets=BOTS)
+    secret = named(objs, "Secret", "t-tgpipe-bots")
+    assert secret["stringData"] == {"bots": "111:topsecret-value", "tokens": "111:TOKENvalue"}
+    for o in objs:
+        if o["kind"] == "Secret":
+            continue
+        text = json.dumps(o)
+        assert "topsecret-value" not in text, o["metadata"]["name"]
+        assert "TOKENvalue" not in text, o["metadata"]["name"]
+
+
+def test_existing_secret_is_used_and_none_is_created(ci_dir):
+    objs = render(ci_dir / "existing-secret-tls.yaml")
+    assert by_kind(objs, "Secret") == []
+    for kind, name in [("Deployment", "t-tgpipe-ingress"), ("Deployment", "t-tgpipe-worker-messages"), ("Job", "t-tgpipe-provision")]:
+        vols = pod_spec(named(objs, kind, name))["volumes"]
+        assert any(v.get("secret", {}).get("secretName") == "my-bot-secrets" for v in vols), name
+
+
+def test_config_changes_roll_the_pods():
+    a = named(render(sets=BOTS), "Deployment", "t-tgpipe-ingress")
+    b = named(render(sets=dict(BOTS, **{"bots.list[0].secret": "rotated"})), "Deployment", "t-tgpipe-ingress")
+    key = "checksum/bots"
+    assert a["spec"]["template"]["metadata"]["annotations"][key] != b["spec"]["template"]["metadata"]["annotations"][key]
+
+
+@pytest.mark.parametrize("values", [None, "two-lanes-hpa.yaml", "keda.yaml", "existing-secret-tls.yaml", "minimal.yaml"])
+def test_every_container_is_hardened_and_has_resources(ci_dir, values):
+    objs = render(ci_dir / values) if values else render(sets=BOTS)
+    workloads = by_kind(objs, "Deployment") + by_kind(objs, "Job")
+    assert workloads
+    for w in workloads:
+        spec = pod_spec(w)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert spec["automountServiceAccountToken"] is False
+        for c in containers(w):
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, (w["metadata"]["name"], c["name"])
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert c["resources"]["requests"] and c["resources"]["limits"], (w["metadata"]["name"], c["name"])
+
+
+def test_probes_and_drain_time():
+    objs = render(sets=BOTS)
+    for name, port in [("t-tgpipe-ingress", 8080), ("t-tgpipe-worker-messages", 9090)]:
+        d = named(objs, "Deployment", name)
+        c = d["spec"]["template"]["spec"]["containers"][0]
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert c["ports"][0]["containerPort"] == port
+        # The pod outlives the process's own grace period.
+        assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30
+        assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def lanes_file(tmp_path, lanes):
+    """A values file with these lanes (``--set`` would replace whole lists)."""
+    path = tmp_path / "lanes.yaml"
+    path.write_text(json.dumps({"worker": {"lanes": lanes}}))
+    return path
+
+
+def test_overlapping_lanes_fail_to_render(tmp_path):
+    lanes = [{"name": "a", "updateTypes": ["message", "poll"]}, {"name": "b", "updateTypes": ["poll"]}]
+    with pytest.raises(RenderError, match='"poll" is in lanes "a" and "b"; lanes must not overlap'):
+        render(lanes_file(tmp_path, lanes))
+
+
+def test_bad_lanes_fail_to_render(tmp_path):
+    # Caught by values.schema.json before any template runs.
+    with pytest.raises(RenderError, match="updateTypes/0"):
+        render(lanes_file(tmp_path, [{"name": "a", "updateTypes": ["mesage"]}]))
+    with pytest.raises(RenderError, match="name"):
+        render(lanes_file(tmp_path, [{"name": "Not_A_Label", "updateTypes": []}]))
+    # Caught by the chart's own validation (the schema cannot see across lanes).
+    with pytest.raises(RenderError, match="cannot share the stream"):
+        render(lanes_file(tmp_path, [{"name": "all", "updateTypes": []}, {"name": "b", "updateTypes": ["poll"]}]))
+    with pytest.raises(RenderError, match="listed twice"):
+        render(lanes_file(tmp_path, [{"name": "a", "updateTypes": ["poll"]}, {"name": "a", "updateTypes": ["message"]}]))
+
+
+def test_set_webhook_needs_a_public_url():
+    with pytest.raises(RenderError, match="publicUrl"):
+        render(sets=dict(BOTS, **{"provision.setWebhook": "true"}))
+
+
+def test_network_policies():
+    objs = render(sets=BOTS)
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(objs, "NetworkPolicy")}
+    ingress = policies["t-tgpipe-ingress"]
+    sources = ingress["ingress"][0]["from"]
+    assert sources[0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ingress-nginx"}
+    worker = policies["t-tgpipe-worker"]
+    ports = sorted(p["port"] for rule in worker["egress"] for p in rule["ports"])
+    assert ports == [53, 53, 443, 4222, 6379]
+    assert not any(p["port"] == 6379 for rule in ingress["egress"] for p in rule["ports"]), "ingress never talks to Redis"
+    assert by_kind(render(CHART / "ci" / "minimal.yaml"), "NetworkPolicy") == []
+
+
+def test_provisioning_job_is_a_hook_that_creates_streams_then_consumers(ci_dir):
+    objs = render(ci_dir / "existing-secret-tls.yaml")
+    job = named(objs, "Job", "t-tgpipe-provision")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    spec = pod_spec(job)
+    assert spec["initContainers"][0]["args"] == ["provision"]
+    names = [c["name"] for c in spec["containers"]]
+    assert names[:3] == ["consumer-messages", "consumer-interactions", "consumer-other"]
+    webhook = [c for c in spec["containers"] if c["name"] == "webhook-333"][0]
+    assert webhook["args"][:4] == ["webhook", "set", "--bot-id", "333"]
+    assert "https://bot.example.org/webhook/333" in webhook["args"]
+    # Secrets reach it as files, never as arguments.
+    assert env(webhook)["TGPIPE_BOTS_FILE"] == "/etc/tgpipe/bots/bots"
+    assert by_kind(render(ci_dir / "minimal.yaml"), "Job") == []
+
+
+def test_public_ingress_with_cert_manager(ci_dir):
+    ing = named(render(ci_dir / "existing-secret-tls.yaml"), "Ingress", "t-tgpipe")
+    assert ing["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
+    assert ing["spec"]["tls"][0] == {"hosts": ["bot.example.org"], "secretName": "bot-example-org-tls"}
+    path = ing["spec"]["rules"][0]["http"]["paths"][0]
+    assert path["path"] == "/webhook/", "only the webhook is public, not probes or metrics"
+
+
+def test_pod_disruption_budgets_per_lane():
+    objs = render(sets=BOTS)
+    names = {p["metadata"]["name"] for p in by_kind(objs, "PodDisruptionBudget")}
+    assert names == {"t-tgpipe-ingress", "t-tgpipe-worker-messages", "t-tgpipe-worker-interactions", "t-tgpipe-worker-other"}
+
+
+def test_schema_rejects_unknown_values():
+    with pytest.raises(RenderError):
+        render(sets={"ingress.nonsense": "1"})
+    with pytest.raises(RenderError):
+        render(sets={"bots.list[0].id": "1", "bots.list[0].secret": "has space", "bots.list[0].token": "1:x"})

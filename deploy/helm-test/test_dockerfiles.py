@@ -1,0 +1,46 @@
+"""Parses the Dockerfiles: stages, non-root user, entrypoint, stop signal, no HEALTHCHECK."""
+
+import json
+import re
+
+import pytest
+
+from conftest import ROOT
+
+DOCKER = ROOT / "deploy" / "docker"
+
+
+def instructions(path):
+    """(instruction, argument) pairs, continuation lines joined, comments dropped."""
+    lines, current = [], ""
+    for raw in path.read_text().splitlines():
+        if raw.strip().startswith("#") and not current:
+            continue
+        current += raw.rstrip("\\").strip() + " "
+        if not raw.rstrip().endswith("\\"):
+            if current.strip():
+                word, _, rest = current.strip().partition(" ")
+                lines.append((word.upper(), rest.strip()))
+            current = ""
+    return lines
+
+
+@pytest.mark.parametrize("name,binary", [("ingress.Dockerfile", "tgpipe-ingress"), ("worker.Dockerfile", None)])
+def test_dockerfile(name, binary):
+    ins = instructions(DOCKER / name)
+    froms = [arg for word, arg in ins if word == "FROM"]
+    assert len(froms) == 2, "multi-stage: a build stage and a runtime stage"
+    assert re.search(r"rust:1\.95\S* AS build$", froms[0])
+    assert froms[1].endswith("AS runtime") and "distroless" in froms[1]
+    runtime = ins[[i for i, (w, _) in enumerate(ins) if w == "FROM"][1]:]
+    words = [w for w, _ in runtime]
+    user = [a for w, a in runtime if w == "USER"]
+    assert user and user[-1].split(":")[0] not in ("0", "root"), "runs as non-root"
+    assert ("STOPSIGNAL", "SIGTERM") in runtime
+    assert "HEALTHCHECK" not in [w for w, _ in ins]
+    entry = json.loads([a for w, a in runtime if w == "ENTRYPOINT"][-1])
+    assert entry[0].startswith("/usr/local/bin/")
+    if binary:
+        assert entry == [f"/usr/local/bin/{binary}"]
+    assert "--locked" in " ".join(a for w, a in ins if w == "RUN")
+    assert "COPY" in words

@@ -1,0 +1,167 @@
+{{/* Chart name. */}}
+{{- define "tgpipe.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Fully qualified name: release-chart, or fullnameOverride. */}}
+{{- define "tgpipe.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tgpipe.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Common labels. */}}
+{{- define "tgpipe.labels" -}}
+helm.sh/chart: {{ include "tgpipe.chart" . }}
+app.kubernetes.io/name: {{ include "tgpipe.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tgpipe
+{{- end -}}
+
+{{/* Selector labels of a component: call with (dict "ctx" $ "component" "ingress"). */}}
+{{- define "tgpipe.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tgpipe.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "tgpipe.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tgpipe.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* An image reference: call with (dict "ctx" $ "repository" "...") */}}
+{{- define "tgpipe.image" -}}
+{{- $tag := default .ctx.Chart.AppVersion .ctx.Values.image.tag -}}
+{{- if .ctx.Values.image.registry -}}
+{{- printf "%s/%s:%s" .ctx.Values.image.registry .repository $tag -}}
+{{- else -}}
+{{- printf "%s:%s" .repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with the bots' secrets and tokens. */}}
+{{- define "tgpipe.secretName" -}}
+{{- if .Values.bots.existingSecret -}}
+{{- .Values.bots.existingSecret -}}
+{{- else -}}
+{{- printf "%s-bots" (include "tgpipe.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment shared by every container. */}}
+{{- define "tgpipe.commonEnv" -}}
+- name: NATS_URL
+  value: {{ .Values.natsUrl | quote }}
+- name: TGPIPE_STREAM
+  value: {{ .Values.stream.name | quote }}
+- name: TGPIPE_DLQ_STREAM
+  value: {{ .Values.stream.dlqName | quote }}
+- name: TGPIPE_DEDUPE_WINDOW
+  value: {{ .Values.stream.dedupeWindow | quote }}
+- name: TGPIPE_MAX_AGE
+  value: {{ .Values.stream.maxAge | quote }}
+- name: TGPIPE_STREAM_REPLICAS
+  value: {{ .Values.stream.replicas | quote }}
+- name: TGPIPE_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+- name: RUST_LOG
+  value: {{ .Values.logLevel | quote }}
+{{- with .Values.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Worker environment of one lane: call with (dict "ctx" $ "lane" $lane). */}}
+{{- define "tgpipe.workerEnv" -}}
+{{- $v := .ctx.Values -}}
+{{ include "tgpipe.commonEnv" .ctx }}
+- name: REDIS_URL
+  value: {{ $v.redisUrl | quote }}
+- name: TGPIPE_API_URL
+  value: {{ $v.worker.apiUrl | quote }}
+- name: TGPIPE_BOT_TOKENS_FILE
+  value: /etc/tgpipe/bots/tokens
+- name: TGPIPE_LANE
+  value: {{ .lane.name | quote }}
+- name: TGPIPE_LANE_KINDS
+  value: {{ join "," (.lane.updateTypes | default list) | quote }}
+- name: TGPIPE_CONCURRENCY
+  value: {{ .lane.concurrency | default 32 | quote }}
+- name: TGPIPE_MAX_DELIVER
+  value: {{ $v.worker.maxDeliver | quote }}
+- name: TGPIPE_SHUTDOWN_GRACE
+  value: {{ printf "%ds" (int $v.worker.shutdownGraceSeconds) | quote }}
+{{- if $v.worker.fsmTtlSeconds }}
+- name: TGPIPE_FSM_TTL
+  value: {{ $v.worker.fsmTtlSeconds | quote }}
+{{- end }}
+- name: TGPIPE_LISTEN
+  value: "0.0.0.0:9090"
+{{- end -}}
+
+{{/*
+Lane validation: names are DNS labels and unique; kinds are Bot API kinds; no kind is in
+two lanes; a catch-all lane (no kinds) is alone. With work-queue retention JetStream
+refuses overlapping consumers, so an overlap would only show up as a crash-looping pod.
+*/}}
+{{- define "tgpipe.validateLanes" -}}
+{{- $known := list "message" "edited_message" "channel_post" "edited_channel_post" "business_connection" "business_message" "edited_business_message" "deleted_business_messages" "message_reaction" "message_reaction_count" "inline_query" "chosen_inline_result" "callback_query" "shipping_query" "pre_checkout_query" "purchased_paid_media" "poll" "poll_answer" "my_chat_member" "chat_member" "chat_join_request" "chat_boost" "removed_chat_boost" "managed_bot" "guest_message" "stopped_message_generation" "subscription" -}}
+{{- $seenNames := dict -}}
+{{- $seenKinds := dict -}}
+{{- $lanes := .Values.worker.lanes -}}
+{{- if not $lanes -}}{{- fail "worker.lanes: at least one lane is needed" -}}{{- end -}}
+{{- range $lanes -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$" (toString .name)) -}}
+{{- fail (printf "worker.lanes: lane name %q must be a DNS label of at most 32 characters" (toString .name)) -}}
+{{- end -}}
+{{- if hasKey $seenNames .name -}}{{- fail (printf "worker.lanes: lane %q is listed twice" .name) -}}{{- end -}}
+{{- $_ := set $seenNames .name true -}}
+{{- if and (not .updateTypes) (gt (len $lanes) 1) -}}
+{{- fail (printf "worker.lanes: lane %q takes every update type, so it cannot share the stream with other lanes" .name) -}}
+{{- end -}}
+{{- $lane := .name -}}
+{{- range .updateTypes -}}
+{{- if not (has . $known) -}}{{- fail (printf "worker.lanes: lane %q lists %q, which is not a Bot API update type" $lane .) -}}{{- end -}}
+{{- if hasKey $seenKinds . -}}
+{{- fail (printf "worker.lanes: update type %q is in lanes %q and %q; lanes must not overlap" . (get $seenKinds .) $lane) -}}
+{{- end -}}
+{{- $_ := set $seenKinds . $lane -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Egress to cluster DNS and to NATS. */}}
+{{- define "tgpipe.egressDnsNats" -}}
+- to:
+    - namespaceSelector: {}
+      podSelector:
+        matchLabels:
+          k8s-app: kube-dns
+  ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- toYaml .Values.networkPolicy.natsPodSelector | nindent 10 }}
+  ports:
+    - {port: {{ .Values.networkPolicy.natsPort }}, protocol: TCP}
+{{- end -}}
