@@ -30,9 +30,20 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not ready: $1" >&2; return 1; }
-run_wrk() { # url -> RESULT line
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s loadtest/bench/webhook.lua "$1" >/dev/null  # warm-up
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s loadtest/bench/webhook.lua "$1" | grep '^RESULT'
+RUN=0
+cpu_s() { # pid -> CPU seconds used so far (user + system)
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
+}
+run_wrk() { # url, pids to account CPU for... -> RESULT line with cpu_<n>= fields
+  local url=$1; shift
+  RUN=$((RUN + 1))
+  RUN=$RUN wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s loadtest/bench/webhook.lua "$url" >/dev/null  # warm-up
+  RUN=$((RUN + 1))
+  local before=() p i=0 line
+  for p in "$@"; do before+=("$(cpu_s "$p")"); done
+  line=$(RUN=$RUN wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s loadtest/bench/webhook.lua "$url" | grep '^RESULT')
+  for p in "$@"; do line+=" cpu$i=$(python3 -c "print(round($(cpu_s "$p") - ${before[$i]}, 2))")"; i=$((i + 1)); done
+  echo "$line"
 }
 field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 
@@ -42,7 +53,7 @@ BASE_PORT=$(free_port)
 PIDS+=($!)
 for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$BASE_PORT") 2>/dev/null && break; sleep 0.1; done
 log "wrk -> bare axum handler ($DURATION, $CONNECTIONS connections)"
-BASE=$(run_wrk "http://127.0.0.1:$BASE_PORT")
+BASE=$(run_wrk "http://127.0.0.1:$BASE_PORT" "${PIDS[-1]}")
 echo "baseline: $BASE"
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 
@@ -57,7 +68,7 @@ NATS_URL=nats://127.0.0.1:$NATS_PORT TGPIPE_LISTEN=127.0.0.1:$ING_PORT TGPIPE_BO
 PIDS+=($!)
 wait_http "http://127.0.0.1:$ING_PORT/readyz"
 log "wrk -> tgpipe-ingress ($DURATION, $CONNECTIONS connections)"
-ING=$(run_wrk "http://127.0.0.1:$ING_PORT")
+ING=$(run_wrk "http://127.0.0.1:$ING_PORT" "${PIDS[-1]}" "${PIDS[-2]}")
 echo "ingress:  $ING"
 STORED=$(curl -fsS "http://127.0.0.1:$MON_PORT/jsz?streams=true" | python3 -c '
 import json, sys
@@ -72,11 +83,12 @@ base, ing, stored = parse(sys.argv[1]), parse(sys.argv[2]), int(sys.argv[3])
 # wrk's counts include the 2 s warm-up run's updates in the stream, so compare accepted
 # (2xx) requests of both runs against what the stream holds.
 print()
-print("| target | requests/s | p50 ms | p99 ms | non-2xx |")
-print("| --- | ---: | ---: | ---: | ---: |")
-print("| bare axum handler | %.0f | %.2f | %.2f | %d |" % (base["rps"], base["p50_ms"], base["p99_ms"], base["non2xx"]))
-print("| tgpipe-ingress (durable publish) | %.0f | %.2f | %.2f | %d |" % (ing["rps"], ing["p50_ms"], ing["p99_ms"], ing["non2xx"]))
+print("| target | requests/s | p50 ms | p99 ms | non-2xx | CPU s (server) | CPU s (nats-server) |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| bare axum handler | %.0f | %.2f | %.2f | %d | %.1f | - |" % (base["rps"], base["p50_ms"], base["p99_ms"], base["non2xx"], base["cpu0"]))
+print("| tgpipe-ingress (durable publish) | %.0f | %.2f | %.2f | %d | %.1f | %.1f |" % (ing["rps"], ing["p50_ms"], ing["p99_ms"], ing["non2xx"], ing["cpu0"], ing["cpu1"]))
 print()
 print("ratio ingress / bare handler: %.2f (target >= 0.60)" % (ing["rps"] / base["rps"]))
-print("updates in TG_UPDATES: %d (every 200 answer is one stored update, warm-up included)" % stored)
+print("updates in TG_UPDATES: %d (warm-up and measured run, every update_id unique)" % stored)
+print("CPU per stored update: ingress %.1f us, nats-server %.1f us" % (1e6 * ing["cpu0"] / ing["requests"], 1e6 * ing["cpu1"] / ing["requests"]))
 PY

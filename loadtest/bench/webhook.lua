@@ -15,6 +15,9 @@ end
 
 function init(args)
   counter = 0
+  -- RUN separates the update_ids of successive wrk runs (warm-up, measurement), which
+  -- would otherwise collide and be answered as JetStream duplicates.
+  run_base = tonumber(os.getenv("RUN") or "0") * 10000000000
   bot = os.getenv("BOT_ID") or "123456"
   chats = tonumber(os.getenv("CHATS") or "1000")
   wrk.method = "POST"
@@ -25,7 +28,7 @@ end
 
 function request()
   counter = counter + 1
-  local update_id = tid * 100000000 + counter
+  local update_id = run_base + tid * 100000000 + counter
   local chat = 1000000 + (update_id % chats)
   local body = string.format(
     '{"update_id":%d,"message":{"message_id":%d,"date":1732400000,' ..
