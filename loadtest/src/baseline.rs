@@ -43,11 +43,18 @@ mod tests {
     #[tokio::test]
     async fn answers_200_to_any_post_and_405_otherwise() {
         let ok = app()
-            .oneshot(Request::post("/webhook/1").body(Body::from("anything")).unwrap())
+            .oneshot(
+                Request::post("/webhook/1")
+                    .body(Body::from("anything"))
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(ok.status(), StatusCode::OK);
-        let get = app().oneshot(Request::get("/webhook/1").body(Body::empty()).unwrap()).await.unwrap();
+        let get = app()
+            .oneshot(Request::get("/webhook/1").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
     }
 }

@@ -25,7 +25,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = tgpipe_shared::config::parse_or_exit();
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Command::Baseline { listen } => tgpipe_loadtest::baseline::serve(listen).await?,
     }
