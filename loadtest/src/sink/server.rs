@@ -1,0 +1,511 @@
+//! The stand-in's HTTP server, its configuration and its handle.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, Multipart, Path, Query, RawQuery, Request, State,
+};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde_json::{Map, Value, json};
+use tokio::sync::Notify;
+
+use super::methods::{self, ApiError};
+use super::record::{RecordedCall, RecordedFile, SinkStats};
+
+/// How the stand-in behaves.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Delay before every answer.
+    pub latency: Duration,
+    /// Fraction of calls (0.0 to 1.0) answered `500 Internal Server Error`.
+    pub error_rate: f64,
+    /// Every Nth call is answered `429 Too Many Requests` with `retry_after`.
+    pub every_429: Option<u64>,
+    /// The `retry_after` of those answers, in seconds.
+    pub retry_after: u64,
+    /// Calls addressed to this chat are answered 400 with `migrate_to_chat_id`, as for a
+    /// group that became a supergroup.
+    pub migrate_chat: Option<i64>,
+    /// The bot's username in `getMe` and in sent messages' `from`.
+    pub bot_username: String,
+    /// Largest accepted body (Telegram accepts uploads up to 50 MB).
+    pub max_body: usize,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+            every_429: None,
+            retry_after: 1,
+            migrate_chat: None,
+            bot_username: "tgpipe_sink_bot".to_owned(),
+            max_body: 50 << 20,
+        }
+    }
+}
+
+/// What `setWebhook` set, for `getWebhookInfo`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WebhookState {
+    pub(crate) url: String,
+    pub(crate) has_custom_certificate: bool,
+    pub(crate) max_connections: i64,
+    pub(crate) ip_address: Option<String>,
+    pub(crate) allowed_updates: Option<Value>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) config: SinkConfig,
+    calls: Vec<RecordedCall>,
+    stats: SinkStats,
+    fault_counter: u64,
+    message_ids: HashMap<i64, i64>,
+    global_id: i64,
+    pub(crate) webhook: WebhookState,
+    pub(crate) updates: VecDeque<Value>,
+}
+
+impl Inner {
+    fn new(config: SinkConfig) -> Inner {
+        Inner {
+            config,
+            calls: Vec::new(),
+            stats: SinkStats::default(),
+            fault_counter: 0,
+            message_ids: HashMap::new(),
+            global_id: 0,
+            webhook: WebhookState::default(),
+            updates: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn next_id(&mut self) -> i64 {
+        self.global_id += 1;
+        self.global_id
+    }
+
+    /// A sent Message: ids increase per chat, as in Telegram.
+    pub(crate) fn message(
+        &mut self,
+        bot_id: u64,
+        chat_id: i64,
+        chat: Value,
+        params: &Value,
+    ) -> Value {
+        let id = self.message_ids.entry(chat_id).or_insert(0);
+        *id += 1;
+        let date = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut m = json!({
+            "message_id": *id,
+            "from": {"id": bot_id, "is_bot": true, "first_name": "tgpipe sink", "username": self.config.bot_username},
+            "chat": chat,
+            "date": date,
+        });
+        for field in ["text", "caption"] {
+            if let Some(v) = params.get(field) {
+                m[field] = v.clone();
+            }
+        }
+        if let Some(v) = params.get("message_thread_id") {
+            m["message_thread_id"] = v.clone();
+        }
+        if let Some(v) = params.get("reply_markup") {
+            // Form bodies carry it as a JSON string; answer it as an object.
+            m["reply_markup"] = match v {
+                Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+                other => other.clone(),
+            };
+        }
+        m
+    }
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    recorded: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the record inconsistent enough to
+        // matter to a test double; keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Starts stand-ins.
+#[derive(Debug)]
+pub struct Sink;
+
+impl Sink {
+    /// Starts a stand-in on a free port of 127.0.0.1.
+    pub async fn start(config: SinkConfig) -> std::io::Result<SinkHandle> {
+        Sink::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+    }
+
+    /// Starts a stand-in on `addr`.
+    pub async fn bind(addr: SocketAddr, config: SinkConfig) -> std::io::Result<SinkHandle> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner::new(config.clone())),
+            recorded: Notify::new(),
+        });
+        let app = router(Arc::clone(&shared), config.max_body);
+        let task = tokio::spawn(async move {
+            // Serving ends only when the handle is dropped (the task is aborted).
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(SinkHandle { addr, shared, task })
+    }
+}
+
+/// A running stand-in; stops when dropped.
+pub struct SinkHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for SinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkHandle")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SinkHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SinkHandle {
+    /// The base URL to use as the Bot API URL (`TGPIPE_API_URL`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every call so far, in arrival order.
+    pub fn calls(&self) -> Vec<RecordedCall> {
+        self.shared.lock().calls.clone()
+    }
+
+    /// Waits until at least `n` calls were recorded or `timeout` passed, and returns
+    /// the calls recorded by then.
+    pub async fn wait_for_calls(&self, n: usize, timeout: Duration) -> Vec<RecordedCall> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.shared.recorded.notified();
+            {
+                let inner = self.shared.lock();
+                if inner.calls.len() >= n || Instant::now() >= deadline {
+                    return inner.calls.clone();
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), notified).await;
+        }
+    }
+
+    /// Forgets every call and counter (the webhook state and queued updates stay).
+    pub fn clear(&self) {
+        let mut inner = self.shared.lock();
+        inner.calls.clear();
+        inner.stats = SinkStats::default();
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SinkStats {
+        self.shared.lock().stats.clone()
+    }
+
+    /// Queues an update for `getUpdates`.
+    pub fn push_update(&self, update: Value) {
+        self.shared.lock().updates.push_back(update);
+    }
+}
+
+fn router(shared: Arc<Shared>, max_body: usize) -> Router {
+    Router::new()
+        .route("/_sink/calls", get(control_calls))
+        .route("/_sink/stats", get(control_stats))
+        .route("/_sink/reset", post(control_reset))
+        .route("/_sink/updates", post(control_updates))
+        .route("/{bot_token}/{method}", any(call))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(shared)
+}
+
+fn envelope(status: u16, body: Value) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// `<id>:<secret>`: the bot id, if the token is well formed.
+fn token_bot_id(token: &str) -> Option<u64> {
+    let (id, secret) = token.split_once(':')?;
+    if secret.is_empty()
+        || !secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return None;
+    }
+    id.parse().ok().filter(|id| *id > 0)
+}
+
+async fn call(
+    State(shared): State<Arc<Shared>>,
+    Path((bot_token, method)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Response {
+    let Some(token) = bot_token.strip_prefix("bot") else {
+        return envelope(404, ApiError::not_found().body());
+    };
+    let bot_id = token_bot_id(token);
+    let max_body = shared.lock().config.max_body;
+    let parsed = parse_params(query.as_deref(), request, max_body).await;
+    let (latency, result) = {
+        let latency = shared.lock().config.latency;
+        (latency, parsed)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let (status, body, params, files) = match result {
+        Err(e) => (e.code, e.body(), Value::Null, Vec::new()),
+        Ok((params, files)) => {
+            let mut inner = shared.lock();
+            let outcome = match bot_id {
+                None => Err(ApiError {
+                    code: 401,
+                    description: "Unauthorized".to_owned(),
+                    parameters: None,
+                }),
+                Some(bot_id) => inject_fault(&mut inner, &params).map_or_else(
+                    || methods::answer(&mut inner, bot_id, &method, &params, &files),
+                    Err,
+                ),
+            };
+            match outcome {
+                Ok(result) => (200, json!({"ok": true, "result": result}), params, files),
+                Err(e) => (e.code, e.body(), params, files),
+            }
+        }
+    };
+    {
+        let mut inner = shared.lock();
+        let seq = inner.calls.len() as u64;
+        inner.stats.calls += 1;
+        *inner.stats.by_method.entry(method.clone()).or_default() += 1;
+        *inner.stats.by_status.entry(status).or_default() += 1;
+        inner.calls.push(RecordedCall {
+            seq,
+            bot_id,
+            method,
+            params,
+            files,
+            at: SystemTime::now(),
+            status,
+        });
+    }
+    shared.recorded.notify_waiters();
+    envelope(status, body)
+}
+
+/// The injected fault for this call, if any: 429 every Nth call, 5xx at the error rate,
+/// migration for the configured chat.
+fn inject_fault(inner: &mut Inner, params: &Value) -> Option<ApiError> {
+    inner.fault_counter += 1;
+    let config = &inner.config;
+    if let Some(n) = config.every_429
+        && n > 0
+        && inner.fault_counter.is_multiple_of(n)
+    {
+        return Some(ApiError {
+            code: 429,
+            description: format!("Too Many Requests: retry after {}", config.retry_after),
+            parameters: Some(json!({"retry_after": config.retry_after})),
+        });
+    }
+    if config.error_rate > 0.0 && rand::random::<f64>() < config.error_rate {
+        return Some(ApiError {
+            code: 500,
+            description: "Internal Server Error".to_owned(),
+            parameters: None,
+        });
+    }
+    if let Some(chat) = config.migrate_chat {
+        let addressed = match params.get("chat_id") {
+            Some(Value::Number(n)) => n.as_i64(),
+            Some(Value::String(s)) => s.parse().ok(),
+            _ => None,
+        };
+        if addressed == Some(chat) {
+            return Some(ApiError {
+                code: 400,
+                description: "Bad Request: group chat was upgraded to a supergroup chat".to_owned(),
+                parameters: Some(json!({"migrate_to_chat_id": -1_000_000_000_000 - chat.abs()})),
+            });
+        }
+    }
+    None
+}
+
+/// Parameters from the query string and the body (JSON object, urlencoded form or
+/// multipart form), merged with the body's taking precedence, as Telegram does.
+async fn parse_params(
+    query: Option<&str>,
+    request: Request,
+    max_body: usize,
+) -> Result<(Value, Vec<RecordedFile>), ApiError> {
+    let mut params = Map::new();
+    if let Some(q) = query {
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            params.insert(k.into_owned(), Value::String(v.into_owned()));
+        }
+    }
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let mut files = Vec::new();
+    if content_type.starts_with("multipart/form-data") {
+        let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
+            ApiError::bad_request(&format!("can't parse multipart: {}", e.body_text()))
+        })?;
+        while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+            let name = field.name().unwrap_or_default().to_owned();
+            let file_name = field.file_name().map(str::to_owned);
+            let content_type = field.content_type().map(str::to_owned);
+            let data = field.bytes().await.map_err(multipart_error)?;
+            if file_name.is_some() {
+                files.push(RecordedFile {
+                    field: name,
+                    file_name,
+                    content_type,
+                    size: data.len(),
+                });
+            } else {
+                params.insert(
+                    name,
+                    Value::String(String::from_utf8_lossy(&data).into_owned()),
+                );
+            }
+        }
+        return Ok((Value::Object(params), files));
+    }
+    let body = axum::body::to_bytes(request.into_body(), max_body)
+        .await
+        .map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                ApiError {
+                    code: 413,
+                    description: "Request Entity Too Large".to_owned(),
+                    parameters: None,
+                }
+            } else {
+                ApiError::bad_request("can't read the request body")
+            }
+        })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok((Value::Object(params), files));
+    }
+    if content_type.starts_with("application/x-www-form-urlencoded") {
+        for (k, v) in form_urlencoded::parse(&body) {
+            params.insert(k.into_owned(), Value::String(v.into_owned()));
+        }
+    } else {
+        // Telegram parses any other body as JSON.
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(m)) => params.extend(m),
+            Ok(_) | Err(_) => return Err(ApiError::bad_request("can't parse JSON object")),
+        }
+    }
+    Ok((Value::Object(params), files))
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError {
+            code: 413,
+            description: "Request Entity Too Large".to_owned(),
+            parameters: None,
+        }
+    } else {
+        ApiError::bad_request(&format!("can't parse multipart: {}", e.body_text()))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Since {
+    since: Option<u64>,
+}
+
+async fn control_calls(State(shared): State<Arc<Shared>>, Query(q): Query<Since>) -> Response {
+    let since = q.since.unwrap_or(0);
+    let calls: Vec<RecordedCall> = shared
+        .lock()
+        .calls
+        .iter()
+        .filter(|c| c.seq >= since)
+        .cloned()
+        .collect();
+    axum::Json(calls).into_response()
+}
+
+async fn control_stats(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.lock().stats.clone()).into_response()
+}
+
+async fn control_reset(State(shared): State<Arc<Shared>>) -> StatusCode {
+    let mut inner = shared.lock();
+    let config = inner.config.clone();
+    *inner = Inner::new(config);
+    StatusCode::NO_CONTENT
+}
+
+async fn control_updates(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let updates = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Array(items)) => items,
+        Ok(v @ Value::Object(_)) => vec![v],
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "expected an update object or an array of them",
+            )
+                .into_response();
+        }
+    };
+    let mut inner = shared.lock();
+    let n = updates.len();
+    inner.updates.extend(updates);
+    (StatusCode::OK, axum::Json(json!({"queued": n}))).into_response()
+}
