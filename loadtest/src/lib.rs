@@ -1,6 +1,7 @@
 //! `tgpipe-loadtest`: tools that measure tgpipe against its peers.
 //!
 //! - [`baseline`]: a bare axum webhook handler, the ceiling the ingress is compared to;
+//! - [`run`]: the load generator, delivering updates like Telegram and matching replies;
 //! - [`sink`]: the Bot API stand-in, answering every method like Telegram and recording
 //!   every call, with fault injection.
 //!
@@ -8,4 +9,5 @@
 //! `docs/benchmarks.md`.
 
 pub mod baseline;
+pub mod run;
 pub mod sink;
