@@ -1,1 +1,34 @@
-//! placeholder
+//! `tgpipe-worker`: the bot framework.
+//!
+//! aiogram 3's model in Rust: a [`Dispatcher`] is the root [`Router`]; routers nest and
+//! have one observer per update kind (plus `raw` and `errors`); handlers are plain
+//! `async fn`s whose arguments are extractors ([`extract::FromContext`]); filters
+//! ([`filter`]) choose the handler and may hand it values; outer and inner
+//! [`middleware`] wrap the search and the handler. Dispatch tells the runtime whether
+//! an update was handled, unhandled, or failed (transiently or for good).
+
+pub mod bot;
+pub mod context;
+pub mod dispatcher;
+pub mod error;
+pub mod extract;
+pub mod filter;
+pub mod handler;
+pub mod middleware;
+pub mod router;
+pub mod update;
+
+pub use bot::{Bot, BotError};
+pub use context::{Context, Extensions};
+pub use dispatcher::{Dispatcher, DispatcherBuilder, Incoming};
+pub use error::{BuildError, DispatchOutcome, HandlerError};
+pub use extract::{Dep, FromContext};
+pub use handler::Flow;
+pub use middleware::{Handled, Next};
+pub use router::Router;
+pub use update::{Event, Update};
+
+/// The guide `docs/framework.md`, whose examples are compiled as doc tests.
+#[doc = include_str!("../../docs/framework.md")]
+#[cfg(doctest)]
+pub struct FrameworkGuide;

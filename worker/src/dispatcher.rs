@@ -1,0 +1,260 @@
+//! The dispatcher: the root of the router tree, built once and shared.
+
+use std::collections::{BTreeMap, HashSet};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use tgpipe_shared::UpdateKind;
+
+use crate::bot::Bot;
+use crate::context::{Context, Extensions};
+use crate::error::{BuildError, DispatchOutcome, HandlerError};
+use crate::filter::ErrorEvent;
+use crate::handler::{BoxFuture, Flow};
+use crate::middleware::{Handled, Middleware, MiddlewareResult, Next};
+use crate::router::{ObserverKey, Registration, Router};
+use crate::update::{Event, Update};
+
+/// An observer, frozen for dispatch.
+struct FrozenObserver {
+    outer: Arc<[Arc<dyn Middleware>]>,
+    inner: Arc<[Arc<dyn Middleware>]>,
+    handlers: Arc<[Registration]>,
+}
+
+/// A router, frozen for dispatch.
+struct Node {
+    observers: BTreeMap<ObserverKey, FrozenObserver>,
+    children: Vec<Arc<Node>>,
+}
+
+impl Node {
+    fn freeze(router: Router) -> Arc<Node> {
+        Arc::new(Node {
+            observers: router
+                .observers
+                .into_iter()
+                .map(|(k, o)| {
+                    (
+                        k,
+                        FrozenObserver {
+                            outer: o.outer.into(),
+                            inner: o.inner.into(),
+                            handlers: o.handlers.into(),
+                        },
+                    )
+                })
+                .collect(),
+            children: router.children.into_iter().map(Node::freeze).collect(),
+        })
+    }
+}
+
+/// Builds a [`Dispatcher`].
+pub struct DispatcherBuilder {
+    router: Router,
+    state: Extensions,
+    update_outer: Vec<Arc<dyn Middleware>>,
+}
+
+impl DispatcherBuilder {
+    /// Application state, given once: handlers take it as `Dep<T>`.
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(value);
+        self
+    }
+
+    /// Update-wide outer middleware: runs for every update, before routing.
+    pub fn update_middleware<M: Middleware>(mut self, mw: M) -> Self {
+        self.update_outer.push(Arc::new(mw));
+        self
+    }
+
+    /// Checks the tree (every handler's dependencies are provided; router names are
+    /// unique) and builds the dispatcher.
+    pub fn build(self) -> Result<Dispatcher, BuildError> {
+        self.router.check(&self.state, &[], &mut HashSet::new())?;
+        Ok(Dispatcher {
+            kinds: Arc::new(self.router.used_update_kinds()),
+            root: Node::freeze(self.router),
+            state: Arc::new(self.state),
+            update_outer: self.update_outer.into(),
+        })
+    }
+}
+
+/// The root of the router tree: feeds updates through it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use frankenstein::types::Message;
+/// use tgpipe_worker::{Bot, Dispatcher, DispatchOutcome, Router};
+///
+/// # tokio_test();
+/// # fn tokio_test() { tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// async fn echo(message: Arc<Message>) {}
+///
+/// let mut router = Router::new("main");
+/// router.message(echo);
+/// let dispatcher = Dispatcher::builder(router).build().unwrap();
+/// let bot = Bot::new("123:TEST").unwrap();
+/// let update = br#"{"update_id":1,"message":{"message_id":1,"date":0,"chat":{"id":5,"type":"private"},"text":"hi"}}"#;
+/// let outcome = dispatcher.feed_raw(&bot, bytes::Bytes::from_static(update)).await;
+/// assert!(matches!(outcome, DispatchOutcome::Handled));
+/// # }) }
+/// ```
+#[derive(Clone)]
+pub struct Dispatcher {
+    root: Arc<Node>,
+    state: Arc<Extensions>,
+    update_outer: Arc<[Arc<dyn Middleware>]>,
+    kinds: Arc<Vec<UpdateKind>>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("kinds", &self.kinds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// Starts building a dispatcher whose root router is `router`.
+    pub fn builder(router: Router) -> DispatcherBuilder {
+        DispatcherBuilder {
+            router,
+            state: Extensions::new(),
+            update_outer: Vec::new(),
+        }
+    }
+
+    /// The kinds the registered handlers can receive (for `allowed_updates`).
+    pub fn used_update_kinds(&self) -> Vec<UpdateKind> {
+        self.kinds.as_ref().clone()
+    }
+
+    /// Dispatches an update given as raw bytes (what the stream stores). A body that is
+    /// not an update fails permanently.
+    pub async fn feed_raw(&self, bot: &Bot, raw: Bytes) -> DispatchOutcome {
+        match Update::parse(bot.id(), raw) {
+            Ok(update) => self.feed_update(bot, update).await,
+            Err(e) => DispatchOutcome::Failed(Arc::new(HandlerError::permanent(e))),
+        }
+    }
+
+    /// Dispatches a parsed update.
+    pub async fn feed_update(&self, bot: &Bot, update: Update) -> DispatchOutcome {
+        let key = match update.event {
+            Event::Raw(_) => ObserverKey::Raw,
+            _ => ObserverKey::Kind(update.kind.clone()),
+        };
+        let cx = Context::new(Arc::new(update), bot.clone(), Arc::clone(&self.state));
+        let root = Arc::clone(&self.root);
+        let endpoint_key = key.clone();
+        let endpoint =
+            Arc::new(move |cx: Context| route(Arc::clone(&root), endpoint_key.clone(), cx));
+        let result = Next::new(Arc::clone(&self.update_outer), endpoint)
+            .run(cx.clone())
+            .await;
+        match result {
+            Ok(Handled::Yes) => DispatchOutcome::Handled,
+            Ok(Handled::No) => DispatchOutcome::Unhandled,
+            Err(e) => {
+                let e = Arc::new(e);
+                let mut ecx = cx;
+                ecx.insert(ErrorEvent(Arc::clone(&e)));
+                match route(Arc::clone(&self.root), ObserverKey::Errors, ecx).await {
+                    Ok(Handled::Yes) => DispatchOutcome::Handled,
+                    // An error handler that fails leaves the original error standing.
+                    _ => DispatchOutcome::Failed(e),
+                }
+            }
+        }
+    }
+}
+
+/// Tries a router's observer of `key` (under its outer middleware), then its children
+/// depth-first.
+fn route(node: Arc<Node>, key: ObserverKey, cx: Context) -> BoxFuture<'static, MiddlewareResult> {
+    let outer = node.observers.get(&key).map(|o| Arc::clone(&o.outer));
+    let endpoint_node = Arc::clone(&node);
+    let endpoint_key = key.clone();
+    let endpoint = Arc::new(move |cx: Context| -> BoxFuture<'static, MiddlewareResult> {
+        Box::pin(try_here_then_children(
+            Arc::clone(&endpoint_node),
+            endpoint_key.clone(),
+            cx,
+        ))
+    });
+    match outer {
+        Some(outer) if !outer.is_empty() => Next::new(outer, endpoint).run(cx),
+        _ => endpoint(cx),
+    }
+}
+
+async fn try_here_then_children(
+    node: Arc<Node>,
+    key: ObserverKey,
+    cx: Context,
+) -> MiddlewareResult {
+    if let Some(obs) = node.observers.get(&key) {
+        'handlers: for reg in obs.handlers.iter() {
+            let mut values = Extensions::new();
+            for f in &reg.filters {
+                match f.check(&cx).await {
+                    Some(v) => values.extend(v),
+                    None => continue 'handlers,
+                }
+            }
+            let mut hcx = cx.clone();
+            hcx.extend(values);
+            let handler = reg.handler.clone();
+            let endpoint = Arc::new(move |cx: Context| -> BoxFuture<'static, MiddlewareResult> {
+                let h = handler.clone();
+                Box::pin(async move {
+                    match h.call(cx).await? {
+                        Flow::Handled => Ok(Handled::Yes),
+                        Flow::Skip => Ok(Handled::No),
+                    }
+                })
+            });
+            if Next::new(Arc::clone(&obs.inner), endpoint).run(hcx).await? == Handled::Yes {
+                return Ok(Handled::Yes);
+            }
+        }
+    }
+    for child in &node.children {
+        if route(Arc::clone(child), key.clone(), cx.clone()).await? == Handled::Yes {
+            return Ok(Handled::Yes);
+        }
+    }
+    Ok(Handled::No)
+}
+
+/// An update and the bot it is for: what [`Dispatcher`] takes as a tower `Service`, so
+/// tower layers (timeout, concurrency limit) can wrap the whole dispatch.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The bot.
+    pub bot: Bot,
+    /// The update's bytes.
+    pub raw: Bytes,
+}
+
+impl tower::Service<Incoming> for Dispatcher {
+    type Response = DispatchOutcome;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<DispatchOutcome, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Incoming) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.feed_raw(&req.bot, req.raw).await) })
+    }
+}

@@ -1,0 +1,358 @@
+//! Filters: which handler takes an update.
+//!
+//! A filter looks at the context and either rejects the update or passes it, possibly
+//! with values for the handler (a [`Command`] filter hands over the parsed
+//! [`CommandObject`]). Several filters on one registration must all pass (AND); the same
+//! handler registered twice with different filters runs if either set passes (OR);
+//! [`FilterExt::and`], [`FilterExt::or`] and [`not`] combine filters explicitly. Plain
+//! closures `Fn(&Context) -> bool` are filters, and [`from_async`] makes one from an
+//! async closure.
+
+use std::any::TypeId;
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::context::{Context, Extensions};
+use crate::error::HandlerError;
+use crate::handler::BoxFuture;
+
+/// What a filter decided.
+pub type FilterOutcome = Option<Extensions>;
+
+/// A filter. Return `None` to reject, `Some(values)` to pass (with values the handler
+/// can extract).
+pub trait Filter: Send + Sync + 'static {
+    /// Checks the update.
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome>;
+
+    /// The types of values this filter inserts when it passes (for the start-up check).
+    fn provides(&self) -> Vec<TypeId> {
+        Vec::new()
+    }
+}
+
+fn pass() -> FilterOutcome {
+    Some(Extensions::new())
+}
+
+impl<F> Filter for F
+where
+    F: Fn(&Context) -> bool + Send + Sync + 'static,
+{
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        let ok = self(cx);
+        Box::pin(std::future::ready(if ok { pass() } else { None }))
+    }
+}
+
+/// A filter from an async closure taking the context (cloned, so it may be held across
+/// awaits).
+pub fn from_async<F, Fut>(f: F) -> impl Filter
+where
+    F: Fn(Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    AsyncFilter(f)
+}
+
+struct AsyncFilter<F>(F);
+
+impl<F, Fut> Filter for AsyncFilter<F>
+where
+    F: Fn(Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        let fut = (self.0)(cx.clone());
+        Box::pin(async move { if fut.await { pass() } else { None } })
+    }
+}
+
+/// Combinators on every filter.
+pub trait FilterExt: Filter + Sized {
+    /// Both must pass; values of both are handed on.
+    fn and<G: Filter>(self, other: G) -> And<Self, G> {
+        And(self, other)
+    }
+    /// Either must pass (the first that does hands on its values).
+    fn or<G: Filter>(self, other: G) -> Or<Self, G> {
+        Or(self, other)
+    }
+}
+
+impl<F: Filter> FilterExt for F {}
+
+/// See [`FilterExt::and`].
+#[derive(Debug, Clone)]
+pub struct And<A, B>(A, B);
+
+impl<A: Filter, B: Filter> Filter for And<A, B> {
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        Box::pin(async move {
+            let mut values = self.0.check(cx).await?;
+            values.extend(self.1.check(cx).await?);
+            Some(values)
+        })
+    }
+    fn provides(&self) -> Vec<TypeId> {
+        [self.0.provides(), self.1.provides()].concat()
+    }
+}
+
+/// See [`FilterExt::or`].
+#[derive(Debug, Clone)]
+pub struct Or<A, B>(A, B);
+
+impl<A: Filter, B: Filter> Filter for Or<A, B> {
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        Box::pin(async move {
+            match self.0.check(cx).await {
+                Some(v) => Some(v),
+                None => self.1.check(cx).await,
+            }
+        })
+    }
+    // Only values both sides provide are certain to be there.
+    fn provides(&self) -> Vec<TypeId> {
+        let b = self.1.provides();
+        self.0
+            .provides()
+            .into_iter()
+            .filter(|t| b.contains(t))
+            .collect()
+    }
+}
+
+/// Passes when `f` rejects (and hands on nothing).
+pub fn not<F: Filter>(f: F) -> Not<F> {
+    Not(f)
+}
+
+/// See [`not`].
+#[derive(Debug, Clone)]
+pub struct Not<F>(F);
+
+impl<F: Filter> Filter for Not<F> {
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        Box::pin(async move {
+            if self.0.check(cx).await.is_some() {
+                None
+            } else {
+                pass()
+            }
+        })
+    }
+}
+
+/// A shared filter is a filter.
+impl Filter for Arc<dyn Filter> {
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        (**self).check(cx)
+    }
+    fn provides(&self) -> Vec<TypeId> {
+        (**self).provides()
+    }
+}
+
+/// The text of a message-like event, or the caption of a media message.
+pub fn message_text(cx: &Context) -> Option<&str> {
+    let m = cx.event().message()?;
+    m.text.as_deref().or(m.caption.as_deref())
+}
+
+/// Text filters on the message's text (or caption).
+pub mod text {
+    use super::*;
+
+    /// The text is exactly `s`.
+    pub fn equals(s: impl Into<String>) -> impl Filter {
+        let s = s.into();
+        move |cx: &Context| message_text(cx) == Some(s.as_str())
+    }
+
+    /// The text starts with `s`.
+    pub fn starts_with(s: impl Into<String>) -> impl Filter {
+        let s = s.into();
+        move |cx: &Context| message_text(cx).is_some_and(|t| t.starts_with(s.as_str()))
+    }
+
+    /// The text contains `s`.
+    pub fn contains(s: impl Into<String>) -> impl Filter {
+        let s = s.into();
+        move |cx: &Context| message_text(cx).is_some_and(|t| t.contains(s.as_str()))
+    }
+
+    /// The text matches the regular expression.
+    pub fn regex(re: regex::Regex) -> impl Filter {
+        move |cx: &Context| message_text(cx).is_some_and(|t| re.is_match(t))
+    }
+
+    /// There is a text (or caption) at all.
+    pub fn any() -> impl Filter {
+        |cx: &Context| message_text(cx).is_some()
+    }
+}
+
+/// A parsed command: `/start@my_bot payload` is prefix `/`, command `start`, mention
+/// `my_bot`, args `payload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandObject {
+    /// The prefix character used.
+    pub prefix: char,
+    /// The command name as written (without prefix and mention).
+    pub command: String,
+    /// The bot username after `@`, if any.
+    pub mention: Option<String>,
+    /// Everything after the command and its whitespace, if anything.
+    pub args: Option<String>,
+}
+
+impl crate::extract::FromContext for CommandObject {
+    fn from_context(cx: &Context) -> Result<Self, crate::extract::ExtractError> {
+        cx.get::<CommandObject>()
+            .cloned()
+            .ok_or(crate::extract::ExtractError::Missing("CommandObject"))
+    }
+    fn requirement() -> Option<crate::extract::Requirement> {
+        Some(crate::extract::Requirement::of::<CommandObject>())
+    }
+}
+
+/// Matches commands: `Command::new(["start", "help"])`, with prefixes (`/` by default),
+/// case-insensitivity and the bot mention checked against the bot's username (a command
+/// addressed to another bot, `/start@other_bot`, does not match).
+///
+/// ```
+/// use tgpipe_worker::filter::Command;
+///
+/// let cmd = Command::new(["start"]).prefixes("/!").ignore_case();
+/// let parsed = cmd.parse("!START@my_bot hello", Some("my_bot")).unwrap();
+/// assert_eq!(parsed.args.as_deref(), Some("hello"));
+/// assert!(cmd.parse("/start@other_bot", Some("my_bot")).is_none());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Command {
+    names: Vec<String>,
+    prefixes: String,
+    ignore_case: bool,
+    ignore_mention: bool,
+}
+
+impl Command {
+    /// Matches any of `names` (aliases).
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Command {
+        Command {
+            names: names.into_iter().map(Into::into).collect(),
+            prefixes: "/".into(),
+            ignore_case: false,
+            ignore_mention: false,
+        }
+    }
+
+    /// The accepted prefix characters (default `/`).
+    pub fn prefixes(mut self, prefixes: &str) -> Command {
+        self.prefixes = prefixes.to_owned();
+        self
+    }
+
+    /// Match the name whatever its case.
+    pub fn ignore_case(mut self) -> Command {
+        self.ignore_case = true;
+        self
+    }
+
+    /// Match even when the command mentions another bot.
+    pub fn ignore_mention(mut self) -> Command {
+        self.ignore_mention = true;
+        self
+    }
+
+    /// Parses `text` as one of these commands, for a bot called `username`.
+    pub fn parse(&self, text: &str, username: Option<&str>) -> Option<CommandObject> {
+        let prefix = text.chars().next().filter(|c| self.prefixes.contains(*c))?;
+        let rest = &text[prefix.len_utf8()..];
+        let (head, args) = match rest.split_once(char::is_whitespace) {
+            Some((h, a)) => (
+                h,
+                Some(a.trim_start())
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_owned),
+            ),
+            None => (rest, None),
+        };
+        let (command, mention) = match head.split_once('@') {
+            Some((c, m)) => (c, Some(m.to_owned())),
+            None => (head, None),
+        };
+        if command.is_empty() {
+            return None;
+        }
+        if let (Some(m), false) = (&mention, self.ignore_mention)
+            && username.is_none_or(|u| !u.eq_ignore_ascii_case(m))
+        {
+            return None;
+        }
+        let matches = self.names.iter().any(|n| {
+            if self.ignore_case {
+                n.eq_ignore_ascii_case(command)
+            } else {
+                n == command
+            }
+        });
+        matches.then(|| CommandObject {
+            prefix,
+            command: command.to_owned(),
+            mention,
+            args,
+        })
+    }
+}
+
+impl Filter for Command {
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        let parsed = message_text(cx).and_then(|t| self.parse(t, cx.bot().username()));
+        Box::pin(std::future::ready(parsed.map(|c| {
+            let mut v = Extensions::new();
+            v.insert(c);
+            v
+        })))
+    }
+    fn provides(&self) -> Vec<TypeId> {
+        vec![TypeId::of::<CommandObject>()]
+    }
+}
+
+/// The error an `errors` handler receives.
+#[derive(Debug, Clone)]
+pub struct ErrorEvent(pub Arc<HandlerError>);
+
+impl crate::extract::FromContext for ErrorEvent {
+    fn from_context(cx: &Context) -> Result<Self, crate::extract::ExtractError> {
+        cx.get::<ErrorEvent>()
+            .cloned()
+            .ok_or(crate::extract::ExtractError::Missing("ErrorEvent"))
+    }
+}
+
+/// For `errors` handlers: passes when the error is a `T` (aiogram's `ExceptionTypeFilter`).
+pub struct ErrorIs<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> ErrorIs<T> {
+    /// The filter.
+    pub fn new() -> ErrorIs<T> {
+        ErrorIs(std::marker::PhantomData)
+    }
+}
+
+impl<T> Default for ErrorIs<T> {
+    fn default() -> Self {
+        ErrorIs::new()
+    }
+}
+
+impl<T: std::error::Error + 'static> Filter for ErrorIs<T> {
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        let ok = cx.get::<ErrorEvent>().is_some_and(|e| e.0.is::<T>());
+        Box::pin(std::future::ready(if ok { pass() } else { None }))
+    }
+}

@@ -1,0 +1,555 @@
+//! The framework's semantics, one test each, named after the semantic.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use frankenstein::inline_mode::InlineQuery;
+use frankenstein::types::{CallbackQuery, Message};
+use tgpipe_shared::UpdateKind;
+use tgpipe_worker::filter::{
+    Command, CommandObject, ErrorEvent, ErrorIs, FilterExt, from_async, not, text,
+};
+use tgpipe_worker::{
+    Bot, BuildError, Context, Dep, DispatchOutcome, Dispatcher, Flow, Handled, Next, Router, Update,
+};
+
+/// A shared log the handlers and middleware write to.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn push(&self, s: impl Into<String>) {
+        self.0.lock().unwrap().push(s.into());
+    }
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+fn bot() -> Bot {
+    let b = Bot::new("123:TEST").unwrap();
+    b.set_username("my_bot");
+    b
+}
+
+fn text_update(text: &str) -> Bytes {
+    Bytes::from(
+        serde_json::json!({"update_id": 1, "message": {"message_id": 1, "date": 0,
+            "chat": {"id": 5, "type": "private", "first_name": "A"}, "from": {"id": 5, "is_bot": false, "first_name": "A"},
+            "text": text}})
+        .to_string(),
+    )
+}
+
+fn callback_update() -> Bytes {
+    Bytes::from_static(br#"{"update_id":2,"callback_query":{"id":"q1","from":{"id":5,"is_bot":false,"first_name":"A"},"chat_instance":"c","data":"x"}}"#)
+}
+
+async fn run(router: Router, log: &Log, update: Bytes) -> (DispatchOutcome, Vec<String>) {
+    let dp = Dispatcher::builder(router)
+        .state(log.clone())
+        .build()
+        .expect("builds");
+    let outcome = dp.feed_raw(&bot(), update).await;
+    (outcome, log.take())
+}
+
+fn named(
+    name: &'static str,
+) -> impl Fn(Dep<Log>) -> std::future::Ready<()> + Clone + Send + Sync + 'static {
+    move |Dep(log): Dep<Log>| {
+        log.push(name);
+        std::future::ready(())
+    }
+}
+
+#[tokio::test]
+async fn registration_order() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.message(named("first"));
+    r.message(named("second"));
+    let (outcome, got) = run(r, &log, text_update("hi")).await;
+    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert_eq!(got, ["first"]);
+}
+
+#[tokio::test]
+async fn nested_routers_depth_first() {
+    let log = Log::default();
+    let mut root = Router::new("root");
+    root.message(named("root")).filter(text::equals("root"));
+    let mut a = Router::new("a");
+    let mut a1 = Router::new("a1");
+    a1.message(named("a1")).filter(text::equals("deep"));
+    a.include_router(a1);
+    let mut b = Router::new("b");
+    b.message(named("b"));
+    root.include_router(a);
+    root.include_router(b);
+    // a's child a1 is tried before b: depth first.
+    let (_, got) = run(root.clone(), &log, text_update("deep")).await;
+    assert_eq!(got, ["a1"]);
+    let (_, got) = run(root, &log, text_update("other")).await;
+    assert_eq!(got, ["b"]);
+}
+
+#[tokio::test]
+async fn handler_decline_continues_the_search() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.message(|Dep(log): Dep<Log>| async move {
+        log.push("declined");
+        Flow::Skip
+    });
+    r.message(named("taken"));
+    let (outcome, got) = run(r, &log, text_update("x")).await;
+    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert_eq!(got, ["declined", "taken"]);
+}
+
+#[tokio::test]
+async fn no_handler_is_unhandled() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.message(named("never")).filter(text::equals("nope"));
+    let (outcome, got) = run(r, &log, text_update("x")).await;
+    assert!(matches!(outcome, DispatchOutcome::Unhandled));
+    assert!(got.is_empty());
+}
+
+fn tag_mw(
+    tag: &'static str,
+) -> impl Fn(
+    Context,
+    Next,
+) -> tgpipe_worker::handler::BoxFuture<'static, tgpipe_worker::middleware::MiddlewareResult>
++ Send
++ Sync
++ 'static {
+    move |cx: Context, next: Next| {
+        Box::pin(async move {
+            let log = cx.get::<Log>().unwrap().clone();
+            log.push(format!("{tag}:before"));
+            let r = next.run(cx).await;
+            log.push(format!("{tag}:after"));
+            r
+        })
+    }
+}
+
+#[tokio::test]
+async fn outer_middleware_sees_every_update_inner_only_matched_ones() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.outer_middleware(UpdateKind::Message, tag_mw("outer"));
+    r.inner_middleware(UpdateKind::Message, tag_mw("inner"));
+    r.message(named("handler")).filter(text::equals("match"));
+    let (_, got) = run(r.clone(), &log, text_update("match")).await;
+    assert_eq!(
+        got,
+        [
+            "outer:before",
+            "inner:before",
+            "handler",
+            "inner:after",
+            "outer:after"
+        ]
+    );
+    let (_, got) = run(r, &log, text_update("no match")).await;
+    assert_eq!(got, ["outer:before", "outer:after"]);
+}
+
+#[tokio::test]
+async fn middleware_drop_stops_the_update() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.outer_middleware(UpdateKind::Message, |cx: Context, _next: Next| async move {
+        cx.get::<Log>().unwrap().push("dropped");
+        Ok(Handled::Yes)
+    });
+    r.message(named("handler"));
+    let (outcome, got) = run(r, &log, text_update("x")).await;
+    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert_eq!(got, ["dropped"]);
+}
+
+#[tokio::test]
+async fn post_processing_runs_after_the_handler() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.message(named("handler"));
+    let dp = Dispatcher::builder(r)
+        .state(log.clone())
+        .update_middleware(tag_mw("update"))
+        .build()
+        .unwrap();
+    dp.feed_raw(&bot(), text_update("x")).await;
+    assert_eq!(log.take(), ["update:before", "handler", "update:after"]);
+}
+
+#[tokio::test]
+async fn filters_and_or_not() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.message(named("and"))
+        .filter(text::starts_with("a").and(text::contains("z")));
+    r.message(named("or"))
+        .filter(text::equals("x").or(text::equals("y")));
+    r.message(named("not")).filter(not(text::contains("q")));
+    r.message(named("rest"));
+    for (input, want) in [("abz", "and"), ("ab", "not"), ("y", "or"), ("qq", "rest")] {
+        let (_, got) = run(r.clone(), &log, text_update(input)).await;
+        assert_eq!(got, [want], "{input}");
+    }
+}
+
+#[tokio::test]
+async fn several_filters_on_one_registration_are_and_two_registrations_are_or() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.message(named("h"))
+        .filter(text::starts_with("a"))
+        .filter(text::contains("z"));
+    r.message(named("h")).filter(text::equals("alt"));
+    for (input, hit) in [("az", true), ("a", false), ("alt", true), ("z", false)] {
+        let (_, got) = run(r.clone(), &log, text_update(input)).await;
+        assert_eq!(!got.is_empty(), hit, "{input}");
+    }
+}
+
+#[tokio::test]
+async fn async_filters() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.message(named("slow"))
+        .filter(from_async(|cx: Context| async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            cx.update().chat_id == Some(5)
+        }));
+    let (_, got) = run(r, &log, text_update("x")).await;
+    assert_eq!(got, ["slow"]);
+}
+
+#[tokio::test]
+async fn filter_data_reaches_the_handler() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.message(|cmd: CommandObject, Dep(log): Dep<Log>| async move {
+        log.push(format!("{}|{:?}", cmd.command, cmd.args));
+    })
+    .filter(Command::new(["start"]));
+    let (_, got) = run(r, &log, text_update("/start payload here")).await;
+    assert_eq!(got, ["start|Some(\"payload here\")"]);
+}
+
+#[tokio::test]
+async fn the_ghost_handler_catches_everything() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.message(named("ghost"));
+    for t in ["", "/cmd", "anything"] {
+        let (outcome, got) = run(r.clone(), &log, text_update(t)).await;
+        assert!(matches!(outcome, DispatchOutcome::Handled));
+        assert_eq!(got, ["ghost"]);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("quota exceeded")]
+struct QuotaExceeded;
+
+#[derive(Debug, thiserror::Error)]
+#[error("something else")]
+struct SomethingElse;
+
+#[tokio::test]
+async fn errors_observer_with_error_type_filter() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.message(|m: Arc<Message>| async move {
+        if m.text.as_deref() == Some("quota") {
+            Err::<(), _>(anyhow_like(QuotaExceeded))
+        } else {
+            Err(anyhow_like(SomethingElse))
+        }
+    });
+    r.errors(
+        |e: ErrorEvent, Dep(log): Dep<Log>| async move { log.push(format!("handled: {}", e.0)) },
+    )
+    .filter(ErrorIs::<QuotaExceeded>::new());
+    let (outcome, got) = run(r.clone(), &log, text_update("quota")).await;
+    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert_eq!(got, ["handled: quota exceeded"]);
+    let (outcome, got) = run(r, &log, text_update("other")).await;
+    let DispatchOutcome::Failed(e) = outcome else {
+        panic!("unhandled error must fail")
+    };
+    assert!(e.is::<SomethingElse>() && !e.is_transient());
+    assert!(got.is_empty());
+}
+
+fn anyhow_like<E: std::error::Error + Send + Sync + 'static>(e: E) -> tgpipe_worker::HandlerError {
+    e.into()
+}
+
+#[test]
+fn command_parsing_matrix() {
+    let cmd = Command::new(["start", "go"]);
+    let me = Some("my_bot");
+    let ok = |c: &Command, t: &str| c.parse(t, me).map(|o| (o.command, o.mention, o.args));
+    assert_eq!(ok(&cmd, "/start"), Some(("start".into(), None, None)));
+    assert_eq!(
+        ok(&cmd, "/go now please"),
+        Some(("go".into(), None, Some("now please".into())))
+    );
+    assert_eq!(
+        ok(&cmd, "/start@my_bot x"),
+        Some(("start".into(), Some("my_bot".into()), Some("x".into())))
+    );
+    assert_eq!(
+        ok(&cmd, "/start@MY_BOT"),
+        Some(("start".into(), Some("MY_BOT".into()), None))
+    );
+    assert_eq!(
+        ok(&cmd, "/start@other_bot"),
+        None,
+        "a command for another bot"
+    );
+    assert_eq!(ok(&cmd, "/START"), None, "case matters by default");
+    assert_eq!(
+        ok(&cmd.clone().ignore_case(), "/START"),
+        Some(("START".into(), None, None))
+    );
+    assert_eq!(ok(&cmd, "!start"), None, "prefix");
+    assert_eq!(
+        ok(&cmd.clone().prefixes("/!"), "!start"),
+        Some(("start".into(), None, None))
+    );
+    assert_eq!(ok(&cmd, "/stop"), None);
+    assert_eq!(ok(&cmd, "start"), None);
+    assert_eq!(ok(&cmd, "/"), None);
+    assert_eq!(
+        ok(&cmd, "/start\npayload"),
+        Some(("start".into(), None, Some("payload".into())))
+    );
+    assert_eq!(
+        ok(&cmd.clone().ignore_mention(), "/start@other_bot"),
+        Some(("start".into(), Some("other_bot".into()), None))
+    );
+    assert_eq!(
+        Command::new(["start"]).parse("/start@bot", None),
+        None,
+        "unknown username: mentions cannot match"
+    );
+}
+
+#[tokio::test]
+async fn extractor_errors_fail_the_update_instead_of_panicking() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    // A Message argument on the callback query observer.
+    r.callback_query(|_m: Arc<Message>| async {});
+    let (outcome, _) = run(r, &log, callback_update()).await;
+    let DispatchOutcome::Failed(e) = outcome else {
+        panic!("expected a failure")
+    };
+    assert!(e.to_string().contains("callback_query"), "{e}");
+    assert!(!e.is_transient());
+}
+
+#[tokio::test]
+async fn a_missing_dependency_is_a_build_error() {
+    #[derive(Clone)]
+    struct Db;
+    let mut r = Router::new("main");
+    r.message(|_db: Dep<Db>| async {});
+    let err = Dispatcher::builder(r.clone()).build().unwrap_err();
+    assert!(
+        matches!(&err, BuildError::MissingDependency { router, observer, index: 0, .. } if router == "main" && observer == "message")
+    );
+    assert!(err.to_string().contains("Db"), "{err}");
+    assert!(Dispatcher::builder(r.clone()).state(Db).build().is_ok());
+    // A middleware may declare that it provides it.
+    r.provides::<Db>();
+    assert!(Dispatcher::builder(r).build().is_ok());
+    // CommandObject is provided by a Command filter, and only there.
+    let mut r = Router::new("c");
+    r.message(|_c: CommandObject| async {});
+    assert!(Dispatcher::builder(r.clone()).build().is_err());
+    let mut r = Router::new("c");
+    r.message(|_c: CommandObject| async {})
+        .filter(Command::new(["x"]));
+    assert!(Dispatcher::builder(r).build().is_ok());
+}
+
+#[tokio::test]
+async fn duplicate_router_names_are_refused() {
+    let mut root = Router::new("same");
+    root.include_router(Router::new("same"));
+    assert_eq!(
+        Dispatcher::builder(root).build().unwrap_err(),
+        BuildError::DuplicateRouter("same".into())
+    );
+}
+
+#[tokio::test]
+async fn unknown_kind_is_routed_raw() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.message(named("message"));
+    r.raw(|u: Arc<Update>, Dep(log): Dep<Log>| async move { log.push(format!("raw {}", u.kind)) });
+    let (outcome, got) = run(
+        r,
+        &log,
+        Bytes::from_static(br#"{"update_id":1,"key":"value"}"#),
+    )
+    .await;
+    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert_eq!(got, ["raw key"]);
+}
+
+#[tokio::test]
+async fn the_whole_corpus_routes_to_the_right_observer_with_nothing_lost() {
+    let log = Log::default();
+    let mut r = Router::new("all");
+    for kind in UpdateKind::ALL {
+        let k = kind.clone();
+        r.on(kind.clone(), move |Dep(log): Dep<Log>| {
+            let k = k.clone();
+            async move { log.push(k.to_string()) }
+        });
+    }
+    r.raw(|u: Arc<Update>, Dep(log): Dep<Log>| async move { log.push(format!("raw:{}", u.kind)) });
+    let dp = Dispatcher::builder(r).state(log.clone()).build().unwrap();
+    let corpus = tgpipe_shared::testkit::corpus();
+    for line in &corpus {
+        let outcome = dp.feed_raw(&bot(), Bytes::from(line.clone())).await;
+        assert!(matches!(outcome, DispatchOutcome::Handled), "{line}");
+    }
+    let got = log.take();
+    assert_eq!(got.len(), corpus.len(), "every update handled exactly once");
+    for (line, handled) in corpus.iter().zip(&got) {
+        let kind = tgpipe_shared::extract_keys(line.as_bytes()).unwrap().kind;
+        // Typed where the model reads it; raw (with its kind) otherwise: never lost.
+        assert!(
+            handled == kind.as_str() || handled == &format!("raw:{kind}"),
+            "{handled} for {line}"
+        );
+    }
+    let raw: Vec<&String> = got.iter().filter(|g| g.starts_with("raw:")).collect();
+    assert!(raw.contains(&&"raw:key".to_string()));
+    // Only the unknown kind and the two records the fixtures call off-specification
+    // (`rich_message` with `html`, a managed-bot payload with `user`) go raw.
+    assert_eq!(raw.len(), 3, "{raw:?}");
+}
+
+#[tokio::test]
+async fn tower_layers_wrap_the_dispatch() {
+    use tower::{Service, ServiceBuilder, ServiceExt};
+    let mut r = Router::new("r");
+    r.message(|| async { tokio::time::sleep(Duration::from_secs(5)).await });
+    let dp = Dispatcher::builder(r).build().unwrap();
+    let mut svc = ServiceBuilder::new()
+        .timeout(Duration::from_millis(50))
+        .service(dp);
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(tgpipe_worker::Incoming {
+            bot: bot(),
+            raw: text_update("slow"),
+        })
+        .await;
+    assert!(
+        res.is_err(),
+        "the timeout layer turns a slow handler into an error"
+    );
+}
+
+#[tokio::test]
+async fn used_update_kinds_lists_the_observed_kinds() {
+    let mut r = Router::new("r");
+    r.message(|| async {});
+    let mut child = Router::new("child");
+    child.callback_query(|_q: Arc<CallbackQuery>| async {});
+    child.inline_query(|_q: Arc<InlineQuery>| async {});
+    r.include_router(child);
+    let dp = Dispatcher::builder(r).build().unwrap();
+    assert_eq!(
+        dp.used_update_kinds(),
+        vec![
+            UpdateKind::Message,
+            UpdateKind::InlineQuery,
+            UpdateKind::CallbackQuery
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_handler_replies_through_the_bot_api() {
+    let sink = tgpipe_loadtest::sink::Sink::start(Default::default())
+        .await
+        .unwrap();
+    let bot = Bot::with_api_url("123:TEST", &sink.url()).unwrap();
+    let mut r = Router::new("echo");
+    r.message(|m: Arc<Message>, bot: Bot| async move {
+        bot.send_message(m.chat.id, m.text.as_deref().unwrap_or_default())
+            .await?;
+        Ok::<_, tgpipe_worker::BotError>(())
+    });
+    let dp = Dispatcher::builder(r).build().unwrap();
+    assert!(matches!(
+        dp.feed_raw(&bot, text_update("echo me")).await,
+        DispatchOutcome::Handled
+    ));
+    let calls = sink.wait_for_calls(1, Duration::from_secs(10)).await;
+    assert_eq!(calls[0].method, "sendMessage");
+    assert_eq!(calls[0].params["text"], serde_json::json!("echo me"));
+    assert_eq!(calls[0].params["chat_id"], serde_json::json!(5));
+    // getMe fills the username the Command filter checks mentions against.
+    let me = bot.me().await.unwrap();
+    assert_eq!(bot.username(), me.username.as_deref());
+}
+
+#[tokio::test]
+async fn bot_api_errors_are_classified_for_the_runtime() {
+    let sink = tgpipe_loadtest::sink::Sink::start(tgpipe_loadtest::sink::SinkConfig {
+        every_429: Some(1),
+        retry_after: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let bot = Bot::with_api_url("123:TEST", &sink.url()).unwrap();
+    let mut r = Router::new("r");
+    r.message(|bot: Bot| async move {
+        bot.send_message(5, "x").await?;
+        Ok::<_, tgpipe_worker::BotError>(())
+    });
+    let dp = Dispatcher::builder(r).build().unwrap();
+    let DispatchOutcome::Failed(e) = dp.feed_raw(&bot, text_update("x")).await else {
+        panic!("429 must fail")
+    };
+    assert!(e.is_transient(), "429 is retried later");
+    let api = e.downcast_ref::<tgpipe_worker::BotError>().unwrap();
+    assert!(matches!(
+        api,
+        tgpipe_worker::BotError::Api {
+            code: 429,
+            retry_after: Some(3),
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_updates_fail_permanently() {
+    let dp = Dispatcher::builder(Router::new("r")).build().unwrap();
+    let DispatchOutcome::Failed(e) = dp.feed_raw(&bot(), Bytes::from_static(b"[1]")).await else {
+        panic!()
+    };
+    assert!(!e.is_transient());
+}
