@@ -54,6 +54,11 @@ impl BotError {
 #[error("a bot token looks like `123456:ABC-DEF...`")]
 pub struct InvalidToken;
 
+enum Payload {
+    Json(Vec<u8>),
+    Form(reqwest::multipart::Form),
+}
+
 struct Inner {
     token: String,
     id: BotId,
@@ -135,12 +140,29 @@ impl Bot {
         method: &str,
         params: &P,
     ) -> Result<R, BotError> {
+        let body = serde_json::to_vec(params)
+            .map_err(|e| BotError::InvalidResponse(format!("parameters: {e}")))?;
+        let bytes = self.send(method, Payload::Json(body)).await?;
+        let envelope: Envelope<R> =
+            serde_json::from_slice(&bytes).map_err(|e| BotError::InvalidResponse(e.to_string()))?;
+        envelope
+            .result
+            .ok_or_else(|| BotError::InvalidResponse("`ok` without a `result`".into()))
+    }
+
+    /// Sends a request and returns the body of a successful (`ok: true`) answer; an
+    /// `ok: false` answer becomes [`BotError::Api`].
+    async fn send(&self, method: &str, payload: Payload) -> Result<bytes::Bytes, BotError> {
         let url = format!("{}/bot{}/{method}", self.0.api_url, self.0.token);
-        let response = self
-            .0
-            .client
-            .post(url)
-            .json(params)
+        let request = self.0.client.post(url);
+        let request = match payload {
+            Payload::Json(body) => request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+            Payload::Form(form) => request.multipart(form),
+        };
+        // `without_url`: the URL holds the token.
+        let response = request
             .send()
             .await
             .map_err(|e| BotError::Network(e.without_url().to_string()))?;
@@ -149,18 +171,17 @@ impl Bot {
             .bytes()
             .await
             .map_err(|e| BotError::Network(e.without_url().to_string()))?;
-        let envelope: Envelope<R> = serde_json::from_slice(&body)
+        let head: Envelope<serde::de::IgnoredAny> = serde_json::from_slice(&body)
             .map_err(|e| BotError::InvalidResponse(format!("HTTP {status}: {e}")))?;
-        match (envelope.ok, envelope.result) {
-            (true, Some(result)) => Ok(result),
-            (true, None) => Err(BotError::InvalidResponse("`ok` without a `result`".into())),
-            (false, _) => Err(BotError::Api {
-                code: envelope.error_code.unwrap_or(status),
-                description: envelope.description.unwrap_or_default(),
-                retry_after: envelope.parameters.as_ref().and_then(|p| p.retry_after),
-                migrate_to_chat_id: envelope.parameters.and_then(|p| p.migrate_to_chat_id),
-            }),
+        if head.ok {
+            return Ok(body);
         }
+        Err(BotError::Api {
+            code: head.error_code.unwrap_or(status),
+            description: head.description.unwrap_or_default(),
+            retry_after: head.parameters.as_ref().and_then(|p| p.retry_after),
+            migrate_to_chat_id: head.parameters.and_then(|p| p.migrate_to_chat_id),
+        })
     }
 
     /// `getMe`, remembering the username for the `Command` filter's mention check.
@@ -173,7 +194,7 @@ impl Bot {
     }
 
     /// `sendMessage` with plain text.
-    pub async fn send_message(
+    pub async fn send_text(
         &self,
         chat_id: i64,
         text: &str,
@@ -183,5 +204,80 @@ impl Bot {
             &serde_json::json!({"chat_id": chat_id, "text": text}),
         )
         .await
+    }
+}
+
+/// Every Bot API method, through [`Bot`]'s single call path.
+///
+/// ```no_run
+/// # async fn demo(bot: tgpipe_worker::Bot) -> Result<(), tgpipe_worker::BotError> {
+/// use frankenstein::AsyncTelegramApi;
+/// use frankenstein::methods::SendMessageParams;
+///
+/// let params = SendMessageParams::builder().chat_id(5).text("hi").build();
+/// bot.send_message(&params).await?;
+/// # Ok(()) }
+/// ```
+#[async_trait::async_trait]
+impl frankenstein::AsyncTelegramApi for Bot {
+    type Error = BotError;
+
+    async fn request<Params, Output>(
+        &self,
+        method: &str,
+        params: Option<Params>,
+    ) -> Result<Output, BotError>
+    where
+        Params: Serialize + std::fmt::Debug + Send,
+        Output: DeserializeOwned,
+    {
+        let body = match params {
+            Some(p) => serde_json::to_vec(&p)
+                .map_err(|e| BotError::InvalidResponse(format!("parameters: {e}")))?,
+            None => b"{}".to_vec(),
+        };
+        let bytes = self.send(method, Payload::Json(body)).await?;
+        serde_json::from_slice(&bytes).map_err(|e| BotError::InvalidResponse(e.to_string()))
+    }
+
+    async fn request_with_form_data<Params, Output>(
+        &self,
+        method: &str,
+        params: Params,
+        files: Vec<(&str, std::path::PathBuf)>,
+    ) -> Result<Output, BotError>
+    where
+        Params: Serialize + std::fmt::Debug + Send,
+        Output: DeserializeOwned,
+    {
+        let fields = serde_json::to_value(&params)
+            .map_err(|e| BotError::InvalidResponse(format!("parameters: {e}")))?;
+        let mut form = reqwest::multipart::Form::new();
+        if let serde_json::Value::Object(map) = fields {
+            for (name, value) in map {
+                // Telegram reads nested parameters of a form as JSON text.
+                let text = match value {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Null => continue,
+                    other => other.to_string(),
+                };
+                form = form.text(name, text);
+            }
+        }
+        for (field, path) in files {
+            let bytes = tokio::fs::read(&path)
+                .await
+                .map_err(|e| BotError::InvalidResponse(format!("{}: {e}", path.display())))?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| field.to_owned());
+            form = form.part(
+                field.to_owned(),
+                reqwest::multipart::Part::bytes(bytes).file_name(name),
+            );
+        }
+        let bytes = self.send(method, Payload::Form(form)).await?;
+        serde_json::from_slice(&bytes).map_err(|e| BotError::InvalidResponse(e.to_string()))
     }
 }

@@ -8,6 +8,7 @@
 //! an update was handled, unhandled, or failed (transiently or for good).
 
 pub mod bot;
+pub mod callback_data;
 pub mod context;
 pub mod dispatcher;
 pub mod error;

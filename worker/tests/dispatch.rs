@@ -496,7 +496,7 @@ async fn a_handler_replies_through_the_bot_api() {
     let bot = Bot::with_api_url("123:TEST", &sink.url()).unwrap();
     let mut r = Router::new("echo");
     r.message(|m: Arc<Message>, bot: Bot| async move {
-        bot.send_message(m.chat.id, m.text.as_deref().unwrap_or_default())
+        bot.send_text(m.chat.id, m.text.as_deref().unwrap_or_default())
             .await?;
         Ok::<_, tgpipe_worker::BotError>(())
     });
@@ -526,7 +526,7 @@ async fn bot_api_errors_are_classified_for_the_runtime() {
     let bot = Bot::with_api_url("123:TEST", &sink.url()).unwrap();
     let mut r = Router::new("r");
     r.message(|bot: Bot| async move {
-        bot.send_message(5, "x").await?;
+        bot.send_text(5, "x").await?;
         Ok::<_, tgpipe_worker::BotError>(())
     });
     let dp = Dispatcher::builder(r).build().unwrap();

@@ -356,3 +356,11 @@ impl<T: std::error::Error + 'static> Filter for ErrorIs<T> {
         Box::pin(std::future::ready(if ok { pass() } else { None }))
     }
 }
+
+mod chat_member;
+mod content;
+mod deep_link;
+
+pub use chat_member::{ChatMemberUpdated, MemberGroup, MemberStatus, Transition};
+pub use content::{ContentType, chat_type, content_type};
+pub use deep_link::{CommandStart, create_start_link, decode_payload, encode_payload};
