@@ -56,3 +56,12 @@ ensure_redis_server() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
+
+# Builds the given packages in release mode and prints the directory of the binaries.
+build_release() {
+  log "building (release): $*"
+  local args=() p
+  for p in "$@"; do args+=(-p "$p"); done
+  cargo build --release --locked "${args[@]}" 2>&1 | grep -v -E "^\s+(Compiling|Downloaded|Downloading)" >&2 || true
+  echo "$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release"
+}

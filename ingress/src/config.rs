@@ -40,7 +40,7 @@ pub enum Command {
     /// Serve the webhook (the default).
     Serve(Box<ServeArgs>),
     /// Create or update the JetStream streams, then exit.
-    Provision(ProvisionArgs),
+    Provision(BrokerArgs),
     /// Write a self-signed certificate and key for this host, for `setWebhook`.
     Cert(CertArgs),
 }
@@ -94,18 +94,12 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
     #[allow(missing_docs)]
     #[command(flatten)]
-    pub nats: NatsArgs,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub stream: StreamSettings,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
+    pub broker: BrokerArgs,
 }
 
-/// Settings of `provision`.
+/// The broker, stream and telemetry settings that `serve` and `provision` share.
 #[derive(Debug, Clone, Args)]
-pub struct ProvisionArgs {
+pub struct BrokerArgs {
     #[allow(missing_docs)]
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -214,9 +208,9 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             provision: self.provision,
             tls: self.tls_cert.zip(self.tls_key),
-            nats: self.nats,
-            stream: self.stream,
-            telemetry: self.telemetry,
+            nats: self.broker.nats,
+            stream: self.broker.stream,
+            telemetry: self.broker.telemetry,
         })
     }
 }

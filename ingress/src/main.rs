@@ -61,7 +61,10 @@ async fn run(args: tgpipe_ingress::config::ServeArgs) -> anyhow::Result<()> {
         tgpipe_shared::shutdown::signal(),
     )
     .await;
-    state.publisher().flush().await;
+    state
+        .publisher()
+        .flush(std::time::Duration::from_secs(5))
+        .await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -84,10 +84,11 @@ impl Publisher {
         }
     }
 
-    /// Sends everything buffered (at shutdown).
-    pub async fn flush(&self) {
-        // A failed flush at shutdown leaves nothing to do: every answered request was
-        // already acknowledged.
-        let _ = self.client.flush().await;
+    /// Sends everything buffered (at shutdown), waiting at most `limit`. Every answered
+    /// request was already acknowledged, so a flush that cannot finish loses nothing;
+    /// without the limit it would wait forever for a broker that is gone (async-nats
+    /// waits for a reconnection), and the pod would never exit.
+    pub async fn flush(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.client.flush()).await;
     }
 }

@@ -66,3 +66,19 @@ async fn readiness_follows_the_broker() {
     t.nats.restart();
     t.wait_ready().await;
 }
+
+/// Regression: with the broker gone, the flush at shutdown waited for a reconnection
+/// forever, so the process never exited.
+#[tokio::test]
+async fn flush_at_shutdown_does_not_wait_for_a_broker_that_is_gone() {
+    let mut t = harness(&[]).await;
+    t.nats.stop();
+    let started = std::time::Instant::now();
+    let flushed = tokio::time::timeout(
+        Duration::from_secs(30),
+        t.state.publisher().flush(Duration::from_millis(500)),
+    )
+    .await;
+    assert!(flushed.is_ok(), "flush did not return");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

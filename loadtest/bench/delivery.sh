@@ -14,9 +14,7 @@ CHATS=${CHATS:-1000}
 CONNECTIONS=${CONNECTIONS:-40}
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 ensure_nats_server
-log "building (release)"
-cargo build --release --locked -p tgpipe-ingress -p tgpipe-loadtest 2>&1 | grep -v -E "^\s+(Compiling|Downloaded|Downloading)" || true
-T=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
+T=$(build_release tgpipe-ingress tgpipe-loadtest)
 
 WORK=$(mktemp -d -t tgpipe-bench.XXXXXX)
 PIDS=()

@@ -20,9 +20,7 @@ command -v wrk >/dev/null || { log "installing wrk"; apt-get update -qq && apt-g
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 ensure_nats_server
 
-log "building (release)"
-cargo build --release --locked -p tgpipe-ingress -p tgpipe-loadtest 2>&1 | grep -v -E "^\s+(Compiling|Downloaded|Downloading)" || true
-TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
+TARGET=$(build_release tgpipe-ingress tgpipe-loadtest)
 
 WORK=$(mktemp -d -t tgpipe-bench.XXXXXX)
 PIDS=()

@@ -1,6 +1,10 @@
 //! The framework's semantics, one test each, named after the semantic.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::{Log, bot};
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,25 +17,6 @@ use tgpipe_worker::filter::{
 use tgpipe_worker::{
     Bot, BuildError, Context, Dep, DispatchOutcome, Dispatcher, Flow, Handled, Next, Router, Update,
 };
-
-/// A shared log the handlers and middleware write to.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn push(&self, s: impl Into<String>) {
-        self.0.lock().unwrap().push(s.into());
-    }
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
-fn bot() -> Bot {
-    let b = Bot::new("123:TEST").unwrap();
-    b.set_username("my_bot");
-    b
-}
 
 fn text_update(text: &str) -> Bytes {
     Bytes::from(

@@ -1,6 +1,10 @@
 //! Built-in filters, callback data, and every Bot API method through `Bot`.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::{Log, bot};
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,24 +16,6 @@ use tgpipe_worker::filter::{
     Transition, chat_type, content_type, create_start_link, encode_payload,
 };
 use tgpipe_worker::{Bot, Dep, DispatchOutcome, Dispatcher, Router, callback_data};
-
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
-
-impl Log {
-    fn push(&self, s: impl Into<String>) {
-        self.0.lock().unwrap().push(s.into());
-    }
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
-fn bot() -> Bot {
-    let b = Bot::new("123:TEST").unwrap();
-    b.set_username("my_bot");
-    b
-}
 
 fn message(extra: serde_json::Value) -> Bytes {
     let mut m = json!({"message_id": 1, "date": 0, "chat": {"id": 5, "type": "private", "first_name": "A"},
