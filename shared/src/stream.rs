@@ -134,6 +134,8 @@ impl StreamSettings {
             duplicate_window: self.dedupe_window,
             max_age: self.dlq_max_age,
             num_replicas: usize::from(self.replicas),
+            // `dlq list` reads letters by sequence with direct gets.
+            allow_direct: true,
             ..Default::default()
         }
     }

@@ -17,6 +17,7 @@ pub mod filter;
 pub mod handler;
 pub mod middleware;
 pub mod router;
+pub mod runtime;
 pub mod update;
 
 pub use bot::{Bot, BotError};
@@ -27,6 +28,7 @@ pub use extract::{Dep, FromContext};
 pub use handler::Flow;
 pub use middleware::{Handled, Next};
 pub use router::Router;
+pub use runtime::run;
 pub use update::{Event, Update};
 
 /// The guide `docs/framework.md`, whose examples are compiled as doc tests.

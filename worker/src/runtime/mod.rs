@@ -1,0 +1,286 @@
+//! The worker runtime: turns a [`Dispatcher`] into a pod.
+//!
+//! [`run`] gives every bot binary the same command line (see [`config::Cli`]): `run`
+//! (the default) consumes the lane's updates from JetStream, runs the dispatcher and
+//! acknowledges ([`consume`]); `dlq list|replay` inspects and re-publishes dead letters.
+//! Operations endpoints `/healthz`, `/readyz` and `/metrics` listen on `TGPIPE_LISTEN`.
+//! See `docs/operations.md` for lanes, acknowledgement, dead letters and draining.
+
+pub mod config;
+pub mod consume;
+pub mod dlq;
+pub mod lane;
+pub mod metrics;
+pub mod seen;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use tgpipe_shared::config::{EXIT_CONFIG, parse_or_exit};
+use tgpipe_shared::stream::provision_streams;
+
+use self::config::{Cli, Command, RunArgs};
+use self::consume::{AckSettings, Consumer};
+use self::lane::ensure_consumer;
+use crate::dispatcher::Dispatcher;
+
+/// Why the runtime stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A setting is unusable (exit code 64).
+    #[error("{0}")]
+    Config(String),
+    /// A peer (NATS, Redis, the listener) failed.
+    #[error("{0}")]
+    Peer(String),
+}
+
+impl RunError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            RunError::Config(_) => ExitCode::from(EXIT_CONFIG as u8),
+            RunError::Peer(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+fn peer(e: impl std::fmt::Display) -> RunError {
+    RunError::Peer(e.to_string())
+}
+
+/// The whole bot process: parses the command line and environment, then runs the
+/// command. `main` is one line:
+///
+/// ```no_run
+/// # use tgpipe_worker::{Dispatcher, Router};
+/// #[tokio::main]
+/// async fn main() -> std::process::ExitCode {
+///     let dispatcher = Dispatcher::builder(Router::new("main")).build().expect("handlers");
+///     tgpipe_worker::run(dispatcher).await
+/// }
+/// ```
+pub async fn run(dispatcher: Dispatcher) -> ExitCode {
+    let cli: Cli = parse_or_exit();
+    let result = match cli.command {
+        None => run_worker(cli.run, dispatcher).await,
+        Some(Command::Run(args)) => run_worker(*args, dispatcher).await,
+        Some(Command::Dlq(args)) => run_dlq(*args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn run_worker(args: RunArgs, dispatcher: Dispatcher) -> Result<(), RunError> {
+    let _telemetry = tgpipe_shared::telemetry::init("tgpipe-worker", &args.telemetry)
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let ops = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| RunError::Config(format!("cannot listen on {}: {e}", args.listen)))?;
+    serve(args, dispatcher, ops, tgpipe_shared::shutdown::signal()).await
+}
+
+async fn run_dlq(args: config::DlqArgs) -> Result<(), RunError> {
+    let client = args.nats.connect("tgpipe-worker dlq").await.map_err(peer)?;
+    let js = jetstream::new(client);
+    let mut out = std::io::stdout();
+    dlq::command(
+        &js,
+        &args.stream.dlq_name,
+        args.shards,
+        &args.command,
+        &mut out,
+    )
+    .await
+    .map_err(peer)
+}
+
+/// Runs a worker until `shutdown` resolves, serving `/healthz`, `/readyz` and
+/// `/metrics` on `ops`; then drains (stops pulling, lets in-flight handlers finish
+/// within the grace period) and returns. This is `run` without the command line, for
+/// tests and for programs that embed the worker.
+pub async fn serve(
+    args: RunArgs,
+    dispatcher: Dispatcher,
+    ops: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let lane = args.lane().map_err(|e| RunError::Config(e.to_string()))?;
+    let bots = args
+        .bots
+        .bots()
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let prometheus = metrics::install();
+    let ready = Arc::new(Readiness::default());
+    let ops_addr = ops.local_addr().map_err(peer)?;
+    let ops_task = tokio::spawn(serve_ops(ops, Arc::clone(&ready), prometheus));
+
+    let client = args.nats.connect("tgpipe-worker").await.map_err(peer)?;
+    let js = jetstream::new(client.clone());
+    if args.provision {
+        provision_streams(&js, &args.stream).await.map_err(peer)?;
+    }
+    let stream = js.get_stream(&args.stream.name).await.map_err(peer)?;
+    let consumer = ensure_consumer(&stream, &lane, args.max_ack_pending(), args.ack_wait)
+        .await
+        .map_err(|e| match e {
+            lane::ConsumerSetupError::Lane(e) => RunError::Config(e.to_string()),
+            e => peer(e),
+        })?;
+    let seen = if args.seen_cap > 0 {
+        let redis = redis::Client::open(args.redis_url.as_str())
+            .map_err(|e| RunError::Config(format!("REDIS_URL: {e}")))?;
+        let manager = redis
+            .get_connection_manager()
+            .await
+            .map_err(|e| RunError::Peer(format!("cannot connect to Redis: {e}")))?;
+        Some(seen::Seen::new(manager, args.seen_cap, args.seen_ttl))
+    } else {
+        None
+    };
+    tracing::info!(
+        lane = %lane.name(),
+        kinds = ?lane.kinds().map(|k| k.iter().map(|k| k.as_str().to_owned()).collect::<Vec<_>>()),
+        concurrency = args.concurrency,
+        bots = bots.len(),
+        ops = %ops_addr,
+        "consuming"
+    );
+    let lag_task = tokio::spawn(watch_lag(
+        consumer.clone(),
+        client.clone(),
+        lane.name().to_owned(),
+        Arc::clone(&ready),
+    ));
+    let worker = Arc::new(Consumer {
+        dispatcher: Arc::new(dispatcher),
+        bots: Arc::new(bots),
+        js,
+        acks: AckSettings {
+            max_deliver: args.max_deliver,
+            ack_wait: args.ack_wait,
+            retry_delay: args.retry_delay,
+            retry_max_delay: args.retry_max_delay,
+        },
+        seen,
+        lane: lane.name().to_owned(),
+    });
+    let draining = Arc::clone(&ready);
+    let shutdown = async move {
+        shutdown.await;
+        // Out of the Service's endpoints first, so no new work is routed here.
+        draining.draining.store(true, Ordering::Relaxed);
+        tracing::info!("shutdown requested");
+    };
+    let result = worker
+        .run(
+            consumer,
+            args.concurrency as usize,
+            args.shutdown_grace,
+            shutdown,
+        )
+        .await;
+    lag_task.abort();
+    // Acks are fire-and-forget publishes: flush them before the connection closes.
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+        tracing::warn!(error = %e, "flush at shutdown timed out");
+    }
+    ops_task.abort();
+    tracing::info!("stopped");
+    result.map_err(peer)
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Default)]
+struct Readiness {
+    consumer_ok: AtomicBool,
+    draining: AtomicBool,
+}
+
+async fn watch_lag(
+    mut consumer: jetstream::consumer::PullConsumer,
+    client: async_nats::Client,
+    lane: String,
+    ready: Arc<Readiness>,
+) {
+    loop {
+        let ok = client.connection_state() == async_nats::connection::State::Connected
+            && match consumer.info().await {
+                Ok(info) => {
+                    metrics::lag(&lane, info.num_pending, info.num_ack_pending);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer info");
+                    false
+                }
+            };
+        ready.consumer_ok.store(ok, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+type Ops = (
+    Arc<Readiness>,
+    Option<metrics_exporter_prometheus::PrometheusHandle>,
+);
+
+async fn serve_ops(
+    listener: tokio::net::TcpListener,
+    ready: Arc<Readiness>,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) {
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .route("/metrics", axum::routing::get(metrics_text))
+        .with_state((ready, prometheus));
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    {
+        tracing::error!(error = %e, "operations endpoint stopped");
+    }
+}
+
+async fn readyz(State((ready, _)): State<Ops>) -> impl IntoResponse {
+    if ready.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if ready.consumer_ok.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: NATS disconnected or the lane's consumer is missing",
+        )
+    }
+}
+
+async fn metrics_text(State((_, prometheus)): State<Ops>) -> impl IntoResponse {
+    match prometheus {
+        Some(h) => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            h.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+    }
+}

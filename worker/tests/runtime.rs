@@ -1,0 +1,438 @@
+//! The worker runtime end to end: real nats-server and redis-server, the ingress in
+//! process, the Bot API stand-in, and `tgpipe-example-bot` worker processes.
+
+mod stack;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::json;
+use stack::{BOT, Stack, TOKEN, callback, chat_of, joined, text, text_of};
+use tgpipe_loadtest::sink::SinkConfig;
+use tgpipe_shared::headers;
+use tgpipe_worker::runtime::config::{Cli, DlqCommand};
+use tgpipe_worker::{Dispatcher, HandlerError, Router};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_bot_answers_each_behaviour_through_the_ingress() {
+    let s = Stack::start().await;
+    let w = s.worker(&[]).await;
+
+    assert_eq!(s.post(&text(1, 501, "hello there")).await, 200);
+    let sent = s.wait_for("sendMessage", 1, Duration::from_secs(20)).await;
+    assert_eq!(text_of(&sent[0]), "hello there");
+    assert_eq!(chat_of(&sent[0]), 501);
+
+    assert_eq!(s.post(&text(2, 501, "/start")).await, 200);
+    let sent = s.wait_for("sendMessage", 2, Duration::from_secs(20)).await;
+    assert!(
+        text_of(&sent[1]).starts_with("Hello, Ann!"),
+        "{}",
+        text_of(&sent[1])
+    );
+
+    assert_eq!(s.post(&text(3, 501, "/start ref-42")).await, 200);
+    let sent = s.wait_for("sendMessage", 3, Duration::from_secs(20)).await;
+    assert_eq!(text_of(&sent[2]), "Hello, Ann! You came with: ref-42");
+
+    assert_eq!(s.post(&text(4, 501, "/menu")).await, 200);
+    let sent = s.wait_for("sendMessage", 4, Duration::from_secs(20)).await;
+    let keyboard = &sent[3].params["reply_markup"]["inline_keyboard"][0];
+    assert_eq!(keyboard[0]["callback_data"], "menu:tea");
+    assert_eq!(keyboard[1]["callback_data"], "menu:coffee");
+
+    assert_eq!(s.post(&callback(5, 501, "menu:coffee")).await, 200);
+    let answered = s
+        .wait_for("answerCallbackQuery", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(answered[0].params["callback_query_id"], "cq5");
+    let edited = s
+        .wait_for("editMessageText", 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(text_of(&edited[0]), "You chose coffee.");
+    assert_eq!(edited[0].params["message_id"], 77);
+
+    assert_eq!(s.post(&joined(6, -900, "Bea")).await, 200);
+    let sent = s.wait_for("sendMessage", 5, Duration::from_secs(20)).await;
+    assert_eq!(text_of(&sent[4]), "Welcome to Rustaceans, Bea!");
+    assert_eq!(chat_of(&sent[4]), -900);
+
+    // A command it does not know, in a group, is not echoed; nothing else is sent.
+    assert_eq!(s.post(&text(7, 501, "/unknown")).await, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.calls_of("sendMessage").len(), 5);
+    let metrics = w.metrics().await;
+    assert!(
+        metrics.contains(r#"tgpipe_worker_outcomes_total{kind="message",outcome="unhandled"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(s.dead_letters().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_updates_over_hundred_chats_are_answered_once_and_in_order() {
+    let s = Arc::new(Stack::start().await);
+    let _w = s.worker(&[("TGPIPE_CONCURRENCY", "32")]).await;
+    let mut posts = Vec::new();
+    for chat in 0..100i64 {
+        let s = Arc::clone(&s);
+        posts.push(tokio::spawn(async move {
+            for i in 0..10i64 {
+                let id = 10_000 + chat * 10 + i;
+                let status = s
+                    .post(&text(id, 1000 + chat, &format!("m{chat}-{i}")))
+                    .await;
+                assert_eq!(status, 200);
+            }
+        }));
+    }
+    for p in posts {
+        p.await.unwrap();
+    }
+    let sent = s
+        .wait_for("sendMessage", 1000, Duration::from_secs(60))
+        .await;
+    assert_eq!(sent.len(), 1000);
+    let mut per_chat: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for call in &sent {
+        per_chat
+            .entry(chat_of(call))
+            .or_default()
+            .push(text_of(call));
+    }
+    assert_eq!(per_chat.len(), 100);
+    for (chat, texts) in per_chat {
+        let want: Vec<String> = (0..10).map(|i| format!("m{}-{i}", chat - 1000)).collect();
+        assert_eq!(
+            texts, want,
+            "replies of chat {chat} in stream order, once each"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.calls_of("sendMessage").len(), 1000, "no duplicates");
+}
+
+/// Counts, per update text, how often it was answered.
+fn answered(s: &Stack) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for call in s.calls_of("sendMessage") {
+        *seen.entry(text_of(&call)).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_worker_mid_burst_loses_nothing() {
+    // Slow answers keep updates in flight when the worker dies.
+    let s = Stack::start_with(SinkConfig {
+        latency: Duration::from_millis(20),
+        ..SinkConfig::default()
+    })
+    .await;
+    let mut w = s.worker(&[("TGPIPE_CONCURRENCY", "16")]).await;
+    let n = 300i64;
+    for i in 0..n {
+        assert_eq!(
+            s.post(&text(20_000 + i, 2000 + i % 30, &format!("k{i}")))
+                .await,
+            200
+        );
+    }
+    s.wait_for("sendMessage", 40, Duration::from_secs(30)).await;
+    w.kill9();
+    let before = s.calls_of("sendMessage").len();
+    assert!(
+        before < n as usize,
+        "the burst was still going when the worker died"
+    );
+    let _w2 = s.worker(&[]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = answered(&s);
+        if (0..n).all(|i| got.contains_key(&format!("k{i}"))) {
+            let duplicates: usize = got.values().map(|c| c - 1).sum();
+            // Updates in flight at the kill may be answered twice (their reply went out,
+            // their ack did not); nothing is lost.
+            eprintln!("kill -9 at {before} of {n} replies: {duplicates} duplicates");
+            assert!(duplicates <= 16, "at most the in-flight updates repeat");
+            break;
+        }
+        assert!(Instant::now() < deadline, "lost updates after kill -9");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.dead_letters().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_updates_and_exits_zero() {
+    let s = Stack::start_with(SinkConfig {
+        latency: Duration::from_millis(300),
+        ..SinkConfig::default()
+    })
+    .await;
+    let mut w = s.worker(&[("TGPIPE_CONCURRENCY", "8")]).await;
+    for i in 0..40i64 {
+        assert_eq!(
+            s.post(&text(30_000 + i, 3000 + i, &format!("t{i}"))).await,
+            200
+        );
+    }
+    s.wait_for("sendMessage", 1, Duration::from_secs(20)).await;
+    let status = w.terminate(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status:?}");
+    let after_drain = answered(&s);
+    // Whatever was answered was answered once: in-flight handlers finished and were acked.
+    assert!(after_drain.values().all(|c| *c == 1), "{after_drain:?}");
+    // The rest is still in the stream for the next pod.
+    let _w2 = s.worker(&[]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = answered(&s);
+        if got.len() == 40 {
+            assert!(
+                got.values().all(|c| *c == 1),
+                "exactly once across the drain: {got:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "updates lost across SIGTERM: {}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the database is down")]
+struct DatabaseDown;
+
+fn run_args(s: &Stack, extra: &[&str]) -> tgpipe_worker::runtime::config::RunArgs {
+    let nats = s.nats.url();
+    let redis = s.redis.url();
+    let api = s.sink.url();
+    let mut argv = vec![
+        "worker",
+        "--nats-url",
+        &nats,
+        "--redis-url",
+        &redis,
+        "--bot-tokens",
+        TOKEN,
+        "--api-url",
+        &api,
+        "--retry-delay",
+        "100ms",
+    ];
+    argv.extend_from_slice(extra);
+    Cli::try_parse_from(argv).expect("valid flags").run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_handler_is_dead_lettered_after_max_deliveries_and_replayed() {
+    let s = Stack::start().await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut router = Router::new("flaky");
+    let (h, a) = (Arc::clone(&healthy), Arc::clone(&attempts));
+    router.message(move || {
+        let (h, a) = (Arc::clone(&h), Arc::clone(&a));
+        async move {
+            a.fetch_add(1, Ordering::SeqCst);
+            if h.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(HandlerError::transient(DatabaseDown))
+            }
+        }
+    });
+    let dispatcher = Dispatcher::builder(router).build().unwrap();
+    let args = run_args(&s, &["--max-deliver", "3"]);
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(tgpipe_worker::runtime::serve(
+        args,
+        dispatcher,
+        ops,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    assert_eq!(s.post(&text(40_001, 4001, "doomed")).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.dead_letters().await == 0 {
+        assert!(Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        3,
+        "three deliveries, then the DLQ"
+    );
+    let dlq = s.js.get_stream("TG_DLQ").await.unwrap();
+    let letter = dlq
+        .get_last_raw_message_by_subject("tgdlq.>")
+        .await
+        .unwrap();
+    assert_eq!(letter.subject.as_str(), format!("tgdlq.{BOT}.message"));
+    assert_eq!(
+        letter.headers.get(headers::DELIVERIES).unwrap().as_str(),
+        "3"
+    );
+    let error = letter
+        .headers
+        .get(headers::ERROR)
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(error.contains("the database is down"), "{error}");
+    assert_eq!(
+        letter.headers.get(headers::CHAT_ID).unwrap().as_str(),
+        "4001"
+    );
+
+    // `dlq list` shows it; after the fix, `dlq replay` brings it back and it is handled.
+    let mut out = Vec::new();
+    let list = DlqCommand::List {
+        bot: None,
+        limit: 10,
+    };
+    tgpipe_worker::runtime::dlq::command(&s.js, "TG_DLQ", 64.try_into().unwrap(), &list, &mut out)
+        .await
+        .unwrap();
+    let listing = String::from_utf8(out).unwrap();
+    assert!(
+        listing.contains("update_id=40001 deliveries=3"),
+        "{listing}"
+    );
+    healthy.store(true, Ordering::SeqCst);
+    let mut out = Vec::new();
+    let replay = DlqCommand::Replay {
+        seqs: vec![],
+        all: true,
+        bot: None,
+    };
+    tgpipe_worker::runtime::dlq::command(
+        &s.js,
+        "TG_DLQ",
+        64.try_into().unwrap(),
+        &replay,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert!(String::from_utf8(out).unwrap().contains("1 replayed"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while attempts.load(Ordering::SeqCst) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the replayed update was not handled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.dead_letters().await, 0, "replay removed the letter");
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_corpus_kind_and_an_unknown_kind_are_consumed_without_dead_letters() {
+    let s = Stack::start().await;
+    let _w = s.worker(&[]).await;
+    let mut posted = 0;
+    for body in tgpipe_shared::testkit::corpus() {
+        assert_eq!(s.post_raw(body).await, 200);
+        posted += 1;
+    }
+    let unknown = json!({"update_id": 777_001, "hologram": {"chat": {"id": 5}, "beam": true}});
+    assert_eq!(s.post(&unknown).await, 200);
+    assert!(posted >= 27, "the corpus covers every kind");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        s.js.get_stream("TG_UPDATES")
+            .await
+            .unwrap()
+            .get_consumer("tgpipe-lane-default")
+            .await
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = consumer.info().await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not consumed: {info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.dead_letters().await, 0);
+    let stream =
+        s.js.get_stream("TG_UPDATES")
+            .await
+            .unwrap()
+            .get_info()
+            .await
+            .unwrap();
+    assert_eq!(
+        stream.state.messages, 0,
+        "a work queue is empty once all is acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lanes_split_the_kinds_and_overlapping_lanes_are_refused() {
+    let s = Stack::start().await;
+    let chat = s
+        .worker(&[("TGPIPE_LANE", "chat"), ("TGPIPE_LANE_KINDS", "message")])
+        .await;
+    let buttons = s
+        .worker(&[
+            ("TGPIPE_LANE", "buttons"),
+            ("TGPIPE_LANE_KINDS", "callback_query"),
+        ])
+        .await;
+    assert_eq!(s.post(&text(50_001, 5001, "lane test")).await, 200);
+    assert_eq!(s.post(&callback(50_002, 5001, "menu:tea")).await, 200);
+    s.wait_for("sendMessage", 1, Duration::from_secs(20)).await;
+    s.wait_for("editMessageText", 1, Duration::from_secs(20))
+        .await;
+    let (m1, m2) = (chat.metrics().await, buttons.metrics().await);
+    assert!(
+        m1.contains(r#"tgpipe_worker_consumed_total{kind="message"} 1"#),
+        "{m1}"
+    );
+    assert!(!m1.contains(r#"kind="callback_query""#), "{m1}");
+    assert!(
+        m2.contains(r#"tgpipe_worker_consumed_total{kind="callback_query"} 1"#),
+        "{m2}"
+    );
+    assert!(!m2.contains(r#"kind="message""#), "{m2}");
+
+    // A third lane that also takes messages does not start: exit code 64, and says why.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"))
+        .envs(s.worker_env())
+        .env("TGPIPE_LANE", "greedy")
+        .env("TGPIPE_LANE_KINDS", "message,inline_query")
+        .env("TGPIPE_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("lane `greedy` overlaps lane `chat` on message"),
+        "{stderr}"
+    );
+    // So does a lane naming something that is not an update kind.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"))
+        .envs(s.worker_env())
+        .env("TGPIPE_LANE_KINDS", "message,not a kind")
+        .env("TGPIPE_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not an update kind"));
+}

@@ -1,0 +1,297 @@
+//! The whole local stack for the runtime's end-to-end tests: a private nats-server and
+//! redis-server, the ingress (in process, on a local port), the Bot API stand-in, and
+//! worker processes of `tgpipe-example-bot` that can be killed and restarted.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use serde_json::{Value, json};
+use tgpipe_loadtest::sink::{RecordedCall, Sink, SinkConfig, SinkHandle};
+use tgpipe_shared::testkit::{NatsServer, RedisServer, free_port};
+
+pub const BOT: u64 = 4242;
+pub const TOKEN: &str = "4242:example-token";
+pub const SECRET: &str = "e2e_Secret-1";
+
+pub struct Stack {
+    pub nats: NatsServer,
+    pub redis: RedisServer,
+    pub sink: SinkHandle,
+    pub ingress: SocketAddr,
+    pub js: jetstream::Context,
+    http: reqwest::Client,
+    stop_ingress: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Stack {
+    /// NATS, Redis, the stand-in and a ready ingress.
+    pub async fn start() -> Stack {
+        Stack::start_with(SinkConfig::default()).await
+    }
+
+    pub async fn start_with(sink: SinkConfig) -> Stack {
+        let nats = NatsServer::start();
+        let redis = RedisServer::start();
+        let sink = Sink::start(sink).await.expect("stand-in");
+        let bots = format!("{BOT}:{SECRET}");
+        let url = nats.url();
+        let config = tgpipe_ingress::IngressConfig::from_flags([
+            "--bots",
+            &bots,
+            "--nats-url",
+            &url,
+            "--allowed-cidrs",
+            "any",
+        ])
+        .expect("ingress config");
+        let client = config.nats.connect("e2e-ingress").await.expect("connect");
+        let state = tgpipe_ingress::AppState::new(&config, client.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ingress = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app = tgpipe_ingress::app(state.clone());
+        tokio::spawn(tgpipe_ingress::serve::serve(
+            listener,
+            app,
+            None,
+            tgpipe_ingress::serve::ServeOptions {
+                header_read_timeout: Duration::from_secs(10),
+                grace: Duration::from_secs(1),
+            },
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !state.is_ready() {
+            assert!(Instant::now() < deadline, "ingress not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Stack {
+            nats,
+            redis,
+            sink,
+            ingress,
+            js: jetstream::new(client),
+            http: reqwest::Client::new(),
+            stop_ingress: Some(tx),
+        }
+    }
+
+    /// Posts an update the way Telegram does; returns the HTTP status.
+    pub async fn post(&self, update: &Value) -> u16 {
+        self.post_raw(update.to_string()).await
+    }
+
+    pub async fn post_raw(&self, body: String) -> u16 {
+        self.http
+            .post(format!("http://{}/webhook/{BOT}", self.ingress))
+            .header("X-Telegram-Bot-Api-Secret-Token", SECRET)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("ingress answers")
+            .status()
+            .as_u16()
+    }
+
+    /// The environment of a worker process on this stack.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        [
+            ("TGPIPE_BOT_TOKENS", TOKEN.to_owned()),
+            ("TGPIPE_API_URL", self.sink.url()),
+            ("NATS_URL", self.nats.url()),
+            ("REDIS_URL", self.redis.url()),
+            ("TGPIPE_ACK_WAIT", "3s".to_owned()),
+            ("TGPIPE_RETRY_DELAY", "100ms".to_owned()),
+            ("TGPIPE_SHUTDOWN_GRACE", "10s".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Starts a `tgpipe-example-bot` worker with extra environment, once ready.
+    pub async fn worker(&self, extra: &[(&str, &str)]) -> Worker {
+        let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.worker_env())
+            .env("TGPIPE_LISTEN", ops.to_string())
+            .envs(extra.iter().map(|(k, v)| (*k, *v)))
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("spawn the example bot");
+        let w = Worker {
+            child: Some(child),
+            ops,
+        };
+        w.wait_ready().await;
+        w
+    }
+
+    /// The stand-in's calls of `method`.
+    pub fn calls_of(&self, method: &str) -> Vec<RecordedCall> {
+        self.sink
+            .calls()
+            .into_iter()
+            .filter(|c| c.method == method)
+            .collect()
+    }
+
+    /// Waits until the stand-in has at least `n` calls of `method`.
+    pub async fn wait_for(&self, method: &str, n: usize, limit: Duration) -> Vec<RecordedCall> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let calls = self.calls_of(method);
+            if calls.len() >= n || Instant::now() > deadline {
+                return calls;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Messages in the dead-letter stream.
+    pub async fn dead_letters(&self) -> u64 {
+        match self.js.get_stream("TG_DLQ").await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop_ingress.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A worker process.
+pub struct Worker {
+    child: Option<Child>,
+    pub ops: SocketAddr,
+}
+
+impl Worker {
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(format!("http://{}/readyz", self.ops)).await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker not ready at {}",
+                self.ops
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.ops))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit (at most `limit`).
+    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("the worker did not stop within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn user(id: i64, name: &str) -> Value {
+    json!({"id": id, "is_bot": false, "first_name": name})
+}
+
+fn private(id: i64, name: &str) -> Value {
+    json!({"id": id, "type": "private", "first_name": name})
+}
+
+/// A private text message.
+pub fn text(update_id: i64, chat: i64, text: &str) -> Value {
+    let entities = if text.starts_with('/') {
+        let len = text.find(' ').unwrap_or(text.len());
+        json!([{"type": "bot_command", "offset": 0, "length": len}])
+    } else {
+        json!([])
+    };
+    json!({"update_id": update_id, "message": {
+        "message_id": update_id, "date": 1_732_400_000, "chat": private(chat, "Ann"),
+        "from": user(chat, "Ann"), "text": text, "entities": entities}})
+}
+
+/// A press of an inline button under message 77 of a private chat.
+pub fn callback(update_id: i64, chat: i64, data: &str) -> Value {
+    json!({"update_id": update_id, "callback_query": {
+        "id": format!("cq{update_id}"), "from": user(chat, "Ann"), "chat_instance": "ci",
+        "data": data, "message": {"message_id": 77, "date": 1_732_400_000,
+        "chat": private(chat, "Ann"), "text": "What would you like?",
+        "from": {"id": BOT, "is_bot": true, "first_name": "Bot"}}}})
+}
+
+/// A user joining a group.
+pub fn joined(update_id: i64, group: i64, name: &str) -> Value {
+    let joiner = user(99, name);
+    json!({"update_id": update_id, "chat_member": {
+        "chat": {"id": group, "type": "group", "title": "Rustaceans"},
+        "from": joiner, "date": 1_732_400_000,
+        "old_chat_member": {"status": "left", "user": joiner},
+        "new_chat_member": {"status": "member", "user": joiner}}})
+}
+
+/// The `text` parameter of a call.
+pub fn text_of(call: &RecordedCall) -> String {
+    call.params["text"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The `chat_id` parameter of a call.
+pub fn chat_of(call: &RecordedCall) -> i64 {
+    match &call.params["chat_id"] {
+        Value::Number(n) => n.as_i64().unwrap_or_default(),
+        Value::String(s) => s.parse().unwrap_or_default(),
+        _ => 0,
+    }
+}
