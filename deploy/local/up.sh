@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Brings up tgpipe's local stack and shows an update going through it:
-#   ./deploy/local/up.sh          start (builds first), post a sample /start update
+# Brings up tgpipe's whole local stack (NATS, Redis, the ingress, the example bot and a
+# Bot API stand-in) and shows an update going through it:
+#   ./deploy/local/up.sh          start (builds first), post /start, print the bot's reply
 #   ./deploy/local/up.sh down     stop everything it started
 #   ./deploy/local/up.sh status   what runs, on which ports
 #
@@ -59,18 +60,24 @@ esac
 
 command -v curl >/dev/null || { log "installing curl"; apt-get update -qq && apt-get install -y -qq curl; }
 ensure_nats_server
+ensure_redis_server
 stop_all
 mkdir -p "$STACK"
 
 log "building tgpipe"
-cargo build --locked -p tgpipe-ingress --bin tgpipe-ingress
+cargo build --locked -p tgpipe-ingress -p tgpipe-worker -p tgpipe-loadtest \
+  --bin tgpipe-ingress --bin tgpipe-example-bot --bin tgpipe-loadtest
 TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
 
-NATS_PORT=$(free_port); NATS_MON=$(free_port); INGRESS_PORT=$(free_port)
+NATS_PORT=$(free_port); NATS_MON=$(free_port); REDIS_PORT=$(free_port)
+INGRESS_PORT=$(free_port); WORKER_PORT=$(free_port); API_PORT=$(free_port)
 cat > "$STACK/env" <<ENV
 NATS_URL=nats://127.0.0.1:$NATS_PORT
 NATS_MONITOR=http://127.0.0.1:$NATS_MON
+REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 INGRESS_URL=http://127.0.0.1:$INGRESS_PORT
+WORKER_OPS=http://127.0.0.1:$WORKER_PORT
+BOT_API=http://127.0.0.1:$API_PORT
 BOT_ID=$BOT_ID
 ENV
 
@@ -81,6 +88,16 @@ rm -rf "$STACK/nats"
 echo $! >"$STACK/nats.pid"
 wait_http "http://127.0.0.1:$NATS_MON/healthz?js-enabled-only=true" nats-server
 
+log "starting redis-server on $REDIS_PORT"
+"$TGPIPE_REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+  --dir "$STACK" >"$STACK/redis.log" 2>&1 &
+echo $! >"$STACK/redis.pid"
+
+log "starting the Bot API stand-in on $API_PORT"
+"$TARGET/tgpipe-loadtest" sink --listen "127.0.0.1:$API_PORT" >"$STACK/bot-api.log" 2>&1 &
+echo $! >"$STACK/bot-api.pid"
+wait_http "http://127.0.0.1:$API_PORT/_sink/stats" "Bot API stand-in"
+
 log "starting tgpipe-ingress on $INGRESS_PORT"
 NATS_URL=nats://127.0.0.1:$NATS_PORT \
 TGPIPE_LISTEN=127.0.0.1:$INGRESS_PORT \
@@ -90,22 +107,41 @@ TGPIPE_ALLOWED_CIDRS=127.0.0.0/8 \
 echo $! >"$STACK/ingress.pid"
 wait_http "http://127.0.0.1:$INGRESS_PORT/readyz" tgpipe-ingress
 
+log "starting tgpipe-example-bot (worker) with /metrics on $WORKER_PORT"
+NATS_URL=nats://127.0.0.1:$NATS_PORT \
+REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
+TGPIPE_LISTEN=127.0.0.1:$WORKER_PORT \
+TGPIPE_BOT_TOKENS="$BOT_ID:local-bot-token" \
+TGPIPE_API_URL=http://127.0.0.1:$API_PORT \
+  "$TARGET/tgpipe-example-bot" run >"$STACK/worker.log" 2>&1 &
+echo $! >"$STACK/worker.pid"
+wait_http "http://127.0.0.1:$WORKER_PORT/readyz" tgpipe-example-bot
+
 UPDATE_ID=$(( $(date +%s) % 1000000000 ))
 UPDATE='{"update_id":'$UPDATE_ID',"message":{"message_id":1,"date":'$(date +%s)',"chat":{"id":111,"type":"private","first_name":"Ada"},"from":{"id":111,"is_bot":false,"first_name":"Ada"},"text":"/start","entities":[{"type":"bot_command","offset":0,"length":6}]}}'
 log "posting a /start update the way Telegram does"
 echo "POST /webhook/$BOT_ID  $UPDATE"
 code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$INGRESS_PORT/webhook/$BOT_ID" \
   -H 'Content-Type: application/json' -H "X-Telegram-Bot-Api-Secret-Token: $SECRET" --data "$UPDATE")
-echo "ingress answered $code"
+echo "ingress answered $code (stored in JetStream)"
 [ "$code" = 200 ] || { echo "error: expected 200; see $STACK/ingress.log" >&2; exit 1; }
 
-log "stored in JetStream"
-curl -fsS "http://127.0.0.1:$NATS_MON/jsz?streams=true" | python3 -c '
+log "the bot's reply, as the Bot API received it"
+for _ in $(seq 100); do
+  reply=$(curl -fsS "http://127.0.0.1:$API_PORT/_sink/calls?since=0" | python3 -c '
 import json, sys
-for acc in json.load(sys.stdin).get("account_details", []):
-    for s in acc.get("stream_detail", []):
-        st = s["state"]
-        print("stream %s: %d message(s), %d bytes, last seq %d" % (s["name"], st["messages"], st["bytes"], st["last_seq"]))
-'
+for c in json.load(sys.stdin):
+    if c["method"] == "sendMessage":
+        print("%s chat_id=%s text=%r" % (c["method"], c["params"].get("chat_id"), c["params"].get("text")))
+')
+  [ -n "$reply" ] && break
+  sleep 0.1
+done
+if [ -z "$reply" ]; then
+  echo "error: no reply within 10 s; see $STACK/worker.log" >&2; exit 1
+fi
+echo "$reply"
 echo
 echo "The stack is up (./deploy/local/up.sh status; ./deploy/local/up.sh down to stop)."
+echo "Post more updates to http://127.0.0.1:$INGRESS_PORT/webhook/$BOT_ID with header"
+echo "X-Telegram-Bot-Api-Secret-Token: $SECRET; replies: curl http://127.0.0.1:$API_PORT/_sink/calls"

@@ -436,3 +436,114 @@ async fn two_lanes_split_the_kinds_and_overlapping_lanes_are_refused() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not an update kind"));
 }
+
+/// A worker in this process running `router`; stop it by sending on the returned channel.
+async fn in_process(
+    s: &Stack,
+    router: Router,
+    extra: &[&str],
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tgpipe_worker::runtime::RunError>>,
+) {
+    let dispatcher = Dispatcher::builder(router).build().unwrap();
+    let args = run_args(s, extra);
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(tgpipe_worker::runtime::serve(
+        args,
+        dispatcher,
+        ops,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (stop, task)
+}
+
+fn counting_router(count: &Arc<AtomicU32>, sleep: Duration) -> Router {
+    let mut router = Router::new("counting");
+    let count = Arc::clone(count);
+    router.message(move || {
+        let count = Arc::clone(&count);
+        async move {
+            tokio::time::sleep(sleep).await;
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    router
+}
+
+async fn wait_count(count: &AtomicU32, n: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "handled {} of {n}",
+            count.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_older_than_the_dedupe_window_is_skipped() {
+    let s = Stack::start().await;
+    let count = Arc::new(AtomicU32::new(0));
+    let (stop, task) = in_process(&s, counting_router(&count, Duration::ZERO), &[]).await;
+    // Telegram's retry arriving after JetStream's dedupe window: same update, the stream
+    // takes it as new (a different message id stands in for the expired window).
+    let body = text(60_001, 6001, "once").to_string();
+    for msg_id in ["4242:60001", "4242:60001-after-the-window"] {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(headers::MSG_ID, msg_id);
+        h.insert(headers::BOT_ID, "4242");
+        h.insert(headers::CHAT_ID, "6001");
+        s.js.publish_with_headers("tg.4242.message.3", h, body.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        wait_count(&count, 1).await;
+    }
+    // The second copy was delivered and acknowledged without running the handler.
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        s.js.get_stream("TG_UPDATES")
+            .await
+            .unwrap()
+            .get_consumer("tgpipe-lane-default")
+            .await
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while consumer.info().await.unwrap().ack_floor.stream_sequence < 2 {
+        assert!(Instant::now() < deadline, "the copy was not acknowledged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 1, "the late copy was skipped");
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_the_ack_wait_keeps_its_update() {
+    let s = Stack::start().await;
+    let count = Arc::new(AtomicU32::new(0));
+    let router = counting_router(&count, Duration::from_millis(3500));
+    let (stop, task) = in_process(&s, router, &["--ack-wait", "1s"]).await;
+    assert_eq!(s.post(&text(70_001, 7001, "slow")).await, 200);
+    wait_count(&count, 1).await;
+    // Without in-progress acks the server would have redelivered it after 1 s, and the
+    // handler would run again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        s.js.get_stream("TG_UPDATES")
+            .await
+            .unwrap()
+            .get_consumer("tgpipe-lane-default")
+            .await
+            .unwrap();
+    assert_eq!(consumer.info().await.unwrap().num_redelivered, 0);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

@@ -34,6 +34,9 @@ pub struct Cli {
 pub enum Command {
     /// Consume the lane's updates and handle them (the default).
     Run(Box<RunArgs>),
+    /// Create or update the streams and this lane's consumer, then exit (a Helm hook or
+    /// an init step, so that pods start against a ready stream).
+    Provision(Box<RunArgs>),
     /// Inspect and replay dead letters.
     Dlq(Box<DlqArgs>),
 }
@@ -44,17 +47,30 @@ pub struct BotArgs {
     /// Bot tokens, comma separated (`123:ABC,456:DEF`); the bot id in a subject picks one.
     #[arg(long = "bot-tokens", env = "TGPIPE_BOT_TOKENS", hide_env_values = true)]
     pub tokens: Option<String>,
+    /// A file with the tokens in the same format (comma or newline separated), as
+    /// mounted from a Kubernetes Secret.
+    #[arg(
+        long = "bot-tokens-file",
+        env = "TGPIPE_BOT_TOKENS_FILE",
+        conflicts_with = "tokens"
+    )]
+    pub tokens_file: Option<std::path::PathBuf>,
     /// Base URL of the Bot API (a local Bot API server or a stand-in in tests).
     #[arg(long = "api-url", env = "TGPIPE_API_URL", default_value = DEFAULT_API_URL)]
     pub api_url: String,
 }
 
 /// Why the bot settings are unusable.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum BotsError {
     /// No token was given.
-    #[error("TGPIPE_BOT_TOKENS is required: the tokens of the bots this worker answers for")]
+    #[error(
+        "TGPIPE_BOT_TOKENS (or TGPIPE_BOT_TOKENS_FILE) is required: the tokens of the bots this worker answers for"
+    )]
     Missing,
+    /// The token file cannot be read.
+    #[error(transparent)]
+    File(#[from] tgpipe_shared::config::ListFileError),
     /// A token is malformed (its position is given, never its value).
     #[error("token #{0} of TGPIPE_BOT_TOKENS is not `<bot_id>:<secret>`")]
     Invalid(usize),
@@ -69,10 +85,14 @@ pub enum BotsError {
 impl BotArgs {
     /// The `Bot` handles by bot id.
     pub fn bots(&self) -> Result<HashMap<BotId, Bot>, BotsError> {
-        let tokens = self.tokens.as_deref().ok_or(BotsError::Missing)?;
+        let tokens = match (&self.tokens, &self.tokens_file) {
+            (_, Some(path)) => tgpipe_shared::config::read_list_file(path)?,
+            (Some(tokens), None) => tokens.clone(),
+            (None, None) => return Err(BotsError::Missing),
+        };
         reqwest::Url::parse(&self.api_url).map_err(|e| BotsError::ApiUrl(e.to_string()))?;
         let mut bots = HashMap::new();
-        for (i, token) in split_list(tokens).into_iter().enumerate() {
+        for (i, token) in split_list(&tokens).into_iter().enumerate() {
             let bot =
                 Bot::with_api_url(token, &self.api_url).map_err(|_| BotsError::Invalid(i + 1))?;
             if bots.insert(bot.id(), bot.clone()).is_some() {

@@ -73,6 +73,7 @@ pub async fn run(dispatcher: Dispatcher) -> ExitCode {
         None => run_worker(cli.run, dispatcher).await,
         Some(Command::Run(args)) => run_worker(*args, dispatcher).await,
         Some(Command::Dlq(args)) => run_dlq(*args).await,
+        Some(Command::Provision(args)) => provision(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,6 +91,36 @@ async fn run_worker(args: RunArgs, dispatcher: Dispatcher) -> Result<(), RunErro
         .await
         .map_err(|e| RunError::Config(format!("cannot listen on {}: {e}", args.listen)))?;
     serve(args, dispatcher, ops, tgpipe_shared::shutdown::signal()).await
+}
+
+async fn provision(args: &RunArgs) -> Result<(), RunError> {
+    let lane = args.lane().map_err(|e| RunError::Config(e.to_string()))?;
+    let client = args
+        .nats
+        .connect("tgpipe-worker provision")
+        .await
+        .map_err(peer)?;
+    let js = jetstream::new(client);
+    provision_streams(&js, &args.stream).await.map_err(peer)?;
+    let stream = js.get_stream(&args.stream.name).await.map_err(peer)?;
+    ensure_consumer(&stream, &lane, args.max_ack_pending(), args.ack_wait)
+        .await
+        .map_err(setup_error)?;
+    println!(
+        "streams `{}` and `{}` ready; lane `{}` consumes {}",
+        args.stream.name,
+        args.stream.dlq_name,
+        lane.name(),
+        lane.filter_subjects().join(", ")
+    );
+    Ok(())
+}
+
+fn setup_error(e: lane::ConsumerSetupError) -> RunError {
+    match e {
+        lane::ConsumerSetupError::Lane(e) => RunError::Config(e.to_string()),
+        e => peer(e),
+    }
 }
 
 async fn run_dlq(args: config::DlqArgs) -> Result<(), RunError> {
@@ -135,10 +166,7 @@ pub async fn serve(
     let stream = js.get_stream(&args.stream.name).await.map_err(peer)?;
     let consumer = ensure_consumer(&stream, &lane, args.max_ack_pending(), args.ack_wait)
         .await
-        .map_err(|e| match e {
-            lane::ConsumerSetupError::Lane(e) => RunError::Config(e.to_string()),
-            e => peer(e),
-        })?;
+        .map_err(setup_error)?;
     let seen = if args.seen_cap > 0 {
         let redis = redis::Client::open(args.redis_url.as_str())
             .map_err(|e| RunError::Config(format!("REDIS_URL: {e}")))?;
