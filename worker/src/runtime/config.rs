@@ -125,7 +125,8 @@ pub struct RunArgs {
     #[arg(long, env = "TGPIPE_LANE", default_value = "default")]
     pub lane: String,
     /// Update kinds of this lane, comma separated (`message,edited_message`); `all`
-    /// (the default) takes every kind, including kinds this version does not know.
+    /// (the default) or an empty value takes every kind, including kinds this version does
+    /// not know.
     #[arg(long = "lane-kinds", env = "TGPIPE_LANE_KINDS", default_value = "all")]
     pub lane_kinds: String,
     /// Handlers running at once in this pod.
@@ -181,7 +182,9 @@ pub struct RunArgs {
 impl RunArgs {
     /// The lane this process serves.
     pub fn lane(&self) -> Result<Lane, LaneError> {
-        let kinds = if self.lane_kinds.trim().eq_ignore_ascii_case("all") {
+        let given = self.lane_kinds.trim();
+        // Empty is what the chart renders for a catch-all lane.
+        let kinds = if given.is_empty() || given.eq_ignore_ascii_case("all") {
             None
         } else {
             let mut kinds = Vec::new();
@@ -254,4 +257,113 @@ pub enum DlqCommand {
         #[arg(long)]
         bot: Option<u64>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(flags: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec!["worker"];
+        argv.extend_from_slice(flags);
+        Cli::try_parse_from(argv).map(|c| c.run)
+    }
+
+    #[test]
+    fn lane_kinds_all_empty_or_listed() {
+        for all in ["all", "ALL", "", "  "] {
+            let lane = run_args(&["--lane-kinds", all]).unwrap().lane().unwrap();
+            assert_eq!(lane.kinds(), None, "{all:?}");
+        }
+        let lane = run_args(&[
+            "--lane",
+            "pay",
+            "--lane-kinds",
+            "pre_checkout_query, shipping_query,pre_checkout_query",
+        ])
+        .unwrap()
+        .lane()
+        .unwrap();
+        assert_eq!(
+            lane.kinds().unwrap(),
+            [UpdateKind::PreCheckoutQuery, UpdateKind::ShippingQuery]
+        );
+        // A kind this version does not know is still a lane kind: it is carried, not refused.
+        let lane = run_args(&["--lane-kinds", "hologram"])
+            .unwrap()
+            .lane()
+            .unwrap();
+        assert_eq!(lane.kinds().unwrap()[0].as_str(), "hologram");
+        let e = run_args(&["--lane-kinds", "message,tg.>"])
+            .unwrap()
+            .lane()
+            .unwrap_err();
+        assert_eq!(e, LaneError::BadKind("tg.>".into()));
+        let e = run_args(&["--lane-kinds", ",,"])
+            .unwrap()
+            .lane()
+            .unwrap_err();
+        assert_eq!(e, LaneError::NoKinds);
+    }
+
+    #[test]
+    fn bot_tokens_from_flag_or_file_are_checked() {
+        let bots = run_args(&["--bot-tokens", "12:AAA, 34:BBB"])
+            .unwrap()
+            .bots
+            .bots()
+            .unwrap();
+        assert_eq!(bots.len(), 2);
+        assert!(bots.contains_key(&BotId(12)) && bots.contains_key(&BotId(34)));
+        let e = run_args(&["--bot-tokens", "12:AAA,nonsense"])
+            .unwrap()
+            .bots
+            .bots()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "token #2 of TGPIPE_BOT_TOKENS is not `<bot_id>:<secret>`"
+        );
+        assert!(
+            !e.to_string().contains("AAA"),
+            "tokens never appear in errors"
+        );
+        let e = run_args(&["--bot-tokens", "12:AAA,12:BBB"])
+            .unwrap()
+            .bots
+            .bots()
+            .unwrap_err();
+        assert!(matches!(e, BotsError::Duplicate(BotId(12))));
+        assert!(matches!(
+            run_args(&[]).unwrap().bots.bots(),
+            Err(BotsError::Missing)
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        std::fs::write(&file, "# tokens\n56:CCC\n78:DDD\n").unwrap();
+        let path = file.to_str().unwrap();
+        let bots = run_args(&["--bot-tokens-file", path])
+            .unwrap()
+            .bots
+            .bots()
+            .unwrap();
+        assert_eq!(bots.len(), 2);
+        let missing = dir.path().join("absent");
+        let e = run_args(&["--bot-tokens-file", missing.to_str().unwrap()])
+            .unwrap()
+            .bots
+            .bots()
+            .unwrap_err();
+        assert!(e.to_string().contains("absent"), "{e}");
+    }
+
+    #[test]
+    fn numbers_and_durations_are_validated() {
+        assert!(run_args(&["--concurrency", "0"]).is_err());
+        assert!(run_args(&["--max-deliver", "0"]).is_err());
+        assert!(run_args(&["--ack-wait", "soon"]).is_err());
+        let a = run_args(&["--concurrency", "10", "--shutdown-grace", "25s"]).unwrap();
+        assert_eq!(a.max_ack_pending(), 160);
+        assert_eq!(a.shutdown_grace, Duration::from_secs(25));
+    }
 }
