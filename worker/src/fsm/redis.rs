@@ -23,8 +23,9 @@ use super::storage::{DataUpdate, FsmStorage, LockGrant};
 use super::{FsmError, FsmKey};
 
 /// How many times an atomic data update retries a lost compare-and-set. Under the
-/// dispatcher's lock it never loses; without isolation a hot key may.
-const CAS_ATTEMPTS: usize = 32;
+/// dispatcher's lock it never loses; without isolation a hot key may, so retries back
+/// off with jitter (up to 20 ms) to let contenders spread out.
+const CAS_ATTEMPTS: u32 = 64;
 
 /// Sets the data document only if it is still what was read (`ARGV[1]` says whether a
 /// document existed, `ARGV[2]` is it), with an optional PX.
@@ -228,7 +229,11 @@ impl FsmStorage for RedisStorage {
     ) -> Result<Vec<u8>, FsmError> {
         let data_key = RedisStorage::data_key(key);
         let mut conn = self.conn.clone();
-        for _ in 0..CAS_ATTEMPTS {
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                let cap = u64::from(attempt).min(20) * 1000;
+                tokio::time::sleep(Duration::from_micros(rand::random_range(0..=cap))).await;
+            }
             let current: Option<Vec<u8>> = redis::cmd("GET")
                 .arg(&data_key)
                 .query_async(&mut conn)
