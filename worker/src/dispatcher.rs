@@ -185,19 +185,20 @@ impl Dispatcher {
     /// can handle it.
     pub async fn feed_update(&self, bot: &Bot, update: Update) -> DispatchOutcome {
         let mut cx = Context::new(Arc::new(update), bot.clone(), Arc::clone(&self.state));
-        let Some(fsm) = &self.fsm else {
-            return self.dispatch(cx).await;
+        let session = match &self.fsm {
+            Some(fsm) => match fsm.begin(cx.update()).await {
+                Ok(session) => session,
+                Err(e) => return DispatchOutcome::Failed(Arc::new(e.into())),
+            },
+            None => None,
         };
-        let session = match fsm.begin(cx.update()).await {
-            Ok(session) => session,
-            Err(e) => return DispatchOutcome::Failed(Arc::new(e.into())),
-        };
-        let Some(session) = session else {
-            return self.dispatch(cx).await;
-        };
-        cx.insert(session.cx.clone());
+        if let Some(session) = &session {
+            cx.insert(session.cx.clone());
+        }
         let outcome = self.dispatch(cx).await;
-        session.end().await;
+        if let Some(session) = session {
+            session.end().await;
+        }
         outcome
     }
 

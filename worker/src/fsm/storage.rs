@@ -2,8 +2,8 @@
 //! own. [`RedisStorage`](super::RedisStorage) is the default,
 //! [`MemoryStorage`](super::MemoryStorage) serves tests and local runs.
 //!
-//! Storages deal in bytes (the data document is MessagePack); [`FsmContext`]
-//! (super::FsmContext) does the typing.
+//! Storages deal in bytes (the data document is MessagePack);
+//! [`FsmContext`](super::FsmContext) does the typing.
 
 use std::time::Duration;
 
