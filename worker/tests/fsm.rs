@@ -565,6 +565,62 @@ async fn a_slow_handler_keeps_its_lease() {
     assert_eq!(log.take(), ["slow in", "slow out", "fast in", "fast out"]);
 }
 
+#[tokio::test]
+async fn a_lost_lease_refuses_further_writes() {
+    let server = RedisServer::start();
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.message(|fsm: FsmContext, Dep(log): Dep<Log>| async move {
+        fsm.set_state(Form::Name).await?;
+        log.push("first write");
+        // Meanwhile the lease is taken from under us (a stall longer than a lease).
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        fsm.set_state(Form::Age).await
+    });
+    let dp = Dispatcher::builder(r)
+        .state(log.clone())
+        .fsm(
+            Fsm::new(redis_storage(&server).await)
+                .isolation(Isolation::default().lease(Duration::from_millis(150))),
+        )
+        .build()
+        .unwrap();
+    let handling = tokio::spawn(async move { dp.feed_raw(&bot(), message(5, 5, "x")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut conn = raw_redis(&server).await;
+    let lock = RedisStorage::lock_key(&FsmKey::new(123, 5, 5));
+    let _: () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("someone else")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let DispatchOutcome::Failed(e) = handling.await.unwrap() else {
+        panic!("the second write must be refused")
+    };
+    assert!(e.is_transient());
+    assert!(matches!(
+        e.downcast_ref::<FsmError>(),
+        Some(FsmError::LeaseLost { .. })
+    ));
+    assert_eq!(log.take(), ["first write"]);
+    let state: Option<String> = redis::cmd("GET")
+        .arg(RedisStorage::state_key(&FsmKey::new(123, 5, 5)))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(state.as_deref(), Some("Form:Name"));
+    let holder: String = redis::cmd("GET")
+        .arg(&lock)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        holder, "someone else",
+        "release never deletes another's lock"
+    );
+}
+
 // ---------------------------------------------------------------- failures
 
 #[tokio::test]
