@@ -17,7 +17,7 @@ use tgpipe_shared::testkit::RedisServer;
 use tgpipe_worker::filter::{Command, ErrorEvent, ErrorIs};
 use tgpipe_worker::fsm::{
     Fsm, FsmContext, FsmError, FsmKey, FsmStorage, HISTORY_CAP, Isolation, KeyStrategy,
-    MemoryStorage, RedisStorage, Scene, SceneContext, StateFilter, StatesGroup,
+    MemoryStorage, RedisStorage, Scene, SceneContext, Scenes, StateFilter, StatesGroup,
 };
 use tgpipe_worker::{Bot, BuildError, Dep, DispatchOutcome, Dispatcher, Router, Update};
 
@@ -949,6 +949,51 @@ async fn scene_handlers_are_routed_by_scene() {
             "menu -> settings",
             "settings -> back",
             "menu -> settings"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn scene_hooks_run_on_enter_and_leave() {
+    let log = Log::default();
+    let hook = |what: &'static str| {
+        move |Dep(log): Dep<Log>, m: Arc<Message>| async move {
+            log.push(format!(
+                "{what} ({})",
+                m.text.as_deref().unwrap_or_default()
+            ))
+        }
+    };
+    let scenes = Scenes::new()
+        .on_enter(MENU, hook("enter menu"))
+        .on_leave(MENU, hook("leave menu"))
+        .on_enter(SETTINGS, hook("enter settings"));
+    let mut r = Router::new("scenes");
+    r.message(|s: SceneContext| async move { s.exit().await })
+        .filter(Command::new(["exit"]));
+    r.message(|s: SceneContext| async move { s.enter(SETTINGS).await })
+        .filter(MENU.filter());
+    r.message(|s: SceneContext| async move { s.back().await.map(drop) })
+        .filter(SETTINGS.filter());
+    r.message(|s: SceneContext| async move { s.enter(MENU).await });
+    let dp = Dispatcher::builder(r)
+        .state(log.clone())
+        .state(scenes)
+        .fsm(Fsm::new(MemoryStorage::new()))
+        .build()
+        .unwrap();
+    for text in ["a", "b", "c", "/exit"] {
+        let outcome = dp.feed_raw(&bot(), message(5, 5, text)).await;
+        assert!(matches!(outcome, DispatchOutcome::Handled), "{outcome:?}");
+    }
+    assert_eq!(
+        log.take(),
+        [
+            "enter menu (a)",
+            "leave menu (b)",
+            "enter settings (b)",
+            "enter menu (c)",
+            "leave menu (/exit)"
         ]
     );
 }

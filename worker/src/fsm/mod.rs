@@ -34,7 +34,7 @@ pub use self::key::{FsmKey, KeyStrategy};
 pub use self::lock::Isolation;
 pub use self::memory::MemoryStorage;
 pub use self::redis::RedisStorage;
-pub use self::scene::{HISTORY_CAP, Scene, SceneContext};
+pub use self::scene::{HISTORY_CAP, Scene, SceneContext, Scenes};
 pub use self::state::{StateName, StatesGroup};
 pub use self::storage::{DataUpdate, FsmStorage, LockGrant};
 

@@ -6,12 +6,21 @@
 //! last, at most [`HISTORY_CAP`]) is a side record of the same FSM key
 //! (`...}:scenes:data` in Redis), so it survives the handlers' own `set_data` and is
 //! covered by the same lock.
+//!
+//! [`Scenes`] (given to the dispatcher as state) adds aiogram's `on.enter` / `on.leave`
+//! hooks: handlers run with the update that moved the conversation into or out of a
+//! scene.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::{FsmContext, FsmError, StateFilter, StateName};
 use crate::context::Context;
+use crate::error::HandlerError;
 use crate::extract::{ExtractError, FromContext, Requirement};
+use crate::handler::{ErasedHandler, Handler};
 
 /// How many earlier scenes `back` can return through.
 pub const HISTORY_CAP: usize = 10;
@@ -51,6 +60,65 @@ impl Scene {
     }
 }
 
+#[derive(Clone, Default)]
+struct Hooks {
+    enter: Option<ErasedHandler>,
+    leave: Option<ErasedHandler>,
+}
+
+/// Scene hooks (aiogram's `on.<event>.enter()` and `.leave()`): handlers run by
+/// [`SceneContext`] when a scene is entered or left, with the update that caused it.
+/// Give it to the dispatcher as state. Hook arguments are extractors like a handler's,
+/// but they are not part of the start-up dependency check: a hook whose argument is
+/// missing fails when it runs.
+///
+/// ```
+/// use tgpipe_worker::fsm::{Fsm, MemoryStorage, Scene, Scenes};
+/// use tgpipe_worker::{Bot, Dispatcher, Router};
+///
+/// const MENU: Scene = Scene::new("menu");
+///
+/// let scenes = Scenes::new()
+///     .on_enter(MENU, |bot: Bot| async move { let _ = bot; })
+///     .on_leave(MENU, || async {});
+/// let dispatcher = Dispatcher::builder(Router::new("main"))
+///     .state(scenes)
+///     .fsm(Fsm::new(MemoryStorage::new()))
+///     .build()
+///     .unwrap();
+/// ```
+#[derive(Clone, Default)]
+pub struct Scenes(Arc<HashMap<&'static str, Hooks>>);
+
+impl std::fmt::Debug for Scenes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Scenes {
+    /// No hooks.
+    pub fn new() -> Scenes {
+        Scenes::default()
+    }
+
+    fn hooks(&mut self, scene: Scene) -> &mut Hooks {
+        Arc::make_mut(&mut self.0).entry(scene.name()).or_default()
+    }
+
+    /// Runs `handler` when `scene` is entered (after the state is set).
+    pub fn on_enter<H: Handler<A>, A: 'static>(mut self, scene: Scene, handler: H) -> Scenes {
+        self.hooks(scene).enter = Some(ErasedHandler::new(handler));
+        self
+    }
+
+    /// Runs `handler` when `scene` is left (before the state changes).
+    pub fn on_leave<H: Handler<A>, A: 'static>(mut self, scene: Scene, handler: H) -> Scenes {
+        self.hooks(scene).leave = Some(ErasedHandler::new(handler));
+        self
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct History {
     scenes: Vec<String>,
@@ -59,35 +127,67 @@ struct History {
 /// Scene navigation for the update's FSM key, as a handler argument.
 ///
 /// ```
-/// use tgpipe_worker::fsm::{FsmError, Scene, SceneContext};
+/// use tgpipe_worker::HandlerError;
+/// use tgpipe_worker::fsm::{Scene, SceneContext};
 ///
 /// const MENU: Scene = Scene::new("menu");
 /// const SETTINGS: Scene = Scene::new("settings");
 ///
-/// async fn open_settings(scenes: SceneContext) -> Result<(), FsmError> {
+/// async fn open_settings(scenes: SceneContext) -> Result<(), HandlerError> {
 ///     scenes.enter(SETTINGS).await?; // history: [menu]
 ///     Ok(())
 /// }
 ///
-/// async fn go_back(scenes: SceneContext) -> Result<(), FsmError> {
+/// async fn go_back(scenes: SceneContext) -> Result<(), HandlerError> {
 ///     scenes.back().await?; // in `menu` again
 ///     Ok(())
 /// }
 /// ```
-#[derive(Debug, Clone)]
+///
+/// Navigation returns a [`HandlerError`]: an FSM error ([`FsmError`] inside) or the
+/// error of a [`Scenes`] hook.
+#[derive(Clone)]
 pub struct SceneContext {
     fsm: FsmContext,
     history: FsmContext,
+    hooks: Option<(Scenes, Context)>,
+}
+
+impl std::fmt::Debug for SceneContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SceneContext")
+            .field("fsm", &self.fsm)
+            .field("hooks", &self.hooks.as_ref().map(|(s, _)| s))
+            .finish()
+    }
 }
 
 impl SceneContext {
-    /// Scenes over an FSM context.
+    /// Scenes over an FSM context, without hooks.
     pub fn new(fsm: FsmContext) -> SceneContext {
         let history = FsmContext::new(
-            std::sync::Arc::clone(fsm.storage()),
+            Arc::clone(fsm.storage()),
             fsm.key().clone().with_destiny("scenes"),
         );
-        SceneContext { fsm, history }
+        SceneContext {
+            fsm,
+            history,
+            hooks: None,
+        }
+    }
+
+    async fn run_hook(
+        &self,
+        scene: &str,
+        pick: fn(&Hooks) -> &Option<ErasedHandler>,
+    ) -> Result<(), HandlerError> {
+        let Some((scenes, cx)) = &self.hooks else {
+            return Ok(());
+        };
+        if let Some(hook) = scenes.0.get(scene).and_then(|h| pick(h).as_ref()) {
+            hook.call(cx.clone()).await?;
+        }
+        Ok(())
     }
 
     /// The FSM context underneath (scene data lives in its data).
@@ -109,11 +209,16 @@ impl SceneContext {
         Ok(self.history.data::<History>().await?.scenes)
     }
 
-    /// Enters `scene`; the current scene, if any, goes onto the history.
-    pub async fn enter(&self, scene: Scene) -> Result<(), FsmError> {
-        if let Some(current) = self.current().await?
-            && current != scene.name()
-        {
+    /// Enters `scene`: runs the current scene's leave hook, puts the current scene onto
+    /// the history, sets the state, runs `scene`'s enter hook. Entering the current
+    /// scene again runs no hooks and keeps the history.
+    pub async fn enter(&self, scene: Scene) -> Result<(), HandlerError> {
+        let current = self.current().await?;
+        if current.as_deref() == Some(scene.name()) {
+            return Ok(());
+        }
+        if let Some(current) = current {
+            self.run_hook(&current, |h| &h.leave).await?;
             self.history
                 .update_data(|h: &mut History| {
                     h.scenes.push(current.clone());
@@ -122,12 +227,16 @@ impl SceneContext {
                 })
                 .await?;
         }
-        self.fsm.set_state(scene.state()).await
+        self.fsm.set_state(scene.state()).await?;
+        self.run_hook(scene.name(), |h| &h.enter).await
     }
 
     /// Returns to the previous scene and returns its name; with no history, leaves the
-    /// current scene and returns `None`.
-    pub async fn back(&self) -> Result<Option<String>, FsmError> {
+    /// current scene and returns `None`. Leave and enter hooks run as for `enter`.
+    pub async fn back(&self) -> Result<Option<String>, HandlerError> {
+        if let Some(current) = self.current().await? {
+            self.run_hook(&current, |h| &h.leave).await?;
+        }
         let mut previous = None;
         self.history
             .update_data(|h: &mut History| previous = h.scenes.pop())
@@ -136,7 +245,8 @@ impl SceneContext {
             Some(name) => {
                 self.fsm
                     .set_state(StateName::from(format!("{PREFIX}{name}")))
-                    .await?
+                    .await?;
+                self.run_hook(name, |h| &h.enter).await?;
             }
             None => self.fsm.remove_state().await?,
         }
@@ -144,23 +254,30 @@ impl SceneContext {
     }
 
     /// Leaves the current scene (no scene afterwards), keeping the history and data.
-    pub async fn leave(&self) -> Result<(), FsmError> {
-        if self.current().await?.is_some() {
+    pub async fn leave(&self) -> Result<(), HandlerError> {
+        if let Some(current) = self.current().await? {
+            self.run_hook(&current, |h| &h.leave).await?;
             self.fsm.remove_state().await?;
         }
         Ok(())
     }
 
     /// Leaves the scenes altogether: no scene, no history, no data.
-    pub async fn exit(&self) -> Result<(), FsmError> {
+    pub async fn exit(&self) -> Result<(), HandlerError> {
+        if let Some(current) = self.current().await? {
+            self.run_hook(&current, |h| &h.leave).await?;
+        }
         self.history.clear().await?;
-        self.fsm.clear().await
+        self.fsm.clear().await?;
+        Ok(())
     }
 }
 
 impl FromContext for SceneContext {
     fn from_context(cx: &Context) -> Result<Self, ExtractError> {
-        FsmContext::from_context(cx).map(SceneContext::new)
+        let mut scenes = SceneContext::new(FsmContext::from_context(cx)?);
+        scenes.hooks = cx.get::<Scenes>().map(|s| (s.clone(), cx.clone()));
+        Ok(scenes)
     }
 
     fn requirement() -> Option<Requirement> {
