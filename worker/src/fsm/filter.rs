@@ -85,3 +85,35 @@ impl Filter for StateFilter {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::states! { enum Form { Name, Age } }
+    crate::states! { enum FormExtra { Name } }
+
+    #[test]
+    fn groups_match_by_whole_prefix() {
+        let f = StateFilter::in_group::<Form>();
+        assert!(f.matches(Some("Form:Name")));
+        assert!(
+            !f.matches(Some("FormExtra:Name")),
+            "a longer group name is another group"
+        );
+        assert!(!f.matches(Some("Form")));
+        assert!(!f.matches(None));
+        assert!(StateFilter::in_group::<FormExtra>().matches(Some("FormExtra:Name")));
+    }
+
+    #[test]
+    fn any_and_none_split_on_presence() {
+        assert!(StateFilter::any().matches(Some("X:Y")));
+        assert!(!StateFilter::any().matches(None));
+        assert!(StateFilter::none().matches(None));
+        assert!(!StateFilter::none().matches(Some("X:Y")));
+        let f = StateFilter::any_of([Form::Name, Form::Age]);
+        assert!(f.matches(Some("Form:Age")));
+        assert!(!f.matches(Some("Form:Other")));
+    }
+}

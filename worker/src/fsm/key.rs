@@ -154,3 +154,20 @@ impl fmt::Display for KeyStrategy {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tags_and_displays() {
+        let k = FsmKey::new(1, -5, 7);
+        assert_eq!(k.hash_tag(), "{1:-5:7}");
+        let k = k.with_thread(3).with_business_connection("bc");
+        assert_eq!(k.hash_tag(), "{1:-5:7:3:biz:bc}");
+        assert_eq!(
+            k.with_destiny("scenes").to_string(),
+            "{1:-5:7:3:biz:bc}:scenes"
+        );
+    }
+}

@@ -200,3 +200,32 @@ async fn renew(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_too_short_to_renew_is_raised() {
+        let i = Isolation::default().lease(Duration::from_millis(1));
+        assert_eq!(i.lease, Duration::from_millis(30));
+    }
+
+    #[tokio::test]
+    async fn acquisition_gives_up_after_the_wait() {
+        let storage: Arc<dyn FsmStorage> = Arc::new(super::super::MemoryStorage::new());
+        let key = FsmKey::new(1, 1, 1);
+        let isolation = Isolation::default().wait(Duration::from_millis(60));
+        let (held, grant) = isolation.acquire(&storage, &key).await.unwrap();
+        assert_eq!(grant.fence, 1);
+        let started = Instant::now();
+        let err = isolation.acquire(&storage, &key).await.err().unwrap();
+        assert!(matches!(err, FsmError::LockTimeout { .. }));
+        assert!(started.elapsed() >= Duration::from_millis(60));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        held.release().await;
+        let (again, grant) = isolation.acquire(&storage, &key).await.unwrap();
+        assert_eq!(grant.fence, 2);
+        again.release().await;
+    }
+}
