@@ -12,6 +12,7 @@ use crate::bot::Bot;
 use crate::context::{Context, Extensions};
 use crate::error::{BuildError, DispatchOutcome, HandlerError};
 use crate::filter::ErrorEvent;
+use crate::fsm::{Fsm, FsmInstalled};
 use crate::handler::{BoxFuture, Flow};
 use crate::middleware::{Handled, Middleware, MiddlewareResult, Next};
 use crate::router::{ObserverKey, Registration, Router};
@@ -57,6 +58,7 @@ pub struct DispatcherBuilder {
     router: Router,
     state: Extensions,
     update_outer: Vec<Arc<dyn Middleware>>,
+    fsm: Option<Fsm>,
 }
 
 impl DispatcherBuilder {
@@ -72,15 +74,42 @@ impl DispatcherBuilder {
         self
     }
 
+    /// The FSM: each update with a key gets an [`crate::FsmContext`] for its filters
+    /// and handlers, and (with isolation) holds its key's lock for the whole dispatch.
+    pub fn fsm(mut self, fsm: Fsm) -> Self {
+        self.fsm = Some(fsm);
+        self
+    }
+
     /// Checks the tree (every handler's dependencies are provided; router names are
     /// unique) and builds the dispatcher.
-    pub fn build(self) -> Result<Dispatcher, BuildError> {
-        self.router.check(&self.state, &[], &mut HashSet::new())?;
+    pub fn build(mut self) -> Result<Dispatcher, BuildError> {
+        if self.fsm.is_some() {
+            self.state.insert(FsmInstalled);
+        }
+        self.router
+            .check(&self.state, &[], &mut HashSet::new())
+            .map_err(|e| match e {
+                BuildError::MissingDependency {
+                    router,
+                    observer,
+                    index,
+                    type_name,
+                } if type_name == std::any::type_name::<FsmInstalled>() => {
+                    BuildError::FsmNotConfigured {
+                        router,
+                        observer,
+                        index,
+                    }
+                }
+                e => e,
+            })?;
         Ok(Dispatcher {
             kinds: Arc::new(self.router.used_update_kinds()),
             root: Node::freeze(self.router),
             state: Arc::new(self.state),
             update_outer: self.update_outer.into(),
+            fsm: self.fsm,
         })
     }
 }
@@ -111,6 +140,7 @@ pub struct Dispatcher {
     state: Arc<Extensions>,
     update_outer: Arc<[Arc<dyn Middleware>]>,
     kinds: Arc<Vec<UpdateKind>>,
+    fsm: Option<Fsm>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -128,6 +158,7 @@ impl Dispatcher {
             router,
             state: Extensions::new(),
             update_outer: Vec::new(),
+            fsm: None,
         }
     }
 
@@ -146,12 +177,36 @@ impl Dispatcher {
     }
 
     /// Dispatches a parsed update.
+    ///
+    /// With an FSM, the update's key is locked (isolation) and its state read before
+    /// anything else runs, and unlocked once the dispatch is over. If that fails (the
+    /// storage is unreachable, the key stays locked), nothing runs and the update fails
+    /// with a transient error, without passing through `errors` handlers: only a retry
+    /// can handle it.
     pub async fn feed_update(&self, bot: &Bot, update: Update) -> DispatchOutcome {
-        let key = match update.event {
-            Event::Raw(_) => ObserverKey::Raw,
-            _ => ObserverKey::Kind(update.kind.clone()),
+        let mut cx = Context::new(Arc::new(update), bot.clone(), Arc::clone(&self.state));
+        let session = match &self.fsm {
+            Some(fsm) => match fsm.begin(cx.update()).await {
+                Ok(session) => session,
+                Err(e) => return DispatchOutcome::Failed(Arc::new(e.into())),
+            },
+            None => None,
         };
-        let cx = Context::new(Arc::new(update), bot.clone(), Arc::clone(&self.state));
+        if let Some(session) = &session {
+            cx.insert(session.cx.clone());
+        }
+        let outcome = self.dispatch(cx).await;
+        if let Some(session) = session {
+            session.end().await;
+        }
+        outcome
+    }
+
+    async fn dispatch(&self, cx: Context) -> DispatchOutcome {
+        let key = match cx.event() {
+            Event::Raw(_) => ObserverKey::Raw,
+            _ => ObserverKey::Kind(cx.update().kind.clone()),
+        };
         let root = Arc::clone(&self.root);
         let endpoint_key = key.clone();
         let endpoint =

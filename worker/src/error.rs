@@ -84,6 +84,9 @@ fn classify(e: &(dyn StdError + 'static)) -> bool {
     if let Some(x) = e.downcast_ref::<crate::extract::ExtractError>() {
         return x.is_transient();
     }
+    if let Some(f) = e.downcast_ref::<crate::fsm::FsmError>() {
+        return f.is_transient();
+    }
     false
 }
 
@@ -115,6 +118,18 @@ pub enum BuildError {
         index: usize,
         /// The missing type.
         type_name: &'static str,
+    },
+    /// A handler takes `FsmContext` (or `SceneContext`), but the dispatcher has no FSM.
+    #[error(
+        "handler #{index} of the `{observer}` observer of router `{router}` takes the FSM, but the dispatcher has none (configure it with `Dispatcher::builder(..).fsm(Fsm::new(storage))`)"
+    )]
+    FsmNotConfigured {
+        /// The router's name.
+        router: String,
+        /// The observer.
+        observer: String,
+        /// The handler's position in the observer (registration order, from 0).
+        index: usize,
     },
     /// Two routers in one tree share a name (names identify routers in errors and logs).
     #[error("two routers are named `{0}`")]

@@ -5,7 +5,8 @@
 //! `async fn`s whose arguments are extractors ([`extract::FromContext`]); filters
 //! ([`filter`]) choose the handler and may hand it values; outer and inner
 //! [`middleware`] wrap the search and the handler. Dispatch tells the runtime whether
-//! an update was handled, unhandled, or failed (transiently or for good).
+//! an update was handled, unhandled, or failed (transiently or for good). The [`fsm`]
+//! keeps conversation state in Redis, one update per key at a time across processes.
 
 pub mod bot;
 pub mod callback_data;
@@ -14,6 +15,7 @@ pub mod dispatcher;
 pub mod error;
 pub mod extract;
 pub mod filter;
+pub mod fsm;
 pub mod handler;
 pub mod middleware;
 pub mod router;
@@ -25,6 +27,7 @@ pub use context::{Context, Extensions};
 pub use dispatcher::{Dispatcher, DispatcherBuilder, Incoming};
 pub use error::{BuildError, DispatchOutcome, HandlerError};
 pub use extract::{Dep, FromContext};
+pub use fsm::{Fsm, FsmContext, FsmError, FsmKey, KeyStrategy, StateFilter};
 pub use handler::Flow;
 pub use middleware::{Handled, Next};
 pub use router::Router;
@@ -35,3 +38,8 @@ pub use update::{Event, Update};
 #[doc = include_str!("../../docs/framework.md")]
 #[cfg(doctest)]
 pub struct FrameworkGuide;
+
+/// The guide `docs/fsm.md`, whose examples are compiled as doc tests.
+#[doc = include_str!("../../docs/fsm.md")]
+#[cfg(doctest)]
+pub struct FsmGuide;

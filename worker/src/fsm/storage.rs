@@ -1,0 +1,73 @@
+//! The storage behind the FSM: an object-safe async trait, so a deployment can bring its
+//! own. [`RedisStorage`](super::RedisStorage) is the default,
+//! [`MemoryStorage`](super::MemoryStorage) serves tests and local runs.
+//!
+//! Storages deal in bytes (the data document is MessagePack);
+//! [`FsmContext`](super::FsmContext) does the typing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{FsmError, FsmKey};
+
+/// What an acquired lock comes with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockGrant {
+    /// The fencing token: strictly increasing per key across acquisitions, so an
+    /// external system can refuse writes from an older holder.
+    pub fence: u64,
+    /// The key's state, read under the lock in the same round trip.
+    pub state: Option<String>,
+}
+
+/// The closure of [`FsmStorage::update_data`]: the current document (if any) to the new
+/// one. It may run more than once (compare-and-set retries).
+pub type DataUpdate<'a> = dyn FnMut(Option<&[u8]>) -> Result<Vec<u8>, FsmError> + Send + 'a;
+
+/// An FSM storage: states, data documents, and per-key lease locks.
+#[async_trait]
+pub trait FsmStorage: Send + Sync + 'static {
+    /// The key's state.
+    async fn get_state(&self, key: &FsmKey) -> Result<Option<String>, FsmError>;
+
+    /// Sets the key's state, or removes it (`None`).
+    async fn set_state(&self, key: &FsmKey, state: Option<&str>) -> Result<(), FsmError>;
+
+    /// The key's data document.
+    async fn get_data(&self, key: &FsmKey) -> Result<Option<Vec<u8>>, FsmError>;
+
+    /// Replaces the key's data document, or removes it (`None`).
+    async fn set_data(&self, key: &FsmKey, data: Option<&[u8]>) -> Result<(), FsmError>;
+
+    /// Replaces the data document with `update(current)` atomically: no other write to
+    /// the document can land between the read and the write. Returns the new document.
+    async fn update_data(
+        &self,
+        key: &FsmKey,
+        update: &mut DataUpdate<'_>,
+    ) -> Result<Vec<u8>, FsmError>;
+
+    /// Removes the key's state and data.
+    async fn clear(&self, key: &FsmKey) -> Result<(), FsmError>;
+
+    /// Tries once to take the key's lock for `lease` under `token`; `None` if another
+    /// token holds it.
+    async fn try_lock(
+        &self,
+        key: &FsmKey,
+        token: &str,
+        lease: Duration,
+    ) -> Result<Option<LockGrant>, FsmError>;
+
+    /// Extends the lease if `token` still holds the lock; `false` if it does not.
+    async fn renew_lock(
+        &self,
+        key: &FsmKey,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, FsmError>;
+
+    /// Releases the lock if `token` holds it; `false` if it did not (it expired).
+    async fn unlock(&self, key: &FsmKey, token: &str) -> Result<bool, FsmError>;
+}
