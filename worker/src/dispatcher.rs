@@ -81,6 +81,24 @@ impl DispatcherBuilder {
         self
     }
 
+    /// Whether an FSM was given with [`DispatcherBuilder::fsm`].
+    pub fn has_fsm(&self) -> bool {
+        self.fsm.is_some()
+    }
+
+    /// Whether a handler or filter needs the FSM (takes `FsmContext` or `SceneContext`,
+    /// or routes with `StateFilter`). The runtime uses it to give such a dispatcher a
+    /// Redis FSM from its settings, and no FSM (no Redis round trips) to one that does
+    /// not need it.
+    pub fn needs_fsm(&self) -> bool {
+        let fsm = std::any::type_name::<FsmInstalled>();
+        // `build` inserts the FSM's marker; before it, a need shows as its absence.
+        matches!(
+            self.router.check(&self.state, &[], &mut HashSet::new()),
+            Err(BuildError::MissingDependency { type_name, .. }) if type_name == fsm
+        )
+    }
+
     /// Checks the tree (every handler's dependencies are provided; router names are
     /// unique) and builds the dispatcher.
     pub fn build(mut self) -> Result<Dispatcher, BuildError> {

@@ -236,7 +236,9 @@ impl Router {
             for (index, reg) in obs.handlers.iter().enumerate() {
                 let from_filters: Vec<TypeId> =
                     reg.filters.iter().flat_map(|f| f.provides()).collect();
-                for req in &reg.handler.requirements {
+                let filter_needs: Vec<crate::extract::Requirement> =
+                    reg.filters.iter().flat_map(|f| f.requires()).collect();
+                for req in reg.handler.requirements.iter().chain(&filter_needs) {
                     let ok = state.contains(req.type_id)
                         || provided.contains(&req.type_id)
                         || from_filters.contains(&req.type_id)

@@ -250,7 +250,7 @@ async fn a_failing_handler_is_dead_lettered_after_max_deliveries_and_replayed() 
             }
         }
     });
-    let dispatcher = Dispatcher::builder(router).build().unwrap();
+    let dispatcher = Dispatcher::builder(router);
     let args = run_args(&s, &["--max-deliver", "3"]);
     let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -446,7 +446,7 @@ async fn in_process(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), tgpipe_worker::runtime::RunError>>,
 ) {
-    let dispatcher = Dispatcher::builder(router).build().unwrap();
+    let dispatcher = Dispatcher::builder(router);
     let args = run_args(s, extra);
     let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -546,4 +546,78 @@ async fn a_handler_slower_than_the_ack_wait_keeps_its_update() {
     assert_eq!(consumer.info().await.unwrap().num_redelivered, 0);
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_form_and_the_counter_keep_their_state_in_redis() {
+    let s = Stack::start().await;
+    let _w = s.worker(&[]).await;
+    let mut id = 80_000;
+    let mut say = async |t: &str| {
+        id += 1;
+        assert_eq!(s.post(&text(id, 8001, t)).await, 200);
+    };
+    let mut expect = Vec::new();
+    for (send, reply) in [
+        ("/form", "What is your name?"),
+        ("Ann", "How old are you?"),
+        (
+            "old enough",
+            "That is not an age; please send a number. How old are you?",
+        ),
+        ("37", "Thank you, Ann: you are 37."),
+        // The form is over: texts are echoed again.
+        ("echo me", "echo me"),
+        ("/form", "What is your name?"),
+        ("/cancel", "Cancelled."),
+        ("after cancel", "after cancel"),
+        ("/count", "count: 1"),
+        ("/count", "count: 2"),
+    ] {
+        say(send).await;
+        expect.push(reply.to_owned());
+        let sent = s
+            .wait_for("sendMessage", expect.len(), Duration::from_secs(20))
+            .await;
+        let got: Vec<String> = sent.iter().map(text_of).collect();
+        assert_eq!(got, expect, "after {send:?}");
+    }
+    assert_eq!(s.dead_letters().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_lane_count_forty_concurrent_commands_exactly_once_each() {
+    let s = Arc::new(Stack::start().await);
+    let _a = s.worker(&[("TGPIPE_CONCURRENCY", "8")]).await;
+    let _b = s.worker(&[("TGPIPE_CONCURRENCY", "8")]).await;
+    let posts: Vec<_> = (0..40i64)
+        .map(|i| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move { s.post(&text(90_000 + i, 9001, "/count")).await })
+        })
+        .collect();
+    for p in posts {
+        assert_eq!(p.await.unwrap(), 200);
+    }
+    let sent = s.wait_for("sendMessage", 40, Duration::from_secs(60)).await;
+    let mut counts: Vec<u32> = sent
+        .iter()
+        .map(|c| text_of(c).trim_start_matches("count: ").parse().unwrap())
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=40).collect::<Vec<u32>>());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.calls_of("sendMessage").len(), 40, "each answered once");
+    let (ma, mb) = (_a.metrics().await, _b.metrics().await);
+    eprintln!(
+        "worker a: {}\nworker b: {}",
+        ma.lines()
+            .filter(|l| l.starts_with("tgpipe_worker_consumed_total"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        mb.lines()
+            .filter(|l| l.starts_with("tgpipe_worker_consumed_total"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
 }

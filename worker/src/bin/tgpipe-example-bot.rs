@@ -2,6 +2,9 @@
 //!
 //! - a private text that is not a command, with no conversation going on: echoed back;
 //! - `/start` greets by first name, `/start <payload>` also shows the payload;
+//! - `/form` asks for a name, then an age (until it gets a number), then sums up and
+//!   forgets; `/cancel` leaves the form at any step;
+//! - `/count` increments a counter kept in the chat's FSM data and replies `count: N`;
 //! - `/menu` shows an inline keyboard; a press answers the callback and edits the message;
 //! - a user joining a group the bot is in is welcomed;
 //! - every other update, of any kind: acknowledged and counted (`tgpipe_worker_outcomes_total`).
@@ -18,10 +21,12 @@ use frankenstein::types::{
     CallbackQuery, ChatMember, ChatMemberUpdated as MemberUpdate, ChatType, InlineKeyboardButton,
     InlineKeyboardMarkup, MaybeInaccessibleMessage, Message, ReplyMarkup, User,
 };
+use serde::{Deserialize, Serialize};
 use tgpipe_worker::callback_data::CallbackData;
 use tgpipe_worker::filter::{
-    ChatMemberUpdated, CommandObject, CommandStart, MemberGroup, chat_type,
+    ChatMemberUpdated, Command, CommandObject, CommandStart, MemberGroup, chat_type,
 };
+use tgpipe_worker::fsm::{FsmContext, FsmError, StateFilter};
 use tgpipe_worker::{Bot, BotError, Context, Dispatcher, Event, Router, callback_data};
 
 callback_data! {
@@ -33,6 +38,37 @@ callback_data! {
 }
 
 const CHOICES: [&str; 3] = ["tea", "coffee", "juice"];
+
+tgpipe_worker::states! {
+    /// The steps of `/form`.
+    pub enum Form {
+        /// Waiting for the name.
+        Name,
+        /// Waiting for the age.
+        Age,
+    }
+}
+
+/// What `/form` collected so far.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Answers {
+    name: String,
+}
+
+/// The chat's `/count` counter.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Counter {
+    count: u64,
+}
+
+/// What a handler can fail with: the FSM's storage or the Bot API.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(transparent)]
+    Fsm(#[from] FsmError),
+    #[error(transparent)]
+    Api(#[from] BotError),
+}
 
 fn first_name(user: Option<&User>) -> &str {
     user.map_or("there", |u| u.first_name.as_str())
@@ -53,6 +89,59 @@ async fn start(message: Arc<Message>, command: CommandObject, bot: Bot) -> Resul
         None => format!("Hello, {name}! Send me a text and I will echo it."),
     };
     bot.send_text(message.chat.id, &greeting).await?;
+    Ok(())
+}
+
+async fn form(message: Arc<Message>, bot: Bot, fsm: FsmContext) -> Result<(), Error> {
+    fsm.set_state(Form::Name).await?;
+    bot.send_text(message.chat.id, "What is your name?").await?;
+    Ok(())
+}
+
+async fn form_name(message: Arc<Message>, bot: Bot, fsm: FsmContext) -> Result<(), Error> {
+    let name = message.text.clone().unwrap_or_default();
+    fsm.set_data(&Answers { name }).await?;
+    fsm.set_state(Form::Age).await?;
+    bot.send_text(message.chat.id, "How old are you?").await?;
+    Ok(())
+}
+
+async fn form_age(message: Arc<Message>, bot: Bot, fsm: FsmContext) -> Result<(), Error> {
+    let Ok(age) = message
+        .text
+        .as_deref()
+        .unwrap_or_default()
+        .trim()
+        .parse::<u8>()
+    else {
+        bot.send_text(
+            message.chat.id,
+            "That is not an age; please send a number. How old are you?",
+        )
+        .await?;
+        return Ok(());
+    };
+    let answers: Answers = fsm.data().await?;
+    fsm.clear().await?;
+    bot.send_text(
+        message.chat.id,
+        &format!("Thank you, {}: you are {age}.", answers.name),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn cancel(message: Arc<Message>, bot: Bot, fsm: FsmContext) -> Result<(), Error> {
+    fsm.clear().await?;
+    bot.send_text(message.chat.id, "Cancelled.").await?;
+    Ok(())
+}
+
+async fn count(message: Arc<Message>, bot: Bot, fsm: FsmContext) -> Result<(), Error> {
+    // Atomic in Redis, and under the key's lease: concurrent /count never lose a step.
+    let counter = fsm.update_data(|c: &mut Counter| c.count += 1).await?;
+    bot.send_text(message.chat.id, &format!("count: {}", counter.count))
+        .await?;
     Ok(())
 }
 
@@ -134,16 +223,26 @@ fn plain_text(cx: &Context) -> bool {
     matches!(cx.event(), Event::Message(m) if m.text.as_deref().is_some_and(|t| !t.starts_with('/')))
 }
 
-/// The bot's handlers.
+/// The bot's handlers, commands first so they work in the middle of the form.
 fn router() -> Router {
     let mut router = Router::new("example");
     router.message(start).filter(CommandStart::new());
+    router.message(cancel).filter(Command::new(["cancel"]));
+    router.message(form).filter(Command::new(["form"]));
+    router.message(count).filter(Command::new(["count"]));
+    router.message(menu).filter(Command::new(["menu"]));
     router
-        .message(menu)
-        .filter(tgpipe_worker::filter::Command::new(["menu"]));
+        .message(form_name)
+        .filter(StateFilter::is(Form::Name))
+        .filter(plain_text);
+    router
+        .message(form_age)
+        .filter(StateFilter::is(Form::Age))
+        .filter(plain_text);
     router
         .message(echo)
         .filter(chat_type(&[ChatType::Private]))
+        .filter(StateFilter::none())
         .filter(plain_text);
     router.callback_query(chosen).filter(MenuChoice::filter());
     router.chat_member(welcome).filter(ChatMemberUpdated::new(
@@ -154,12 +253,5 @@ fn router() -> Router {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let dispatcher = match Dispatcher::builder(router()).build() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tgpipe_worker::run(dispatcher).await
+    tgpipe_worker::run(Dispatcher::builder(router())).await
 }

@@ -29,6 +29,12 @@ pub trait Filter: Send + Sync + 'static {
     fn provides(&self) -> Vec<TypeId> {
         Vec::new()
     }
+
+    /// What the filter needs someone to provide (checked at start-up like a handler's
+    /// arguments; the `State` filter needs the FSM).
+    fn requires(&self) -> Vec<crate::extract::Requirement> {
+        Vec::new()
+    }
 }
 
 fn pass() -> FilterOutcome {
@@ -97,6 +103,9 @@ impl<A: Filter, B: Filter> Filter for And<A, B> {
     fn provides(&self) -> Vec<TypeId> {
         [self.0.provides(), self.1.provides()].concat()
     }
+    fn requires(&self) -> Vec<crate::extract::Requirement> {
+        [self.0.requires(), self.1.requires()].concat()
+    }
 }
 
 /// See [`FilterExt::or`].
@@ -121,6 +130,9 @@ impl<A: Filter, B: Filter> Filter for Or<A, B> {
             .filter(|t| b.contains(t))
             .collect()
     }
+    fn requires(&self) -> Vec<crate::extract::Requirement> {
+        [self.0.requires(), self.1.requires()].concat()
+    }
 }
 
 /// Passes when `f` rejects (and hands on nothing).
@@ -142,6 +154,9 @@ impl<F: Filter> Filter for Not<F> {
             }
         })
     }
+    fn requires(&self) -> Vec<crate::extract::Requirement> {
+        self.0.requires()
+    }
 }
 
 /// A shared filter is a filter.
@@ -151,6 +166,9 @@ impl Filter for Arc<dyn Filter> {
     }
     fn provides(&self) -> Vec<TypeId> {
         (**self).provides()
+    }
+    fn requires(&self) -> Vec<crate::extract::Requirement> {
+        (**self).requires()
     }
 }
 

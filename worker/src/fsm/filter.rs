@@ -15,7 +15,8 @@ enum Wanted {
 
 /// Passes when the update's FSM state is one of the given states, in a group, any
 /// state, or no state. Updates without an FSM key (no chat or user for the strategy)
-/// never pass.
+/// never pass. A dispatcher whose handlers use it without an FSM is refused at build
+/// time (`BuildError::FsmNotConfigured`).
 ///
 /// ```
 /// use tgpipe_worker::fsm::StateFilter;
@@ -70,6 +71,10 @@ impl StateFilter {
 }
 
 impl Filter for StateFilter {
+    fn requires(&self) -> Vec<crate::extract::Requirement> {
+        vec![crate::extract::Requirement::of::<super::FsmInstalled>()]
+    }
+
     fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
         Box::pin(async move {
             let fsm = cx.get::<FsmContext>()?;

@@ -158,6 +158,15 @@ pub struct RunArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+    /// Lifetime of FSM state and data after their last write (`3600`, `7d`); none by
+    /// default. Used when the runtime gives the dispatcher its Redis FSM.
+    #[arg(long, env = "TGPIPE_FSM_TTL", value_parser = parse_duration)]
+    pub fsm_ttl: Option<Duration>,
+    /// Whether updates of one FSM key are handled one at a time across all pods (a Redis
+    /// lease per key). On by default; turning it off saves a round trip per update and
+    /// gives up that guarantee.
+    #[arg(long, env = "TGPIPE_FSM_ISOLATION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fsm_isolation: bool,
     /// Finished `update_id`s remembered per chat to skip duplicates older than the
     /// stream's dedupe window; 0 disables the memory.
     #[arg(long, env = "TGPIPE_SEEN_CAP", default_value_t = 64)]

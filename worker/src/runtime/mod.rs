@@ -30,7 +30,8 @@ use tgpipe_shared::stream::provision_streams;
 use self::config::{Cli, Command, RunArgs};
 use self::consume::{AckSettings, Consumer};
 use self::lane::ensure_consumer;
-use crate::dispatcher::Dispatcher;
+use crate::dispatcher::DispatcherBuilder;
+use crate::fsm::{Fsm, Isolation, RedisStorage};
 
 /// Why the runtime stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -63,11 +64,15 @@ fn peer(e: impl std::fmt::Display) -> RunError {
 /// # use tgpipe_worker::{Dispatcher, Router};
 /// #[tokio::main]
 /// async fn main() -> std::process::ExitCode {
-///     let dispatcher = Dispatcher::builder(Router::new("main")).build().expect("handlers");
-///     tgpipe_worker::run(dispatcher).await
+///     tgpipe_worker::run(Dispatcher::builder(Router::new("main"))).await
 /// }
 /// ```
-pub async fn run(dispatcher: Dispatcher) -> ExitCode {
+///
+/// When a handler or filter needs the FSM and the builder was given none, the runtime
+/// adds a Redis FSM from `REDIS_URL`, `TGPIPE_FSM_TTL` and `TGPIPE_FSM_ISOLATION`. A
+/// dispatcher that does not build (a missing dependency) stops the process with exit
+/// code 64 and the reason.
+pub async fn run(dispatcher: DispatcherBuilder) -> ExitCode {
     let cli: Cli = parse_or_exit();
     let result = match cli.command {
         None => run_worker(cli.run, dispatcher).await,
@@ -84,7 +89,7 @@ pub async fn run(dispatcher: Dispatcher) -> ExitCode {
     }
 }
 
-async fn run_worker(args: RunArgs, dispatcher: Dispatcher) -> Result<(), RunError> {
+async fn run_worker(args: RunArgs, dispatcher: DispatcherBuilder) -> Result<(), RunError> {
     let _telemetry = tgpipe_shared::telemetry::init("tgpipe-worker", &args.telemetry)
         .map_err(|e| RunError::Config(e.to_string()))?;
     let ops = tokio::net::TcpListener::bind(args.listen)
@@ -144,7 +149,7 @@ async fn run_dlq(args: config::DlqArgs) -> Result<(), RunError> {
 /// tests and for programs that embed the worker.
 pub async fn serve(
     args: RunArgs,
-    dispatcher: Dispatcher,
+    dispatcher: DispatcherBuilder,
     ops: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
@@ -152,6 +157,23 @@ pub async fn serve(
     let bots = args
         .bots
         .bots()
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let dispatcher = if !dispatcher.has_fsm() && dispatcher.needs_fsm() {
+        let storage = RedisStorage::connect(&args.redis_url)
+            .await
+            .map_err(|e| RunError::Peer(format!("cannot connect to Redis for the FSM: {e}")))?
+            .ttl(args.fsm_ttl);
+        let isolation = if args.fsm_isolation {
+            Isolation::default()
+        } else {
+            Isolation::disabled()
+        };
+        dispatcher.fsm(Fsm::new(storage).isolation(isolation))
+    } else {
+        dispatcher
+    };
+    let dispatcher = dispatcher
+        .build()
         .map_err(|e| RunError::Config(e.to_string()))?;
     let prometheus = metrics::install();
     let ready = Arc::new(Readiness::default());
