@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::json;
 use stack::{BOT, Stack, TOKEN, callback, chat_of, joined, text, text_of};
-use tgpipe_loadtest::sink::SinkConfig;
 use tgpipe_shared::headers;
 use tgpipe_worker::runtime::config::{Cli, DlqCommand};
 use tgpipe_worker::{Dispatcher, HandlerError, Router};
@@ -127,11 +126,7 @@ fn answered(s: &Stack) -> HashMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_worker_mid_burst_loses_nothing() {
     // Slow answers keep updates in flight when the worker dies.
-    let s = Stack::start_with(SinkConfig {
-        latency: Duration::from_millis(20),
-        ..SinkConfig::default()
-    })
-    .await;
+    let s = Stack::with_latency(Duration::from_millis(20)).await;
     let mut w = s.worker(&[("TGPIPE_CONCURRENCY", "16")]).await;
     let n = 300i64;
     for i in 0..n {
@@ -168,11 +163,7 @@ async fn kill_9_of_a_worker_mid_burst_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_updates_and_exits_zero() {
-    let s = Stack::start_with(SinkConfig {
-        latency: Duration::from_millis(300),
-        ..SinkConfig::default()
-    })
-    .await;
+    let s = Stack::with_latency(Duration::from_millis(300)).await;
     let mut w = s.worker(&[("TGPIPE_CONCURRENCY", "8")]).await;
     for i in 0..40i64 {
         assert_eq!(
@@ -352,13 +343,7 @@ async fn every_corpus_kind_and_an_unknown_kind_are_consumed_without_dead_letters
     let unknown = json!({"update_id": 777_001, "hologram": {"chat": {"id": 5}, "beam": true}});
     assert_eq!(s.post(&unknown).await, 200);
     assert!(posted >= 27, "the corpus covers every kind");
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-        s.js.get_stream("TG_UPDATES")
-            .await
-            .unwrap()
-            .get_consumer("tgpipe-lane-default")
-            .await
-            .unwrap();
+    let mut consumer = s.lane_consumer("default").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let info = consumer.info().await.unwrap();
@@ -507,13 +492,7 @@ async fn a_duplicate_older_than_the_dedupe_window_is_skipped() {
         wait_count(&count, 1).await;
     }
     // The second copy was delivered and acknowledged without running the handler.
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-        s.js.get_stream("TG_UPDATES")
-            .await
-            .unwrap()
-            .get_consumer("tgpipe-lane-default")
-            .await
-            .unwrap();
+    let mut consumer = s.lane_consumer("default").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while consumer.info().await.unwrap().ack_floor.stream_sequence < 2 {
         assert!(Instant::now() < deadline, "the copy was not acknowledged");
@@ -536,13 +515,7 @@ async fn a_handler_slower_than_the_ack_wait_keeps_its_update() {
     // handler would run again.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(count.load(Ordering::SeqCst), 1);
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-        s.js.get_stream("TG_UPDATES")
-            .await
-            .unwrap()
-            .get_consumer("tgpipe-lane-default")
-            .await
-            .unwrap();
+    let mut consumer = s.lane_consumer("default").await;
     assert_eq!(consumer.info().await.unwrap().num_redelivered, 0);
     let _ = stop.send(());
     task.await.unwrap().unwrap();

@@ -33,6 +33,15 @@ impl Stack {
         Stack::start_with(SinkConfig::default()).await
     }
 
+    /// A stack whose Bot API stand-in answers after `latency`, to keep updates in flight.
+    pub async fn with_latency(latency: Duration) -> Stack {
+        Stack::start_with(SinkConfig {
+            latency,
+            ..SinkConfig::default()
+        })
+        .await
+    }
+
     pub async fn start_with(sink: SinkConfig) -> Stack {
         let nats = NatsServer::start();
         let redis = RedisServer::start();
@@ -156,6 +165,17 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The durable consumer of a lane.
+    pub async fn lane_consumer(&self, lane: &str) -> jetstream::consumer::PullConsumer {
+        self.js
+            .get_stream("TG_UPDATES")
+            .await
+            .expect("the update stream")
+            .get_consumer(&format!("tgpipe-lane-{lane}"))
+            .await
+            .expect("the lane's consumer")
     }
 
     /// Messages in the dead-letter stream.
