@@ -16,8 +16,10 @@ pub mod extract;
 pub mod filter;
 pub mod handler;
 pub mod middleware;
+pub mod poll;
 pub mod router;
 pub mod update;
+pub mod webhook;
 
 pub use bot::{Bot, BotError};
 pub use context::{Context, Extensions};
@@ -33,3 +35,8 @@ pub use update::{Event, Update};
 #[doc = include_str!("../../docs/framework.md")]
 #[cfg(doctest)]
 pub struct FrameworkGuide;
+
+/// The guide `docs/webhooks.md`, whose examples are compiled as doc tests.
+#[doc = include_str!("../../docs/webhooks.md")]
+#[cfg(doctest)]
+pub struct WebhooksGuide;
