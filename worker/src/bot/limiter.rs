@@ -303,6 +303,9 @@ impl Limiter {
                 None => (Decided::Local, self.try_local(&cells)),
             };
             if wait.is_zero() {
+                if decided == Decided::Redis {
+                    self.remember_send(&cells);
+                }
                 return decided;
             }
             tokio::time::sleep(wait).await;
@@ -378,6 +381,21 @@ impl Limiter {
             local.tats.retain(|_, tat| *tat > now);
         }
         Duration::ZERO
+    }
+
+    /// Notes a send Redis allowed in the in-process state too, so that a fallback in
+    /// the middle of a burst still spaces this pod's next message after its last one.
+    /// Only the last send counts (no backlog): with Redis a pod may have sent more than
+    /// its share while the others were idle.
+    fn remember_send(&self, cells: &[Cell]) {
+        let pods = u64::from(self.limits.expected_pods.max(1));
+        let now = Instant::now();
+        let mut local = self.lock();
+        for c in cells {
+            let factor = if c.shared_by_pods { pods } else { 1 };
+            let tat = now + Duration::from_micros(c.interval_us * factor);
+            local.tats.insert(c.suffix.clone(), tat);
+        }
     }
 
     /// A 429 said to wait: pause the whole bot, here and (through Redis) in every pod.
