@@ -278,12 +278,19 @@ pub async fn poll<S: UpdateSink + ?Sized>(
     Ok(stats)
 }
 
+/// Errors that polling again cannot cure: a bad token, a refused request, a webhook.
+/// Everything else (the network, 5xx, a garbled answer from a proxy) is backed off.
 fn stops_polling(e: &BotError) -> bool {
     match e {
         // "terminated by other getUpdates request": another poller; back off, it may be
         // a pod that is going away. A webhook, though, stays until someone deletes it.
         BotError::Conflict(d) => d.contains("webhook"),
-        e => !e.is_transient(),
+        BotError::Unauthorized
+        | BotError::NotFound
+        | BotError::BadRequest(_)
+        | BotError::Forbidden(_)
+        | BotError::InvalidRequest(_) => true,
+        _ => false,
     }
 }
 
