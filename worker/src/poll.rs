@@ -189,6 +189,9 @@ pub enum PollError {
     /// Telegram refused for good (bad token, a webhook is set, ...).
     #[error("getUpdates failed: {0}")]
     Bot(#[from] BotError),
+    /// `--publish` without a connection to publish through.
+    #[error("publishing into JetStream needs a NATS connection")]
+    NoPublisher,
 }
 
 /// What a polling run did.
@@ -236,6 +239,16 @@ pub async fn poll<S: UpdateSink + ?Sized>(
             }
         };
         stats.polls += 1;
+        if batch.is_empty() && config.timeout.is_zero() {
+            // Short polling: without a pause between empty answers this would be a
+            // busy loop against Telegram.
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(config.backoff) => {}
+            }
+            continue;
+        }
         let mut failed = false;
         for raw in batch {
             let raw = Bytes::copy_from_slice(raw.get().as_bytes());
@@ -349,6 +362,34 @@ async fn confirm(bot: &Bot, offset: i64) -> Result<(), BotError> {
     )?
     .with_timeout(Duration::from_secs(10));
     bot.execute(request).await.map(drop)
+}
+
+/// The `poll` command: deletes the webhook if asked, then polls into the dispatcher,
+/// or into JetStream with `--publish` (through `publisher`, with the ingress's shard
+/// count).
+pub async fn run_poll(
+    bot: &Bot,
+    dispatcher: Dispatcher,
+    args: &PollArgs,
+    publisher: Option<(Publisher, NonZeroU16)>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<PollStats, PollError> {
+    let config = args.config(&dispatcher.used_update_kinds());
+    if args.delete_webhook {
+        delete_webhook(bot).await?;
+    }
+    if args.publish {
+        let (publisher, shards) = publisher.ok_or(PollError::NoPublisher)?;
+        poll(
+            bot,
+            &JetStreamSink::new(publisher, shards),
+            &config,
+            shutdown,
+        )
+        .await
+    } else {
+        poll(bot, &DispatchSink::new(dispatcher), &config, shutdown).await
+    }
 }
 
 /// Deletes the webhook so that `getUpdates` works (for `poll --delete-webhook`).

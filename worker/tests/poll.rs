@@ -135,7 +135,28 @@ async fn polling_stops_when_a_webhook_is_set() {
     .await
     .unwrap_err();
     assert!(matches!(e, PollError::Bot(BotError::Conflict(_))), "{e}");
-    tgpipe_worker::poll::delete_webhook(&bot).await.unwrap();
+
+    // `poll --delete-webhook` clears the way first.
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        poll: PollArgs,
+    }
+    let args = Cli::parse_from(["w", "--delete-webhook", "--timeout", "0"]).poll;
+    sink.push_update(update(30, 5, "after the webhook"));
+    let stats = tgpipe_worker::poll::run_poll(&bot, dp.clone(), &args, None, async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(sink.webhook_url(), "");
+    assert_eq!(stats.updates, 1);
+    let publish = Cli::parse_from(["w", "--publish"]).poll;
+    let e = tgpipe_worker::poll::run_poll(&bot, dp, &publish, None, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PollError::NoPublisher));
 }
 
 #[tokio::test]
