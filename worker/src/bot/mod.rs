@@ -180,7 +180,8 @@ impl BotBuilder {
     }
 
     /// Keeps the limits in the Redis at `url`, connecting lazily (a Redis that is down
-    /// at start-up only means limiting in process until it is up).
+    /// at start-up only means limiting in process until it is up). Call it inside a
+    /// Tokio runtime: the connection's task runs there.
     pub fn redis_url(self, url: &str) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
         // Short timeouts: the limiter falls back to its in-process state rather than
