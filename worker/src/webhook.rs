@@ -316,11 +316,11 @@ pub fn format_webhook_info(info: &WebhookInfo, now: SystemTime) -> String {
         None => line("allowed updates", "(Telegram's default set)"),
     }
     line(
-        "custom certificate",
+        "certificate",
         if info.has_custom_certificate {
-            "yes"
+            "custom (uploaded with setWebhook)"
         } else {
-            "no"
+            "none uploaded (the server's must be CA-signed)"
         },
     );
     if let Some(ip) = &info.ip_address {
