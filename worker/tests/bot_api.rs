@@ -30,6 +30,7 @@ fn quick_retries() -> RetryPolicy {
 fn bot(sink: &SinkHandle, retry: RetryPolicy) -> Bot {
     Bot::builder(TOKEN)
         .api_url(&sink.url())
+        .limits(fast_limits())
         .retry(retry)
         .request_timeout(Duration::from_millis(500))
         .build()
@@ -65,11 +66,6 @@ async fn every_error_class_comes_back_typed_and_classified() {
         .unwrap();
     type Check = Box<dyn Fn(&BotError) -> bool>;
     let cases: Vec<(Fault, Check, bool)> = vec![
-        (
-            Fault::retry_after(7),
-            Box::new(|e| *e == BotError::RetryAfter(Duration::from_secs(7))),
-            true,
-        ),
         (
             Fault::migrate(-100_777),
             Box::new(|e| *e == BotError::MigrateToChat(-100_777)),
@@ -109,6 +105,12 @@ async fn every_error_class_comes_back_typed_and_classified() {
             Fault::malformed(),
             Box::new(|e| matches!(e, BotError::InvalidResponse(_))),
             false,
+        ),
+        // Last: it pauses the bot for its seven seconds.
+        (
+            Fault::retry_after(7),
+            Box::new(|e| *e == BotError::RetryAfter(Duration::from_secs(7))),
+            true,
         ),
     ];
     for (fault, is_expected, transient) in cases {
@@ -602,7 +604,11 @@ async fn uploads_are_multipart_and_references_are_json() {
 #[tokio::test]
 async fn chat_actions_repeat_until_stopped_and_shortcuts_answer_in_place() {
     let s = sink().await;
-    let b = bot(&s, quick_retries());
+    let b = Bot::builder(TOKEN)
+        .api_url(&s.url())
+        .limits(fast_limits())
+        .build()
+        .unwrap();
     let typing = ChatActionSender::with_interval(&b, 5, "typing", Duration::from_millis(100));
     tokio::time::sleep(Duration::from_millis(350)).await;
     typing.stop();
