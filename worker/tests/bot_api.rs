@@ -648,3 +648,115 @@ async fn chat_actions_repeat_until_stopped_and_shortcuts_answer_in_place() {
         ("sendMessage", &json!(1))
     );
 }
+
+/// The fallback lasts only while Redis is away: once it answers again, the limits are
+/// shared again.
+#[tokio::test]
+async fn the_limiter_returns_to_redis_when_it_is_back() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let s = sink().await;
+    let b = Bot::builder(TOKEN)
+        .api_url(&s.url())
+        .redis_url(&url)
+        .unwrap()
+        .limits(fast_limits())
+        .build()
+        .unwrap();
+    b.send_text(7, "with redis").await.unwrap();
+    redis.stop();
+    b.send_text(7, "without").await.unwrap();
+
+    // The same port again, a fresh (empty) Redis.
+    let binary = std::env::var_os("TGPIPE_REDIS_SERVER").unwrap_or_else(|| "redis-server".into());
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(binary)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        if let Ok(c) = client.get_multiplexed_async_connection().await {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "redis did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut shared = false;
+    while Instant::now() < deadline && !shared {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        b.send_text(7, "back").await.unwrap();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg("tgpipe:rl:{123}:chat:7")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        shared = ttl > 0;
+    }
+    assert!(shared, "the limiter keeps its state in Redis again");
+}
+
+/// Stops a server the test started itself, even when the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn paid_broadcasts_have_their_own_higher_bot_wide_limit() {
+    let redis = RedisServer::start();
+    let s = sink().await;
+    let b = Bot::builder(TOKEN)
+        .api_url(&s.url())
+        .redis_url(&redis.url())
+        .unwrap()
+        .limits(RateLimits {
+            per_bot: Rate::per_second(2),
+            paid_broadcast: Rate::per_second(1000),
+            ..fast_limits()
+        })
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    for chat in 0..10 {
+        let _: serde_json::Value = b
+            .call(
+                "sendMessage",
+                &json!({"chat_id": 500 + chat, "text": "sale", "allow_paid_broadcast": true}),
+            )
+            .await
+            .unwrap();
+    }
+    // At 2/s the ten would take 4.5 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    b.send_text(1, "free").await.unwrap();
+    let started = Instant::now();
+    b.send_text(2, "free").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "the free limit still holds"
+    );
+}
