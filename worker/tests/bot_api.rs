@@ -760,3 +760,31 @@ async fn paid_broadcasts_have_their_own_higher_bot_wide_limit() {
         "the free limit still holds"
     );
 }
+
+#[tokio::test]
+async fn closures_are_middleware_too() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tgpipe_worker::bot::from_fn;
+    let s = sink().await;
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let b = Bot::builder(TOKEN)
+        .api_url(&s.url())
+        .limits(fast_limits())
+        .middleware(from_fn(
+            move |mut request: ApiRequest, next: ApiNext<'_>| {
+                seen.fetch_add(1, Ordering::Relaxed);
+                // Rewrite the request on its way out.
+                if request.method == "getMe" {
+                    "getMyName".clone_into(&mut request.method);
+                }
+                Box::pin(async move { next.run(request).await })
+            },
+        ))
+        .build()
+        .unwrap();
+    b.send_text(1, "x").await.unwrap();
+    let _ = b.me().await;
+    assert_eq!(count.load(Ordering::Relaxed), 2);
+    assert_eq!(s.calls()[1].method, "getMyName");
+}

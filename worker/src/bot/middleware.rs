@@ -186,6 +186,61 @@ pub trait RequestMiddleware: Send + Sync + 'static {
     async fn handle(&self, request: ApiRequest, next: ApiNext<'_>) -> Result<Bytes, BotError>;
 }
 
+/// A middleware from a closure, for the easy case (like axum's
+/// `middleware::from_fn`): the closure takes the request and the rest of the chain and
+/// returns a boxed future.
+///
+/// ```
+/// use tgpipe_worker::bot::{from_fn, ApiNext, ApiRequest};
+/// use tgpipe_worker::Bot;
+///
+/// let bot = Bot::builder("123:TEST")
+///     .middleware(from_fn(|request: ApiRequest, next: ApiNext<'_>| {
+///         Box::pin(async move {
+///             tracing::debug!(method = %request.method, "outgoing");
+///             next.run(request).await
+///         })
+///     }))
+///     .build()
+///     .unwrap();
+/// # let _ = bot;
+/// ```
+pub fn from_fn<F>(f: F) -> FnMiddleware<F>
+where
+    F: for<'a> Fn(ApiRequest, ApiNext<'a>) -> BoxFuture<'a, Result<Bytes, BotError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    FnMiddleware(f)
+}
+
+/// A boxed future of a middleware.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// See [`from_fn`].
+#[derive(Clone, Copy)]
+pub struct FnMiddleware<F>(F);
+
+impl<F> std::fmt::Debug for FnMiddleware<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnMiddleware")
+    }
+}
+
+#[async_trait::async_trait]
+impl<F> RequestMiddleware for FnMiddleware<F>
+where
+    F: for<'a> Fn(ApiRequest, ApiNext<'a>) -> BoxFuture<'a, Result<Bytes, BotError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    async fn handle(&self, request: ApiRequest, next: ApiNext<'_>) -> Result<Bytes, BotError> {
+        (self.0)(request, next).await
+    }
+}
+
 /// The rest of the chain after a middleware: further middleware, the limiter, HTTP.
 pub struct ApiNext<'a> {
     pub(crate) bot: &'a Bot,

@@ -49,7 +49,8 @@ pub use helpers::{CallbackQueryExt, ChatActionSender, MediaGroup, MessageExt};
 pub use input_file::{FormPart, InputFile, Payload};
 pub use limiter::{Rate, RateLimits, is_limited_method};
 pub use middleware::{
-    ApiNext, ApiRequest, LoggingMiddleware, MetricsMiddleware, RequestMiddleware,
+    ApiNext, ApiRequest, FnMiddleware, LoggingMiddleware, MetricsMiddleware, RequestMiddleware,
+    from_fn,
 };
 
 use limiter::Limiter;
