@@ -147,17 +147,7 @@ async fn receive(
     let shard = Shard::of(keys.ordering_key(), inner.shards);
     let subject = update_subject(bot, &keys.kind, shard);
 
-    let mut nats_headers = async_nats::HeaderMap::new();
-    nats_headers.insert(h::MSG_ID, h::msg_id(bot, keys.update_id).as_str());
-    nats_headers.insert(h::BOT_ID, bot.to_string().as_str());
-    nats_headers.insert(h::UPDATE_TYPE, keys.kind.as_str());
-    if let Some(chat) = keys.chat_id {
-        nats_headers.insert(h::CHAT_ID, chat.to_string().as_str());
-    }
-    if let Some(user) = keys.user_id {
-        nats_headers.insert(h::USER_ID, user.to_string().as_str());
-    }
-    nats_headers.insert(h::RECEIVED_AT, received_at.to_string().as_str());
+    let mut nats_headers = h::update_headers(bot, &keys, received_at);
     trace_context(headers, &mut nats_headers);
     drop(keys);
 

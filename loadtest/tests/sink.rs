@@ -378,3 +378,80 @@ async fn control_api_and_waiting_for_calls() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn queued_faults_answer_exactly_the_calls_they_are_for() {
+    use tgpipe_loadtest::sink::Fault;
+    let s = sink(SinkConfig::default()).await;
+    s.push_fault("sendMessage", Fault::retry_after(4));
+    s.push_fault("sendmessage", Fault::migrate(-1009));
+    s.push_fault("*", Fault::forbidden());
+    assert_eq!(s.pending_faults(), 3);
+    let msg = json!({"chat_id": 1, "text": "x"});
+    let (status, body) = post_json(&s, "sendMessage", msg.clone()).await;
+    assert_eq!(
+        (status, &body["parameters"]["retry_after"]),
+        (429, &json!(4))
+    );
+    let (status, body) = post_json(&s, "sendMessage", msg.clone()).await;
+    assert_eq!(
+        (status, &body["parameters"]["migrate_to_chat_id"]),
+        (400, &json!(-1009))
+    );
+    let (status, body) = post_json(&s, "getMe", json!({})).await;
+    assert_eq!((status, &body["error_code"]), (403, &json!(403)));
+    let (status, _) = post_json(&s, "sendMessage", msg.clone()).await;
+    assert_eq!(status, 200);
+
+    // Through the control API: a slow answer, then a body that is not JSON.
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sink/faults", s.url()))
+        .json(&json!([
+            {"method": "getMe", "fault": {"kind": "slow", "ms": 300}},
+            {"method": "getMe", "fault": {"kind": "malformed", "status": 502, "body": "<html>"}}
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = Instant::now();
+    let (status, _) = post_json(&s, "getMe", json!({})).await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let r = reqwest::Client::new()
+        .post(format!("{}/bot{TOKEN}/getMe", s.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.text().await.unwrap(), "<html>");
+    assert_eq!(s.pending_faults(), 0);
+    assert_eq!(s.calls().len(), 6);
+}
+
+#[tokio::test]
+async fn get_updates_long_polls_until_an_update_is_queued() {
+    let s = sink(SinkConfig::default()).await;
+    let started = Instant::now();
+    let (_, body) = post_json(&s, "getUpdates", json!({"timeout": 1})).await;
+    assert_eq!(body["result"], json!([]));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let url = s.url();
+    let waiting = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/bot{TOKEN}/getUpdates"))
+            .json(&json!({"timeout": 10}))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    s.push_update(json!({"update_id": 5, "message": {"message_id": 1, "date": 0, "chat": {"id": 1, "type": "private"}}}));
+    let body = waiting.await.unwrap();
+    assert_eq!(body["result"][0]["update_id"], json!(5));
+    assert!(started.elapsed() < Duration::from_secs(2));
+}

@@ -34,3 +34,38 @@ pub const DELIVERIES: &str = "Tg-Deliveries";
 pub fn msg_id(bot: crate::BotId, update_id: i64) -> String {
     format!("{bot}:{update_id}")
 }
+
+/// The headers every published update carries, from its keys: the de-duplication id,
+/// the bot, the kind, the chat and user where present, and the receive time (unix ms).
+/// Trace context is the publisher's to add. The ingress and `getUpdates` polling both
+/// publish with these, so a consumer cannot tell the two routes apart.
+///
+/// ```
+/// use tgpipe_shared::{BotId, extract_keys, headers};
+///
+/// let body = br#"{"update_id":9,"message":{"message_id":1,"date":0,"chat":{"id":-5,"type":"group"},"from":{"id":7,"is_bot":false,"first_name":"A"}}}"#;
+/// let keys = extract_keys(body).unwrap();
+/// let h = headers::update_headers(BotId(42), &keys, 1_700_000_000_000);
+/// assert_eq!(h.get(headers::MSG_ID).unwrap().as_str(), "42:9");
+/// assert_eq!(h.get(headers::CHAT_ID).unwrap().as_str(), "-5");
+/// assert_eq!(h.get(headers::USER_ID).unwrap().as_str(), "7");
+/// assert_eq!(h.get(headers::UPDATE_TYPE).unwrap().as_str(), "message");
+/// ```
+pub fn update_headers(
+    bot: crate::BotId,
+    keys: &crate::UpdateKeys<'_>,
+    received_at_ms: u128,
+) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(MSG_ID, msg_id(bot, keys.update_id).as_str());
+    h.insert(BOT_ID, bot.to_string().as_str());
+    h.insert(UPDATE_TYPE, keys.kind.as_str());
+    if let Some(chat) = keys.chat_id {
+        h.insert(CHAT_ID, chat.to_string().as_str());
+    }
+    if let Some(user) = keys.user_id {
+        h.insert(USER_ID, user.to_string().as_str());
+    }
+    h.insert(RECEIVED_AT, received_at_ms.to_string().as_str());
+    h
+}

@@ -2,7 +2,7 @@
 //!
 //! - the wire contract: [`UpdateKind`], [`extract_keys`], subjects and shards
 //!   ([`subject`]), NATS header names ([`headers`]), the stream configuration
-//!   ([`stream`]);
+//!   ([`stream`]), and publishing with acknowledgement ([`publish`]);
 //! - process plumbing every binary needs: configuration helpers ([`config`]),
 //!   telemetry ([`telemetry`]) and the shutdown signal ([`shutdown`]);
 //! - with the `testkit` feature, a harness that starts private `nats-server` and
@@ -15,6 +15,7 @@ pub mod config;
 pub mod extract;
 pub mod headers;
 pub mod kind;
+pub mod publish;
 pub mod shutdown;
 pub mod stream;
 pub mod subject;

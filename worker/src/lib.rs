@@ -18,9 +18,11 @@ pub mod filter;
 pub mod fsm;
 pub mod handler;
 pub mod middleware;
+pub mod poll;
 pub mod router;
 pub mod runtime;
 pub mod update;
+pub mod webhook;
 
 pub use bot::{Bot, BotError};
 pub use context::{Context, Extensions};
@@ -43,3 +45,7 @@ pub struct FrameworkGuide;
 #[doc = include_str!("../../docs/fsm.md")]
 #[cfg(doctest)]
 pub struct FsmGuide;
+/// The guide `docs/webhooks.md`, whose examples are compiled as doc tests.
+#[doc = include_str!("../../docs/webhooks.md")]
+#[cfg(doctest)]
+pub struct WebhooksGuide;

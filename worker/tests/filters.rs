@@ -330,8 +330,5 @@ async fn every_bot_api_method_goes_through_bot() {
         .send_message(&SendMessageParams::builder().chat_id(1).text("").build())
         .await
         .unwrap_err();
-    assert!(matches!(
-        err,
-        tgpipe_worker::BotError::Api { code: 400, .. }
-    ));
+    assert!(matches!(err, tgpipe_worker::BotError::BadRequest(_)));
 }

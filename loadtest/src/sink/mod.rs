@@ -5,8 +5,11 @@
 //! that speaks the real protocol (`{api}/bot<token>/<method>`, JSON, urlencoded, query
 //! string and multipart bodies, Telegram's `{"ok":...}` envelope with `error_code`,
 //! `description` and `parameters`), not a mock of our own client, so whatever client
-//! talks to it would talk to Telegram the same way. Faults can be injected: latency,
-//! 5xx errors, 429 with `retry_after`, and `migrate_to_chat_id`.
+//! talks to it would talk to Telegram the same way. Faults can be injected at a rate
+//! (latency, 5xx errors, 429 with `retry_after`, `migrate_to_chat_id`) or queued for
+//! exact calls ([`Fault`]: any error, a slow answer, a body that is not JSON), through
+//! the handle or `POST /_sink/faults`. `getUpdates` long-polls: with a `timeout` it
+//! waits for an update to be queued.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -21,9 +24,11 @@
 //! # Ok(()) }
 //! ```
 
+mod fault;
 mod methods;
 mod record;
 mod server;
 
+pub use fault::{Fault, QueuedFault};
 pub use record::{RecordedCall, RecordedFile, SinkStats};
 pub use server::{Sink, SinkConfig, SinkHandle};

@@ -15,6 +15,7 @@ use axum::routing::{any, get, post};
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
 
+use super::fault::{Fault, QueuedFault};
 use super::methods::{self, ApiError};
 use super::record::{RecordedCall, RecordedFile, SinkStats};
 
@@ -72,6 +73,8 @@ pub(crate) struct Inner {
     global_id: i64,
     pub(crate) webhook: WebhookState,
     pub(crate) updates: VecDeque<Value>,
+    /// Queued faults by lower-case method (`*`: any).
+    faults: HashMap<String, VecDeque<Fault>>,
 }
 
 impl Inner {
@@ -85,7 +88,28 @@ impl Inner {
             global_id: 0,
             webhook: WebhookState::default(),
             updates: VecDeque::new(),
+            faults: HashMap::new(),
         }
+    }
+
+    /// The next queued fault for `method`: its own queue first, then `*`.
+    fn take_fault(&mut self, method: &str) -> Option<Fault> {
+        let lower = method.to_ascii_lowercase();
+        for key in [lower.as_str(), "*"] {
+            if let Some(q) = self.faults.get_mut(key)
+                && let Some(f) = q.pop_front()
+            {
+                return Some(f);
+            }
+        }
+        None
+    }
+
+    fn push_fault(&mut self, method: &str, fault: Fault) {
+        self.faults
+            .entry(method.to_ascii_lowercase())
+            .or_default()
+            .push_back(fault);
     }
 
     pub(crate) fn next_id(&mut self) -> i64 {
@@ -134,6 +158,8 @@ impl Inner {
 struct Shared {
     inner: Mutex<Inner>,
     recorded: Notify,
+    /// Wakes long-polling `getUpdates` calls.
+    queued: Notify,
 }
 
 impl Shared {
@@ -161,6 +187,7 @@ impl Sink {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::new(config.clone())),
             recorded: Notify::new(),
+            queued: Notify::new(),
         });
         let app = router(Arc::clone(&shared), config.max_body);
         let task = tokio::spawn(async move {
@@ -239,6 +266,23 @@ impl SinkHandle {
     /// Queues an update for `getUpdates`.
     pub fn push_update(&self, update: Value) {
         self.shared.lock().updates.push_back(update);
+        self.shared.queued.notify_waiters();
+    }
+
+    /// Queues a fault: the next call of `method` (case-insensitive; `"*"`: of any
+    /// method) is answered with it instead of its result.
+    pub fn push_fault(&self, method: &str, fault: Fault) {
+        self.shared.lock().push_fault(method, fault);
+    }
+
+    /// How many queued faults are still to be answered.
+    pub fn pending_faults(&self) -> usize {
+        self.shared.lock().faults.values().map(VecDeque::len).sum()
+    }
+
+    /// The webhook's URL as set by `setWebhook` (empty when none).
+    pub fn webhook_url(&self) -> String {
+        self.shared.lock().webhook.url.clone()
     }
 }
 
@@ -248,6 +292,7 @@ fn router(shared: Arc<Shared>, max_body: usize) -> Router {
         .route("/_sink/stats", get(control_stats))
         .route("/_sink/reset", post(control_reset))
         .route("/_sink/updates", post(control_updates))
+        .route("/_sink/faults", post(control_faults))
         .route("/{bot_token}/{method}", any(call))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(shared)
@@ -286,36 +331,103 @@ async fn call(
         return envelope(404, ApiError::not_found().body());
     };
     let bot_id = token_bot_id(token);
-    let max_body = shared.lock().config.max_body;
-    let parsed = parse_params(query.as_deref(), request, max_body).await;
-    let (latency, result) = {
-        let latency = shared.lock().config.latency;
-        (latency, parsed)
+    let (max_body, latency, fault) = {
+        let mut inner = shared.lock();
+        let fault = inner.take_fault(&method);
+        (inner.config.max_body, inner.config.latency, fault)
     };
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
+    let parsed = parse_params(query.as_deref(), request, max_body).await;
+    let delay = match &fault {
+        Some(Fault::Slow { ms }) => latency + Duration::from_millis(*ms),
+        _ => latency,
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
-    let (status, body, params, files) = match result {
+    if let Some(Fault::Malformed { status, body }) = fault {
+        let params = parsed.map(|(p, _)| p).unwrap_or(Value::Null);
+        record(&shared, bot_id, method, params, Vec::new(), status);
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (code, [(header::CONTENT_TYPE, "text/html")], body).into_response();
+    }
+    let (status, body, params, files) = match parsed {
         Err(e) => (e.code, e.body(), Value::Null, Vec::new()),
         Ok((params, files)) => {
-            let mut inner = shared.lock();
-            let outcome = match bot_id {
-                None => Err(ApiError {
-                    code: 401,
-                    description: "Unauthorized".to_owned(),
-                    parameters: None,
-                }),
-                Some(bot_id) => inject_fault(&mut inner, &params).map_or_else(
-                    || methods::answer(&mut inner, bot_id, &method, &params, &files),
-                    Err,
-                ),
-            };
+            let outcome = answer(&shared, bot_id, &method, &params, &files, fault).await;
             match outcome {
                 Ok(result) => (200, json!({"ok": true, "result": result}), params, files),
                 Err(e) => (e.code, e.body(), params, files),
             }
         }
     };
+    record(&shared, bot_id, method, params, files, status);
+    envelope(status, body)
+}
+
+/// The answer to a parsed call: a queued error, an injected fault, or the method's
+/// result. An empty `getUpdates` with a `timeout` waits (long polling) until an update
+/// is queued or the timeout passes, as Telegram does.
+async fn answer(
+    shared: &Shared,
+    bot_id: Option<u64>,
+    method: &str,
+    params: &Value,
+    files: &[RecordedFile],
+    fault: Option<Fault>,
+) -> Result<Value, ApiError> {
+    let Some(bot_id) = bot_id else {
+        return Err(ApiError {
+            code: 401,
+            description: "Unauthorized".to_owned(),
+            parameters: None,
+        });
+    };
+    if let Some(Fault::Error {
+        code,
+        description,
+        parameters,
+    }) = fault
+    {
+        return Err(ApiError {
+            code,
+            description,
+            parameters,
+        });
+    }
+    let long_poll = method.eq_ignore_ascii_case("getUpdates");
+    let timeout = match params.get("timeout") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        _ => None,
+    }
+    .unwrap_or(0)
+    .min(50);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let notified = shared.queued.notified();
+        {
+            let mut inner = shared.lock();
+            let outcome = inject_fault(&mut inner, params).map_or_else(
+                || methods::answer(&mut inner, bot_id, method, params, files),
+                Err,
+            );
+            let empty = matches!(&outcome, Ok(Value::Array(a)) if a.is_empty());
+            if !long_poll || !empty || tokio::time::Instant::now() >= deadline {
+                return outcome;
+            }
+        }
+        let _ = tokio::time::timeout_at(deadline, notified).await;
+    }
+}
+
+fn record(
+    shared: &Shared,
+    bot_id: Option<u64>,
+    method: String,
+    params: Value,
+    files: Vec<RecordedFile>,
+    status: u16,
+) {
     {
         let mut inner = shared.lock();
         let seq = inner.calls.len() as u64;
@@ -333,7 +445,6 @@ async fn call(
         });
     }
     shared.recorded.notify_waiters();
-    envelope(status, body)
 }
 
 /// The injected fault for this call, if any: 429 every Nth call, 5xx at the error rate,
@@ -504,8 +615,36 @@ async fn control_updates(State(shared): State<Arc<Shared>>, body: axum::body::By
                 .into_response();
         }
     };
-    let mut inner = shared.lock();
     let n = updates.len();
-    inner.updates.extend(updates);
+    shared.lock().updates.extend(updates);
+    shared.queued.notify_waiters();
     (StatusCode::OK, axum::Json(json!({"queued": n}))).into_response()
+}
+
+/// `POST /_sink/faults`: one `{"method": .., "fault": {"kind": ..}}` or an array of them.
+async fn control_faults(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let faults = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Array(items)) => items,
+        Ok(v @ Value::Object(_)) => vec![v],
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "expected a fault or an array of them",
+            )
+                .into_response();
+        }
+    };
+    let parsed: Result<Vec<QueuedFault>, _> =
+        faults.into_iter().map(serde_json::from_value).collect();
+    match parsed {
+        Ok(faults) => {
+            let n = faults.len();
+            let mut inner = shared.lock();
+            for f in faults {
+                inner.push_fault(&f.method, f.fault);
+            }
+            (StatusCode::OK, axum::Json(json!({"queued": n}))).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
 }

@@ -1,0 +1,505 @@
+//! The rate limiter: Telegram's flood limits kept by every pod of a bot together.
+//!
+//! Telegram allows a bot about 30 messages a second overall (1000 with
+//! `allow_paid_broadcast`), one a second in a private chat and 20 a minute in a group;
+//! beyond that it answers 429 with `retry_after`, which then stops the whole bot. So the
+//! limits are kept *before* sending, in Redis, where all pods see them: a GCRA (generic
+//! cell rate algorithm) per limit, checked and advanced for all of a call's limits in one
+//! Lua script, atomically, against Redis's clock (so pods' clocks need not agree). The
+//! same script reports a bot-wide pause (`tgpipe:pause:{<bot>}`) that a 429 seen by any
+//! pod sets for `retry_after`.
+//!
+//! Keys (the hash tag puts all of a bot's keys in one Redis Cluster slot, so the script
+//! may touch them together): `tgpipe:rl:{<bot>}:bot`, `tgpipe:rl:{<bot>}:paid`,
+//! `tgpipe:rl:{<bot>}:chat:<chat_id>`, `tgpipe:pause:{<bot>}`. Each expires once it no
+//! longer limits anything.
+//!
+//! Without Redis (not configured, or unreachable) the same algorithm runs in process;
+//! the bot-wide rates are divided by the expected number of pods so that each pod keeps
+//! to its share. Per-chat rates are not divided: a chat's updates are ordered onto one
+//! shard and handled one at a time, so one pod at a time answers a chat.
+//!
+//! Only message-sending methods are limited ([`is_limited_method`]); answers to callback
+//! queries, edits, `getUpdates` and the like are not, but they do wait out a pause.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tgpipe_shared::BotId;
+
+use super::middleware::{ChatRef, Target};
+
+/// A rate: `count` events per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Events allowed per period.
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl Rate {
+    /// `count` a second.
+    pub const fn per_second(count: u32) -> Rate {
+        Rate {
+            count,
+            per: Duration::from_secs(1),
+        }
+    }
+
+    /// `count` a minute.
+    pub const fn per_minute(count: u32) -> Rate {
+        Rate {
+            count,
+            per: Duration::from_secs(60),
+        }
+    }
+
+    /// The spacing between two events at this rate.
+    pub fn interval(&self) -> Duration {
+        self.per / self.count.max(1)
+    }
+}
+
+/// The limits to keep, per bot. The defaults are Telegram's documented ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Messages a second over all chats.
+    pub per_bot: Rate,
+    /// Messages a second over all chats when sent with `allow_paid_broadcast`.
+    pub paid_broadcast: Rate,
+    /// Messages into one private chat.
+    pub per_private_chat: Rate,
+    /// Messages into one group, supergroup or channel.
+    pub per_group: Rate,
+    /// How many messages may go at once before spacing starts (GCRA burst), for the
+    /// bot-wide limit. Chats get no burst: Telegram counts them strictly.
+    pub bot_burst: u32,
+    /// How many pods share the bot: the in-process fallback keeps each pod to
+    /// `1 / expected_pods` of the bot-wide rate.
+    pub expected_pods: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            per_bot: Rate::per_second(30),
+            paid_broadcast: Rate::per_second(1000),
+            per_private_chat: Rate::per_second(1),
+            per_group: Rate::per_minute(20),
+            bot_burst: 1,
+            expected_pods: 1,
+        }
+    }
+}
+
+impl RateLimits {
+    /// No limits to speak of (a million a second everywhere): for a Bot API stand-in in
+    /// benchmarks and tests, never for Telegram.
+    pub fn unlimited() -> RateLimits {
+        let fast = Rate::per_second(1_000_000);
+        RateLimits {
+            per_bot: fast,
+            paid_broadcast: fast,
+            per_private_chat: fast,
+            per_group: fast,
+            bot_burst: 1_000,
+            expected_pods: 1,
+        }
+    }
+}
+
+/// Methods that send messages, the ones Telegram's flood limits count.
+const LIMITED: &[&str] = &[
+    "sendmessage",
+    "sendphoto",
+    "sendaudio",
+    "senddocument",
+    "sendvideo",
+    "sendanimation",
+    "sendvoice",
+    "sendvideonote",
+    "sendsticker",
+    "sendlocation",
+    "sendvenue",
+    "sendcontact",
+    "sendpoll",
+    "senddice",
+    "sendinvoice",
+    "sendgame",
+    "sendpaidmedia",
+    "sendmediagroup",
+    "sendchecklist",
+    "copymessage",
+    "copymessages",
+    "forwardmessage",
+    "forwardmessages",
+];
+
+/// Whether a method counts against the flood limits.
+///
+/// ```
+/// use tgpipe_worker::bot::is_limited_method;
+///
+/// assert!(is_limited_method("sendMessage"));
+/// assert!(is_limited_method("copyMessage"));
+/// assert!(!is_limited_method("answerCallbackQuery"));
+/// ```
+pub fn is_limited_method(method: &str) -> bool {
+    LIMITED.iter().any(|m| m.eq_ignore_ascii_case(method))
+}
+
+/// One GCRA cell: a key, the spacing of events and the burst tolerance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cell {
+    suffix: String,
+    interval_us: u64,
+    tolerance_us: u64,
+    /// Whether the in-process fallback divides this rate among pods.
+    shared_by_pods: bool,
+}
+
+impl Cell {
+    fn new(suffix: String, rate: Rate, burst: u32, shared_by_pods: bool) -> Cell {
+        let interval_us = rate.interval().as_micros() as u64;
+        Cell {
+            suffix,
+            interval_us,
+            tolerance_us: interval_us * u64::from(burst.max(1) - 1),
+            shared_by_pods,
+        }
+    }
+}
+
+/// Checks the pause, then every limit; if all allow, advances them all. Returns 0
+/// (go) or the microseconds to wait before asking again. ARGV: interval and tolerance
+/// (µs) per limit key, in KEYS order after the pause key.
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local paused = redis.call('PTTL', KEYS[1])
+if paused > 0 then return paused * 1000 end
+local wait = 0
+local tats = {}
+for i = 2, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 3])
+  local tolerance = tonumber(ARGV[2 * i - 2])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local w = tat - tolerance - now
+  if w > wait then wait = w end
+  tats[i] = tat + interval
+end
+if wait > 0 then return math.ceil(wait) end
+for i = 2, #KEYS do
+  local ttl = math.ceil((tats[i] - now) / 1000) + 1000
+  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
+end
+return 0
+"#;
+
+/// Sets the pause unless a longer one is set already.
+const PAUSE_SCRIPT: &str = r#"
+local cur = redis.call('PTTL', KEYS[1])
+if cur < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 0
+"#;
+
+/// How long a Redis round trip may take before the call goes on with the in-process
+/// limiter: sending late is worse than sending slightly over a shared limit.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// After Redis failed, how long to use the in-process limiter before trying it again.
+const REDIS_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct Local {
+    /// Theoretical arrival times per cell.
+    tats: HashMap<String, Instant>,
+    paused_until: Option<Instant>,
+    redis_down_until: Option<Instant>,
+}
+
+/// A bot's limiter (shared by the clones of a `Bot`).
+pub(crate) struct Limiter {
+    bot: BotId,
+    limits: RateLimits,
+    redis: Option<redis::aio::ConnectionManager>,
+    script: redis::Script,
+    pause_script: redis::Script,
+    local: Mutex<Local>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("bot", &self.bot)
+            .field("limits", &self.limits)
+            .field("redis", &self.redis.is_some())
+            .finish()
+    }
+}
+
+/// Where the limiter took its decision (for tests and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decided {
+    Redis,
+    Local,
+}
+
+impl Limiter {
+    pub(crate) fn new(
+        bot: BotId,
+        limits: RateLimits,
+        redis: Option<redis::aio::ConnectionManager>,
+    ) -> Limiter {
+        Limiter {
+            bot,
+            limits,
+            redis,
+            script: redis::Script::new(SCRIPT),
+            pause_script: redis::Script::new(PAUSE_SCRIPT),
+            local: Mutex::new(Local::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
+        // The state is a cache of timestamps: a panic elsewhere cannot corrupt it.
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pause_key(&self) -> String {
+        format!("tgpipe:pause:{{{}}}", self.bot)
+    }
+
+    fn cells(&self, method: &str, target: Option<Target>) -> Vec<Cell> {
+        if !is_limited_method(method) {
+            return Vec::new();
+        }
+        let l = &self.limits;
+        let paid = target.is_some_and(|t| t.paid_broadcast);
+        let mut cells = vec![if paid {
+            Cell::new("paid".into(), l.paid_broadcast, l.bot_burst, true)
+        } else {
+            Cell::new("bot".into(), l.per_bot, l.bot_burst, true)
+        }];
+        match target.and_then(|t| t.chat) {
+            Some(ChatRef::Id(id)) if id > 0 => {
+                cells.push(Cell::new(
+                    format!("chat:{id}"),
+                    l.per_private_chat,
+                    1,
+                    false,
+                ));
+            }
+            Some(ChatRef::Id(id)) => {
+                cells.push(Cell::new(format!("chat:{id}"), l.per_group, 1, false));
+            }
+            // A channel by username: no id to key on; the bot-wide limit still holds.
+            Some(ChatRef::Username) | None => {}
+        }
+        cells
+    }
+
+    /// Waits until this call may go: the bot is not paused and every limit allows it.
+    pub(crate) async fn acquire(&self, method: &str, target: Option<Target>) -> Decided {
+        let cells = self.cells(method, target);
+        loop {
+            let paused = self.lock().paused_until;
+            if let Some(until) = paused
+                && until > Instant::now()
+            {
+                tokio::time::sleep_until(until.into()).await;
+                continue;
+            }
+            let (decided, wait) = match self.try_redis(&cells).await {
+                Some(wait) => (Decided::Redis, wait),
+                None => (Decided::Local, self.try_local(&cells)),
+            };
+            if wait.is_zero() {
+                if decided == Decided::Redis {
+                    self.remember_send(&cells);
+                }
+                return decided;
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Asks Redis; `None` when there is no Redis or it did not answer.
+    async fn try_redis(&self, cells: &[Cell]) -> Option<Duration> {
+        let mut conn = self.redis.clone()?;
+        if self
+            .lock()
+            .redis_down_until
+            .is_some_and(|t| t > Instant::now())
+        {
+            return None;
+        }
+        let mut invocation = self.script.key(self.pause_key());
+        for c in cells {
+            invocation
+                .key(format!("tgpipe:rl:{{{}}}:{}", self.bot, c.suffix))
+                .arg(c.interval_us)
+                .arg(c.tolerance_us);
+        }
+        let answer =
+            tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async::<u64>(&mut conn)).await;
+        match answer {
+            Ok(Ok(us)) => Some(Duration::from_micros(us)),
+            Ok(Err(e)) => {
+                self.redis_failed(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.redis_failed("no answer in time");
+                None
+            }
+        }
+    }
+
+    fn redis_failed(&self, why: &str) {
+        let mut local = self.lock();
+        let now = Instant::now();
+        // One warning per outage window, not one per call.
+        if local.redis_down_until.is_none_or(|t| t + REDIS_RETRY < now) {
+            tracing::warn!(bot = %self.bot, error = why, "rate limiter: Redis unavailable; limiting in process");
+        }
+        local.redis_down_until = Some(now + REDIS_RETRY);
+    }
+
+    /// The in-process GCRA: 0 (go, limits advanced) or how long to wait.
+    fn try_local(&self, cells: &[Cell]) -> Duration {
+        let pods = self.limits.expected_pods.max(1);
+        let now = Instant::now();
+        let mut local = self.lock();
+        let mut wait = Duration::ZERO;
+        let mut next = Vec::with_capacity(cells.len());
+        for c in cells {
+            let factor = if c.shared_by_pods { u64::from(pods) } else { 1 };
+            let interval = Duration::from_micros(c.interval_us * factor);
+            let tolerance = Duration::from_micros(c.tolerance_us * factor);
+            let tat = local.tats.get(&c.suffix).copied().unwrap_or(now).max(now);
+            let allowed_at = tat.checked_sub(tolerance).unwrap_or(now);
+            wait = wait.max(allowed_at.saturating_duration_since(now));
+            next.push(tat + interval);
+        }
+        if !wait.is_zero() {
+            return wait;
+        }
+        for (c, tat) in cells.iter().zip(next) {
+            local.tats.insert(c.suffix.clone(), tat);
+        }
+        // Forget chats that no longer limit anything, so memory follows active chats.
+        if local.tats.len() > 10_000 {
+            local.tats.retain(|_, tat| *tat > now);
+        }
+        Duration::ZERO
+    }
+
+    /// Notes a send Redis allowed in the in-process state too, so that a fallback in
+    /// the middle of a burst still spaces this pod's next message after its last one.
+    /// Only the last send counts (no backlog): with Redis a pod may have sent more than
+    /// its share while the others were idle.
+    fn remember_send(&self, cells: &[Cell]) {
+        let pods = u64::from(self.limits.expected_pods.max(1));
+        let now = Instant::now();
+        let mut local = self.lock();
+        for c in cells {
+            let factor = if c.shared_by_pods { pods } else { 1 };
+            let tat = now + Duration::from_micros(c.interval_us * factor);
+            local.tats.insert(c.suffix.clone(), tat);
+        }
+    }
+
+    /// A 429 said to wait: pause the whole bot, here and (through Redis) in every pod.
+    pub(crate) async fn pause(&self, wait: Duration) {
+        {
+            let mut local = self.lock();
+            let until = Instant::now() + wait;
+            if local.paused_until.is_none_or(|t| t < until) {
+                local.paused_until = Some(until);
+            }
+        }
+        let Some(mut conn) = self.redis.clone() else {
+            return;
+        };
+        let ms = wait.as_millis().max(1) as u64;
+        let mut invocation = self.pause_script.key(self.pause_key());
+        invocation.arg(ms);
+        let set = invocation.invoke_async::<i64>(&mut conn);
+        match tokio::time::timeout(REDIS_TIMEOUT, set).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => self.redis_failed(&e.to_string()),
+            Err(_) => self.redis_failed("no answer in time"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(limits: RateLimits) -> Limiter {
+        Limiter::new(BotId(1), limits, None)
+    }
+
+    fn to(chat: i64) -> Option<Target> {
+        Some(Target {
+            chat: Some(ChatRef::Id(chat)),
+            paid_broadcast: false,
+        })
+    }
+
+    #[test]
+    fn only_sending_methods_are_limited() {
+        let l = limiter(RateLimits::default());
+        assert!(l.cells("answerCallbackQuery", to(5)).is_empty());
+        assert_eq!(l.cells("sendMessage", to(5)).len(), 2);
+        assert_eq!(l.cells("sendMessage", to(5))[1].interval_us, 1_000_000);
+        assert_eq!(l.cells("sendMessage", to(-5))[1].interval_us, 3_000_000);
+        let paid = Some(Target {
+            chat: None,
+            paid_broadcast: true,
+        });
+        assert_eq!(l.cells("sendMessage", paid)[0].interval_us, 1_000);
+    }
+
+    #[test]
+    fn local_gcra_spaces_a_private_chat() {
+        let l = limiter(RateLimits {
+            bot_burst: 10,
+            ..RateLimits::default()
+        });
+        let cells = l.cells("sendMessage", to(5));
+        assert!(l.try_local(&cells).is_zero());
+        let wait = l.try_local(&cells);
+        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
+        // Another chat is not held up by the first one's limit.
+        assert!(l.try_local(&l.cells("sendMessage", to(6))).is_zero());
+    }
+
+    #[test]
+    fn local_fallback_divides_the_bot_rate_among_pods() {
+        let l = limiter(RateLimits {
+            expected_pods: 3,
+            ..RateLimits::default()
+        });
+        let cells = l.cells("sendMessage", None);
+        assert!(l.try_local(&cells).is_zero());
+        let wait = l.try_local(&cells);
+        // 30/s shared by 3 pods: 10/s here, 100 ms apart.
+        assert!(wait > Duration::from_millis(95) && wait <= Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_every_method() {
+        let l = limiter(RateLimits::default());
+        l.pause(Duration::from_millis(150)).await;
+        let started = Instant::now();
+        l.acquire("answerCallbackQuery", None).await;
+        assert!(started.elapsed() >= Duration::from_millis(140));
+    }
+}
