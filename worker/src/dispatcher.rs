@@ -81,6 +81,12 @@ impl DispatcherBuilder {
         self
     }
 
+    /// The update kinds the handlers can receive (for `allowed_updates`), as
+    /// [`Dispatcher::used_update_kinds`] will report them.
+    pub fn used_update_kinds(&self) -> Vec<UpdateKind> {
+        self.router.used_update_kinds()
+    }
+
     /// Whether an FSM was given with [`DispatcherBuilder::fsm`].
     pub fn has_fsm(&self) -> bool {
         self.fsm.is_some()

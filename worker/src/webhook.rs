@@ -58,9 +58,10 @@ pub struct SetWebhookArgs {
     #[arg(long, env = "TGPIPE_WEBHOOK_URL")]
     pub url: String,
     /// The secret Telegram sends in `X-Telegram-Bot-Api-Secret-Token` (1-256 of
-    /// `A-Z a-z 0-9 _ -`; `secret` makes one).
+    /// `A-Z a-z 0-9 _ -`; `secret` makes one). Without it, the worker binary takes the
+    /// bot's secret from the ingress's `TGPIPE_BOTS` / `TGPIPE_BOTS_FILE`.
     #[arg(long, env = "TGPIPE_WEBHOOK_SECRET", hide_env_values = true)]
-    pub secret: String,
+    pub secret: Option<String>,
     /// A PEM certificate to upload, for a self-signed certificate.
     #[arg(long)]
     pub certificate: Option<PathBuf>,
@@ -96,6 +97,11 @@ impl fmt::Debug for SetWebhookArgs {
 /// Why a webhook command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookCommandError {
+    /// No secret was given: a webhook without one would take updates from anyone.
+    #[error(
+        "no secret: give --secret, or TGPIPE_BOTS / TGPIPE_BOTS_FILE with this bot's `<bot_id>:<secret>`"
+    )]
+    NoSecret,
     /// The secret has characters Telegram does not allow, or a wrong length.
     #[error("the secret must be 1 to 256 characters of A-Z, a-z, 0-9, `_` and `-`")]
     BadSecret,
@@ -186,13 +192,17 @@ pub async fn run_webhook_command(
 ) -> Result<(), WebhookCommandError> {
     match cmd {
         WebhookCommand::Set(args) => {
-            if !is_valid_secret(&args.secret) {
+            let secret = args
+                .secret
+                .as_deref()
+                .ok_or(WebhookCommandError::NoSecret)?;
+            if !is_valid_secret(secret) {
                 return Err(WebhookCommandError::BadSecret);
             }
             let allowed = allowed_updates(used_kinds, args.allowed_updates.as_deref());
             let mut params = json!({
                 "url": args.url,
-                "secret_token": args.secret,
+                "secret_token": secret,
                 "allowed_updates": allowed,
                 "drop_pending_updates": args.drop_pending_updates,
             });

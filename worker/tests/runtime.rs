@@ -218,6 +218,8 @@ fn run_args(s: &Stack, extra: &[&str]) -> tgpipe_worker::runtime::config::RunArg
         &api,
         "--retry-delay",
         "100ms",
+        "--rate-limits",
+        "off",
     ];
     argv.extend_from_slice(extra);
     Cli::try_parse_from(argv).expect("valid flags").run
@@ -593,4 +595,108 @@ async fn two_workers_on_one_lane_count_forty_concurrent_commands_exactly_once_ea
             .collect::<Vec<_>>()
             .join(" ")
     );
+}
+
+/// Runs the example bot's binary with a command, on this stack's stand-in.
+fn command(s: &Stack, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"))
+        .args(args)
+        .env("TGPIPE_BOT_TOKENS", TOKEN)
+        .env("TGPIPE_API_URL", s.sink.url())
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the example bot")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_commands_take_the_secret_from_the_ingress_list_and_the_kinds_from_the_handlers() {
+    let s = Stack::start().await;
+    let out = command(
+        &s,
+        &[
+            // The argument order of the chart's provisioning job.
+            "webhook",
+            "set",
+            "--bot-id",
+            "4242",
+            "--url",
+            "https://bot.example.com/webhook/4242",
+            "--max-connections",
+            "40",
+        ],
+        &[("TGPIPE_BOTS", "77:not-this-one,4242:the_Secret-1")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("the_Secret-1"),
+        "the secret is not printed: {stdout}"
+    );
+    let set = s.calls_of("setWebhook");
+    assert_eq!(set.len(), 1);
+    assert_eq!(set[0].params["secret_token"], "the_Secret-1");
+    assert_eq!(set[0].params["max_connections"], 40);
+    let mut kinds: Vec<String> =
+        serde_json::from_value(set[0].params["allowed_updates"].clone()).unwrap();
+    kinds.sort();
+    assert_eq!(kinds, ["callback_query", "chat_member", "message"]);
+
+    let out = command(&s, &["webhook", "info"], &[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("https://bot.example.com/webhook/4242"));
+
+    // Without any secret, `set` refuses before calling Telegram: exit 64.
+    let out = command(
+        &s,
+        &[
+            "webhook",
+            "set",
+            "--url",
+            "https://bot.example.com/webhook/4242",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no secret"));
+    assert_eq!(s.calls_of("setWebhook").len(), 1);
+
+    let out = command(&s, &["webhook", "delete"], &[]);
+    assert!(out.status.success());
+    assert_eq!(s.calls_of("deleteWebhook").len(), 1);
+
+    let out = command(&s, &["secret"], &[]);
+    let secret = String::from_utf8(out.stdout).unwrap();
+    let secret = secret.trim();
+    assert_eq!(secret.len(), 64);
+    assert!(tgpipe_worker::webhook::is_valid_secret(secret));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_handles_updates_from_get_updates_in_process() {
+    let s = Stack::start().await;
+    s.sink.push_update(text(1, 1201, "/start from polling"));
+    s.sink.push_update(text(2, 1201, "polled text"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"))
+        .args(["poll", "--timeout", "1"])
+        .env("TGPIPE_BOT_TOKENS", TOKEN)
+        .env("TGPIPE_API_URL", s.sink.url())
+        .env("REDIS_URL", s.redis.url())
+        .env("TGPIPE_RATE_LIMITS", "off")
+        .spawn()
+        .unwrap();
+    let sent = s.wait_for("sendMessage", 2, Duration::from_secs(30)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let texts: Vec<String> = sent.iter().map(text_of).collect();
+    assert_eq!(
+        texts,
+        ["Hello, Ann! You came with: from polling", "polled text"]
+    );
+    assert!(status.success(), "{status:?}");
 }

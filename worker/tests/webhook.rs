@@ -21,7 +21,7 @@ fn dispatcher() -> Dispatcher {
 fn set(url: &str, secret: &str) -> SetWebhookArgs {
     SetWebhookArgs {
         url: url.into(),
-        secret: secret.into(),
+        secret: Some(secret.into()),
         certificate: None,
         ip_address: None,
         max_connections: None,

@@ -12,7 +12,9 @@ use tgpipe_shared::stream::{StreamSettings, parse_duration};
 use tgpipe_shared::{BotId, UpdateKind};
 
 use super::lane::{Lane, LaneError};
-use crate::bot::{Bot, DEFAULT_API_URL};
+use redis::aio::ConnectionManager;
+
+use crate::bot::{Bot, DEFAULT_API_URL, Rate, RateLimits};
 
 /// `tgpipe-worker`-style command line shared by every bot binary built on the library.
 #[derive(Debug, Parser)]
@@ -39,6 +41,90 @@ pub enum Command {
     Provision(Box<RunArgs>),
     /// Inspect and replay dead letters.
     Dlq(Box<DlqArgs>),
+    /// Manage the bot's webhook at Telegram (`set`, `info`, `delete`).
+    Webhook(Box<WebhookArgs>),
+    /// Long-poll `getUpdates` (no HTTPS needed): handle updates in this process, or
+    /// publish them into the stream as the ingress would (`--publish`).
+    Poll(Box<PollCommandArgs>),
+    /// Print a new random secret token for `webhook set` and the ingress.
+    Secret,
+}
+
+/// `webhook` settings.
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// Bots.
+    #[command(flatten)]
+    pub bots: BotArgs,
+    /// Which bot of `TGPIPE_BOT_TOKENS` (needed when there are several).
+    #[arg(long, env = "TGPIPE_BOT_ID", global = true)]
+    pub bot_id: Option<u64>,
+    /// The ingress's `<bot_id>:<secret>` list, where `webhook set` finds the bot's secret
+    /// when `--secret` is not given.
+    #[arg(long = "ingress-bots", env = "TGPIPE_BOTS", hide_env_values = true)]
+    pub ingress_bots: Option<String>,
+    /// The same list in a file (a mounted Secret).
+    #[arg(
+        long = "ingress-bots-file",
+        env = "TGPIPE_BOTS_FILE",
+        conflicts_with = "ingress_bots"
+    )]
+    pub ingress_bots_file: Option<std::path::PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: crate::webhook::WebhookCommand,
+}
+
+impl WebhookArgs {
+    /// The secret of `bot` in the ingress's list, if the list is given and names it.
+    pub fn ingress_secret(&self, bot: BotId) -> Result<Option<String>, BotsError> {
+        let list = match (&self.ingress_bots, &self.ingress_bots_file) {
+            (_, Some(path)) => tgpipe_shared::config::read_list_file(path)?,
+            (Some(list), None) => list.clone(),
+            (None, None) => return Ok(None),
+        };
+        Ok(split_list(&list).into_iter().find_map(|entry| {
+            let (id, secret) = entry.split_once(':')?;
+            (BotId::parse(id.trim()) == Some(bot)).then(|| secret.trim().to_owned())
+        }))
+    }
+}
+
+/// `poll` settings.
+#[derive(Debug, Args)]
+pub struct PollCommandArgs {
+    /// Bots.
+    #[command(flatten)]
+    pub bots: BotArgs,
+    /// Which bot of `TGPIPE_BOT_TOKENS` (needed when there are several; one poller per
+    /// bot).
+    #[arg(long, env = "TGPIPE_BOT_ID")]
+    pub bot_id: Option<u64>,
+    /// The polling loop.
+    #[command(flatten)]
+    pub poll: crate::poll::PollArgs,
+    /// NATS (with `--publish`).
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Streams (with `--publish`).
+    #[command(flatten)]
+    pub stream: StreamSettings,
+    /// Shards of the update subjects (with `--publish`; must match the workers).
+    #[arg(long, env = "TGPIPE_SHARDS", default_value = "64")]
+    pub shards: NonZeroU16,
+    /// Redis URL (the FSM, when handling in this process).
+    #[arg(
+        long = "redis-url",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// The FSM, when handling in this process.
+    #[command(flatten)]
+    pub fsm: FsmArgs,
+    /// Logs and traces.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 /// The bots this process serves.
@@ -58,6 +144,46 @@ pub struct BotArgs {
     /// Base URL of the Bot API (a local Bot API server or a stand-in in tests).
     #[arg(long = "api-url", env = "TGPIPE_API_URL", default_value = DEFAULT_API_URL)]
     pub api_url: String,
+    /// Outgoing rate limits: `telegram` (Telegram's published limits, shared by all pods
+    /// through Redis) or `off` (only for a Bot API stand-in or a local Bot API server
+    /// that does not limit).
+    #[arg(
+        long,
+        env = "TGPIPE_RATE_LIMITS",
+        value_enum,
+        default_value = "telegram"
+    )]
+    pub rate_limits: RateLimitMode,
+    /// Messages a second over all chats.
+    #[arg(long, env = "TGPIPE_RATE_PER_BOT", default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_per_bot: u32,
+    /// Messages a second with `allow_paid_broadcast`.
+    #[arg(long, env = "TGPIPE_RATE_PAID", default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_paid: u32,
+    /// Messages a second into one private chat.
+    #[arg(long, env = "TGPIPE_RATE_PER_CHAT", default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_per_chat: u32,
+    /// Messages a minute into one group or channel.
+    #[arg(long, env = "TGPIPE_RATE_PER_GROUP", default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_per_group: u32,
+    /// Pods sharing the bot: when Redis is unreachable, each keeps to this share of the
+    /// bot-wide rate.
+    #[arg(long, env = "TGPIPE_EXPECTED_PODS", default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub expected_pods: u32,
+}
+
+/// Outgoing rate limiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RateLimitMode {
+    /// Telegram's limits (configurable with the `TGPIPE_RATE_*` settings).
+    Telegram,
+    /// No limits.
+    Off,
 }
 
 /// Why the bot settings are unusable.
@@ -77,14 +203,56 @@ pub enum BotsError {
     /// Two tokens of one bot.
     #[error("TGPIPE_BOT_TOKENS names bot {0} twice")]
     Duplicate(BotId),
+    /// `--bot-id` names a bot without a token.
+    #[error("no token for bot {0} in TGPIPE_BOT_TOKENS")]
+    NoSuchBot(BotId),
+    /// Several tokens and no `--bot-id`.
+    #[error("TGPIPE_BOT_TOKENS has several bots: say which with --bot-id (TGPIPE_BOT_ID)")]
+    WhichBot,
     /// The API URL does not parse.
     #[error("TGPIPE_API_URL is not a URL: {0}")]
     ApiUrl(String),
 }
 
 impl BotArgs {
-    /// The `Bot` handles by bot id.
-    pub fn bots(&self) -> Result<HashMap<BotId, Bot>, BotsError> {
+    /// The rate limits these settings describe.
+    pub fn limits(&self) -> RateLimits {
+        match self.rate_limits {
+            RateLimitMode::Off => RateLimits::unlimited(),
+            RateLimitMode::Telegram => RateLimits {
+                per_bot: Rate::per_second(self.rate_per_bot),
+                paid_broadcast: Rate::per_second(self.rate_paid),
+                per_private_chat: Rate::per_second(self.rate_per_chat),
+                per_group: Rate::per_minute(self.rate_per_group),
+                expected_pods: self.expected_pods,
+                ..RateLimits::default()
+            },
+        }
+    }
+
+    /// The one bot these settings name: `bot_id`'s, or the only one.
+    pub fn bot(
+        &self,
+        bot_id: Option<u64>,
+        redis: Option<&ConnectionManager>,
+    ) -> Result<Bot, BotsError> {
+        let bots = self.bots(redis)?;
+        match bot_id {
+            Some(id) => bots
+                .get(&BotId(id))
+                .cloned()
+                .ok_or(BotsError::NoSuchBot(BotId(id))),
+            None if bots.len() == 1 => Ok(bots.into_values().next().expect("one bot")),
+            None => Err(BotsError::WhichBot),
+        }
+    }
+
+    /// The `Bot` handles by bot id, sharing rate limits and 429 pauses through `redis`
+    /// when given.
+    pub fn bots(
+        &self,
+        redis: Option<&ConnectionManager>,
+    ) -> Result<HashMap<BotId, Bot>, BotsError> {
         let tokens = match (&self.tokens, &self.tokens_file) {
             (_, Some(path)) => tgpipe_shared::config::read_list_file(path)?,
             (Some(tokens), None) => tokens.clone(),
@@ -93,8 +261,13 @@ impl BotArgs {
         reqwest::Url::parse(&self.api_url).map_err(|e| BotsError::ApiUrl(e.to_string()))?;
         let mut bots = HashMap::new();
         for (i, token) in split_list(&tokens).into_iter().enumerate() {
-            let bot =
-                Bot::with_api_url(token, &self.api_url).map_err(|_| BotsError::Invalid(i + 1))?;
+            let mut builder = Bot::builder(token)
+                .api_url(&self.api_url)
+                .limits(self.limits());
+            if let Some(redis) = redis {
+                builder = builder.redis(redis.clone());
+            }
+            let bot = builder.build().map_err(|_| BotsError::Invalid(i + 1))?;
             if bots.insert(bot.id(), bot.clone()).is_some() {
                 return Err(BotsError::Duplicate(bot.id()));
             }
@@ -158,15 +331,9 @@ pub struct RunArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
-    /// Lifetime of FSM state and data after their last write (`3600`, `7d`); none by
-    /// default. Used when the runtime gives the dispatcher its Redis FSM.
-    #[arg(long, env = "TGPIPE_FSM_TTL", value_parser = parse_duration)]
-    pub fsm_ttl: Option<Duration>,
-    /// Whether updates of one FSM key are handled one at a time across all pods (a Redis
-    /// lease per key). On by default; turning it off saves a round trip per update and
-    /// gives up that guarantee.
-    #[arg(long, env = "TGPIPE_FSM_ISOLATION", default_value_t = true, action = clap::ArgAction::Set)]
-    pub fsm_isolation: bool,
+    /// The FSM the runtime provides.
+    #[command(flatten)]
+    pub fsm: FsmArgs,
     /// Finished `update_id`s remembered per chat to skip duplicates older than the
     /// stream's dedupe window; 0 disables the memory.
     #[arg(long, env = "TGPIPE_SEEN_CAP", default_value_t = 64)]
@@ -223,6 +390,20 @@ impl RunArgs {
             i64::from(self.max_ack_pending)
         }
     }
+}
+
+/// The Redis FSM the runtime gives a dispatcher that needs one and has none.
+#[derive(Debug, Clone, Args)]
+pub struct FsmArgs {
+    /// Lifetime of FSM state and data after their last write (`3600`, `7d`); none by
+    /// default.
+    #[arg(long, env = "TGPIPE_FSM_TTL", value_parser = parse_duration)]
+    pub fsm_ttl: Option<Duration>,
+    /// Whether updates of one FSM key are handled one at a time across all pods (a Redis
+    /// lease per key). On by default; turning it off saves a round trip per update and
+    /// gives up that guarantee.
+    #[arg(long, env = "TGPIPE_FSM_ISOLATION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fsm_isolation: bool,
 }
 
 /// `dlq` commands.
@@ -320,14 +501,14 @@ mod tests {
         let bots = run_args(&["--bot-tokens", "12:AAA, 34:BBB"])
             .unwrap()
             .bots
-            .bots()
+            .bots(None)
             .unwrap();
         assert_eq!(bots.len(), 2);
         assert!(bots.contains_key(&BotId(12)) && bots.contains_key(&BotId(34)));
         let e = run_args(&["--bot-tokens", "12:AAA,nonsense"])
             .unwrap()
             .bots
-            .bots()
+            .bots(None)
             .unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -340,11 +521,11 @@ mod tests {
         let e = run_args(&["--bot-tokens", "12:AAA,12:BBB"])
             .unwrap()
             .bots
-            .bots()
+            .bots(None)
             .unwrap_err();
         assert!(matches!(e, BotsError::Duplicate(BotId(12))));
         assert!(matches!(
-            run_args(&[]).unwrap().bots.bots(),
+            run_args(&[]).unwrap().bots.bots(None),
             Err(BotsError::Missing)
         ));
         let dir = tempfile::tempdir().unwrap();
@@ -354,14 +535,14 @@ mod tests {
         let bots = run_args(&["--bot-tokens-file", path])
             .unwrap()
             .bots
-            .bots()
+            .bots(None)
             .unwrap();
         assert_eq!(bots.len(), 2);
         let missing = dir.path().join("absent");
         let e = run_args(&["--bot-tokens-file", missing.to_str().unwrap()])
             .unwrap()
             .bots
-            .bots()
+            .bots(None)
             .unwrap_err();
         assert!(e.to_string().contains("absent"), "{e}");
     }

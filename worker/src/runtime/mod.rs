@@ -27,11 +27,14 @@ use axum::response::IntoResponse;
 use tgpipe_shared::config::{EXIT_CONFIG, parse_or_exit};
 use tgpipe_shared::stream::provision_streams;
 
-use self::config::{Cli, Command, RunArgs};
+use self::config::{Cli, Command, FsmArgs, PollCommandArgs, RunArgs, WebhookArgs};
 use self::consume::{AckSettings, Consumer};
 use self::lane::ensure_consumer;
-use crate::dispatcher::DispatcherBuilder;
+use crate::dispatcher::{Dispatcher, DispatcherBuilder};
 use crate::fsm::{Fsm, Isolation, RedisStorage};
+use crate::webhook::WebhookCommand;
+use redis::aio::ConnectionManager;
+use tgpipe_shared::publish::Publisher;
 
 /// Why the runtime stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,12 @@ pub async fn run(dispatcher: DispatcherBuilder) -> ExitCode {
         Some(Command::Run(args)) => run_worker(*args, dispatcher).await,
         Some(Command::Dlq(args)) => run_dlq(*args).await,
         Some(Command::Provision(args)) => provision(&args).await,
+        Some(Command::Webhook(args)) => webhook(*args, &dispatcher).await,
+        Some(Command::Poll(args)) => poll(*args, dispatcher).await,
+        Some(Command::Secret) => {
+            println!("{}", crate::webhook::new_secret_token());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,6 +137,92 @@ fn setup_error(e: lane::ConsumerSetupError) -> RunError {
     }
 }
 
+async fn webhook(args: WebhookArgs, dispatcher: &DispatcherBuilder) -> Result<(), RunError> {
+    let config = |e: config::BotsError| RunError::Config(e.to_string());
+    let bot = args.bots.bot(args.bot_id, None).map_err(config)?;
+    let mut command = args.command.clone();
+    if let WebhookCommand::Set(set) = &mut command
+        && set.secret.is_none()
+    {
+        set.secret = args.ingress_secret(bot.id()).map_err(config)?;
+    }
+    let mut out = std::io::stdout();
+    crate::webhook::run_webhook_command(&bot, &dispatcher.used_update_kinds(), command, &mut out)
+        .await
+        .map_err(|e| match e {
+            crate::webhook::WebhookCommandError::NoSecret
+            | crate::webhook::WebhookCommandError::BadSecret => RunError::Config(e.to_string()),
+            e => peer(e),
+        })
+}
+
+async fn poll(args: PollCommandArgs, dispatcher: DispatcherBuilder) -> Result<(), RunError> {
+    let _telemetry = tgpipe_shared::telemetry::init("tgpipe-worker poll", &args.telemetry)
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let bot = args
+        .bots
+        .bot(args.bot_id, None)
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let config = args.poll.config(&dispatcher.used_update_kinds());
+    if args.poll.delete_webhook {
+        crate::poll::delete_webhook(&bot).await.map_err(peer)?;
+    }
+    let shutdown = tgpipe_shared::shutdown::signal();
+    let stats = if args.poll.publish {
+        // The workers run the handlers; here they only say which kinds to ask for.
+        let client = args
+            .nats
+            .connect("tgpipe-worker poll")
+            .await
+            .map_err(peer)?;
+        provision_streams(&jetstream::new(client.clone()), &args.stream)
+            .await
+            .map_err(peer)?;
+        let publisher = Publisher::new(client, Duration::from_secs(5));
+        let sink = crate::poll::JetStreamSink::new(publisher, args.shards);
+        crate::poll::poll(&bot, &sink, &config, shutdown).await
+    } else {
+        let redis = connect_redis(&args.redis_url).await?;
+        let dispatcher = prepare(dispatcher, &redis, &args.fsm)?;
+        let sink = crate::poll::DispatchSink::new(dispatcher);
+        crate::poll::poll(&bot, &sink, &config, shutdown).await
+    }
+    .map_err(peer)?;
+    tracing::info!(?stats, "polling stopped");
+    Ok(())
+}
+
+async fn connect_redis(url: &str) -> Result<ConnectionManager, RunError> {
+    let client =
+        redis::Client::open(url).map_err(|e| RunError::Config(format!("REDIS_URL: {e}")))?;
+    client
+        .get_connection_manager()
+        .await
+        .map_err(|e| RunError::Peer(format!("cannot connect to Redis: {e}")))
+}
+
+/// Gives a dispatcher that needs the FSM and has none a Redis FSM, and builds it.
+fn prepare(
+    dispatcher: DispatcherBuilder,
+    redis: &ConnectionManager,
+    fsm: &FsmArgs,
+) -> Result<Dispatcher, RunError> {
+    let dispatcher = if !dispatcher.has_fsm() && dispatcher.needs_fsm() {
+        let storage = RedisStorage::new(redis.clone()).ttl(fsm.fsm_ttl);
+        let isolation = if fsm.fsm_isolation {
+            Isolation::default()
+        } else {
+            Isolation::disabled()
+        };
+        dispatcher.fsm(Fsm::new(storage).isolation(isolation))
+    } else {
+        dispatcher
+    };
+    dispatcher
+        .build()
+        .map_err(|e| RunError::Config(e.to_string()))
+}
+
 async fn run_dlq(args: config::DlqArgs) -> Result<(), RunError> {
     let client = args.nats.connect("tgpipe-worker dlq").await.map_err(peer)?;
     let js = jetstream::new(client);
@@ -154,27 +249,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let lane = args.lane().map_err(|e| RunError::Config(e.to_string()))?;
+    // Checked before connecting, so a bad token is reported as such.
+    args.bots
+        .bots(None)
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let redis = connect_redis(&args.redis_url).await?;
     let bots = args
         .bots
-        .bots()
+        .bots(Some(&redis))
         .map_err(|e| RunError::Config(e.to_string()))?;
-    let dispatcher = if !dispatcher.has_fsm() && dispatcher.needs_fsm() {
-        let storage = RedisStorage::connect(&args.redis_url)
-            .await
-            .map_err(|e| RunError::Peer(format!("cannot connect to Redis for the FSM: {e}")))?
-            .ttl(args.fsm_ttl);
-        let isolation = if args.fsm_isolation {
-            Isolation::default()
-        } else {
-            Isolation::disabled()
-        };
-        dispatcher.fsm(Fsm::new(storage).isolation(isolation))
-    } else {
-        dispatcher
-    };
-    let dispatcher = dispatcher
-        .build()
-        .map_err(|e| RunError::Config(e.to_string()))?;
+    let dispatcher = prepare(dispatcher, &redis, &args.fsm)?;
     let prometheus = metrics::install();
     let ready = Arc::new(Readiness::default());
     let ops_addr = ops.local_addr().map_err(peer)?;
@@ -189,17 +273,8 @@ pub async fn serve(
     let consumer = ensure_consumer(&stream, &lane, args.max_ack_pending(), args.ack_wait)
         .await
         .map_err(setup_error)?;
-    let seen = if args.seen_cap > 0 {
-        let redis = redis::Client::open(args.redis_url.as_str())
-            .map_err(|e| RunError::Config(format!("REDIS_URL: {e}")))?;
-        let manager = redis
-            .get_connection_manager()
-            .await
-            .map_err(|e| RunError::Peer(format!("cannot connect to Redis: {e}")))?;
-        Some(seen::Seen::new(manager, args.seen_cap, args.seen_ttl))
-    } else {
-        None
-    };
+    let seen =
+        (args.seen_cap > 0).then(|| seen::Seen::new(redis.clone(), args.seen_cap, args.seen_ttl));
     tracing::info!(
         lane = %lane.name(),
         kinds = ?lane.kinds().map(|k| k.iter().map(|k| k.as_str().to_owned()).collect::<Vec<_>>()),

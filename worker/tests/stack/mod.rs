@@ -117,6 +117,8 @@ impl Stack {
             ("NATS_URL", self.nats.url()),
             ("REDIS_URL", self.redis.url()),
             ("TGPIPE_ACK_WAIT", "3s".to_owned()),
+            // The stand-in does not limit; the limits have their own tests (bot_api.rs).
+            ("TGPIPE_RATE_LIMITS", "off".to_owned()),
             ("TGPIPE_RETRY_DELAY", "100ms".to_owned()),
             ("TGPIPE_SHUTDOWN_GRACE", "10s".to_owned()),
             ("RUST_LOG", "info".to_owned()),
