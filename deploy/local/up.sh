@@ -2,6 +2,12 @@
 # Brings up tgpipe's whole local stack (NATS, Redis, the ingress, the example bot and a
 # Bot API stand-in) and shows an update going through it:
 #   ./deploy/local/up.sh          start (builds first), post /start, print the bot's reply
+#   ./deploy/local/up.sh --real --token TOKEN --url https://PUBLIC-HOST [--listen ADDR]
+#                                 the same stack for a real bot: the Bot API is Telegram's,
+#                                 the ingress listens on ADDR (default 127.0.0.1:8080) behind
+#                                 your HTTPS proxy or tunnel for PUBLIC-HOST, and the webhook
+#                                 is set to https://PUBLIC-HOST/webhook/<bot_id> with a new
+#                                 secret
 #   ./deploy/local/up.sh down     stop everything it started
 #   ./deploy/local/up.sh status   what runs, on which ports
 #
@@ -54,9 +60,28 @@ case "${1:-up}" in
     done
     exit 0
     ;;
-  up) ;;
-  *) echo "usage: $0 [up|down|status]" >&2; exit 64 ;;
+  up|--real) ;;
+  *) echo "usage: $0 [up|down|status|--real --token TOKEN --url https://HOST [--listen ADDR]]" >&2; exit 64 ;;
 esac
+
+REAL=; TOKEN=; PUBLIC_URL=; LISTEN=127.0.0.1:8080
+[ "${1:-}" = up ] && shift
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --real) REAL=1 ;;
+    --token) TOKEN=${2:?--token needs a value}; shift ;;
+    --url) PUBLIC_URL=${2:?--url needs a value}; shift ;;
+    --listen) LISTEN=${2:?--listen needs a value}; shift ;;
+    *) echo "unknown argument: $1" >&2; exit 64 ;;
+  esac
+  shift
+done
+if [ -n "$REAL" ]; then
+  case "$TOKEN" in *:*) ;; *) echo "error: --real needs --token <bot_id>:<secret> (from @BotFather)" >&2; exit 64 ;; esac
+  case "$PUBLIC_URL" in https://*) ;; *) echo "error: --real needs --url https://... (Telegram only calls HTTPS)" >&2; exit 64 ;; esac
+  BOT_ID=${TOKEN%%:*}
+  SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '+/=' | head -c 48)
+fi
 
 command -v curl >/dev/null || { log "installing curl"; apt-get update -qq && apt-get install -y -qq curl; }
 ensure_nats_server
@@ -71,6 +96,13 @@ TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,s
 
 NATS_PORT=$(free_port); NATS_MON=$(free_port); REDIS_PORT=$(free_port)
 INGRESS_PORT=$(free_port); WORKER_PORT=$(free_port); API_PORT=$(free_port)
+INGRESS_LISTEN=127.0.0.1:$INGRESS_PORT; ALLOWED=127.0.0.0/8; API_URL=http://127.0.0.1:$API_PORT
+WORKER_TOKEN="$BOT_ID:local-bot-token"; RATE_LIMITS=off
+if [ -n "$REAL" ]; then
+  # Telegram's ranges only; the proxy or tunnel in front connects from loopback.
+  INGRESS_LISTEN=$LISTEN; ALLOWED=149.154.160.0/20,91.108.4.0/22; API_URL=https://api.telegram.org
+  WORKER_TOKEN=$TOKEN; RATE_LIMITS=telegram
+fi
 cat > "$STACK/env" <<ENV
 NATS_URL=nats://127.0.0.1:$NATS_PORT
 NATS_MONITOR=http://127.0.0.1:$NATS_MON
@@ -93,29 +125,43 @@ log "starting redis-server on $REDIS_PORT"
   --dir "$STACK" >"$STACK/redis.log" 2>&1 &
 echo $! >"$STACK/redis.pid"
 
-log "starting the Bot API stand-in on $API_PORT"
-"$TARGET/tgpipe-loadtest" sink --listen "127.0.0.1:$API_PORT" >"$STACK/bot-api.log" 2>&1 &
-echo $! >"$STACK/bot-api.pid"
-wait_http "http://127.0.0.1:$API_PORT/_sink/stats" "Bot API stand-in"
+if [ -z "$REAL" ]; then
+  log "starting the Bot API stand-in on $API_PORT"
+  "$TARGET/tgpipe-loadtest" sink --listen "127.0.0.1:$API_PORT" >"$STACK/bot-api.log" 2>&1 &
+  echo $! >"$STACK/bot-api.pid"
+  wait_http "http://127.0.0.1:$API_PORT/_sink/stats" "Bot API stand-in"
+fi
 
-log "starting tgpipe-ingress on $INGRESS_PORT"
+log "starting tgpipe-ingress on $INGRESS_LISTEN"
 NATS_URL=nats://127.0.0.1:$NATS_PORT \
-TGPIPE_LISTEN=127.0.0.1:$INGRESS_PORT \
+TGPIPE_LISTEN=$INGRESS_LISTEN \
 TGPIPE_BOTS="$BOT_ID:$SECRET" \
-TGPIPE_ALLOWED_CIDRS=127.0.0.0/8 \
+TGPIPE_ALLOWED_CIDRS=$ALLOWED \
+TGPIPE_TRUSTED_PROXIES=127.0.0.0/8 \
   "$TARGET/tgpipe-ingress" serve >"$STACK/ingress.log" 2>&1 &
 echo $! >"$STACK/ingress.pid"
-wait_http "http://127.0.0.1:$INGRESS_PORT/readyz" tgpipe-ingress
+wait_http "http://$INGRESS_LISTEN/readyz" tgpipe-ingress
 
 log "starting tgpipe-example-bot (worker) with /metrics on $WORKER_PORT"
-NATS_URL=nats://127.0.0.1:$NATS_PORT \
-REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
+export NATS_URL=nats://127.0.0.1:$NATS_PORT REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 TGPIPE_LISTEN=127.0.0.1:$WORKER_PORT \
-TGPIPE_BOT_TOKENS="$BOT_ID:local-bot-token" \
-TGPIPE_API_URL=http://127.0.0.1:$API_PORT \
+TGPIPE_BOT_TOKENS="$WORKER_TOKEN" \
+TGPIPE_API_URL=$API_URL \
+TGPIPE_RATE_LIMITS=$RATE_LIMITS \
   "$TARGET/tgpipe-example-bot" run >"$STACK/worker.log" 2>&1 &
 echo $! >"$STACK/worker.pid"
 wait_http "http://127.0.0.1:$WORKER_PORT/readyz" tgpipe-example-bot
+
+if [ -n "$REAL" ]; then
+  log "setting the webhook to $PUBLIC_URL/webhook/$BOT_ID"
+  TGPIPE_BOT_TOKENS="$TOKEN" TGPIPE_BOTS="$BOT_ID:$SECRET" \
+    "$TARGET/tgpipe-example-bot" webhook set --url "${PUBLIC_URL%/}/webhook/$BOT_ID"
+  TGPIPE_BOT_TOKENS="$TOKEN" "$TARGET/tgpipe-example-bot" webhook info
+  echo
+  echo "The stack is up for bot $BOT_ID: write to it in Telegram. Logs: $STACK/*.log"
+  echo "./deploy/local/up.sh down stops it (the webhook stays set; 'tgpipe-example-bot webhook delete' removes it)."
+  exit 0
+fi
 
 UPDATE_ID=$(( $(date +%s) % 1000000000 ))
 UPDATE='{"update_id":'$UPDATE_ID',"message":{"message_id":1,"date":'$(date +%s)',"chat":{"id":111,"type":"private","first_name":"Ada"},"from":{"id":111,"is_bot":false,"first_name":"Ada"},"text":"/start","entities":[{"type":"bot_command","offset":0,"length":6}]}}'
