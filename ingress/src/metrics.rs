@@ -11,32 +11,16 @@
 //! The `bot` label only ever holds configured bot ids, so a scan of random paths cannot
 //! grow the label set.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tgpipe_shared::BotId;
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
 /// Installs the process-wide Prometheus recorder once and returns its handle (`None`
-/// when another recorder was installed first, for example by an embedding program).
+/// when another recorder was installed first).
 pub fn install() -> Option<PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full("tgpipe_ingress_publish_seconds".to_owned()),
-                    &[
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                        5.0,
-                    ],
-                )
-                .ok()?;
-            builder.install_recorder().ok()
-        })
-        .clone()
+    tgpipe_shared::telemetry::prometheus()
 }
 
 fn bot_label(bot: Option<BotId>) -> String {

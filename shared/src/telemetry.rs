@@ -127,3 +127,29 @@ pub fn continue_from(headers: &async_nats::HeaderMap, span: &tracing::Span) {
     // Fails only when the span is already closed or not an OpenTelemetry span.
     let _ = span.set_parent(cx);
 }
+
+static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+    std::sync::OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle for
+/// `/metrics` (`None` when another recorder was installed first, for example by an
+/// embedding program). Every histogram named `*_seconds` gets buckets from 0.5 ms to
+/// 30 s: publish latencies, handler times and Bot API calls alike.
+pub fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PROMETHEUS
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".to_owned()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0, 30.0,
+                    ],
+                )
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .clone()
+}

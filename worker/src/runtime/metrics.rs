@@ -13,31 +13,15 @@
 //! Bot API calls are counted by the client (`tgpipe_bot_api_calls_total`). The `kind`
 //! label holds the 27 known kinds, `unknown` for any other, so label sets stay bounded.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tgpipe_shared::UpdateKind;
-
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder once and returns its handle (`None`
 /// when another recorder was installed first).
 pub fn install() -> Option<PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Suffix("_seconds".to_owned()),
-                    &[
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                        5.0, 10.0, 30.0,
-                    ],
-                )
-                .ok()?;
-            builder.install_recorder().ok()
-        })
-        .clone()
+    tgpipe_shared::telemetry::prometheus()
 }
 
 pub(crate) fn kind_label(kind: &UpdateKind) -> &'static str {
