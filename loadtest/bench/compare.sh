@@ -134,6 +134,16 @@ peak_rss() {
   done
   echo "$((total / 1024)) ${parts[*]}"
 }
+# CPU seconds (user + system) the running contender's processes used since they started.
+cpu_seconds() {
+  local p
+  for p in "${CURRENT[@]}"; do
+    # Fields after the parenthesised name; utime and stime are the 12th and 13th of them.
+    printf '%s ' "$(cat "/proc/$p/comm" 2>/dev/null || echo "?")"
+    sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12, $13}'
+  done | awk -v hz="$(getconf CLK_TCK)" '{t += $2 + $3; parts = parts sprintf(" %s=%.1f", $1, ($2 + $3) / hz)}
+    END {printf "%.1f%s\n", t / hz, parts}'
+}
 stop_contender() {
   local p
   for p in "${CURRENT[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -181,8 +191,21 @@ for c in $CONTENDERS; do
   log "$c: start"
   "start_$c"
   log "$c: $UPDATES updates as fast as it takes them"
+  if [ "${PERF:-0}" = 1 ] && [ "$c" = tgpipe ]; then
+    # A profile of the worker during the pass: $CACHE/perf-worker.txt.
+    perf record -q -F 499 --call-graph dwarf,16384 -p "${CURRENT[3]}" -o "$CACHE/perf-worker.data" 2>/dev/null & PERF_PID=$!
+  fi
   pass "$c" "$UPDATES"
+  if [ -n "${PERF_PID:-}" ]; then
+    kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true; PERF_PID=
+    perf report -i "$CACHE/perf-worker.data" --no-children -g none --sort dso,symbol --stdio 2>/dev/null \
+      | grep -v "^#" | grep -v "^$" | cut -c1-200 | head -n 60 >"$CACHE/perf-worker.txt" || true
+    log "worker profile: $CACHE/perf-worker.txt"
+  fi
   peak_rss >"$WORK/$c.rss"
+  cpu_seconds >"$WORK/$c.cpu"
+  SINK_CPU=$(sed 's/^.*) //' "/proc/${PIDS[0]}/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($12 + $13) / hz}')
+  echo "$SINK_CPU" >"$WORK/$c.sinkcpu"
   stop_contender
 done
 
@@ -206,20 +229,26 @@ work, names = sys.argv[1], sys.argv[2].split()
 def load(path):
     return json.load(open(path)) if os.path.exists(path) else None
 print()
-print("| contender | replies/s | lost | duplicates | out of order | p50 / p90 / p99 latency ms | peak RSS MB |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-rows, notes = {}, []
+print("| contender | replies/s | lost | duplicates | out of order | p50 / p90 / p99 latency ms | peak RSS MB | CPU s |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+rows, notes, sink_cpu = {}, [], []
 for n in names:
     r, s = load(f"{work}/{n}.json"), load(f"{work}/{n}.sink.json")
     rss, *parts = open(f"{work}/{n}.rss").read().split()
+    cpu, *cpu_parts = open(f"{work}/{n}.cpu").read().split()
     rows[n] = r
     l = r["latency_ms"]
     print(f"| {n} | {r['reply_per_s']:.0f} | {r['lost']} | {r['duplicates']} | {r['out_of_order']} "
-          f"| {l['p50']:.1f} / {l['p90']:.1f} / {l['p99']:.1f} | {rss} |")
+          f"| {l['p50']:.1f} / {l['p90']:.1f} / {l['p99']:.1f} | {rss} | {cpu} |")
     notes.append(f"- {n}: sent {r['sent']}, accepted {r['accepted']}, rejected {r['rejected']}, "
                  f"retried {r['retried']}, replied {r['replied']}; the stand-in recorded {s['calls']} calls "
                  f"({s['failed_calls']} not 2xx) replying to {s['updates_replied']} updates: "
-                 f"{'agrees' if s['agree'] else 'DOES NOT AGREE'} with the report; RSS MB: {' '.join(parts)}")
+                 f"{'agrees' if s['agree'] else 'DOES NOT AGREE'} with the report; RSS MB: {' '.join(parts)}; CPU s: {' '.join(cpu_parts)}")
+    sink_cpu.append(float(open(f"{work}/{n}.sinkcpu").read()))
+notes.append("- CPU s: user + system time of the contender's processes over their whole life "
+             "(start-up, the pass, idle); the stand-in used "
+             + ", ".join(f"{n} {c - p:.1f} s" for n, c, p in zip(names, sink_cpu, [0.0] + sink_cpu))
+             + " during each contender's pass")
 steady = [n for n in names if load(f"{work}/{n}.steady.json")]
 if steady:
     print()
