@@ -9,7 +9,8 @@
 #   UPDATES=50000 CONTENDERS="tgpipe teloxide" ./loadtest/bench/compare.sh
 #
 # Environment: UPDATES, CHATS, CONNECTIONS, MIX (text,command,callback,member),
-# CONTENDERS (tgpipe aiogram teloxide), LATENCY_UPDATES (updates of the second pass, run
+# CONTENDERS (tgpipe aiogram teloxide), ROUNDS (3: the contenders take turns, each one's
+# median round is reported), LATENCY_UPDATES (updates of the second pass, run
 # at half of tgpipe's reply rate for latency percentiles; 0 skips it), COMPARE_CACHE
 # (where the teloxide build and the aiogram venv are kept between runs; default
 # <cargo target dir>/compare), TGPIPE_CONCURRENCY (the worker's, default its own).
@@ -28,6 +29,7 @@ CONNECTIONS=${CONNECTIONS:-40}
 MIX=${MIX:-text,command,callback,member}
 CONTENDERS=${CONTENDERS:-tgpipe aiogram teloxide}
 LATENCY_UPDATES=${LATENCY_UPDATES:-$((UPDATES / 4))}
+ROUNDS=${ROUNDS:-3}
 BOT_ID=123456
 SECRET=compare-secret
 TOKEN=$BOT_ID:compare-token
@@ -186,27 +188,45 @@ PY
   NEXT_ID=$((NEXT_ID + n))
 }
 
-log "contenders: $CONTENDERS; $UPDATES updates, $CHATS chats, $CONNECTIONS connections, mix $MIX"
+sink_cpu() { sed 's/^.*) //' "/proc/${PIDS[0]}/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / hz}'; }
+
+# The machine's other load moves every figure between passes (see docs/benchmarks.md), so
+# the contenders take turns, ROUNDS times, and the round with each one's median reply
+# rate is the one reported.
+log "contenders: $CONTENDERS; $ROUNDS rounds of $UPDATES updates, $CHATS chats, $CONNECTIONS connections, mix $MIX"
+for r in $(seq "$ROUNDS"); do
+  for c in $CONTENDERS; do
+    log "$c (round $r/$ROUNDS): start"
+    "start_$c"
+    log "$c (round $r/$ROUNDS): $UPDATES updates as fast as it takes them"
+    if [ "${PERF:-0}" = 1 ] && [ "$c" = tgpipe ] && [ "$r" = 1 ]; then
+      # A profile of the worker during the pass: $CACHE/perf-worker.txt.
+      perf record -q -F 499 --call-graph dwarf,16384 -p "${CURRENT[3]}" -o "$CACHE/perf-worker.data" 2>/dev/null & PERF_PID=$!
+    fi
+    before=$(sink_cpu)
+    pass "$c.r$r" "$UPDATES"
+    python3 -c 'import sys; print("%.1f" % (float(sys.argv[2]) - float(sys.argv[1])))' "$before" "$(sink_cpu)" >"$WORK/$c.r$r.sinkcpu"
+    if [ -n "${PERF_PID:-}" ]; then
+      kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true; PERF_PID=
+      perf report -i "$CACHE/perf-worker.data" --no-children -g none --sort dso,symbol --stdio 2>/dev/null \
+        | grep -v "^#" | grep -v "^$" | cut -c1-200 | head -n 60 >"$CACHE/perf-worker.txt" || true
+      log "worker profile: $CACHE/perf-worker.txt"
+    fi
+    peak_rss >"$WORK/$c.r$r.rss"
+    cpu_seconds >"$WORK/$c.r$r.cpu"
+    stop_contender
+  done
+done
+# The median round of each contender becomes $c.*.
 for c in $CONTENDERS; do
-  log "$c: start"
-  "start_$c"
-  log "$c: $UPDATES updates as fast as it takes them"
-  if [ "${PERF:-0}" = 1 ] && [ "$c" = tgpipe ]; then
-    # A profile of the worker during the pass: $CACHE/perf-worker.txt.
-    perf record -q -F 499 --call-graph dwarf,16384 -p "${CURRENT[3]}" -o "$CACHE/perf-worker.data" 2>/dev/null & PERF_PID=$!
-  fi
-  pass "$c" "$UPDATES"
-  if [ -n "${PERF_PID:-}" ]; then
-    kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true; PERF_PID=
-    perf report -i "$CACHE/perf-worker.data" --no-children -g none --sort dso,symbol --stdio 2>/dev/null \
-      | grep -v "^#" | grep -v "^$" | cut -c1-200 | head -n 60 >"$CACHE/perf-worker.txt" || true
-    log "worker profile: $CACHE/perf-worker.txt"
-  fi
-  peak_rss >"$WORK/$c.rss"
-  cpu_seconds >"$WORK/$c.cpu"
-  SINK_CPU=$(sed 's/^.*) //' "/proc/${PIDS[0]}/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($12 + $13) / hz}')
-  echo "$SINK_CPU" >"$WORK/$c.sinkcpu"
-  stop_contender
+  m=$(python3 - "$WORK" "$c" "$ROUNDS" <<'PY'
+import json, sys
+work, c, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rates = sorted((json.load(open(f"{work}/{c}.r{r}.json"))["reply_per_s"], r) for r in range(1, rounds + 1))
+print(rates[(len(rates) - 1) // 2][1])
+PY
+)
+  for f in json sink.json rss cpu sinkcpu; do cp "$WORK/$c.r$m.$f" "$WORK/$c.$f"; done
 done
 
 # Second pass: latency at a steady rate, half of tgpipe's peak reply rate (or half of a
@@ -223,32 +243,36 @@ if [ "$LATENCY_UPDATES" -gt 0 ] && [ -f "$WORK/tgpipe.json" ]; then
   done
 fi
 
-python3 - "$WORK" "$CONTENDERS" <<'PY'
+python3 - "$WORK" "$CONTENDERS" "$ROUNDS" <<'PY'
 import json, os, sys
-work, names = sys.argv[1], sys.argv[2].split()
+work, names, rounds = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
 def load(path):
     return json.load(open(path)) if os.path.exists(path) else None
 print()
 print("| contender | replies/s | lost | duplicates | out of order | p50 / p90 / p99 latency ms | peak RSS MB | CPU s |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-rows, notes, sink_cpu = {}, [], []
+rows, notes = {}, []
 for n in names:
     r, s = load(f"{work}/{n}.json"), load(f"{work}/{n}.sink.json")
     rss, *parts = open(f"{work}/{n}.rss").read().split()
     cpu, *cpu_parts = open(f"{work}/{n}.cpu").read().split()
+    sink_cpu = open(f"{work}/{n}.sinkcpu").read().strip()
     rows[n] = r
     l = r["latency_ms"]
     print(f"| {n} | {r['reply_per_s']:.0f} | {r['lost']} | {r['duplicates']} | {r['out_of_order']} "
           f"| {l['p50']:.1f} / {l['p90']:.1f} / {l['p99']:.1f} | {rss} | {cpu} |")
-    notes.append(f"- {n}: sent {r['sent']}, accepted {r['accepted']}, rejected {r['rejected']}, "
+    all_rates = [load(f"{work}/{n}.r{k}.json")["reply_per_s"] for k in range(1, rounds + 1)]
+    notes.append(f"- {n}: replies/s of the rounds {', '.join('%.0f' % x for x in all_rates)}; "
+                 f"the median round: sent {r['sent']}, accepted {r['accepted']}, rejected {r['rejected']}, "
                  f"retried {r['retried']}, replied {r['replied']}; the stand-in recorded {s['calls']} calls "
                  f"({s['failed_calls']} not 2xx) replying to {s['updates_replied']} updates: "
-                 f"{'agrees' if s['agree'] else 'DOES NOT AGREE'} with the report; RSS MB: {' '.join(parts)}; CPU s: {' '.join(cpu_parts)}")
-    sink_cpu.append(float(open(f"{work}/{n}.sinkcpu").read()))
+                 f"{'agrees' if s['agree'] else 'DOES NOT AGREE'} with the report; RSS MB: {' '.join(parts)}; "
+                 f"CPU s: {' '.join(cpu_parts)} (the stand-in: {sink_cpu})")
+    for k in range(1, rounds + 1):
+        if not load(f"{work}/{n}.r{k}.sink.json")["agree"]:
+            notes.append(f"- {n} round {k}: the stand-in's record DOES NOT AGREE with the report")
 notes.append("- CPU s: user + system time of the contender's processes over their whole life "
-             "(start-up, the pass, idle); the stand-in used "
-             + ", ".join(f"{n} {c - p:.1f} s" for n, c, p in zip(names, sink_cpu, [0.0] + sink_cpu))
-             + " during each contender's pass")
+             "(start-up, the pass, idle)")
 steady = [n for n in names if load(f"{work}/{n}.steady.json")]
 if steady:
     print()
