@@ -13,7 +13,9 @@
 # median round is reported), LATENCY_UPDATES (updates of the second pass, run
 # at half of tgpipe's reply rate for latency percentiles; 0 skips it), COMPARE_CACHE
 # (where the teloxide build and the aiogram venv are kept between runs; default
-# <cargo target dir>/compare), TGPIPE_CONCURRENCY (the worker's, default its own).
+# <cargo target dir>/compare), TGPIPE_CONCURRENCY (the worker's, default its own),
+# PERF=1 (perf-records the worker during tgpipe's first round; the flat profile goes to
+# $COMPARE_CACHE/perf-worker.txt, and the round is slower for it).
 #
 # tgpipe runs as deployed: tgpipe-ingress and tgpipe-example-bot (the worker) on a fresh
 # nats-server (JetStream, file storage) and redis-server. Peak RSS is VmHWM from
@@ -45,7 +47,7 @@ WORK=$(mktemp -d -t tgpipe-compare.XXXXXX)
 PIDS=()      # the stand-in's
 CURRENT=()   # the running contender's
 cleanup() {
-  for p in "${CURRENT[@]}" "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in ${PERF_PID:-} "${CURRENT[@]}" "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -57,11 +59,13 @@ for b in tgpipe-ingress tgpipe-example-bot tgpipe-loadtest; do cp "$T/$b" "$WORK
 B=$WORK/bin
 
 log "building the teloxide bot (release, target dir $CACHE)"
-CARGO_TARGET_DIR=$CACHE cargo build --release --locked \
-  --manifest-path loadtest/compare/teloxide/Cargo.toml 2>&1 \
-  | grep -v -E "^\s+(Compiling|Downloaded|Downloading)" >&2 || true
+if ! CARGO_TARGET_DIR=$CACHE cargo build --release --locked \
+  --manifest-path loadtest/compare/teloxide/Cargo.toml 2>"$WORK/teloxide-build.log"; then
+  grep -v -E "^\s+(Compiling|Downloaded|Downloading)" "$WORK/teloxide-build.log" >&2
+  echo "error: the teloxide bot did not build" >&2
+  exit 1
+fi
 TELOXIDE_BIN=$CACHE/release/compare-teloxide
-[ -x "$TELOXIDE_BIN" ] || { echo "error: the teloxide bot did not build" >&2; exit 1; }
 
 VENV=$CACHE/aiogram-venv
 if ! cmp -s loadtest/compare/aiogram/requirements.txt "$VENV/requirements.txt" 2>/dev/null; then
