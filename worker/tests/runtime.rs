@@ -700,3 +700,45 @@ async fn poll_handles_updates_from_get_updates_in_process() {
     );
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_dead_letters_its_update_and_the_worker_goes_on() {
+    let s = Stack::start().await;
+    let handled = Arc::new(AtomicU32::new(0));
+    let mut router = Router::new("panicky");
+    let h = Arc::clone(&handled);
+    router.message(move |m: Arc<frankenstein::types::Message>| {
+        let h = Arc::clone(&h);
+        async move {
+            assert!(m.text.as_deref() != Some("boom"), "boom");
+            h.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let (stop, task) = in_process(&s, router, &[]).await;
+    assert_eq!(s.post(&text(95_001, 9501, "boom")).await, 200);
+    assert_eq!(s.post(&text(95_002, 9501, "fine")).await, 200);
+    wait_count(&handled, 1).await;
+    let dlq = s.js.get_stream("TG_DLQ").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.dead_letters().await == 0 {
+        assert!(Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let letter = dlq
+        .get_last_raw_message_by_subject("tgdlq.>")
+        .await
+        .unwrap();
+    let error = letter
+        .headers
+        .get(headers::ERROR)
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(error.starts_with("handler panicked: boom"), "{error}");
+    assert_eq!(
+        letter.headers.get(headers::DELIVERIES).unwrap().as_str(),
+        "1"
+    );
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

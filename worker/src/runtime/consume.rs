@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
-use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tgpipe_shared::subject::{UpdateSubject, dlq_subject};
 use tgpipe_shared::{BotId, UpdateKind, extract_keys, headers};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -118,6 +117,26 @@ pub enum ConsumeError {
 
 fn header_i64(h: Option<&HeaderMap>, name: &str) -> Option<i64> {
     h?.get(name)?.as_str().parse().ok()
+}
+
+/// The update's id and its ordering key (chat, else user), from the headers the ingress
+/// wrote (`Nats-Msg-Id: <bot>:<update_id>`, `Tg-Chat-Id`, `Tg-User-Id`); from the body
+/// when they are missing (a message published by other means).
+fn update_keys(msg: &jetstream::Message) -> (Option<i64>, Option<i64>) {
+    let h = msg.headers.as_ref();
+    let from_id = h
+        .and_then(|h| h.get(headers::MSG_ID))
+        .and_then(|v| v.as_str().split(':').nth(1)?.parse::<i64>().ok());
+    match from_id {
+        Some(update_id) => (
+            Some(update_id),
+            header_i64(h, headers::CHAT_ID).or_else(|| header_i64(h, headers::USER_ID)),
+        ),
+        None => match extract_keys(&msg.payload) {
+            Ok(k) => (Some(k.update_id), k.chat_id.or(k.user_id)),
+            Err(_) => (None, None),
+        },
+    }
 }
 
 impl Consumer {
@@ -231,21 +250,19 @@ impl Consumer {
         };
         let label = metrics::kind_label(&kind);
         metrics::consumed(label, delivered > 1);
-        let keys = extract_keys(&msg.payload).ok();
+        let (update_id, chat) = update_keys(&msg);
         let span = tracing::info_span!(
             "update",
             bot = %bot_id,
             kind = %kind.as_str(),
-            update_id = keys.as_ref().map(|k| k.update_id),
+            update_id,
             delivered,
             lane = %self.lane,
         );
         if let Some(h) = &msg.headers {
             tgpipe_shared::telemetry::continue_from(h, &span);
         }
-        let chat = keys
-            .as_ref()
-            .and_then(|k| k.chat_id.or(k.user_id).map(|c| (c, k.update_id)));
+        let chat = chat.zip(update_id);
         let action = async {
             if let Err(e) = &subject {
                 return Action::DeadLetter(format!("not an update subject: {e}"));
@@ -263,18 +280,11 @@ impl Consumer {
                 }
             }
             let started = Instant::now();
-            let outcome = {
-                let _keepalive = self.keep_in_progress(&msg);
-                let dispatcher = Arc::clone(&self.dispatcher);
-                let bot = bot.clone();
-                let payload: Bytes = msg.payload.clone();
-                // Its own task, so a panicking handler fails this update instead of the pod.
-                tokio::spawn(
-                    async move { dispatcher.feed_raw(&bot, payload).await }
-                        .instrument(tracing::Span::current()),
-                )
-                .await
-            };
+            // A panicking handler fails this update, not the pod.
+            let dispatch =
+                std::panic::AssertUnwindSafe(self.dispatcher.feed_raw(bot, msg.payload.clone()))
+                    .catch_unwind();
+            let outcome = self.keep_in_progress(&msg, dispatch).await;
             metrics::handler_time(label, started.elapsed());
             match outcome {
                 Ok(DispatchOutcome::Handled) => Action::Ack("handled"),
@@ -282,7 +292,10 @@ impl Consumer {
                 Ok(DispatchOutcome::Failed(e)) => {
                     self.failed(e.is_transient(), e.to_string(), delivered)
                 }
-                Err(e) => Action::DeadLetter(format!("handler panicked: {e}")),
+                Err(panic) => Action::DeadLetter(format!(
+                    "handler panicked: {}",
+                    panic_message(panic.as_ref())
+                )),
             }
         }
         .instrument(span.clone())
@@ -346,19 +359,26 @@ impl Consumer {
         }
     }
 
-    /// Sends in-progress acks until the returned guard is dropped.
-    fn keep_in_progress(&self, msg: &jetstream::Message) -> AbortOnDrop {
+    /// Runs `work`, sending in-progress acks every third of the ack wait while it runs.
+    /// Most handlers finish long before the first one is due, so this costs them a timer
+    /// and no task.
+    async fn keep_in_progress<T>(
+        &self,
+        msg: &jetstream::Message,
+        work: impl Future<Output = T>,
+    ) -> T {
         let every = (self.acks.ack_wait / 3).max(Duration::from_millis(100));
-        let msg = msg.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                tick.tick().await;
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    tracing::debug!(error = %e, "in-progress ack");
+        tokio::pin!(work);
+        loop {
+            match tokio::time::timeout(every, &mut work).await {
+                Ok(done) => return done,
+                Err(_) => {
+                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "in-progress ack");
+                    }
                 }
             }
-        }))
+        }
     }
 
     async fn dead_letter(
@@ -403,12 +423,13 @@ enum Action {
     DeadLetter(String),
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// What a panic carried, when it is text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not text)")
 }
 
 async fn ack(msg: &jetstream::Message, kind: AckKind) {
