@@ -742,3 +742,51 @@ async fn a_panicking_handler_dead_letters_its_update_and_the_worker_goes_on() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_share_the_rate_limits_through_redis() {
+    let s = Arc::new(Stack::start().await);
+    let limits = [
+        ("TGPIPE_RATE_LIMITS", "telegram"),
+        ("TGPIPE_RATE_PER_CHAT", "5"),
+        ("TGPIPE_RATE_PER_BOT", "20"),
+    ];
+    let _a = s.worker(&limits).await;
+    let _b = s.worker(&limits).await;
+    // Ten texts to one chat, and thirty to thirty others, all at once.
+    let mut posts = Vec::new();
+    for i in 0..40i64 {
+        let s = Arc::clone(&s);
+        let chat = if i < 10 { 9900 } else { 9900 + i };
+        posts.push(tokio::spawn(async move {
+            s.post(&text(96_000 + i, chat, &format!("r{i}"))).await
+        }));
+    }
+    for p in posts {
+        assert_eq!(p.await.unwrap(), 200);
+    }
+    let sent = s.wait_for("sendMessage", 40, Duration::from_secs(30)).await;
+    assert_eq!(sent.len(), 40);
+    let ms = |c: &tgpipe_loadtest::sink::RecordedCall| {
+        c.at.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    // Per chat: 5/s, so one chat's messages are at least 200 ms apart (a little less
+    // for the stand-in's own timing).
+    let mut one_chat: Vec<i64> = sent.iter().filter(|c| chat_of(c) == 9900).map(ms).collect();
+    one_chat.sort_unstable();
+    let gaps: Vec<i64> = one_chat.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.iter().all(|g| *g >= 180), "per-chat gaps {gaps:?}");
+    // Per bot: 20/s over both processes: no one-second window holds more than 21 (the
+    // limit plus a burst of one).
+    let mut all: Vec<i64> = sent.iter().map(ms).collect();
+    all.sort_unstable();
+    let busiest = all
+        .iter()
+        .map(|t| all.iter().filter(|u| **u >= *t && **u < t + 1000).count())
+        .max()
+        .unwrap();
+    assert!(busiest <= 21, "{busiest} messages in one second");
+    eprintln!("per-chat gaps ms {gaps:?}; busiest second {busiest}");
+}
