@@ -145,8 +145,8 @@ pub struct BotArgs {
     #[arg(long = "api-url", env = "TGPIPE_API_URL", default_value = DEFAULT_API_URL)]
     pub api_url: String,
     /// Outgoing rate limits: `telegram` (Telegram's published limits, shared by all pods
-    /// through Redis) or `off` (only for a Bot API stand-in or a local Bot API server
-    /// that does not limit).
+    /// through Redis, as are 429 pauses) or `off` (no limiter and nothing shared: only
+    /// for a Bot API stand-in or a local Bot API server that does not limit).
     #[arg(
         long,
         env = "TGPIPE_RATE_LIMITS",
@@ -264,7 +264,8 @@ impl BotArgs {
             let mut builder = Bot::builder(token)
                 .api_url(&self.api_url)
                 .limits(self.limits());
-            if let Some(redis) = redis {
+            // With limits off there is nothing to share: no Redis round trip per call.
+            if let (Some(redis), RateLimitMode::Telegram) = (redis, self.rate_limits) {
                 builder = builder.redis(redis.clone());
             }
             let bot = builder.build().map_err(|_| BotsError::Invalid(i + 1))?;
