@@ -300,7 +300,34 @@ impl Consumer {
         }
         .instrument(span.clone())
         .await;
-        let _enter = span.enter();
+        // Instrumented, never entered: a span guard held across an await would leak into
+        // whatever else runs on this thread meanwhile.
+        self.settle(
+            &msg,
+            action,
+            Settle {
+                bot_id,
+                kind: &kind,
+                label,
+                chat,
+                stream_seq,
+                delivered,
+            },
+        )
+        .instrument(span)
+        .await;
+    }
+
+    /// Acknowledges, retries or dead-letters the update as the dispatch decided.
+    async fn settle(&self, msg: &jetstream::Message, action: Action, at: Settle<'_>) {
+        let Settle {
+            bot_id,
+            kind,
+            label,
+            chat,
+            stream_seq,
+            delivered,
+        } = at;
         match action {
             Action::Ack(outcome) => {
                 if let (Some(seen), Some((chat, update_id))) = (&self.seen, chat)
@@ -310,37 +337,37 @@ impl Consumer {
                     tracing::warn!(error = %e, "cannot remember the finished update");
                 }
                 metrics::outcome(label, outcome);
-                ack(&msg, AckKind::Ack).await;
+                ack(msg, AckKind::Ack).await;
             }
             Action::Duplicate => {
                 tracing::info!(
                     "skipped: finished before (a duplicate older than the dedupe window)"
                 );
                 metrics::outcome(label, "duplicate");
-                ack(&msg, AckKind::Ack).await;
+                ack(msg, AckKind::Ack).await;
             }
             Action::Retry(error) => {
                 let delay = self.acks.retry_delay(delivered);
                 tracing::warn!(%error, ?delay, "failed transiently; will retry");
                 metrics::outcome(label, "retried");
-                ack(&msg, AckKind::Nak(Some(delay))).await;
+                ack(msg, AckKind::Nak(Some(delay))).await;
             }
             Action::DeadLetter(error) => {
                 match self
-                    .dead_letter(&msg, bot_id, &kind, stream_seq, delivered, &error)
+                    .dead_letter(msg, bot_id, kind, stream_seq, delivered, &error)
                     .await
                 {
                     Ok(()) => {
                         tracing::error!(%error, "dead-lettered");
                         metrics::outcome(label, "dead_lettered");
                         metrics::dead_letter(label);
-                        ack(&msg, AckKind::Term).await;
+                        ack(msg, AckKind::Term).await;
                     }
                     Err(e) => {
                         let delay = self.acks.retry_delay(delivered);
                         tracing::error!(%error, dlq_error = %e, "cannot dead-letter; will retry");
                         metrics::outcome(label, "retried");
-                        ack(&msg, AckKind::Nak(Some(delay))).await;
+                        ack(msg, AckKind::Nak(Some(delay))).await;
                     }
                 }
             }
@@ -414,6 +441,16 @@ impl Consumer {
             .map_err(|e| e.to_string())?;
         Ok(())
     }
+}
+
+/// What `settle` needs to know about the update.
+struct Settle<'a> {
+    bot_id: BotId,
+    kind: &'a UpdateKind,
+    label: &'static str,
+    chat: Option<(i64, i64)>,
+    stream_seq: u64,
+    delivered: u32,
 }
 
 enum Action {
