@@ -804,3 +804,48 @@ async fn two_worker_processes_share_the_rate_limits_through_redis() {
         "one chat: {spread} ms, busiest second {chat_busiest}; bot: busiest second {bot_busiest}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_messages_in_the_stream_are_dead_lettered_with_a_reason() {
+    let s = Stack::start().await;
+    let count = Arc::new(AtomicU32::new(0));
+    let (stop, task) = in_process(&s, counting_router(&count, Duration::ZERO), &[]).await;
+    // Published around the ingress: a body that is not an update, an update for a bot
+    // this worker has no token for, and a good one after them.
+    for (subject, body) in [
+        ("tg.4242.message.0", "{not json".to_owned()),
+        (
+            "tg.999.message.0",
+            text(97_001, 9701, "stranger").to_string(),
+        ),
+        ("tg.4242.message.0", text(97_002, 9702, "fine").to_string()),
+    ] {
+        s.js.publish(subject, body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    wait_count(&count, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.dead_letters().await < 2 {
+        assert!(Instant::now() < deadline, "both bad messages dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dlq = s.js.get_stream("TG_DLQ").await.unwrap();
+    let mut errors = Vec::new();
+    for seq in 1..=2 {
+        let m = dlq.get_raw_message(seq).await.unwrap();
+        errors.push(m.headers.get(headers::ERROR).unwrap().as_str().to_owned());
+    }
+    errors.sort();
+    eprintln!("dead letters: {errors:?}");
+    assert!(errors[0].contains("no token for bot 999"), "{errors:?}");
+    assert!(
+        !errors[1].is_empty() && !errors[1].contains("no token"),
+        "{errors:?}"
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 1, "the good one was handled");
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
