@@ -157,34 +157,55 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("temp dir for redis");
         for _ in 0..5 {
             let port = free_port();
-            let mut child = Command::new(binary("TGPIPE_REDIS_SERVER", "redis-server"))
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("cannot run redis-server (set TGPIPE_REDIS_SERVER or put it on PATH)");
-            if wait_for_port(port, &mut child, "redis-server") {
+            if let Some(child) = Self::spawn(port, dir.path()) {
                 return RedisServer {
                     child: Some(child),
                     port,
                     _dir: dir,
                 };
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("redis-server did not start");
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
+        let mut child = Command::new(binary("TGPIPE_REDIS_SERVER", "redis-server"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot run redis-server (set TGPIPE_REDIS_SERVER or put it on PATH)");
+        if wait_for_port(port, &mut child, "redis-server") {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Starts the server again on the same port, empty (it keeps nothing on disk).
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(child) = Self::spawn(self.port, self._dir.path()) {
+                self.child = Some(child);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("redis-server did not restart on port {}", self.port);
     }
 
     /// The client URL, `redis://127.0.0.1:<port>`.

@@ -655,7 +655,6 @@ async fn chat_actions_repeat_until_stopped_and_shortcuts_answer_in_place() {
 async fn the_limiter_returns_to_redis_when_it_is_back() {
     let mut redis = RedisServer::start();
     let url = redis.url();
-    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     let s = sink().await;
     let b = Bot::builder(TOKEN)
         .api_url(&s.url())
@@ -669,25 +668,7 @@ async fn the_limiter_returns_to_redis_when_it_is_back() {
     b.send_text(7, "without").await.unwrap();
 
     // The same port again, a fresh (empty) Redis.
-    let binary = std::env::var_os("TGPIPE_REDIS_SERVER").unwrap_or_else(|| "redis-server".into());
-    let dir = tempfile::tempdir().unwrap();
-    let child = std::process::Command::new(binary)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _child = KillOnDrop(child);
+    redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut conn = loop {
         let client = redis::Client::open(url.as_str()).unwrap();
@@ -709,16 +690,6 @@ async fn the_limiter_returns_to_redis_when_it_is_back() {
         shared = ttl > 0;
     }
     assert!(shared, "the limiter keeps its state in Redis again");
-}
-
-/// Stops a server the test started itself, even when the test fails.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]
