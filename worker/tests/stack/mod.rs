@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use async_nats::jetstream::message::StreamMessage;
 use serde_json::{Value, json};
 use tgpipe_loadtest::sink::{RecordedCall, Sink, SinkConfig, SinkHandle};
 use tgpipe_shared::testkit::{NatsServer, RedisServer, free_port};
@@ -180,6 +181,22 @@ impl Stack {
             .expect("the lane's consumer")
     }
 
+    /// Waits (up to 20 s) until the dead-letter stream holds `n` letters; returns them in
+    /// order.
+    pub async fn wait_dead_letters(&self, n: u64) -> Vec<StreamMessage> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.dead_letters().await < n {
+            assert!(Instant::now() < deadline, "fewer than {n} dead letters");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let dlq = self.js.get_stream("TG_DLQ").await.expect("the DLQ");
+        let mut letters = Vec::new();
+        for seq in 1..=n {
+            letters.push(dlq.get_raw_message(seq).await.expect("a dead letter"));
+        }
+        letters
+    }
+
     /// Messages in the dead-letter stream.
     pub async fn dead_letters(&self) -> u64 {
         match self.js.get_stream("TG_DLQ").await {
@@ -316,4 +333,12 @@ pub fn chat_of(call: &RecordedCall) -> i64 {
         Value::String(s) => s.parse().unwrap_or_default(),
         _ => 0,
     }
+}
+
+/// A header of a stored message, or "" when absent.
+pub fn header(m: &StreamMessage, name: &str) -> String {
+    m.headers
+        .get(name)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
 }
