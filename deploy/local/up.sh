@@ -80,7 +80,6 @@ if [ -n "$REAL" ]; then
   case "$TOKEN" in *:*) ;; *) echo "error: --real needs --token <bot_id>:<secret> (from @BotFather)" >&2; exit 64 ;; esac
   case "$PUBLIC_URL" in https://*) ;; *) echo "error: --real needs --url https://... (Telegram only calls HTTPS)" >&2; exit 64 ;; esac
   BOT_ID=${TOKEN%%:*}
-  SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '+/=' | head -c 48)
 fi
 
 command -v curl >/dev/null || { log "installing curl"; apt-get update -qq && apt-get install -y -qq curl; }
@@ -93,6 +92,8 @@ log "building tgpipe"
 cargo build --locked -p tgpipe-ingress -p tgpipe-worker -p tgpipe-loadtest \
   --bin tgpipe-ingress --bin tgpipe-example-bot --bin tgpipe-loadtest
 TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
+# A real webhook gets a fresh secret, made by the worker binary's own `secret` command.
+if [ -n "$REAL" ]; then SECRET=$("$TARGET/tgpipe-example-bot" secret); fi
 
 NATS_PORT=$(free_port); NATS_MON=$(free_port); REDIS_PORT=$(free_port)
 INGRESS_PORT=$(free_port); WORKER_PORT=$(free_port); API_PORT=$(free_port)

@@ -97,12 +97,7 @@ impl DispatcherBuilder {
     /// Redis FSM from its settings, and no FSM (no Redis round trips) to one that does
     /// not need it.
     pub fn needs_fsm(&self) -> bool {
-        let fsm = std::any::type_name::<FsmInstalled>();
-        // `build` inserts the FSM's marker; before it, a need shows as its absence.
-        matches!(
-            self.router.check(&self.state, &[], &mut HashSet::new()),
-            Err(BuildError::MissingDependency { type_name, .. }) if type_name == fsm
-        )
+        self.router.needs(std::any::TypeId::of::<FsmInstalled>())
     }
 
     /// Checks the tree (every handler's dependencies are provided; router names are

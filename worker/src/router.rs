@@ -220,6 +220,19 @@ impl Router {
         }
     }
 
+    /// Whether any handler or filter of the tree needs a value of type `id`.
+    pub(crate) fn needs(&self, id: TypeId) -> bool {
+        self.observers.values().any(|obs| {
+            obs.handlers.iter().any(|reg| {
+                reg.handler.requirements.iter().any(|r| r.type_id == id)
+                    || reg
+                        .filters
+                        .iter()
+                        .any(|f| f.requires().iter().any(|r| r.type_id == id))
+            })
+        }) || self.children.iter().any(|c| c.needs(id))
+    }
+
     /// Checks the tree: unique names, and every handler's requirements provided by the
     /// state, by declared middleware values along its path, or by its own filters.
     pub(crate) fn check(

@@ -997,3 +997,29 @@ async fn scene_hooks_run_on_enter_and_leave() {
         ]
     );
 }
+
+#[test]
+fn a_dispatcher_needs_the_fsm_when_a_handler_or_a_filter_anywhere_in_the_tree_does() {
+    let plain = || {
+        let mut r = Router::new("plain");
+        r.message(|| async {}).filter(Command::new(["start"]));
+        r
+    };
+    assert!(!Dispatcher::builder(plain()).needs_fsm());
+
+    let mut by_filter = plain();
+    by_filter.message(|| async {}).filter(StateFilter::none());
+    assert!(Dispatcher::builder(by_filter).needs_fsm());
+
+    let mut child = Router::new("child");
+    child.callback_query(|_fsm: FsmContext| async {});
+    let mut root = plain();
+    root.include_router(child);
+    let builder = Dispatcher::builder(root);
+    assert!(builder.needs_fsm(), "a handler two levels down");
+    // Without an FSM such a dispatcher does not build, and says why.
+    assert!(matches!(
+        builder.build(),
+        Err(BuildError::FsmNotConfigured { .. })
+    ));
+}

@@ -259,7 +259,10 @@ impl Consumer {
             delivered,
             lane = %self.lane,
         );
-        if let Some(h) = &msg.headers {
+        // Extracting the trace context costs a header scan; skip it when nothing records.
+        if let Some(h) = &msg.headers
+            && !span.is_disabled()
+        {
             tgpipe_shared::telemetry::continue_from(h, &span);
         }
         let chat = chat.zip(update_id);

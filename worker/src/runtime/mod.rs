@@ -249,10 +249,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let lane = args.lane().map_err(|e| RunError::Config(e.to_string()))?;
-    // Checked before connecting, so a bad token is reported as such.
-    args.bots
-        .bots(None)
-        .map_err(|e| RunError::Config(e.to_string()))?;
     let redis = connect_redis(&args.redis_url).await?;
     let bots = args
         .bots
