@@ -15,11 +15,25 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (bound and released: another process could take it in
 /// between, which the servers below detect and retry).
+///
+/// Drawn at random from 20000-32767, below Linux's ephemeral range: the kernel's own
+/// `bind(0)` (every listener a test opens on port 0) never hands these out, and a port a
+/// test just released (a broker stopped to be restarted on the same port) is unlikely to
+/// be drawn by another test meanwhile. The kernel's choice reuses released ports soon,
+/// and another test's client then reconnected to the wrong broker.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
+    use std::hash::{BuildHasher, Hasher};
+    let seed = std::collections::hash_map::RandomState::new();
+    for attempt in 0u64..1000 {
+        let mut h = seed.build_hasher();
+        h.write_u64(attempt);
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_768) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in 20000-32767");
 }
 
 fn binary(env: &str, name: &str) -> PathBuf {
