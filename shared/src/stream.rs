@@ -1,8 +1,9 @@
 //! JetStream stream configuration for `TG_UPDATES` and `TG_DLQ`, and their provisioning.
 //!
 //! Both the ingress (at start, unless `TGPIPE_PROVISION=false`) and the `provision`
-//! commands create or update the streams from the same [`StreamSettings`], so the two
-//! cannot drift apart.
+//! commands create the streams from the same [`StreamSettings`], so the two cannot drift
+//! apart. Provisioning never downgrades: an existing stream is changed only by a
+//! `provision --apply`.
 
 use std::time::Duration;
 
@@ -152,13 +153,61 @@ pub struct ProvisionError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// Creates the update and dead-letter streams, or updates them to `settings`.
-///
-/// Some settings cannot change on an existing stream (for example the retention policy);
-/// JetStream's refusal is returned as is, naming the stream.
+/// What [`provision_streams_with`] does to a stream that exists with other settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changes {
+    /// Leave it as it is and log the difference: what every process does at start, so a
+    /// pod started with other defaults never reconfigures (say, downgrades the replicas
+    /// of) a stream an operator set up.
+    Keep,
+    /// Update it to the settings: the `provision --apply` commands.
+    Apply,
+}
+
+/// The settings of `want` that `have` does not match, as `name: have -> want`.
+pub fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    macro_rules! cmp {
+        ($($field:ident),*) => {$(
+            if have.$field != want.$field {
+                out.push(format!(
+                    concat!(stringify!($field), ": {:?} -> {:?}"),
+                    have.$field, want.$field
+                ));
+            }
+        )*};
+    }
+    cmp!(
+        subjects,
+        retention,
+        num_replicas,
+        max_age,
+        max_bytes,
+        duplicate_window,
+        discard,
+        allow_direct
+    );
+    out
+}
+
+/// Creates the update and dead-letter streams that are missing. An existing stream
+/// with other settings is left as it is, and the difference logged at WARN.
 pub async fn provision_streams(
     js: &jetstream::Context,
     settings: &StreamSettings,
+) -> Result<(), ProvisionError> {
+    provision_streams_with(js, settings, Changes::Keep).await
+}
+
+/// Creates the streams that are missing and, with [`Changes::Apply`], updates existing
+/// ones to `settings`.
+///
+/// Some settings cannot change on an existing stream (for example the retention policy);
+/// JetStream's refusal is returned as is, naming the stream.
+pub async fn provision_streams_with(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+    changes: Changes,
 ) -> Result<(), ProvisionError> {
     for config in [settings.updates_config(), settings.dlq_config()] {
         let name = config.name.clone();
@@ -167,10 +216,24 @@ pub async fn provision_streams(
             source: e,
         };
         match js.get_stream(&name).await {
-            Ok(_) => {
-                js.update_stream(config)
-                    .await
-                    .map_err(|e| err(Box::new(e)))?;
+            Ok(existing) => {
+                let diff = stream_differences(&existing.cached_info().config, &config);
+                if diff.is_empty() {
+                    continue;
+                }
+                match changes {
+                    Changes::Apply => {
+                        tracing::info!(stream = %name, changes = ?diff, "updating stream");
+                        js.update_stream(config)
+                            .await
+                            .map_err(|e| err(Box::new(e)))?;
+                    }
+                    Changes::Keep => tracing::warn!(
+                        stream = %name,
+                        differences = ?diff,
+                        "stream exists with other settings; left as it is (`provision --apply` changes it)"
+                    ),
+                }
             }
             Err(e)
                 if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref je)

@@ -157,6 +157,162 @@ impl Drop for NatsServer {
     }
 }
 
+/// A private 3-node NATS cluster (JetStream, routes between three local servers), for
+/// tests of replication, ownership and failover: streams created on it may have 3
+/// replicas, and any node can be killed and restarted with its store.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+}
+
+#[derive(Debug)]
+struct ClusterNode {
+    name: String,
+    port: u16,
+    cluster_port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until they have elected a JetStream meta leader.
+    /// Panics if they cannot.
+    pub fn start() -> NatsCluster {
+        for _ in 0..3 {
+            let mut nodes: Vec<ClusterNode> = (0..3)
+                .map(|i| ClusterNode {
+                    name: format!("n{i}"),
+                    port: free_port(),
+                    cluster_port: free_port(),
+                    store: tempfile::tempdir().expect("temp dir for a JetStream store"),
+                    child: None,
+                })
+                .collect();
+            let routes: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("nats://127.0.0.1:{}", n.cluster_port))
+                .collect();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let mut ok = true;
+            for node in &mut nodes {
+                match node.spawn(&routes, Some(tx.clone())) {
+                    Some(child) => node.child = Some(child),
+                    None => ok = false,
+                }
+            }
+            if ok && rx.recv_timeout(Duration::from_secs(30)).is_ok() {
+                return NatsCluster { nodes };
+            }
+        }
+        panic!("the 3-node NATS cluster did not elect a JetStream leader");
+    }
+
+    /// Every node's client URL, comma separated (what `NATS_URL` takes).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The server name of node `i` (`n0`, `n1`, `n2`), as JetStream names a leader.
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    /// The node whose server name is `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Kills node `i` (`kill -9`); its store is kept.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again on its ports with its store.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let routes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.cluster_port))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(child) = self.nodes[i].spawn(&routes, None) {
+                self.nodes[i].child = Some(child);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("cluster node {i} did not restart");
+    }
+}
+
+impl ClusterNode {
+    /// Starts the node; `leader` hears once when any node logs the meta leader's election.
+    fn spawn(
+        &self,
+        routes: &[String],
+        leader: Option<std::sync::mpsc::Sender<()>>,
+    ) -> Option<Child> {
+        let mut child = Command::new(binary("TGPIPE_NATS_SERVER", "nats-server"))
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-n"])
+            .arg(&self.name)
+            .arg("-sd")
+            .arg(self.store.path())
+            .args(["--cluster_name", "tgpipe-test", "--cluster"])
+            .arg(format!("nats://127.0.0.1:{}", self.cluster_port))
+            .arg("--routes")
+            .arg(routes.join(","))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run nats-server (set TGPIPE_NATS_SERVER or put it on PATH)");
+        let Some(stderr) = child.stderr.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("Server is ready") {
+                    let _ = ready_tx.send(());
+                }
+                if (line.contains("JetStream cluster new metadata leader")
+                    || line.contains("Self is new JetStream cluster metadata leader"))
+                    && let Some(tx) = &leader
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(15)).is_ok()
+            && wait_for_port(self.port, &mut child, "nats-server")
+        {
+            Some(child)
+        } else {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
 /// A private `redis-server` that keeps nothing on disk.
 #[derive(Debug)]
 pub struct RedisServer {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserializer, Serialize};
 
+use super::fence::OwnerFence;
 use super::storage::FsmStorage;
 use super::{FsmError, FsmKey, StateName};
 use crate::context::Context;
@@ -43,6 +44,7 @@ struct Inner {
     state: Mutex<Option<Option<String>>>,
     fence: Option<u64>,
     lost: Option<Arc<AtomicBool>>,
+    owner: Option<OwnerFence>,
 }
 
 impl std::fmt::Debug for FsmContext {
@@ -68,6 +70,24 @@ impl FsmContext {
             state: Mutex::new(None),
             fence: None,
             lost: None,
+            owner: None,
+        }))
+    }
+
+    /// A context under partition ownership: no lease; writes fenced by the epoch.
+    pub(crate) fn owned(
+        storage: Arc<dyn FsmStorage>,
+        key: FsmKey,
+        state: Option<String>,
+        owner: OwnerFence,
+    ) -> FsmContext {
+        FsmContext(Arc::new(Inner {
+            storage,
+            key,
+            state: Mutex::new(Some(state)),
+            fence: Some(owner.epoch()),
+            lost: None,
+            owner: Some(owner),
         }))
     }
 
@@ -84,6 +104,7 @@ impl FsmContext {
             state: Mutex::new(state),
             fence,
             lost,
+            owner: None,
         }))
     }
 
@@ -97,8 +118,9 @@ impl FsmContext {
         &self.0.storage
     }
 
-    /// The fencing token of this update's lock (`None` without isolation): pass it to
-    /// external systems that must refuse a stale holder's writes.
+    /// The fencing token of this update's lock, or under partition ownership its epoch
+    /// (`None` without isolation): pass it to external systems that must refuse a stale
+    /// holder's writes.
     pub fn fencing_token(&self) -> Option<u64> {
         self.0.fence
     }
@@ -143,10 +165,20 @@ impl FsmContext {
     pub async fn set_state(&self, state: impl Into<StateName>) -> Result<(), FsmError> {
         self.check_lease()?;
         let state = state.into();
-        self.0
-            .storage
-            .set_state(&self.0.key, Some(state.as_str()))
-            .await?;
+        match &self.0.owner {
+            Some(f) => {
+                self.0
+                    .storage
+                    .set_state_fenced(&self.0.key, Some(state.as_str()), f)
+                    .await?
+            }
+            None => {
+                self.0
+                    .storage
+                    .set_state(&self.0.key, Some(state.as_str()))
+                    .await?
+            }
+        }
         self.cache_state(Some(state.as_str().to_owned()));
         Ok(())
     }
@@ -154,7 +186,15 @@ impl FsmContext {
     /// Removes the state, keeping the data.
     pub async fn remove_state(&self) -> Result<(), FsmError> {
         self.check_lease()?;
-        self.0.storage.set_state(&self.0.key, None).await?;
+        match &self.0.owner {
+            Some(f) => {
+                self.0
+                    .storage
+                    .set_state_fenced(&self.0.key, None, f)
+                    .await?
+            }
+            None => self.0.storage.set_state(&self.0.key, None).await?,
+        }
         self.cache_state(None);
         Ok(())
     }
@@ -162,7 +202,10 @@ impl FsmContext {
     /// Removes the state and the data (aiogram's `clear`).
     pub async fn clear(&self) -> Result<(), FsmError> {
         self.check_lease()?;
-        self.0.storage.clear(&self.0.key).await?;
+        match &self.0.owner {
+            Some(f) => self.0.storage.clear_fenced(&self.0.key, f).await?,
+            None => self.0.storage.clear(&self.0.key).await?,
+        }
         self.cache_state(None);
         Ok(())
     }
@@ -187,7 +230,15 @@ impl FsmContext {
     pub async fn set_data<T: Serialize + ?Sized>(&self, data: &T) -> Result<(), FsmError> {
         self.check_lease()?;
         let bytes = encode(data)?;
-        self.0.storage.set_data(&self.0.key, Some(&bytes)).await
+        match &self.0.owner {
+            Some(f) => {
+                self.0
+                    .storage
+                    .set_data_fenced(&self.0.key, Some(&bytes), f)
+                    .await
+            }
+            None => self.0.storage.set_data(&self.0.key, Some(&bytes)).await,
+        }
     }
 
     /// Changes the data atomically: reads it as a `T` (`T::default()` when there is
@@ -210,7 +261,15 @@ impl FsmContext {
             value = Some(v);
             Ok(bytes)
         };
-        self.0.storage.update_data(&self.0.key, &mut step).await?;
+        match &self.0.owner {
+            Some(f) => {
+                self.0
+                    .storage
+                    .update_data_fenced(&self.0.key, &mut step, f)
+                    .await?
+            }
+            None => self.0.storage.update_data(&self.0.key, &mut step).await?,
+        };
         Ok(value.unwrap_or_default())
     }
 

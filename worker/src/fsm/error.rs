@@ -48,6 +48,13 @@ pub enum FsmError {
         /// The FSM key.
         key: String,
     },
+    /// A later owner of the key's partition wrote first: this pod lost the partition
+    /// (transient: the update is not finished here; the new owner has it).
+    #[error("FSM key {key} was written by a later owner of its partition")]
+    Fenced {
+        /// The key.
+        key: String,
+    },
     /// An atomic update kept losing the compare-and-set to concurrent writers.
     /// Transient.
     #[error("FSM data of {key} kept changing during an atomic update")]

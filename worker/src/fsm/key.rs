@@ -112,6 +112,12 @@ pub enum KeyStrategy {
 }
 
 impl KeyStrategy {
+    /// Whether every update of a key is in one chat (so in one partition of a lane):
+    /// everything but [`KeyStrategy::GlobalUser`].
+    pub fn within_one_chat(self) -> bool {
+        !matches!(self, KeyStrategy::GlobalUser)
+    }
+
     /// The key of `update`, or `None` when it lacks the chat or user the strategy needs
     /// (polls, unknown kinds, inline queries under `Chat`).
     pub fn key(self, update: &Update) -> Option<FsmKey> {

@@ -15,6 +15,7 @@
 
 mod context;
 mod error;
+mod fence;
 mod filter;
 mod key;
 mod lock;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 pub use self::context::FsmContext;
 pub(crate) use self::context::FsmInstalled;
 pub use self::error::FsmError;
+pub use self::fence::{OwnerFence, with_owner_fence};
 pub use self::filter::StateFilter;
 pub use self::key::{FsmKey, KeyStrategy};
 pub use self::lock::Isolation;
@@ -115,6 +117,15 @@ impl Fsm {
         if !self.isolation.is_enabled() {
             let state = storage.get_state(&key).await?;
             let cx = FsmContext::locked(storage, key, Some(state), None, None);
+            return Ok(Some(FsmSession { cx, lease: None }));
+        }
+        // A key inside one chat, under partition ownership: isolated by the ownership,
+        // its writes fenced by the epoch; no lease round trips.
+        if self.strategy.within_one_chat()
+            && let Some(fence) = self::fence::current()
+        {
+            let state = storage.get_state(&key).await?;
+            let cx = FsmContext::owned(storage, key, state, fence);
             return Ok(Some(FsmSession { cx, lease: None }));
         }
         let (lease, grant) = self.isolation.acquire(&storage, &key).await?;

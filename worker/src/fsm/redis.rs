@@ -8,6 +8,7 @@
 //! tgpipe:fsm:{<bot>:<chat>:<user>[:<thread>]}:data      the data document (MessagePack)
 //! tgpipe:lock:{<bot>:<chat>:<user>[:<thread>]}          the lease: a random token, PX
 //! tgpipe:lock:{<bot>:<chat>:<user>[:<thread>]}:fence    the fencing counter (INCR)
+//! tgpipe:fsm:{<bot>:<chat>:<user>[:<thread>]}:fence     highest owner epoch per lane (hash)
 //! ```
 //!
 //! Side records ([`FsmKey::destiny`]) insert the destiny before the suffix
@@ -20,7 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
 use super::storage::{DataUpdate, FsmStorage, LockGrant};
-use super::{FsmError, FsmKey};
+use super::{FsmError, FsmKey, OwnerFence};
 
 /// How many times an atomic data update retries a lost compare-and-set. Under the
 /// dispatcher's lock it never loses; without isolation a hot key may, so retries back
@@ -54,6 +55,50 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 return {0}
 ";
+
+/// Writes (`ARGV[3]` = `set`: `ARGV[4]` into `KEYS[2]`, PX `ARGV[5]`) or deletes
+/// (`del`: every key after the first) unless a later owner of the key's partition wrote:
+/// `KEYS[1]` is the fence hash, `ARGV[1]` the lane, `ARGV[2]` the epoch, `ARGV[6]` the
+/// fence's PX. Returns 0 when fenced off.
+const FENCED_WRITE: &str = r"
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if cur > tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+if ARGV[3] == 'del' then
+  for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+elseif ARGV[5] ~= '0' then
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+else
+  redis.call('SET', KEYS[2], ARGV[4])
+end
+return 1
+";
+
+/// [`CAS`] under the owner fence: `KEYS[2]` the fence hash, `ARGV[5]` the lane,
+/// `ARGV[6]` the epoch, `ARGV[7]` the fence's PX. Returns -1 when fenced off.
+const CAS_FENCED: &str = r"
+local fence = tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '0')
+if fence > tonumber(ARGV[6]) then return -1 end
+local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if cur ~= ARGV[2] then return 0 end
+elseif cur then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+if ARGV[4] ~= '0' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('SET', KEYS[1], ARGV[3])
+end
+return 1
+";
+
+/// How long an owner fence outlives its last write, at least: longer than any handover
+/// could leave a stale owner running, and never shorter than the records' TTL.
+const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Extends the lease only for its holder.
 const RENEW: &str = r"
@@ -93,6 +138,8 @@ pub struct RedisStorage {
 
 struct Scripts {
     cas: Script,
+    cas_fenced: Script,
+    fenced_write: Script,
     lock: Script,
     renew: Script,
     unlock: Script,
@@ -133,6 +180,8 @@ impl RedisStorage {
             ttl: None,
             scripts: std::sync::Arc::new(Scripts {
                 cas: Script::new(CAS),
+                cas_fenced: Script::new(CAS_FENCED),
+                fenced_write: Script::new(FENCED_WRITE),
                 lock: Script::new(LOCK),
                 renew: Script::new(RENEW),
                 unlock: Script::new(UNLOCK),
@@ -171,6 +220,44 @@ impl RedisStorage {
 
     fn ttl_ms(&self) -> u64 {
         self.ttl.map_or(0, millis)
+    }
+
+    fn fence_key(key: &FsmKey) -> String {
+        format!("tgpipe:fsm:{}:fence", key.hash_tag())
+    }
+
+    fn fence_ttl_ms(&self) -> u64 {
+        millis(self.ttl.map_or(FENCE_TTL, |t| t.max(FENCE_TTL)))
+    }
+
+    async fn fenced_write(
+        &self,
+        key: &FsmKey,
+        targets: &[String],
+        value: Option<&[u8]>,
+        fence: &OwnerFence,
+    ) -> Result<(), FsmError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.fenced_write.key(RedisStorage::fence_key(key));
+        for t in targets {
+            invocation.key(t);
+        }
+        let written: i64 = invocation
+            .arg(fence.lane())
+            .arg(fence.epoch())
+            .arg(if value.is_some() { "set" } else { "del" })
+            .arg(value.unwrap_or_default())
+            .arg(self.ttl_ms())
+            .arg(self.fence_ttl_ms())
+            .invoke_async(&mut conn)
+            .await?;
+        if written == 1 {
+            Ok(())
+        } else {
+            Err(FsmError::Fenced {
+                key: key.to_string(),
+            })
+        }
     }
 
     async fn set_or_del(&self, redis_key: String, value: Option<&[u8]>) -> Result<(), FsmError> {
@@ -270,6 +357,91 @@ impl FsmStorage for RedisStorage {
             .query_async(&mut conn)
             .await?;
         Ok(())
+    }
+
+    async fn set_state_fenced(
+        &self,
+        key: &FsmKey,
+        state: Option<&str>,
+        fence: &OwnerFence,
+    ) -> Result<(), FsmError> {
+        self.fenced_write(
+            key,
+            &[RedisStorage::state_key(key)],
+            state.map(str::as_bytes),
+            fence,
+        )
+        .await
+    }
+
+    async fn set_data_fenced(
+        &self,
+        key: &FsmKey,
+        data: Option<&[u8]>,
+        fence: &OwnerFence,
+    ) -> Result<(), FsmError> {
+        self.fenced_write(key, &[RedisStorage::data_key(key)], data, fence)
+            .await
+    }
+
+    async fn clear_fenced(&self, key: &FsmKey, fence: &OwnerFence) -> Result<(), FsmError> {
+        self.fenced_write(
+            key,
+            &[RedisStorage::state_key(key), RedisStorage::data_key(key)],
+            None,
+            fence,
+        )
+        .await
+    }
+
+    async fn update_data_fenced(
+        &self,
+        key: &FsmKey,
+        update: &mut DataUpdate<'_>,
+        fence: &OwnerFence,
+    ) -> Result<Vec<u8>, FsmError> {
+        let data_key = RedisStorage::data_key(key);
+        let fence_key = RedisStorage::fence_key(key);
+        let mut conn = self.conn.clone();
+        // Under ownership nobody else writes the key: the first attempt succeeds unless
+        // a stale owner raced us, which the fence then refuses.
+        for _ in 0..CAS_ATTEMPTS {
+            let current: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&data_key)
+                .query_async(&mut conn)
+                .await?;
+            let new = update(current.as_deref())?;
+            let (existed, old): (&str, &[u8]) = match &current {
+                Some(c) => ("1", c),
+                None => ("0", b""),
+            };
+            let set: i64 = self
+                .scripts
+                .cas_fenced
+                .key(&data_key)
+                .key(&fence_key)
+                .arg(existed)
+                .arg(old)
+                .arg(&new[..])
+                .arg(self.ttl_ms())
+                .arg(fence.lane())
+                .arg(fence.epoch())
+                .arg(self.fence_ttl_ms())
+                .invoke_async(&mut conn)
+                .await?;
+            match set {
+                1 => return Ok(new),
+                -1 => {
+                    return Err(FsmError::Fenced {
+                        key: key.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Err(FsmError::Contended {
+            key: key.to_string(),
+        })
     }
 
     async fn try_lock(

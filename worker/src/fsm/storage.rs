@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{FsmError, FsmKey};
+use super::{FsmError, FsmKey, OwnerFence};
 
 /// What an acquired lock comes with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +50,50 @@ pub trait FsmStorage: Send + Sync + 'static {
 
     /// Removes the key's state and data.
     async fn clear(&self, key: &FsmKey) -> Result<(), FsmError>;
+
+    /// [`FsmStorage::set_state`] under partition ownership: refused with
+    /// [`FsmError::Fenced`] when a later owner (a larger epoch of the same lane) wrote
+    /// the key first. The default writes unfenced, for storages without the notion.
+    async fn set_state_fenced(
+        &self,
+        key: &FsmKey,
+        state: Option<&str>,
+        fence: &OwnerFence,
+    ) -> Result<(), FsmError> {
+        let _ = fence;
+        self.set_state(key, state).await
+    }
+
+    /// [`FsmStorage::set_data`] under partition ownership (see
+    /// [`FsmStorage::set_state_fenced`]).
+    async fn set_data_fenced(
+        &self,
+        key: &FsmKey,
+        data: Option<&[u8]>,
+        fence: &OwnerFence,
+    ) -> Result<(), FsmError> {
+        let _ = fence;
+        self.set_data(key, data).await
+    }
+
+    /// [`FsmStorage::update_data`] under partition ownership (see
+    /// [`FsmStorage::set_state_fenced`]).
+    async fn update_data_fenced(
+        &self,
+        key: &FsmKey,
+        update: &mut DataUpdate<'_>,
+        fence: &OwnerFence,
+    ) -> Result<Vec<u8>, FsmError> {
+        let _ = fence;
+        self.update_data(key, update).await
+    }
+
+    /// [`FsmStorage::clear`] under partition ownership (see
+    /// [`FsmStorage::set_state_fenced`]).
+    async fn clear_fenced(&self, key: &FsmKey, fence: &OwnerFence) -> Result<(), FsmError> {
+        let _ = fence;
+        self.clear(key).await
+    }
 
     /// Tries once to take the key's lock for `lease` under `token`; `None` if another
     /// token holds it.

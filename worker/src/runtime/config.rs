@@ -36,9 +36,11 @@ pub struct Cli {
 pub enum Command {
     /// Consume the lane's updates and handle them (the default).
     Run(Box<RunArgs>),
-    /// Create or update the streams and this lane's consumer, then exit (a Helm hook or
-    /// an init step, so that pods start against a ready stream).
-    Provision(Box<RunArgs>),
+    /// Create the streams, the ownership bucket and this lane's partition consumers that
+    /// are missing, then exit (a Helm hook or an init step, so that pods start against a
+    /// ready stream). Existing ones with other settings are left as they are unless
+    /// `--apply` is given.
+    Provision(Box<ProvisionArgs>),
     /// Inspect and replay dead letters.
     Dlq(Box<DlqArgs>),
     /// Manage the bot's webhook at Telegram (`set`, `info`, `delete`).
@@ -48,6 +50,19 @@ pub enum Command {
     Poll(Box<PollCommandArgs>),
     /// Print a new random secret token for `webhook set` and the ingress.
     Secret,
+}
+
+/// `provision` settings.
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    /// Change existing streams and consumers to these settings (replicas, limits, ack
+    /// wait, partition filters), and replace a lane consumer from before partitioned
+    /// consumption. Without it nothing that exists is changed; differences are printed.
+    #[arg(long)]
+    pub apply: bool,
+    /// Everything else, as for `run`.
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// `webhook` settings.
@@ -300,18 +315,44 @@ pub struct RunArgs {
     pub lane: String,
     /// Update kinds of this lane, comma separated (`message,edited_message`); `all`
     /// (the default) or an empty value takes every kind, including kinds this version does
-    /// not know.
+    /// not know. A kind this version does not know is refused as a likely typo unless
+    /// written `custom:<name>`.
     #[arg(long = "lane-kinds", env = "TGPIPE_LANE_KINDS", default_value = "all")]
     pub lane_kinds: String,
-    /// Handlers running at once in this pod.
+    /// Chats handled at once in this pod (one update of a chat at a time; chats take
+    /// turns, so a busy chat does not hold back the others).
     #[arg(long, env = "TGPIPE_CONCURRENCY", default_value_t = 64,
         value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub concurrency: u32,
-    /// Unacknowledged updates the lane's consumer allows across all its pods; 0 means
-    /// `concurrency` x 16 (room for 16 pods before the server holds deliveries back).
+    /// Updates held in this pod, queued or running; past it the pod stops pulling.
+    #[arg(long, env = "TGPIPE_MAX_HELD", default_value_t = 8192,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_held: u32,
+    /// Updates held for one chat; past it the pod stops pulling that chat's partition.
+    #[arg(long, env = "TGPIPE_MAX_HELD_PER_CHAT", default_value_t = 2048,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_held_per_chat: u32,
+    /// Unacknowledged updates one partition's consumer allows; 0 means `TGPIPE_MAX_HELD`.
     #[arg(long, env = "TGPIPE_MAX_ACK_PENDING", default_value_t = 0)]
     pub max_ack_pending: u32,
-    /// Deliveries of an update before it is dead-lettered.
+    /// Partitions of the lane: the units of ownership that are balanced over its pods
+    /// (shard `s` is in partition `s % partitions`). At most `TGPIPE_SHARDS` and 256;
+    /// more partitions than pods, so that added pods get some.
+    #[arg(long, env = "TGPIPE_PARTITIONS", default_value_t = 16,
+        value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub partitions: u16,
+    /// How long a pod that stopped heartbeating (killed, partitioned away) keeps its
+    /// partitions; after it they move to the live pods.
+    #[arg(long, env = "TGPIPE_LEASE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// The NATS KV bucket of lane members and partition leases.
+    #[arg(long, env = "TGPIPE_GROUP_BUCKET", default_value = super::group::DEFAULT_BUCKET)]
+    pub group_bucket: String,
+    /// This pod's name in its lane's group (a random suffix is added); the host name
+    /// (the pod's name in Kubernetes) by default.
+    #[arg(long, env = "TGPIPE_MEMBER")]
+    pub member: Option<String>,
+    /// Attempts at an update before it is dead-lettered.
     #[arg(long, env = "TGPIPE_MAX_DELIVER", default_value_t = 5,
         value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_deliver: u32,
@@ -366,11 +407,19 @@ impl RunArgs {
         } else {
             let mut kinds = Vec::new();
             for k in split_list(&self.lane_kinds) {
+                // A kind this version does not know is a typo unless marked as custom.
+                let (k, custom) = match k.strip_prefix("custom:") {
+                    Some(k) => (k.trim(), true),
+                    None => (k, false),
+                };
                 // Checked as given: `from_field` would make any string subject-safe.
                 if !tgpipe_shared::kind::is_subject_token(k) {
                     return Err(LaneError::BadKind(k.to_owned()));
                 }
                 let kind = UpdateKind::from_field(k);
+                if !custom && !kind.is_known() {
+                    return Err(LaneError::UnknownKind(k.to_owned()));
+                }
                 if !kinds.contains(&kind) {
                     kinds.push(kind);
                 }
@@ -383,12 +432,42 @@ impl RunArgs {
         Lane::new(&self.lane, kinds)
     }
 
-    /// `max_ack_pending` of the lane's consumer.
+    /// `max_ack_pending` of each partition's consumer.
     pub fn max_ack_pending(&self) -> i64 {
         if self.max_ack_pending == 0 {
-            i64::from(self.concurrency) * 16
+            i64::from(self.max_held)
         } else {
             i64::from(self.max_ack_pending)
+        }
+    }
+
+    /// How the lane's partition consumers are set up.
+    pub fn consumer_settings(&self) -> Result<super::lane::ConsumerSettings, String> {
+        if self.partitions > self.shards.get() {
+            return Err(format!(
+                "TGPIPE_PARTITIONS (--partitions) is {} but there are only {} shards (TGPIPE_SHARDS)",
+                self.partitions, self.shards
+            ));
+        }
+        if self.lease_ttl < Duration::from_secs(2) {
+            return Err("TGPIPE_LEASE_TTL (--lease-ttl) must be at least 2s".to_owned());
+        }
+        Ok(super::lane::ConsumerSettings {
+            shards: self.shards.get(),
+            partitions: self.partitions,
+            max_ack_pending: self.max_ack_pending(),
+            ack_wait: self.ack_wait,
+            pin_timeout: self.lease_ttl,
+        })
+    }
+
+    /// How the lane's pods share its partitions.
+    pub fn group_settings(&self) -> super::group::GroupSettings {
+        super::group::GroupSettings {
+            bucket: self.group_bucket.clone(),
+            lease_ttl: self.lease_ttl,
+            replicas: usize::from(self.stream.replicas),
+            partitions: self.partitions,
         }
     }
 }
@@ -479,8 +558,8 @@ mod tests {
             lane.kinds().unwrap(),
             [UpdateKind::PreCheckoutQuery, UpdateKind::ShippingQuery]
         );
-        // A kind this version does not know is still a lane kind: it is carried, not refused.
-        let lane = run_args(&["--lane-kinds", "hologram"])
+        // A kind this version does not know is a lane kind when marked as custom ...
+        let lane = run_args(&["--lane-kinds", "custom:hologram"])
             .unwrap()
             .lane()
             .unwrap();
@@ -495,6 +574,17 @@ mod tests {
             .lane()
             .unwrap_err();
         assert_eq!(e, LaneError::NoKinds);
+    }
+
+    #[test]
+    fn lane_kind_typo_is_refused() {
+        // ... and a typo otherwise.
+        let e = run_args(&["--lane-kinds", "message,bogus"])
+            .unwrap()
+            .lane()
+            .unwrap_err();
+        assert_eq!(e, LaneError::UnknownKind("bogus".into()));
+        assert!(e.to_string().contains("custom:bogus"), "{e}");
     }
 
     #[test]
@@ -553,8 +643,15 @@ mod tests {
         assert!(run_args(&["--concurrency", "0"]).is_err());
         assert!(run_args(&["--max-deliver", "0"]).is_err());
         assert!(run_args(&["--ack-wait", "soon"]).is_err());
-        let a = run_args(&["--concurrency", "10", "--shutdown-grace", "25s"]).unwrap();
-        assert_eq!(a.max_ack_pending(), 160);
+        let a = run_args(&["--max-held", "1000", "--shutdown-grace", "25s"]).unwrap();
+        assert_eq!(a.max_ack_pending(), 1000);
+        assert!(
+            run_args(&["--partitions", "65"])
+                .unwrap()
+                .consumer_settings()
+                .is_err()
+        );
+        assert!(run_args(&["--partitions", "0"]).is_err());
         assert_eq!(a.shutdown_grace, Duration::from_secs(25));
     }
 }

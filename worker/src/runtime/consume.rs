@@ -1,53 +1,72 @@
-//! The consuming loop: pull the lane's updates, run the dispatcher, acknowledge.
+//! The consuming loop: take a lane's partitions as the group assigns them, pull their
+//! updates, run the dispatcher, acknowledge.
 //!
-//! - **Backpressure**: a permit of `TGPIPE_CONCURRENCY` is taken before the next update is
-//!   pulled, so at most that many updates are in this pod (queued or running); nothing is
-//!   buffered without bound.
-//! - **Order**: updates of one ordering key (the chat, else the user) run one at a time, in
-//!   the order the stream delivered them; different keys run in parallel.
-//! - **Acknowledgement**: handled or unhandled -> ack; a transient failure -> nak with a
-//!   delay that doubles per delivery; a permanent failure, or a transient one at the last
-//!   allowed delivery -> the update goes to the dead-letter stream with `Tg-Error` and
-//!   `Tg-Deliveries`, then term. While a handler runs, in-progress acks keep the update
-//!   from being redelivered to another pod.
+//! - **Ownership**: a partition is consumed only while this pod holds its lease
+//!   ([`super::group`]); its consumer pins this pod's pull as the only one served. On
+//!   taking a partition the pod first replays the partition's unacknowledged window
+//!   (the stream's messages between the consumer's ack floor and its last delivery, in
+//!   stream order, read by sequence): what the previous owner had taken but not finished
+//!   runs before anything newer of the same chat. When the server redelivers those
+//!   messages later, they are acknowledged without running again.
+//! - **Order**: updates of one ordering key (the chat, else the user) run one at a time,
+//!   in stream order, on whichever pod owns their partition. A failing update is retried
+//!   in place with backoff: its chat waits, nothing overtakes it, other chats go on.
+//! - **No head-of-line blocking**: `TGPIPE_CONCURRENCY` is the number of chats running at
+//!   once; a run permit is taken per update and given back after it, fairly (FIFO), so a
+//!   chat with 1000 queued updates takes turns with the others. Memory is bounded: at most
+//!   `TGPIPE_MAX_HELD` updates per pod and `TGPIPE_MAX_HELD_PER_CHAT` per chat are held;
+//!   past them the pod stops pulling (the full chat's partition, or every partition).
+//!   Held updates that have not started get in-progress acks, so they keep their ack
+//!   deadline.
+//! - **Acknowledgement**: handled or unhandled -> ack; a permanent failure, or a transient
+//!   one after `TGPIPE_MAX_DELIVER` attempts -> the update goes to the dead-letter stream
+//!   with `Tg-Error` and `Tg-Deliveries`, then term.
 //! - **Duplicates** older than JetStream's dedupe window are skipped with the per-chat
-//!   memory of finished updates ([`super::seen`]).
+//!   memory of finished updates ([`super::seen`]), written under the partition's epoch.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, AckKind};
 use futures::{FutureExt, StreamExt};
 use tgpipe_shared::subject::{UpdateSubject, dlq_subject};
 use tgpipe_shared::{BotId, UpdateKind, extract_keys, headers};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::group::{Group, GroupEvent, Ownership};
+use super::lane::{PRIORITY_GROUP, Partition};
 use super::metrics;
 use super::seen::Seen;
 use crate::bot::Bot;
 use crate::dispatcher::Dispatcher;
 use crate::error::DispatchOutcome;
+use crate::fsm::OwnerFence;
 
 /// How updates are acknowledged and retried.
 #[derive(Debug, Clone)]
 pub struct AckSettings {
-    /// Deliveries of an update before it is dead-lettered.
+    /// Attempts at an update before it is dead-lettered.
     pub max_deliver: u32,
     /// The consumer's ack wait; in-progress acks are sent at a third of it.
     pub ack_wait: Duration,
-    /// First retry delay; doubles per delivery.
+    /// First retry delay; doubles per attempt.
     pub retry_delay: Duration,
     /// Longest retry delay.
     pub retry_max_delay: Duration,
 }
 
 impl AckSettings {
-    /// The nak delay after the `delivered`-th delivery failed.
+    /// The delay after the `delivered`-th attempt failed.
     pub fn retry_delay(&self, delivered: u32) -> Duration {
         let doublings = delivered.saturating_sub(1).min(20);
         self.retry_delay
@@ -56,54 +75,230 @@ impl AckSettings {
     }
 }
 
+/// How much a pod holds and runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Chats (ordering keys) running at once.
+    pub concurrency: usize,
+    /// Updates held (queued or running) in the pod.
+    pub max_held: usize,
+    /// Updates held for one chat.
+    pub max_held_per_chat: usize,
+}
+
 /// What the consuming loop needs.
 pub struct Consumer {
     pub(crate) dispatcher: Arc<Dispatcher>,
     pub(crate) bots: Arc<HashMap<BotId, Bot>>,
     pub(crate) js: jetstream::Context,
+    pub(crate) client: async_nats::Client,
     pub(crate) acks: AckSettings,
     pub(crate) seen: Option<Seen>,
     pub(crate) lane: String,
+    pub(crate) limits: Limits,
+    /// The partitions this pod consumes now (for the lag it reports).
+    pub(crate) owned: Arc<Mutex<std::collections::BTreeSet<u16>>>,
 }
 
 type OrderKey = (BotId, i64);
 
+/// Where a held update came from.
+// Nearly every update is `Delivered`, the large variant: boxing it would cost an
+// allocation per update to save bytes on the rare replayed one.
+#[allow(clippy::large_enum_variant)]
+enum Source {
+    /// Delivered by the partition's consumer: acknowledged through it.
+    Delivered(jetstream::Message),
+    /// Read by sequence from the stream while replaying a taken-over window; its
+    /// delivered copy (still pending at the consumer) is acknowledged when it arrives.
+    Replayed(StreamMessage),
+}
+
+impl Source {
+    fn payload(&self) -> &bytes::Bytes {
+        match self {
+            Source::Delivered(m) => &m.payload,
+            Source::Replayed(m) => &m.payload,
+        }
+    }
+
+    fn headers(&self) -> Option<&HeaderMap> {
+        match self {
+            Source::Delivered(m) => m.headers.as_ref(),
+            Source::Replayed(m) => Some(&m.headers),
+        }
+    }
+
+    fn subject(&self) -> &str {
+        match self {
+            Source::Delivered(m) => m.subject.as_str(),
+            Source::Replayed(m) => m.subject.as_str(),
+        }
+    }
+
+    /// Stream sequence and deliveries so far.
+    fn position(&self) -> (u64, u32) {
+        match self {
+            Source::Delivered(m) => match m.info() {
+                Ok(info) => (
+                    info.stream_sequence,
+                    u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                ),
+                Err(_) => (0, 1),
+            },
+            // At least one delivery went to the previous owner.
+            Source::Replayed(m) => (m.sequence, 2),
+        }
+    }
+}
+
+/// A partition this pod consumes, for as long as it owns it.
+struct Owned {
+    own: Arc<Ownership>,
+    fence: OwnerFence,
+    /// Updates of this partition held in the pod.
+    held: AtomicUsize,
+    idle: Notify,
+    /// The replayed window: sequence -> finished, and the delivered copy to acknowledge.
+    window: Mutex<HashMap<u64, WindowEntry>>,
+}
+
+#[derive(Default)]
+struct WindowEntry {
+    finished: Option<AckKind>,
+    copy: Option<jetstream::Message>,
+}
+
+/// What a delivered message is to the replayed window.
+enum Copy {
+    /// Not in the window: a new update.
+    New(jetstream::Message),
+    /// Its replayed twin finished: acknowledge it as this.
+    Finished(jetstream::Message, AckKind),
+    /// Its replayed twin is still to finish; kept to be acknowledged then.
+    Kept,
+}
+
+impl Owned {
+    fn stopped(&self) -> bool {
+        self.own.is_released()
+    }
+
+    fn claim_copy(&self, seq: u64, msg: jetstream::Message) -> Copy {
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = window.get_mut(&seq) else {
+            return Copy::New(msg);
+        };
+        match entry.finished {
+            Some(kind) => {
+                window.remove(&seq);
+                Copy::Finished(msg, kind)
+            }
+            None => {
+                entry.copy = Some(msg);
+                Copy::Kept
+            }
+        }
+    }
+}
+
+/// A held update.
 struct Job {
-    msg: jetstream::Message,
+    src: Source,
+    part: Arc<Owned>,
+    held_since: Instant,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if self.part.held.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.part.idle.notify_waiters();
+        }
+    }
+}
+
+struct ChatQueue {
+    jobs: VecDeque<Job>,
+    space: Arc<Notify>,
 }
 
 /// Per-key queues: a key present in the map has a task running its queue.
 #[derive(Default)]
 struct Scheduler {
-    queues: Mutex<HashMap<OrderKey, VecDeque<Job>>>,
+    queues: Mutex<HashMap<OrderKey, ChatQueue>>,
 }
 
 impl Scheduler {
-    /// Queues `job` behind its key's running updates; returns it back when none runs
-    /// (the caller then starts the key's task with it).
-    fn enqueue(&self, key: OrderKey, job: Job) -> Option<Job> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OrderKey, ChatQueue>> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `job` behind its key's updates; returns it back when the key has no task
+    /// (the caller then starts one with it), and the key's queue length and its notifier.
+    fn enqueue(&self, key: OrderKey, job: Job) -> (Option<Job>, usize, Arc<Notify>) {
+        let mut queues = self.lock();
         match queues.get_mut(&key) {
-            Some(queue) => {
-                queue.push_back(job);
-                None
+            Some(q) => {
+                q.jobs.push_back(job);
+                (None, q.jobs.len(), Arc::clone(&q.space))
             }
             None => {
-                queues.insert(key, VecDeque::new());
-                Some(job)
+                let space = Arc::new(Notify::new());
+                queues.insert(
+                    key,
+                    ChatQueue {
+                        jobs: VecDeque::new(),
+                        space: Arc::clone(&space),
+                    },
+                );
+                (Some(job), 0, space)
             }
         }
     }
 
+    fn queued(&self, key: OrderKey) -> usize {
+        self.lock().get(&key).map_or(0, |q| q.jobs.len())
+    }
+
     /// The key's next job, or `None` (and the key is released) when its queue is empty.
     fn next(&self, key: OrderKey) -> Option<Job> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        let next = queues.get_mut(&key).and_then(VecDeque::pop_front);
-        if next.is_none() {
-            queues.remove(&key);
+        let mut queues = self.lock();
+        let q = queues.get_mut(&key)?;
+        match q.jobs.pop_front() {
+            Some(job) => {
+                q.space.notify_waiters();
+                Some(job)
+            }
+            None => {
+                queues.remove(&key);
+                None
+            }
         }
-        next
+    }
+
+    /// The reply subjects of held delivered updates that have not started, the depth
+    /// of the deepest queue, the number of queued updates and the oldest one's age.
+    fn waiting(&self) -> (Vec<String>, usize, usize, Duration) {
+        let queues = self.lock();
+        let mut replies = Vec::new();
+        let (mut deepest, mut total) = (0, 0);
+        let mut oldest = Duration::ZERO;
+        for q in queues.values() {
+            deepest = deepest.max(q.jobs.len());
+            total += q.jobs.len();
+            if let Some(first) = q.jobs.front() {
+                oldest = oldest.max(first.held_since.elapsed());
+            }
+            for job in &q.jobs {
+                if let Source::Delivered(m) = &job.src
+                    && let Some(reply) = &m.reply
+                {
+                    replies.push(reply.to_string());
+                }
+            }
+        }
+        (replies, deepest, total, oldest)
     }
 }
 
@@ -122,8 +317,8 @@ fn header_i64(h: Option<&HeaderMap>, name: &str) -> Option<i64> {
 /// The update's id and its ordering key (chat, else user), from the headers the ingress
 /// wrote (`Nats-Msg-Id: <bot>:<update_id>`, `Tg-Chat-Id`, `Tg-User-Id`); from the body
 /// when they are missing (a message published by other means).
-fn update_keys(msg: &jetstream::Message) -> (Option<i64>, Option<i64>) {
-    let h = msg.headers.as_ref();
+fn update_keys(src: &Source) -> (Option<i64>, Option<i64>) {
+    let h = src.headers();
     let from_id = h
         .and_then(|h| h.get(headers::MSG_ID))
         .and_then(|v| v.as_str().split(':').nth(1)?.parse::<i64>().ok());
@@ -132,115 +327,383 @@ fn update_keys(msg: &jetstream::Message) -> (Option<i64>, Option<i64>) {
             Some(update_id),
             header_i64(h, headers::CHAT_ID).or_else(|| header_i64(h, headers::USER_ID)),
         ),
-        None => match extract_keys(&msg.payload) {
+        None => match extract_keys(src.payload()) {
             Ok(k) => (Some(k.update_id), k.chat_id.or(k.user_id)),
             Err(_) => (None, None),
         },
     }
 }
 
+fn order_key(src: &Source) -> Option<OrderKey> {
+    let h = src.headers();
+    let bot = match h.and_then(|h| h.get(headers::BOT_ID)) {
+        Some(v) => BotId::parse(v.as_str())?,
+        None => UpdateSubject::parse(src.subject()).ok()?.bot,
+    };
+    let id = match header_i64(h, headers::CHAT_ID).or_else(|| header_i64(h, headers::USER_ID)) {
+        Some(id) => id,
+        None => {
+            let k = extract_keys(src.payload()).ok()?;
+            k.chat_id.or(k.user_id)?
+        }
+    };
+    Some((bot, id))
+}
+
+/// The pod's shared consuming state.
+struct Pod {
+    me: Arc<Consumer>,
+    scheduler: Scheduler,
+    run: Arc<Semaphore>,
+    held: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
 impl Consumer {
-    /// Consumes until `shutdown` resolves, then stops pulling and gives in-flight updates
-    /// `grace` to finish. Updates still unfinished after it are left unacknowledged: the
-    /// server redelivers them after the ack wait, to this lane's other pods.
+    /// Consumes the partitions `group` assigns to this pod until `shutdown` resolves;
+    /// then leaves the group, hands every partition over (running updates get `grace` to
+    /// finish; held ones not started are returned to the stream) and returns.
     pub async fn run(
         self: Arc<Self>,
-        consumer: jetstream::consumer::PullConsumer,
-        concurrency: usize,
+        stream: Stream,
+        consumers: Vec<PullConsumer>,
+        group: Group,
         grace: Duration,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ConsumeError> {
-        let permits = Arc::new(Semaphore::new(concurrency));
-        let scheduler = Arc::new(Scheduler::default());
-        let tracker = TaskTracker::new();
-        let mut messages = consumer
-            .stream()
-            // A batch at most as large as the pod's concurrency: everything pulled can run
-            // soon, so nothing waits long enough in the pod to hit its ack wait.
-            .max_messages_per_batch(concurrency.clamp(1, 1000))
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| ConsumeError::Stream(e.to_string()))?;
+        let limits = self.limits;
+        let pod = Arc::new(Pod {
+            me: Arc::clone(&self),
+            scheduler: Scheduler::default(),
+            run: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            held: Arc::new(Semaphore::new(limits.max_held.max(1))),
+            tracker: TaskTracker::new(),
+        });
+        let stop = CancellationToken::new();
+        let (tx, mut events) = tokio::sync::mpsc::channel(64);
+        let group_task = tokio::spawn(group.run(tx, stop.clone(), grace));
+        let keepalive = tokio::spawn(Arc::clone(&pod).keep_held_alive());
+        let mut partitions: HashMap<Partition, tokio::task::JoinHandle<()>> = HashMap::new();
         tokio::pin!(shutdown);
-        let result = loop {
-            let permit = tokio::select! {
+        let mut shutting_down = false;
+        loop {
+            let event = tokio::select! {
                 biased;
-                () = &mut shutdown => break Ok(()),
-                p = Arc::clone(&permits).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break Ok(()),
-                },
-            };
-            let msg = tokio::select! {
-                biased;
-                () = &mut shutdown => break Ok(()),
-                m = messages.next() => m,
-            };
-            let msg = match msg {
-                Some(Ok(msg)) => msg,
-                Some(Err(e)) => {
-                    // Missed heartbeats and similar: the stream recovers by itself.
-                    tracing::warn!(error = %e, "pulling updates");
+                () = &mut shutdown, if !shutting_down => {
+                    tracing::info!("leaving the group; handing partitions over");
+                    shutting_down = true;
+                    stop.cancel();
                     continue;
                 }
-                None => break Err(ConsumeError::Stream("ended".into())),
+                e = events.recv() => e,
             };
-            let job = Job {
-                msg,
-                _permit: permit,
-            };
-            match self.order_key(&job.msg) {
-                Some(key) => {
-                    if let Some(job) = scheduler.enqueue(key, job) {
-                        let me = Arc::clone(&self);
-                        let scheduler = Arc::clone(&scheduler);
-                        tracker.spawn(async move {
-                            let mut job = Some(job);
-                            while let Some(j) = job {
-                                me.process(j.msg).await;
-                                job = scheduler.next(key);
-                            }
-                        });
-                    }
+            match event {
+                Some(GroupEvent::Acquired(own)) => {
+                    let p = own.partition;
+                    let Some(consumer) = consumers.get(usize::from(p.0)).cloned() else {
+                        continue;
+                    };
+                    // A previous run of the same partition (lost, then won back) ends first.
+                    let previous = partitions.remove(&p);
+                    let task = tokio::spawn(Arc::clone(&pod).consume_partition(
+                        own,
+                        consumer,
+                        stream.clone(),
+                        grace,
+                        previous,
+                    ));
+                    partitions.insert(p, task);
                 }
-                None => {
-                    let me = Arc::clone(&self);
-                    tracker.spawn(async move { me.process(job.msg).await });
+                Some(GroupEvent::Release(own, done)) => {
+                    let task = partitions.remove(&own.partition);
+                    tokio::spawn(async move {
+                        if let Some(task) = task {
+                            let _ = task.await;
+                        }
+                        done.done();
+                    });
                 }
+                None => break,
             }
-        };
-        drop(messages);
-        tracker.close();
-        tracing::info!(in_flight = tracker.len(), "draining");
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        }
+        let _ = group_task.await;
+        for (_, task) in partitions.drain() {
+            let _ = tokio::time::timeout(grace, task).await;
+        }
+        keepalive.abort();
+        pod.tracker.close();
+        if tokio::time::timeout(grace, pod.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
-                unfinished = tracker.len(),
+                unfinished = pod.tracker.len(),
                 "shutdown grace ran out; unfinished updates will be redelivered"
             );
         }
-        result
+        Ok(())
+    }
+}
+
+impl Pod {
+    /// Sends in-progress acks for held updates that have not started, every third of the
+    /// ack wait, so that waiting in this pod never makes the server redeliver them.
+    async fn keep_held_alive(self: Arc<Self>) {
+        let every = (self.me.acks.ack_wait / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let (replies, deepest, total, oldest) = self.scheduler.waiting();
+            metrics::queues(&self.me.lane, total, deepest, oldest);
+            for reply in replies {
+                if let Err(e) = self.me.client.publish(reply, "+WPI".into()).await {
+                    tracing::debug!(error = %e, "in-progress ack of a held update");
+                }
+            }
+        }
     }
 
-    fn order_key(&self, msg: &jetstream::Message) -> Option<OrderKey> {
-        let h = msg.headers.as_ref();
-        let bot = BotId::parse(h?.get(headers::BOT_ID)?.as_str())?;
-        let id = header_i64(h, headers::CHAT_ID).or_else(|| header_i64(h, headers::USER_ID))?;
-        Some((bot, id))
-    }
-
-    /// Handles one update and acknowledges it; never fails (every failure ends in a nak,
-    /// a dead letter, or, when even those fail, redelivery after the ack wait).
-    async fn process(&self, msg: jetstream::Message) {
-        let (stream_seq, delivered) = match msg.info() {
-            Ok(info) => (
-                info.stream_sequence,
-                u32::try_from(info.delivered).unwrap_or(u32::MAX),
-            ),
-            Err(_) => (0, 1),
+    /// Consumes one owned partition until it is released or lost.
+    async fn consume_partition(
+        self: Arc<Self>,
+        own: Arc<Ownership>,
+        mut consumer: PullConsumer,
+        stream: Stream,
+        grace: Duration,
+        previous: Option<tokio::task::JoinHandle<()>>,
+    ) {
+        if let Some(previous) = previous {
+            let _ = previous.await;
+        }
+        let started = Instant::now();
+        let p = own.partition;
+        let part = Arc::new(Owned {
+            fence: OwnerFence::new(&self.me.lane, p.0, own.epoch),
+            own,
+            held: AtomicUsize::new(0),
+            idle: Notify::new(),
+            window: Mutex::new(HashMap::new()),
+        });
+        let name = consumer.cached_info().name.clone();
+        // The previous owner's pin goes: from now on only this pod's pull is served.
+        if let Err(e) = stream.unpin_consumer(&name, PRIORITY_GROUP).await {
+            tracing::debug!(error = %e, partition = %p, "unpin (nothing pinned)");
+        }
+        self.me
+            .owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(p.0);
+        let replayed = self.replay_window(&part, &mut consumer, &stream).await;
+        tracing::info!(partition = %p, epoch = part.own.epoch, replayed, took = ?started.elapsed(), "partition taken");
+        metrics::rebalance(&self.me.lane);
+        let expires = (consumer.cached_info().config.priority_timeout / 2)
+            .clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let messages = consumer
+            .stream()
+            .group(PRIORITY_GROUP)
+            .max_messages_per_batch(self.me.limits.concurrency.clamp(1, 1000))
+            .expires(expires)
+            .heartbeat(expires / 3)
+            .messages()
+            .await;
+        match messages {
+            Ok(mut messages) => loop {
+                let permit = tokio::select! {
+                    biased;
+                    () = part.own.released() => break,
+                    p = Arc::clone(&self.held).acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let msg = tokio::select! {
+                    biased;
+                    () = part.own.released() => break,
+                    m = messages.next() => m,
+                };
+                let msg = match msg {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => {
+                        // Missed heartbeats, a pin that moved and the like: the pull
+                        // stream recovers by itself.
+                        tracing::debug!(error = %e, partition = %p, "pulling updates");
+                        continue;
+                    }
+                    None => {
+                        tracing::warn!(partition = %p, "pull stream ended");
+                        break;
+                    }
+                };
+                // The delivered copy of a replayed update: acknowledge, never run twice.
+                let msg = match msg.info().map(|i| i.stream_sequence) {
+                    Ok(seq) => match part.claim_copy(seq, msg) {
+                        Copy::Finished(msg, kind) => {
+                            ack(&msg, kind).await;
+                            continue;
+                        }
+                        Copy::Kept => continue,
+                        Copy::New(msg) => msg,
+                    },
+                    Err(_) => msg,
+                };
+                self.hold(&part, Source::Delivered(msg), permit).await;
+            },
+            Err(e) => tracing::warn!(error = %e, partition = %p, "cannot pull the partition"),
+        }
+        // Stop: running updates finish, held ones return to the stream as their chat
+        // tasks reach them (they see the partition stopped).
+        let wait = async {
+            loop {
+                let idle = part.idle.notified();
+                if part.held.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                idle.await;
+            }
         };
-        let subject = UpdateSubject::parse(&msg.subject);
+        if tokio::time::timeout(grace, wait).await.is_err() {
+            tracing::warn!(partition = %p, "partition's updates did not finish within the grace");
+        }
+        if !part.own.is_lost()
+            && let Err(e) = stream.unpin_consumer(&name, PRIORITY_GROUP).await
+        {
+            tracing::debug!(error = %e, partition = %p, "unpin at release");
+        }
+        self.me
+            .owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&p.0);
+        tracing::info!(partition = %p, lost = part.own.is_lost(), "partition stopped");
+    }
+
+    /// Reads the partition's unacknowledged window (between the consumer's ack floor and
+    /// its last delivery) by sequence and holds it, in stream order, before anything new.
+    async fn replay_window(
+        self: &Arc<Self>,
+        part: &Arc<Owned>,
+        consumer: &mut PullConsumer,
+        stream: &Stream,
+    ) -> usize {
+        let info = match consumer.info().await {
+            Ok(info) => info.clone(),
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer info for the takeover window");
+                return 0;
+            }
+        };
+        let floor = info.ack_floor.stream_sequence;
+        let top = info.delivered.stream_sequence;
+        if top <= floor || info.num_ack_pending == 0 {
+            return 0;
+        }
+        let mut found: BTreeMap<u64, StreamMessage> = BTreeMap::new();
+        for subject in &info.config.filter_subjects {
+            let mut seq = floor + 1;
+            while seq <= top {
+                let got = stream
+                    .raw_message_builder()
+                    .sequence(seq)
+                    .next_by_subject(subject.clone())
+                    .send()
+                    .await;
+                match got {
+                    Ok(m) if m.sequence <= top => {
+                        seq = m.sequence + 1;
+                        found.insert(m.sequence, m);
+                    }
+                    Ok(_) => break,
+                    Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the takeover window; the rest comes by redelivery");
+                        break;
+                    }
+                }
+            }
+        }
+        let n = found.len();
+        {
+            let mut window = part.window.lock().unwrap_or_else(|p| p.into_inner());
+            for seq in found.keys() {
+                window.insert(*seq, WindowEntry::default());
+            }
+        }
+        for (_, m) in found {
+            let Ok(permit) = Arc::clone(&self.held).acquire_owned().await else {
+                break;
+            };
+            self.hold(part, Source::Replayed(m), permit).await;
+        }
+        n
+    }
+
+    /// Takes a pulled update into its chat's queue (starting the chat's task when it has
+    /// none); waits while that chat holds its cap.
+    async fn hold(self: &Arc<Self>, part: &Arc<Owned>, src: Source, permit: OwnedSemaphorePermit) {
+        part.held.fetch_add(1, Ordering::AcqRel);
+        let key = order_key(&src);
+        let job = Job {
+            src,
+            part: Arc::clone(part),
+            held_since: Instant::now(),
+            _permit: permit,
+        };
+        let Some(key) = key else {
+            let pod = Arc::clone(self);
+            self.tracker.spawn(async move {
+                let Ok(_run) = Arc::clone(&pod.run).acquire_owned().await else {
+                    return;
+                };
+                pod.process(job).await;
+            });
+            return;
+        };
+        let (start, len, space) = self.scheduler.enqueue(key, job);
+        if let Some(job) = start {
+            let pod = Arc::clone(self);
+            self.tracker
+                .spawn(async move { pod.run_chat(key, job).await });
+        }
+        let cap = self.me.limits.max_held_per_chat.max(1);
+        if len >= cap {
+            // Back-pressure on this partition until the chat's queue has room.
+            loop {
+                let more = space.notified();
+                if self.scheduler.queued(key) < cap || part.stopped() {
+                    break;
+                }
+                more.await;
+            }
+        }
+    }
+
+    /// Runs a chat's queue, one update at a time, taking a run permit per update.
+    async fn run_chat(self: Arc<Self>, key: OrderKey, first: Job) {
+        let mut job = first;
+        loop {
+            let Ok(run) = Arc::clone(&self.run).acquire_owned().await else {
+                return;
+            };
+            self.process(job).await;
+            drop(run);
+            match self.scheduler.next(key) {
+                Some(next) => job = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Handles one held update to its end: acknowledged, dead-lettered, or (when its
+    /// partition stopped first) returned to the stream for the next owner.
+    async fn process(&self, job: Job) {
+        let part = Arc::clone(&job.part);
+        if part.stopped() {
+            self.give_back(&job).await;
+            return;
+        }
+        let me = &self.me;
+        let (stream_seq, mut delivered) = job.src.position();
+        let subject = UpdateSubject::parse(job.src.subject());
         let (bot_id, kind) = match &subject {
             Ok(s) => (s.bot, s.kind.clone()),
             Err(_) => (
@@ -250,17 +713,18 @@ impl Consumer {
         };
         let label = metrics::kind_label(&kind);
         metrics::consumed(label, delivered > 1);
-        let (update_id, chat) = update_keys(&msg);
+        let (update_id, chat) = update_keys(&job.src);
         let span = tracing::info_span!(
             "update",
             bot = %bot_id,
             kind = %kind.as_str(),
             update_id,
             delivered,
-            lane = %self.lane,
+            lane = %me.lane,
+            partition = %part.own.partition,
         );
         // Extracting the trace context costs a header scan; skip it when nothing records.
-        if let Some(h) = &msg.headers
+        if let Some(h) = job.src.headers()
             && !span.is_disabled()
         {
             tgpipe_shared::telemetry::continue_from(h, &span);
@@ -270,35 +734,66 @@ impl Consumer {
             if let Err(e) = &subject {
                 return Action::DeadLetter(format!("not an update subject: {e}"));
             }
-            let Some(bot) = self.bots.get(&bot_id) else {
+            let Some(bot) = me.bots.get(&bot_id) else {
                 return Action::DeadLetter(format!(
                     "no token for bot {bot_id} in TGPIPE_BOT_TOKENS"
                 ));
             };
-            if let (Some(seen), Some((chat, update_id))) = (&self.seen, chat) {
+            if let (Some(seen), Some((chat, update_id))) = (&me.seen, chat) {
                 match seen.contains(bot_id, chat, update_id).await {
                     Ok(true) => return Action::Duplicate,
                     Ok(false) => {}
-                    Err(e) => return self.failed(true, format!("redis: {e}"), delivered),
+                    Err(e) => {
+                        // Fails open: a lost memory only weakens duplicate detection.
+                        tracing::warn!(error = %e, "cannot read the memory of finished updates");
+                        metrics::seen_unavailable();
+                    }
                 }
             }
-            let started = Instant::now();
-            // A panicking handler fails this update, not the pod.
-            let dispatch =
-                std::panic::AssertUnwindSafe(self.dispatcher.feed_raw(bot, msg.payload.clone()))
-                    .catch_unwind();
-            let outcome = self.keep_in_progress(&msg, dispatch).await;
-            metrics::handler_time(label, started.elapsed());
-            match outcome {
-                Ok(DispatchOutcome::Handled) => Action::Ack("handled"),
-                Ok(DispatchOutcome::Unhandled) => Action::Ack("unhandled"),
-                Ok(DispatchOutcome::Failed(e)) => {
-                    self.failed(e.is_transient(), e.to_string(), delivered)
+            loop {
+                let started = Instant::now();
+                // A panicking handler fails this update, not the pod.
+                let dispatch = std::panic::AssertUnwindSafe(crate::fsm::with_owner_fence(
+                    part.fence.clone(),
+                    me.dispatcher.feed_raw(bot, job.src.payload().clone()),
+                ))
+                .catch_unwind();
+                let outcome = self.keep_in_progress(&job.src, dispatch).await;
+                metrics::handler_time(label, started.elapsed());
+                let action = match outcome {
+                    Ok(DispatchOutcome::Handled) => Action::Ack("handled"),
+                    Ok(DispatchOutcome::Unhandled) => Action::Ack("unhandled"),
+                    Ok(DispatchOutcome::Failed(e)) if e.is_transient() => {
+                        Action::Retry(e.to_string())
+                    }
+                    Ok(DispatchOutcome::Failed(e)) => Action::DeadLetter(e.to_string()),
+                    Err(panic) => Action::DeadLetter(format!(
+                        "handler panicked: {}",
+                        panic_message(panic.as_ref())
+                    )),
+                };
+                let Action::Retry(error) = action else {
+                    return action;
+                };
+                if delivered >= me.acks.max_deliver {
+                    return Action::DeadLetter(format!(
+                        "{error} (still failing after {delivered} attempts)"
+                    ));
                 }
-                Err(panic) => Action::DeadLetter(format!(
-                    "handler panicked: {}",
-                    panic_message(panic.as_ref())
-                )),
+                // Retried in place: the chat waits, nothing of it overtakes this update.
+                let delay = me.acks.retry_delay(delivered);
+                tracing::warn!(%error, ?delay, "failed transiently; will retry");
+                metrics::outcome(label, "retried");
+                let wait = self.keep_in_progress(&job.src, async {
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => false,
+                        () = part.own.released() => true,
+                    }
+                });
+                if wait.await {
+                    return Action::GiveBack;
+                }
+                delivered += 1;
             }
         }
         .instrument(span.clone())
@@ -306,7 +801,7 @@ impl Consumer {
         // Instrumented, never entered: a span guard held across an await would leak into
         // whatever else runs on this thread meanwhile.
         self.settle(
-            &msg,
+            &job,
             action,
             Settle {
                 bot_id,
@@ -321,8 +816,66 @@ impl Consumer {
         .await;
     }
 
-    /// Acknowledges, retries or dead-letters the update as the dispatch decided.
-    async fn settle(&self, msg: &jetstream::Message, action: Action, at: Settle<'_>) {
+    /// Returns a held update of a stopped partition: a delivered one is nak'ed so the
+    /// next owner gets it at once (it is in its takeover window too); a replayed one is
+    /// still pending at the consumer, so there is nothing to do.
+    async fn give_back(&self, job: &Job) {
+        if let Source::Delivered(m) = &job.src
+            && !job.part.own.is_lost()
+        {
+            ack(m, AckKind::Nak(None)).await;
+        }
+    }
+
+    /// Runs `work`, sending in-progress acks every third of the ack wait while it runs.
+    /// Most handlers finish long before the first one is due, so this costs them a timer
+    /// and no task.
+    async fn keep_in_progress<T>(&self, src: &Source, work: impl Future<Output = T>) -> T {
+        let every = (self.me.acks.ack_wait / 3).max(Duration::from_millis(100));
+        tokio::pin!(work);
+        loop {
+            match tokio::time::timeout(every, &mut work).await {
+                Ok(done) => return done,
+                Err(_) => {
+                    if let Source::Delivered(m) = src
+                        && let Err(e) = m.ack_with(AckKind::Progress).await
+                    {
+                        tracing::debug!(error = %e, "in-progress ack");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Acknowledges the update as `kind`: through the consumer when it was delivered;
+    /// for a replayed one, its delivered copy now or when it arrives.
+    async fn finish(&self, job: &Job, kind: AckKind) {
+        match &job.src {
+            Source::Delivered(m) => ack(m, kind).await,
+            Source::Replayed(m) => {
+                let copy = {
+                    let mut window = job.part.window.lock().unwrap_or_else(|p| p.into_inner());
+                    let entry = window.entry(m.sequence).or_default();
+                    match entry.copy.take() {
+                        Some(copy) => {
+                            window.remove(&m.sequence);
+                            Some(copy)
+                        }
+                        None => {
+                            entry.finished = Some(kind);
+                            None
+                        }
+                    }
+                };
+                if let Some(copy) = copy {
+                    ack(&copy, kind).await;
+                }
+            }
+        }
+    }
+
+    /// Acknowledges or dead-letters the update as the dispatch decided.
+    async fn settle(&self, job: &Job, action: Action, at: Settle<'_>) {
         let Settle {
             bot_id,
             kind,
@@ -333,78 +886,65 @@ impl Consumer {
         } = at;
         match action {
             Action::Ack(outcome) => {
-                if let (Some(seen), Some((chat, update_id))) = (&self.seen, chat)
-                    && let Err(e) = seen.insert(bot_id, chat, update_id).await
-                {
-                    // The update is done; a lost memory only weakens duplicate detection.
-                    tracing::warn!(error = %e, "cannot remember the finished update");
+                if let (Some(seen), Some((chat, update_id))) = (&self.me.seen, chat) {
+                    match seen
+                        .insert(bot_id, chat, update_id, Some(&job.part.fence))
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(
+                            "the partition has a newer owner; its memory of finished updates wins"
+                        ),
+                        // The update is done; a lost memory only weakens duplicate detection.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot remember the finished update");
+                            metrics::seen_unavailable();
+                        }
+                    }
                 }
                 metrics::outcome(label, outcome);
-                ack(msg, AckKind::Ack).await;
+                self.finish(job, AckKind::Ack).await;
             }
             Action::Duplicate => {
                 tracing::info!(
                     "skipped: finished before (a duplicate older than the dedupe window)"
                 );
                 metrics::outcome(label, "duplicate");
-                ack(msg, AckKind::Ack).await;
+                self.finish(job, AckKind::Ack).await;
             }
-            Action::Retry(error) => {
-                let delay = self.acks.retry_delay(delivered);
-                tracing::warn!(%error, ?delay, "failed transiently; will retry");
-                metrics::outcome(label, "retried");
-                ack(msg, AckKind::Nak(Some(delay))).await;
-            }
+            Action::GiveBack | Action::Retry(_) => self.give_back(job).await,
             Action::DeadLetter(error) => {
-                match self
-                    .dead_letter(msg, bot_id, kind, stream_seq, delivered, &error)
-                    .await
-                {
-                    Ok(()) => {
-                        tracing::error!(%error, "dead-lettered");
-                        metrics::outcome(label, "dead_lettered");
-                        metrics::dead_letter(label);
-                        ack(msg, AckKind::Term).await;
-                    }
-                    Err(e) => {
-                        let delay = self.acks.retry_delay(delivered);
-                        tracing::error!(%error, dlq_error = %e, "cannot dead-letter; will retry");
-                        metrics::outcome(label, "retried");
-                        ack(msg, AckKind::Nak(Some(delay))).await;
-                    }
-                }
-            }
-        }
-    }
-
-    fn failed(&self, transient: bool, error: String, delivered: u32) -> Action {
-        if transient && delivered < self.acks.max_deliver {
-            Action::Retry(error)
-        } else if transient {
-            Action::DeadLetter(format!(
-                "{error} (still failing after {delivered} deliveries)"
-            ))
-        } else {
-            Action::DeadLetter(error)
-        }
-    }
-
-    /// Runs `work`, sending in-progress acks every third of the ack wait while it runs.
-    /// Most handlers finish long before the first one is due, so this costs them a timer
-    /// and no task.
-    async fn keep_in_progress<T>(
-        &self,
-        msg: &jetstream::Message,
-        work: impl Future<Output = T>,
-    ) -> T {
-        let every = (self.acks.ack_wait / 3).max(Duration::from_millis(100));
-        tokio::pin!(work);
-        loop {
-            match tokio::time::timeout(every, &mut work).await {
-                Ok(done) => return done,
-                Err(_) => {
-                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                        tracing::debug!(error = %e, "in-progress ack");
+                let mut attempt = 1;
+                loop {
+                    match self
+                        .dead_letter(&job.src, bot_id, kind, stream_seq, delivered, &error)
+                        .await
+                    {
+                        Ok(()) => {
+                            tracing::error!(%error, "dead-lettered");
+                            metrics::outcome(label, "dead_lettered");
+                            metrics::dead_letter(label);
+                            self.finish(job, AckKind::Term).await;
+                            return;
+                        }
+                        Err(e) => {
+                            // Retried in place, like a failing handler: the chat waits.
+                            let delay = self.me.acks.retry_delay(attempt);
+                            tracing::error!(%error, dlq_error = %e, ?delay, "cannot dead-letter; will retry");
+                            let stopped = self
+                                .keep_in_progress(&job.src, async {
+                                    tokio::select! {
+                                        () = tokio::time::sleep(delay) => false,
+                                        () = job.part.own.released() => true,
+                                    }
+                                })
+                                .await;
+                            if stopped {
+                                self.give_back(job).await;
+                                return;
+                            }
+                            attempt += 1;
+                        }
                     }
                 }
             }
@@ -413,29 +953,28 @@ impl Consumer {
 
     async fn dead_letter(
         &self,
-        msg: &jetstream::Message,
+        src: &Source,
         bot: BotId,
         kind: &UpdateKind,
         stream_seq: u64,
         delivered: u32,
         error: &str,
     ) -> Result<(), String> {
-        let mut h = msg.headers.clone().unwrap_or_default();
+        let mut h = src.headers().cloned().unwrap_or_default();
         let original_id = h
             .get(headers::MSG_ID)
             .map(|v| v.as_str().to_owned())
             .unwrap_or_else(|| format!("{bot}:seq{stream_seq}"));
-        // A distinct id per dead-lettering: an update replayed and failing again within the
-        // DLQ's dedupe window must not be dropped as a duplicate.
-        h.insert(
-            headers::MSG_ID,
-            format!("{original_id}:dlq:{stream_seq}:{delivered}"),
-        );
+        // One id per stream message: a dead-lettering retried after a lost PubAck, or by
+        // a new owner, collapses in the DLQ's dedupe window; an update replayed from the
+        // DLQ has a new stream sequence, so failing again makes a new letter.
+        h.insert(headers::MSG_ID, format!("{original_id}:dlq:{stream_seq}"));
         h.insert(headers::ERROR, header_safe(error));
         h.insert(headers::DELIVERIES, delivered.to_string());
         let ack = self
+            .me
             .js
-            .publish_with_headers(dlq_subject(bot, kind), h, msg.payload.clone())
+            .publish_with_headers(dlq_subject(bot, kind), h, src.payload().clone())
             .await
             .map_err(|e| e.to_string())?;
         tokio::time::timeout(Duration::from_secs(10), ack)
@@ -460,6 +999,8 @@ enum Action {
     Ack(&'static str),
     Duplicate,
     Retry(String),
+    /// The partition stopped while the update waited to be retried.
+    GiveBack,
     DeadLetter(String),
 }
 

@@ -1,11 +1,14 @@
 //! Lanes: a lane is a set of update kinds with its own deployment, replicas and
-//! concurrency (messages, callbacks and payments scale apart). Each lane has one durable
-//! pull consumer on the update stream, shared by the lane's pods; lanes must not overlap,
-//! or an update would be handled twice (on a work-queue stream the server refuses it too).
+//! concurrency (messages, callbacks and payments scale apart). A lane's subjects are split
+//! into *partitions* by shard (shard `s` belongs to partition `s % partitions`); each
+//! partition has its own durable pull consumer, `tgpipe-lane-<lane>-p<NNN>`, with a
+//! pinned-client priority group, so that exactly one pod at a time receives a partition's
+//! updates (see [`super::group`]). Lanes must not overlap, or an update would be handled
+//! twice (on a work-queue stream the server refuses it too).
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PriorityPolicy, pull};
 use async_nats::jetstream::stream::Stream;
 use futures::TryStreamExt;
 use tgpipe_shared::UpdateKind;
@@ -13,6 +16,38 @@ use tgpipe_shared::subject::{SUBJECT_PREFIX, kind_filter};
 
 /// The prefix of every lane consumer's name; consumers without it are not ours.
 pub const CONSUMER_PREFIX: &str = "tgpipe-lane-";
+
+/// The priority group every partition consumer pins one client in.
+pub const PRIORITY_GROUP: &str = "owner";
+
+/// The most partitions a lane may have (three digits in the consumer's name).
+pub const MAX_PARTITIONS: u16 = 256;
+
+/// A lane's partition: an index below the lane's partition count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Partition(pub u16);
+
+impl std::fmt::Display for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "p{:03}", self.0)
+    }
+}
+
+/// How a lane's consumers are set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerSettings {
+    /// Shards of the update subjects (`TGPIPE_SHARDS`).
+    pub shards: u16,
+    /// Partitions of the lane (`TGPIPE_PARTITIONS`), at most `shards`.
+    pub partitions: u16,
+    /// Unacknowledged updates a partition consumer allows.
+    pub max_ack_pending: i64,
+    /// The server's ack wait.
+    pub ack_wait: Duration,
+    /// How long the server keeps a silent client pinned (a backstop: a new owner unpins
+    /// the old one as soon as it holds the partition's lease).
+    pub pin_timeout: Duration,
+}
 
 /// A lane: a name and the update kinds it takes (`None`: every kind).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +65,11 @@ pub enum LaneError {
     /// A kind is not a subject token.
     #[error("`{0}` in TGPIPE_LANE_KINDS is not an update kind (a field name such as `message`)")]
     BadKind(String),
+    /// A kind this version does not know, not marked as custom.
+    #[error(
+        "`{0}` in TGPIPE_LANE_KINDS (--lane-kinds) is not an update kind of the Bot API; a kind this version does not know is written `custom:{0}`"
+    )]
+    UnknownKind(String),
     /// `TGPIPE_LANE_KINDS` lists nothing.
     #[error("TGPIPE_LANE_KINDS lists no kind (use `all` for every kind)")]
     NoKinds,
@@ -77,12 +117,19 @@ impl Lane {
         self.kinds.as_deref()
     }
 
-    /// The durable consumer's name.
-    pub fn consumer_name(&self) -> String {
+    /// The name of the single consumer that lanes had before partitions (removed by
+    /// `provision --apply`).
+    pub fn legacy_consumer_name(&self) -> String {
         format!("{CONSUMER_PREFIX}{}", self.name)
     }
 
-    /// The consumer's filter subjects.
+    /// The durable consumer of one partition. The fixed-width suffix keeps names of
+    /// different lanes apart (`a-p001`'s partitions never share a name with `a`'s).
+    pub fn consumer_name(&self, partition: Partition) -> String {
+        format!("{CONSUMER_PREFIX}{}-{partition}", self.name)
+    }
+
+    /// The lane's subjects, every partition together.
     pub fn filter_subjects(&self) -> Vec<String> {
         match &self.kinds {
             None => vec![format!("{SUBJECT_PREFIX}.>")],
@@ -90,21 +137,65 @@ impl Lane {
         }
     }
 
-    /// The consumer's configuration.
-    pub fn consumer_config(&self, max_ack_pending: i64, ack_wait: Duration) -> pull::Config {
-        let name = self.consumer_name();
+    /// The subjects of one partition: every shard `s` with `s % partitions == p`, for each
+    /// of the lane's kinds (`*` for a lane of every kind).
+    pub fn partition_subjects(
+        &self,
+        partition: Partition,
+        settings: &ConsumerSettings,
+    ) -> Vec<String> {
+        let kinds: Vec<&str> = match &self.kinds {
+            None => vec!["*"],
+            Some(kinds) => kinds.iter().map(UpdateKind::as_str).collect(),
+        };
+        let mut subjects = Vec::new();
+        for shard in (partition.0..settings.shards).step_by(usize::from(settings.partitions.max(1)))
+        {
+            for kind in &kinds {
+                subjects.push(format!("{SUBJECT_PREFIX}.*.{kind}.{shard}"));
+            }
+        }
+        subjects
+    }
+
+    /// Whether an update of `kind` belongs to this lane.
+    pub fn takes(&self, kind: &UpdateKind) -> bool {
+        self.kinds.as_ref().is_none_or(|k| k.contains(kind))
+    }
+
+    /// The configuration of one partition's consumer.
+    pub fn consumer_config(
+        &self,
+        partition: Partition,
+        settings: &ConsumerSettings,
+    ) -> pull::Config {
+        let name = self.consumer_name(partition);
         pull::Config {
             durable_name: Some(name.clone()),
             name: Some(name),
-            description: Some(format!("tgpipe lane `{}`", self.name)),
-            filter_subjects: self.filter_subjects(),
+            description: Some(format!(
+                "tgpipe lane `{}`, partition {} of {}",
+                self.name, partition.0, settings.partitions
+            )),
+            filter_subjects: self.partition_subjects(partition, settings),
             ack_policy: AckPolicy::Explicit,
             deliver_policy: DeliverPolicy::All,
-            ack_wait,
+            ack_wait: settings.ack_wait,
             // Unlimited: the runtime dead-letters after TGPIPE_MAX_DELIVER itself. A server
             // limit would strand an update whose last delivery died with its pod.
             max_deliver: -1,
-            max_ack_pending,
+            max_ack_pending: settings.max_ack_pending,
+            // One client at a time receives the partition: the owner. A zombie that lost
+            // its lease but still pulls gets nothing once the new owner is pinned.
+            priority_policy: PriorityPolicy::PinnedClient,
+            priority_groups: vec![PRIORITY_GROUP.to_owned()],
+            priority_timeout: settings.pin_timeout,
+            metadata: [
+                ("tgpipe.lane".to_owned(), self.name.clone()),
+                ("tgpipe.partition".to_owned(), partition.0.to_string()),
+            ]
+            .into_iter()
+            .collect(),
             ..Default::default()
         }
     }
@@ -132,50 +223,176 @@ impl Lane {
     }
 }
 
-/// Why the lane's consumer could not be set up.
+/// Why the lane's consumers could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerSetupError {
     /// Another lane overlaps.
     #[error(transparent)]
     Lane(#[from] LaneError),
+    /// The lane's consumer from before partitions still exists.
+    #[error(
+        "consumer `{0}` (one consumer for the whole lane, from before partitioned consumption) still exists; run `provision --apply` once to replace it with the lane's partition consumers (its unacknowledged updates stay in the stream)"
+    )]
+    Legacy(String),
     /// JetStream refused.
-    #[error("cannot set up the lane's consumer: {0}")]
+    #[error("cannot set up the lane's consumers: {0}")]
     JetStream(String),
 }
 
-/// Checks that no other lane overlaps, then creates the lane's durable consumer or
-/// updates it to the current settings.
-pub async fn ensure_consumer(
+/// What [`ensure_consumers`] does to a consumer that exists with other settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changes {
+    /// Leave it and log the difference (every process at start).
+    Keep,
+    /// Update it (`provision --apply`), and delete the lane's pre-partition consumer.
+    Apply,
+}
+
+/// The settings of `config` that differ in `info`, as `name: has -> wants`.
+fn consumer_differences(have: &consumer::Config, want: &pull::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut have_subjects = have.filter_subjects.clone();
+    if !have.filter_subject.is_empty() {
+        have_subjects.push(have.filter_subject.clone());
+    }
+    let mut a = have_subjects.clone();
+    let mut b = want.filter_subjects.clone();
+    a.sort();
+    b.sort();
+    if a != b {
+        out.push(format!(
+            "filter_subjects: {have_subjects:?} -> {:?}",
+            want.filter_subjects
+        ));
+    }
+    if have.ack_wait != want.ack_wait {
+        out.push(format!(
+            "ack_wait: {:?} -> {:?}",
+            have.ack_wait, want.ack_wait
+        ));
+    }
+    if have.max_ack_pending != want.max_ack_pending {
+        out.push(format!(
+            "max_ack_pending: {} -> {}",
+            have.max_ack_pending, want.max_ack_pending
+        ));
+    }
+    if have.priority_policy != want.priority_policy || have.priority_groups != want.priority_groups
+    {
+        out.push(format!(
+            "priority: {:?} {:?} -> {:?} {:?}",
+            have.priority_policy, have.priority_groups, want.priority_policy, want.priority_groups
+        ));
+    }
+    if have.priority_timeout != want.priority_timeout {
+        out.push(format!(
+            "priority_timeout: {:?} -> {:?}",
+            have.priority_timeout, want.priority_timeout
+        ));
+    }
+    out
+}
+
+/// Checks that no other lane overlaps, then creates the lane's partition consumers that
+/// are missing. One that exists with other settings is left as it is (and the difference
+/// logged) unless `changes` is [`Changes::Apply`]: a pod started with other defaults
+/// never silently reconfigures what an operator set up.
+pub async fn ensure_consumers(
     stream: &Stream,
     lane: &Lane,
-    max_ack_pending: i64,
-    ack_wait: Duration,
-) -> Result<consumer::Consumer<pull::Config>, ConsumerSetupError> {
-    let ours = lane.consumer_name();
+    settings: &ConsumerSettings,
+    changes: Changes,
+) -> Result<Vec<consumer::Consumer<pull::Config>>, ConsumerSetupError> {
+    let jserr = |e: &dyn std::fmt::Display| ConsumerSetupError::JetStream(e.to_string());
+    let ours_prefix = format!("{CONSUMER_PREFIX}{}-p", lane.name);
+    let legacy = lane.legacy_consumer_name();
+    let mut existing = std::collections::HashMap::new();
     let mut consumers = stream.consumers();
-    while let Some(info) = consumers
-        .try_next()
-        .await
-        .map_err(|e| ConsumerSetupError::JetStream(e.to_string()))?
-    {
+    while let Some(info) = consumers.try_next().await.map_err(|e| jserr(&e))? {
+        if info.name == legacy {
+            if changes == Changes::Apply {
+                stream
+                    .delete_consumer(&legacy)
+                    .await
+                    .map_err(|e| jserr(&e))?;
+                tracing::info!(consumer = %legacy, "deleted the lane's pre-partition consumer");
+                continue;
+            }
+            return Err(ConsumerSetupError::Legacy(legacy));
+        }
+        if let Some(rest) = info.name.strip_prefix(&ours_prefix)
+            && rest.len() == 3
+            && rest.bytes().all(|b| b.is_ascii_digit())
+        {
+            existing.insert(info.name.clone(), info.config.clone());
+            continue;
+        }
         let Some(theirs) = info.name.strip_prefix(CONSUMER_PREFIX) else {
             continue;
         };
-        if info.name == ours {
+        let theirs = info
+            .config
+            .metadata
+            .get("tgpipe.lane")
+            .map_or(theirs, String::as_str);
+        if theirs == lane.name {
             continue;
         }
         let mut subjects = info.config.filter_subjects.clone();
         if !info.config.filter_subject.is_empty() {
             subjects.push(info.config.filter_subject.clone());
         }
+        let subjects: Vec<String> = subjects.iter().map(|s| kind_of_filter(s)).collect();
         if let Some(e) = lane.overlap_with(theirs, &subjects) {
             return Err(e.into());
         }
     }
-    stream
-        .create_consumer(lane.consumer_config(max_ack_pending, ack_wait))
-        .await
-        .map_err(|e| ConsumerSetupError::JetStream(e.to_string()))
+    let mut out = Vec::with_capacity(usize::from(settings.partitions));
+    for p in 0..settings.partitions {
+        let partition = Partition(p);
+        let config = lane.consumer_config(partition, settings);
+        let name = lane.consumer_name(partition);
+        let consumer = match existing.get(&name) {
+            None => stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| jserr(&e))?,
+            Some(have) => {
+                let diff = consumer_differences(have, &config);
+                if diff.is_empty() {
+                    stream.get_consumer(&name).await.map_err(|e| jserr(&e))?
+                } else if changes == Changes::Apply {
+                    tracing::info!(consumer = %name, changes = ?diff, "updating consumer");
+                    stream
+                        .update_consumer(config)
+                        .await
+                        .map_err(|e| jserr(&e))?
+                } else {
+                    tracing::warn!(
+                        consumer = %name,
+                        differences = ?diff,
+                        "consumer exists with other settings; left as it is (`provision --apply` changes it)"
+                    );
+                    stream.get_consumer(&name).await.map_err(|e| jserr(&e))?
+                }
+            }
+        };
+        out.push(consumer);
+    }
+    Ok(out)
+}
+
+/// A partition filter `tg.*.<kind>.<shard>` as the lane filter `tg.*.<kind>.*` it is part
+/// of (`tg.*.*.<shard>`: every kind), so overlaps are found between partitioned lanes.
+fn kind_of_filter(subject: &str) -> String {
+    let parts: Vec<&str> = subject.split('.').collect();
+    match parts.as_slice() {
+        [prefix, "*", "*", _] if *prefix == SUBJECT_PREFIX => format!("{SUBJECT_PREFIX}.>"),
+        [prefix, "*", kind, _] if *prefix == SUBJECT_PREFIX => {
+            format!("{SUBJECT_PREFIX}.*.{kind}.*")
+        }
+        _ => subject.to_owned(),
+    }
 }
 
 #[cfg(test)]

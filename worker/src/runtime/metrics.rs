@@ -7,8 +7,16 @@
 //! | `tgpipe_worker_outcomes_total` | counter | `kind`, `outcome` (`handled`, `unhandled`, `duplicate`, `retried`, `dead_lettered`) |
 //! | `tgpipe_worker_handler_seconds` | histogram | `kind` |
 //! | `tgpipe_worker_dead_letters_total` | counter | `kind` |
-//! | `tgpipe_worker_consumer_pending` | gauge | `lane`: updates in the stream not yet delivered (lag) |
-//! | `tgpipe_worker_consumer_ack_pending` | gauge | `lane`: delivered, not yet acknowledged |
+//! | `tgpipe_worker_consumer_pending` | gauge | `lane`: updates not yet delivered (lag) of the partitions this pod owns; `sum by (lane)` over the pods is the lane's lag |
+//! | `tgpipe_worker_consumer_ack_pending` | gauge | `lane`: delivered, not yet acknowledged, of the partitions this pod owns |
+//! | `tgpipe_worker_partitions_owned` | gauge | `lane` |
+//! | `tgpipe_worker_rebalances_total` | counter | `lane`: partitions taken by this pod |
+//! | `tgpipe_worker_partitions_lost_total` | counter | `lane`: leases lost without a handover (expired or taken) |
+//! | `tgpipe_worker_handover_seconds` | histogram | `lane`: from the decision to give a partition up to its lease's deletion |
+//! | `tgpipe_worker_held_updates` | gauge | `lane`: updates held in the pod, not yet started |
+//! | `tgpipe_worker_chat_queue_depth_max` | gauge | `lane`: the deepest chat queue in the pod |
+//! | `tgpipe_worker_oldest_held_seconds` | gauge | `lane`: age of the oldest held update that has not started |
+//! | `tgpipe_worker_seen_unavailable_total` | counter | the memory of finished updates could not be read or written (fails open) |
 //!
 //! Bot API calls are counted by the client (`tgpipe_bot_api_calls_total`). The `kind`
 //! label holds the 27 known kinds, `unknown` for any other, so label sets stay bounded.
@@ -56,4 +64,34 @@ pub(crate) fn lag(lane: &str, pending: u64, ack_pending: usize) {
         .set(pending as f64);
     metrics::gauge!("tgpipe_worker_consumer_ack_pending", "lane" => lane.to_owned())
         .set(ack_pending as f64);
+}
+
+pub(crate) fn partitions_owned(lane: &str, n: usize) {
+    metrics::gauge!("tgpipe_worker_partitions_owned", "lane" => lane.to_owned()).set(n as f64);
+}
+
+pub(crate) fn rebalance(lane: &str) {
+    metrics::counter!("tgpipe_worker_rebalances_total", "lane" => lane.to_owned()).increment(1);
+}
+
+pub(crate) fn partition_lost(lane: &str) {
+    metrics::counter!("tgpipe_worker_partitions_lost_total", "lane" => lane.to_owned())
+        .increment(1);
+}
+
+pub(crate) fn handover(lane: &str, took: Duration) {
+    metrics::histogram!("tgpipe_worker_handover_seconds", "lane" => lane.to_owned())
+        .record(took.as_secs_f64());
+}
+
+pub(crate) fn queues(lane: &str, held: usize, deepest: usize, oldest: Duration) {
+    metrics::gauge!("tgpipe_worker_held_updates", "lane" => lane.to_owned()).set(held as f64);
+    metrics::gauge!("tgpipe_worker_chat_queue_depth_max", "lane" => lane.to_owned())
+        .set(deepest as f64);
+    metrics::gauge!("tgpipe_worker_oldest_held_seconds", "lane" => lane.to_owned())
+        .set(oldest.as_secs_f64());
+}
+
+pub(crate) fn seen_unavailable() {
+    metrics::counter!("tgpipe_worker_seen_unavailable_total").increment(1);
 }

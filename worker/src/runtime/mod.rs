@@ -9,6 +9,7 @@
 pub mod config;
 pub mod consume;
 pub mod dlq;
+pub mod group;
 pub mod lane;
 pub mod metrics;
 pub mod seen;
@@ -25,11 +26,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use tgpipe_shared::config::{EXIT_CONFIG, parse_or_exit};
-use tgpipe_shared::stream::provision_streams;
+use tgpipe_shared::stream::{Changes as StreamChanges, provision_streams, provision_streams_with};
 
-use self::config::{Cli, Command, FsmArgs, PollCommandArgs, RunArgs, WebhookArgs};
-use self::consume::{AckSettings, Consumer};
-use self::lane::ensure_consumer;
+use self::config::{Cli, Command, FsmArgs, PollCommandArgs, ProvisionArgs, RunArgs, WebhookArgs};
+use self::consume::{AckSettings, Consumer, Limits};
+use self::lane::{Changes, ensure_consumers};
 use crate::dispatcher::{Dispatcher, DispatcherBuilder};
 use crate::fsm::{Fsm, Isolation, RedisStorage};
 use crate::webhook::WebhookCommand;
@@ -107,25 +108,39 @@ async fn run_worker(args: RunArgs, dispatcher: DispatcherBuilder) -> Result<(), 
     serve(args, dispatcher, ops, tgpipe_shared::shutdown::signal()).await
 }
 
-async fn provision(args: &RunArgs) -> Result<(), RunError> {
+async fn provision(provision: &ProvisionArgs) -> Result<(), RunError> {
+    let args = &provision.run;
     let lane = args.lane().map_err(|e| RunError::Config(e.to_string()))?;
+    let settings = args.consumer_settings().map_err(RunError::Config)?;
     let client = args
         .nats
         .connect("tgpipe-worker provision")
         .await
         .map_err(peer)?;
     let js = jetstream::new(client);
-    provision_streams(&js, &args.stream).await.map_err(peer)?;
+    let (streams, consumers) = if provision.apply {
+        (StreamChanges::Apply, Changes::Apply)
+    } else {
+        (StreamChanges::Keep, Changes::Keep)
+    };
+    provision_streams_with(&js, &args.stream, streams)
+        .await
+        .map_err(peer)?;
+    group::bucket(&js, &args.group_settings())
+        .await
+        .map_err(peer)?;
     let stream = js.get_stream(&args.stream.name).await.map_err(peer)?;
-    ensure_consumer(&stream, &lane, args.max_ack_pending(), args.ack_wait)
+    ensure_consumers(&stream, &lane, &settings, consumers)
         .await
         .map_err(setup_error)?;
     println!(
-        "streams `{}` and `{}` ready; lane `{}` consumes {}",
+        "streams `{}` and `{}` ready; lane `{}` consumes {} in {} partitions ({}-p000 ...)",
         args.stream.name,
         args.stream.dlq_name,
         lane.name(),
-        lane.filter_subjects().join(", ")
+        lane.filter_subjects().join(", "),
+        settings.partitions,
+        lane::CONSUMER_PREFIX.to_owned() + lane.name(),
     );
     Ok(())
 }
@@ -133,6 +148,7 @@ async fn provision(args: &RunArgs) -> Result<(), RunError> {
 fn setup_error(e: lane::ConsumerSetupError) -> RunError {
     match e {
         lane::ConsumerSetupError::Lane(e) => RunError::Config(e.to_string()),
+        e @ lane::ConsumerSetupError::Legacy(_) => RunError::Config(e.to_string()),
         e => peer(e),
     }
 }
@@ -249,6 +265,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let lane = args.lane().map_err(|e| RunError::Config(e.to_string()))?;
+    let settings = args.consumer_settings().map_err(RunError::Config)?;
     let redis = connect_redis(&args.redis_url).await?;
     let bots = args
         .bots
@@ -265,22 +282,43 @@ pub async fn serve(
     if args.provision {
         provision_streams(&js, &args.stream).await.map_err(peer)?;
     }
+    let bucket = group::bucket(&js, &args.group_settings())
+        .await
+        .map_err(peer)?;
     let stream = js.get_stream(&args.stream.name).await.map_err(peer)?;
-    let consumer = ensure_consumer(&stream, &lane, args.max_ack_pending(), args.ack_wait)
+    let consumers = ensure_consumers(&stream, &lane, &settings, Changes::Keep)
         .await
         .map_err(setup_error)?;
+    let base = args.member.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "worker".to_owned())
+    });
+    let member = group::member_id(&base);
+    let group = group::Group::new(
+        bucket,
+        &args.stream.name,
+        &lane,
+        member.clone(),
+        args.group_settings(),
+    );
     let seen =
         (args.seen_cap > 0).then(|| seen::Seen::new(redis.clone(), args.seen_cap, args.seen_ttl));
     tracing::info!(
         lane = %lane.name(),
         kinds = ?lane.kinds().map(|k| k.iter().map(|k| k.as_str().to_owned()).collect::<Vec<_>>()),
         concurrency = args.concurrency,
+        partitions = settings.partitions,
+        %member,
         bots = bots.len(),
         ops = %ops_addr,
         "consuming"
     );
+    let owned = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
     let lag_task = tokio::spawn(watch_lag(
-        consumer.clone(),
+        consumers.clone(),
+        Arc::clone(&owned),
         client.clone(),
         lane.name().to_owned(),
         Arc::clone(&ready),
@@ -289,6 +327,13 @@ pub async fn serve(
         dispatcher: Arc::new(dispatcher),
         bots: Arc::new(bots),
         js,
+        client: client.clone(),
+        owned,
+        limits: Limits {
+            concurrency: args.concurrency as usize,
+            max_held: args.max_held as usize,
+            max_held_per_chat: args.max_held_per_chat as usize,
+        },
         acks: AckSettings {
             max_deliver: args.max_deliver,
             ack_wait: args.ack_wait,
@@ -306,12 +351,7 @@ pub async fn serve(
         tracing::info!("shutdown requested");
     };
     let result = worker
-        .run(
-            consumer,
-            args.concurrency as usize,
-            args.shutdown_grace,
-            shutdown,
-        )
+        .run(stream, consumers, group, args.shutdown_grace, shutdown)
         .await;
     lag_task.abort();
     // Acks are fire-and-forget publishes: flush them before the connection closes.
@@ -330,24 +370,50 @@ struct Readiness {
     draining: AtomicBool,
 }
 
+/// Reports the lag of the partitions this pod owns (summed over the pods, the lane's
+/// lag) and keeps readiness: NATS connected and the lane's consumers answering.
 async fn watch_lag(
-    mut consumer: jetstream::consumer::PullConsumer,
+    mut consumers: Vec<jetstream::consumer::PullConsumer>,
+    owned: Arc<std::sync::Mutex<std::collections::BTreeSet<u16>>>,
     client: async_nats::Client,
     lane: String,
     ready: Arc<Readiness>,
 ) {
     loop {
-        let ok = client.connection_state() == async_nats::connection::State::Connected
-            && match consumer.info().await {
+        let mine: Vec<u16> = owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        let mut ok = client.connection_state() == async_nats::connection::State::Connected;
+        let (mut pending, mut ack_pending) = (0u64, 0usize);
+        if ok && mine.is_empty() {
+            // Owning nothing (more pods than partitions, or before the first
+            // assignment) is ready; the first consumer says whether the lane exists.
+            if let Some(c) = consumers.first_mut()
+                && let Err(e) = c.info().await
+            {
+                tracing::warn!(error = %e, "consumer info");
+                ok = false;
+            }
+        }
+        for p in mine {
+            let Some(c) = consumers.get_mut(usize::from(p)) else {
+                continue;
+            };
+            match c.info().await {
                 Ok(info) => {
-                    metrics::lag(&lane, info.num_pending, info.num_ack_pending);
-                    true
+                    pending += info.num_pending;
+                    ack_pending += info.num_ack_pending;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "consumer info");
-                    false
+                    ok = false;
                 }
-            };
+            }
+        }
+        metrics::lag(&lane, pending, ack_pending);
         ready.consumer_ok.store(ok, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

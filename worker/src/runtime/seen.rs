@@ -5,13 +5,36 @@
 //! memory per chat catches its retries: a Redis sorted set
 //! `tgpipe:seen:{<bot>:<chat>}` of the last `cap` finished `update_id`s, expiring `ttl`
 //! after the chat's last update. Memory grows with active chats, never with traffic. A
-//! high-water mark would be wrong: without FIFO across pods a later update can finish
-//! first.
+//! high-water mark would be wrong: an update replayed from the dead-letter stream is
+//! older than its chat's newer updates and must still run.
+//!
+//! Writes carry the partition owner's epoch ([`OwnerFence`]): a pod that lost the chat's
+//! partition cannot overwrite what the new owner remembered
+//! (`tgpipe:seen:{<bot>:<chat>}:fence`, the highest epoch per lane that wrote).
 
 use std::time::Duration;
 
+use redis::Script;
 use redis::aio::ConnectionManager;
 use tgpipe_shared::BotId;
+
+use crate::fsm::OwnerFence;
+
+/// Adds the id, trims to the cap, refreshes the TTL, unless a later owner of the chat's
+/// partition (in this lane) wrote before: `ARGV[4]` is the lane, `ARGV[5]` the epoch
+/// (`0`: unfenced). Returns 0 when fenced off.
+const INSERT: &str = r"
+if ARGV[5] ~= '0' then
+  local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[4]) or '0')
+  if cur > tonumber(ARGV[5]) then return 0 end
+  redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
 
 /// The memory of finished updates.
 #[derive(Clone)]
@@ -19,6 +42,7 @@ pub struct Seen {
     redis: ConnectionManager,
     cap: u32,
     ttl: Duration,
+    insert: std::sync::Arc<Script>,
 }
 
 impl std::fmt::Debug for Seen {
@@ -38,7 +62,12 @@ pub fn key(bot: BotId, chat: i64) -> String {
 impl Seen {
     /// A memory of the last `cap` updates per chat (`cap` > 0).
     pub fn new(redis: ConnectionManager, cap: u32, ttl: Duration) -> Seen {
-        Seen { redis, cap, ttl }
+        Seen {
+            redis,
+            cap,
+            ttl,
+            insert: std::sync::Arc::new(Script::new(INSERT)),
+        }
     }
 
     /// Whether `update_id` of this chat was finished recently.
@@ -57,35 +86,31 @@ impl Seen {
     }
 
     /// Remembers that `update_id` of this chat is finished, forgetting the oldest beyond
-    /// the cap, in one round trip.
+    /// the cap, in one round trip. `Ok(false)`: fenced off, a later owner of the chat's
+    /// partition wrote first.
     pub async fn insert(
         &self,
         bot: BotId,
         chat: i64,
         update_id: i64,
-    ) -> Result<(), redis::RedisError> {
+        fence: Option<&OwnerFence>,
+    ) -> Result<bool, redis::RedisError> {
         let key = key(bot, chat);
         let ttl_ms = u64::try_from(self.ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        redis::pipe()
-            .atomic()
-            .cmd("ZADD")
-            .arg(&key)
+        let (lane, epoch) = fence.map_or(("", 0), |f| (f.lane(), f.epoch()));
+        let done: i64 = self
+            .insert
+            .key(&key)
+            .key(format!("{key}:fence"))
             .arg(update_id)
-            .arg(update_id)
-            .ignore()
-            // Keep the `cap` highest ids: ranks 0 .. -(cap+1) are the oldest.
-            .cmd("ZREMRANGEBYRANK")
-            .arg(&key)
-            .arg(0)
-            .arg(-(i64::from(self.cap) + 1))
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
+            .arg(self.cap)
             .arg(ttl_ms)
-            .ignore()
-            .query_async::<()>(&mut self.redis.clone())
-            .await
+            .arg(lane)
+            .arg(epoch)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(done == 1)
     }
 }

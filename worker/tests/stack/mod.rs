@@ -12,14 +12,54 @@ use async_nats::jetstream;
 use async_nats::jetstream::message::StreamMessage;
 use serde_json::{Value, json};
 use tgpipe_loadtest::sink::{RecordedCall, Sink, SinkConfig, SinkHandle};
-use tgpipe_shared::testkit::{NatsServer, RedisServer, free_port};
+use tgpipe_shared::testkit::{NatsCluster, NatsServer, RedisServer, free_port};
 
 pub const BOT: u64 = 4242;
 pub const TOKEN: &str = "4242:example-token";
 pub const SECRET: &str = "e2e_Secret-1";
 
+/// The broker under a stack: one server, or a 3-node cluster whose streams have three
+/// replicas.
+pub enum Broker {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Broker {
+    pub fn url(&self) -> String {
+        match self {
+            Broker::Single(s) => s.url(),
+            Broker::Cluster(c) => c.url(),
+        }
+    }
+
+    pub fn cluster(&mut self) -> &mut NatsCluster {
+        match self {
+            Broker::Cluster(c) => c,
+            Broker::Single(_) => panic!("not a cluster"),
+        }
+    }
+
+    fn replicas(&self) -> &'static str {
+        match self {
+            Broker::Single(_) => "1",
+            Broker::Cluster(_) => "3",
+        }
+    }
+}
+
+/// Aggregate state of a lane's partition consumers.
+#[derive(Debug, Default)]
+pub struct LaneInfo {
+    pub consumers: usize,
+    pub num_pending: u64,
+    pub num_ack_pending: usize,
+    pub num_redelivered: usize,
+    pub delivered: u64,
+}
+
 pub struct Stack {
-    pub nats: NatsServer,
+    pub nats: Broker,
     pub redis: RedisServer,
     pub sink: SinkHandle,
     pub ingress: SocketAddr,
@@ -44,7 +84,26 @@ impl Stack {
     }
 
     pub async fn start_with(sink: SinkConfig) -> Stack {
-        let nats = NatsServer::start();
+        Stack::start_on(Broker::Single(NatsServer::start()), sink).await
+    }
+
+    /// A stack on a 3-node cluster (streams with three replicas), the stand-in answering
+    /// after `latency`.
+    pub async fn cluster(latency: Duration) -> Stack {
+        let cluster = tokio::task::spawn_blocking(NatsCluster::start)
+            .await
+            .unwrap();
+        Stack::start_on(
+            Broker::Cluster(cluster),
+            SinkConfig {
+                latency,
+                ..SinkConfig::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn start_on(nats: Broker, sink: SinkConfig) -> Stack {
         let redis = RedisServer::start();
         let sink = Sink::start(sink).await.expect("stand-in");
         let bots = format!("{BOT}:{SECRET}");
@@ -56,6 +115,8 @@ impl Stack {
             &url,
             "--allowed-cidrs",
             "any",
+            "--replicas",
+            nats.replicas(),
         ])
         .expect("ingress config");
         let client = config.nats.connect("e2e-ingress").await.expect("connect");
@@ -76,7 +137,7 @@ impl Stack {
                 let _ = rx.await;
             },
         ));
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(40);
         while !state.is_ready() {
             assert!(Instant::now() < deadline, "ingress not ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -122,6 +183,7 @@ impl Stack {
             ("TGPIPE_RATE_LIMITS", "off".to_owned()),
             ("TGPIPE_RETRY_DELAY", "100ms".to_owned()),
             ("TGPIPE_SHUTDOWN_GRACE", "10s".to_owned()),
+            ("TGPIPE_STREAM_REPLICAS", self.nats.replicas().to_owned()),
             ("RUST_LOG", "info".to_owned()),
         ]
         .into_iter()
@@ -170,15 +232,41 @@ impl Stack {
         }
     }
 
-    /// The durable consumer of a lane.
-    pub async fn lane_consumer(&self, lane: &str) -> jetstream::consumer::PullConsumer {
+    /// The state of a lane's partition consumers, added up.
+    pub async fn lane_info(&self, lane: &str) -> LaneInfo {
+        use futures::TryStreamExt;
+        let stream = self
+            .js
+            .get_stream("TG_UPDATES")
+            .await
+            .expect("the update stream");
+        let prefix = format!("tgpipe-lane-{lane}-p");
+        let mut all = stream.consumers();
+        let mut out = LaneInfo::default();
+        while let Some(info) = all.try_next().await.expect("consumer list") {
+            if !info.name.starts_with(&prefix) {
+                continue;
+            }
+            out.consumers += 1;
+            out.num_pending += info.num_pending;
+            out.num_ack_pending += info.num_ack_pending;
+            out.num_redelivered += info.num_redelivered;
+            out.delivered += info.delivered.stream_sequence;
+        }
+        out
+    }
+
+    /// Messages stored in the update stream.
+    pub async fn stored(&self) -> u64 {
         self.js
             .get_stream("TG_UPDATES")
             .await
-            .expect("the update stream")
-            .get_consumer(&format!("tgpipe-lane-{lane}"))
+            .unwrap()
+            .get_info()
             .await
-            .expect("the lane's consumer")
+            .unwrap()
+            .state
+            .messages
     }
 
     /// Waits (up to 20 s) until the dead-letter stream holds `n` letters; returns them in

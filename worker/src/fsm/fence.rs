@@ -1,0 +1,64 @@
+//! [`OwnerFence`]: the partition ownership an update runs under, which stands in for the
+//! per-key lease.
+//!
+//! With partitioned consumption every update of a chat runs on the one pod that owns the
+//! chat's partition, one at a time, so an FSM key that lives inside one chat (user in
+//! chat, chat, topics) needs no lease: ownership already isolates it. What ownership
+//! cannot stop is a pod that lost the partition and still finishes an update; its writes
+//! carry the epoch it owned the partition under, and storage refuses a write whose epoch
+//! is older than one already written for the key in the same lane
+//! (`tgpipe:fsm:{...}:fence`, a hash of the highest epoch per lane).
+//!
+//! The runtime sets the fence for the dispatch of each update (a task-local); outside the
+//! runtime there is none and the lease is used as before.
+
+use std::future::Future;
+use std::sync::Arc;
+
+/// The ownership an update runs under: the lane, the partition and its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerFence {
+    lane: Arc<str>,
+    partition: u16,
+    epoch: u64,
+}
+
+impl OwnerFence {
+    /// The fence of `lane`'s `partition`, owned under `epoch`.
+    pub fn new(lane: &str, partition: u16, epoch: u64) -> OwnerFence {
+        OwnerFence {
+            lane: Arc::from(lane),
+            partition,
+            epoch,
+        }
+    }
+
+    /// The lane (epochs of different lanes are not compared).
+    pub fn lane(&self) -> &str {
+        &self.lane
+    }
+
+    /// The partition.
+    pub fn partition(&self) -> u16 {
+        self.partition
+    }
+
+    /// The epoch: larger for every later owner of the partition.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+tokio::task_local! {
+    static OWNER: OwnerFence;
+}
+
+/// Runs `work` (a dispatch) under `fence`.
+pub fn with_owner_fence<F: Future>(fence: OwnerFence, work: F) -> impl Future<Output = F::Output> {
+    OWNER.scope(fence, work)
+}
+
+/// The fence the current dispatch runs under, if any.
+pub(crate) fn current() -> Option<OwnerFence> {
+    OWNER.try_with(Clone::clone).ok()
+}
