@@ -134,6 +134,7 @@ impl StreamSettings {
             storage: stream::StorageType::File,
             duplicate_window: self.dedupe_window,
             max_age: self.dlq_max_age,
+            max_bytes: -1,
             num_replicas: usize::from(self.replicas),
             // `dlq list` reads letters by sequence with direct gets.
             allow_direct: true,

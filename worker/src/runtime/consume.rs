@@ -102,6 +102,11 @@ pub struct Consumer {
 
 type OrderKey = (BotId, i64);
 
+/// How long a pull request waits at the server. Short, because a handover waits for the
+/// old owner's last request to expire before it unpins (see `consume_partition`), and
+/// the handover's gap is about this long.
+const PULL_EXPIRY: Duration = Duration::from_millis(500);
+
 /// Where a held update came from.
 // Nearly every update is `Delivered`, the large variant: boxing it would cost an
 // allocation per update to save bytes on the rare replayed one.
@@ -484,26 +489,27 @@ impl Pod {
             window: Mutex::new(HashMap::new()),
         });
         let name = consumer.cached_info().name.clone();
-        // The previous owner's pin goes: from now on only this pod's pull is served.
-        if let Err(e) = stream.unpin_consumer(&name, PRIORITY_GROUP).await {
-            tracing::debug!(error = %e, partition = %p, "unpin (nothing pinned)");
-        }
         self.me
             .owned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(p.0);
-        let replayed = self.replay_window(&part, &mut consumer, &stream).await;
+        // The previous owner's pin goes, so that from now on only this pod's pull is
+        // served; meanwhile the window it left is read (it needs no pin).
+        let unpin = async {
+            if let Err(e) = stream.unpin_consumer(&name, PRIORITY_GROUP).await {
+                tracing::debug!(error = %e, partition = %p, "unpin (nothing pinned)");
+            }
+        };
+        let ((), replayed) = tokio::join!(unpin, self.replay_window(&part, &mut consumer, &stream));
         tracing::info!(partition = %p, epoch = part.own.epoch, replayed, took = ?started.elapsed(), "partition taken");
         metrics::rebalance(&self.me.lane);
-        let expires = (consumer.cached_info().config.priority_timeout / 2)
-            .clamp(Duration::from_secs(1), Duration::from_secs(30));
         let messages = consumer
             .stream()
             .group(PRIORITY_GROUP)
             .max_messages_per_batch(self.me.limits.concurrency.clamp(1, 1000))
-            .expires(expires)
-            .heartbeat(expires / 3)
+            .expires(PULL_EXPIRY)
+            .heartbeat(PULL_EXPIRY / 3)
             .messages()
             .await;
         match messages {
@@ -550,6 +556,10 @@ impl Pod {
             },
             Err(e) => tracing::warn!(error = %e, partition = %p, "cannot pull the partition"),
         }
+        // The pull stream is gone, but its last pull request waits at the server until it
+        // expires; unpinning before then could pin that dead request again, and the next
+        // owner would wait out the pin timeout.
+        let requests_gone = tokio::time::Instant::now() + PULL_EXPIRY + Duration::from_millis(50);
         // Stop: running updates finish, held ones return to the stream as their chat
         // tasks reach them (they see the partition stopped).
         let wait = async {
@@ -564,10 +574,11 @@ impl Pod {
         if tokio::time::timeout(grace, wait).await.is_err() {
             tracing::warn!(partition = %p, "partition's updates did not finish within the grace");
         }
-        if !part.own.is_lost()
-            && let Err(e) = stream.unpin_consumer(&name, PRIORITY_GROUP).await
-        {
-            tracing::debug!(error = %e, partition = %p, "unpin at release");
+        if !part.own.is_lost() {
+            tokio::time::sleep_until(requests_gone).await;
+            if let Err(e) = stream.unpin_consumer(&name, PRIORITY_GROUP).await {
+                tracing::debug!(error = %e, partition = %p, "unpin at release");
+            }
         }
         self.me
             .owned
@@ -597,20 +608,21 @@ impl Pod {
         if top <= floor || info.num_ack_pending == 0 {
             return 0;
         }
-        let mut found: BTreeMap<u64, StreamMessage> = BTreeMap::new();
-        for subject in &info.config.filter_subjects {
+        // One scan per filter subject, all at once: a takeover waits for the slowest.
+        let scans = info.config.filter_subjects.iter().map(|subject| async move {
+            let mut got = Vec::new();
             let mut seq = floor + 1;
             while seq <= top {
-                let got = stream
+                let next = stream
                     .raw_message_builder()
                     .sequence(seq)
                     .next_by_subject(subject.clone())
                     .send()
                     .await;
-                match got {
+                match next {
                     Ok(m) if m.sequence <= top => {
                         seq = m.sequence + 1;
-                        found.insert(m.sequence, m);
+                        got.push(m);
                     }
                     Ok(_) => break,
                     Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
@@ -620,7 +632,14 @@ impl Pod {
                     }
                 }
             }
-        }
+            got
+        });
+        let found: BTreeMap<u64, StreamMessage> = futures::future::join_all(scans)
+            .await
+            .into_iter()
+            .flatten()
+            .map(|m| (m.sequence, m))
+            .collect();
         let n = found.len();
         {
             let mut window = part.window.lock().unwrap_or_else(|p| p.into_inner());

@@ -111,15 +111,18 @@ pub fn member_id(base: &str) -> String {
 
 /// The assignment every member computes alike: for each partition, its owner among
 /// `members` (sorted, unique). Rendezvous hashing ranks members per partition; each
-/// partition goes to the best-ranked member that still has room, room being
-/// `ceil(partitions / members)`. Deterministic in its inputs.
+/// partition goes to the best-ranked member that still has room. Room is exact: the
+/// first `partitions % members` members (in sorted order) take one more than the others,
+/// so loads differ by one at most. Deterministic in its inputs.
 pub fn assign(partitions: u16, members: &[String]) -> Vec<Option<usize>> {
     let n = members.len();
     if n == 0 {
         return vec![None; usize::from(partitions)];
     }
-    let cap = usize::from(partitions).div_ceil(n);
-    let mut load = vec![0usize; n];
+    let total = usize::from(partitions);
+    let mut room: Vec<usize> = (0..n)
+        .map(|i| total / n + usize::from(i < total % n))
+        .collect();
     (0..partitions)
         .map(|p| {
             let mut ranked: Vec<(u64, usize)> = members
@@ -130,9 +133,9 @@ pub fn assign(partitions: u16, members: &[String]) -> Vec<Option<usize>> {
             ranked.sort_unstable_by(|a, b| b.cmp(a));
             let (_, i) = ranked
                 .into_iter()
-                .find(|(_, i)| load[*i] < cap)
+                .find(|(_, i)| room[*i] > 0)
                 .expect("room for every partition");
-            load[i] += 1;
+            room[i] -= 1;
             Some(i)
         })
         .collect()
@@ -216,6 +219,8 @@ struct Held {
     revision: u64,
     renewed: Instant,
     releasing: bool,
+    /// Set by the handover just before it deletes the lease: renewals stop.
+    gone: Arc<AtomicBool>,
 }
 
 /// This pod's membership of a lane's group.
@@ -324,12 +329,35 @@ impl Group {
                     }
                 } => match entry {
                     Some(Ok(entry)) => {
-                        let live = entry.operation == kv::Operation::Put;
-                        let value = String::from_utf8_lossy(&entry.value).into_owned();
-                        if let Some(m) = entry.key.strip_prefix(&members_prefix) {
-                            if live { members.insert(m.to_owned()); } else { members.remove(m); }
-                        } else if let Some(p) = entry.key.strip_prefix(&owners_prefix).and_then(|p| p.parse::<u16>().ok()) {
-                            if live { owners.insert(p, value); } else { owners.remove(&p); }
+                        let mut apply = |entry: kv::Entry| {
+                            let live = entry.operation == kv::Operation::Put;
+                            if let Some(m) = entry.key.strip_prefix(&members_prefix) {
+                                if live {
+                                    members.insert(m.to_owned());
+                                } else {
+                                    members.remove(m);
+                                }
+                            } else if let Some(p) = entry
+                                .key
+                                .strip_prefix(&owners_prefix)
+                                .and_then(|p| p.parse::<u16>().ok())
+                            {
+                                if live {
+                                    owners.insert(p, String::from_utf8_lossy(&entry.value).into_owned());
+                                } else {
+                                    owners.remove(&p);
+                                }
+                            }
+                        };
+                        apply(entry);
+                        // Changes come in bursts (a pod leaving releases all its
+                        // partitions within milliseconds): take the burst together, so
+                        // that the partitions it frees are claimed at once.
+                        let burst = tokio::time::Instant::now() + Duration::from_millis(20);
+                        if let Some(w) = watch.as_mut() {
+                            while let Ok(Some(Ok(entry))) = tokio::time::timeout_at(burst, w.next()).await {
+                                apply(entry);
+                            }
                         }
                     }
                     Some(Err(e)) => {
@@ -360,7 +388,7 @@ impl Group {
             }
             // Renew what is held; a lease not renewed within the TTL is lost.
             for (p, h) in held.iter_mut() {
-                if h.own.is_lost() {
+                if h.own.is_lost() || h.gone.load(Ordering::Acquire) {
                     continue;
                 }
                 if now.duration_since(h.renewed) >= heartbeat {
@@ -399,6 +427,7 @@ impl Group {
             let list: Vec<String> = members.iter().cloned().collect();
             let me = list.iter().position(|m| *m == self.member);
             let assignment = assign(self.settings.partitions, &list);
+            let mut claims = Vec::new();
             for p in 0..self.settings.partitions {
                 let mine = me.is_some() && assignment[usize::from(p)] == me;
                 match held.get_mut(&p) {
@@ -413,31 +442,38 @@ impl Group {
                         {
                             return;
                         }
-                        handovers.spawn(self.handover(p, rx, grace));
+                        handovers.spawn(self.handover(p, rx, grace, Arc::clone(&h.gone)));
                     }
-                    None if mine && !owners.contains_key(&p) => {
-                        if let Ok(rev) = self
-                            .kv
-                            .create(self.owner_key(Partition(p)), self.member.clone().into())
-                            .await
-                        {
-                            let own = Arc::new(Ownership::new(Partition(p), rev));
-                            owners.insert(p, self.member.clone());
-                            held.insert(
-                                p,
-                                Held {
-                                    own: Arc::clone(&own),
-                                    revision: rev,
-                                    renewed: Instant::now(),
-                                    releasing: false,
-                                },
-                            );
-                            if events.send(GroupEvent::Acquired(own)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
+                    None if mine && !owners.contains_key(&p) => claims.push(p),
                     _ => {}
+                }
+            }
+            // Free partitions are claimed all at once: a handover waits for the slowest.
+            let me_ = &self;
+            let claimed = futures::future::join_all(claims.into_iter().map(|p| async move {
+                let rev = me_
+                    .kv
+                    .create(me_.owner_key(Partition(p)), me_.member.clone().into())
+                    .await;
+                (p, rev)
+            }))
+            .await;
+            for (p, rev) in claimed {
+                let Ok(rev) = rev else { continue };
+                let own = Arc::new(Ownership::new(Partition(p), rev));
+                owners.insert(p, self.member.clone());
+                held.insert(
+                    p,
+                    Held {
+                        own: Arc::clone(&own),
+                        revision: rev,
+                        renewed: Instant::now(),
+                        releasing: false,
+                        gone: Arc::new(AtomicBool::new(false)),
+                    },
+                );
+                if events.send(GroupEvent::Acquired(own)).await.is_err() {
+                    return;
                 }
             }
             super::metrics::partitions_owned(
@@ -461,11 +497,11 @@ impl Group {
                 .await
                 .is_ok()
             {
-                handovers.spawn(self.handover(*p, rx, grace));
+                handovers.spawn(self.handover(*p, rx, grace, Arc::clone(&h.gone)));
             }
         }
         // Keep the leases alive while the handovers finish.
-        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(3);
         loop {
             tokio::select! {
                 done = handovers.join_next() => match done {
@@ -475,6 +511,9 @@ impl Group {
                 },
                 () = tokio::time::sleep(heartbeat) => {
                     for (p, h) in held.iter_mut() {
+                        if h.gone.load(Ordering::Acquire) {
+                            continue;
+                        }
                         if let Ok(rev) = self.kv.update(self.owner_key(Partition(*p)), self.member.clone().into(), h.revision).await {
                             h.revision = rev;
                         }
@@ -491,15 +530,17 @@ impl Group {
         p: u16,
         finished: tokio::sync::oneshot::Receiver<()>,
         grace: Duration,
+        gone: Arc<AtomicBool>,
     ) -> impl std::future::Future<Output = u16> + Send + 'static {
         let kv = self.kv.clone();
         let lane = self.lane.clone();
         let key = self.owner_key(Partition(p));
         async move {
             let started = Instant::now();
-            let _ = tokio::time::timeout(grace + Duration::from_secs(1), finished).await;
+            let _ = tokio::time::timeout(grace + Duration::from_secs(3), finished).await;
             // Whatever revision it has now: it is ours until deleted (the renewals go on
             // in the loop meanwhile).
+            gone.store(true, Ordering::Release);
             if let Err(e) = kv.delete(&key).await {
                 tracing::warn!(error = %e, partition = %Partition(p), "deleting the partition lease");
             }
@@ -528,8 +569,11 @@ mod tests {
             for owner in &a {
                 load[owner.unwrap()] += 1;
             }
-            let cap = 16usize.div_ceil(n);
-            assert!(load.iter().all(|l| *l <= cap), "{n} members: {load:?}");
+            let (lo, hi) = (16 / n, 16usize.div_ceil(n));
+            assert!(
+                load.iter().all(|l| (lo..=hi).contains(l)),
+                "{n} members: {load:?}"
+            );
             assert_eq!(load.iter().sum::<usize>(), 16);
         }
         assert_eq!(assign(4, &[]), vec![None; 4]);
