@@ -4,10 +4,12 @@
 //! becomes an [`ApiRequest`] and goes through [`Bot::execute`]: a tracing span, the
 //! request middleware chain ([`middleware`]: metrics and logging built in, more can be
 //! added), the rate limiter ([`limiter`], in Redis so that all pods of a bot keep
-//! Telegram's limits together), then HTTP with bounded retries: after a 429 the whole
-//! bot waits `retry_after` (every pod: the pause is in Redis too), 5xx and connection
-//! failures back off exponentially with jitter. Answers become typed errors
-//! ([`BotError`]) that know whether they are transient.
+//! Telegram's limits together), then HTTP with bounded retries: after a 429 the chat the
+//! call went to (or, for a call to no chat, the whole bot) waits `retry_after` (every
+//! pod: the pause is in Redis too), up to [`RetryPolicy::max_retry_after`]: a longer
+//! pause is not waited out but returned as a transient [`BotError::RetryAfter`] with the
+//! time left. 5xx and connection failures back off exponentially with jitter. Answers
+//! become typed errors ([`BotError`]) that know whether they are transient.
 //!
 //! The token is part of the request URL only as Telegram requires; it is never logged,
 //! and `Debug` prints the bot id alone.
@@ -65,7 +67,9 @@ pub struct RetryPolicy {
     pub max_flood_retries: u32,
     /// A 429 asking for a longer wait than this is not waited out here: the error goes
     /// to the handler (transient, so the runtime redelivers the update later) instead of
-    /// holding the handler that long. The pause is set all the same.
+    /// holding the handler that long. The pause is set all the same, and a later call
+    /// that would wait longer than this for a pause is refused at once with
+    /// `BotError::RetryAfter(time left)`, without being sent.
     pub max_retry_after: Duration,
     /// How many times a call is sent again after a 5xx or a connection failure.
     pub max_server_retries: u32,
@@ -381,15 +385,27 @@ impl Bot {
         };
         let (mut flood_retries, mut server_retries, mut migrated) = (0, 0, false);
         loop {
-            self.0.limiter.acquire(&request.method, target).await;
+            if let Err(left) = self
+                .0
+                .limiter
+                .acquire(&request.method, target, policy.max_retry_after)
+                .await
+            {
+                // Paused for longer than a call may wait: refused here, with the time
+                // left, so the update goes back to the stream instead of holding on.
+                retried_not(&request.method);
+                return Err(BotError::RetryAfter(left));
+            }
             let failed = match self.send_once(&request).await {
                 Ok(body) => return Ok(body),
                 Err(f) => f,
             };
             match failed.error {
                 BotError::RetryAfter(wait) => {
-                    // Pause every pod first, whether or not this call is sent again.
-                    self.0.limiter.pause(wait).await;
+                    // Pause the scope Telegram refused (the chat the call went to, else
+                    // the bot) in every pod, whether or not this call is sent again.
+                    let chat = limiter::chat_of(target.or_else(|| request.target()));
+                    self.0.limiter.pause(chat, wait).await;
                     if flood_retries >= policy.max_flood_retries || wait > policy.max_retry_after {
                         return Err(failed.error);
                     }
@@ -496,6 +512,12 @@ impl Bot {
         )
         .await
     }
+}
+
+/// A call refused before it was sent, because a pause outlasts `max_retry_after`.
+fn retried_not(method: &str) {
+    metrics::counter!("tgpipe_bot_api_paused_refusals_total", "method" => method.to_owned())
+        .increment(1);
 }
 
 fn retried(method: &str, reason: &'static str) {
