@@ -10,7 +10,9 @@ use tgpipe_shared::UpdateKind;
 
 use crate::bot::Bot;
 use crate::context::{Context, Extensions};
-use crate::error::{BuildError, DispatchOutcome, HandlerError};
+use crate::error::{
+    BuildError, Classifier, DispatchOutcome, HandlerError, Transient, classifier_of,
+};
 use crate::filter::ErrorEvent;
 use crate::fsm::{Fsm, FsmInstalled};
 use crate::handler::{BoxFuture, Flow};
@@ -59,9 +61,19 @@ pub struct DispatcherBuilder {
     state: Extensions,
     update_outer: Vec<Arc<dyn Middleware>>,
     fsm: Option<Fsm>,
+    classifiers: Vec<Classifier>,
 }
 
 impl DispatcherBuilder {
+    /// Registers an application error type that knows whether it is transient: a
+    /// handler error that is an `E`, or wraps one in its `source()` chain, is classified
+    /// by `E`'s [`Transient::is_transient`] (the first error of the chain that knows
+    /// decides; the framework's own errors know without registering).
+    pub fn transient_errors<E: Transient>(mut self) -> Self {
+        self.classifiers.push(classifier_of::<E>());
+        self
+    }
+
     /// Application state, given once: handlers take it as `Dep<T>`.
     pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.state.insert(value);
@@ -129,6 +141,7 @@ impl DispatcherBuilder {
             state: Arc::new(self.state),
             update_outer: self.update_outer.into(),
             fsm: self.fsm,
+            classifiers: self.classifiers.into(),
         })
     }
 }
@@ -160,6 +173,7 @@ pub struct Dispatcher {
     update_outer: Arc<[Arc<dyn Middleware>]>,
     kinds: Arc<Vec<UpdateKind>>,
     fsm: Option<Fsm>,
+    classifiers: Arc<[Classifier]>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -178,6 +192,7 @@ impl Dispatcher {
             state: Extensions::new(),
             update_outer: Vec::new(),
             fsm: None,
+            classifiers: Vec::new(),
         }
     }
 
@@ -236,17 +251,48 @@ impl Dispatcher {
         match result {
             Ok(Handled::Yes) => DispatchOutcome::Handled,
             Ok(Handled::No) => DispatchOutcome::Unhandled,
-            Err(e) => {
+            Err(mut e) => {
+                e.reclassify(&self.classifiers);
                 let e = Arc::new(e);
                 let mut ecx = cx;
                 ecx.insert(ErrorEvent(Arc::clone(&e)));
-                match route(Arc::clone(&self.root), ObserverKey::Errors, ecx).await {
+                match route(Arc::clone(&self.root), ObserverKey::Errors, ecx.clone()).await {
                     Ok(Handled::Yes) => DispatchOutcome::Handled,
                     // An error handler that fails leaves the original error standing.
-                    _ => DispatchOutcome::Failed(e),
+                    _ => default_error_policy(&ecx, e),
                 }
             }
         }
+    }
+}
+
+/// What becomes of an error no `errors` handler took. A Bot API 403 whose recipient is
+/// gone (the user blocked the bot, deleted the account, removed it from the group, never
+/// started it) is an everyday event, not a failure: counted, logged at INFO, handled.
+/// Everything else fails.
+fn default_error_policy(cx: &Context, e: Arc<HandlerError>) -> DispatchOutcome {
+    // The reason is a link of the Bot API error's source chain, so it is found through
+    // application errors that wrap the `BotError`, `transparent` ones included.
+    let gone = e
+        .find::<crate::bot::ForbiddenReason>()
+        .copied()
+        .filter(|r| r.recipient_gone());
+    match gone {
+        Some(reason) => {
+            metrics::counter!("tgpipe_bot_api_forbidden_total", "reason" => reason.label())
+                .increment(1);
+            let update = cx.update();
+            tracing::info!(
+                bot = %update.bot,
+                update_id = update.update_id,
+                chat_id = update.chat_id,
+                reason = reason.label(),
+                error = %e,
+                "the Bot API refused: the recipient is gone; the update counts as handled"
+            );
+            DispatchOutcome::Handled
+        }
+        None => DispatchOutcome::Failed(e),
     }
 }
 

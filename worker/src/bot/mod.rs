@@ -46,7 +46,7 @@ use serde::de::DeserializeOwned;
 use tgpipe_shared::BotId;
 use tracing::Instrument;
 
-pub use error::{BotError, InvalidToken};
+pub use error::{BotError, ForbiddenReason, InvalidToken};
 pub use helpers::{CallbackQueryExt, ChatActionSender, MediaGroup, MessageExt};
 pub use input_file::{FormPart, InputFile, Payload};
 pub use limiter::{Rate, RateLimits, is_limited_method};

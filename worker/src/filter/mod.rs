@@ -375,6 +375,66 @@ impl<T: std::error::Error + 'static> Filter for ErrorIs<T> {
     }
 }
 
+/// For `errors` handlers: passes when the error is, or wraps, a Bot API 403
+/// ([`crate::BotError::Forbidden`]), and hands the handler its
+/// [`ForbiddenReason`](crate::bot::ForbiddenReason) (`Dep<ForbiddenReason>`).
+///
+/// Without such a handler, the dispatcher's default policy treats a 403 whose recipient
+/// is gone (blocked, deactivated, kicked, never started) as handled; a handler here
+/// runs first, to forget the user, say.
+///
+/// ```
+/// use tgpipe_worker::bot::ForbiddenReason;
+/// use tgpipe_worker::filter::forbidden;
+/// use tgpipe_worker::{Dep, Router};
+///
+/// async fn forget_user(Dep(reason): Dep<ForbiddenReason>) {
+///     // mark the user inactive in the database ...
+/// }
+///
+/// let mut router = Router::new("main");
+/// router
+///     .errors(forget_user)
+///     .filter(forbidden().reasons([ForbiddenReason::BlockedByUser, ForbiddenReason::UserDeactivated]));
+/// ```
+pub fn forbidden() -> Forbidden {
+    Forbidden { reasons: None }
+}
+
+/// See [`forbidden`].
+#[derive(Debug, Clone)]
+pub struct Forbidden {
+    reasons: Option<Vec<crate::bot::ForbiddenReason>>,
+}
+
+impl Forbidden {
+    /// Only these reasons pass.
+    pub fn reasons(
+        mut self,
+        reasons: impl IntoIterator<Item = crate::bot::ForbiddenReason>,
+    ) -> Forbidden {
+        self.reasons = Some(reasons.into_iter().collect());
+        self
+    }
+}
+
+impl Filter for Forbidden {
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        let reason = cx
+            .get::<ErrorEvent>()
+            .and_then(|e| e.0.find::<crate::bot::ForbiddenReason>().copied())
+            .filter(|r| self.reasons.as_ref().is_none_or(|rs| rs.contains(r)));
+        Box::pin(std::future::ready(reason.map(|r| {
+            let mut v = Extensions::new();
+            v.insert(r);
+            v
+        })))
+    }
+    fn provides(&self) -> Vec<TypeId> {
+        vec![TypeId::of::<crate::bot::ForbiddenReason>()]
+    }
+}
+
 mod chat_member;
 mod content;
 mod deep_link;
