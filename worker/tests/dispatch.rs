@@ -539,3 +539,82 @@ async fn bodies_that_are_not_updates_fail_permanently() {
     };
     assert!(!e.is_transient());
 }
+
+fn supergroup_update(update_id: i64, text: &str) -> Bytes {
+    Bytes::from(
+        serde_json::json!({"update_id": update_id, "message": {"message_id": update_id, "date": 0,
+            "chat": {"id": -1001, "type": "supergroup", "title": "G"},
+            "from": {"id": 5, "is_bot": false, "first_name": "A"}, "text": text}})
+        .to_string(),
+    )
+}
+
+/// Regression: nothing called `getMe`, so `Command` had no username and `/start@my_bot`
+/// (what Telegram clients send in groups) never matched. The bot asks `getMe` the first
+/// time a command mentions a bot, once, and keeps the answer.
+#[tokio::test]
+async fn start_at_botname_in_a_supergroup_is_handled() {
+    let sink = tgpipe_loadtest::sink::Sink::start(tgpipe_loadtest::sink::SinkConfig {
+        bot_username: "OurBot".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let bot = Bot::with_api_url("123:TEST", &sink.url()).unwrap();
+    assert_eq!(bot.username(), None);
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.message(|Dep(log): Dep<Log>, c: CommandObject| async move {
+        log.push(format!("{} {:?}", c.command, c.mention));
+    })
+    .filter(Command::new(["start"]));
+    let dp = Dispatcher::builder(r).state(log.clone()).build().unwrap();
+    let outcomes = [
+        ("/start@OurBot", true),
+        ("/start@ourbot payload", true),
+        ("/start@OURBOT", true),
+        ("/start@other_bot", false),
+        ("/start", true),
+    ];
+    for (i, (text, handled)) in outcomes.into_iter().enumerate() {
+        let outcome = dp.feed_raw(&bot, supergroup_update(i as i64, text)).await;
+        assert_eq!(
+            matches!(outcome, DispatchOutcome::Handled),
+            handled,
+            "{text}: {outcome:?}"
+        );
+    }
+    assert_eq!(
+        log.take(),
+        [
+            r#"start Some("OurBot")"#,
+            r#"start Some("ourbot")"#,
+            r#"start Some("OURBOT")"#,
+            "start None"
+        ]
+    );
+    assert_eq!(bot.username(), Some("OurBot"));
+    let get_me = sink.calls().iter().filter(|c| c.method == "getMe").count();
+    assert_eq!(get_me, 1, "getMe is asked once per bot");
+    // Explicitly: the cached answer, no second call.
+    assert_eq!(bot.me().await.unwrap().username.as_deref(), Some("OurBot"));
+    assert_eq!(
+        sink.calls().iter().filter(|c| c.method == "getMe").count(),
+        1
+    );
+}
+
+/// A command without a mention never needs `getMe`.
+#[tokio::test]
+async fn commands_without_a_mention_do_not_call_get_me() {
+    let sink = tgpipe_loadtest::sink::Sink::start(Default::default())
+        .await
+        .unwrap();
+    let bot = Bot::with_api_url("123:TEST", &sink.url()).unwrap();
+    let mut r = Router::new("r");
+    r.message(|| async {}).filter(Command::new(["help"]));
+    let dp = Dispatcher::builder(r).build().unwrap();
+    let outcome = dp.feed_raw(&bot, supergroup_update(1, "/help")).await;
+    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert!(sink.calls().is_empty());
+}

@@ -123,6 +123,8 @@ struct Inner {
     api_url: String,
     client: reqwest::Client,
     username: OnceLock<String>,
+    /// `getMe`'s answer, asked once (a failure is not kept: the next use asks again).
+    me: tokio::sync::OnceCell<frankenstein::types::User>,
     middleware: Vec<Arc<dyn RequestMiddleware>>,
     limiter: Limiter,
     retry: RetryPolicy,
@@ -244,6 +246,7 @@ impl BotBuilder {
             api_url: self.api_url,
             client,
             username: OnceLock::new(),
+            me: tokio::sync::OnceCell::new(),
             middleware,
             limiter: Limiter::new(id, self.limits, self.redis),
             retry: self.retry,
@@ -315,7 +318,8 @@ impl Bot {
         self.0.id
     }
 
-    /// The bot's username, once known ([`Bot::me`] or [`Bot::set_username`]).
+    /// The bot's username, once known ([`Bot::me`] or [`Bot::set_username`]). The
+    /// `Command` filter asks [`Bot::me`] itself the first time a command mentions a bot.
     pub fn username(&self) -> Option<&str> {
         self.0.username.get().map(String::as_str)
     }
@@ -491,13 +495,34 @@ impl Bot {
         .into())
     }
 
-    /// `getMe`, remembering the username for the `Command` filter's mention check.
+    /// `getMe`, asked once per bot and kept (clones share it; a failure is not kept,
+    /// so the next call asks again). Its username is what the `Command` filter checks a
+    /// mention (`/start@my_bot`) against; the runtime may call this at start, else the
+    /// first command with a mention does.
     pub async fn me(&self) -> Result<frankenstein::types::User, BotError> {
-        let me: frankenstein::types::User = self.call("getMe", &serde_json::json!({})).await?;
+        let me = self
+            .0
+            .me
+            .get_or_try_init(|| async {
+                self.call::<_, frankenstein::types::User>("getMe", &serde_json::json!({}))
+                    .await
+            })
+            .await?;
         if let Some(u) = &me.username {
             self.set_username(u.clone());
         }
-        Ok(me)
+        Ok(me.clone())
+    }
+
+    /// The username, asking [`Bot::me`] if it is not known yet. A failed `getMe` is
+    /// logged (WARN) and gives `None`.
+    pub async fn fetch_username(&self) -> Option<&str> {
+        if self.username().is_none()
+            && let Err(e) = self.me().await
+        {
+            tracing::warn!(bot = %self.0.id, error = %e, "getMe failed: commands that mention a bot cannot be matched yet");
+        }
+        self.username()
     }
 
     /// `sendMessage` with plain text.

@@ -326,14 +326,30 @@ impl Command {
     }
 }
 
+impl Command {
+    /// Parses the update's text, asking the bot for its username (`getMe`, once per
+    /// bot) only when the command mentions one and it is not known yet.
+    pub(crate) async fn parse_update(&self, cx: &Context) -> Option<CommandObject> {
+        let text = message_text(cx)?;
+        let head = text.split(char::is_whitespace).next().unwrap_or_default();
+        let username = if head.contains('@') && !self.ignore_mention {
+            cx.bot().fetch_username().await
+        } else {
+            cx.bot().username()
+        };
+        self.parse(text, username)
+    }
+}
+
 impl Filter for Command {
     fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
-        let parsed = message_text(cx).and_then(|t| self.parse(t, cx.bot().username()));
-        Box::pin(std::future::ready(parsed.map(|c| {
-            let mut v = Extensions::new();
-            v.insert(c);
-            v
-        })))
+        Box::pin(async move {
+            self.parse_update(cx).await.map(|c| {
+                let mut v = Extensions::new();
+                v.insert(c);
+                v
+            })
+        })
     }
     fn provides(&self) -> Vec<TypeId> {
         vec![TypeId::of::<CommandObject>()]
