@@ -18,7 +18,7 @@ use crate::fsm::{Fsm, FsmInstalled};
 use crate::handler::{BoxFuture, Flow};
 use crate::middleware::{Handled, Middleware, MiddlewareResult, Next};
 use crate::router::{ObserverKey, Registration, Router};
-use crate::update::{Event, Update};
+use crate::update::{Event, RawReason, UnreadableUpdate, Update};
 
 /// An observer, frozen for dispatch.
 struct FrozenObserver {
@@ -250,7 +250,16 @@ impl Dispatcher {
             .await;
         match result {
             Ok(Handled::Yes) => DispatchOutcome::Handled,
-            Ok(Handled::No) => DispatchOutcome::Unhandled,
+            Ok(Handled::No) => match cx.event() {
+                // Not acknowledged unseen: Telegram sent something the types cannot read.
+                Event::Raw(RawReason::Unparsed(why)) => {
+                    DispatchOutcome::Failed(Arc::new(HandlerError::permanent(UnreadableUpdate {
+                        kind: cx.update().kind.clone(),
+                        why: why.clone(),
+                    })))
+                }
+                _ => DispatchOutcome::Unhandled,
+            },
             Err(mut e) => {
                 e.reclassify(&self.classifiers);
                 let e = Arc::new(e);
