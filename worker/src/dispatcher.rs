@@ -13,7 +13,7 @@ use crate::context::{Context, Extensions};
 use crate::error::{
     BuildError, Classifier, DispatchOutcome, HandlerError, Transient, classifier_of,
 };
-use crate::filter::ErrorEvent;
+use crate::filter::{ErrorEvent, Filter};
 use crate::fsm::{Fsm, FsmInstalled};
 use crate::handler::{BoxFuture, Flow};
 use crate::middleware::{Handled, Middleware, MiddlewareResult, Next};
@@ -23,7 +23,10 @@ use crate::update::{Event, RawReason, UnreadableUpdate, Update};
 /// An observer, frozen for dispatch.
 struct FrozenObserver {
     outer: Arc<[Arc<dyn Middleware>]>,
+    /// The inner middleware of this observer in every router from the root down to
+    /// this one, outermost first (aiogram collects inner middleware along the chain).
     inner: Arc<[Arc<dyn Middleware>]>,
+    filters: Arc<[Arc<dyn Filter>]>,
     handlers: Arc<[Registration]>,
 }
 
@@ -33,24 +36,40 @@ struct Node {
     children: Vec<Arc<Node>>,
 }
 
+type InnerChains = BTreeMap<ObserverKey, Vec<Arc<dyn Middleware>>>;
+
 impl Node {
-    fn freeze(router: Router) -> Arc<Node> {
+    /// Freezes `router`, whose ancestors' inner middleware per observer is `inherited`.
+    fn freeze(router: Router, inherited: &InnerChains) -> Arc<Node> {
+        let mut chains = inherited.clone();
+        for (k, o) in &router.observers {
+            chains
+                .entry(k.clone())
+                .or_default()
+                .extend(o.inner.iter().cloned());
+        }
         Arc::new(Node {
             observers: router
                 .observers
                 .into_iter()
                 .map(|(k, o)| {
+                    let inner = chains.get(&k).cloned().unwrap_or_default();
                     (
                         k,
                         FrozenObserver {
                             outer: o.outer.into(),
-                            inner: o.inner.into(),
+                            inner: inner.into(),
+                            filters: o.filters.into(),
                             handlers: o.handlers.into(),
                         },
                     )
                 })
                 .collect(),
-            children: router.children.into_iter().map(Node::freeze).collect(),
+            children: router
+                .children
+                .into_iter()
+                .map(|c| Node::freeze(c, &chains))
+                .collect(),
         })
     }
 }
@@ -62,6 +81,8 @@ pub struct DispatcherBuilder {
     update_outer: Vec<Arc<dyn Middleware>>,
     fsm: Option<Fsm>,
     classifiers: Vec<Classifier>,
+    /// Values update-wide providers insert.
+    provided: Vec<std::any::TypeId>,
 }
 
 impl DispatcherBuilder {
@@ -83,6 +104,21 @@ impl DispatcherBuilder {
     /// Update-wide outer middleware: runs for every update, before routing.
     pub fn update_middleware<M: Middleware>(mut self, mw: M) -> Self {
         self.update_outer.push(Arc::new(mw));
+        self
+    }
+
+    /// Provides a `T` to every handler: `f` makes it for each update, as update-wide
+    /// outer middleware (after the ones added before). Declared and inserted in one
+    /// step, like [`Router::provide`].
+    pub fn provide<T, F, Fut>(mut self, f: F) -> Self
+    where
+        T: Send + Sync + 'static,
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, HandlerError>> + Send + 'static,
+    {
+        let mw: Arc<dyn Middleware> = Arc::new(crate::router::Provider(f));
+        self.update_outer.push(mw);
+        self.provided.push(std::any::TypeId::of::<T>());
         self
     }
 
@@ -119,7 +155,12 @@ impl DispatcherBuilder {
             self.state.insert(FsmInstalled);
         }
         self.router
-            .check(&self.state, &[], &mut HashSet::new())
+            .check(
+                &self.state,
+                &self.provided,
+                &BTreeMap::new(),
+                &mut HashSet::new(),
+            )
             .map_err(|e| match e {
                 BuildError::MissingDependency {
                     router,
@@ -137,7 +178,7 @@ impl DispatcherBuilder {
             })?;
         Ok(Dispatcher {
             kinds: Arc::new(self.router.used_update_kinds()),
-            root: Node::freeze(self.router),
+            root: Node::freeze(self.router, &BTreeMap::new()),
             state: Arc::new(self.state),
             update_outer: self.update_outer.into(),
             fsm: self.fsm,
@@ -193,6 +234,7 @@ impl Dispatcher {
             update_outer: Vec::new(),
             fsm: None,
             classifiers: Vec::new(),
+            provided: Vec::new(),
         }
     }
 
@@ -324,22 +366,38 @@ fn route(node: Arc<Node>, key: ObserverKey, cx: Context) -> BoxFuture<'static, M
     }
 }
 
+/// Runs `filters` in order, each seeing the values of the ones before it (aiogram merges
+/// each filter's data before calling the next): the context with all their values, or
+/// `None` if one rejected.
+async fn run_filters(filters: &[Arc<dyn Filter>], cx: &Context) -> Option<Context> {
+    let Some((first, rest)) = filters.split_first() else {
+        return Some(cx.clone());
+    };
+    let mut fcx = cx.clone();
+    fcx.extend(first.check(cx).await?);
+    for f in rest {
+        let values = f.check(&fcx).await?;
+        fcx.extend(values);
+    }
+    Some(fcx)
+}
+
 async fn try_here_then_children(
     node: Arc<Node>,
     key: ObserverKey,
     cx: Context,
 ) -> MiddlewareResult {
+    let mut cx = cx;
     if let Some(obs) = node.observers.get(&key) {
-        'handlers: for reg in obs.handlers.iter() {
-            let mut values = Extensions::new();
-            for f in &reg.filters {
-                match f.check(&cx).await {
-                    Some(v) => values.extend(v),
-                    None => continue 'handlers,
-                }
-            }
-            let mut hcx = cx.clone();
-            hcx.extend(values);
+        // Observer-level filters gate this router and its nested routers alike.
+        match run_filters(&obs.filters, &cx).await {
+            Some(fcx) => cx = fcx,
+            None => return Ok(Handled::No),
+        }
+        for reg in obs.handlers.iter() {
+            let Some(hcx) = run_filters(&reg.filters, &cx).await else {
+                continue;
+            };
             let handler = reg.handler.clone();
             let endpoint = Arc::new(move |cx: Context| -> BoxFuture<'static, MiddlewareResult> {
                 let h = handler.clone();

@@ -74,9 +74,57 @@ where
     }
 }
 
+/// A filter that hands the handler a value: passes when `f` gives one. The value's type
+/// is declared by the same step that inserts it, so the build-time dependency check
+/// cannot drift from what runs.
+///
+/// ```
+/// use tgpipe_worker::filter::{message_text, provide};
+/// use tgpipe_worker::{Dep, Router};
+///
+/// #[derive(Clone)]
+/// struct Amount(u64);
+///
+/// async fn pay(Dep(amount): Dep<Amount>) {}
+///
+/// let mut router = Router::new("main");
+/// router
+///     .message(pay)
+///     .filter(provide(|cx| message_text(cx)?.strip_prefix("pay ")?.parse().ok().map(Amount)));
+/// ```
+pub fn provide<T, F>(f: F) -> Provide<F>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&Context) -> Option<T> + Send + Sync + 'static,
+{
+    Provide(f)
+}
+
+/// See [`provide`].
+#[derive(Debug, Clone)]
+pub struct Provide<F>(F);
+
+impl<T, F> Filter for Provide<F>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&Context) -> Option<T> + Send + Sync + 'static,
+{
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        let value = (self.0)(cx);
+        Box::pin(std::future::ready(value.map(|v| {
+            let mut values = Extensions::new();
+            values.insert(v);
+            values
+        })))
+    }
+    fn provides(&self) -> Vec<TypeId> {
+        vec![TypeId::of::<T>()]
+    }
+}
+
 /// Combinators on every filter.
 pub trait FilterExt: Filter + Sized {
-    /// Both must pass; values of both are handed on.
+    /// Both must pass; values of both are handed on, and the second sees the first's.
     fn and<G: Filter>(self, other: G) -> And<Self, G> {
         And(self, other)
     }
@@ -96,7 +144,9 @@ impl<A: Filter, B: Filter> Filter for And<A, B> {
     fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
         Box::pin(async move {
             let mut values = self.0.check(cx).await?;
-            values.extend(self.1.check(cx).await?);
+            let mut seen = cx.clone();
+            seen.extend(values.clone());
+            values.extend(self.1.check(&seen).await?);
             Some(values)
         })
     }
