@@ -373,8 +373,11 @@ async fn run_filters(filters: &[Arc<dyn Filter>], cx: &Context) -> Option<Contex
     let Some((first, rest)) = filters.split_first() else {
         return Some(cx.clone());
     };
+    // The context is cloned only once the first filter passed: most registrations are
+    // rejected by their first filter.
+    let values = first.check(cx).await?;
     let mut fcx = cx.clone();
-    fcx.extend(first.check(cx).await?);
+    fcx.extend(values);
     for f in rest {
         let values = f.check(&fcx).await?;
         fcx.extend(values);
