@@ -393,9 +393,11 @@ async fn try_here_then_children(
     let mut cx = cx;
     if let Some(obs) = node.observers.get(&key) {
         // Observer-level filters gate this router and its nested routers alike.
-        match run_filters(&obs.filters, &cx).await {
-            Some(fcx) => cx = fcx,
-            None => return Ok(Handled::No),
+        if !obs.filters.is_empty() {
+            match run_filters(&obs.filters, &cx).await {
+                Some(fcx) => cx = fcx,
+                None => return Ok(Handled::No),
+            }
         }
         for reg in obs.handlers.iter() {
             let Some(hcx) = run_filters(&reg.filters, &cx).await else {
