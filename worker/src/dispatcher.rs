@@ -10,18 +10,23 @@ use tgpipe_shared::UpdateKind;
 
 use crate::bot::Bot;
 use crate::context::{Context, Extensions};
-use crate::error::{BuildError, DispatchOutcome, HandlerError};
-use crate::filter::ErrorEvent;
+use crate::error::{
+    BuildError, Classifier, DispatchOutcome, HandlerError, Transient, classifier_of,
+};
+use crate::filter::{ErrorEvent, Filter};
 use crate::fsm::{Fsm, FsmInstalled};
 use crate::handler::{BoxFuture, Flow};
 use crate::middleware::{Handled, Middleware, MiddlewareResult, Next};
 use crate::router::{ObserverKey, Registration, Router};
-use crate::update::{Event, Update};
+use crate::update::{Event, RawReason, UnreadableUpdate, Update};
 
 /// An observer, frozen for dispatch.
 struct FrozenObserver {
     outer: Arc<[Arc<dyn Middleware>]>,
+    /// The inner middleware of this observer in every router from the root down to
+    /// this one, outermost first (aiogram collects inner middleware along the chain).
     inner: Arc<[Arc<dyn Middleware>]>,
+    filters: Arc<[Arc<dyn Filter>]>,
     handlers: Arc<[Registration]>,
 }
 
@@ -31,24 +36,40 @@ struct Node {
     children: Vec<Arc<Node>>,
 }
 
+type InnerChains = BTreeMap<ObserverKey, Vec<Arc<dyn Middleware>>>;
+
 impl Node {
-    fn freeze(router: Router) -> Arc<Node> {
+    /// Freezes `router`, whose ancestors' inner middleware per observer is `inherited`.
+    fn freeze(router: Router, inherited: &InnerChains) -> Arc<Node> {
+        let mut chains = inherited.clone();
+        for (k, o) in &router.observers {
+            chains
+                .entry(k.clone())
+                .or_default()
+                .extend(o.inner.iter().cloned());
+        }
         Arc::new(Node {
             observers: router
                 .observers
                 .into_iter()
                 .map(|(k, o)| {
+                    let inner = chains.get(&k).cloned().unwrap_or_default();
                     (
                         k,
                         FrozenObserver {
                             outer: o.outer.into(),
-                            inner: o.inner.into(),
+                            inner: inner.into(),
+                            filters: o.filters.into(),
                             handlers: o.handlers.into(),
                         },
                     )
                 })
                 .collect(),
-            children: router.children.into_iter().map(Node::freeze).collect(),
+            children: router
+                .children
+                .into_iter()
+                .map(|c| Node::freeze(c, &chains))
+                .collect(),
         })
     }
 }
@@ -59,9 +80,21 @@ pub struct DispatcherBuilder {
     state: Extensions,
     update_outer: Vec<Arc<dyn Middleware>>,
     fsm: Option<Fsm>,
+    classifiers: Vec<Classifier>,
+    /// Values update-wide providers insert.
+    provided: Vec<std::any::TypeId>,
 }
 
 impl DispatcherBuilder {
+    /// Registers an application error type that knows whether it is transient: a
+    /// handler error that is an `E`, or wraps one in its `source()` chain, is classified
+    /// by `E`'s [`Transient::is_transient`] (the first error of the chain that knows
+    /// decides; the framework's own errors know without registering).
+    pub fn transient_errors<E: Transient>(mut self) -> Self {
+        self.classifiers.push(classifier_of::<E>());
+        self
+    }
+
     /// Application state, given once: handlers take it as `Dep<T>`.
     pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.state.insert(value);
@@ -71,6 +104,21 @@ impl DispatcherBuilder {
     /// Update-wide outer middleware: runs for every update, before routing.
     pub fn update_middleware<M: Middleware>(mut self, mw: M) -> Self {
         self.update_outer.push(Arc::new(mw));
+        self
+    }
+
+    /// Provides a `T` to every handler: `f` makes it for each update, as update-wide
+    /// outer middleware (after the ones added before). Declared and inserted in one
+    /// step, like [`Router::provide`].
+    pub fn provide<T, F, Fut>(mut self, f: F) -> Self
+    where
+        T: Send + Sync + 'static,
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, HandlerError>> + Send + 'static,
+    {
+        let mw: Arc<dyn Middleware> = Arc::new(crate::router::Provider(f));
+        self.update_outer.push(mw);
+        self.provided.push(std::any::TypeId::of::<T>());
         self
     }
 
@@ -107,7 +155,12 @@ impl DispatcherBuilder {
             self.state.insert(FsmInstalled);
         }
         self.router
-            .check(&self.state, &[], &mut HashSet::new())
+            .check(
+                &self.state,
+                &self.provided,
+                &BTreeMap::new(),
+                &mut HashSet::new(),
+            )
             .map_err(|e| match e {
                 BuildError::MissingDependency {
                     router,
@@ -125,10 +178,11 @@ impl DispatcherBuilder {
             })?;
         Ok(Dispatcher {
             kinds: Arc::new(self.router.used_update_kinds()),
-            root: Node::freeze(self.router),
+            root: Node::freeze(self.router, &BTreeMap::new()),
             state: Arc::new(self.state),
             update_outer: self.update_outer.into(),
             fsm: self.fsm,
+            classifiers: self.classifiers.into(),
         })
     }
 }
@@ -160,6 +214,7 @@ pub struct Dispatcher {
     update_outer: Arc<[Arc<dyn Middleware>]>,
     kinds: Arc<Vec<UpdateKind>>,
     fsm: Option<Fsm>,
+    classifiers: Arc<[Classifier]>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -178,6 +233,8 @@ impl Dispatcher {
             state: Extensions::new(),
             update_outer: Vec::new(),
             fsm: None,
+            classifiers: Vec::new(),
+            provided: Vec::new(),
         }
     }
 
@@ -235,18 +292,58 @@ impl Dispatcher {
             .await;
         match result {
             Ok(Handled::Yes) => DispatchOutcome::Handled,
-            Ok(Handled::No) => DispatchOutcome::Unhandled,
-            Err(e) => {
+            Ok(Handled::No) => match cx.event() {
+                // Not acknowledged unseen: Telegram sent something the types cannot read.
+                Event::Raw(RawReason::Unparsed(why)) => {
+                    DispatchOutcome::Failed(Arc::new(HandlerError::permanent(UnreadableUpdate {
+                        kind: cx.update().kind.clone(),
+                        why: why.clone(),
+                    })))
+                }
+                _ => DispatchOutcome::Unhandled,
+            },
+            Err(mut e) => {
+                e.reclassify(&self.classifiers);
                 let e = Arc::new(e);
                 let mut ecx = cx;
                 ecx.insert(ErrorEvent(Arc::clone(&e)));
-                match route(Arc::clone(&self.root), ObserverKey::Errors, ecx).await {
+                match route(Arc::clone(&self.root), ObserverKey::Errors, ecx.clone()).await {
                     Ok(Handled::Yes) => DispatchOutcome::Handled,
                     // An error handler that fails leaves the original error standing.
-                    _ => DispatchOutcome::Failed(e),
+                    _ => default_error_policy(&ecx, e),
                 }
             }
         }
+    }
+}
+
+/// What becomes of an error no `errors` handler took. A Bot API 403 whose recipient is
+/// gone (the user blocked the bot, deleted the account, removed it from the group, never
+/// started it) is an everyday event, not a failure: counted, logged at INFO, handled.
+/// Everything else fails.
+fn default_error_policy(cx: &Context, e: Arc<HandlerError>) -> DispatchOutcome {
+    // The reason is a link of the Bot API error's source chain, so it is found through
+    // application errors that wrap the `BotError`, `transparent` ones included.
+    let gone = e
+        .find::<crate::bot::ForbiddenReason>()
+        .copied()
+        .filter(|r| r.recipient_gone());
+    match gone {
+        Some(reason) => {
+            metrics::counter!("tgpipe_bot_api_forbidden_total", "reason" => reason.label())
+                .increment(1);
+            let update = cx.update();
+            tracing::info!(
+                bot = %update.bot,
+                update_id = update.update_id,
+                chat_id = update.chat_id,
+                reason = reason.label(),
+                error = %e,
+                "the Bot API refused: the recipient is gone; the update counts as handled"
+            );
+            DispatchOutcome::Handled
+        }
+        None => DispatchOutcome::Failed(e),
     }
 }
 
@@ -269,22 +366,43 @@ fn route(node: Arc<Node>, key: ObserverKey, cx: Context) -> BoxFuture<'static, M
     }
 }
 
+/// Runs `filters` in order, each seeing the values of the ones before it (aiogram merges
+/// each filter's data before calling the next): the context with all their values, or
+/// `None` if one rejected.
+async fn run_filters(filters: &[Arc<dyn Filter>], cx: &Context) -> Option<Context> {
+    let Some((first, rest)) = filters.split_first() else {
+        return Some(cx.clone());
+    };
+    // The context is cloned only once the first filter passed: most registrations are
+    // rejected by their first filter.
+    let values = first.check(cx).await?;
+    let mut fcx = cx.clone();
+    fcx.extend(values);
+    for f in rest {
+        let values = f.check(&fcx).await?;
+        fcx.extend(values);
+    }
+    Some(fcx)
+}
+
 async fn try_here_then_children(
     node: Arc<Node>,
     key: ObserverKey,
     cx: Context,
 ) -> MiddlewareResult {
+    let mut cx = cx;
     if let Some(obs) = node.observers.get(&key) {
-        'handlers: for reg in obs.handlers.iter() {
-            let mut values = Extensions::new();
-            for f in &reg.filters {
-                match f.check(&cx).await {
-                    Some(v) => values.extend(v),
-                    None => continue 'handlers,
-                }
+        // Observer-level filters gate this router and its nested routers alike.
+        if !obs.filters.is_empty() {
+            match run_filters(&obs.filters, &cx).await {
+                Some(fcx) => cx = fcx,
+                None => return Ok(Handled::No),
             }
-            let mut hcx = cx.clone();
-            hcx.extend(values);
+        }
+        for reg in obs.handlers.iter() {
+            let Some(hcx) = run_filters(&reg.filters, &cx).await else {
+                continue;
+            };
             let handler = reg.handler.clone();
             let endpoint = Arc::new(move |cx: Context| -> BoxFuture<'static, MiddlewareResult> {
                 let h = handler.clone();

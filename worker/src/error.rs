@@ -3,13 +3,107 @@
 use std::error::Error as StdError;
 use std::fmt;
 
+/// Whether an error is transient, as a link of a `source()` chain.
+///
+/// [`crate::BotError`]'s `source()` is one of these (or a
+/// [`ForbiddenReason`](crate::bot::ForbiddenReason), permanent), so its classification
+/// survives an application error that wraps it with `#[error(transparent)]`: thiserror's
+/// `transparent` forwards `source()` to the wrapped error's own source, hiding the
+/// wrapped error itself. An application error can use it the same way
+/// (`#[source] ErrorClass`, or return it from a hand-written `source()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// A later retry of the update may succeed.
+    Transient,
+    /// A retry would fail the same way.
+    Permanent,
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorClass::Transient => "transient: a later retry may succeed",
+            ErrorClass::Permanent => "permanent: a retry would fail the same way",
+        })
+    }
+}
+
+impl StdError for ErrorClass {}
+
+/// An error type of the application that knows whether it is transient.
+///
+/// Errors are classified when a handler's error becomes a [`HandlerError`]: the error
+/// and then each of its [`source`](StdError::source)s in turn, the first one that knows
+/// decides. The framework's own errors know ([`crate::BotError`], [`crate::FsmError`],
+/// [`crate::extract::ExtractError`], Redis and I/O errors), so an application error that
+/// wraps one (`Api(#[from] BotError)`) is as transient as what it wraps. An application
+/// type that wants to decide for itself implements `Transient` and is registered with
+/// [`DispatcherBuilder::transient_errors`](crate::DispatcherBuilder::transient_errors)
+/// (a type cannot be asked for a trait through `dyn Error` without being named once). A
+/// registered type must be visible in the chain: a wrapper with `#[error(transparent)]`
+/// hides it, one with a message (`#[error("paying: {0}")] Pay(#[from] PaymentError)`)
+/// does not.
+///
+/// ```
+/// use tgpipe_worker::error::Transient;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum PaymentError {
+///     #[error("the payment provider is down")]
+///     ProviderDown,
+///     #[error("the card was declined")]
+///     Declined,
+/// }
+///
+/// impl Transient for PaymentError {
+///     fn is_transient(&self) -> bool {
+///         matches!(self, PaymentError::ProviderDown)
+///     }
+/// }
+/// ```
+pub trait Transient: StdError + Send + Sync + 'static {
+    /// Whether a retry of the update could succeed.
+    fn is_transient(&self) -> bool;
+}
+
+/// Asks one error (not its sources) whether it is transient: `None` when its type does
+/// not know.
+pub(crate) type Classifier = fn(&(dyn StdError + 'static)) -> Option<bool>;
+
+/// The classifier of a registered [`Transient`] type.
+pub(crate) fn classifier_of<E: Transient>() -> Classifier {
+    |e| e.downcast_ref::<E>().map(Transient::is_transient)
+}
+
 /// An error a handler (or middleware, or extractor) returned. It keeps the original error
 /// so `errors` handlers can match on its type (see [`crate::filter::ErrorIs`]), and knows
 /// whether retrying could help (the runtime naks transient errors and dead-letters
 /// permanent ones).
+///
+/// An error converted with `?` or `From` is classified by walking its `source()` chain
+/// (see [`Transient`]); [`HandlerError::transient`] and [`HandlerError::permanent`] say it
+/// outright and are never reclassified.
+///
+/// ```
+/// use tgpipe_worker::{BotError, HandlerError};
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum Error {
+///     #[error(transparent)]
+///     Api(#[from] BotError),
+///     #[error("no such product")]
+///     NoProduct,
+/// }
+///
+/// let wrapped: HandlerError = Error::Api(BotError::Server(502)).into();
+/// assert!(wrapped.is_transient());
+/// assert!(!HandlerError::from(Error::NoProduct).is_transient());
+/// ```
 pub struct HandlerError {
     inner: Box<dyn StdError + Send + Sync + 'static>,
     transient: bool,
+    /// Said outright by the caller: registered classifiers do not override it.
+    explicit: bool,
 }
 
 impl HandlerError {
@@ -18,6 +112,7 @@ impl HandlerError {
         HandlerError {
             inner: e.into(),
             transient: false,
+            explicit: true,
         }
     }
 
@@ -26,6 +121,7 @@ impl HandlerError {
         HandlerError {
             inner: e.into(),
             transient: true,
+            explicit: true,
         }
     }
 
@@ -44,9 +140,35 @@ impl HandlerError {
         self.inner.downcast_ref()
     }
 
+    /// The first `T` in the error's `source()` chain, the original error included: finds
+    /// the [`crate::BotError`] inside an application error that wraps it.
+    pub fn find<T: StdError + 'static>(&self) -> Option<&T> {
+        chain(self.inner()).find_map(|e| e.downcast_ref::<T>())
+    }
+
+    /// The wait a Bot API flood control (429) asked for, if a `RetryAfter` is in the
+    /// chain: the runtime can redeliver the update after it rather than after its
+    /// usual backoff. (Not found through an application error that wraps the
+    /// `BotError` with `#[error(transparent)]`, which hides it; the error is transient
+    /// all the same.)
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self.find::<crate::BotError>()? {
+            crate::BotError::RetryAfter(wait) => Some(*wait),
+            _ => None,
+        }
+    }
+
     /// The original error.
     pub fn inner(&self) -> &(dyn StdError + Send + Sync + 'static) {
         &*self.inner
+    }
+
+    /// Classifies again with the application's registered [`Transient`] types (unless
+    /// the error was made transient or permanent outright).
+    pub(crate) fn reclassify(&mut self, extra: &[Classifier]) {
+        if !self.explicit && !extra.is_empty() {
+            self.transient = classify(self.inner(), extra);
+        }
     }
 }
 
@@ -65,29 +187,79 @@ impl fmt::Display for HandlerError {
     }
 }
 
-/// Errors that know whether they are transient convert with that knowledge; any other
-/// error is permanent.
+/// Errors that know whether they are transient convert with that knowledge, found
+/// anywhere in their `source()` chain; any other error is permanent.
 impl<E: StdError + Send + Sync + 'static> From<E> for HandlerError {
     fn from(e: E) -> HandlerError {
-        let transient = classify(&e);
+        let transient = classify(&e, &[]);
         HandlerError {
             inner: Box::new(e),
             transient,
+            explicit: false,
         }
     }
 }
 
-fn classify(e: &(dyn StdError + 'static)) -> bool {
+/// An error and its sources, outermost first.
+fn chain<'a>(
+    e: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(e), |e: &&'a (dyn StdError + 'static)| (*e).source())
+}
+
+/// How deep the `source()` chain is followed (a chain that loops must still end).
+const MAX_CHAIN: usize = 32;
+
+/// The first error of the chain that knows decides: the application's registered
+/// types, then the framework's own.
+pub(crate) fn classify(e: &(dyn StdError + 'static), extra: &[Classifier]) -> bool {
+    chain(e)
+        .take(MAX_CHAIN)
+        .find_map(|e| extra.iter().find_map(|c| c(e)).or_else(|| known(e)))
+        .unwrap_or(false)
+}
+
+/// The error types of the framework and of the clients it uses.
+fn known(e: &(dyn StdError + 'static)) -> Option<bool> {
+    if let Some(c) = e.downcast_ref::<ErrorClass>() {
+        return Some(*c == ErrorClass::Transient);
+    }
+    if e.is::<crate::bot::ForbiddenReason>() {
+        return Some(false);
+    }
     if let Some(b) = e.downcast_ref::<crate::bot::BotError>() {
-        return b.is_transient();
+        return Some(b.is_transient());
     }
     if let Some(x) = e.downcast_ref::<crate::extract::ExtractError>() {
-        return x.is_transient();
+        return Some(x.is_transient());
     }
     if let Some(f) = e.downcast_ref::<crate::fsm::FsmError>() {
-        return f.is_transient();
+        return Some(f.is_transient());
     }
-    false
+    if let Some(r) = e.downcast_ref::<redis::RedisError>() {
+        return Some(
+            r.is_io_error()
+                || r.is_timeout()
+                || r.is_connection_dropped()
+                || r.is_connection_refusal()
+                || r.is_cluster_error(),
+        );
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        use std::io::ErrorKind as K;
+        return Some(matches!(
+            io.kind(),
+            K::TimedOut
+                | K::ConnectionRefused
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::NotConnected
+                | K::BrokenPipe
+                | K::Interrupted
+                | K::WouldBlock
+        ));
+    }
+    None
 }
 
 /// What dispatching one update came to.
@@ -134,4 +306,100 @@ pub enum BuildError {
     /// Two routers in one tree share a name (names identify routers in errors and logs).
     #[error("two routers are named `{0}`")]
     DuplicateRouter(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BotError;
+
+    /// The pattern docs/fsm.md and the example bot recommend.
+    #[derive(Debug, thiserror::Error)]
+    enum AppError {
+        #[error(transparent)]
+        Api(#[from] BotError),
+        #[error(transparent)]
+        Fsm(#[from] crate::FsmError),
+        #[error("Bot API: {0}")]
+        ApiWithContext(#[source] BotError),
+        #[error("context: {source}")]
+        Context {
+            #[source]
+            source: Box<AppError>,
+        },
+        #[error("bad input")]
+        BadInput,
+    }
+
+    #[test]
+    fn a_wrapped_bot_api_502_is_transient() {
+        assert!(HandlerError::from(AppError::Api(BotError::Server(502))).is_transient());
+        let e = AppError::ApiWithContext(BotError::Server(502));
+        assert!(HandlerError::from(e).is_transient());
+        // Two levels down.
+        let deep = AppError::Context {
+            source: Box::new(AppError::Api(BotError::Network("reset".into()))),
+        };
+        assert!(HandlerError::from(deep).is_transient());
+    }
+
+    #[test]
+    fn a_wrapped_redis_blip_is_transient() {
+        let blip = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = AppError::Fsm(crate::FsmError::storage(redis::RedisError::from(blip)));
+        assert!(HandlerError::from(e).is_transient());
+    }
+
+    #[test]
+    fn wrapped_permanent_errors_stay_permanent() {
+        let e = AppError::Api(BotError::BadRequest("message text is empty".into()));
+        assert!(!HandlerError::from(e).is_transient());
+        let e = AppError::Api(BotError::Forbidden("bot was blocked by the user".into()));
+        let e = HandlerError::from(e);
+        assert!(!e.is_transient());
+        assert_eq!(
+            e.find::<crate::bot::ForbiddenReason>(),
+            Some(&crate::bot::ForbiddenReason::BlockedByUser)
+        );
+        assert!(!HandlerError::from(AppError::BadInput).is_transient());
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("payment provider: {0}")]
+    struct ProviderError(&'static str, #[source] BotError);
+
+    impl Transient for ProviderError {
+        fn is_transient(&self) -> bool {
+            self.0 == "busy"
+        }
+    }
+
+    #[test]
+    fn a_registered_transient_type_decides_for_itself_before_what_it_wraps() {
+        let extra = [classifier_of::<ProviderError>()];
+        // Wraps a permanent error but says it is transient.
+        let mut e = HandlerError::from(ProviderError("busy", BotError::Unauthorized));
+        assert!(!e.is_transient());
+        e.reclassify(&extra);
+        assert!(e.is_transient());
+        // Wraps a transient one but says it is not.
+        let mut e = HandlerError::from(ProviderError("declined", BotError::Server(502)));
+        assert!(e.is_transient());
+        e.reclassify(&extra);
+        assert!(!e.is_transient());
+        // Said outright: not reclassified.
+        let mut e = HandlerError::permanent(ProviderError("busy", BotError::Unauthorized));
+        e.reclassify(&extra);
+        assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn find_and_retry_after_look_through_the_chain() {
+        let e = HandlerError::from(AppError::ApiWithContext(BotError::RetryAfter(
+            std::time::Duration::from_secs(7),
+        )));
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(7)));
+        assert!(e.find::<BotError>().is_some());
+        assert!(!e.is::<BotError>());
+    }
 }

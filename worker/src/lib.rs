@@ -32,7 +32,7 @@ pub use extract::{Dep, FromContext};
 pub use fsm::{Fsm, FsmContext, FsmError, FsmKey, KeyStrategy, StateFilter};
 pub use handler::Flow;
 pub use middleware::{Handled, Next};
-pub use router::Router;
+pub use router::{ObserverKey, Router};
 pub use runtime::run;
 pub use update::{Event, Update};
 

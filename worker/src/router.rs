@@ -1,15 +1,25 @@
 //! Routers: observers of update kinds, with handlers, filters and middleware, nested.
+//!
+//! As in aiogram 3: each observer (one per update kind, plus `raw` and `errors`) has
+//! outer middleware (every update of its kind that reaches the router), observer-level
+//! filters (a router-wide condition: when one rejects, neither this router's handlers
+//! nor its nested routers see the update), handlers with their filters, and inner
+//! middleware (around a handler whose filters matched). Inner middleware is collected
+//! along the router chain: a parent's inner middleware of a kind wraps the handlers of
+//! that kind in its nested routers too, outermost first.
 
 use std::any::TypeId;
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 
 use tgpipe_shared::UpdateKind;
 
-use crate::error::BuildError;
+use crate::context::Context;
+use crate::error::{BuildError, HandlerError};
 use crate::filter::Filter;
 use crate::handler::{ErasedHandler, Handler};
-use crate::middleware::Middleware;
+use crate::middleware::{Middleware, MiddlewareResult, Next};
 
 /// One handler with its filters.
 #[derive(Clone)]
@@ -23,17 +33,30 @@ pub(crate) struct Registration {
 pub(crate) struct Observer {
     pub(crate) outer: Vec<Arc<dyn Middleware>>,
     pub(crate) inner: Vec<Arc<dyn Middleware>>,
+    /// Observer-level filters: all must pass for this router (and its nested routers)
+    /// to be tried for the update.
+    pub(crate) filters: Vec<Arc<dyn Filter>>,
     pub(crate) handlers: Vec<Registration>,
+    /// Values this router's providers insert for this observer (see [`Router::provide`]).
+    pub(crate) provides: Vec<TypeId>,
 }
 
-/// Where an observer lives in a router.
+/// An observer of a router: an update kind, `raw`, or `errors`. Methods that attach
+/// middleware or filters take one (an [`UpdateKind`] converts into it).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum ObserverKey {
+pub enum ObserverKey {
+    /// Updates of this kind.
     Kind(UpdateKind),
     /// Unknown kinds and payloads the typed model could not read.
     Raw,
     /// Errors of handlers below the dispatcher.
     Errors,
+}
+
+impl From<UpdateKind> for ObserverKey {
+    fn from(kind: UpdateKind) -> ObserverKey {
+        ObserverKey::Kind(kind)
+    }
 }
 
 impl std::fmt::Display for ObserverKey {
@@ -168,26 +191,99 @@ impl Router {
         self.register(ObserverKey::Errors, handler)
     }
 
-    /// Adds outer middleware to the observer of `kind`: it runs for every update of that
-    /// kind that reaches this router, before filters.
-    pub fn outer_middleware<M: Middleware>(&mut self, kind: UpdateKind, mw: M) -> &mut Self {
-        self.observer(ObserverKey::Kind(kind))
-            .outer
-            .push(Arc::new(mw));
+    /// Adds outer middleware to an observer (an update kind, [`ObserverKey::Raw`] or
+    /// [`ObserverKey::Errors`]): it runs for every update of that kind that reaches this
+    /// router, before filters.
+    pub fn outer_middleware<M: Middleware>(
+        &mut self,
+        on: impl Into<ObserverKey>,
+        mw: M,
+    ) -> &mut Self {
+        self.observer(on.into()).outer.push(Arc::new(mw));
         self
     }
 
-    /// Adds inner middleware to the observer of `kind`: it runs around a handler whose
-    /// filters matched.
-    pub fn inner_middleware<M: Middleware>(&mut self, kind: UpdateKind, mw: M) -> &mut Self {
-        self.observer(ObserverKey::Kind(kind))
-            .inner
-            .push(Arc::new(mw));
+    /// Adds inner middleware to an observer: it runs around a handler whose filters
+    /// matched, in this router and in the routers nested in it.
+    pub fn inner_middleware<M: Middleware>(
+        &mut self,
+        on: impl Into<ObserverKey>,
+        mw: M,
+    ) -> &mut Self {
+        self.observer(on.into()).inner.push(Arc::new(mw));
+        self
+    }
+
+    /// Adds an observer-level filter (aiogram's `router.message.filter(...)`): a
+    /// condition for the whole router on that observer. It is checked after the
+    /// observer's outer middleware, before any handler; when it rejects, neither this
+    /// router's handlers nor its nested routers are tried. Values it provides reach the
+    /// handlers and the nested routers.
+    ///
+    /// ```
+    /// use frankenstein::types::ChatType;
+    /// use tgpipe_shared::UpdateKind;
+    /// use tgpipe_worker::{filter::chat_type, Router};
+    ///
+    /// let mut admin = Router::new("private only");
+    /// admin.observer_filter(UpdateKind::Message, chat_type(&[ChatType::Private]));
+    /// admin.message(|| async {});
+    /// ```
+    pub fn observer_filter<F: Filter>(&mut self, on: impl Into<ObserverKey>, f: F) -> &mut Self {
+        self.observer(on.into()).filters.push(Arc::new(f));
+        self
+    }
+
+    /// An observer-level filter on `message` (see [`Router::observer_filter`]).
+    pub fn message_filter<F: Filter>(&mut self, f: F) -> &mut Self {
+        self.observer_filter(UpdateKind::Message, f)
+    }
+
+    /// An observer-level filter on `callback_query` (see [`Router::observer_filter`]).
+    pub fn callback_query_filter<F: Filter>(&mut self, f: F) -> &mut Self {
+        self.observer_filter(UpdateKind::CallbackQuery, f)
+    }
+
+    /// Provides a `T` to the handlers of an observer, in this router and the routers
+    /// nested in it: `f` makes it, as outer middleware of the observer, for each update
+    /// that reaches the router. The value is declared and inserted in one step, so the
+    /// build-time dependency check knows exactly what runs (an error from `f` fails the
+    /// update like a handler's).
+    ///
+    /// ```
+    /// use tgpipe_shared::UpdateKind;
+    /// use tgpipe_worker::{Context, Dep, Dispatcher, HandlerError, Router};
+    ///
+    /// #[derive(Clone)]
+    /// struct Locale(&'static str);
+    ///
+    /// async fn locale(cx: Context) -> Result<Locale, HandlerError> {
+    ///     Ok(Locale(if cx.update().chat_id.is_some_and(|c| c < 0) { "group" } else { "en" }))
+    /// }
+    ///
+    /// async fn greet(Dep(locale): Dep<Locale>) {}
+    ///
+    /// let mut router = Router::new("main");
+    /// router.provide(UpdateKind::Message, locale);
+    /// router.message(greet);
+    /// assert!(Dispatcher::builder(router).build().is_ok());
+    /// ```
+    pub fn provide<T, F, Fut>(&mut self, on: impl Into<ObserverKey>, f: F) -> &mut Self
+    where
+        T: Send + Sync + 'static,
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, HandlerError>> + Send + 'static,
+    {
+        let obs = self.observer(on.into());
+        obs.provides.push(TypeId::of::<T>());
+        obs.outer.push(Arc::new(Provider(f)));
         self
     }
 
     /// Declares that this router's middleware inserts a `T` into the context, so handlers
-    /// taking `Dep<T>` pass the start-up check.
+    /// taking `Dep<T>` pass the start-up check. Prefer [`Router::provide`], which
+    /// declares and inserts in one step: a declaration here can drift from what the
+    /// middleware does.
     pub fn provides<T: 'static>(&mut self) -> &mut Self {
         self.provides.push(TypeId::of::<T>());
         self
@@ -223,37 +319,54 @@ impl Router {
     /// Whether any handler or filter of the tree needs a value of type `id`.
     pub(crate) fn needs(&self, id: TypeId) -> bool {
         self.observers.values().any(|obs| {
-            obs.handlers.iter().any(|reg| {
-                reg.handler.requirements.iter().any(|r| r.type_id == id)
-                    || reg
-                        .filters
-                        .iter()
-                        .any(|f| f.requires().iter().any(|r| r.type_id == id))
-            })
+            obs.filters
+                .iter()
+                .any(|f| f.requires().iter().any(|r| r.type_id == id))
+                || obs.handlers.iter().any(|reg| {
+                    reg.handler.requirements.iter().any(|r| r.type_id == id)
+                        || reg
+                            .filters
+                            .iter()
+                            .any(|f| f.requires().iter().any(|r| r.type_id == id))
+                })
         }) || self.children.iter().any(|c| c.needs(id))
     }
 
     /// Checks the tree: unique names, and every handler's requirements provided by the
-    /// state, by declared middleware values along its path, or by its own filters.
+    /// state, by declared middleware values along its path (router-wide, or for its
+    /// observer: providers and observer filters), or by its own filters.
     pub(crate) fn check(
         &self,
         state: &crate::context::Extensions,
         inherited: &[TypeId],
+        inherited_on: &BTreeMap<ObserverKey, Vec<TypeId>>,
         names: &mut HashSet<String>,
     ) -> Result<(), BuildError> {
         if !names.insert(self.name.clone()) {
             return Err(BuildError::DuplicateRouter(self.name.clone()));
         }
         let provided: Vec<TypeId> = inherited.iter().chain(&self.provides).copied().collect();
+        let mut provided_on = inherited_on.clone();
         for (key, obs) in &self.observers {
+            let on = provided_on.entry(key.clone()).or_default();
+            on.extend(obs.provides.iter().copied());
+            on.extend(obs.filters.iter().flat_map(|f| f.provides()));
+        }
+        for (key, obs) in &self.observers {
+            let on: &[TypeId] = provided_on.get(key).map_or(&[], Vec::as_slice);
             for (index, reg) in obs.handlers.iter().enumerate() {
                 let from_filters: Vec<TypeId> =
                     reg.filters.iter().flat_map(|f| f.provides()).collect();
-                let filter_needs: Vec<crate::extract::Requirement> =
-                    reg.filters.iter().flat_map(|f| f.requires()).collect();
+                let filter_needs: Vec<crate::extract::Requirement> = obs
+                    .filters
+                    .iter()
+                    .chain(&reg.filters)
+                    .flat_map(|f| f.requires())
+                    .collect();
                 for req in reg.handler.requirements.iter().chain(&filter_needs) {
                     let ok = state.contains(req.type_id)
                         || provided.contains(&req.type_id)
+                        || on.contains(&req.type_id)
                         || from_filters.contains(&req.type_id)
                         // The error observer always provides the error.
                         || (*key == ObserverKey::Errors && req.type_id == TypeId::of::<crate::filter::ErrorEvent>());
@@ -270,6 +383,28 @@ impl Router {
         }
         self.children
             .iter()
-            .try_for_each(|c| c.check(state, &provided, names))
+            .try_for_each(|c| c.check(state, &provided, &provided_on, names))
+    }
+}
+
+/// The middleware [`Router::provide`] installs.
+pub(crate) struct Provider<F>(pub(crate) F);
+
+impl<T, F, Fut> Middleware for Provider<F>
+where
+    T: Send + Sync + 'static,
+    F: Fn(Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, HandlerError>> + Send + 'static,
+{
+    fn call(
+        &self,
+        mut cx: Context,
+        next: Next,
+    ) -> crate::handler::BoxFuture<'static, MiddlewareResult> {
+        let made = (self.0)(cx.clone());
+        Box::pin(async move {
+            cx.insert(made.await?);
+            next.run(cx).await
+        })
     }
 }

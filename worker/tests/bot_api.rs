@@ -350,8 +350,10 @@ async fn two_clients_sharing_redis_keep_the_per_bot_limit() {
     );
 }
 
+/// A 429 for a call to a chat pauses that chat (a chat's flood), in every pod sharing the
+/// Redis; other chats go on.
 #[tokio::test]
-async fn a_429_seen_by_one_client_pauses_the_other() {
+async fn a_429_seen_by_one_client_pauses_its_chat_in_the_other() {
     let redis = RedisServer::start();
     let s = sink().await;
     let (a, b) = two_clients(&s, &redis, fast_limits(), Some(quick_retries()));
@@ -360,7 +362,7 @@ async fn a_429_seen_by_one_client_pauses_the_other() {
     let calls = s.wait_for_calls(1, Duration::from_secs(5)).await;
     assert_eq!(calls[0].status, 429);
     let paused_at = calls[0].at;
-    // a sets the bot-wide pause as soon as its 429 arrives.
+    // a sets the chat's pause as soon as its 429 arrives.
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -369,7 +371,7 @@ async fn a_429_seen_by_one_client_pauses_the_other() {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let ttl: i64 = redis::cmd("PTTL")
-            .arg("tgpipe:pause:{123}")
+            .arg("tgpipe:pause:{123}:chat:1")
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -379,18 +381,81 @@ async fn a_429_seen_by_one_client_pauses_the_other() {
         assert!(Instant::now() < deadline, "no pause key in Redis");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // b has seen no 429 itself; it learns of the pause from Redis.
-    b.send_text(2, "b").await.unwrap();
+    let bot_ttl: i64 = redis::cmd("PTTL")
+        .arg("tgpipe:pause:{123}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(bot_ttl < 0, "a chat's flood does not pause the bot");
+    // Another chat is not held.
+    b.send_text(3, "other chat").await.unwrap();
+    let other = s.calls().last().unwrap().at;
+    assert!(
+        other.duration_since(paused_at).unwrap_or_default() < Duration::from_millis(700),
+        "another chat waited for the paused one"
+    );
+    // b has seen no 429 itself; it learns of the chat's pause from Redis.
+    b.send_text(1, "b").await.unwrap();
     first.await.unwrap().unwrap();
     let calls = s.calls();
-    assert_eq!(calls.len(), 3);
-    for c in &calls[1..] {
+    assert_eq!(calls.len(), 4);
+    for c in calls
+        .iter()
+        .filter(|c| c.params["chat_id"] == json!(1))
+        .skip(1)
+    {
         let after = c.at.duration_since(paused_at).unwrap_or_default();
         assert!(
             after >= Duration::from_millis(900),
             "sent {after:?} after the 429"
         );
     }
+}
+
+/// A 429 for a call addressed to no chat pauses the whole bot.
+#[tokio::test]
+async fn a_429_without_a_chat_pauses_the_bot() {
+    let s = sink().await;
+    s.push_fault("answerCallbackQuery", Fault::retry_after(1));
+    let b = bot(&s, quick_retries());
+    let started = Instant::now();
+    let e = b
+        .call::<_, bool>("answerCallbackQuery", &json!({"callback_query_id": "q"}))
+        .await;
+    assert_eq!(e, Ok(true));
+    b.send_text(9, "held").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(950));
+}
+
+/// `Instant::now() + retry_after` panicked on a huge `retry_after`; the pause is kept for
+/// at most a day, the call is refused at once with the full wait (transient), and later
+/// calls to the chat, in this pod and in another sharing the Redis, are refused without
+/// being sent instead of holding their handlers.
+#[tokio::test]
+async fn a_retry_after_of_10_to_the_12_seconds_does_not_panic() {
+    let redis = RedisServer::start();
+    let s = sink().await;
+    let (a, b) = two_clients(&s, &redis, fast_limits(), Some(quick_retries()));
+    s.push_fault("sendMessage", Fault::retry_after(1_000_000_000_000));
+    let started = Instant::now();
+    let e = a.send_text(1, "x").await.unwrap_err();
+    assert_eq!(
+        e,
+        BotError::RetryAfter(Duration::from_secs(1_000_000_000_000))
+    );
+    assert!(e.is_transient());
+    for client in [&a, &b] {
+        match client.send_text(1, "again").await {
+            Err(BotError::RetryAfter(left)) => {
+                assert!(left > Duration::from_secs(3600), "{left:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(s.calls().len(), 1, "refused calls are not sent");
+    // Other chats are not paused.
+    b.send_text(2, "fine").await.unwrap();
 }
 
 #[tokio::test]

@@ -8,34 +8,31 @@ use std::time::Duration;
 /// Each variant knows whether it is transient ([`BotError::is_transient`]): the worker
 /// runtime naks an update whose handler failed transiently (it is retried later) and
 /// dead-letters one that failed for good.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// Its `source()` says the classification even through an application error that wraps
+/// it with `#[error(transparent)]` (which forwards `source()` and hides the wrapped
+/// error's type): [`ErrorClass`](crate::error::ErrorClass) for most variants, the
+/// [`ForbiddenReason`] for a 403.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BotError {
     /// 429: flood control; the whole bot must wait this long.
-    #[error("Bot API flood control: retry after {0:?}")]
     RetryAfter(Duration),
     /// 400 with `migrate_to_chat_id`: the group became this supergroup.
-    #[error("the group was upgraded to the supergroup {0}")]
     MigrateToChat(i64),
-    /// 403: the bot was blocked, kicked, or may not write there.
-    #[error("Bot API forbidden: {0}")]
+    /// 403: the bot was blocked, kicked, or may not write there (Telegram's
+    /// description; [`BotError::forbidden_reason`] reads it).
     Forbidden(String),
     /// 400: the request was wrong (empty text, chat not found, ...).
-    #[error("Bot API bad request: {0}")]
     BadRequest(String),
     /// 401: the token was revoked or is wrong.
-    #[error("Bot API unauthorized: the token is not valid")]
     Unauthorized,
     /// 404: no such method (or a bad token in the URL).
-    #[error("Bot API method not found")]
     NotFound,
     /// 409: a webhook is set while polling, or another poller is running.
-    #[error("Bot API conflict: {0}")]
     Conflict(String),
     /// 5xx: Telegram's side failed (the code).
-    #[error("Bot API server error {0}")]
     Server(u16),
     /// Another error code Telegram may answer with.
-    #[error("Bot API error {code}: {description}")]
     Other {
         /// The `error_code`.
         code: u16,
@@ -43,15 +40,52 @@ pub enum BotError {
         description: String,
     },
     /// The request did not complete (connection refused or reset, timeout).
-    #[error("network error talking to the Bot API: {0}")]
     Network(String),
     /// The answer was not Telegram's envelope (or not the expected result).
-    #[error("unexpected answer from the Bot API: {0}")]
     InvalidResponse(String),
     /// The request could not be built (parameters that do not serialise, a file that
     /// cannot be read).
-    #[error("the Bot API request could not be built: {0}")]
     InvalidRequest(String),
+}
+
+impl std::fmt::Display for BotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BotError::RetryAfter(wait) => write!(f, "Bot API flood control: retry after {wait:?}"),
+            BotError::MigrateToChat(chat) => {
+                write!(f, "the group was upgraded to the supergroup {chat}")
+            }
+            BotError::Forbidden(d) => write!(f, "Bot API forbidden: {d}"),
+            BotError::BadRequest(d) => write!(f, "Bot API bad request: {d}"),
+            BotError::Unauthorized => f.write_str("Bot API unauthorized: the token is not valid"),
+            BotError::NotFound => f.write_str("Bot API method not found"),
+            BotError::Conflict(d) => write!(f, "Bot API conflict: {d}"),
+            BotError::Server(code) => write!(f, "Bot API server error {code}"),
+            BotError::Other { code, description } => {
+                write!(f, "Bot API error {code}: {description}")
+            }
+            BotError::Network(d) => write!(f, "network error talking to the Bot API: {d}"),
+            BotError::InvalidResponse(d) => write!(f, "unexpected answer from the Bot API: {d}"),
+            BotError::InvalidRequest(d) => {
+                write!(f, "the Bot API request could not be built: {d}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BotError {
+    /// The classification, as a link of the chain (see the type's docs).
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        use crate::error::ErrorClass;
+        if let Some(reason) = self.forbidden_reason() {
+            return Some(reason.as_static());
+        }
+        Some(if self.is_transient() {
+            &ErrorClass::Transient
+        } else {
+            &ErrorClass::Permanent
+        })
+    }
 }
 
 impl BotError {
@@ -108,6 +142,23 @@ impl BotError {
         }
     }
 
+    /// Why Telegram refused a 403, read from its description; `None` for other errors.
+    ///
+    /// ```
+    /// use tgpipe_worker::BotError;
+    /// use tgpipe_worker::bot::ForbiddenReason;
+    ///
+    /// let e = BotError::Forbidden("Forbidden: bot was blocked by the user".into());
+    /// assert_eq!(e.forbidden_reason(), Some(ForbiddenReason::BlockedByUser));
+    /// assert!(ForbiddenReason::BlockedByUser.recipient_gone());
+    /// ```
+    pub fn forbidden_reason(&self) -> Option<ForbiddenReason> {
+        match self {
+            BotError::Forbidden(description) => Some(ForbiddenReason::of(description)),
+            _ => None,
+        }
+    }
+
     /// The error an `ok: false` answer stands for.
     pub fn from_answer(
         code: u16,
@@ -130,6 +181,94 @@ impl BotError {
         }
     }
 }
+
+/// Why a call was forbidden (403), from Telegram's description.
+///
+/// The first four are the everyday events of a bot with many users: the recipient is
+/// gone, or never was there (they blocked the bot, deleted their account, removed it
+/// from the group, never started it). [`ForbiddenReason::recipient_gone`] is true for
+/// them, and the dispatcher's default error policy treats a handler failing with one as
+/// handled (counted in `tgpipe_bot_api_forbidden_total{reason}`, logged at INFO), rather
+/// than dead-lettering the update. [`ForbiddenReason::Other`] (missing rights, say) is a
+/// problem of the bot's own and fails the update as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ForbiddenReason {
+    /// "bot was blocked by the user".
+    BlockedByUser,
+    /// "user is deactivated" (the account was deleted).
+    UserDeactivated,
+    /// "bot was kicked from the group / supergroup / channel chat", or "bot is not a
+    /// member of the ... chat".
+    Kicked,
+    /// "bot can't initiate conversation with a user" (they never started the bot), or
+    /// "bot can't send messages to bots".
+    CannotInitiate,
+    /// Any other refusal (missing rights, ...).
+    Other,
+}
+
+impl ForbiddenReason {
+    /// The reason Telegram's `description` gives.
+    pub fn of(description: &str) -> ForbiddenReason {
+        let d = description.to_ascii_lowercase();
+        if d.contains("blocked by the user") {
+            ForbiddenReason::BlockedByUser
+        } else if d.contains("user is deactivated") {
+            ForbiddenReason::UserDeactivated
+        } else if d.contains("was kicked") || d.contains("is not a member") {
+            ForbiddenReason::Kicked
+        } else if d.contains("can't initiate conversation")
+            || d.contains("can't send messages to bots")
+        {
+            ForbiddenReason::CannotInitiate
+        } else {
+            ForbiddenReason::Other
+        }
+    }
+
+    /// Whether the refusal means the recipient is gone (everything but `Other`).
+    pub fn recipient_gone(self) -> bool {
+        !matches!(self, ForbiddenReason::Other)
+    }
+
+    /// The same reason, borrowed for as long as needed (a `source()` must borrow).
+    fn as_static(self) -> &'static ForbiddenReason {
+        match self {
+            ForbiddenReason::BlockedByUser => &ForbiddenReason::BlockedByUser,
+            ForbiddenReason::UserDeactivated => &ForbiddenReason::UserDeactivated,
+            ForbiddenReason::Kicked => &ForbiddenReason::Kicked,
+            ForbiddenReason::CannotInitiate => &ForbiddenReason::CannotInitiate,
+            ForbiddenReason::Other => &ForbiddenReason::Other,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            ForbiddenReason::BlockedByUser => "blocked",
+            ForbiddenReason::UserDeactivated => "deactivated",
+            ForbiddenReason::Kicked => "kicked",
+            ForbiddenReason::CannotInitiate => "cannot_initiate",
+            ForbiddenReason::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ForbiddenReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ForbiddenReason::BlockedByUser => "the user blocked the bot",
+            ForbiddenReason::UserDeactivated => "the user's account is deactivated",
+            ForbiddenReason::Kicked => "the bot is no longer a member of the chat",
+            ForbiddenReason::CannotInitiate => "the bot may not start a conversation with the user",
+            ForbiddenReason::Other => "the bot may not do this",
+        })
+    }
+}
+
+/// A link of [`BotError`]'s `source()` chain: a 403's reason (permanent).
+impl std::error::Error for ForbiddenReason {}
 
 /// A token that is not `<bot_id>:<secret>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,6 +301,43 @@ mod tests {
             BotError::from_answer(418, "x".into(), None, None),
             BotError::Other { code: 418, .. }
         ));
+    }
+
+    #[test]
+    fn forbidden_descriptions_map_to_reasons() {
+        for (d, r) in [
+            (
+                "Forbidden: bot was blocked by the user",
+                ForbiddenReason::BlockedByUser,
+            ),
+            (
+                "Forbidden: user is deactivated",
+                ForbiddenReason::UserDeactivated,
+            ),
+            (
+                "Forbidden: bot was kicked from the supergroup chat",
+                ForbiddenReason::Kicked,
+            ),
+            (
+                "Forbidden: bot was kicked from the group chat",
+                ForbiddenReason::Kicked,
+            ),
+            (
+                "Forbidden: bot is not a member of the channel chat",
+                ForbiddenReason::Kicked,
+            ),
+            (
+                "Forbidden: bot can't initiate conversation with a user",
+                ForbiddenReason::CannotInitiate,
+            ),
+            (
+                "Forbidden: not enough rights to send text messages to the chat",
+                ForbiddenReason::Other,
+            ),
+        ] {
+            assert_eq!(ForbiddenReason::of(d), r, "{d}");
+            assert_eq!(r.recipient_gone(), r != ForbiddenReason::Other);
+        }
     }
 
     #[test]

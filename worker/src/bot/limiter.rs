@@ -6,13 +6,21 @@
 //! limits are kept *before* sending, in Redis, where all pods see them: a GCRA (generic
 //! cell rate algorithm) per limit, checked and advanced for all of a call's limits in one
 //! Lua script, atomically, against Redis's clock (so pods' clocks need not agree). The
-//! same script reports a bot-wide pause (`tgpipe:pause:{<bot>}`) that a 429 seen by any
-//! pod sets for `retry_after`.
+//! same script reports the pauses a 429 seen by any pod sets for `retry_after`, in the
+//! scope Telegram's answer concerned: the chat the refused call was sent to
+//! (`tgpipe:pause:{<bot>}:chat:<chat_id>`: a chat's flood holds that chat only), or the
+//! whole bot for a call addressed to no chat (`tgpipe:pause:{<bot>}`).
+//!
+//! A call never waits out a pause longer than the caller allows (the client's
+//! `max_retry_after`): it is refused at once with the time left, so a handler does not
+//! hold its permit for minutes and the update is redelivered after the pause instead.
+//! Pauses are stored for at most [`MAX_PAUSE`] (a `retry_after` beyond any real one must
+//! not overflow a clock or Redis's expiry).
 //!
 //! Keys (the hash tag puts all of a bot's keys in one Redis Cluster slot, so the script
 //! may touch them together): `tgpipe:rl:{<bot>}:bot`, `tgpipe:rl:{<bot>}:paid`,
-//! `tgpipe:rl:{<bot>}:chat:<chat_id>`, `tgpipe:pause:{<bot>}`. Each expires once it no
-//! longer limits anything.
+//! `tgpipe:rl:{<bot>}:chat:<chat_id>`, `tgpipe:pause:{<bot>}`,
+//! `tgpipe:pause:{<bot>}:chat:<chat_id>`. Each expires once it no longer limits anything.
 //!
 //! Without Redis (not configured, or unreachable) the same algorithm runs in process;
 //! the bot-wide rates are divided by the expected number of pods so that each pod keeps
@@ -172,19 +180,26 @@ impl Cell {
     }
 }
 
-/// Checks the pause, then every limit; if all allow, advances them all. Returns 0
-/// (go) or the microseconds to wait before asking again. ARGV: interval and tolerance
-/// (µs) per limit key, in KEYS order after the pause key.
+/// Checks the pauses, then every limit; if all allow, advances them all. Returns 0
+/// (go), the microseconds to wait before asking again (a limit), or minus the
+/// microseconds a pause has left. ARGV[1]: how many of the KEYS are pause keys (the
+/// bot's, and the chat's if the call has one); then interval and tolerance (µs) per limit
+/// key, in KEYS order after the pause keys.
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local paused = redis.call('PTTL', KEYS[1])
-if paused > 0 then return paused * 1000 end
+local npause = tonumber(ARGV[1])
+local paused = 0
+for i = 1, npause do
+  local p = redis.call('PTTL', KEYS[i])
+  if p > paused then paused = p end
+end
+if paused > 0 then return -paused * 1000 end
 local wait = 0
 local tats = {}
-for i = 2, #KEYS do
-  local interval = tonumber(ARGV[2 * i - 3])
-  local tolerance = tonumber(ARGV[2 * i - 2])
+for i = npause + 1, #KEYS do
+  local interval = tonumber(ARGV[2 * (i - npause)])
+  local tolerance = tonumber(ARGV[2 * (i - npause) + 1])
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
   local w = tat - tolerance - now
@@ -192,7 +207,7 @@ for i = 2, #KEYS do
   tats[i] = tat + interval
 end
 if wait > 0 then return math.ceil(wait) end
-for i = 2, #KEYS do
+for i = npause + 1, #KEYS do
   local ttl = math.ceil((tats[i] - now) / 1000) + 1000
   redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
 end
@@ -214,12 +229,51 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// After Redis failed, how long to use the in-process limiter before trying it again.
 const REDIS_RETRY: Duration = Duration::from_secs(1);
 
+/// The longest pause kept (a day): Telegram's real `retry_after`s are seconds to hours;
+/// anything longer is stored as this, so no clock or expiry overflows, and the error
+/// carries the full wait all the same.
+pub const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, Default)]
 struct Local {
     /// Theoretical arrival times per cell.
     tats: HashMap<String, Instant>,
+    /// The bot-wide pause.
     paused_until: Option<Instant>,
+    /// Pauses of single chats.
+    chat_paused_until: HashMap<i64, Instant>,
     redis_down_until: Option<Instant>,
+}
+
+impl Local {
+    /// How long the pause that holds a call to `chat` has left.
+    fn pause_left(&self, chat: Option<i64>, now: Instant) -> Duration {
+        let bot = self.paused_until;
+        let chat = chat.and_then(|c| self.chat_paused_until.get(&c).copied());
+        bot.into_iter()
+            .chain(chat)
+            .map(|until| until.saturating_duration_since(now))
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// What the limiter's shared state says about a call.
+enum Verdict {
+    /// Go now (the limits were advanced).
+    Go,
+    /// A limit asks to wait this long, then ask again.
+    Wait(Duration),
+    /// A 429's pause has this long left.
+    Paused(Duration),
+}
+
+/// The chat id a call is addressed to, if numeric.
+pub(crate) fn chat_of(target: Option<Target>) -> Option<i64> {
+    match target?.chat? {
+        ChatRef::Id(id) => Some(id),
+        ChatRef::Username => None,
+    }
 }
 
 /// A bot's limiter (shared by the clones of a `Bot`).
@@ -274,6 +328,10 @@ impl Limiter {
         format!("tgpipe:pause:{{{}}}", self.bot)
     }
 
+    fn chat_pause_key(&self, chat: i64) -> String {
+        format!("tgpipe:pause:{{{}}}:chat:{chat}", self.bot)
+    }
+
     fn cells(&self, method: &str, target: Option<Target>) -> Vec<Cell> {
         if !is_limited_method(method) {
             return Vec::new();
@@ -303,33 +361,49 @@ impl Limiter {
         cells
     }
 
-    /// Waits until this call may go: the bot is not paused and every limit allows it.
-    pub(crate) async fn acquire(&self, method: &str, target: Option<Target>) -> Decided {
+    /// Waits until this call may go: neither the bot nor the call's chat is paused and
+    /// every limit allows it. A pause with more than `max_pause` left is not waited out:
+    /// `Err` carries the time it has left.
+    pub(crate) async fn acquire(
+        &self,
+        method: &str,
+        target: Option<Target>,
+        max_pause: Duration,
+    ) -> Result<Decided, Duration> {
         let cells = self.cells(method, target);
+        let chat = chat_of(target);
         loop {
-            let paused = self.lock().paused_until;
-            if let Some(until) = paused
-                && until > Instant::now()
-            {
-                tokio::time::sleep_until(until.into()).await;
+            let left = self.lock().pause_left(chat, Instant::now());
+            if left > max_pause {
+                return Err(left);
+            }
+            if !left.is_zero() {
+                tokio::time::sleep(left).await;
                 continue;
             }
-            let (decided, wait) = match self.try_redis(&cells).await {
-                Some(wait) => (Decided::Redis, wait),
-                None => (Decided::Local, self.try_local(&cells)),
+            let (decided, verdict) = match self.try_redis(&cells, chat).await {
+                Some(verdict) => (Decided::Redis, verdict),
+                None => match self.try_local(&cells) {
+                    wait if wait.is_zero() => (Decided::Local, Verdict::Go),
+                    wait => (Decided::Local, Verdict::Wait(wait)),
+                },
             };
-            if wait.is_zero() {
-                if decided == Decided::Redis {
-                    self.remember_send(&cells);
+            match verdict {
+                Verdict::Go => {
+                    if decided == Decided::Redis {
+                        self.remember_send(&cells);
+                    }
+                    return Ok(decided);
                 }
-                return decided;
+                Verdict::Wait(wait) => tokio::time::sleep(wait).await,
+                Verdict::Paused(left) if left > max_pause => return Err(left),
+                Verdict::Paused(left) => tokio::time::sleep(left).await,
             }
-            tokio::time::sleep(wait).await;
         }
     }
 
     /// Asks Redis; `None` when there is no Redis or it did not answer.
-    async fn try_redis(&self, cells: &[Cell]) -> Option<Duration> {
+    async fn try_redis(&self, cells: &[Cell], chat: Option<i64>) -> Option<Verdict> {
         let mut conn = self.redis.clone()?;
         if self
             .lock()
@@ -339,6 +413,10 @@ impl Limiter {
             return None;
         }
         let mut invocation = self.script.key(self.pause_key());
+        match chat {
+            Some(c) => invocation.key(self.chat_pause_key(c)).arg(2),
+            None => invocation.arg(1),
+        };
         for c in cells {
             invocation
                 .key(format!("tgpipe:rl:{{{}}}:{}", self.bot, c.suffix))
@@ -346,9 +424,11 @@ impl Limiter {
                 .arg(c.tolerance_us);
         }
         let answer =
-            tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async::<u64>(&mut conn)).await;
+            tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await;
         match answer {
-            Ok(Ok(us)) => Some(Duration::from_micros(us)),
+            Ok(Ok(0)) => Some(Verdict::Go),
+            Ok(Ok(us)) if us > 0 => Some(Verdict::Wait(Duration::from_micros(us.unsigned_abs()))),
+            Ok(Ok(us)) => Some(Verdict::Paused(Duration::from_micros(us.unsigned_abs()))),
             Ok(Err(e)) => {
                 self.redis_failed(&e.to_string());
                 None
@@ -414,20 +494,38 @@ impl Limiter {
         }
     }
 
-    /// A 429 said to wait: pause the whole bot, here and (through Redis) in every pod.
-    pub(crate) async fn pause(&self, wait: Duration) {
+    /// A 429 said to wait: pause `chat` (the chat the refused call went to) or, without
+    /// one, the whole bot, here and (through Redis) in every pod. Saturating: a `wait`
+    /// beyond [`MAX_PAUSE`] is kept as [`MAX_PAUSE`].
+    pub(crate) async fn pause(&self, chat: Option<i64>, wait: Duration) {
+        let wait = wait.min(MAX_PAUSE);
         {
             let mut local = self.lock();
-            let until = Instant::now() + wait;
-            if local.paused_until.is_none_or(|t| t < until) {
-                local.paused_until = Some(until);
+            let now = Instant::now();
+            let until = now.checked_add(wait).unwrap_or(now);
+            let slot = match chat {
+                Some(c) => {
+                    // Forget chats whose pause is over, so memory follows paused chats.
+                    if local.chat_paused_until.len() > 10_000 {
+                        local.chat_paused_until.retain(|_, t| *t > now);
+                    }
+                    local.chat_paused_until.entry(c).or_insert(until)
+                }
+                None => local.paused_until.get_or_insert(until),
+            };
+            if *slot < until {
+                *slot = until;
             }
         }
         let Some(mut conn) = self.redis.clone() else {
             return;
         };
-        let ms = wait.as_millis().max(1) as u64;
-        let mut invocation = self.pause_script.key(self.pause_key());
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let key = match chat {
+            Some(c) => self.chat_pause_key(c),
+            None => self.pause_key(),
+        };
+        let mut invocation = self.pause_script.key(key);
         invocation.arg(ms);
         let set = invocation.invoke_async::<i64>(&mut conn);
         match tokio::time::timeout(REDIS_TIMEOUT, set).await {
@@ -497,9 +595,39 @@ mod tests {
     #[tokio::test]
     async fn a_pause_holds_every_method() {
         let l = limiter(RateLimits::default());
-        l.pause(Duration::from_millis(150)).await;
+        l.pause(None, Duration::from_millis(150)).await;
         let started = Instant::now();
-        l.acquire("answerCallbackQuery", None).await;
+        l.acquire("answerCallbackQuery", None, Duration::from_secs(1))
+            .await
+            .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(140));
+    }
+
+    #[tokio::test]
+    async fn a_chats_pause_holds_that_chat_only() {
+        let l = limiter(RateLimits::unlimited());
+        l.pause(Some(5), Duration::from_secs(60)).await;
+        let cap = Duration::from_secs(1);
+        let left = l.acquire("sendMessage", to(5), cap).await.unwrap_err();
+        assert!(left > Duration::from_secs(59), "{left:?}");
+        let started = Instant::now();
+        l.acquire("sendMessage", to(6), cap).await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_of_10_to_the_12_seconds_does_not_panic() {
+        let l = limiter(RateLimits::default());
+        let huge = Duration::from_secs(1_000_000_000_000);
+        l.pause(None, huge).await;
+        l.pause(Some(5), Duration::MAX).await;
+        let left = l
+            .acquire("sendMessage", to(5), Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert!(
+            left > Duration::from_secs(3600) && left <= MAX_PAUSE,
+            "{left:?}"
+        );
     }
 }

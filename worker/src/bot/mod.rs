@@ -4,10 +4,12 @@
 //! becomes an [`ApiRequest`] and goes through [`Bot::execute`]: a tracing span, the
 //! request middleware chain ([`middleware`]: metrics and logging built in, more can be
 //! added), the rate limiter ([`limiter`], in Redis so that all pods of a bot keep
-//! Telegram's limits together), then HTTP with bounded retries: after a 429 the whole
-//! bot waits `retry_after` (every pod: the pause is in Redis too), 5xx and connection
-//! failures back off exponentially with jitter. Answers become typed errors
-//! ([`BotError`]) that know whether they are transient.
+//! Telegram's limits together), then HTTP with bounded retries: after a 429 the chat the
+//! call went to (or, for a call to no chat, the whole bot) waits `retry_after` (every
+//! pod: the pause is in Redis too), up to [`RetryPolicy::max_retry_after`]: a longer
+//! pause is not waited out but returned as a transient [`BotError::RetryAfter`] with the
+//! time left. 5xx and connection failures back off exponentially with jitter. Answers
+//! become typed errors ([`BotError`]) that know whether they are transient.
 //!
 //! The token is part of the request URL only as Telegram requires; it is never logged,
 //! and `Debug` prints the bot id alone.
@@ -44,7 +46,7 @@ use serde::de::DeserializeOwned;
 use tgpipe_shared::BotId;
 use tracing::Instrument;
 
-pub use error::{BotError, InvalidToken};
+pub use error::{BotError, ForbiddenReason, InvalidToken};
 pub use helpers::{CallbackQueryExt, ChatActionSender, MediaGroup, MessageExt};
 pub use input_file::{FormPart, InputFile, Payload};
 pub use limiter::{Rate, RateLimits, is_limited_method};
@@ -65,7 +67,9 @@ pub struct RetryPolicy {
     pub max_flood_retries: u32,
     /// A 429 asking for a longer wait than this is not waited out here: the error goes
     /// to the handler (transient, so the runtime redelivers the update later) instead of
-    /// holding the handler that long. The pause is set all the same.
+    /// holding the handler that long. The pause is set all the same, and a later call
+    /// that would wait longer than this for a pause is refused at once with
+    /// `BotError::RetryAfter(time left)`, without being sent.
     pub max_retry_after: Duration,
     /// How many times a call is sent again after a 5xx or a connection failure.
     pub max_server_retries: u32,
@@ -119,6 +123,8 @@ struct Inner {
     api_url: String,
     client: reqwest::Client,
     username: OnceLock<String>,
+    /// `getMe`'s answer, asked once (a failure is not kept: the next use asks again).
+    me: tokio::sync::OnceCell<frankenstein::types::User>,
     middleware: Vec<Arc<dyn RequestMiddleware>>,
     limiter: Limiter,
     retry: RetryPolicy,
@@ -240,6 +246,7 @@ impl BotBuilder {
             api_url: self.api_url,
             client,
             username: OnceLock::new(),
+            me: tokio::sync::OnceCell::new(),
             middleware,
             limiter: Limiter::new(id, self.limits, self.redis),
             retry: self.retry,
@@ -311,7 +318,8 @@ impl Bot {
         self.0.id
     }
 
-    /// The bot's username, once known ([`Bot::me`] or [`Bot::set_username`]).
+    /// The bot's username, once known ([`Bot::me`] or [`Bot::set_username`]). The
+    /// `Command` filter asks [`Bot::me`] itself the first time a command mentions a bot.
     pub fn username(&self) -> Option<&str> {
         self.0.username.get().map(String::as_str)
     }
@@ -381,15 +389,27 @@ impl Bot {
         };
         let (mut flood_retries, mut server_retries, mut migrated) = (0, 0, false);
         loop {
-            self.0.limiter.acquire(&request.method, target).await;
+            if let Err(left) = self
+                .0
+                .limiter
+                .acquire(&request.method, target, policy.max_retry_after)
+                .await
+            {
+                // Paused for longer than a call may wait: refused here, with the time
+                // left, so the update goes back to the stream instead of holding on.
+                retried_not(&request.method);
+                return Err(BotError::RetryAfter(left));
+            }
             let failed = match self.send_once(&request).await {
                 Ok(body) => return Ok(body),
                 Err(f) => f,
             };
             match failed.error {
                 BotError::RetryAfter(wait) => {
-                    // Pause every pod first, whether or not this call is sent again.
-                    self.0.limiter.pause(wait).await;
+                    // Pause the scope Telegram refused (the chat the call went to, else
+                    // the bot) in every pod, whether or not this call is sent again.
+                    let chat = limiter::chat_of(target.or_else(|| request.target()));
+                    self.0.limiter.pause(chat, wait).await;
                     if flood_retries >= policy.max_flood_retries || wait > policy.max_retry_after {
                         return Err(failed.error);
                     }
@@ -475,13 +495,34 @@ impl Bot {
         .into())
     }
 
-    /// `getMe`, remembering the username for the `Command` filter's mention check.
+    /// `getMe`, asked once per bot and kept (clones share it; a failure is not kept,
+    /// so the next call asks again). Its username is what the `Command` filter checks a
+    /// mention (`/start@my_bot`) against; the runtime may call this at start, else the
+    /// first command with a mention does.
     pub async fn me(&self) -> Result<frankenstein::types::User, BotError> {
-        let me: frankenstein::types::User = self.call("getMe", &serde_json::json!({})).await?;
+        let me = self
+            .0
+            .me
+            .get_or_try_init(|| async {
+                self.call::<_, frankenstein::types::User>("getMe", &serde_json::json!({}))
+                    .await
+            })
+            .await?;
         if let Some(u) = &me.username {
             self.set_username(u.clone());
         }
-        Ok(me)
+        Ok(me.clone())
+    }
+
+    /// The username, asking [`Bot::me`] if it is not known yet. A failed `getMe` is
+    /// logged (WARN) and gives `None`.
+    pub async fn fetch_username(&self) -> Option<&str> {
+        if self.username().is_none()
+            && let Err(e) = self.me().await
+        {
+            tracing::warn!(bot = %self.0.id, error = %e, "getMe failed: commands that mention a bot cannot be matched yet");
+        }
+        self.username()
     }
 
     /// `sendMessage` with plain text.
@@ -496,6 +537,12 @@ impl Bot {
         )
         .await
     }
+}
+
+/// A call refused before it was sent, because a pause outlasts `max_retry_after`.
+fn retried_not(method: &str) {
+    metrics::counter!("tgpipe_bot_api_paused_refusals_total", "method" => method.to_owned())
+        .increment(1);
 }
 
 fn retried(method: &str, reason: &'static str) {

@@ -97,10 +97,19 @@ pub fn content_type(types: &[ContentType]) -> impl Filter {
 }
 
 /// Passes updates whose chat is of any of these types (`message`-like events and
-/// callback queries with their message).
+/// callback queries with their message). A chat type Telegram sent that the typed model
+/// does not know (repaired, see [`crate::update`]) matches none.
 pub fn chat_type(types: &[ChatType]) -> impl Filter {
     let types = types.to_vec();
     move |cx: &Context| {
+        let update = cx.update();
+        let path = match cx.event() {
+            crate::Event::CallbackQuery(_) => "callback_query.message.chat.type".to_owned(),
+            _ => format!("{}.chat.type", update.kind),
+        };
+        if update.was_repaired(&path) {
+            return false;
+        }
         let chat = match cx.event() {
             crate::Event::CallbackQuery(q) => match q.message.as_ref() {
                 Some(frankenstein::types::MaybeInaccessibleMessage::Message(m)) => {

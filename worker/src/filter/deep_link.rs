@@ -8,7 +8,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::{Command, CommandObject, Filter, FilterOutcome, message_text};
+use super::{Command, CommandObject, Filter, FilterOutcome};
 use crate::context::{Context, Extensions};
 use crate::handler::BoxFuture;
 
@@ -98,21 +98,22 @@ impl Default for CommandStart {
 
 impl Filter for CommandStart {
     fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
-        let parsed = message_text(cx).and_then(|t| self.command.parse(t, cx.bot().username()));
-        let outcome = parsed.and_then(|mut c: CommandObject| {
-            if self.deep_link && c.args.is_none() {
-                return None;
-            }
-            if self.encoded
-                && let Some(args) = &c.args
-            {
-                c.args = Some(decode_payload(args)?);
-            }
-            let mut v = Extensions::new();
-            v.insert(c);
-            Some(v)
-        });
-        Box::pin(std::future::ready(outcome))
+        Box::pin(async move {
+            let parsed = self.command.parse_update(cx).await;
+            parsed.and_then(|mut c: CommandObject| {
+                if self.deep_link && c.args.is_none() {
+                    return None;
+                }
+                if self.encoded
+                    && let Some(args) = &c.args
+                {
+                    c.args = Some(decode_payload(args)?);
+                }
+                let mut v = Extensions::new();
+                v.insert(c);
+                Some(v)
+            })
+        })
     }
     fn provides(&self) -> Vec<std::any::TypeId> {
         vec![std::any::TypeId::of::<CommandObject>()]

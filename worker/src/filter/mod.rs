@@ -74,9 +74,57 @@ where
     }
 }
 
+/// A filter that hands the handler a value: passes when `f` gives one. The value's type
+/// is declared by the same step that inserts it, so the build-time dependency check
+/// cannot drift from what runs.
+///
+/// ```
+/// use tgpipe_worker::filter::{message_text, provide};
+/// use tgpipe_worker::{Dep, Router};
+///
+/// #[derive(Clone)]
+/// struct Amount(u64);
+///
+/// async fn pay(Dep(amount): Dep<Amount>) {}
+///
+/// let mut router = Router::new("main");
+/// router
+///     .message(pay)
+///     .filter(provide(|cx| message_text(cx)?.strip_prefix("pay ")?.parse().ok().map(Amount)));
+/// ```
+pub fn provide<T, F>(f: F) -> Provide<F>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&Context) -> Option<T> + Send + Sync + 'static,
+{
+    Provide(f)
+}
+
+/// See [`provide`].
+#[derive(Debug, Clone)]
+pub struct Provide<F>(F);
+
+impl<T, F> Filter for Provide<F>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&Context) -> Option<T> + Send + Sync + 'static,
+{
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        let value = (self.0)(cx);
+        Box::pin(std::future::ready(value.map(|v| {
+            let mut values = Extensions::new();
+            values.insert(v);
+            values
+        })))
+    }
+    fn provides(&self) -> Vec<TypeId> {
+        vec![TypeId::of::<T>()]
+    }
+}
+
 /// Combinators on every filter.
 pub trait FilterExt: Filter + Sized {
-    /// Both must pass; values of both are handed on.
+    /// Both must pass; values of both are handed on, and the second sees the first's.
     fn and<G: Filter>(self, other: G) -> And<Self, G> {
         And(self, other)
     }
@@ -96,7 +144,9 @@ impl<A: Filter, B: Filter> Filter for And<A, B> {
     fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
         Box::pin(async move {
             let mut values = self.0.check(cx).await?;
-            values.extend(self.1.check(cx).await?);
+            let mut seen = cx.clone();
+            seen.extend(values.clone());
+            values.extend(self.1.check(&seen).await?);
             Some(values)
         })
     }
@@ -326,14 +376,30 @@ impl Command {
     }
 }
 
+impl Command {
+    /// Parses the update's text, asking the bot for its username (`getMe`, once per
+    /// bot) only when the command mentions one and it is not known yet.
+    pub(crate) async fn parse_update(&self, cx: &Context) -> Option<CommandObject> {
+        let text = message_text(cx)?;
+        let head = text.split(char::is_whitespace).next().unwrap_or_default();
+        let username = if head.contains('@') && !self.ignore_mention {
+            cx.bot().fetch_username().await
+        } else {
+            cx.bot().username()
+        };
+        self.parse(text, username)
+    }
+}
+
 impl Filter for Command {
     fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
-        let parsed = message_text(cx).and_then(|t| self.parse(t, cx.bot().username()));
-        Box::pin(std::future::ready(parsed.map(|c| {
-            let mut v = Extensions::new();
-            v.insert(c);
-            v
-        })))
+        Box::pin(async move {
+            self.parse_update(cx).await.map(|c| {
+                let mut v = Extensions::new();
+                v.insert(c);
+                v
+            })
+        })
     }
     fn provides(&self) -> Vec<TypeId> {
         vec![TypeId::of::<CommandObject>()]
@@ -372,6 +438,66 @@ impl<T: std::error::Error + 'static> Filter for ErrorIs<T> {
     fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
         let ok = cx.get::<ErrorEvent>().is_some_and(|e| e.0.is::<T>());
         Box::pin(std::future::ready(if ok { pass() } else { None }))
+    }
+}
+
+/// For `errors` handlers: passes when the error is, or wraps, a Bot API 403
+/// ([`crate::BotError::Forbidden`]), and hands the handler its
+/// [`ForbiddenReason`](crate::bot::ForbiddenReason) (`Dep<ForbiddenReason>`).
+///
+/// Without such a handler, the dispatcher's default policy treats a 403 whose recipient
+/// is gone (blocked, deactivated, kicked, never started) as handled; a handler here
+/// runs first, to forget the user, say.
+///
+/// ```
+/// use tgpipe_worker::bot::ForbiddenReason;
+/// use tgpipe_worker::filter::forbidden;
+/// use tgpipe_worker::{Dep, Router};
+///
+/// async fn forget_user(Dep(reason): Dep<ForbiddenReason>) {
+///     // mark the user inactive in the database ...
+/// }
+///
+/// let mut router = Router::new("main");
+/// router
+///     .errors(forget_user)
+///     .filter(forbidden().reasons([ForbiddenReason::BlockedByUser, ForbiddenReason::UserDeactivated]));
+/// ```
+pub fn forbidden() -> Forbidden {
+    Forbidden { reasons: None }
+}
+
+/// See [`forbidden`].
+#[derive(Debug, Clone)]
+pub struct Forbidden {
+    reasons: Option<Vec<crate::bot::ForbiddenReason>>,
+}
+
+impl Forbidden {
+    /// Only these reasons pass.
+    pub fn reasons(
+        mut self,
+        reasons: impl IntoIterator<Item = crate::bot::ForbiddenReason>,
+    ) -> Forbidden {
+        self.reasons = Some(reasons.into_iter().collect());
+        self
+    }
+}
+
+impl Filter for Forbidden {
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        let reason = cx
+            .get::<ErrorEvent>()
+            .and_then(|e| e.0.find::<crate::bot::ForbiddenReason>().copied())
+            .filter(|r| self.reasons.as_ref().is_none_or(|rs| rs.contains(r)));
+        Box::pin(std::future::ready(reason.map(|r| {
+            let mut v = Extensions::new();
+            v.insert(r);
+            v
+        })))
+    }
+    fn provides(&self) -> Vec<TypeId> {
+        vec![TypeId::of::<crate::bot::ForbiddenReason>()]
     }
 }
 
