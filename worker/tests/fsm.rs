@@ -1023,3 +1023,81 @@ fn a_dispatcher_needs_the_fsm_when_a_handler_or_a_filter_anywhere_in_the_tree_do
         Err(BuildError::FsmNotConfigured { .. })
     ));
 }
+
+/// Partition ownership stands in for the lease: a dispatch under an owner fence takes no
+/// lock, and a pod that lost the partition (an older epoch of the same lane) cannot
+/// overwrite what the new owner wrote.
+#[tokio::test]
+async fn a_worker_that_lost_its_partition_cannot_overwrite_the_new_owners_fsm_state() {
+    use tgpipe_worker::fsm::{OwnerFence, with_owner_fence};
+    let server = RedisServer::start();
+    let storage = redis_storage(&server).await;
+    let mut router = Router::new("form");
+    router.message(|m: Arc<Message>, fsm: FsmContext| async move {
+        let text = m.text.clone().unwrap_or_default();
+        fsm.set_state(text).await?;
+        fsm.update_data(|c: &mut Counter| c.count += 1).await?;
+        Ok::<_, FsmError>(())
+    });
+    let dispatcher = Dispatcher::builder(router)
+        .fsm(Fsm::new(storage.clone()))
+        .build()
+        .unwrap();
+    let bot = bot();
+    let key = FsmKey::new(bot.id().0, 7, 7);
+    let run = |epoch: u64, lane: &str, text: &str| {
+        with_owner_fence(
+            OwnerFence::new(lane, 3, epoch),
+            dispatcher.feed_raw(&bot, message(7, 7, text)),
+        )
+    };
+    // The new owner (epoch 20) writes first ...
+    assert!(matches!(run(20, "chat", "Form:Age").await, DispatchOutcome::Handled));
+    // ... then the old one (epoch 10), late: refused, transiently (it gives the update up).
+    match run(10, "chat", "Form:Name").await {
+        DispatchOutcome::Failed(e) => {
+            assert!(e.is_transient(), "{e}");
+            assert!(e.to_string().contains("later owner"), "{e}");
+        }
+        other => panic!("the stale write went through: {other:?}"),
+    }
+    assert_eq!(storage.get_state(&key).await.unwrap().as_deref(), Some("Form:Age"));
+    let data: Counter =
+        rmp_serde::from_slice(&storage.get_data(&key).await.unwrap().unwrap()).unwrap();
+    assert_eq!(data.count, 1, "the stale update_data was refused too");
+    // The owner itself and a later one write on; another lane's epochs are its own.
+    assert!(matches!(run(20, "chat", "Form:Age").await, DispatchOutcome::Handled));
+    assert!(matches!(run(5, "buttons", "Form:Name").await, DispatchOutcome::Handled));
+    // No lease was taken for a key inside one chat under ownership.
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let locks: Vec<String> = redis::cmd("KEYS")
+        .arg("tgpipe:lock:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(locks.is_empty(), "{locks:?}");
+}
+
+/// The duplicate memory is fenced like the FSM: a stale owner's insert is refused.
+#[tokio::test]
+async fn a_worker_that_lost_its_partition_cannot_write_the_duplicate_memory() {
+    use tgpipe_shared::BotId;
+    use tgpipe_worker::fsm::OwnerFence;
+    use tgpipe_worker::runtime::seen::Seen;
+    let server = RedisServer::start();
+    let redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    let seen = Seen::new(redis, 64, Duration::from_secs(60));
+    let (new, old) = (OwnerFence::new("chat", 1, 30), OwnerFence::new("chat", 1, 12));
+    assert!(seen.insert(BotId(1), 5, 100, Some(&new)).await.unwrap());
+    assert!(!seen.insert(BotId(1), 5, 101, Some(&old)).await.unwrap());
+    assert!(seen.contains(BotId(1), 5, 100).await.unwrap());
+    assert!(!seen.contains(BotId(1), 5, 101).await.unwrap(), "the stale insert was refused");
+}

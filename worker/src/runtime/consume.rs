@@ -105,7 +105,7 @@ type OrderKey = (BotId, i64);
 /// How long a pull request waits at the server. Short, because a handover waits for the
 /// old owner's last request to expire before it unpins (see `consume_partition`), and
 /// the handover's gap is about this long.
-const PULL_EXPIRY: Duration = Duration::from_millis(500);
+const PULL_EXPIRY: Duration = Duration::from_millis(300);
 
 /// Where a held update came from.
 // Nearly every update is `Delivered`, the large variant: boxing it would cost an
@@ -783,7 +783,7 @@ impl Pod {
                     Ok(DispatchOutcome::Handled) => Action::Ack("handled"),
                     Ok(DispatchOutcome::Unhandled) => Action::Ack("unhandled"),
                     Ok(DispatchOutcome::Failed(e)) if e.is_transient() => {
-                        Action::Retry(e.to_string())
+                        Action::Retry(e.to_string(), e.retry_after())
                     }
                     Ok(DispatchOutcome::Failed(e)) => Action::DeadLetter(e.to_string()),
                     Err(panic) => Action::DeadLetter(format!(
@@ -791,7 +791,12 @@ impl Pod {
                         panic_message(panic.as_ref())
                     )),
                 };
-                let Action::Retry(error) = action else {
+                // A partition this pod no longer owns is the new owner's to finish or
+                // dead-letter (a stale owner's fenced write fails its update here).
+                if part.stopped() && matches!(action, Action::Retry(..) | Action::DeadLetter(_)) {
+                    return Action::GiveBack;
+                }
+                let Action::Retry(error, asked) = action else {
                     return action;
                 };
                 if delivered >= me.acks.max_deliver {
@@ -800,7 +805,11 @@ impl Pod {
                     ));
                 }
                 // Retried in place: the chat waits, nothing of it overtakes this update.
-                let delay = me.acks.retry_delay(delivered);
+                // A flood wait the Bot API asked for (over the client's cap) is honoured.
+                let delay = me
+                    .acks
+                    .retry_delay(delivered)
+                    .max(asked.unwrap_or_default());
                 tracing::warn!(%error, ?delay, "failed transiently; will retry");
                 metrics::outcome(label, "retried");
                 let wait = self.keep_in_progress(&job.src, async {
@@ -931,7 +940,7 @@ impl Pod {
                 metrics::outcome(label, "duplicate");
                 self.finish(job, AckKind::Ack).await;
             }
-            Action::GiveBack | Action::Retry(_) => self.give_back(job).await,
+            Action::GiveBack | Action::Retry(..) => self.give_back(job).await,
             Action::DeadLetter(error) => {
                 let mut attempt = 1;
                 loop {
@@ -1017,7 +1026,8 @@ struct Settle<'a> {
 enum Action {
     Ack(&'static str),
     Duplicate,
-    Retry(String),
+    /// A transient failure, and the wait the Bot API asked for, if it did.
+    Retry(String, Option<Duration>),
     /// The partition stopped while the update waited to be retried.
     GiveBack,
     DeadLetter(String),

@@ -315,6 +315,16 @@ pub async fn serve(
         ops = %ops_addr,
         "consuming"
     );
+    // Each bot learns its username once, so `/cmd@our_bot` matches from the first update
+    // (a failure is logged; the first command with a mention asks again).
+    for bot in bots.values() {
+        let bot = bot.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bot.me().await {
+                tracing::warn!(bot = %bot.id(), error = %e, "getMe failed; commands with a mention will ask again");
+            }
+        });
+    }
     let owned = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
     let lag_task = tokio::spawn(watch_lag(
         consumers.clone(),
