@@ -1052,7 +1052,10 @@ async fn a_worker_that_lost_its_partition_cannot_overwrite_the_new_owners_fsm_st
         )
     };
     // The new owner (epoch 20) writes first ...
-    assert!(matches!(run(20, "chat", "Form:Age").await, DispatchOutcome::Handled));
+    assert!(matches!(
+        run(20, "chat", "Form:Age").await,
+        DispatchOutcome::Handled
+    ));
     // ... then the old one (epoch 10), late: refused, transiently (it gives the update up).
     match run(10, "chat", "Form:Name").await {
         DispatchOutcome::Failed(e) => {
@@ -1061,13 +1064,22 @@ async fn a_worker_that_lost_its_partition_cannot_overwrite_the_new_owners_fsm_st
         }
         other => panic!("the stale write went through: {other:?}"),
     }
-    assert_eq!(storage.get_state(&key).await.unwrap().as_deref(), Some("Form:Age"));
+    assert_eq!(
+        storage.get_state(&key).await.unwrap().as_deref(),
+        Some("Form:Age")
+    );
     let data: Counter =
         rmp_serde::from_slice(&storage.get_data(&key).await.unwrap().unwrap()).unwrap();
     assert_eq!(data.count, 1, "the stale update_data was refused too");
     // The owner itself and a later one write on; another lane's epochs are its own.
-    assert!(matches!(run(20, "chat", "Form:Age").await, DispatchOutcome::Handled));
-    assert!(matches!(run(5, "buttons", "Form:Name").await, DispatchOutcome::Handled));
+    assert!(matches!(
+        run(20, "chat", "Form:Age").await,
+        DispatchOutcome::Handled
+    ));
+    assert!(matches!(
+        run(5, "buttons", "Form:Name").await,
+        DispatchOutcome::Handled
+    ));
     // No lease was taken for a key inside one chat under ownership.
     let mut conn = redis::Client::open(server.url())
         .unwrap()
@@ -1095,9 +1107,15 @@ async fn a_worker_that_lost_its_partition_cannot_write_the_duplicate_memory() {
         .await
         .unwrap();
     let seen = Seen::new(redis, 64, Duration::from_secs(60));
-    let (new, old) = (OwnerFence::new("chat", 1, 30), OwnerFence::new("chat", 1, 12));
+    let (new, old) = (
+        OwnerFence::new("chat", 1, 30),
+        OwnerFence::new("chat", 1, 12),
+    );
     assert!(seen.insert(BotId(1), 5, 100, Some(&new)).await.unwrap());
     assert!(!seen.insert(BotId(1), 5, 101, Some(&old)).await.unwrap());
     assert!(seen.contains(BotId(1), 5, 100).await.unwrap());
-    assert!(!seen.contains(BotId(1), 5, 101).await.unwrap(), "the stale insert was refused");
+    assert!(
+        !seen.contains(BotId(1), 5, 101).await.unwrap(),
+        "the stale insert was refused"
+    );
 }

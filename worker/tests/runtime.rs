@@ -244,7 +244,7 @@ async fn a_failing_handler_is_dead_lettered_after_max_deliveries_and_replayed() 
         }
     });
     let dispatcher = Dispatcher::builder(router);
-    let args = run_args(&s, &["--max-deliver", "3"]);
+    let args = run_args(&s, &["--max-deliver", "3", "--retry-budget", "0s"]);
     let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(tgpipe_worker::runtime::serve(
@@ -757,7 +757,8 @@ async fn two_worker_processes_share_the_rate_limits_through_redis() {
 async fn hostile_messages_in_the_stream_are_dead_lettered_with_a_reason() {
     let s = Stack::start().await;
     let count = Arc::new(AtomicU32::new(0));
-    let (stop, task) = in_process(&s, counting_router(&count, Duration::ZERO), &[]).await;
+    let budget = ["--retry-budget", "1s", "--max-deliver", "2"];
+    let (stop, task) = in_process(&s, counting_router(&count, Duration::ZERO), &budget).await;
     // Published around the ingress: a body that is not an update, an update for a bot
     // this worker has no token for, and a good one after them.
     for (subject, body) in [
@@ -782,12 +783,97 @@ async fn hostile_messages_in_the_stream_are_dead_lettered_with_a_reason() {
         .map(|m| header(m, headers::ERROR))
         .collect();
     errors.sort();
+    // A missing token is waited for within the retry budget (a rollout where the ingress
+    // knows the bot first), then dead-lettered.
     assert!(errors[0].contains("no token for bot 999"), "{errors:?}");
+    assert!(errors[0].contains("still failing after"), "{errors:?}");
     assert!(
         errors[1].starts_with("not an update: body is not a JSON object"),
         "{errors:?}"
     );
     assert_eq!(count.load(Ordering::SeqCst), 1, "the good one was handled");
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_stuck_past_the_handler_timeout_is_retried_not_held_forever() {
+    let s = Stack::start().await;
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut router = Router::new("stuck");
+    let a = Arc::clone(&attempts);
+    router.message(move || {
+        let a = Arc::clone(&a);
+        async move {
+            // The first attempt hangs on an "external call"; the retry is quick.
+            if a.fetch_add(1, Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            Ok::<_, HandlerError>(())
+        }
+    });
+    let (stop, task) = in_process(&s, router, &["--handler-timeout", "300ms"]).await;
+    assert_eq!(s.post(&text(98_001, 9801, "hang")).await, 200);
+    wait_count(&attempts, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.stored().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the retried update was not acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(s.dead_letters().await, 0);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_update_is_retried_in_place_and_blocks_only_its_chat() {
+    let s = Stack::start().await;
+    let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let failures = Arc::new(AtomicU32::new(0));
+    let mut router = Router::new("flaky-chat");
+    let (l, f) = (Arc::clone(&log), Arc::clone(&failures));
+    router.message(move |m: Arc<frankenstein::types::Message>| {
+        let (l, f) = (Arc::clone(&l), Arc::clone(&f));
+        async move {
+            let text = m.text.clone().unwrap_or_default();
+            // The first update of chat 1 fails twice before it succeeds.
+            if text == "a1" && f.fetch_add(1, Ordering::SeqCst) < 2 {
+                return Err(HandlerError::transient(DatabaseDown));
+            }
+            l.lock().unwrap().push(text);
+            Ok(())
+        }
+    });
+    let (stop, task) = in_process(&s, router, &[]).await;
+    for (id, chat, t) in [
+        (1, 9901, "a1"),
+        (2, 9901, "a2"),
+        (3, 9902, "b1"),
+        (4, 9902, "b2"),
+    ] {
+        assert_eq!(s.post(&text(99_000 + id, chat, t)).await, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log.lock().unwrap().len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "not all handled: {:?}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let order = log.lock().unwrap().clone();
+    let pos = |t: &str| order.iter().position(|x| x == t).unwrap();
+    // Chat 1's second update waited for its first (no nak letting it overtake) ...
+    assert!(pos("a1") < pos("a2"), "{order:?}");
+    // ... while chat 2 went on meanwhile.
+    assert!(pos("b2") < pos("a1"), "{order:?}");
+    assert_eq!(failures.load(Ordering::SeqCst), 3);
+    assert_eq!(s.dead_letters().await, 0);
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }

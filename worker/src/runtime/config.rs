@@ -352,7 +352,18 @@ pub struct RunArgs {
     /// (the pod's name in Kubernetes) by default.
     #[arg(long, env = "TGPIPE_MEMBER")]
     pub member: Option<String>,
-    /// Attempts at an update before it is dead-lettered.
+    /// How long a transiently failing update is retried in place before it is
+    /// dead-lettered (after at least `TGPIPE_MAX_DELIVER` attempts): an outage shorter
+    /// than this costs latency, never an update.
+    #[arg(long, env = "TGPIPE_RETRY_BUDGET", default_value = "10m", value_parser = parse_duration)]
+    pub retry_budget: Duration,
+    /// Longest dispatch of one update (middleware, filters, handler); past it the attempt
+    /// fails transiently, so a handler stuck on an external call does not hold its chat
+    /// forever.
+    #[arg(long, env = "TGPIPE_HANDLER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub handler_timeout: Duration,
+    /// Attempts at a failing update before it is dead-lettered (once the retry budget is
+    /// spent too).
     #[arg(long, env = "TGPIPE_MAX_DELIVER", default_value_t = 5,
         value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_deliver: u32,

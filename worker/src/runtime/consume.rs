@@ -63,6 +63,11 @@ pub struct AckSettings {
     pub retry_delay: Duration,
     /// Longest retry delay.
     pub retry_max_delay: Duration,
+    /// How long a transiently failing update is retried (at least `max_deliver`
+    /// attempts) before it is dead-lettered.
+    pub retry_budget: Duration,
+    /// Longest dispatch; past it the attempt fails transiently.
+    pub handler_timeout: Duration,
 }
 
 impl AckSettings {
@@ -753,11 +758,6 @@ impl Pod {
             if let Err(e) = &subject {
                 return Action::DeadLetter(format!("not an update subject: {e}"));
             }
-            let Some(bot) = me.bots.get(&bot_id) else {
-                return Action::DeadLetter(format!(
-                    "no token for bot {bot_id} in TGPIPE_BOT_TOKENS"
-                ));
-            };
             if let (Some(seen), Some((chat, update_id))) = (&me.seen, chat) {
                 match seen.contains(bot_id, chat, update_id).await {
                     Ok(true) => return Action::Duplicate,
@@ -769,27 +769,16 @@ impl Pod {
                     }
                 }
             }
+            let first_attempt = Instant::now();
             loop {
-                let started = Instant::now();
-                // A panicking handler fails this update, not the pod.
-                let dispatch = std::panic::AssertUnwindSafe(crate::fsm::with_owner_fence(
-                    part.fence.clone(),
-                    me.dispatcher.feed_raw(bot, job.src.payload().clone()),
-                ))
-                .catch_unwind();
-                let outcome = self.keep_in_progress(&job.src, dispatch).await;
-                metrics::handler_time(label, started.elapsed());
-                let action = match outcome {
-                    Ok(DispatchOutcome::Handled) => Action::Ack("handled"),
-                    Ok(DispatchOutcome::Unhandled) => Action::Ack("unhandled"),
-                    Ok(DispatchOutcome::Failed(e)) if e.is_transient() => {
-                        Action::Retry(e.to_string(), e.retry_after())
-                    }
-                    Ok(DispatchOutcome::Failed(e)) => Action::DeadLetter(e.to_string()),
-                    Err(panic) => Action::DeadLetter(format!(
-                        "handler panicked: {}",
-                        panic_message(panic.as_ref())
-                    )),
+                let action = match me.bots.get(&bot_id) {
+                    // A bot the ingress knows before this pod does (a rollout): waited
+                    // for within the retry budget, like any transient failure.
+                    None => Action::Retry(
+                        format!("no token for bot {bot_id} in TGPIPE_BOT_TOKENS"),
+                        None,
+                    ),
+                    Some(bot) => self.dispatch(bot, &job, &part, label).await,
                 };
                 // A partition this pod no longer owns is the new owner's to finish or
                 // dead-letter (a stale owner's fenced write fails its update here).
@@ -799,9 +788,15 @@ impl Pod {
                 let Action::Retry(error, asked) = action else {
                     return action;
                 };
-                if delivered >= me.acks.max_deliver {
+                // Dead-lettered only once both the attempts and the time are spent: an
+                // outage of Redis or the Bot API shorter than the budget costs latency,
+                // never an update.
+                if delivered >= me.acks.max_deliver
+                    && first_attempt.elapsed() >= me.acks.retry_budget
+                {
                     return Action::DeadLetter(format!(
-                        "{error} (still failing after {delivered} attempts)"
+                        "{error} (still failing after {delivered} attempts in {:?})",
+                        first_attempt.elapsed()
                     ));
                 }
                 // Retried in place: the chat waits, nothing of it overtakes this update.
@@ -842,6 +837,49 @@ impl Pod {
         )
         .instrument(span)
         .await;
+    }
+
+    /// One attempt at the update: the dispatch under the partition's fence, bounded by
+    /// the handler timeout, a panic caught.
+    async fn dispatch(
+        &self,
+        bot: &Bot,
+        job: &Job,
+        part: &Arc<Owned>,
+        label: &'static str,
+    ) -> Action {
+        let started = Instant::now();
+        // A panicking handler fails this update, not the pod.
+        let dispatch = std::panic::AssertUnwindSafe(crate::fsm::with_owner_fence(
+            part.fence.clone(),
+            tokio::time::timeout(
+                self.me.acks.handler_timeout,
+                self.me.dispatcher.feed_raw(bot, job.src.payload().clone()),
+            ),
+        ))
+        .catch_unwind();
+        let outcome = self.keep_in_progress(&job.src, dispatch).await;
+        metrics::handler_time(label, started.elapsed());
+        match outcome {
+            Ok(Ok(DispatchOutcome::Handled)) => Action::Ack("handled"),
+            Ok(Ok(DispatchOutcome::Unhandled)) => Action::Ack("unhandled"),
+            Ok(Ok(DispatchOutcome::Failed(e))) if e.is_transient() => {
+                Action::Retry(e.to_string(), e.retry_after())
+            }
+            Ok(Ok(DispatchOutcome::Failed(e))) => Action::DeadLetter(e.to_string()),
+            // Stuck on an external call: its chat would wait forever.
+            Ok(Err(_)) => Action::Retry(
+                format!(
+                    "the dispatch did not finish within TGPIPE_HANDLER_TIMEOUT ({:?})",
+                    self.me.acks.handler_timeout
+                ),
+                None,
+            ),
+            Err(panic) => Action::DeadLetter(format!(
+                "handler panicked: {}",
+                panic_message(panic.as_ref())
+            )),
+        }
     }
 
     /// Returns a held update of a stopped partition: a delivered one is nak'ed so the
@@ -1076,6 +1114,8 @@ mod tests {
             ack_wait: Duration::from_secs(30),
             retry_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(10),
+            retry_budget: Duration::ZERO,
+            handler_timeout: Duration::from_secs(60),
         };
         let delays: Vec<u64> = (1..=6).map(|d| acks.retry_delay(d).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 10, 10]);

@@ -349,6 +349,8 @@ pub async fn serve(
             ack_wait: args.ack_wait,
             retry_delay: args.retry_delay,
             retry_max_delay: args.retry_max_delay,
+            retry_budget: args.retry_budget,
+            handler_timeout: args.handler_timeout,
         },
         seen,
         lane: lane.name().to_owned(),
