@@ -123,7 +123,8 @@ def test_probes_and_drain_time():
 def lanes_file(tmp_path, lanes):
     """A values file with these lanes (``--set`` would replace whole lists)."""
     path = tmp_path / "lanes.yaml"
-    path.write_text(json.dumps({"worker": {"lanes": lanes}}))
+    bots = [{"id": 111, "secret": "lanes-secret", "token": "111:lanes-token"}]
+    path.write_text(json.dumps({"bots": {"list": bots}, "worker": {"lanes": lanes}}))
     return path
 
 
@@ -144,6 +145,12 @@ def test_bad_lanes_fail_to_render(tmp_path):
         render(lanes_file(tmp_path, [{"name": "all", "updateTypes": []}, {"name": "b", "updateTypes": ["poll"]}]))
     with pytest.raises(RenderError, match="listed twice"):
         render(lanes_file(tmp_path, [{"name": "a", "updateTypes": ["poll"]}, {"name": "a", "updateTypes": ["message"]}]))
+
+
+def test_no_bots_fail_to_render():
+    # An empty Secret would start pods that refuse it and crash-loop.
+    with pytest.raises(RenderError, match="bots.list is empty"):
+        render()
 
 
 def test_set_webhook_needs_a_public_url():
@@ -199,3 +206,38 @@ def test_schema_rejects_unknown_values():
         render(sets={"ingress.nonsense": "1"})
     with pytest.raises(RenderError):
         render(sets={"bots.list[0].id": "1", "bots.list[0].secret": "has space", "bots.list[0].token": "1:x"})
+
+
+def test_max_body_renders_as_digits_not_1_048576e06():
+    # values.yaml's 1048576 reached the template as a float64 and `quote` printed
+    # "1.048576e+06": the ingress refused it and every default install crash-looped.
+    ingress = named(render(sets=BOTS), "Deployment", "t-tgpipe-ingress")
+    assert env(ingress["spec"]["template"]["spec"]["containers"][0])["TGPIPE_MAX_BODY"] == "1048576"
+
+
+def test_large_numbers_from_values_files_render_as_digits(tmp_path):
+    # A real bot id has ten digits, a 30-day FSM TTL seven: from a values file both are
+    # float64, which `quote` and `%v` print in exponent form.
+    values = tmp_path / "big.yaml"
+    values.write_text(
+        json.dumps(
+            {
+                "bots": {"list": [{"id": 7123456789, "secret": "big-secret", "token": "7123456789:AAbig"}]},
+                "ingress": {"maxBody": 4194304, "shards": 1024},
+                "worker": {"fsmTtlSeconds": 2592000, "maxDeliver": 1000000},
+                "provision": {"setWebhook": True, "publicUrl": "https://bot.example.org", "maxConnections": 100},
+            }
+        )
+    )
+    objs = render(values)
+    assert named(objs, "Secret", "t-tgpipe-bots")["stringData"]["bots"] == "7123456789:big-secret"
+    e = env(named(objs, "Deployment", "t-tgpipe-ingress")["spec"]["template"]["spec"]["containers"][0])
+    assert (e["TGPIPE_MAX_BODY"], e["TGPIPE_SHARDS"]) == ("4194304", "1024")
+    w = env(named(objs, "Deployment", "t-tgpipe-worker-messages")["spec"]["template"]["spec"]["containers"][0])
+    assert (w["TGPIPE_FSM_TTL"], w["TGPIPE_MAX_DELIVER"]) == ("2592000s", "1000000")
+    job = pod_spec(named(objs, "Job", "t-tgpipe-provision"))
+    hook = [c for c in job["containers"] if c["name"] == "webhook-7123456789"][0]
+    assert "https://bot.example.org/webhook/7123456789" in hook["args"]
+    for o in objs:
+        text = json.dumps(o)
+        assert "e+0" not in text, (o["kind"], o["metadata"]["name"])

@@ -65,6 +65,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+A number from values as its decimal digits. values.yaml numbers reach templates as
+float64, and `quote`/`%v` print one of a million or more in exponent form
+("1.048576e+06"), which no binary parses: every number a binary reads goes through this.
+*/}}
+{{- define "tgpipe.int" -}}
+{{- . | int64 | toString -}}
+{{- end -}}
+
 {{/* Environment shared by every container. */}}
 {{- define "tgpipe.commonEnv" -}}
 - name: NATS_URL
@@ -78,7 +87,7 @@ app.kubernetes.io/component: {{ .component }}
 - name: TGPIPE_MAX_AGE
   value: {{ .Values.stream.maxAge | quote }}
 - name: TGPIPE_STREAM_REPLICAS
-  value: {{ .Values.stream.replicas | quote }}
+  value: {{ include "tgpipe.int" .Values.stream.replicas | quote }}
 - name: TGPIPE_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 - name: RUST_LOG
@@ -104,14 +113,14 @@ app.kubernetes.io/component: {{ .component }}
 - name: TGPIPE_LANE_KINDS
   value: {{ join "," (.lane.updateTypes | default list) | quote }}
 - name: TGPIPE_CONCURRENCY
-  value: {{ .lane.concurrency | default 32 | quote }}
+  value: {{ include "tgpipe.int" (.lane.concurrency | default 32) | quote }}
 - name: TGPIPE_MAX_DELIVER
-  value: {{ $v.worker.maxDeliver | quote }}
+  value: {{ include "tgpipe.int" $v.worker.maxDeliver | quote }}
 - name: TGPIPE_SHUTDOWN_GRACE
   value: {{ printf "%ds" (int $v.worker.shutdownGraceSeconds) | quote }}
 {{- if $v.worker.fsmTtlSeconds }}
 - name: TGPIPE_FSM_TTL
-  value: {{ $v.worker.fsmTtlSeconds | quote }}
+  value: {{ printf "%ss" (include "tgpipe.int" $v.worker.fsmTtlSeconds) | quote }}
 {{- end }}
 - name: TGPIPE_LISTEN
   value: "0.0.0.0:9090"
