@@ -46,20 +46,29 @@ def test_fixed_lanes_keep_their_replicas_and_have_no_autoscaler():
     assert named(objs, "Deployment", "t-tgpipe-ingress")["spec"]["replicas"] == 2
 
 
-def test_keda_scales_lanes_on_consumer_lag(ci_dir):
+def test_keda_scales_lanes_on_the_lag_workers_report_not_on_consumer_lane_name(ci_dir):
+    # The trigger named consumer "<lane>", which never existed (the runtime's consumers
+    # are tgpipe-lane-<lane>-p<partition>, one per partition): lag autoscaling never saw
+    # lag. It now sums the pending count every pod reports for its partitions.
     objs = render(ci_dir / "keda.yaml")
     assert by_kind(objs, "HorizontalPodAutoscaler") == []
     so = named(objs, "ScaledObject", "t-tgpipe-worker-all")
     assert so["apiVersion"] == "keda.sh/v1alpha1"
     trigger = so["spec"]["triggers"][0]
-    assert trigger["type"] == "nats-jetstream"
-    assert trigger["metadata"]["stream"] == "TG_UPDATES"
-    assert trigger["metadata"]["consumer"] == "all"
-    assert trigger["metadata"]["lagThreshold"] == "50"
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"]["serverAddress"] == "http://prometheus-operated.monitoring.svc:9090"
+    assert trigger["metadata"]["query"] == 'sum(tgpipe_worker_consumer_pending{lane="all",namespace="default"})'
+    assert trigger["metadata"]["threshold"] == "50"
+    assert "consumer" not in trigger["metadata"]
     assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (2, 20)
     monitors = by_kind(objs, "ServiceMonitor")
     assert {m["metadata"]["name"] for m in monitors} == {"t-tgpipe-ingress", "t-tgpipe-worker"}
     assert all(m["metadata"]["labels"]["release"] == "prometheus" for m in monitors)
+
+
+def test_keda_needs_a_prometheus_server_address(ci_dir):
+    with pytest.raises(RenderError, match="serverAddress"):
+        render(ci_dir / "keda.yaml", sets={"keda.prometheus.serverAddress": ""})
 
 
 def test_secrets_never_appear_outside_the_secret():
@@ -241,3 +250,56 @@ def test_large_numbers_from_values_files_render_as_digits(tmp_path):
     for o in objs:
         text = json.dumps(o)
         assert "e+0" not in text, (o["kind"], o["metadata"]["name"])
+
+
+def egress_allows(policy, ns_labels, pod_labels, ip, port):
+    """Whether a NetworkPolicy's egress rules let its pods reach this destination."""
+    import ipaddress
+
+    def matches(selector, labels):
+        return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+    for rule in policy["egress"]:
+        if not any(p["port"] == port for p in rule.get("ports", [])):
+            continue
+        for peer in rule["to"]:
+            if "ipBlock" in peer and ipaddress.ip_address(ip) in ipaddress.ip_network(peer["ipBlock"]["cidr"]):
+                return True
+            if "podSelector" in peer or "namespaceSelector" in peer:
+                # A peer without namespaceSelector means the policy's own namespace.
+                ns_ok = matches(peer["namespaceSelector"], ns_labels) if "namespaceSelector" in peer else ns_labels["kubernetes.io/metadata.name"] == "bots"
+                if ns_ok and matches(peer.get("podSelector", {}), pod_labels):
+                    return True
+    return False
+
+
+def test_network_policy_allows_nats_and_redis_of_the_documented_install_in_other_namespaces():
+    # docs/deploy.md installs with nats://nats.messaging and redis://redis.cache, but the
+    # policy allowed NATS and Redis only in the release's own namespace.
+    objs = render(sets=BOTS)
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(objs, "NetworkPolicy")}
+    nats = ({"kubernetes.io/metadata.name": "messaging"}, {"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": "nats"}, "10.1.2.3", 4222)
+    redis = ({"kubernetes.io/metadata.name": "cache"}, {"app.kubernetes.io/name": "redis", "app.kubernetes.io/component": "master"}, "10.1.2.4", 6379)
+    same_ns_nats = ({"kubernetes.io/metadata.name": "bots"}, {"app.kubernetes.io/name": "nats"}, "10.1.2.5", 4222)
+    for name in ["t-tgpipe-ingress", "t-tgpipe-worker", "t-tgpipe-provision"]:
+        assert egress_allows(policies[name], *nats), name
+        assert egress_allows(policies[name], *same_ns_nats), name
+    assert egress_allows(policies["t-tgpipe-worker"], *redis)
+    assert not egress_allows(policies["t-tgpipe-ingress"], *redis)
+    # Something else in those namespaces stays out of reach.
+    assert not egress_allows(policies["t-tgpipe-worker"], {"kubernetes.io/metadata.name": "cache"}, {"app": "other"}, "10.1.2.6", 6379)
+
+
+def test_network_policy_narrowed_to_namespaces_and_cidrs(tmp_path):
+    values = tmp_path / "np.yaml"
+    values.write_text(json.dumps({"networkPolicy": {
+        "nats": {"namespaceSelector": {"kubernetes.io/metadata.name": "messaging"}, "cidrs": ["192.0.2.0/24"]},
+        "redis": {"podSelector": None, "cidrs": ["198.51.100.7/32"], "port": 6380},
+    }}))
+    objs = render(values, sets=BOTS)
+    worker = named(objs, "NetworkPolicy", "t-tgpipe-worker")["spec"]
+    assert egress_allows(worker, {"kubernetes.io/metadata.name": "messaging"}, {"app.kubernetes.io/name": "nats"}, "10.0.0.1", 4222)
+    assert not egress_allows(worker, {"kubernetes.io/metadata.name": "other"}, {"app.kubernetes.io/name": "nats"}, "10.0.0.1", 4222)
+    assert egress_allows(worker, {"kubernetes.io/metadata.name": "x"}, {}, "192.0.2.9", 4222)
+    assert egress_allows(worker, {"kubernetes.io/metadata.name": "x"}, {}, "198.51.100.7", 6380)
+    assert not egress_allows(worker, {"kubernetes.io/metadata.name": "x"}, {"app.kubernetes.io/name": "redis"}, "10.0.0.2", 6380)

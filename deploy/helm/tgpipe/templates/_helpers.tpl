@@ -157,6 +157,36 @@ refuses overlapping consumers, so an overlap would only show up as a crash-loopi
 {{- end -}}
 {{- end -}}
 
+{{/*
+An egress rule to a backing service: call with (dict "peer" .Values.networkPolicy.nats).
+Pods matching podSelector in the namespaces namespaceSelector matches (`{}`: all), and/or
+the CIDRs.
+*/}}
+{{- define "tgpipe.egressTo" -}}
+{{- $p := .peer -}}
+{{- if and (not $p.podSelector) (not $p.cidrs) -}}
+{{- fail "networkPolicy: nats and redis each need a podSelector or cidrs" -}}
+{{- end -}}
+- to:
+    {{- if $p.podSelector }}
+    - namespaceSelector:
+        {{- if $p.namespaceSelector }}
+        matchLabels:
+          {{- toYaml $p.namespaceSelector | nindent 10 }}
+        {{- else }} {}
+        {{- end }}
+      podSelector:
+        matchLabels:
+          {{- toYaml $p.podSelector | nindent 10 }}
+    {{- end }}
+    {{- range $p.cidrs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  ports:
+    - {port: {{ $p.port }}, protocol: TCP}
+{{- end -}}
+
 {{/* Egress to cluster DNS and to NATS. */}}
 {{- define "tgpipe.egressDnsNats" -}}
 - to:
@@ -167,10 +197,5 @@ refuses overlapping consumers, so an overlap would only show up as a crash-loopi
   ports:
     - {port: 53, protocol: UDP}
     - {port: 53, protocol: TCP}
-- to:
-    - podSelector:
-        matchLabels:
-          {{- toYaml .Values.networkPolicy.natsPodSelector | nindent 10 }}
-  ports:
-    - {port: {{ .Values.networkPolicy.natsPort }}, protocol: TCP}
+{{ include "tgpipe.egressTo" (dict "peer" .Values.networkPolicy.nats) }}
 {{- end -}}
