@@ -118,15 +118,30 @@ def test_every_container_is_hardened_and_has_resources(ci_dir, values):
 
 def test_probes_and_drain_time():
     objs = render(sets=BOTS)
-    for name, port in [("t-tgpipe-ingress", 8080), ("t-tgpipe-worker-messages", 9090)]:
+    # The ingress's probes are on its ops port; the webhook port serves only webhooks.
+    for name, probe_port, grace in [("t-tgpipe-ingress", "ops", 35), ("t-tgpipe-worker-messages", "http", 30)]:
         d = named(objs, "Deployment", name)
         c = d["spec"]["template"]["spec"]["containers"][0]
-        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-        assert c["ports"][0]["containerPort"] == port
-        # The pod outlives the process's own grace period.
-        assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": probe_port}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": probe_port}
+        assert probe_port in {p["name"] for p in c["ports"]}
+        # The pod outlives the process's drain delay and grace period.
+        assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
         assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    ingress = named(objs, "Deployment", "t-tgpipe-ingress")["spec"]["template"]["spec"]["containers"][0]
+    e = env(ingress)
+    assert (e["TGPIPE_DRAIN_DELAY"], e["TGPIPE_SHUTDOWN_GRACE"]) == ("5s", "25s")
+    # Removed from the Service within the drain delay: failureThreshold x periodSeconds.
+    probe = ingress["readinessProbe"]
+    assert probe["failureThreshold"] * probe["periodSeconds"] < 5
+
+
+def test_metrics_are_scraped_from_the_ingress_ops_port_not_the_webhook_port():
+    objs = render(sets=dict(BOTS, **{"metrics.serviceMonitor.enabled": "true"}))
+    monitor = named(objs, "ServiceMonitor", "t-tgpipe-ingress")
+    assert monitor["spec"]["endpoints"][0]["port"] == "ops"
+    service = named(objs, "Service", "t-tgpipe-ingress")
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {"http": "http", "ops": "ops"}
 
 
 def lanes_file(tmp_path, lanes):
