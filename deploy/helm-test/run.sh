@@ -37,9 +37,9 @@ validate() { # name, values args...
   "$HELM" lint --strict "$CHART" "$@" >/dev/null || { "$HELM" lint --strict "$CHART" "$@"; return 1; }
   local out="$HELM_DIR/$name.yaml"
   "$HELM" template ci-release "$CHART" "$@" >"$out"
-  # CRD kinds (KEDA ScaledObject, ServiceMonitor) have no published schema: reported as
+  # CRD kinds (KEDA ScaledObject, ServiceMonitor, PrometheusRule) have no published schema: reported as
   # warnings and asserted by the pytest suite instead.
-  kubernetes-validate --strict --quiet "$out" 2>&1 | grep -v -E "^b'|Couldn't find schema for kind (ScaledObject|ServiceMonitor)" || true
+  kubernetes-validate --strict --quiet "$out" 2>&1 | grep -v -E "^b'|Couldn't find schema for kind (ScaledObject|ServiceMonitor|PrometheusRule)" || true
   kubernetes-validate --strict --quiet --no-warn "$out" >/dev/null 2>&1 || { echo "kubernetes-validate failed for $name" >&2; return 1; }
   echo "ok: $name"
 }
@@ -49,6 +49,13 @@ validate default --set "bots.list[0].id=1234567890" --set "bots.list[0].secret=d
 for f in "$CHART"/ci/*.yaml; do
   validate "ci-$(basename "$f" .yaml)" -f "$f"
 done
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules.
+if ! command -v promtool >/dev/null; then
+  log "installing promtool (Debian's prometheus package)"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq >&2
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2
+fi
 # The contract test runs the binaries and a private nats-server and redis-server.
 ensure_nats_server
 ensure_redis_server
