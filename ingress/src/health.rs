@@ -56,16 +56,28 @@ impl Readiness {
             return;
         }
         let max_payload = p.max_payload();
-        if p.max_body() < max_body
-            && self.warned_max_payload.swap(max_payload, Ordering::Relaxed) != max_payload
+        if p.max_body() >= max_body
+            || self.warned_max_payload.swap(max_payload, Ordering::Relaxed) == max_payload
         {
+            return;
+        }
+        let effective = p.max_body();
+        let allowance = tgpipe_shared::publish::HEADER_ALLOWANCE;
+        if max_payload >= max_body {
+            // Only the headers' reserve (the defaults: both 1 MiB): worth a line, not a warning.
+            tracing::info!(
+                max_body,
+                max_payload,
+                effective,
+                "body limit lowered by {allowance} bytes for the headers to fit NATS's max_payload"
+            );
+        } else {
             tracing::warn!(
                 max_body,
                 max_payload,
-                effective = p.max_body(),
+                effective,
                 "TGPIPE_MAX_BODY (--max-body) is over what the NATS server stores per message \
-                 (its max_payload, less {} bytes for headers): larger bodies are answered 413",
-                tgpipe_shared::publish::HEADER_ALLOWANCE
+                 (its max_payload, less {allowance} bytes for headers): larger bodies are answered 413"
             );
         }
     }
