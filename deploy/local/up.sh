@@ -18,7 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/local/lib.sh
 
-STACK=$PWD/.stack
+# Where pids, logs and the JetStream store live (TGPIPE_LOCAL_STACK: for tests).
+STACK=${TGPIPE_LOCAL_STACK:-$PWD/.stack}
 BOT_ID=${TGPIPE_LOCAL_BOT_ID:-123456}
 SECRET=${TGPIPE_LOCAL_SECRET:-local-secret-token}
 
