@@ -41,10 +41,13 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: tgpipe_ingress::config::ServeArgs) -> anyhow::Result<()> {
     let config = args.validate().unwrap_or_else(|e| exit_invalid(e));
     let _telemetry = tgpipe_shared::telemetry::init("tgpipe-ingress", &config.telemetry)?;
-    let tls = config
-        .tls
-        .as_ref()
-        .map(|(cert, key)| tls_acceptor(cert, key).unwrap_or_else(|e| exit_invalid(e)));
+    let tls = config.tls.as_ref().map(|(cert, key)| {
+        tls_acceptor(cert, key).unwrap_or_else(|e| {
+            exit_invalid(format!(
+                "TGPIPE_TLS_CERT / TGPIPE_TLS_KEY (--tls-cert / --tls-key): {e}"
+            ))
+        })
+    });
     let client = config.nats.connect("tgpipe-ingress").await?;
     let state = AppState::new(&config, client);
     let listener = bind(config.listen)

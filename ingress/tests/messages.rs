@@ -84,3 +84,21 @@ fn nats_unreachable_is_a_warning_with_the_url_redacted_and_what_happens_next() {
     assert!(line.contains("retrying in the background"), "{line}");
     assert!(!log.contains("hunter2"), "{log}");
 }
+
+#[test]
+fn an_unreadable_certificate_names_tgpipe_tls_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let out = ingress()
+        .env("TGPIPE_TLS_CERT", &missing)
+        .env("TGPIPE_TLS_KEY", &missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TGPIPE_TLS_CERT / TGPIPE_TLS_KEY (--tls-cert / --tls-key)"),
+        "{err}"
+    );
+    assert!(err.contains("missing.pem"), "{err}");
+}
