@@ -14,7 +14,11 @@ under a temporary directory. Then:
 - each ServiceMonitor endpoint (port name through the Service to the container) must
   serve Prometheus text, and each KEDA ScaledObject's query must name a series that the
   lane's pods really export, with that lane's label;
-- each PrometheusRule expression may only use metric names the binaries really have.
+- each PrometheusRule and dashboard expression may only use metric names the binaries
+  really have: after one update went through (posted to a copy of the rendered ingress
+  whose source check alone is opened, handled by the rendered worker, answered at the
+  Bot API stand-in), the names must be on the live /metrics, or, for counters of events
+  this run does not cause (dead letters, duplicates), registered in the binaries' source.
 
 Any value the chart renders that a binary refuses fails here, with the binary's own
 message. The binaries come from ``$TGPIPE_BIN_DIR`` (run.sh builds them); the servers from
@@ -352,6 +356,27 @@ def check_queried_metrics(objs, live):
     return {n: ("live" if n in live else "source" if n in source else "pending") for n in queried_names(exprs)}
 
 
+def deliver_one_update(running, ctx):
+    """Posts a /start through a second copy of the rendered ingress (only its source
+    check opened: the test's requests come from 127.0.0.1, not Telegram) and waits for
+    a worker to reply through the Bot API stand-in."""
+    procs = ctx["stack"]["procs"]
+    ingress = [pods[0] for dep, pods in running if dep["metadata"]["labels"].get("app.kubernetes.io/component") == "ingress"][0]
+    web, ops = free_port(), free_port()
+    env = dict(ingress.env, TGPIPE_ALLOWED_CIDRS="any", TGPIPE_LISTEN=f"127.0.0.1:{web}", TGPIPE_OPS_LISTEN=f"127.0.0.1:{ops}")
+    p = procs.start("update-sender", ingress.argv, env=env)
+    wait_until("update sender ready", lambda: http_get(f"http://127.0.0.1:{ops}/readyz")[0] == 200, proc=p, procs=procs)
+    bots = Path(env["TGPIPE_BOTS_FILE"]).read_text() if "TGPIPE_BOTS_FILE" in env else env["TGPIPE_BOTS"]
+    bot, secret = bots.split(",")[0].strip().split(":", 1)
+    update = ('{"update_id":42,"message":{"message_id":1,"date":0,"chat":{"id":111,"type":"private","first_name":"Ada"},'
+              '"from":{"id":111,"is_bot":false,"first_name":"Ada"},"text":"/start","entities":[{"type":"bot_command","offset":0,"length":6}]}}')
+    req = urllib.request.Request(f"http://127.0.0.1:{web}/webhook/{bot}", data=update.encode(), headers={"X-Telegram-Bot-Api-Secret-Token": secret, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+    calls = lambda: http_get(f"{ctx['stack']['api']}/_sink/calls?since=0")[1]
+    wait_until("the bot's reply at the Bot API stand-in", lambda: "sendMessage" in calls(), limit=20)
+
+
 @pytest.mark.parametrize("files,sets", RENDERS)
 def test_every_rendered_container_starts_with_what_the_chart_gives_it(stack, files, sets):
     import yaml
@@ -374,11 +399,15 @@ def test_every_rendered_container_starts_with_what_the_chart_gives_it(stack, fil
     assert deployments
     running = [(dep, start_deployment(dep, ctx)) for dep in deployments]
 
-    # One request, so that the ingress's request counter exists.
+    # One webhook request (refused: it does not come from Telegram's ranges), so that the
+    # ingress's request counter exists.
     for dep, pods in running:
         if dep["metadata"]["labels"].get("app.kubernetes.io/component") == "ingress":
             for pod in pods:
-                http_get(pod.url("http", "/webhook/1"))
+                try:
+                    urllib.request.urlopen(urllib.request.Request(pod.url("http", "/webhook/1"), data=b"{}"), timeout=5)
+                except urllib.error.HTTPError as e:
+                    assert e.code == 403, e
 
     scraped = {}
     for monitor in by_kind(objs, "ServiceMonitor"):
@@ -386,10 +415,16 @@ def test_every_rendered_container_starts_with_what_the_chart_gives_it(stack, fil
             scraped[pod.name] = text
     if by_kind(objs, "PrometheusRule") or by_kind(objs, "ConfigMap"):
         assert scraped, "alerts or a dashboard without a ServiceMonitor to check them against"
+        # One update through the stack, so that the handling and Bot API series exist.
+        deliver_one_update(running, ctx)
+        for monitor in by_kind(objs, "ServiceMonitor"):
+            for pod, text in scrape(running, objs, monitor):
+                scraped[pod.name] = text
         live = set().union(*(metric_names(t) for t in scraped.values()))
         found = check_queried_metrics(objs, live)
-        # The lag gauge that KEDA and the lag alert use must be live, not just in source.
-        assert found.get("tgpipe_worker_consumer_pending") == "live", found
+        # What KEDA, the lag and the 429 alerts use must be live, not just in source.
+        for name in ("tgpipe_worker_consumer_pending", "tgpipe_bot_api_calls_total", "tgpipe_worker_outcomes_total", "tgpipe_ingress_requests_total"):
+            assert found.get(name) == "live", (name, found)
 
     for so in by_kind(objs, "ScaledObject"):
         target = so["spec"]["scaleTargetRef"]["name"]
