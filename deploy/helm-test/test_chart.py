@@ -318,3 +318,20 @@ def test_network_policy_narrowed_to_namespaces_and_cidrs(tmp_path):
     assert egress_allows(worker, {"kubernetes.io/metadata.name": "x"}, {}, "192.0.2.9", 4222)
     assert egress_allows(worker, {"kubernetes.io/metadata.name": "x"}, {}, "198.51.100.7", 6380)
     assert not egress_allows(worker, {"kubernetes.io/metadata.name": "x"}, {"app.kubernetes.io/name": "redis"}, "10.0.0.2", 6380)
+
+
+def test_workers_get_the_ingress_shard_count_and_their_partitions(tmp_path):
+    # The worker's TGPIPE_SHARDS defaulted to 64 whatever ingress.shards said.
+    values = tmp_path / "shards.yaml"
+    values.write_text(json.dumps({"ingress": {"shards": 32}, "worker": {"partitions": 8, "lanes": [
+        {"name": "a", "updateTypes": ["message"]}, {"name": "b", "updateTypes": ["poll"], "partitions": 4}]}}))
+    objs = render(values, sets=BOTS)
+    a = env(named(objs, "Deployment", "t-tgpipe-worker-a")["spec"]["template"]["spec"]["containers"][0])
+    b = env(named(objs, "Deployment", "t-tgpipe-worker-b")["spec"]["template"]["spec"]["containers"][0])
+    assert (a["TGPIPE_SHARDS"], a["TGPIPE_PARTITIONS"]) == ("32", "8")
+    assert (b["TGPIPE_SHARDS"], b["TGPIPE_PARTITIONS"]) == ("32", "4")
+    job = pod_spec(named(objs, "Job", "t-tgpipe-provision"))
+    assert env([c for c in job["containers"] if c["name"] == "consumer-a"][0])["TGPIPE_PARTITIONS"] == "8"
+    with pytest.raises(RenderError, match="lane \"a\" has 64 partitions but there are only 32 shards"):
+        values.write_text(json.dumps({"ingress": {"shards": 32}, "worker": {"partitions": 64, "lanes": [{"name": "a", "updateTypes": []}]}}))
+        render(values, sets=BOTS)

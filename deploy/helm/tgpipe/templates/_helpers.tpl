@@ -114,6 +114,16 @@ float64, and `quote`/`%v` print one of a million or more in exponent form
   value: {{ join "," (.lane.updateTypes | default list) | quote }}
 - name: TGPIPE_CONCURRENCY
   value: {{ include "tgpipe.int" (.lane.concurrency | default 32) | quote }}
+# The shard count is part of the subject the ingress publishes on: workers must use the
+# ingress's, or partitions would miss shards.
+- name: TGPIPE_SHARDS
+  value: {{ include "tgpipe.int" $v.ingress.shards | quote }}
+{{- $partitions := .lane.partitions | default $v.worker.partitions }}
+{{- if gt (int $partitions) (int $v.ingress.shards) }}
+{{- fail (printf "worker.lanes: lane %q has %d partitions but there are only %d shards (ingress.shards)" .lane.name (int $partitions) (int $v.ingress.shards)) }}
+{{- end }}
+- name: TGPIPE_PARTITIONS
+  value: {{ include "tgpipe.int" $partitions | quote }}
 - name: TGPIPE_MAX_DELIVER
   value: {{ include "tgpipe.int" $v.worker.maxDeliver | quote }}
 - name: TGPIPE_SHUTDOWN_GRACE
