@@ -13,8 +13,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=build /out/tgpipe-ingress /usr/local/bin/tgpipe-ingress
-# Kubernetes probes /healthz and /readyz; no HEALTHCHECK here.
-EXPOSE 8080
+# 8080: the webhook; 9091: /healthz, /readyz (Kubernetes probes them; no HEALTHCHECK
+# here) and /metrics.
+EXPOSE 8080 9091
 USER 65532:65532
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/tgpipe-ingress"]

@@ -46,20 +46,29 @@ def test_fixed_lanes_keep_their_replicas_and_have_no_autoscaler():
     assert named(objs, "Deployment", "t-tgpipe-ingress")["spec"]["replicas"] == 2
 
 
-def test_keda_scales_lanes_on_consumer_lag(ci_dir):
+def test_keda_scales_lanes_on_the_lag_workers_report_not_on_consumer_lane_name(ci_dir):
+    # The trigger named consumer "<lane>", which never existed (the runtime's consumers
+    # are tgpipe-lane-<lane>-p<partition>, one per partition): lag autoscaling never saw
+    # lag. It now sums the pending count every pod reports for its partitions.
     objs = render(ci_dir / "keda.yaml")
     assert by_kind(objs, "HorizontalPodAutoscaler") == []
     so = named(objs, "ScaledObject", "t-tgpipe-worker-all")
     assert so["apiVersion"] == "keda.sh/v1alpha1"
     trigger = so["spec"]["triggers"][0]
-    assert trigger["type"] == "nats-jetstream"
-    assert trigger["metadata"]["stream"] == "TG_UPDATES"
-    assert trigger["metadata"]["consumer"] == "all"
-    assert trigger["metadata"]["lagThreshold"] == "50"
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"]["serverAddress"] == "http://prometheus-operated.monitoring.svc:9090"
+    assert trigger["metadata"]["query"] == 'sum(tgpipe_worker_consumer_pending{lane="all",namespace="default"})'
+    assert trigger["metadata"]["threshold"] == "50"
+    assert "consumer" not in trigger["metadata"]
     assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (2, 20)
     monitors = by_kind(objs, "ServiceMonitor")
     assert {m["metadata"]["name"] for m in monitors} == {"t-tgpipe-ingress", "t-tgpipe-worker"}
     assert all(m["metadata"]["labels"]["release"] == "prometheus" for m in monitors)
+
+
+def test_keda_needs_a_prometheus_server_address(ci_dir):
+    with pytest.raises(RenderError, match="serverAddress"):
+        render(ci_dir / "keda.yaml", sets={"keda.prometheus.serverAddress": ""})
 
 
 def test_secrets_never_appear_outside_the_secret():
@@ -109,21 +118,37 @@ def test_every_container_is_hardened_and_has_resources(ci_dir, values):
 
 def test_probes_and_drain_time():
     objs = render(sets=BOTS)
-    for name, port in [("t-tgpipe-ingress", 8080), ("t-tgpipe-worker-messages", 9090)]:
+    # The ingress's probes are on its ops port; the webhook port serves only webhooks.
+    for name, probe_port, grace in [("t-tgpipe-ingress", "ops", 35), ("t-tgpipe-worker-messages", "http", 30)]:
         d = named(objs, "Deployment", name)
         c = d["spec"]["template"]["spec"]["containers"][0]
-        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-        assert c["ports"][0]["containerPort"] == port
-        # The pod outlives the process's own grace period.
-        assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": probe_port}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": probe_port}
+        assert probe_port in {p["name"] for p in c["ports"]}
+        # The pod outlives the process's drain delay and grace period.
+        assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
         assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    ingress = named(objs, "Deployment", "t-tgpipe-ingress")["spec"]["template"]["spec"]["containers"][0]
+    e = env(ingress)
+    assert (e["TGPIPE_DRAIN_DELAY"], e["TGPIPE_SHUTDOWN_GRACE"]) == ("5s", "25s")
+    # Removed from the Service within the drain delay: failureThreshold x periodSeconds.
+    probe = ingress["readinessProbe"]
+    assert probe["failureThreshold"] * probe["periodSeconds"] < 5
+
+
+def test_metrics_are_scraped_from_the_ingress_ops_port_not_the_webhook_port():
+    objs = render(sets=dict(BOTS, **{"metrics.serviceMonitor.enabled": "true"}))
+    monitor = named(objs, "ServiceMonitor", "t-tgpipe-ingress")
+    assert monitor["spec"]["endpoints"][0]["port"] == "ops"
+    service = named(objs, "Service", "t-tgpipe-ingress")
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {"http": "http", "ops": "ops"}
 
 
 def lanes_file(tmp_path, lanes):
     """A values file with these lanes (``--set`` would replace whole lists)."""
     path = tmp_path / "lanes.yaml"
-    path.write_text(json.dumps({"worker": {"lanes": lanes}}))
+    bots = [{"id": 111, "secret": "lanes-secret", "token": "111:lanes-token"}]
+    path.write_text(json.dumps({"bots": {"list": bots}, "worker": {"lanes": lanes}}))
     return path
 
 
@@ -144,6 +169,12 @@ def test_bad_lanes_fail_to_render(tmp_path):
         render(lanes_file(tmp_path, [{"name": "all", "updateTypes": []}, {"name": "b", "updateTypes": ["poll"]}]))
     with pytest.raises(RenderError, match="listed twice"):
         render(lanes_file(tmp_path, [{"name": "a", "updateTypes": ["poll"]}, {"name": "a", "updateTypes": ["message"]}]))
+
+
+def test_no_bots_fail_to_render():
+    # An empty Secret would start pods that refuse it and crash-loop.
+    with pytest.raises(RenderError, match="bots.list is empty"):
+        render()
 
 
 def test_set_webhook_needs_a_public_url():
@@ -199,3 +230,108 @@ def test_schema_rejects_unknown_values():
         render(sets={"ingress.nonsense": "1"})
     with pytest.raises(RenderError):
         render(sets={"bots.list[0].id": "1", "bots.list[0].secret": "has space", "bots.list[0].token": "1:x"})
+
+
+def test_max_body_renders_as_digits_not_1_048576e06():
+    # values.yaml's 1048576 reached the template as a float64 and `quote` printed
+    # "1.048576e+06": the ingress refused it and every default install crash-looped.
+    ingress = named(render(sets=BOTS), "Deployment", "t-tgpipe-ingress")
+    assert env(ingress["spec"]["template"]["spec"]["containers"][0])["TGPIPE_MAX_BODY"] == "1048576"
+
+
+def test_large_numbers_from_values_files_render_as_digits(tmp_path):
+    # A real bot id has ten digits, a 30-day FSM TTL seven: from a values file both are
+    # float64, which `quote` and `%v` print in exponent form.
+    values = tmp_path / "big.yaml"
+    values.write_text(
+        json.dumps(
+            {
+                "bots": {"list": [{"id": 7123456789, "secret": "big-secret", "token": "7123456789:AAbig"}]},
+                "ingress": {"maxBody": 4194304, "shards": 1024},
+                "worker": {"fsmTtlSeconds": 2592000, "maxDeliver": 1000000},
+                "provision": {"setWebhook": True, "publicUrl": "https://bot.example.org", "maxConnections": 100},
+            }
+        )
+    )
+    objs = render(values)
+    assert named(objs, "Secret", "t-tgpipe-bots")["stringData"]["bots"] == "7123456789:big-secret"
+    e = env(named(objs, "Deployment", "t-tgpipe-ingress")["spec"]["template"]["spec"]["containers"][0])
+    assert (e["TGPIPE_MAX_BODY"], e["TGPIPE_SHARDS"]) == ("4194304", "1024")
+    w = env(named(objs, "Deployment", "t-tgpipe-worker-messages")["spec"]["template"]["spec"]["containers"][0])
+    assert (w["TGPIPE_FSM_TTL"], w["TGPIPE_MAX_DELIVER"]) == ("2592000s", "1000000")
+    job = pod_spec(named(objs, "Job", "t-tgpipe-provision"))
+    hook = [c for c in job["containers"] if c["name"] == "webhook-7123456789"][0]
+    assert "https://bot.example.org/webhook/7123456789" in hook["args"]
+    for o in objs:
+        text = json.dumps(o)
+        assert "e+0" not in text, (o["kind"], o["metadata"]["name"])
+
+
+def egress_allows(policy, ns_labels, pod_labels, ip, port):
+    """Whether a NetworkPolicy's egress rules let its pods reach this destination."""
+    import ipaddress
+
+    def matches(selector, labels):
+        return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+    for rule in policy["egress"]:
+        if not any(p["port"] == port for p in rule.get("ports", [])):
+            continue
+        for peer in rule["to"]:
+            if "ipBlock" in peer and ipaddress.ip_address(ip) in ipaddress.ip_network(peer["ipBlock"]["cidr"]):
+                return True
+            if "podSelector" in peer or "namespaceSelector" in peer:
+                # A peer without namespaceSelector means the policy's own namespace.
+                ns_ok = matches(peer["namespaceSelector"], ns_labels) if "namespaceSelector" in peer else ns_labels["kubernetes.io/metadata.name"] == "bots"
+                if ns_ok and matches(peer.get("podSelector", {}), pod_labels):
+                    return True
+    return False
+
+
+def test_network_policy_allows_nats_and_redis_of_the_documented_install_in_other_namespaces():
+    # docs/deploy.md installs with nats://nats.messaging and redis://redis.cache, but the
+    # policy allowed NATS and Redis only in the release's own namespace.
+    objs = render(sets=BOTS)
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(objs, "NetworkPolicy")}
+    nats = ({"kubernetes.io/metadata.name": "messaging"}, {"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": "nats"}, "10.1.2.3", 4222)
+    redis = ({"kubernetes.io/metadata.name": "cache"}, {"app.kubernetes.io/name": "redis", "app.kubernetes.io/component": "master"}, "10.1.2.4", 6379)
+    same_ns_nats = ({"kubernetes.io/metadata.name": "bots"}, {"app.kubernetes.io/name": "nats"}, "10.1.2.5", 4222)
+    for name in ["t-tgpipe-ingress", "t-tgpipe-worker", "t-tgpipe-provision"]:
+        assert egress_allows(policies[name], *nats), name
+        assert egress_allows(policies[name], *same_ns_nats), name
+    assert egress_allows(policies["t-tgpipe-worker"], *redis)
+    assert not egress_allows(policies["t-tgpipe-ingress"], *redis)
+    # Something else in those namespaces stays out of reach.
+    assert not egress_allows(policies["t-tgpipe-worker"], {"kubernetes.io/metadata.name": "cache"}, {"app": "other"}, "10.1.2.6", 6379)
+
+
+def test_network_policy_narrowed_to_namespaces_and_cidrs(tmp_path):
+    values = tmp_path / "np.yaml"
+    values.write_text(json.dumps({"networkPolicy": {
+        "nats": {"namespaceSelector": {"kubernetes.io/metadata.name": "messaging"}, "cidrs": ["192.0.2.0/24"]},
+        "redis": {"podSelector": None, "cidrs": ["198.51.100.7/32"], "port": 6380},
+    }}))
+    objs = render(values, sets=BOTS)
+    worker = named(objs, "NetworkPolicy", "t-tgpipe-worker")["spec"]
+    assert egress_allows(worker, {"kubernetes.io/metadata.name": "messaging"}, {"app.kubernetes.io/name": "nats"}, "10.0.0.1", 4222)
+    assert not egress_allows(worker, {"kubernetes.io/metadata.name": "other"}, {"app.kubernetes.io/name": "nats"}, "10.0.0.1", 4222)
+    assert egress_allows(worker, {"kubernetes.io/metadata.name": "x"}, {}, "192.0.2.9", 4222)
+    assert egress_allows(worker, {"kubernetes.io/metadata.name": "x"}, {}, "198.51.100.7", 6380)
+    assert not egress_allows(worker, {"kubernetes.io/metadata.name": "x"}, {"app.kubernetes.io/name": "redis"}, "10.0.0.2", 6380)
+
+
+def test_workers_get_the_ingress_shard_count_and_their_partitions(tmp_path):
+    # The worker's TGPIPE_SHARDS defaulted to 64 whatever ingress.shards said.
+    values = tmp_path / "shards.yaml"
+    values.write_text(json.dumps({"ingress": {"shards": 32}, "worker": {"partitions": 8, "lanes": [
+        {"name": "a", "updateTypes": ["message"]}, {"name": "b", "updateTypes": ["poll"], "partitions": 4}]}}))
+    objs = render(values, sets=BOTS)
+    a = env(named(objs, "Deployment", "t-tgpipe-worker-a")["spec"]["template"]["spec"]["containers"][0])
+    b = env(named(objs, "Deployment", "t-tgpipe-worker-b")["spec"]["template"]["spec"]["containers"][0])
+    assert (a["TGPIPE_SHARDS"], a["TGPIPE_PARTITIONS"]) == ("32", "8")
+    assert (b["TGPIPE_SHARDS"], b["TGPIPE_PARTITIONS"]) == ("32", "4")
+    job = pod_spec(named(objs, "Job", "t-tgpipe-provision"))
+    assert env([c for c in job["containers"] if c["name"] == "consumer-a"][0])["TGPIPE_PARTITIONS"] == "8"
+    with pytest.raises(RenderError, match="lane \"a\" has 64 partitions but there are only 32 shards"):
+        values.write_text(json.dumps({"ingress": {"shards": 32}, "worker": {"partitions": 64, "lanes": [{"name": "a", "updateTypes": []}]}}))
+        render(values, sets=BOTS)

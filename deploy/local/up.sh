@@ -18,22 +18,31 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/local/lib.sh
 
-STACK=$PWD/.stack
+# Where pids, logs and the JetStream store live (TGPIPE_LOCAL_STACK: for tests).
+STACK=${TGPIPE_LOCAL_STACK:-$PWD/.stack}
 BOT_ID=${TGPIPE_LOCAL_BOT_ID:-123456}
 SECRET=${TGPIPE_LOCAL_SECRET:-local-secret-token}
 
+# Stops what up.sh started, consumers and producers before the broker and Redis they
+# need (a worker stopped after NATS would spend its drain reconnecting), and forgets the
+# ports, so that `status` does not show a stack that is gone.
+STOP_ORDER="worker ingress bot-api redis nats"
 stop_all() {
   [ -d "$STACK" ] || return 0
-  for pidfile in "$STACK"/*.pid; do
+  local name pidfile pid
+  for name in $STOP_ORDER; do
+    pidfile=$STACK/$name.pid
     [ -e "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     if kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      # The ingress serves on for its drain delay, then drains; the worker drains too.
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$pidfile"
   done
+  rm -f "$STACK/env"
 }
 
 wait_http() { # url, what
@@ -52,12 +61,17 @@ case "${1:-up}" in
     exit 0
     ;;
   status)
-    if [ -f "$STACK/env" ]; then cat "$STACK/env"; fi
-    for pidfile in "$STACK"/*.pid; do
+    running=0
+    for name in nats redis bot-api ingress worker; do
+      pidfile=$STACK/$name.pid
       [ -e "$pidfile" ] || continue
-      name=$(basename "$pidfile" .pid)
-      if kill -0 "$(cat "$pidfile")" 2>/dev/null; then echo "$name: running"; else echo "$name: stopped"; fi
+      if kill -0 "$(cat "$pidfile")" 2>/dev/null; then echo "$name: running"; running=$((running + 1)); else echo "$name: stopped"; fi
     done
+    if [ "$running" -eq 0 ]; then
+      echo "nothing runs (./deploy/local/up.sh starts the stack)"
+    elif [ -f "$STACK/env" ]; then
+      cat "$STACK/env"
+    fi
     exit 0
     ;;
   up|--real) ;;
@@ -88,15 +102,19 @@ ensure_redis_server
 stop_all
 mkdir -p "$STACK"
 
-log "building tgpipe"
+# One build, in the profile that runs below (debug: the test command's profile, so its
+# dependencies are already compiled after ./deploy/local/test.sh, and a second run is a
+# no-op).
+PROFILE=debug
+log "building tgpipe ($PROFILE)"
 cargo build --locked -p tgpipe-ingress -p tgpipe-worker -p tgpipe-loadtest \
   --bin tgpipe-ingress --bin tgpipe-example-bot --bin tgpipe-loadtest
-TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
+TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/$PROFILE
 # A real webhook gets a fresh secret, made by the worker binary's own `secret` command.
 if [ -n "$REAL" ]; then SECRET=$("$TARGET/tgpipe-example-bot" secret); fi
 
 NATS_PORT=$(free_port); NATS_MON=$(free_port); REDIS_PORT=$(free_port)
-INGRESS_PORT=$(free_port); WORKER_PORT=$(free_port); API_PORT=$(free_port)
+INGRESS_PORT=$(free_port); INGRESS_OPS=$(free_port); WORKER_PORT=$(free_port); API_PORT=$(free_port)
 INGRESS_LISTEN=127.0.0.1:$INGRESS_PORT; ALLOWED=127.0.0.0/8; API_URL=http://127.0.0.1:$API_PORT
 WORKER_TOKEN="$BOT_ID:local-bot-token"; RATE_LIMITS=off
 if [ -n "$REAL" ]; then
@@ -109,6 +127,7 @@ NATS_URL=nats://127.0.0.1:$NATS_PORT
 NATS_MONITOR=http://127.0.0.1:$NATS_MON
 REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 INGRESS_URL=http://127.0.0.1:$INGRESS_PORT
+INGRESS_OPS=http://127.0.0.1:$INGRESS_OPS
 WORKER_OPS=http://127.0.0.1:$WORKER_PORT
 BOT_API=http://127.0.0.1:$API_PORT
 BOT_ID=$BOT_ID
@@ -133,15 +152,17 @@ if [ -z "$REAL" ]; then
   wait_http "http://127.0.0.1:$API_PORT/_sink/stats" "Bot API stand-in"
 fi
 
-log "starting tgpipe-ingress on $INGRESS_LISTEN"
+log "starting tgpipe-ingress on $INGRESS_LISTEN (/metrics on $INGRESS_OPS)"
 NATS_URL=nats://127.0.0.1:$NATS_PORT \
 TGPIPE_LISTEN=$INGRESS_LISTEN \
+TGPIPE_OPS_LISTEN=127.0.0.1:$INGRESS_OPS \
+TGPIPE_DRAIN_DELAY=1s \
 TGPIPE_BOTS="$BOT_ID:$SECRET" \
 TGPIPE_ALLOWED_CIDRS=$ALLOWED \
 TGPIPE_TRUSTED_PROXIES=127.0.0.0/8 \
   "$TARGET/tgpipe-ingress" serve >"$STACK/ingress.log" 2>&1 &
 echo $! >"$STACK/ingress.pid"
-wait_http "http://$INGRESS_LISTEN/readyz" tgpipe-ingress
+wait_http "http://127.0.0.1:$INGRESS_OPS/readyz" tgpipe-ingress
 
 log "starting tgpipe-example-bot (worker) with /metrics on $WORKER_PORT"
 export NATS_URL=nats://127.0.0.1:$NATS_PORT REDIS_URL=redis://127.0.0.1:$REDIS_PORT

@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tgpipe_shared::config::{NatsArgs, TelemetryArgs, read_list_file};
+use tgpipe_shared::config::{NatsArgs, SecretString, TelemetryArgs, read_list_file};
 use tgpipe_shared::stream::{StreamSettings, parse_duration};
 
 use crate::bots::{Bots, BotsError};
-use crate::client_ip::{CidrError, IpPolicy, TELEGRAM_CIDRS};
+use crate::client_ip::{CidrError, IpPolicy, TELEGRAM_CIDRS, parse_cidrs};
 
 /// `tgpipe-ingress`: receives Telegram webhooks and stores every update in NATS JetStream.
 #[derive(Debug, Parser)]
@@ -48,12 +48,15 @@ pub enum Command {
 /// Settings of the webhook server.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address of the webhook (`POST /webhook/{bot_id}`, nothing else).
     #[arg(long, env = "TGPIPE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Address of `/healthz`, `/readyz` and `/metrics`, apart from the public webhook port.
+    #[arg(long, env = "TGPIPE_OPS_LISTEN", default_value = "0.0.0.0:9091")]
+    pub ops_listen: SocketAddr,
     /// Bots served and their webhook secrets: `<bot_id>:<secret>[,<bot_id>:<secret>...]`.
     #[arg(long, env = "TGPIPE_BOTS", hide_env_values = true)]
-    pub bots: Option<String>,
+    pub bots: Option<SecretString>,
     /// A file with the same content as TGPIPE_BOTS (for a mounted Kubernetes Secret).
     #[arg(long, env = "TGPIPE_BOTS_FILE", conflicts_with = "bots")]
     pub bots_file: Option<PathBuf>,
@@ -80,9 +83,20 @@ pub struct ServeArgs {
     /// How long a client may take to send the body.
     #[arg(long, env = "TGPIPE_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_read_timeout: Duration,
-    /// How long in-flight requests may take to finish after SIGTERM.
+    /// After SIGTERM, how long `/readyz` says 503 while webhooks are still served, so
+    /// that the endpoint leaves the Service before the listener closes.
+    #[arg(long, env = "TGPIPE_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+    /// How long in-flight requests may take to finish after the drain delay.
     #[arg(long, env = "TGPIPE_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// A connection (HTTP/1 keep-alive or HTTP/2) with no traffic for this long is closed.
+    #[arg(long, env = "TGPIPE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "TGPIPE_MAX_CONNECTIONS", default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Create or update the streams at start (and whenever the update stream is missing).
     #[arg(long, env = "TGPIPE_PROVISION", default_value_t = true, action = clap::ArgAction::Set)]
     pub provision: bool,
@@ -131,8 +145,10 @@ pub struct CertArgs {
 /// A validated configuration of the webhook server.
 #[derive(Debug, Clone)]
 pub struct IngressConfig {
-    /// Address to listen on.
+    /// Address of the webhook.
     pub listen: SocketAddr,
+    /// Address of the probes and metrics.
+    pub ops_listen: SocketAddr,
     /// Bots and secrets.
     pub bots: Bots,
     /// Source checks.
@@ -149,6 +165,12 @@ pub struct IngressConfig {
     pub body_read_timeout: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Serving on after SIGTERM, not ready.
+    pub drain_delay: Duration,
+    /// Idle connection timeout.
+    pub idle_timeout: Duration,
+    /// Connection cap.
+    pub max_connections: usize,
     /// Whether to provision streams.
     pub provision: bool,
     /// TLS certificate and key files.
@@ -161,44 +183,78 @@ pub struct IngressConfig {
     pub telemetry: TelemetryArgs,
 }
 
-/// Why a configuration is invalid.
+/// Why a configuration is invalid. Each message names the environment variable (what a
+/// pod sets) and the flag.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// TGPIPE_BOTS / TGPIPE_BOTS_FILE.
-    #[error("TGPIPE_BOTS: {0}")]
-    Bots(#[from] BotsError),
+    #[error("{0}: {1}")]
+    Bots(&'static str, BotsError),
     /// The bots file cannot be read.
-    #[error("TGPIPE_BOTS_FILE: {0}")]
+    #[error("TGPIPE_BOTS_FILE (--bots-file): {0}")]
     BotsFile(#[from] tgpipe_shared::config::ListFileError),
-    /// A CIDR list.
-    #[error("TGPIPE_ALLOWED_CIDRS / TGPIPE_TRUSTED_PROXIES: {0}")]
-    Cidr(#[from] CidrError),
+    /// TGPIPE_ALLOWED_CIDRS.
+    #[error("TGPIPE_ALLOWED_CIDRS (--allowed-cidrs): {0}")]
+    AllowedCidrs(CidrError),
+    /// TGPIPE_TRUSTED_PROXIES.
+    #[error("TGPIPE_TRUSTED_PROXIES (--trusted-proxies): {0}")]
+    TrustedProxies(CidrError),
     /// A zero duration where waiting is needed.
     #[error("{0} must be longer than zero")]
     ZeroDuration(&'static str),
+    /// The webhook and the probes on one port.
+    #[error(
+        "TGPIPE_OPS_LISTEN (--ops-listen) must be another port than TGPIPE_LISTEN (--listen): {0}"
+    )]
+    SamePort(SocketAddr),
 }
+
+const BOTS: &str = "TGPIPE_BOTS (--bots)";
+const BOTS_FILE: &str = "TGPIPE_BOTS_FILE (--bots-file)";
 
 impl ServeArgs {
     /// Validates the settings.
     pub fn validate(self) -> Result<IngressConfig, ConfigError> {
         let bots = match (&self.bots, &self.bots_file) {
-            (_, Some(path)) => Bots::parse(&read_list_file(path)?)?,
-            (Some(list), None) => Bots::parse(list)?,
-            (None, None) => return Err(BotsError::Empty.into()),
+            (_, Some(path)) => {
+                Bots::parse(&read_list_file(path)?).map_err(|e| ConfigError::Bots(BOTS_FILE, e))?
+            }
+            (Some(list), None) => {
+                Bots::parse(list.expose()).map_err(|e| ConfigError::Bots(BOTS, e))?
+            }
+            (None, None) => return Err(ConfigError::Bots(BOTS, BotsError::Empty)),
         };
         for (name, d) in [
-            ("TGPIPE_PUBLISH_TIMEOUT", self.publish_timeout),
-            ("TGPIPE_HEADER_READ_TIMEOUT", self.header_read_timeout),
-            ("TGPIPE_BODY_READ_TIMEOUT", self.body_read_timeout),
+            (
+                "TGPIPE_PUBLISH_TIMEOUT (--publish-timeout)",
+                self.publish_timeout,
+            ),
+            (
+                "TGPIPE_HEADER_READ_TIMEOUT (--header-read-timeout)",
+                self.header_read_timeout,
+            ),
+            (
+                "TGPIPE_BODY_READ_TIMEOUT (--body-read-timeout)",
+                self.body_read_timeout,
+            ),
+            ("TGPIPE_IDLE_TIMEOUT (--idle-timeout)", self.idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
             }
         }
+        if self.ops_listen.port() == self.listen.port()
+            && (self.ops_listen.ip() == self.listen.ip()
+                || self.ops_listen.ip().is_unspecified()
+                || self.listen.ip().is_unspecified())
+        {
+            return Err(ConfigError::SamePort(self.ops_listen));
+        }
         Ok(IngressConfig {
             listen: self.listen,
+            ops_listen: self.ops_listen,
             bots,
-            ip_policy: IpPolicy::new(&self.allowed_cidrs, &self.trusted_proxies)?,
+            ip_policy: ip_policy(&self.allowed_cidrs, &self.trusted_proxies)?,
             max_body: usize::try_from(self.max_body).unwrap_or(usize::MAX),
             // The parser's range excludes zero.
             shards: NonZeroU16::new(self.shards).unwrap_or(NonZeroU16::MIN),
@@ -206,6 +262,9 @@ impl ServeArgs {
             header_read_timeout: self.header_read_timeout,
             body_read_timeout: self.body_read_timeout,
             shutdown_grace: self.shutdown_grace,
+            drain_delay: self.drain_delay,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections as usize,
             provision: self.provision,
             tls: self.tls_cert.zip(self.tls_key),
             nats: self.broker.nats,
@@ -213,6 +272,16 @@ impl ServeArgs {
             telemetry: self.broker.telemetry,
         })
     }
+}
+
+/// The source policy, with an error that says which of the two settings is wrong.
+fn ip_policy(allowed: &str, trusted: &str) -> Result<IpPolicy, ConfigError> {
+    if !allowed.trim().eq_ignore_ascii_case("any") {
+        parse_cidrs(allowed).map_err(ConfigError::AllowedCidrs)?;
+    }
+    parse_cidrs(trusted).map_err(ConfigError::TrustedProxies)?;
+    // Both lists parse; what is left is an empty allowed list.
+    IpPolicy::new(allowed, trusted).map_err(ConfigError::AllowedCidrs)
 }
 
 impl IngressConfig {
@@ -240,6 +309,10 @@ mod tests {
     fn defaults() {
         let c = IngressConfig::from_flags(["--bots", "1:abc"]).unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.ops_listen.to_string(), "0.0.0.0:9091");
+        assert_eq!(c.drain_delay, Duration::from_secs(5));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections, 4096);
         assert_eq!(c.max_body, 1 << 20);
         assert_eq!(c.shards.get(), 64);
         assert!(c.provision);
@@ -257,11 +330,66 @@ mod tests {
             vec!["--bots", "1:abc", "--tls-cert", "c.pem"],
             vec!["--bots", "1:abc", "--provision", "maybe"],
             vec!["--listen", "nowhere", "--bots", "1:abc"],
+            vec!["--bots", "1:abc", "--ops-listen", "127.0.0.1:8080"],
+            vec!["--bots", "1:abc", "--idle-timeout", "0s"],
+            vec!["--bots", "1:abc", "--max-connections", "0"],
         ] {
             assert!(
                 IngressConfig::from_flags(flags.clone()).is_err(),
                 "{flags:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_bad_cidr_names_the_setting_that_held_it() {
+        let e = IngressConfig::from_flags(["--bots", "1:abc", "--allowed-cidrs", "10.0.0.0/99"])
+            .unwrap_err();
+        assert!(
+            e.contains("TGPIPE_ALLOWED_CIDRS (--allowed-cidrs): `10.0.0.0/99`"),
+            "{e}"
+        );
+        let e =
+            IngressConfig::from_flags(["--bots", "1:abc", "--trusted-proxies", "10.0.0.1,nope"])
+                .unwrap_err();
+        assert!(
+            e.contains("TGPIPE_TRUSTED_PROXIES (--trusted-proxies): `nope`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_environment_variable_and_the_flag() {
+        let e = IngressConfig::from_flags(["--bots", "x:abc"]).unwrap_err();
+        assert!(e.starts_with("TGPIPE_BOTS (--bots): entry #1"), "{e}");
+        let e =
+            IngressConfig::from_flags(["--bots", "1:abc", "--publish-timeout", "0s"]).unwrap_err();
+        assert!(
+            e.contains("TGPIPE_PUBLISH_TIMEOUT (--publish-timeout)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn debug_of_the_settings_redacts_secrets_and_passwords() {
+        let cli = Cli::try_parse_from([
+            "tgpipe-ingress",
+            "--bots",
+            "1:webhook-secret-value",
+            "--nats-url",
+            "nats://app:nats-password@nats:4222,nats://nats-token@nats-2:4222",
+        ])
+        .unwrap();
+        let config = cli.serve.clone().validate().unwrap();
+        for printed in [
+            format!("{cli:?}"),
+            format!("{:?}", cli.serve),
+            format!("{config:?}"),
+        ] {
+            for secret in ["webhook-secret-value", "nats-password", "nats-token"] {
+                assert!(!printed.contains(secret), "{secret} in {printed}");
+            }
+            assert!(printed.contains("nats://app:***@nats:4222"), "{printed}");
         }
     }
 

@@ -6,7 +6,7 @@
 //! went missing (NATS started after the ingress, or was wiped).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -21,6 +21,9 @@ use crate::publish::Publisher;
 #[derive(Debug, Default)]
 pub struct Readiness {
     stream_ok: AtomicBool,
+    draining: AtomicBool,
+    /// The broker's max_payload last warned about (0: none yet).
+    warned_max_payload: AtomicUsize,
 }
 
 impl Readiness {
@@ -31,17 +34,63 @@ impl Readiness {
         publisher: Publisher,
         stream: StreamSettings,
         provision: bool,
+        max_body: usize,
         every: Duration,
     ) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let mut failing = false;
             loop {
+                me.check_body_limit(&publisher, max_body);
                 let ok = me.check(&publisher, &stream, provision, &mut failing).await;
                 me.stream_ok.store(ok, Ordering::Relaxed);
                 tokio::time::sleep(every).await;
             }
         })
+    }
+
+    /// TGPIPE_MAX_BODY is lowered to what the broker can store (see `webhook`); say so
+    /// once per server limit, naming the setting, when it bites.
+    fn check_body_limit(&self, p: &Publisher, max_body: usize) {
+        if !p.is_connected() {
+            return;
+        }
+        let max_payload = p.max_payload();
+        if p.max_body() >= max_body
+            || self.warned_max_payload.swap(max_payload, Ordering::Relaxed) == max_payload
+        {
+            return;
+        }
+        let effective = p.max_body();
+        let allowance = tgpipe_shared::publish::HEADER_ALLOWANCE;
+        if max_payload >= max_body {
+            // Only the headers' reserve (the defaults: both 1 MiB): worth a line, not a warning.
+            tracing::info!(
+                max_body,
+                max_payload,
+                effective,
+                "body limit lowered by {allowance} bytes for the headers to fit NATS's max_payload"
+            );
+        } else {
+            tracing::warn!(
+                max_body,
+                max_payload,
+                effective,
+                "TGPIPE_MAX_BODY (--max-body) is over what the NATS server stores per message \
+                 (its max_payload, less {allowance} bytes for headers): larger bodies are answered 413"
+            );
+        }
+    }
+
+    /// Readiness goes false for good: the process is shutting down, and the endpoint
+    /// should leave the Service before the listener closes.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether shutdown began.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     async fn check(
@@ -91,7 +140,9 @@ pub(crate) async fn healthz() -> &'static str {
 
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let inner = &state.inner;
-    if !inner.publisher.is_connected() {
+    if inner.readiness.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if !inner.publisher.is_connected() {
         (StatusCode::SERVICE_UNAVAILABLE, "NATS disconnected").into_response()
     } else if !inner.readiness.stream_ok() {
         (StatusCode::SERVICE_UNAVAILABLE, "stream missing").into_response()

@@ -70,6 +70,7 @@ impl AppState {
             publisher.clone(),
             config.stream.clone(),
             config.provision,
+            config.max_body,
             Duration::from_secs(1),
         );
         AppState {
@@ -92,18 +93,34 @@ impl AppState {
         &self.inner.publisher
     }
 
-    /// Whether the ingress is ready (NATS connected, stream present).
+    /// Whether the ingress is ready (NATS connected, stream present, not draining).
     pub fn is_ready(&self) -> bool {
-        self.inner.publisher.is_connected() && self.inner.readiness.stream_ok()
+        self.inner.publisher.is_connected()
+            && self.inner.readiness.stream_ok()
+            && !self.inner.readiness.is_draining()
+    }
+
+    /// Shutdown began: `/readyz` answers 503 from now on, while webhooks are still served
+    /// (for `TGPIPE_DRAIN_DELAY`), so that the endpoint leaves the Service first.
+    pub fn start_draining(&self) {
+        self.inner.readiness.start_draining();
     }
 }
 
-/// The ingress's routes: `POST /webhook/{bot_id}`, `GET /healthz`, `GET /readyz`,
-/// `GET /metrics`. Requests must carry `ConnectInfo<SocketAddr>` (the server inserts it;
-/// tests add it to the request's extensions).
+/// The public routes: `POST /webhook/{bot_id}`, and nothing else (probes and metrics are
+/// on [`ops_app`]'s port, which the Internet never reaches). Requests must carry
+/// `ConnectInfo<SocketAddr>` (the server inserts it; tests add it to the request's
+/// extensions).
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/webhook/{bot_id}", post(webhook::webhook))
+        .with_state(state)
+}
+
+/// The operations routes, on `TGPIPE_OPS_LISTEN`: `GET /healthz`, `GET /readyz`,
+/// `GET /metrics`.
+pub fn ops_app(state: AppState) -> Router {
+    Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

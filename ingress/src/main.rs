@@ -2,8 +2,10 @@
 
 use anyhow::Context as _;
 use tgpipe_ingress::config::{Cli, Command};
-use tgpipe_ingress::serve::{ServeOptions, bind, serve, tls_acceptor};
-use tgpipe_ingress::{AppState, app};
+use tgpipe_ingress::serve::{
+    ConnectionLimits, ServeOptions, bind, serve, serve_with, tls_acceptor,
+};
+use tgpipe_ingress::{AppState, app, ops_app};
 use tgpipe_shared::config::{exit_invalid, parse_or_exit};
 
 fn main() -> anyhow::Result<()> {
@@ -39,32 +41,51 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: tgpipe_ingress::config::ServeArgs) -> anyhow::Result<()> {
     let config = args.validate().unwrap_or_else(|e| exit_invalid(e));
     let _telemetry = tgpipe_shared::telemetry::init("tgpipe-ingress", &config.telemetry)?;
-    let tls = config
-        .tls
-        .as_ref()
-        .map(|(cert, key)| tls_acceptor(cert, key).unwrap_or_else(|e| exit_invalid(e)));
+    let tls = config.tls.as_ref().map(|(cert, key)| {
+        tls_acceptor(cert, key).unwrap_or_else(|e| {
+            exit_invalid(format!(
+                "TGPIPE_TLS_CERT / TGPIPE_TLS_KEY (--tls-cert / --tls-key): {e}"
+            ))
+        })
+    });
     let client = config.nats.connect("tgpipe-ingress").await?;
     let state = AppState::new(&config, client);
     let listener = bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(listen = %config.listen, tls = tls.is_some(), bots = config.bots.ids().len(), "serving webhooks");
+        .with_context(|| format!("cannot listen on {} (TGPIPE_LISTEN)", config.listen))?;
+    let ops_listener = bind(config.ops_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (TGPIPE_OPS_LISTEN)", config.ops_listen))?;
+    tracing::info!(listen = %config.listen, ops = %config.ops_listen, tls = tls.is_some(), bots = config.bots.ids().len(), "serving webhooks");
     let options = ServeOptions {
         header_read_timeout: config.header_read_timeout,
         grace: config.shutdown_grace,
     };
-    serve(
-        listener,
-        app(state.clone()),
-        tls,
-        options,
-        tgpipe_shared::shutdown::signal(),
-    )
-    .await;
+    // Probes and metrics answer until the process exits (readiness says "draining").
+    let ops = tokio::spawn(serve(
+        ops_listener,
+        ops_app(state.clone()),
+        None,
+        options.clone(),
+        std::future::pending(),
+    ));
+    let limits = ConnectionLimits {
+        drain_delay: config.drain_delay,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
+    };
+    let draining = state.clone();
+    let shutdown = async move {
+        tgpipe_shared::shutdown::signal().await;
+        // Out of the Service's endpoints first; the webhook is served on meanwhile.
+        draining.start_draining();
+    };
+    serve_with(listener, app(state.clone()), tls, options, limits, shutdown).await;
     state
         .publisher()
         .flush(std::time::Duration::from_secs(5))
         .await;
+    ops.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,22 +1,29 @@
-//! The HTTP server: plain or TLS, with read timeouts and a graceful drain.
+//! The HTTP server: plain or TLS, with read timeouts, an idle timeout, a connection cap
+//! and a graceful drain.
 //!
 //! axum's own `serve` cannot set hyper's header read timeout, which is what stops a
 //! slow client from holding a connection open by trickling its headers, so connections
-//! are accepted here and handed to hyper directly.
+//! are accepted here and handed to hyper directly. hyper has no idle timeout for a
+//! keep-alive connection waiting for its next request (the header timeout starts with
+//! the first byte) nor for HTTP/2, so each connection's I/O records when bytes last
+//! moved and the connection is closed gracefully once it was quiet too long.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 /// How long a TLS handshake may take.
@@ -72,8 +79,42 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// How connections are limited and wound down, beyond the read timeouts of
+/// [`ServeOptions`].
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// After shutdown begins, keep accepting and serving this long before the listener
+    /// closes (`TGPIPE_DRAIN_DELAY`): readiness is already false, and Kubernetes needs a
+    /// moment to take the endpoint out of the Service. Until then Telegram still connects
+    /// here, and a closed port would be a failed delivery.
+    pub drain_delay: Duration,
+    /// A connection with no bytes in either direction for this long is closed
+    /// (`TGPIPE_IDLE_TIMEOUT`), HTTP/1 keep-alive and HTTP/2 alike; a request in flight is
+    /// finished first.
+    pub idle_timeout: Duration,
+    /// Connections served at once (`TGPIPE_MAX_CONNECTIONS`); more wait in the listen
+    /// backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            drain_delay: Duration::ZERO,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Streams one HTTP/2 connection may have open at once. Telegram speaks HTTP/1.1 and
+/// opens at most 100 connections per bot; this only bounds what one client can make the
+/// server hold.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and
-/// gives open connections up to `options.grace` to finish their requests.
+/// gives open connections up to `options.grace` to finish their requests, with the
+/// default [`ConnectionLimits`] (no drain delay).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -81,45 +122,91 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with(
+        listener,
+        app,
+        tls,
+        options,
+        ConnectionLimits::default(),
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves `app` on `listener`. When `shutdown` completes, it keeps accepting and serving
+/// for `limits.drain_delay`, then closes the listener, asks every connection to finish
+/// (HTTP/1 closes after its current response, HTTP/2 sends GOAWAY) and waits up to
+/// `options.grace` for them.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    options: ServeOptions,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(max));
+    let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
+    let mut accept_until: Option<tokio::time::Instant> = None;
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
+        let stop_accepting = async {
+            match accept_until {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let next = async {
+            let permit = Arc::clone(&permits).acquire_owned().await;
+            (permit, listener.accept().await)
+        };
+        let (permit, accepted) = tokio::select! {
+            biased;
+            () = stop_accepting => break,
+            () = &mut shutdown, if accept_until.is_none() => {
+                accept_until = Some(tokio::time::Instant::now() + limits.drain_delay);
+                tracing::info!(drain_delay = ?limits.drain_delay, "shutdown requested: not ready; still serving until the endpoint is removed");
+                continue;
+            }
+            next = next => next,
+        };
+        // The semaphore is never closed.
+        let Ok(permit) = permit else { break };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         // Small writes (a 200 with no body) must leave at once.
         let _ = stream.set_nodelay(true);
         let service = app_for(&app, peer);
         let builder = Arc::clone(&builder);
+        let stopping = stopping.clone();
+        let idle = limits.idle_timeout;
         match &tls {
             None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
+                    serve_connection(stream, &builder, service, idle, stopping, peer).await;
+                    drop(permit);
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let tls_stream = match tokio::time::timeout(
                         HANDSHAKE_TIMEOUT,
@@ -137,22 +224,177 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
+                    serve_connection(tls_stream, &builder, service, idle, stopping, peer).await;
+                    drop(permit);
                 });
             }
         }
     }
     drop(listener);
+    let _ = stop.send(true);
     tracing::info!(grace = ?options.grace, "no longer accepting; draining in-flight requests");
-    if tokio::time::timeout(options.grace, graceful.shutdown())
+    // Every connection holds a permit until it ends: all of them back means all closed.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(options.grace, permits.acquire_many(all))
         .await
         .is_err()
     {
         tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+/// Serves one connection until it ends: closed gracefully when shutdown reaches the
+/// drain phase or when no byte moved for `idle`.
+async fn serve_connection<I>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    service: WithPeer,
+    idle: Duration,
+    mut stopping: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new(io);
+    let last = activity.last_activity();
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(activity), service);
+    tokio::pin!(conn);
+    let mut closing = *stopping.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    // A graceful close of an idle connection can wait on the client (HTTP/2 waits for
+    // the ack of its GOAWAY ping); a client that never answers is cut off after another
+    // idle period.
+    let mut cut_off: Option<tokio::time::Instant> = None;
+    loop {
+        let idle_deadline = last.deadline(idle);
+        let cut = async {
+            match cut_off {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = cut => {
+                tracing::debug!(%peer, "idle connection did not close gracefully; dropping it");
+                return;
+            }
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+                return;
+            }
+            changed = stopping.changed(), if !closing => {
+                if changed.is_err() || *stopping.borrow() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            () = tokio::time::sleep_until(idle_deadline), if !closing => {
+                // Bytes may have moved since the deadline was computed.
+                if last.deadline(idle) <= tokio::time::Instant::now() {
+                    tracing::debug!(%peer, ?idle, "closing an idle connection");
+                    closing = true;
+                    cut_off = Some(tokio::time::Instant::now() + idle);
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// When a connection last moved a byte, in milliseconds since it opened.
+#[derive(Debug, Clone)]
+struct LastActivity {
+    opened: tokio::time::Instant,
+    millis: Arc<AtomicU64>,
+}
+
+impl LastActivity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.millis.store(ms, Ordering::Relaxed);
+    }
+
+    fn deadline(&self, idle: Duration) -> tokio::time::Instant {
+        self.opened + Duration::from_millis(self.millis.load(Ordering::Relaxed)) + idle
+    }
+}
+
+/// An I/O stream that records when bytes last moved (for the idle timeout).
+struct Activity<I> {
+    inner: I,
+    last: LastActivity,
+}
+
+impl<I> Activity<I> {
+    fn new(inner: I) -> Activity<I> {
+        Activity {
+            inner,
+            last: LastActivity {
+                opened: tokio::time::Instant::now(),
+                millis: Arc::new(AtomicU64::new(0)),
+            },
+        }
+    }
+
+    fn last_activity(&self) -> LastActivity {
+        self.last.clone()
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Activity<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.touch();
+        }
+        result
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Activity<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.last.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.last.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

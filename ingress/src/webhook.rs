@@ -68,6 +68,10 @@ impl WebhookError {
             WebhookError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             WebhookError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             WebhookError::BodyRead(_) | WebhookError::Malformed(_) => StatusCode::BAD_REQUEST,
+            // The broker can never store it: a 503 would have Telegram retry it forever.
+            WebhookError::Unavailable(PublishError::TooLarge { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             WebhookError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -80,6 +84,8 @@ impl IntoResponse for WebhookError {
         // that a scan cannot flood the logs; a broker failure is an operator's problem.
         if status == StatusCode::SERVICE_UNAVAILABLE {
             tracing::warn!(error = %self, "update not stored; answering 503 so Telegram retries");
+        } else if matches!(self, WebhookError::Unavailable(_)) {
+            tracing::warn!(error = %self, "update too large for the NATS server; answering 413");
         } else {
             tracing::debug!(error = %self, status = status.as_u16(), "webhook request rejected");
         }
@@ -165,7 +171,9 @@ async fn read_body(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Bytes, WebhookError> {
-    let limit = state.inner.max_body;
+    // TGPIPE_MAX_BODY, lowered to what the broker can store with the headers (its
+    // max_payload, as announced on the current connection).
+    let limit = state.inner.max_body.min(state.inner.publisher.max_body());
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -367,14 +367,20 @@ async fn health_readiness_and_metrics() {
             "10.0.0.1:1",
         )
     };
-    assert_eq!(t.send(get("/healthz")).await, StatusCode::OK);
-    assert_eq!(t.send(get("/readyz")).await, StatusCode::OK);
+    assert_eq!(t.send_ops(get("/healthz")).await, StatusCode::OK);
+    assert_eq!(t.send_ops(get("/readyz")).await, StatusCode::OK);
+    // Not on the public webhook port.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(t.send(get(path)).await, StatusCode::NOT_FOUND, "{path}");
+    }
     assert_eq!(t.post(text_update(1, 1, "x")).await, StatusCode::OK);
     assert_eq!(
         t.send(webhook(BOT, Some("nope"), "{}")).await,
         StatusCode::UNAUTHORIZED
     );
-    let response = tgpipe_ingress::app(t.state.clone()).oneshot_metrics().await;
+    let response = tgpipe_ingress::ops_app(t.state.clone())
+        .oneshot_metrics()
+        .await;
     assert!(
         response.contains(&format!(
             "tgpipe_ingress_requests_total{{bot=\"{BOT}\",status=\"200\"}}"

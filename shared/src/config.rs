@@ -6,6 +6,8 @@
 //! traffic: a process that starts is correctly configured.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::Parser;
 
@@ -17,8 +19,70 @@ pub const EXIT_CONFIG: i32 = 64;
 pub fn parse_or_exit<T: Parser>() -> T {
     match T::try_parse() {
         Ok(config) => config,
-        Err(e) => exit_with(e),
+        Err(e) => {
+            let mut command = T::command();
+            command.build();
+            match name_the_setting(&e, &command) {
+                Some(message) => {
+                    eprint!("{message}");
+                    std::process::exit(EXIT_CONFIG)
+                }
+                None => exit_with(e),
+            }
+        }
     }
+}
+
+/// clap names only the flag (`'--max-body <MAX_BODY>'`), while a pod sets the
+/// environment variable: the message names both, `TGPIPE_MAX_BODY (--max-body)`.
+/// `None` when the error is not about one setting that has a variable.
+fn name_the_setting(e: &clap::Error, command: &clap::Command) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let env = env_of(command, long)?;
+    let rendered = e.render().to_string();
+    Some(rendered.replacen(&format!("'{arg}'"), &format!("{env} (--{long})"), 1))
+}
+
+/// The environment variable of the flag `--<long>`, in `command` or its subcommands.
+fn env_of(command: &clap::Command, long: &str) -> Option<String> {
+    command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .or_else(|| command.get_subcommands().find_map(|sub| env_of(sub, long)))
+}
+
+/// A URL with its password (or token) replaced by `***`, for logs:
+///
+/// ```
+/// use tgpipe_shared::config::redact_url;
+/// assert_eq!(redact_url("nats://app:hunter2@nats:4222"), "nats://app:***@nats:4222");
+/// assert_eq!(redact_url("nats://s3cr3t-token@nats:4222"), "nats://***@nats:4222");
+/// assert_eq!(redact_url("redis://redis-master:6379"), "redis://redis-master:6379");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let redacted = match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        // A lone userinfo is a token.
+        None => "***".to_owned(),
+    };
+    let prefix = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    format!("{prefix}{redacted}{}", &rest[at..])
 }
 
 /// Prints a clap error and exits with the code described in [`parse_or_exit`].
@@ -95,8 +159,40 @@ pub struct TelemetryArgs {
     pub otlp_endpoint: Option<String>,
 }
 
-/// NATS connection settings shared by every binary.
-#[derive(Debug, Clone, clap::Args)]
+/// A setting that holds a secret (webhook secrets, tokens): parsed like a string, but
+/// its `Debug` prints `<redacted>`, so printing a configuration never leaks it.
+///
+/// ```
+/// let s: tgpipe_shared::config::SecretString = "1:hunter2".parse().unwrap();
+/// assert_eq!(format!("{s:?}"), "<redacted>");
+/// assert_eq!(s.expose(), "1:hunter2");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for SecretString {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretString(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// NATS connection settings shared by every binary. `Debug` redacts passwords and
+/// tokens in the URLs.
+#[derive(Clone, clap::Args)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma separated.
     #[arg(
@@ -110,14 +206,37 @@ pub struct NatsArgs {
     pub creds: Option<std::path::PathBuf>,
 }
 
+impl std::fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = split_list(&self.url).into_iter().map(redact_url).collect();
+        f.debug_struct("NatsArgs")
+            .field("url", &urls.join(","))
+            .field("creds", &self.creds)
+            .finish()
+    }
+}
+
 impl NatsArgs {
     /// Connect options with the credentials applied and a client name.
     pub async fn connect(&self, client_name: &str) -> Result<async_nats::Client, ConnectError> {
+        let servers = split_list(&self.url)
+            .into_iter()
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",");
         let mut options = async_nats::ConnectOptions::new()
             .name(client_name)
             // Keep retrying in the background: a pod that starts before NATS should
             // become ready when NATS does, not crash-loop.
-            .retry_on_initial_connect();
+            .retry_on_initial_connect()
+            .event_callback({
+                let servers: Arc<str> = servers.into();
+                let failures = Arc::new(AtomicU64::new(0));
+                move |event| {
+                    let (servers, failures) = (Arc::clone(&servers), Arc::clone(&failures));
+                    async move { log_connection_event(&servers, &failures, event) }
+                }
+            });
         if let Some(creds) = &self.creds {
             options = options
                 .credentials_file(creds)
@@ -132,6 +251,41 @@ impl NatsArgs {
     }
 }
 
+/// Logs the connection's life: what failed, where (the URLs, passwords redacted), and
+/// what the process does about it. Replaces async-nats's own callback, which logs every
+/// event at INFO without the server (`event: client error: IO error`). `failures`
+/// counts failed rounds since the last connection: the first is logged, then every tenth
+/// (the client backs off, so that is a line every few minutes, not a flood).
+fn log_connection_event(servers: &str, failures: &AtomicU64, event: async_nats::Event) {
+    match event {
+        async_nats::Event::Connected => {
+            failures.store(0, Ordering::Relaxed);
+            tracing::info!(nats = %servers, "connected to NATS");
+        }
+        async_nats::Event::Disconnected => tracing::warn!(
+            nats = %servers,
+            "disconnected from NATS; reconnecting in the background (not ready until then)"
+        ),
+        async_nats::Event::ClientError(e) => {
+            let n = failures.fetch_add(1, Ordering::Relaxed);
+            if n.is_multiple_of(10) {
+                tracing::warn!(
+                    nats = %servers, error = %e, attempts = n + 1,
+                    "cannot reach NATS; retrying in the background (not ready until connected)"
+                );
+            }
+        }
+        async_nats::Event::ServerError(e) => {
+            tracing::warn!(nats = %servers, error = %e, "NATS server error");
+        }
+        async_nats::Event::LameDuckMode => tracing::warn!(
+            nats = %servers,
+            "NATS server entering lame duck mode; the client will move to another server"
+        ),
+        other => tracing::debug!(nats = %servers, event = %other, "NATS connection event"),
+    }
+}
+
 /// Why connecting to NATS failed.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot connect to NATS: {0}")]
@@ -140,6 +294,25 @@ pub struct ConnectError(pub String);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[arg(long, env = "TGPIPE_TEST_MAX_BODY", default_value_t = 1)]
+        max_body: u64,
+    }
+
+    #[test]
+    fn value_errors_name_the_environment_variable_and_the_flag() {
+        use clap::{CommandFactory, Parser};
+        let e = Cli::try_parse_from(["t", "--max-body", "1.048576e+06"]).unwrap_err();
+        let mut command = Cli::command();
+        command.build();
+        let message = name_the_setting(&e, &command).unwrap();
+        assert!(
+            message.contains("'1.048576e+06' for TGPIPE_TEST_MAX_BODY (--max-body)"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn list_files_allow_comments_and_newlines() {

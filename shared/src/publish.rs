@@ -10,7 +10,13 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 
-/// Why a publish failed. Every variant means "not known to be stored".
+/// Bytes of a message's budget kept for its headers (`Nats-Msg-Id`, `Tg-*`,
+/// `traceparent`, a `tracestate` of up to 512 bytes): the largest body the broker stores
+/// is its `max_payload` minus this.
+pub const HEADER_ALLOWANCE: usize = 1024;
+
+/// Why a publish failed. Every variant but [`PublishError::TooLarge`] means "not known
+/// to be stored, try again".
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// The client is not connected to NATS right now.
@@ -19,6 +25,17 @@ pub enum PublishError {
     /// JetStream refused or failed the write.
     #[error("JetStream did not store the update: {0}")]
     Rejected(String),
+    /// Body and headers exceed the server's `max_payload`: this message can never be
+    /// stored, so retrying is pointless (the ingress answers 413, not 503).
+    #[error(
+        "the update ({size} bytes with headers) is over the NATS server's max_payload of {max_payload} bytes"
+    )]
+    TooLarge {
+        /// Body plus headers.
+        size: usize,
+        /// The server's limit.
+        max_payload: usize,
+    },
     /// No acknowledgement within the publish timeout.
     #[error("no acknowledgement from JetStream within {0:?}")]
     Timeout(Duration),
@@ -49,6 +66,18 @@ impl Publisher {
         &self.js
     }
 
+    /// The server's `max_payload` as last announced (async-nats's default before the
+    /// first connection).
+    pub fn max_payload(&self) -> usize {
+        self.client.max_payload()
+    }
+
+    /// The largest body the broker can store with its headers: `max_payload` minus
+    /// [`HEADER_ALLOWANCE`].
+    pub fn max_body(&self) -> usize {
+        self.max_payload().saturating_sub(HEADER_ALLOWANCE)
+    }
+
     /// Whether the connection is up.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
@@ -67,12 +96,21 @@ impl Publisher {
         if !self.is_connected() {
             return Err(PublishError::Disconnected);
         }
+        let size = header_len(&headers) + body.len();
         let ack = async {
             let future = self
                 .js
                 .publish_with_headers(subject, headers, body)
                 .await
-                .map_err(|e| PublishError::Rejected(e.to_string()))?;
+                .map_err(|e| match e.kind() {
+                    jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                        PublishError::TooLarge {
+                            size,
+                            max_payload: self.max_payload(),
+                        }
+                    }
+                    _ => PublishError::Rejected(e.to_string()),
+                })?;
             future
                 .await
                 .map_err(|e| PublishError::Rejected(e.to_string()))
@@ -91,4 +129,15 @@ impl Publisher {
     pub async fn flush(&self, limit: Duration) {
         let _ = tokio::time::timeout(limit, self.client.flush()).await;
     }
+}
+
+/// The serialized size of a header block, as the server counts it against `max_payload`
+/// (`NATS/1.0\r\n`, each `<name>: <value>\r\n`, then `\r\n`).
+fn header_len(headers: &async_nats::HeaderMap) -> usize {
+    headers
+        .iter()
+        .flat_map(|(name, values)| values.iter().map(move |v| (name, v)))
+        .map(|(name, value)| AsRef::<str>::as_ref(name).len() + 2 + value.as_str().len() + 2)
+        .sum::<usize>()
+        + 12
 }

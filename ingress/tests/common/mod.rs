@@ -57,6 +57,15 @@ impl Harness {
             .status()
     }
 
+    /// A request to the operations port's routes (`/healthz`, `/readyz`, `/metrics`).
+    pub async fn send_ops(&self, req: Request<Body>) -> StatusCode {
+        tgpipe_ingress::ops_app(self.state.clone())
+            .oneshot(req)
+            .await
+            .expect("infallible")
+            .status()
+    }
+
     pub async fn post(&self, body: impl Into<Body>) -> StatusCode {
         self.send(webhook(BOT, Some(SECRET), body)).await
     }

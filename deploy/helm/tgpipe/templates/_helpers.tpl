@@ -65,6 +65,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+A number from values as its decimal digits. values.yaml numbers reach templates as
+float64, and `quote`/`%v` print one of a million or more in exponent form
+("1.048576e+06"), which no binary parses: every number a binary reads goes through this.
+*/}}
+{{- define "tgpipe.int" -}}
+{{- . | int64 | toString -}}
+{{- end -}}
+
 {{/* Environment shared by every container. */}}
 {{- define "tgpipe.commonEnv" -}}
 - name: NATS_URL
@@ -78,7 +87,7 @@ app.kubernetes.io/component: {{ .component }}
 - name: TGPIPE_MAX_AGE
   value: {{ .Values.stream.maxAge | quote }}
 - name: TGPIPE_STREAM_REPLICAS
-  value: {{ .Values.stream.replicas | quote }}
+  value: {{ include "tgpipe.int" .Values.stream.replicas | quote }}
 - name: TGPIPE_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 - name: RUST_LOG
@@ -104,14 +113,24 @@ app.kubernetes.io/component: {{ .component }}
 - name: TGPIPE_LANE_KINDS
   value: {{ join "," (.lane.updateTypes | default list) | quote }}
 - name: TGPIPE_CONCURRENCY
-  value: {{ .lane.concurrency | default 32 | quote }}
+  value: {{ include "tgpipe.int" (.lane.concurrency | default 32) | quote }}
+# The shard count is part of the subject the ingress publishes on: workers must use the
+# ingress's, or partitions would miss shards.
+- name: TGPIPE_SHARDS
+  value: {{ include "tgpipe.int" $v.ingress.shards | quote }}
+{{- $partitions := .lane.partitions | default $v.worker.partitions }}
+{{- if gt (int $partitions) (int $v.ingress.shards) }}
+{{- fail (printf "worker.lanes: lane %q has %d partitions but there are only %d shards (ingress.shards)" .lane.name (int $partitions) (int $v.ingress.shards)) }}
+{{- end }}
+- name: TGPIPE_PARTITIONS
+  value: {{ include "tgpipe.int" $partitions | quote }}
 - name: TGPIPE_MAX_DELIVER
-  value: {{ $v.worker.maxDeliver | quote }}
+  value: {{ include "tgpipe.int" $v.worker.maxDeliver | quote }}
 - name: TGPIPE_SHUTDOWN_GRACE
   value: {{ printf "%ds" (int $v.worker.shutdownGraceSeconds) | quote }}
 {{- if $v.worker.fsmTtlSeconds }}
 - name: TGPIPE_FSM_TTL
-  value: {{ $v.worker.fsmTtlSeconds | quote }}
+  value: {{ printf "%ss" (include "tgpipe.int" $v.worker.fsmTtlSeconds) | quote }}
 {{- end }}
 - name: TGPIPE_LISTEN
   value: "0.0.0.0:9090"
@@ -148,6 +167,36 @@ refuses overlapping consumers, so an overlap would only show up as a crash-loopi
 {{- end -}}
 {{- end -}}
 
+{{/*
+An egress rule to a backing service: call with (dict "peer" .Values.networkPolicy.nats).
+Pods matching podSelector in the namespaces namespaceSelector matches (`{}`: all), and/or
+the CIDRs.
+*/}}
+{{- define "tgpipe.egressTo" -}}
+{{- $p := .peer -}}
+{{- if and (not $p.podSelector) (not $p.cidrs) -}}
+{{- fail "networkPolicy: nats and redis each need a podSelector or cidrs" -}}
+{{- end -}}
+- to:
+    {{- if $p.podSelector }}
+    - namespaceSelector:
+        {{- if $p.namespaceSelector }}
+        matchLabels:
+          {{- toYaml $p.namespaceSelector | nindent 10 }}
+        {{- else }} {}
+        {{- end }}
+      podSelector:
+        matchLabels:
+          {{- toYaml $p.podSelector | nindent 10 }}
+    {{- end }}
+    {{- range $p.cidrs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  ports:
+    - {port: {{ $p.port }}, protocol: TCP}
+{{- end -}}
+
 {{/* Egress to cluster DNS and to NATS. */}}
 {{- define "tgpipe.egressDnsNats" -}}
 - to:
@@ -158,10 +207,5 @@ refuses overlapping consumers, so an overlap would only show up as a crash-loopi
   ports:
     - {port: 53, protocol: UDP}
     - {port: 53, protocol: TCP}
-- to:
-    - podSelector:
-        matchLabels:
-          {{- toYaml .Values.networkPolicy.natsPodSelector | nindent 10 }}
-  ports:
-    - {port: {{ .Values.networkPolicy.natsPort }}, protocol: TCP}
+{{ include "tgpipe.egressTo" (dict "peer" .Values.networkPolicy.nats) }}
 {{- end -}}
