@@ -100,10 +100,12 @@ start_tgpipe() {
   "$TGPIPE_REDIS_SERVER" --bind 127.0.0.1 --port "$redis" --save '' --appendonly no \
     --dir "$WORK" >"$WORK/redis.log" 2>&1 & CURRENT+=($!)
   sleep 0.5
-  NATS_URL=nats://127.0.0.1:$nats TGPIPE_LISTEN=127.0.0.1:$ing TGPIPE_BOTS=$BOT_ID:$SECRET \
-    TGPIPE_ALLOWED_CIDRS=127.0.0.0/8 RUST_LOG=warn \
+  local ing_ops
+  ing_ops=$(free_port)
+  NATS_URL=nats://127.0.0.1:$nats TGPIPE_LISTEN=127.0.0.1:$ing TGPIPE_OPS_LISTEN=127.0.0.1:$ing_ops \
+    TGPIPE_BOTS=$BOT_ID:$SECRET TGPIPE_ALLOWED_CIDRS=127.0.0.0/8 RUST_LOG=warn \
     "$B/tgpipe-ingress" >"$WORK/ingress.log" 2>&1 & CURRENT+=($!)
-  wait_http "http://127.0.0.1:$ing/readyz" tgpipe-ingress
+  wait_http "http://127.0.0.1:$ing_ops/readyz" tgpipe-ingress
   NATS_URL=nats://127.0.0.1:$nats REDIS_URL=redis://127.0.0.1:$redis \
     TGPIPE_LISTEN=127.0.0.1:$ops TGPIPE_BOT_TOKENS=$TOKEN TGPIPE_API_URL=$SINK RUST_LOG=warn \
     TGPIPE_RATE_LIMITS=off \

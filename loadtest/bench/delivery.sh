@@ -25,9 +25,10 @@ BASE=$(free_port); NATS=$(free_port); ING=$(free_port)
 "$T/tgpipe-loadtest" baseline --listen "127.0.0.1:$BASE" 2>/dev/null & PIDS+=($!)
 "$TGPIPE_NATS_SERVER" -a 127.0.0.1 -p "$NATS" -js -sd "$WORK/nats" >/dev/null 2>&1 & PIDS+=($!)
 sleep 1
-NATS_URL=nats://127.0.0.1:$NATS TGPIPE_LISTEN=127.0.0.1:$ING TGPIPE_BOTS=123456:bench-secret \
+ING_OPS=$(free_port)
+NATS_URL=nats://127.0.0.1:$NATS TGPIPE_LISTEN=127.0.0.1:$ING TGPIPE_OPS_LISTEN=127.0.0.1:$ING_OPS TGPIPE_BOTS=123456:bench-secret \
   TGPIPE_ALLOWED_CIDRS=127.0.0.0/8 RUST_LOG=warn "$T/tgpipe-ingress" >"$WORK/ingress.log" 2>&1 & PIDS+=($!)
-for _ in $(seq 100); do curl -fs "127.0.0.1:$ING/readyz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do curl -fs "127.0.0.1:$ING_OPS/readyz" >/dev/null && break; sleep 0.1; done
 
 run() { "$T/tgpipe-loadtest" run --url "$1" --secret bench-secret --bot-id 123456 \
   --updates "$UPDATES" --chats "$CHATS" --connections "$CONNECTIONS" --json 2>/dev/null; }
@@ -35,7 +36,7 @@ log "tgpipe-loadtest run -> bare axum handler ($UPDATES updates, $CHATS chats, $
 B=$(run "http://127.0.0.1:$BASE")
 log "tgpipe-loadtest run -> tgpipe-ingress"
 I=$(run "http://127.0.0.1:$ING")
-COUNTED=$(curl -fsS "127.0.0.1:$ING/metrics" | sed -n 's/^tgpipe_ingress_requests_total{bot="123456",status="200"} //p')
+COUNTED=$(curl -fsS "127.0.0.1:$ING_OPS/metrics" | sed -n 's/^tgpipe_ingress_requests_total{bot="123456",status="200"} //p')
 python3 - "$B" "$I" "${COUNTED:-0}" <<'PY'
 import json, sys
 b, i, counted = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(float(sys.argv[3]))

@@ -60,11 +60,12 @@ NATS_PORT=$(free_port); MON_PORT=$(free_port); ING_PORT=$(free_port)
 "$TGPIPE_NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -m "$MON_PORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$MON_PORT/healthz?js-enabled-only=true"
-NATS_URL=nats://127.0.0.1:$NATS_PORT TGPIPE_LISTEN=127.0.0.1:$ING_PORT TGPIPE_BOTS="$BOT_ID:$SECRET" \
+ING_OPS=$(free_port)
+NATS_URL=nats://127.0.0.1:$NATS_PORT TGPIPE_LISTEN=127.0.0.1:$ING_PORT TGPIPE_OPS_LISTEN=127.0.0.1:$ING_OPS TGPIPE_BOTS="$BOT_ID:$SECRET" \
   TGPIPE_ALLOWED_CIDRS=127.0.0.0/8 TGPIPE_LOG_FORMAT=text RUST_LOG=warn \
   "$TARGET/tgpipe-ingress" >"$WORK/ingress.log" 2>&1 &
 PIDS+=($!)
-wait_http "http://127.0.0.1:$ING_PORT/readyz"
+wait_http "http://127.0.0.1:$ING_OPS/readyz"
 log "wrk -> tgpipe-ingress ($DURATION, $CONNECTIONS connections)"
 ING=$(run_wrk "http://127.0.0.1:$ING_PORT" "${PIDS[-1]}" "${PIDS[-2]}")
 echo "ingress:  $ING"

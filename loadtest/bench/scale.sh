@@ -90,11 +90,13 @@ pass() {
     >"$dir/sink.log" 2>&1 & PIDS+=($!)
   wait_http "http://127.0.0.1:$sink/_sink/stats" "the Bot API stand-in"
   ing=$(free_port)
+  local ing_ops
+  ing_ops=$(free_port)
   # The ingress creates the R3 streams once the cluster has a JetStream leader.
-  NATS_URL=$nats_url TGPIPE_LISTEN=127.0.0.1:$ing TGPIPE_BOTS=$BOT_ID:$SECRET \
+  NATS_URL=$nats_url TGPIPE_LISTEN=127.0.0.1:$ing TGPIPE_OPS_LISTEN=127.0.0.1:$ing_ops TGPIPE_BOTS=$BOT_ID:$SECRET \
     TGPIPE_ALLOWED_CIDRS=127.0.0.0/8 TGPIPE_STREAM_REPLICAS=3 RUST_LOG=warn \
     "$B/tgpipe-ingress" >"$dir/ingress.log" 2>&1 & PIDS+=($!)
-  wait_http "http://127.0.0.1:$ing/readyz" tgpipe-ingress
+  wait_http "http://127.0.0.1:$ing_ops/readyz" tgpipe-ingress
   local w ops
   for w in $(seq 1 "$n"); do
     ops=$(free_port)
