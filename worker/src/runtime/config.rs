@@ -7,7 +7,7 @@ use std::num::NonZeroU16;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tgpipe_shared::config::{NatsArgs, TelemetryArgs, split_list};
+use tgpipe_shared::config::{NatsArgs, SecretString, TelemetryArgs, split_list};
 use tgpipe_shared::stream::{StreamSettings, parse_duration};
 use tgpipe_shared::{BotId, UpdateKind};
 
@@ -77,7 +77,7 @@ pub struct WebhookArgs {
     /// The ingress's `<bot_id>:<secret>` list, where `webhook set` finds the bot's secret
     /// when `--secret` is not given.
     #[arg(long = "ingress-bots", env = "TGPIPE_BOTS", hide_env_values = true)]
-    pub ingress_bots: Option<String>,
+    pub ingress_bots: Option<SecretString>,
     /// The same list in a file (a mounted Secret).
     #[arg(
         long = "ingress-bots-file",
@@ -95,7 +95,7 @@ impl WebhookArgs {
     pub fn ingress_secret(&self, bot: BotId) -> Result<Option<String>, BotsError> {
         let list = match (&self.ingress_bots, &self.ingress_bots_file) {
             (_, Some(path)) => tgpipe_shared::config::read_list_file(path)?,
-            (Some(list), None) => list.clone(),
+            (Some(list), None) => list.expose().to_owned(),
             (None, None) => return Ok(None),
         };
         Ok(split_list(&list).into_iter().find_map(|entry| {
@@ -147,7 +147,7 @@ pub struct PollCommandArgs {
 pub struct BotArgs {
     /// Bot tokens, comma separated (`123:ABC,456:DEF`); the bot id in a subject picks one.
     #[arg(long = "bot-tokens", env = "TGPIPE_BOT_TOKENS", hide_env_values = true)]
-    pub tokens: Option<String>,
+    pub tokens: Option<SecretString>,
     /// A file with the tokens in the same format (comma or newline separated), as
     /// mounted from a Kubernetes Secret.
     #[arg(
@@ -270,7 +270,7 @@ impl BotArgs {
     ) -> Result<HashMap<BotId, Bot>, BotsError> {
         let tokens = match (&self.tokens, &self.tokens_file) {
             (_, Some(path)) => tgpipe_shared::config::read_list_file(path)?,
-            (Some(tokens), None) => tokens.clone(),
+            (Some(tokens), None) => tokens.expose().to_owned(),
             (None, None) => return Err(BotsError::Missing),
         };
         reqwest::Url::parse(&self.api_url).map_err(|e| BotsError::ApiUrl(e.to_string()))?;
@@ -647,6 +647,27 @@ mod tests {
             .bots(None)
             .unwrap_err();
         assert!(e.to_string().contains("absent"), "{e}");
+    }
+
+    #[test]
+    fn debug_of_the_settings_redacts_tokens_and_secrets() {
+        let cli = Cli::try_parse_from([
+            "worker",
+            "--bot-tokens",
+            "12:SECRET-TOKEN-A,34:SECRET-TOKEN-B",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("SECRET-TOKEN"), "{shown}");
+        let cli = Cli::try_parse_from([
+            "worker",
+            "webhook",
+            "--ingress-bots",
+            "12:hunter2-secret",
+            "info",
+        ])
+        .unwrap();
+        assert!(!format!("{cli:?}").contains("hunter2"));
     }
 
     #[test]
