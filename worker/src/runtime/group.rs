@@ -302,6 +302,11 @@ impl Group {
         let mut held: BTreeMap<u16, Held> = BTreeMap::new();
         let mut handovers = tokio::task::JoinSet::new();
         let mut last_beat: Option<Instant> = None;
+        // Nothing is claimed before the watch has delivered the bucket's current state
+        // (or a TTL has passed): a pod that has not seen the other members yet would
+        // take partitions that are theirs, only to hand them back.
+        let started = Instant::now();
+        let mut synced = false;
         let mut watch = None;
         let mut tick = tokio::time::interval(Duration::from_millis(
             (ttl.as_millis() as u64 / 6).clamp(100, 1000),
@@ -330,6 +335,7 @@ impl Group {
                 } => match entry {
                     Some(Ok(entry)) => {
                         let mut apply = |entry: kv::Entry| {
+                            synced |= entry.delta == 0 || entry.seen_current;
                             let live = entry.operation == kv::Operation::Put;
                             if let Some(m) = entry.key.strip_prefix(&members_prefix) {
                                 if live {
@@ -372,6 +378,7 @@ impl Group {
                 }
             }
             let now = Instant::now();
+            synced |= now.duration_since(started) >= ttl;
             // Heartbeat.
             if last_beat.is_none_or(|b| now.duration_since(b) >= heartbeat) {
                 match self
@@ -444,7 +451,7 @@ impl Group {
                         }
                         handovers.spawn(self.handover(p, rx, grace, Arc::clone(&h.gone)));
                     }
-                    None if mine && !owners.contains_key(&p) => claims.push(p),
+                    None if mine && !owners.contains_key(&p) && synced => claims.push(p),
                     _ => {}
                 }
             }
