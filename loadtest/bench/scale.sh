@@ -12,7 +12,7 @@
 #   WORKERS="1 3" UPDATES=12000 ./loadtest/bench/scale.sh
 #
 # Environment: UPDATES (6000), CHATS (300), CONNECTIONS (100, Telegram's maximum),
-# LATENCY_MS (50), WORKERS ("1 2 3"), TGPIPE_CONCURRENCY (the workers', default 64),
+# LATENCY_MS (50), WORKERS ("1 2 3"), TGPIPE_CONCURRENCY (the workers', default 128 as shipped),
 # ROUNDS (1; with more, each worker count's median round is reported).
 # Every worker count gets a fresh cluster, Redis and stand-in record.
 set -euo pipefail
@@ -25,7 +25,7 @@ CONNECTIONS=${CONNECTIONS:-100}
 LATENCY_MS=${LATENCY_MS:-50}
 WORKERS=${WORKERS:-1 2 3}
 ROUNDS=${ROUNDS:-1}
-CONCURRENCY=${TGPIPE_CONCURRENCY:-64}
+CONCURRENCY=${TGPIPE_CONCURRENCY:-128}
 BOT_ID=123456
 SECRET=scale-secret
 TOKEN=$BOT_ID:scale-token

@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType};
-use tgpipe_shared::stream::{StreamSettings, provision_streams};
+use tgpipe_shared::stream::{Changes, StreamSettings, provision_streams, provision_streams_with};
 use tgpipe_shared::testkit::NatsServer;
 
 #[tokio::test]
-async fn provisioning_creates_then_updates_both_streams() {
+async fn provisioning_creates_both_streams_and_changes_them_only_when_told() {
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
@@ -33,9 +33,15 @@ async fn provisioning_creates_then_updates_both_streams() {
     assert_eq!(dlq.subjects, vec!["tgdlq.>".to_owned()]);
     assert_eq!(dlq.retention, RetentionPolicy::Limits);
 
-    // Running it again with a changed setting updates the stream in place.
+    // A process started with other settings leaves the existing stream as it is ...
     settings.dedupe_window = Duration::from_secs(30);
     provision_streams(&js, &settings).await.unwrap();
+    let info = updates.info().await.unwrap();
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(120));
+    // ... and `provision --apply` changes it in place.
+    provision_streams_with(&js, &settings, Changes::Apply)
+        .await
+        .unwrap();
     let info = updates.info().await.unwrap();
     assert_eq!(info.config.duplicate_window, Duration::from_secs(30));
 }
@@ -47,6 +53,10 @@ async fn a_change_jetstream_refuses_names_the_stream() {
     let mut settings = StreamSettings::default();
     provision_streams(&js, &settings).await.unwrap();
     settings.retention = tgpipe_shared::stream::Retention::Limits;
-    let err = provision_streams(&js, &settings).await.unwrap_err();
+    // Without --apply the difference is only logged.
+    provision_streams(&js, &settings).await.unwrap();
+    let err = provision_streams_with(&js, &settings, Changes::Apply)
+        .await
+        .unwrap_err();
     assert_eq!(err.stream, "TG_UPDATES");
 }

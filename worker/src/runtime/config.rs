@@ -321,7 +321,10 @@ pub struct RunArgs {
     pub lane_kinds: String,
     /// Chats handled at once in this pod (one update of a chat at a time; chats take
     /// turns, so a busy chat does not hold back the others).
-    #[arg(long, env = "TGPIPE_CONCURRENCY", default_value_t = 64,
+    // 128: a chat's handler mostly waits on the Bot API, and held updates are capped
+    // apart (TGPIPE_MAX_HELD); with the stand-in at 50 ms, 64 capped one pod at ~860
+    // replies/s and 128 gave ~1260 (loadtest/bench/scale.sh).
+    #[arg(long, env = "TGPIPE_CONCURRENCY", default_value_t = 128,
         value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub concurrency: u32,
     /// Updates held in this pod, queued or running; past it the pod stops pulling.
