@@ -87,20 +87,21 @@ pub async fn bucket(
     }
 }
 
+/// `s` with every character a KV key token may not hold replaced by `with`.
+fn key_safe(s: &str, with: char) -> impl Iterator<Item = char> + '_ {
+    s.chars().map(move |c| {
+        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+            c
+        } else {
+            with
+        }
+    })
+}
+
 /// A unique member id: `base` (the pod's name) made key-safe, and a random suffix, so a
 /// restarted pod with the same name never inherits its predecessor's leases.
 pub fn member_id(base: &str) -> String {
-    let clean: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(48)
-        .collect();
+    let clean: String = key_safe(base, '-').take(48).collect();
     let clean = if clean.is_empty() {
         "worker".into()
     } else {
@@ -250,16 +251,7 @@ impl Group {
         member: String,
         settings: GroupSettings,
     ) -> Group {
-        let stream: String = stream
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let stream: String = key_safe(stream, '_').collect();
         Group {
             kv,
             lane: lane.name().to_owned(),
