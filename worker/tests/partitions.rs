@@ -411,6 +411,16 @@ async fn one_chat_with_1000_queued_updates_does_not_delay_200_other_chats() {
     assert!(took < Duration::from_secs(5), "other chats waited {took:?}");
 }
 
+/// The settings of partition 0's consumer of the default lane.
+async fn first_partition(s: &Stack) -> async_nats::jetstream::consumer::Info {
+    s.js.get_stream("TG_UPDATES")
+        .await
+        .unwrap()
+        .consumer_info("tgpipe-lane-default-p000")
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_started_without_replicas_leaves_r3_streams_at_r3() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -435,13 +445,7 @@ async fn a_worker_started_without_replicas_leaves_r3_streams_at_r3() {
         .worker(&[("TGPIPE_STREAM_REPLICAS", "1"), ("TGPIPE_ACK_WAIT", "9s")])
         .await;
     assert_eq!(stream(&s).await.config.num_replicas, 3, "not downgraded");
-    let consumer =
-        s.js.get_stream("TG_UPDATES")
-            .await
-            .unwrap()
-            .consumer_info("tgpipe-lane-default-p000")
-            .await
-            .unwrap();
+    let consumer = first_partition(&s).await;
     assert_eq!(
         consumer.config.ack_wait,
         Duration::from_secs(3),
@@ -459,13 +463,7 @@ async fn a_worker_started_without_replicas_leaves_r3_streams_at_r3() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let consumer =
-        s.js.get_stream("TG_UPDATES")
-            .await
-            .unwrap()
-            .consumer_info("tgpipe-lane-default-p000")
-            .await
-            .unwrap();
+    let consumer = first_partition(&s).await;
     assert_eq!(consumer.config.ack_wait, Duration::from_secs(9));
     assert_eq!(stream(&s).await.config.num_replicas, 3);
 }

@@ -431,17 +431,11 @@ impl Group {
                 let mine = me.is_some() && assignment[usize::from(p)] == me;
                 match held.get_mut(&p) {
                     Some(h) if !mine && !h.releasing => {
-                        h.releasing = true;
-                        h.own.release.cancel();
-                        let (tx, rx) = tokio::sync::oneshot::channel();
-                        if events
-                            .send(GroupEvent::Release(Arc::clone(&h.own), Released(tx)))
-                            .await
-                            .is_err()
-                        {
+                        let (event, handover) = self.release(p, h, grace);
+                        if events.send(event).await.is_err() {
                             return;
                         }
-                        handovers.spawn(self.handover(p, rx, grace, Arc::clone(&h.gone)));
+                        handovers.spawn(handover);
                     }
                     None if mine && !owners.contains_key(&p) && synced => claims.push(p),
                     _ => {}
@@ -488,15 +482,9 @@ impl Group {
             if h.releasing || h.own.is_lost() {
                 continue;
             }
-            h.releasing = true;
-            h.own.release.cancel();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if events
-                .send(GroupEvent::Release(Arc::clone(&h.own), Released(tx)))
-                .await
-                .is_ok()
-            {
-                handovers.spawn(self.handover(*p, rx, grace, Arc::clone(&h.gone)));
+            let (event, handover) = self.release(*p, h, grace);
+            if events.send(event).await.is_ok() {
+                handovers.spawn(handover);
             }
         }
         // Keep the leases alive while the handovers finish.
@@ -521,6 +509,26 @@ impl Group {
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
+    }
+
+    /// Starts giving `h` up: the event that tells the consuming side to stop the
+    /// partition, and the handover that deletes the lease once it has.
+    fn release(
+        &self,
+        p: u16,
+        h: &mut Held,
+        grace: Duration,
+    ) -> (
+        GroupEvent,
+        impl std::future::Future<Output = u16> + Send + 'static,
+    ) {
+        h.releasing = true;
+        h.own.release.cancel();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            GroupEvent::Release(Arc::clone(&h.own), Released(tx)),
+            self.handover(p, rx, grace, Arc::clone(&h.gone)),
+        )
     }
 
     /// Waits for the consuming side to finish the partition, then deletes the lease.
