@@ -15,7 +15,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use tgpipe_shared::subject::update_subject;
+use tgpipe_shared::telemetry;
 use tgpipe_shared::{BotId, ExtractError, Shard, extract_keys, headers as h};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::AppState;
 use crate::client_ip::SourceError;
@@ -109,11 +112,18 @@ pub(crate) async fn webhook(
 ) -> Response {
     let _in_flight = m::InFlight::enter();
     let bot_id = BotId::parse(&bot).filter(|id| state.inner.bots.get(*id).is_some());
-    let result = receive(&state, peer, bot_id, &headers, body).await;
+    let span = request_span(&headers);
+    let result = receive(&state, peer, bot_id, &headers, body)
+        .instrument(span.clone())
+        .await;
     let status = match &result {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status(),
     };
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     m::request(bot_id, status);
     match result {
         Ok(()) => StatusCode::OK.into_response(),
@@ -154,12 +164,36 @@ async fn receive(
     let subject = update_subject(bot, &keys.kind, shard);
 
     let mut nats_headers = h::update_headers(bot, &keys, received_at);
-    trace_context(headers, &mut nats_headers);
+    let publish = if telemetry::exporting() {
+        let request = tracing::Span::current();
+        request.record("tg.bot", bot.0);
+        request.record("tg.update_id", keys.update_id);
+        request.record("tg.kind", keys.kind.as_str());
+        let publish = tracing::info_span!(
+            "publish",
+            otel.kind = "producer",
+            otel.name = format!("{subject} publish"),
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = %subject,
+            messaging.message.body.size = body.len(),
+        );
+        // The worker's span for this update becomes the publish span's child.
+        telemetry::inject(&publish, &mut nats_headers);
+        publish
+    } else {
+        pass_trace_context(headers, &mut nats_headers);
+        tracing::Span::none()
+    };
     drop(keys);
 
     let bytes = body.len();
     let started = Instant::now();
-    let duplicate = inner.publisher.publish(subject, nats_headers, body).await?;
+    let duplicate = inner
+        .publisher
+        .publish(subject, nats_headers, body)
+        .instrument(publish)
+        .await?;
     m::published(bot, started.elapsed(), bytes, duplicate);
     Ok(())
 }
@@ -192,20 +226,52 @@ async fn read_body(
     }
 }
 
-/// Carries W3C trace context: the caller's when it sent one (a tracing proxy), else
-/// the ingress span's own when traces are exported.
-fn trace_context(incoming: &HeaderMap, out: &mut async_nats::HeaderMap) {
-    let traceparent = incoming.get(h::TRACEPARENT).and_then(|v| v.to_str().ok());
-    match traceparent {
-        Some(tp) if is_traceparent(tp) => {
-            out.insert(h::TRACEPARENT, tp);
-            if let Some(ts) = incoming.get(h::TRACESTATE).and_then(|v| v.to_str().ok())
-                && ts.len() <= 512
-            {
-                out.insert(h::TRACESTATE, ts);
-            }
+/// The request's span when traces are exported (a server span, the child of the
+/// caller's W3C context if it sent one), else a span that records nothing and costs
+/// nothing.
+fn request_span(headers: &HeaderMap) -> tracing::Span {
+    if !telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "webhook",
+        otel.kind = "server",
+        otel.name = "POST /webhook/{bot_id}",
+        otel.status_code = Empty,
+        http.request.method = "POST",
+        http.route = "/webhook/{bot_id}",
+        http.response.status_code = Empty,
+        tg.bot = Empty,
+        tg.update_id = Empty,
+        tg.kind = Empty,
+    );
+    if let Some((tp, ts)) = caller_context(headers) {
+        telemetry::continue_from_w3c(tp, ts, &span);
+    }
+    span
+}
+
+/// The caller's W3C context (a tracing proxy's), when well formed.
+fn caller_context(incoming: &HeaderMap) -> Option<(&str, Option<&str>)> {
+    let tp = incoming.get(h::TRACEPARENT).and_then(|v| v.to_str().ok())?;
+    if !is_traceparent(tp) {
+        return None;
+    }
+    let ts = incoming
+        .get(h::TRACESTATE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|ts| ts.len() <= 512);
+    Some((tp, ts))
+}
+
+/// Without trace export the caller's W3C context is passed on as it came, so that a
+/// trace begun before the ingress still reaches the worker.
+fn pass_trace_context(incoming: &HeaderMap, out: &mut async_nats::HeaderMap) {
+    if let Some((tp, ts)) = caller_context(incoming) {
+        out.insert(h::TRACEPARENT, tp);
+        if let Some(ts) = ts {
+            out.insert(h::TRACESTATE, ts);
         }
-        _ => tgpipe_shared::telemetry::inject_current(out),
     }
 }
 

@@ -2,6 +2,8 @@
 //! OTLP/HTTP when an endpoint is configured, and W3C trace context carried in NATS
 //! headers so a trace follows an update from the ingress to the worker.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -80,6 +82,7 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuar
                 )
                 .build();
             let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+            EXPORTING.store(true, Ordering::Relaxed);
             (Some(layer), Some(provider))
         }
     };
@@ -90,6 +93,14 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuar
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(TelemetryGuard { provider })
+}
+
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported (an OTLP endpoint was configured). Hot paths create the
+/// spans that only a trace needs, and propagate context, only when this is true.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
 }
 
 struct HeaderInjector<'a>(&'a mut async_nats::HeaderMap);
@@ -118,6 +129,46 @@ pub fn inject_current(headers: &mut async_nats::HeaderMap) {
     opentelemetry::global::get_text_map_propagator(|p| {
         p.inject_context(&cx, &mut HeaderInjector(headers));
     });
+}
+
+/// Writes `span`'s W3C trace context into `headers` (a producer span, for example,
+/// whose child the consumer's span becomes). Writes nothing when `span` records nothing.
+pub fn inject(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
+    let cx = span.context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut HeaderInjector(headers));
+    });
+}
+
+struct W3cExtractor<'a> {
+    traceparent: &'a str,
+    tracestate: Option<&'a str>,
+}
+
+impl Extractor for W3cExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => Some(self.traceparent),
+            "tracestate" => self.tracestate,
+            _ => None,
+        }
+    }
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+/// Makes `span` a child of a W3C context received over HTTP (a `traceparent` and an
+/// optional `tracestate`), such as a tracing proxy's in front of the ingress. A value
+/// that does not parse leaves `span` a root.
+pub fn continue_from_w3c(traceparent: &str, tracestate: Option<&str>, span: &tracing::Span) {
+    let cx = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&W3cExtractor {
+            traceparent,
+            tracestate,
+        })
+    });
+    let _ = span.set_parent(cx);
 }
 
 /// Makes `span` a child of the trace context carried in `headers`, if any.

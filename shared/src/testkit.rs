@@ -415,3 +415,5 @@ pub fn corpus() -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+pub mod otlp;

@@ -351,6 +351,39 @@ mod tests {
     }
 
     #[test]
+    fn transparent_wrapped_fsm_lease_errors_are_transient() {
+        let key = || "tgpipe:fsm:{4242:1:1}".to_owned();
+        for e in [
+            crate::FsmError::LockTimeout {
+                key: key(),
+                waited: std::time::Duration::from_secs(5),
+            },
+            crate::FsmError::LeaseLost { key: key() },
+            crate::FsmError::Fenced { key: key() },
+            crate::FsmError::Contended { key: key() },
+            // Redis answering an error (LOADING after a restart): the storage is
+            // unavailable, whatever the client's error kind says.
+            crate::FsmError::storage(redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading),
+                "LOADING Redis is loading the dataset in memory",
+            ))),
+        ] {
+            let text = e.to_string();
+            assert!(
+                HandlerError::from(AppError::Fsm(e)).is_transient(),
+                "{text}"
+            );
+        }
+        let undecodable = rmp_serde::from_slice::<u32>(b"\xc1").unwrap_err();
+        let e = AppError::Fsm(crate::FsmError::Decode {
+            key: key(),
+            type_name: "u32",
+            source: undecodable,
+        });
+        assert!(!HandlerError::from(e).is_transient());
+    }
+
+    #[test]
     fn wrapped_permanent_errors_stay_permanent() {
         let e = AppError::Api(BotError::BadRequest("message text is empty".into()));
         assert!(!HandlerError::from(e).is_transient());

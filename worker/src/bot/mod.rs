@@ -357,6 +357,9 @@ impl Bot {
     pub async fn execute(&self, request: ApiRequest) -> Result<Bytes, BotError> {
         let span = tracing::info_span!(
             "bot_api",
+            otel.kind = "client",
+            otel.name = %request.method,
+            otel.status_code = tracing::field::Empty,
             bot = %self.0.id,
             method = %request.method,
             status = tracing::field::Empty
@@ -372,7 +375,11 @@ impl Bot {
                 Ok(_) => "ok",
                 Err(e) => e.status_label(),
             };
-            tracing::Span::current().record("status", status);
+            let span = tracing::Span::current();
+            span.record("status", status);
+            if result.is_err() {
+                span.record("otel.status_code", "ERROR");
+            }
             result
         }
         .instrument(span)

@@ -740,12 +740,21 @@ impl Pod {
         let (update_id, chat) = update_keys(&job.src);
         let span = tracing::info_span!(
             "update",
+            otel.kind = "consumer",
+            otel.name = %format_args!("{} process", job.src.subject()),
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %job.src.subject(),
             bot = %bot_id,
             kind = %kind.as_str(),
             update_id,
             delivered,
             lane = %me.lane,
             partition = %part.own.partition,
+            stream_seq,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
         );
         // Extracting the trace context costs a header scan; skip it when nothing records.
         if let Some(h) = job.src.headers()
@@ -858,7 +867,12 @@ impl Pod {
             ),
         ))
         .catch_unwind();
-        let outcome = self.keep_in_progress(&job.src, dispatch).await;
+        // The handlers' span: each Bot API call they make is its child.
+        let span = tracing::info_span!("handle", bot_username = bot.username().unwrap_or(""));
+        let outcome = self
+            .keep_in_progress(&job.src, dispatch)
+            .instrument(span)
+            .await;
         metrics::handler_time(label, started.elapsed());
         match outcome {
             Ok(Ok(DispatchOutcome::Handled)) => Action::Ack("handled"),
@@ -950,6 +964,20 @@ impl Pod {
             stream_seq,
             delivered,
         } = at;
+        let span = tracing::Span::current();
+        span.record(
+            "outcome",
+            match &action {
+                Action::Ack(outcome) => *outcome,
+                Action::Duplicate => "duplicate",
+                Action::GiveBack | Action::Retry(..) => "given_back",
+                Action::DeadLetter(_) => "dead_lettered",
+            },
+        );
+        if let Action::DeadLetter(error) = &action {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", error.as_str());
+        }
         match action {
             Action::Ack(outcome) => {
                 if let (Some(seen), Some((chat, update_id))) = (&self.me.seen, chat) {

@@ -159,10 +159,24 @@ impl Stack {
     }
 
     pub async fn post_raw(&self, body: String) -> u16 {
-        self.http
+        self.post_raw_with_headers(body, &[]).await
+    }
+
+    /// Posts an update with extra request headers (a tracing proxy's, for example).
+    pub async fn post_with_headers(&self, update: &Value, extra: &[(&str, String)]) -> u16 {
+        self.post_raw_with_headers(update.to_string(), extra).await
+    }
+
+    async fn post_raw_with_headers(&self, body: String, extra: &[(&str, String)]) -> u16 {
+        let mut request = self
+            .http
             .post(format!("http://{}/webhook/{BOT}", self.ingress))
             .header("X-Telegram-Bot-Api-Secret-Token", SECRET)
-            .header("Content-Type", "application/json")
+            .header("Content-Type", "application/json");
+        for (name, value) in extra {
+            request = request.header(*name, value);
+        }
+        request
             .body(body)
             .send()
             .await

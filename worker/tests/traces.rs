@@ -1,0 +1,177 @@
+//! One update is one trace: the ingress's request span, its publish into the stream,
+//! the worker's span for the update, the handlers' span and each Bot API call they make,
+//! linked parent to child through the W3C context in the message's headers, as an
+//! OTLP/HTTP collector receives them.
+//!
+//! The ingress runs in this test's process (its spans exported by this process's
+//! subscriber, the only test of this binary); the worker is a real `tgpipe-example-bot`
+//! process exporting to the same receiver.
+
+mod stack;
+
+use std::time::Duration;
+
+use stack::{BOT, Stack, text};
+use tgpipe_shared::config::{LogFormat, TelemetryArgs};
+use tgpipe_shared::testkit::otlp::{OtlpReceiver, ReceivedSpan};
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+const PRODUCER: i32 = 4;
+const CONSUMER: i32 = 5;
+
+fn one<'a>(
+    spans: &'a [ReceivedSpan],
+    what: &str,
+    pick: impl Fn(&ReceivedSpan) -> bool,
+) -> &'a ReceivedSpan {
+    let found: Vec<_> = spans.iter().filter(|s| pick(s)).collect();
+    assert_eq!(found.len(), 1, "expected one {what}, got {found:#?}");
+    found[0]
+}
+
+fn child_of<'a>(spans: &'a [ReceivedSpan], parent: &ReceivedSpan, name: &str) -> &'a ReceivedSpan {
+    one(spans, name, |s| {
+        s.parent_span_id == parent.span_id && s.trace_id == parent.trace_id && s.name == name
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_update_is_one_trace_from_the_webhook_to_each_bot_api_call() {
+    let receiver = OtlpReceiver::start().await;
+    let guard = tgpipe_shared::telemetry::init(
+        "tgpipe-ingress",
+        &TelemetryArgs {
+            log_format: LogFormat::Text,
+            otlp_endpoint: Some(receiver.endpoint()),
+        },
+    )
+    .expect("telemetry");
+    let stack = Stack::start().await;
+    let endpoint = receiver.endpoint();
+    let worker = stack
+        .worker(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ])
+        .await;
+
+    // Without a caller's context the ingress starts the trace; with a valid one (a
+    // tracing proxy in front) it continues it; a malformed one is ignored.
+    assert_eq!(stack.post(&text(9001, 501, "plain")).await, 200);
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let status = stack
+        .post_with_headers(
+            &text(9002, 502, "proxied"),
+            &[
+                ("traceparent", format!("00-{caller_trace}-{caller_span}-01")),
+                ("tracestate", "vendor=1".to_owned()),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let status = stack
+        .post_with_headers(
+            &text(9003, 503, "garbled"),
+            &[("traceparent", "00-nothex-00f067aa0ba902b7-01".to_owned())],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let replies = stack
+        .wait_for("sendMessage", 3, Duration::from_secs(30))
+        .await;
+    assert_eq!(replies.len(), 3, "every update answered");
+
+    // The ingress's spans are flushed when its telemetry stops.
+    tokio::task::spawn_blocking(move || drop(guard))
+        .await
+        .unwrap();
+    let spans = receiver
+        .wait_for(Duration::from_secs(30), |spans| {
+            spans
+                .iter()
+                .filter(|s| s.name == "sendMessage" && s.service == "tgpipe-worker")
+                .count()
+                >= 3
+                && spans
+                    .iter()
+                    .filter(|s| s.service == "tgpipe-ingress")
+                    .count()
+                    >= 6
+        })
+        .await;
+    assert!(receiver.rejected().is_empty(), "{:?}", receiver.rejected());
+    drop(worker);
+
+    for (update_id, caller) in [
+        (9001, None),
+        (9002, Some((caller_trace, caller_span))),
+        (9003, None),
+    ] {
+        let id = update_id.to_string();
+        let request = one(&spans, "webhook span", |s| {
+            s.service == "tgpipe-ingress" && s.attr("tg.update_id") == Some(&id)
+        });
+        assert_eq!(request.name, "POST /webhook/{bot_id}");
+        assert_eq!(request.kind, SERVER);
+        assert_eq!(request.attr("http.response.status_code"), Some("200"));
+        assert_eq!(request.attr("tg.bot"), Some(BOT.to_string().as_str()));
+        assert_eq!(request.attr("tg.kind"), Some("message"));
+        match caller {
+            Some((trace, span)) => {
+                assert_eq!(request.trace_id, trace, "the caller's trace continues");
+                assert_eq!(request.parent_span_id, span);
+            }
+            None => assert!(request.parent_span_id.is_empty(), "a root: {request:#?}"),
+        }
+        let publish = one(&spans, "publish span", |s| {
+            s.parent_span_id == request.span_id
+        });
+        assert_eq!(publish.kind, PRODUCER);
+        assert_eq!(publish.attr("messaging.system"), Some("nats"));
+        let subject = publish
+            .attr("messaging.destination.name")
+            .expect("the subject");
+        assert!(
+            subject.starts_with(&format!("tg.{BOT}.message.")),
+            "{subject}"
+        );
+        assert_eq!(publish.trace_id, request.trace_id);
+
+        let update = one(&spans, "update span", |s| {
+            s.parent_span_id == publish.span_id
+        });
+        assert_eq!(update.service, "tgpipe-worker");
+        assert_eq!(update.kind, CONSUMER);
+        assert_eq!(
+            update.trace_id, request.trace_id,
+            "one trace through the stream"
+        );
+        assert_eq!(update.attr("update_id"), Some(id.as_str()));
+        assert_eq!(update.attr("outcome"), Some("handled"));
+        assert_eq!(update.attr("messaging.destination.name"), Some(subject));
+
+        let handle = child_of(&spans, update, "handle");
+        let call = child_of(&spans, handle, "sendMessage");
+        assert_eq!(call.kind, CLIENT);
+        assert_eq!(call.attr("method"), Some("sendMessage"));
+        assert_eq!(call.attr("status"), Some("ok"));
+
+        // Nothing of this update is in another trace.
+        let elsewhere: Vec<_> = spans
+            .iter()
+            .filter(|s| {
+                s.trace_id != request.trace_id
+                    && (s.attr("tg.update_id") == Some(&id) || s.attr("update_id") == Some(&id))
+            })
+            .collect();
+        assert!(elsewhere.is_empty(), "{elsewhere:#?}");
+    }
+    let traces: std::collections::BTreeSet<_> = spans
+        .iter()
+        .filter(|s| s.name == "sendMessage")
+        .map(|s| &s.trace_id)
+        .collect();
+    assert_eq!(traces.len(), 3, "three updates, three traces");
+}
