@@ -313,6 +313,79 @@ async fn a_failing_handler_is_dead_lettered_after_max_deliveries_and_replayed() 
     worker.await.unwrap().unwrap();
 }
 
+/// A message on a subject of the stream that is not an update subject (a bot id that is
+/// not a number) is dead-lettered under bot 0: `dlq list` used to skip such letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_shows_letters_of_bot_0() {
+    let s = Stack::start().await;
+    let _w = s.worker(&[]).await;
+    let ack =
+        s.js.publish(
+            "tg.notabot.message.0",
+            text(41_001, 4101, "stray").to_string().into(),
+        )
+        .await
+        .expect("publish");
+    ack.await.expect("stored");
+    let letter = s.wait_dead_letters(1).await.remove(0);
+    assert_eq!(letter.subject.as_str(), "tgdlq.0._invalid");
+    let run = |cmd: DlqCommand| {
+        let js = s.js.clone();
+        async move {
+            let mut out = Vec::new();
+            let result = tgpipe_worker::runtime::dlq::command(
+                &js,
+                "TG_DLQ",
+                64.try_into().unwrap(),
+                &cmd,
+                &mut out,
+            )
+            .await;
+            (result, String::from_utf8(out).unwrap())
+        }
+    };
+    let (result, listing) = run(DlqCommand::List {
+        bot: None,
+        limit: 10,
+    })
+    .await;
+    result.unwrap();
+    assert!(
+        listing.contains("seq=1 bot=0 kind=_invalid update_id=41001"),
+        "{listing}"
+    );
+    assert!(listing.contains("not an update subject"), "{listing}");
+    let (result, listing) = run(DlqCommand::List {
+        bot: Some(0),
+        limit: 10,
+    })
+    .await;
+    result.unwrap();
+    assert!(listing.contains("seq=1 bot=0"), "{listing}");
+    // It cannot go back on an update subject: `--all` says so and keeps it, a named
+    // replay fails with the reason.
+    let (result, out) = run(DlqCommand::Replay {
+        seqs: vec![],
+        all: true,
+        bot: None,
+    })
+    .await;
+    result.unwrap();
+    assert!(
+        out.contains("skipped seq=1") && out.contains("0 replayed"),
+        "{out}"
+    );
+    let (result, _) = run(DlqCommand::Replay {
+        seqs: vec![1],
+        all: false,
+        bot: None,
+    })
+    .await;
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains("cannot be replayed"), "{e}");
+    assert_eq!(s.dead_letters().await, 1, "the letter is kept");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_corpus_kind_and_an_unknown_kind_are_consumed_without_dead_letters() {
     let s = Stack::start().await;

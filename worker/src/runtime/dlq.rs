@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::StreamMessage};
+use tgpipe_shared::kind::INVALID_KIND;
 use tgpipe_shared::subject::{DLQ_SUBJECT_PREFIX, Shard, update_subject};
 use tgpipe_shared::{BotId, UpdateKind, extract_keys, headers};
 
@@ -30,6 +31,12 @@ pub enum DlqError {
     /// A sequence named for replay is not a dead letter.
     #[error("no dead letter with sequence {0}")]
     NotFound(u64),
+    /// The letter's update was not on an update subject (listed under bot 0): there is
+    /// no subject to put it back on. Inspect it, then delete it from the stream.
+    #[error(
+        "dead letter {0} was not published on an update subject (bot 0); it cannot be replayed"
+    )]
+    NotReplayable(u64),
 }
 
 fn js_err(e: impl std::fmt::Display) -> DlqError {
@@ -54,24 +61,33 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    fn from_message(m: &StreamMessage) -> Option<DeadLetter> {
+    /// Every message of the stream is a letter: one whose update had no bot (it was not
+    /// on an update subject) is listed under bot 0, kind `_invalid`.
+    fn from_message(m: &StreamMessage) -> DeadLetter {
         let mut parts = m.subject.split('.');
-        let (Some(DLQ_SUBJECT_PREFIX), Some(bot), Some(kind), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return None;
+        let (bot, kind) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(DLQ_SUBJECT_PREFIX), Some(bot), Some(kind), None) => (
+                BotId::parse(bot).unwrap_or(BotId(0)),
+                UpdateKind::from_field(kind),
+            ),
+            _ => (BotId(0), UpdateKind::from_field(INVALID_KIND)),
         };
         let h = |name: &str| m.headers.get(name).map(|v| v.as_str().to_owned());
-        Some(DeadLetter {
+        DeadLetter {
             seq: m.sequence,
-            bot: BotId::parse(bot)?,
-            kind: UpdateKind::from_field(kind),
+            bot,
+            kind,
             update_id: extract_keys(&m.payload).ok().map(|k| k.update_id),
             deliveries: h(headers::DELIVERIES)
                 .and_then(|d| d.parse().ok())
                 .unwrap_or(0),
             error: h(headers::ERROR).unwrap_or_default(),
-        })
+        }
+    }
+
+    /// Whether replaying can put it back on an update subject.
+    pub fn replayable(&self) -> bool {
+        self.bot != BotId(0) && self.kind.as_str() != INVALID_KIND
     }
 }
 
@@ -98,9 +114,8 @@ pub async fn list(
             Err(e) => return Err(js_err(e)),
         };
         seq = m.sequence + 1;
-        if let Some(letter) = DeadLetter::from_message(&m)
-            && bot.is_none_or(|b| b == letter.bot)
-        {
+        let letter = DeadLetter::from_message(&m);
+        if bot.is_none_or(|b| b == letter.bot) {
             out.push((letter, m));
         }
     }
@@ -115,6 +130,9 @@ pub async fn replay(
     message: &StreamMessage,
     shards: NonZeroU16,
 ) -> Result<String, DlqError> {
+    if !letter.replayable() {
+        return Err(DlqError::NotReplayable(letter.seq));
+    }
     let keys = extract_keys(&message.payload).ok();
     let shard = keys
         .as_ref()
@@ -182,7 +200,17 @@ pub async fn command(
         DlqCommand::Replay { seqs, all, bot } => {
             let letters = list(&dlq, bot.map(BotId), usize::MAX).await?;
             let chosen: Vec<&(DeadLetter, StreamMessage)> = if *all {
-                letters.iter().collect()
+                let (ok, skipped): (Vec<_>, Vec<_>) =
+                    letters.iter().partition(|(l, _)| l.replayable());
+                for (l, _) in skipped {
+                    writeln!(
+                        out,
+                        "skipped seq={}: {}",
+                        l.seq,
+                        DlqError::NotReplayable(l.seq)
+                    )?;
+                }
+                ok
             } else {
                 let mut chosen = Vec::new();
                 for seq in seqs {
