@@ -168,6 +168,53 @@ async fn locks(storage: Arc<dyn FsmStorage>) {
     assert!(storage.unlock(&key, "b").await.unwrap());
 }
 
+/// Without `TGPIPE_FSM_TTL` the lock's fencing counters had no TTL: one key per user
+/// ever seen, forever.
+#[tokio::test]
+async fn lock_fence_counters_expire_without_fsm_ttl() {
+    let server = RedisServer::start();
+    let storage = redis_storage(&server).await;
+    let mut conn = raw_redis(&server).await;
+    let key = FsmKey::new(1, 5, 5);
+    let lease = Duration::from_secs(5);
+    let grant = storage.try_lock(&key, "a", lease).await.unwrap().unwrap();
+    assert!(storage.unlock(&key, "a").await.unwrap());
+    let fence_key = format!("{}:fence", RedisStorage::lock_key(&key));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&fence_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let day = 24 * 3600 * 1000;
+    assert!(pttl > day - 60_000 && pttl <= day, "PTTL {pttl}");
+    // Renewed with every lock; the counter keeps rising while it lives.
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&fence_key)
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let next = storage.try_lock(&key, "b", lease).await.unwrap().unwrap();
+    assert_eq!(next.fence, grant.fence + 1);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&fence_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > day - 60_000, "renewed: PTTL {pttl}");
+    // A TTL longer than a day is the counter's too.
+    let week = Duration::from_secs(7 * 24 * 3600);
+    let storage = redis_storage(&server).await.ttl(Some(week));
+    let other = FsmKey::new(1, 6, 6);
+    storage.try_lock(&other, "c", lease).await.unwrap().unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{}:fence", RedisStorage::lock_key(&other)))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pttl > day * 6, "PTTL {pttl}");
+}
+
 #[tokio::test]
 async fn lock_primitives_on_redis() {
     let server = RedisServer::start();

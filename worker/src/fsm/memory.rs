@@ -10,12 +10,47 @@ use async_trait::async_trait;
 use super::storage::{DataUpdate, FsmStorage, LockGrant};
 use super::{FsmError, FsmKey};
 
-#[derive(Default)]
 struct Records {
     states: HashMap<FsmKey, String>,
     data: HashMap<FsmKey, Vec<u8>>,
     locks: HashMap<FsmKey, (String, Instant)>,
-    fences: HashMap<FsmKey, u64>,
+    /// The fencing counter and when it was last taken.
+    fences: HashMap<FsmKey, (u64, Instant)>,
+    /// How long a fencing counter outlives its last lock (as Redis's PX).
+    fence_idle: Duration,
+    /// Lock grants until the next prune: as many as there were counters after the last.
+    until_prune: usize,
+}
+
+impl Default for Records {
+    fn default() -> Records {
+        Records {
+            states: HashMap::new(),
+            data: HashMap::new(),
+            locks: HashMap::new(),
+            fences: HashMap::new(),
+            fence_idle: super::redis::FENCE_TTL,
+            until_prune: 64,
+        }
+    }
+}
+
+impl Records {
+    /// Drops expired leases and the fencing counters of keys not locked for
+    /// `fence_idle`, once per as many grants as there are counters (amortised O(1)),
+    /// so that memory follows the active keys, not every key ever seen.
+    fn prune(&mut self, now: Instant) {
+        self.until_prune = self.until_prune.saturating_sub(1);
+        if self.until_prune > 0 {
+            return;
+        }
+        self.locks.retain(|_, (_, until)| *until > now);
+        let idle = self.fence_idle;
+        let locks = &self.locks;
+        self.fences
+            .retain(|key, (_, used)| locks.contains_key(key) || now.duration_since(*used) < idle);
+        self.until_prune = self.fences.len().max(64);
+    }
 }
 
 /// FSM storage in memory. Clones share the records.
@@ -44,6 +79,20 @@ impl MemoryStorage {
         // A panic while holding the guard cannot leave a record half-written (each
         // operation is one map call), so a poisoned lock is still consistent.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Storage whose fencing counters go after `idle` without a lock (tests).
+    #[cfg(test)]
+    fn with_fence_idle(idle: Duration) -> MemoryStorage {
+        let storage = MemoryStorage::new();
+        storage.records().fence_idle = idle;
+        storage
+    }
+
+    /// Fencing counters held (tests).
+    #[cfg(test)]
+    fn fences(&self) -> usize {
+        self.records().fences.len()
     }
 
     fn lock_key(key: &FsmKey) -> FsmKey {
@@ -115,10 +164,12 @@ impl FsmStorage for MemoryStorage {
         {
             return Ok(None);
         }
+        r.prune(now);
         r.locks
             .insert(lock_key.clone(), (token.to_owned(), now + lease));
-        let fence = r.fences.entry(lock_key).or_insert(0);
+        let (fence, used) = r.fences.entry(lock_key).or_insert((0, now));
         *fence += 1;
+        *used = now;
         let fence = *fence;
         Ok(Some(LockGrant {
             fence,
@@ -154,5 +205,48 @@ impl FsmStorage for MemoryStorage {
             }
             _ => Ok(false),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lock_fence_counters_of_idle_keys_are_pruned() {
+        let storage = MemoryStorage::with_fence_idle(Duration::from_millis(50));
+        let lease = Duration::from_secs(5);
+        for chat in 0..100 {
+            let key = FsmKey::new(1, chat, chat);
+            let grant = storage.try_lock(&key, "t", lease).await.unwrap().unwrap();
+            assert_eq!(grant.fence, 1);
+            assert!(storage.unlock(&key, "t").await.unwrap());
+        }
+        assert_eq!(storage.fences(), 100, "recent counters are kept");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // A key locked again keeps its counter rising; the idle ones go.
+        let held = FsmKey::new(1, 7, 7);
+        let again = storage.try_lock(&held, "u", lease).await.unwrap().unwrap();
+        for chat in 1000..1100 {
+            let key = FsmKey::new(1, chat, chat);
+            storage.try_lock(&key, "t", lease).await.unwrap().unwrap();
+            storage.unlock(&key, "t").await.unwrap();
+        }
+        assert!(
+            storage.fences() <= 101,
+            "{} counters: the idle ones were not pruned",
+            storage.fences()
+        );
+        assert_eq!(again.fence, 2);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // Held across the prune: its counter survives while the lease is live.
+        for chat in 2000..2200 {
+            let key = FsmKey::new(1, chat, chat);
+            storage.try_lock(&key, "t", lease).await.unwrap().unwrap();
+            storage.unlock(&key, "t").await.unwrap();
+        }
+        assert!(storage.unlock(&held, "u").await.unwrap());
+        let next = storage.try_lock(&held, "v", lease).await.unwrap().unwrap();
+        assert_eq!(next.fence, 3, "a held key's counter is never reset");
     }
 }

@@ -46,11 +46,11 @@ return 1
 ";
 
 /// Takes the lease and, in the same round trip, bumps the fencing counter and reads the
-/// state. `ARGV[3]` is the fencing counter's PX (`0`: none).
+/// state. `ARGV[3]` is the fencing counter's PX, renewed with every lock.
 const LOCK: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local fence = redis.call('INCR', KEYS[2])
-  if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
   return {fence, redis.call('GET', KEYS[3])}
 end
 return {0}
@@ -96,9 +96,10 @@ end
 return 1
 ";
 
-/// How long an owner fence outlives its last write, at least: longer than any handover
-/// could leave a stale owner running, and never shorter than the records' TTL.
-const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long an owner fence, or a lock's fencing counter, outlives its last use, at
+/// least: longer than any handover could leave a stale owner running or any lease
+/// could last, and never shorter than the records' TTL.
+pub(crate) const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Extends the lease only for its holder.
 const RENEW: &str = r"
@@ -460,7 +461,9 @@ impl FsmStorage for RedisStorage {
             .key(RedisStorage::state_key(key))
             .arg(token)
             .arg(millis(lease))
-            .arg(self.ttl.map_or(0, |t| millis(t.max(lease))))
+            // The counter outlives every lease and every record, and then goes: a key
+            // that is never locked again does not keep it forever.
+            .arg(self.fence_ttl_ms().max(millis(lease)))
             .invoke_async(&mut conn)
             .await?;
         let fence = match reply.first() {
