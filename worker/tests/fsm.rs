@@ -952,6 +952,159 @@ async fn scenes(storage: Arc<dyn FsmStorage>) {
     assert_eq!(fsm.data::<Counter>().await.unwrap().count, 0);
 }
 
+/// Fails the next state write once, as a Redis blip would.
+struct FailingStateWrite {
+    inner: MemoryStorage,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl FailingStateWrite {
+    fn fail(&self) -> Result<(), FsmError> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(FsmError::storage("connection reset"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl FsmStorage for FailingStateWrite {
+    async fn get_state(&self, key: &FsmKey) -> Result<Option<String>, FsmError> {
+        self.inner.get_state(key).await
+    }
+    async fn set_state(&self, key: &FsmKey, state: Option<&str>) -> Result<(), FsmError> {
+        self.fail()?;
+        self.inner.set_state(key, state).await
+    }
+    async fn get_data(&self, key: &FsmKey) -> Result<Option<Vec<u8>>, FsmError> {
+        self.inner.get_data(key).await
+    }
+    async fn set_data(&self, key: &FsmKey, data: Option<&[u8]>) -> Result<(), FsmError> {
+        self.inner.set_data(key, data).await
+    }
+    async fn update_data(
+        &self,
+        key: &FsmKey,
+        update: &mut tgpipe_worker::fsm::DataUpdate<'_>,
+    ) -> Result<Vec<u8>, FsmError> {
+        self.inner.update_data(key, update).await
+    }
+    async fn set_state_and_update_side(
+        &self,
+        key: &FsmKey,
+        state: Option<&str>,
+        side: &FsmKey,
+        update: &mut tgpipe_worker::fsm::DataUpdate<'_>,
+        fence: Option<&tgpipe_worker::fsm::OwnerFence>,
+    ) -> Result<Vec<u8>, FsmError> {
+        self.fail()?;
+        self.inner
+            .set_state_and_update_side(key, state, side, update, fence)
+            .await
+    }
+    async fn clear(&self, key: &FsmKey) -> Result<(), FsmError> {
+        self.inner.clear(key).await
+    }
+    async fn try_lock(
+        &self,
+        key: &FsmKey,
+        token: &str,
+        lease: Duration,
+    ) -> Result<Option<tgpipe_worker::fsm::LockGrant>, FsmError> {
+        self.inner.try_lock(key, token, lease).await
+    }
+    async fn renew_lock(
+        &self,
+        key: &FsmKey,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, FsmError> {
+        self.inner.renew_lock(key, token, lease).await
+    }
+    async fn unlock(&self, key: &FsmKey, token: &str) -> Result<bool, FsmError> {
+        self.inner.unlock(key, token).await
+    }
+}
+
+/// The history used to be pushed before the state was written: a failed state write,
+/// retried, pushed the scene twice (and `back` popped twice).
+#[tokio::test]
+async fn a_failed_state_write_does_not_push_the_scene_twice() {
+    let storage = Arc::new(FailingStateWrite {
+        inner: MemoryStorage::new(),
+        armed: false.into(),
+    });
+    let fsm = FsmContext::new(storage.clone(), FsmKey::new(1, 5, 5));
+    let scenes = SceneContext::new(fsm.clone());
+    scenes.enter(MENU).await.unwrap();
+    storage
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = scenes.enter(SETTINGS).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(
+        scenes.history().await.unwrap().is_empty(),
+        "nothing written"
+    );
+    assert_eq!(scenes.current().await.unwrap().as_deref(), Some("menu"));
+    scenes.enter(SETTINGS).await.unwrap();
+    assert_eq!(scenes.history().await.unwrap(), ["menu"]);
+    scenes.enter(ABOUT).await.unwrap();
+    storage
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(scenes.back().await.is_err());
+    assert_eq!(scenes.history().await.unwrap(), ["menu", "settings"]);
+    assert_eq!(scenes.current().await.unwrap().as_deref(), Some("about"));
+    assert_eq!(scenes.back().await.unwrap().as_deref(), Some("settings"));
+    assert_eq!(scenes.history().await.unwrap(), ["menu"]);
+}
+
+/// The history used to be written outside the lease and the partition fence: a pod that
+/// lost the partition still pushed onto the new owner's history.
+#[tokio::test]
+async fn scene_history_is_written_under_the_partition_fence() {
+    use tgpipe_worker::fsm::{OwnerFence, with_owner_fence};
+    let server = RedisServer::start();
+    let storage = redis_storage(&server).await;
+    let mut router = Router::new("scenes");
+    router.message(|m: Arc<Message>, scenes: SceneContext| async move {
+        let scene = match m.text.as_deref() {
+            Some("menu") => MENU,
+            Some("settings") => SETTINGS,
+            _ => ABOUT,
+        };
+        scenes.enter(scene).await
+    });
+    let dispatcher = Dispatcher::builder(router)
+        .fsm(Fsm::new(storage.clone()))
+        .build()
+        .unwrap();
+    let bot = bot();
+    let run = |epoch: u64, text: &str| {
+        with_owner_fence(
+            OwnerFence::new("chat", 3, epoch),
+            dispatcher.feed_raw(&bot, message(7, 7, text)),
+        )
+    };
+    assert!(matches!(run(20, "menu").await, DispatchOutcome::Handled));
+    assert!(matches!(
+        run(20, "settings").await,
+        DispatchOutcome::Handled
+    ));
+    match run(10, "about").await {
+        DispatchOutcome::Failed(e) => assert!(e.is_transient(), "{e}"),
+        other => panic!("the stale owner's scene change went through: {other:?}"),
+    }
+    let key = FsmKey::new(bot.id().0, 7, 7);
+    let history = SceneContext::new(FsmContext::new(Arc::new(storage.clone()), key));
+    assert_eq!(history.history().await.unwrap(), ["menu"]);
+    assert_eq!(
+        history.current().await.unwrap().as_deref(),
+        Some("settings")
+    );
+}
+
 #[tokio::test]
 async fn scenes_on_redis() {
     let server = RedisServer::start();

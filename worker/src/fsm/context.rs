@@ -244,7 +244,55 @@ impl FsmContext {
     /// Changes the data atomically: reads it as a `T` (`T::default()` when there is
     /// none), applies `f`, writes it back, and returns the new value. No other write
     /// lands in between, even from another process; `f` may run again if one tried.
-    pub async fn update_data<T, F>(&self, mut f: F) -> Result<T, FsmError>
+    pub async fn update_data<T, F>(&self, f: F) -> Result<T, FsmError>
+    where
+        T: Serialize + DeserializeOwned + Default + Send,
+        F: FnMut(&mut T) + Send,
+    {
+        let key = self.0.key.clone();
+        self.read_modify_write(&key, f, None).await
+    }
+
+    /// A context for this key's side record `destiny` (the scene history, for
+    /// example), under the same lease or partition fence.
+    pub(crate) fn side(&self, destiny: &'static str) -> FsmContext {
+        FsmContext(Arc::new(Inner {
+            storage: Arc::clone(&self.0.storage),
+            key: self.0.key.clone().with_destiny(destiny),
+            state: Mutex::new(None),
+            fence: self.0.fence,
+            lost: self.0.lost.clone(),
+            owner: self.0.owner.clone(),
+        }))
+    }
+
+    /// Sets the state (or removes it) and changes `side`'s data as
+    /// [`FsmContext::update_data`] does, in one atomic step: a failure writes neither.
+    pub(crate) async fn set_state_with_side<T, F>(
+        &self,
+        state: Option<&StateName>,
+        side: &FsmContext,
+        f: F,
+    ) -> Result<T, FsmError>
+    where
+        T: Serialize + DeserializeOwned + Default + Send,
+        F: FnMut(&mut T) + Send,
+    {
+        let state = state.map(StateName::as_str);
+        let value = self.read_modify_write(side.key(), f, Some(state)).await?;
+        self.cache_state(state.map(str::to_owned));
+        Ok(value)
+    }
+
+    /// Reads `target`'s document as a `T`, applies `f`, writes it back (with this key's
+    /// state too when `state` is given), checked against the lease, fenced under
+    /// ownership.
+    async fn read_modify_write<T, F>(
+        &self,
+        target: &FsmKey,
+        mut f: F,
+        state: Option<Option<&str>>,
+    ) -> Result<T, FsmError>
     where
         T: Serialize + DeserializeOwned + Default + Send,
         F: FnMut(&mut T) + Send,
@@ -261,14 +309,21 @@ impl FsmContext {
             value = Some(v);
             Ok(bytes)
         };
-        match &self.0.owner {
-            Some(f) => {
-                self.0
-                    .storage
-                    .update_data_fenced(&self.0.key, &mut step, f)
+        let storage = &self.0.storage;
+        match (state, &self.0.owner) {
+            (Some(state), owner) => {
+                storage
+                    .set_state_and_update_side(
+                        &self.0.key,
+                        state,
+                        target,
+                        &mut step,
+                        owner.as_ref(),
+                    )
                     .await?
             }
-            None => self.0.storage.update_data(&self.0.key, &mut step).await?,
+            (None, Some(f)) => storage.update_data_fenced(target, &mut step, f).await?,
+            (None, None) => storage.update_data(target, &mut step).await?,
         };
         Ok(value.unwrap_or_default())
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::storage::{DataUpdate, FsmStorage, LockGrant};
-use super::{FsmError, FsmKey};
+use super::{FsmError, FsmKey, OwnerFence};
 
 struct Records {
     states: HashMap<FsmKey, String>,
@@ -140,6 +140,24 @@ impl FsmStorage for MemoryStorage {
         let mut r = self.records();
         let new = update(r.data.get(key).map(Vec::as_slice))?;
         r.data.insert(key.clone(), new.clone());
+        Ok(new)
+    }
+
+    async fn set_state_and_update_side(
+        &self,
+        key: &FsmKey,
+        state: Option<&str>,
+        side: &FsmKey,
+        update: &mut DataUpdate<'_>,
+        _fence: Option<&OwnerFence>,
+    ) -> Result<Vec<u8>, FsmError> {
+        let mut r = self.records();
+        let new = update(r.data.get(side).map(Vec::as_slice))?;
+        r.data.insert(side.clone(), new.clone());
+        match state {
+            Some(s) => r.states.insert(key.clone(), s.to_owned()),
+            None => r.states.remove(key),
+        };
         Ok(new)
     }
 

@@ -28,19 +28,41 @@ use super::{FsmError, FsmKey, OwnerFence};
 /// off with jitter (up to 20 ms) to let contenders spread out.
 const CAS_ATTEMPTS: u32 = 64;
 
-/// Sets the data document only if it is still what was read (`ARGV[1]` says whether a
-/// document existed, `ARGV[2]` is it), with an optional PX.
+/// Sets the data document `KEYS[1]` only if it is still what was read (`ARGV[1]` says
+/// whether a document existed, `ARGV[2]` is it) to `ARGV[3]`, PX `ARGV[4]` (`0`: none).
+/// Under partition ownership (`ARGV[5]` the lane, empty: unfenced) it is refused when
+/// the fence hash `KEYS[2]` holds a later epoch than `ARGV[6]`, and records the epoch
+/// (PX `ARGV[7]`). In the same step the state `KEYS[3]` can be set (`ARGV[8]` = `set`,
+/// to `ARGV[9]`) or deleted (`del`): a scene's history and state change together.
+/// Returns 1 when written, 0 when the document changed meanwhile, -1 when fenced off.
 const CAS: &str = r"
+local fenced = ARGV[5] ~= ''
+if fenced then
+  local fence = tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '0')
+  if fence > tonumber(ARGV[6]) then return -1 end
+end
 local cur = redis.call('GET', KEYS[1])
 if ARGV[1] == '1' then
   if cur ~= ARGV[2] then return 0 end
 elseif cur then
   return 0
 end
-if ARGV[4] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-else
-  redis.call('SET', KEYS[1], ARGV[3])
+if fenced then
+  redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+end
+local function put(key, value)
+  if ARGV[4] ~= '0' then
+    redis.call('SET', key, value, 'PX', ARGV[4])
+  else
+    redis.call('SET', key, value)
+  end
+end
+put(KEYS[1], ARGV[3])
+if ARGV[8] == 'set' then
+  put(KEYS[3], ARGV[9])
+elseif ARGV[8] == 'del' then
+  redis.call('DEL', KEYS[3])
 end
 return 1
 ";
@@ -71,27 +93,6 @@ elseif ARGV[5] ~= '0' then
   redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 else
   redis.call('SET', KEYS[2], ARGV[4])
-end
-return 1
-";
-
-/// [`CAS`] under the owner fence: `KEYS[2]` the fence hash, `ARGV[5]` the lane,
-/// `ARGV[6]` the epoch, `ARGV[7]` the fence's PX. Returns -1 when fenced off.
-const CAS_FENCED: &str = r"
-local fence = tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '0')
-if fence > tonumber(ARGV[6]) then return -1 end
-local cur = redis.call('GET', KEYS[1])
-if ARGV[1] == '1' then
-  if cur ~= ARGV[2] then return 0 end
-elseif cur then
-  return 0
-end
-redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[7])
-if ARGV[4] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-else
-  redis.call('SET', KEYS[1], ARGV[3])
 end
 return 1
 ";
@@ -139,7 +140,6 @@ pub struct RedisStorage {
 
 struct Scripts {
     cas: Script,
-    cas_fenced: Script,
     fenced_write: Script,
     lock: Script,
     renew: Script,
@@ -181,7 +181,6 @@ impl RedisStorage {
             ttl: None,
             scripts: std::sync::Arc::new(Scripts {
                 cas: Script::new(CAS),
-                cas_fenced: Script::new(CAS_FENCED),
                 fenced_write: Script::new(FENCED_WRITE),
                 lock: Script::new(LOCK),
                 renew: Script::new(RENEW),
@@ -283,6 +282,75 @@ impl RedisStorage {
     }
 }
 
+impl RedisStorage {
+    /// The one read-modify-write of a data document: read, apply `update`, write back
+    /// unless it changed meanwhile (then again, backing off with jitter), fenced under
+    /// ownership, optionally setting a state in the same step. Under the dispatcher's
+    /// lock or ownership the first attempt succeeds; without isolation a hot key may
+    /// need more.
+    async fn compare_and_set(
+        &self,
+        key: &FsmKey,
+        update: &mut DataUpdate<'_>,
+        fence: Option<&OwnerFence>,
+        state: Option<(&FsmKey, Option<&str>)>,
+    ) -> Result<Vec<u8>, FsmError> {
+        let data_key = RedisStorage::data_key(key);
+        let fence_key = RedisStorage::fence_key(key);
+        let state_key = RedisStorage::state_key(state.map_or(key, |(k, _)| k));
+        let (state_op, state_value) = match state {
+            None => ("", ""),
+            Some((_, Some(s))) => ("set", s),
+            Some((_, None)) => ("del", ""),
+        };
+        let mut conn = self.conn.clone();
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                let cap = u64::from(attempt).min(20) * 1000;
+                tokio::time::sleep(Duration::from_micros(rand::random_range(0..=cap))).await;
+            }
+            let current: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&data_key)
+                .query_async(&mut conn)
+                .await?;
+            let new = update(current.as_deref())?;
+            let (existed, old): (&str, &[u8]) = match &current {
+                Some(c) => ("1", c),
+                None => ("0", b""),
+            };
+            let set: i64 = self
+                .scripts
+                .cas
+                .key(&data_key)
+                .key(&fence_key)
+                .key(&state_key)
+                .arg(existed)
+                .arg(old)
+                .arg(&new[..])
+                .arg(self.ttl_ms())
+                .arg(fence.map_or("", OwnerFence::lane))
+                .arg(fence.map_or(0, OwnerFence::epoch))
+                .arg(self.fence_ttl_ms())
+                .arg(state_op)
+                .arg(state_value)
+                .invoke_async(&mut conn)
+                .await?;
+            match set {
+                1 => return Ok(new),
+                -1 => {
+                    return Err(FsmError::Fenced {
+                        key: key.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Err(FsmError::Contended {
+            key: key.to_string(),
+        })
+    }
+}
+
 #[async_trait]
 impl FsmStorage for RedisStorage {
     async fn get_state(&self, key: &FsmKey) -> Result<Option<String>, FsmError> {
@@ -315,39 +383,7 @@ impl FsmStorage for RedisStorage {
         key: &FsmKey,
         update: &mut DataUpdate<'_>,
     ) -> Result<Vec<u8>, FsmError> {
-        let data_key = RedisStorage::data_key(key);
-        let mut conn = self.conn.clone();
-        for attempt in 0..CAS_ATTEMPTS {
-            if attempt > 0 {
-                let cap = u64::from(attempt).min(20) * 1000;
-                tokio::time::sleep(Duration::from_micros(rand::random_range(0..=cap))).await;
-            }
-            let current: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(&data_key)
-                .query_async(&mut conn)
-                .await?;
-            let new = update(current.as_deref())?;
-            let (existed, old): (&str, &[u8]) = match &current {
-                Some(c) => ("1", c),
-                None => ("0", b""),
-            };
-            let set: i64 = self
-                .scripts
-                .cas
-                .key(&data_key)
-                .arg(existed)
-                .arg(old)
-                .arg(&new[..])
-                .arg(self.ttl_ms())
-                .invoke_async(&mut conn)
-                .await?;
-            if set == 1 {
-                return Ok(new);
-            }
-        }
-        Err(FsmError::Contended {
-            key: key.to_string(),
-        })
+        self.compare_and_set(key, update, None, None).await
     }
 
     async fn clear(&self, key: &FsmKey) -> Result<(), FsmError> {
@@ -401,48 +437,19 @@ impl FsmStorage for RedisStorage {
         update: &mut DataUpdate<'_>,
         fence: &OwnerFence,
     ) -> Result<Vec<u8>, FsmError> {
-        let data_key = RedisStorage::data_key(key);
-        let fence_key = RedisStorage::fence_key(key);
-        let mut conn = self.conn.clone();
-        // Under ownership nobody else writes the key: the first attempt succeeds unless
-        // a stale owner raced us, which the fence then refuses.
-        for _ in 0..CAS_ATTEMPTS {
-            let current: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(&data_key)
-                .query_async(&mut conn)
-                .await?;
-            let new = update(current.as_deref())?;
-            let (existed, old): (&str, &[u8]) = match &current {
-                Some(c) => ("1", c),
-                None => ("0", b""),
-            };
-            let set: i64 = self
-                .scripts
-                .cas_fenced
-                .key(&data_key)
-                .key(&fence_key)
-                .arg(existed)
-                .arg(old)
-                .arg(&new[..])
-                .arg(self.ttl_ms())
-                .arg(fence.lane())
-                .arg(fence.epoch())
-                .arg(self.fence_ttl_ms())
-                .invoke_async(&mut conn)
-                .await?;
-            match set {
-                1 => return Ok(new),
-                -1 => {
-                    return Err(FsmError::Fenced {
-                        key: key.to_string(),
-                    });
-                }
-                _ => {}
-            }
-        }
-        Err(FsmError::Contended {
-            key: key.to_string(),
-        })
+        self.compare_and_set(key, update, Some(fence), None).await
+    }
+
+    async fn set_state_and_update_side(
+        &self,
+        key: &FsmKey,
+        state: Option<&str>,
+        side: &FsmKey,
+        update: &mut DataUpdate<'_>,
+        fence: Option<&OwnerFence>,
+    ) -> Result<Vec<u8>, FsmError> {
+        self.compare_and_set(side, update, fence, Some((key, state)))
+            .await
     }
 
     async fn try_lock(

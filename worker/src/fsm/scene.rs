@@ -165,10 +165,8 @@ impl std::fmt::Debug for SceneContext {
 impl SceneContext {
     /// Scenes over an FSM context, without hooks.
     pub fn new(fsm: FsmContext) -> SceneContext {
-        let history = FsmContext::new(
-            Arc::clone(fsm.storage()),
-            fsm.key().clone().with_destiny("scenes"),
-        );
+        // Under the same lease or fence as the state it changes with.
+        let history = fsm.side("scenes");
         SceneContext {
             fsm,
             history,
@@ -217,17 +215,20 @@ impl SceneContext {
         if current.as_deref() == Some(scene.name()) {
             return Ok(());
         }
-        if let Some(current) = current {
-            self.run_hook(&current, |h| &h.leave).await?;
-            self.history
-                .update_data(|h: &mut History| {
-                    h.scenes.push(current.clone());
-                    let excess = h.scenes.len().saturating_sub(HISTORY_CAP);
-                    h.scenes.drain(..excess);
-                })
-                .await?;
+        match current {
+            Some(current) => {
+                self.run_hook(&current, |h| &h.leave).await?;
+                // One step: a failed write pushes nothing, a retry pushes once.
+                self.fsm
+                    .set_state_with_side(Some(&scene.state()), &self.history, |h: &mut History| {
+                        h.scenes.push(current.clone());
+                        let excess = h.scenes.len().saturating_sub(HISTORY_CAP);
+                        h.scenes.drain(..excess);
+                    })
+                    .await?;
+            }
+            None => self.fsm.set_state(scene.state()).await?,
         }
-        self.fsm.set_state(scene.state()).await?;
         self.run_hook(scene.name(), |h| &h.enter).await
     }
 
@@ -237,18 +238,31 @@ impl SceneContext {
         if let Some(current) = self.current().await? {
             self.run_hook(&current, |h| &h.leave).await?;
         }
+        // The history popped and the previous scene's state set in one step: a failed
+        // write pops nothing, a retry pops once.
+        let expected = self.history().await?.pop();
+        let state = expected
+            .as_ref()
+            .map(|name| StateName::from(format!("{PREFIX}{name}")));
         let mut previous = None;
-        self.history
-            .update_data(|h: &mut History| previous = h.scenes.pop())
+        self.fsm
+            .set_state_with_side(state.as_ref(), &self.history, |h: &mut History| {
+                previous = h.scenes.pop();
+            })
             .await?;
-        match &previous {
-            Some(name) => {
-                self.fsm
-                    .set_state(StateName::from(format!("{PREFIX}{name}")))
-                    .await?;
-                self.run_hook(name, |h| &h.enter).await?;
+        if previous != expected {
+            // Without isolation another update changed the history in between.
+            match &previous {
+                Some(name) => {
+                    self.fsm
+                        .set_state(StateName::from(format!("{PREFIX}{name}")))
+                        .await?
+                }
+                None => self.fsm.remove_state().await?,
             }
-            None => self.fsm.remove_state().await?,
+        }
+        if let Some(name) = &previous {
+            self.run_hook(name, |h| &h.enter).await?;
         }
         Ok(previous)
     }
@@ -267,6 +281,7 @@ impl SceneContext {
         if let Some(current) = self.current().await? {
             self.run_hook(&current, |h| &h.leave).await?;
         }
+        // Deletions only, under the lease or fence: a retry after a failure finishes.
         self.history.clear().await?;
         self.fsm.clear().await?;
         Ok(())

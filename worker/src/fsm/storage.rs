@@ -95,6 +95,32 @@ pub trait FsmStorage: Send + Sync + 'static {
         self.clear(key).await
     }
 
+    /// Sets `key`'s state (or removes it, `None`) and changes the data document of its
+    /// side record `side` (the scene history: `key` with a [`FsmKey::destiny`]) in one
+    /// atomic step, as [`FsmStorage::update_data`] does for the document alone, fenced
+    /// under partition ownership when `fence` is given. Returns the new document.
+    ///
+    /// The default is not atomic (the document first, then the state): a storage that
+    /// can write both at once should override it, as Redis and memory storage do.
+    async fn set_state_and_update_side(
+        &self,
+        key: &FsmKey,
+        state: Option<&str>,
+        side: &FsmKey,
+        update: &mut DataUpdate<'_>,
+        fence: Option<&OwnerFence>,
+    ) -> Result<Vec<u8>, FsmError> {
+        let new = match fence {
+            Some(f) => self.update_data_fenced(side, update, f).await?,
+            None => self.update_data(side, update).await?,
+        };
+        match fence {
+            Some(f) => self.set_state_fenced(key, state, f).await?,
+            None => self.set_state(key, state).await?,
+        }
+        Ok(new)
+    }
+
     /// Tries once to take the key's lock for `lease` under `token`; `None` if another
     /// token holds it.
     async fn try_lock(
