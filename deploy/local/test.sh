@@ -29,11 +29,13 @@ log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --profile ci -E 'not binary(partitions)'
-  # Each runs a 3-node NATS cluster and several workers and measures failover and
-  # handover times: on their own, one at a time, so that other tests do not stretch them.
-  log "tests: partitioned consumption on a 3-node NATS cluster"
-  cargo nextest run --workspace --locked --profile ci -E 'binary(partitions)'
+  # The tests that measure times (failover and handover on a 3-node NATS cluster, the
+  # resumption after a Redis outage) run after the others, one at a time, so that other
+  # tests do not stretch them.
+  timed='binary(partitions) | binary(redis_outage)'
+  cargo nextest run --workspace --locked --profile ci -E "not ($timed)"
+  log "tests: timed (partitioned consumption on a 3-node NATS cluster, a Redis outage)"
+  cargo nextest run --workspace --locked --profile ci -E "$timed"
 else
   cargo test --workspace --locked --all-targets
 fi

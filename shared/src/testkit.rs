@@ -383,8 +383,33 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Freezes the server (`SIGSTOP`): connections stay open and nothing answers, as
+    /// with a hung host or a long failover. [`RedisServer::resume`] thaws it; dropping
+    /// a paused server resumes it first so that it can be stopped.
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (`SIGCONT`); it answers what was sent meanwhile.
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .arg(which)
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {which} failed");
+    }
+
     /// Kills the server (its data is lost: it keeps nothing on disk).
     pub fn stop(&mut self) {
+        if self.child.is_some() {
+            self.resume();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

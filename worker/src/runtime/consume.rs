@@ -46,6 +46,7 @@ use tracing::Instrument;
 use super::group::{Group, GroupEvent, Ownership};
 use super::lane::{PRIORITY_GROUP, Partition};
 use super::metrics;
+use super::redis_probe::{RedisProbe, needs_redis};
 use super::seen::Seen;
 use crate::bot::Bot;
 use crate::dispatcher::Dispatcher;
@@ -99,6 +100,8 @@ pub struct Consumer {
     pub(crate) client: async_nats::Client,
     pub(crate) acks: AckSettings,
     pub(crate) seen: Option<Seen>,
+    /// Wakes the updates waiting to retry when Redis answers again.
+    pub(crate) redis: Arc<RedisProbe>,
     pub(crate) lane: String,
     pub(crate) limits: Limits,
     /// The partitions this pod consumes now (for the lag it reports).
@@ -775,11 +778,13 @@ impl Pod {
                         // Fails open: a lost memory only weakens duplicate detection.
                         tracing::warn!(error = %e, "cannot read the memory of finished updates");
                         metrics::seen_unavailable();
+                        me.redis.failed();
                     }
                 }
             }
             let first_attempt = Instant::now();
             loop {
+                let recoveries = me.redis.recoveries();
                 let action = match me.bots.get(&bot_id) {
                     // A bot the ingress knows before this pod does (a rollout): waited
                     // for within the retry budget, like any transient failure.
@@ -820,6 +825,8 @@ impl Pod {
                     tokio::select! {
                         () = tokio::time::sleep(delay) => false,
                         () = part.own.released() => true,
+                        // Redis failed and answers again: no need to wait out the backoff.
+                        () = me.redis.recovered_after(recoveries) => false,
                     }
                 });
                 if wait.await {
@@ -878,6 +885,9 @@ impl Pod {
             Ok(Ok(DispatchOutcome::Handled)) => Action::Ack("handled"),
             Ok(Ok(DispatchOutcome::Unhandled)) => Action::Ack("unhandled"),
             Ok(Ok(DispatchOutcome::Failed(e))) if e.is_transient() => {
+                if needs_redis(&e) {
+                    self.me.redis.failed();
+                }
                 Action::Retry(e.to_string(), e.retry_after())
             }
             Ok(Ok(DispatchOutcome::Failed(e))) => Action::DeadLetter(e.to_string()),
@@ -993,6 +1003,7 @@ impl Pod {
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot remember the finished update");
                             metrics::seen_unavailable();
+                            self.me.redis.failed();
                         }
                     }
                 }

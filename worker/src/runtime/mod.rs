@@ -12,6 +12,7 @@ pub mod dlq;
 pub mod group;
 pub mod lane;
 pub mod metrics;
+mod redis_probe;
 pub mod seen;
 
 use std::future::Future;
@@ -353,6 +354,7 @@ pub async fn serve(
             handler_timeout: args.handler_timeout,
         },
         seen,
+        redis: redis_probe::RedisProbe::new(redis.clone()),
         lane: lane.name().to_owned(),
     });
     let draining = Arc::clone(&ready);
