@@ -14,9 +14,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use tgpipe_shared::subject::update_subject;
 use tgpipe_shared::telemetry;
-use tgpipe_shared::{BotId, ExtractError, Shard, extract_keys, headers as h};
+use tgpipe_shared::{BotId, Envelope, ExtractError, headers as h};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -158,17 +157,16 @@ async fn receive(
     let body = read_body(state, headers, body).await?;
     let received_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let keys = extract_keys(&body)?;
-    let shard = Shard::of(keys.ordering_key(), inner.shards);
-    let subject = update_subject(bot, &keys.kind, shard);
-
-    let mut nats_headers = h::update_headers(bot, &keys, received_at);
-    let publish = if telemetry::exporting() {
+        .map_or(0, |d| d.as_millis() as u64);
+    let env = Envelope::from_body(bot, body, inner.shards, received_at)?;
+    if telemetry::exporting() {
         let request = tracing::Span::current();
         request.record("tg.bot", bot.0);
-        request.record("tg.update_id", keys.update_id);
-        request.record("tg.kind", keys.kind.as_str());
+        request.record("tg.update_id", env.update_id);
+        request.record("tg.kind", env.kind.as_str());
+    }
+    let (subject, mut nats_headers, body) = env.into_message();
+    let publish = if telemetry::exporting() {
         let publish = tracing::info_span!(
             "publish",
             otel.kind = "producer",
@@ -185,7 +183,6 @@ async fn receive(
         pass_trace_context(headers, &mut nats_headers);
         tracing::Span::none()
     };
-    drop(keys);
 
     let bytes = body.len();
     let started = Instant::now();

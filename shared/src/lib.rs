@@ -1,8 +1,9 @@
 //! `tgpipe-shared`: what the ingress and the workers must agree on.
 //!
-//! - the wire contract: [`UpdateKind`], [`extract_keys`], subjects and shards
-//!   ([`subject`]), NATS header names ([`headers`]), the stream configuration
-//!   ([`stream`]), and publishing with acknowledgement ([`publish`]);
+//! - the wire contract: an update on the wire ([`Envelope`]: computed once where it
+//!   enters, read back once where it is consumed), [`UpdateKind`], [`extract_keys`],
+//!   subjects and shards ([`subject`]), NATS header names ([`headers`]), the stream
+//!   configuration ([`stream`]), and publishing with acknowledgement ([`publish`]);
 //! - process plumbing every binary needs: configuration helpers ([`config`]),
 //!   telemetry ([`telemetry`]) and the shutdown signal ([`shutdown`]);
 //! - with the `testkit` feature, a harness that starts private `nats-server` and
@@ -12,6 +13,7 @@
 //! what older pods expect: do it on purpose, in `DESIGN.md` as well.
 
 pub mod config;
+pub mod envelope;
 pub mod extract;
 pub mod headers;
 pub mod kind;
@@ -23,6 +25,7 @@ pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use envelope::{Envelope, EnvelopeError, MsgId};
 pub use extract::{ExtractError, OrderingKey, UpdateKeys, extract_keys};
 pub use kind::UpdateKind;
 pub use subject::{BotId, Shard};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
-use tgpipe_shared::UpdateKind;
+use tgpipe_shared::{Envelope, UpdateKind};
 
 use crate::bot::Bot;
 use crate::context::{Context, Extensions};
@@ -241,6 +241,12 @@ impl Dispatcher {
     /// The kinds the registered handlers can receive (for `allowed_updates`).
     pub fn used_update_kinds(&self) -> Vec<UpdateKind> {
         self.kinds.as_ref().clone()
+    }
+
+    /// Dispatches an update read from the stream: its keys from the envelope, its body
+    /// parsed once into the typed event.
+    pub async fn feed_envelope(&self, bot: &Bot, env: &Envelope) -> DispatchOutcome {
+        self.feed_update(bot, Update::from_envelope(env)).await
     }
 
     /// Dispatches an update given as raw bytes (what the stream stores). A body that is

@@ -29,8 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tgpipe_shared::publish::{PublishError, Publisher};
-use tgpipe_shared::subject::update_subject;
-use tgpipe_shared::{ExtractError, Shard, UpdateKind, extract_keys, headers};
+use tgpipe_shared::{Envelope, ExtractError, UpdateKind, extract_keys};
 
 use crate::bot::{ApiRequest, Bot, BotError};
 use crate::dispatcher::Dispatcher;
@@ -168,17 +167,11 @@ impl UpdateSink for JetStreamSink {
     async fn deliver(&self, bot: &Bot, raw: Bytes) -> Result<(), DeliverError> {
         let received_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let (subject, mut h) = {
-            let keys = extract_keys(&raw)?;
-            let shard = Shard::of(keys.ordering_key(), self.shards);
-            (
-                update_subject(bot.id(), &keys.kind, shard),
-                headers::update_headers(bot.id(), &keys, received_at),
-            )
-        };
+            .map_or(0, |d| d.as_millis() as u64);
+        let env = Envelope::from_body(bot.id(), raw, self.shards, received_at)?;
+        let (subject, mut h, body) = env.into_message();
         tgpipe_shared::telemetry::inject_current(&mut h);
-        self.publisher.publish(subject, h, raw).await?;
+        self.publisher.publish(subject, h, body).await?;
         Ok(())
     }
 }

@@ -33,7 +33,7 @@ use frankenstein::types::{
 use frankenstein::updates::UpdateContent;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use tgpipe_shared::{BotId, UpdateKind, extract_keys};
+use tgpipe_shared::{BotId, Envelope, UpdateKind, extract_keys};
 
 /// Why a body cannot be fed to the dispatcher at all (it is not an update).
 #[derive(Debug, thiserror::Error)]
@@ -231,32 +231,181 @@ fn parse_event(kind: &UpdateKind, raw: &[u8]) -> (Event, Vec<Repair>) {
     if !kind.is_known() {
         return (Event::Raw(RawReason::UnknownKind), Vec::new());
     }
-    let fields: Result<std::collections::HashMap<&str, &RawValue>, _> = serde_json::from_slice(raw);
-    let payload = match fields {
-        Ok(f) => match f.get(kind.as_str()) {
-            Some(p) => *p,
-            None => {
-                let why = format!("no `{kind}` field");
-                return (Event::Raw(RawReason::Unparsed(why)), Vec::new());
-            }
-        },
+    // One pass over the body: the kind's field straight into its typed variant, the
+    // other fields skipped unread.
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let first = single::content(kind.as_str(), &mut de).and_then(|c| de.end().map(|()| c));
+    match first {
+        Ok(Some(content)) => (from_content(content), Vec::new()),
+        Ok(None) => {
+            let why = format!("no `{kind}` field");
+            (Event::Raw(RawReason::Unparsed(why)), Vec::new())
+        }
+        // Only on failure, so well-formed updates pay nothing for the repairs.
+        Err(e) => repaired(kind, raw, e),
+    }
+}
+
+/// The typed model did not read the payload: try again with the payload's values that
+/// do not fit repaired (see [`lenient`]).
+fn repaired(kind: &UpdateKind, raw: &[u8], first: serde_json::Error) -> (Event, Vec<Repair>) {
+    let fields: std::collections::HashMap<&str, &RawValue> = match serde_json::from_slice(raw) {
+        Ok(f) => f,
         Err(e) => return (Event::Raw(RawReason::Unparsed(e.to_string())), Vec::new()),
     };
-    // frankenstein's `Update` is externally tagged by field name: build that shape from
-    // the one payload, so each kind uses frankenstein's own mapping.
+    let Some(payload) = fields.get(kind.as_str()) else {
+        return (
+            Event::Raw(RawReason::Unparsed(first.to_string())),
+            Vec::new(),
+        );
+    };
+    // frankenstein's `UpdateContent` is externally tagged by field name.
     let tagged = format!("{{\"{}\":{}}}", kind.as_str(), payload.get());
-    match serde_json::from_str::<UpdateContent>(&tagged) {
-        Ok(content) => (from_content(content), Vec::new()),
-        Err(e) => {
-            // Only on failure, so well-formed updates pay nothing for it.
-            let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&tagged) else {
-                return (Event::Raw(RawReason::Unparsed(e.to_string())), Vec::new());
-            };
-            repair_upstream_enums(&mut v);
-            match lenient::parse(v) {
-                Ok((content, repairs)) => (from_content(content), repairs),
-                Err(e) => (Event::Raw(RawReason::Unparsed(e)), Vec::new()),
+    let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&tagged) else {
+        return (
+            Event::Raw(RawReason::Unparsed(first.to_string())),
+            Vec::new(),
+        );
+    };
+    repair_upstream_enums(&mut v);
+    match lenient::parse(v) {
+        Ok((content, repairs)) => (from_content(content), repairs),
+        Err(e) => (Event::Raw(RawReason::Unparsed(e)), Vec::new()),
+    }
+}
+
+/// Reads one field of an update object as frankenstein's externally tagged
+/// `UpdateContent`, in the pass that walks the object: the field's value is handed to
+/// the variant's deserializer as if it were `{"<kind>": value}`.
+mod single {
+    use std::fmt;
+
+    use frankenstein::updates::UpdateContent;
+    use serde::de::{
+        self, DeserializeSeed, Deserializer, EnumAccess, IgnoredAny, IntoDeserializer, MapAccess,
+        VariantAccess, Visitor,
+    };
+
+    /// The `kind` field of the object `de` holds, typed; `None` when it has none.
+    pub(super) fn content<'de, D: Deserializer<'de>>(
+        kind: &str,
+        de: D,
+    ) -> Result<Option<UpdateContent>, D::Error> {
+        de.deserialize_map(Fields { kind })
+    }
+
+    struct Fields<'k> {
+        kind: &'k str,
+    }
+
+    impl<'de> Visitor<'de> for Fields<'_> {
+        type Value = Option<UpdateContent>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an update object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if found.is_none() && key == self.kind {
+                    found = Some(map.next_value_seed(Tag { kind: self.kind })?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
+            Ok(found)
+        }
+    }
+
+    /// Deserializes a value as the `kind` variant of `UpdateContent`.
+    struct Tag<'k> {
+        kind: &'k str,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Tag<'_> {
+        type Value = UpdateContent;
+
+        fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<UpdateContent, D::Error> {
+            serde::Deserialize::deserialize(Tagged {
+                kind: self.kind,
+                value: de,
+            })
+        }
+    }
+
+    /// `{"<kind>": value}` without building it.
+    struct Tagged<'k, D> {
+        kind: &'k str,
+        value: D,
+    }
+
+    impl<'de, D: Deserializer<'de>> Deserializer<'de> for Tagged<'_, D> {
+        type Error = D::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            visitor.visit_enum(self)
+        }
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            _variants: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, D::Error> {
+            visitor.visit_enum(self)
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+            struct identifier ignored_any
+        }
+    }
+
+    impl<'de, D: Deserializer<'de>> EnumAccess<'de> for Tagged<'_, D> {
+        type Error = D::Error;
+        type Variant = Value<D>;
+
+        fn variant_seed<S: DeserializeSeed<'de>>(
+            self,
+            seed: S,
+        ) -> Result<(S::Value, Value<D>), D::Error> {
+            let tag: de::value::StrDeserializer<'_, D::Error> = self.kind.into_deserializer();
+            Ok((seed.deserialize(tag)?, Value(self.value)))
+        }
+    }
+
+    struct Value<D>(D);
+
+    impl<'de, D: Deserializer<'de>> VariantAccess<'de> for Value<D> {
+        type Error = D::Error;
+
+        fn unit_variant(self) -> Result<(), D::Error> {
+            serde::Deserialize::deserialize(self.0)
+        }
+
+        fn newtype_variant_seed<S: DeserializeSeed<'de>>(
+            self,
+            seed: S,
+        ) -> Result<S::Value, D::Error> {
+            seed.deserialize(self.0)
+        }
+
+        fn tuple_variant<V: Visitor<'de>>(
+            self,
+            len: usize,
+            visitor: V,
+        ) -> Result<V::Value, D::Error> {
+            self.0.deserialize_tuple(len, visitor)
+        }
+
+        fn struct_variant<V: Visitor<'de>>(
+            self,
+            fields: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, D::Error> {
+            self.0.deserialize_struct("", fields, visitor)
         }
     }
 }
@@ -716,6 +865,34 @@ impl Update {
             keys.thread_id,
         );
         drop(keys);
+        Ok(Update::typed(
+            bot, update_id, kind, chat_id, user_id, thread_id, raw,
+        ))
+    }
+
+    /// An update from its envelope, as the runtime reads it from the stream: the keys
+    /// come from the envelope, so the body is parsed once, into the typed event.
+    pub fn from_envelope(env: &Envelope) -> Update {
+        Update::typed(
+            env.bot,
+            env.update_id,
+            env.kind.clone(),
+            env.chat_id,
+            env.user_id,
+            env.thread_id,
+            env.body.clone(),
+        )
+    }
+
+    fn typed(
+        bot: BotId,
+        update_id: i64,
+        kind: UpdateKind,
+        chat_id: Option<i64>,
+        user_id: Option<i64>,
+        thread_id: Option<i64>,
+        raw: Bytes,
+    ) -> Update {
         let (event, repairs) = parse_event(&kind, &raw);
         if !repairs.is_empty() {
             for r in &repairs {
@@ -739,7 +916,7 @@ impl Update {
                 .increment(1);
             tracing::warn!(%bot, update_id, %kind, error = %why, "update of a known kind does not fit the typed model, even repaired: only `raw` handlers can take it");
         }
-        Ok(Update {
+        Update {
             bot,
             update_id,
             kind,
@@ -749,7 +926,7 @@ impl Update {
             raw,
             event,
             repairs,
-        })
+        }
     }
 
     /// Whether the field at `path` (`message.chat.type`) was repaired for the typed model

@@ -208,15 +208,20 @@ async fn polling_publishes_into_jetstream_like_the_ingress() {
         // Exactly what the ingress would publish for these bytes.
         let body: Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(&body, u);
-        let keys = tgpipe_shared::extract_keys(&m.payload).unwrap();
-        let shard = tgpipe_shared::Shard::of(keys.ordering_key(), shards);
-        assert_eq!(
-            m.subject.as_str(),
-            tgpipe_shared::subject::update_subject(bot.id(), &keys.kind, shard)
-        );
+        let env =
+            tgpipe_shared::Envelope::from_body(bot.id(), m.payload.clone(), shards, 0).unwrap();
+        assert_eq!(m.subject.as_str(), env.subject());
         let headers = m.headers.as_ref().unwrap();
-        let expected = h::update_headers(bot.id(), &keys, 0);
-        for name in [h::MSG_ID, h::BOT_ID, h::UPDATE_TYPE, h::CHAT_ID, h::USER_ID] {
+        let expected = env.headers();
+        for name in [
+            h::MSG_ID,
+            h::BOT_ID,
+            h::UPDATE_TYPE,
+            h::CHAT_ID,
+            h::USER_ID,
+            h::THREAD_ID,
+            h::ENVELOPE,
+        ] {
             assert_eq!(headers.get(name), expected.get(name), "{name}");
         }
         assert!(headers.get(h::RECEIVED_AT).is_some());
@@ -228,14 +233,9 @@ async fn polling_publishes_into_jetstream_like_the_ingress() {
     // Fetched again (a poller restarted before confirming): the same message id, so
     // JetStream stores it once.
     let raw = bytes::Bytes::from(updates[0].to_string());
-    let keys = tgpipe_shared::extract_keys(&raw).unwrap();
-    let subject = tgpipe_shared::subject::update_subject(
-        bot.id(),
-        &keys.kind,
-        tgpipe_shared::Shard::of(keys.ordering_key(), shards),
-    );
-    let headers = h::update_headers(bot.id(), &keys, 0);
-    drop(keys);
+    let (subject, headers, raw) = tgpipe_shared::Envelope::from_body(bot.id(), raw, shards, 0)
+        .unwrap()
+        .into_message();
     let duplicate = Publisher::new(client.clone(), Duration::from_secs(5))
         .publish(subject, headers, raw)
         .await

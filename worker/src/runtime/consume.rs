@@ -37,7 +37,7 @@ use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, AckKind};
 use futures::{FutureExt, StreamExt};
 use tgpipe_shared::subject::{UpdateSubject, dlq_subject};
-use tgpipe_shared::{BotId, UpdateKind, extract_keys, headers};
+use tgpipe_shared::{BotId, Envelope, EnvelopeError, MsgId, UpdateKind, headers};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -218,6 +218,9 @@ impl Owned {
 /// A held update.
 struct Job {
     src: Source,
+    /// The update as the ingress described it, read once from the message (an error:
+    /// not an update, dead-lettered with the reason).
+    env: Result<Envelope, EnvelopeError>,
     part: Arc<Owned>,
     held_since: Instant,
     _permit: OwnedSemaphorePermit,
@@ -323,44 +326,9 @@ pub enum ConsumeError {
     Stream(String),
 }
 
-fn header_i64(h: Option<&HeaderMap>, name: &str) -> Option<i64> {
-    h?.get(name)?.as_str().parse().ok()
-}
-
-/// The update's id and its ordering key (chat, else user), from the headers the ingress
-/// wrote (`Nats-Msg-Id: <bot>:<update_id>`, `Tg-Chat-Id`, `Tg-User-Id`); from the body
-/// when they are missing (a message published by other means).
-fn update_keys(src: &Source) -> (Option<i64>, Option<i64>) {
-    let h = src.headers();
-    let from_id = h
-        .and_then(|h| h.get(headers::MSG_ID))
-        .and_then(|v| v.as_str().split(':').nth(1)?.parse::<i64>().ok());
-    match from_id {
-        Some(update_id) => (
-            Some(update_id),
-            header_i64(h, headers::CHAT_ID).or_else(|| header_i64(h, headers::USER_ID)),
-        ),
-        None => match extract_keys(src.payload()) {
-            Ok(k) => (Some(k.update_id), k.chat_id.or(k.user_id)),
-            Err(_) => (None, None),
-        },
-    }
-}
-
-fn order_key(src: &Source) -> Option<OrderKey> {
-    let h = src.headers();
-    let bot = match h.and_then(|h| h.get(headers::BOT_ID)) {
-        Some(v) => BotId::parse(v.as_str())?,
-        None => UpdateSubject::parse(src.subject()).ok()?.bot,
-    };
-    let id = match header_i64(h, headers::CHAT_ID).or_else(|| header_i64(h, headers::USER_ID)) {
-        Some(id) => id,
-        None => {
-            let k = extract_keys(src.payload()).ok()?;
-            k.chat_id.or(k.user_id)?
-        }
-    };
-    Some((bot, id))
+/// A held update's ordering key: its bot and chat (else user).
+fn order_key(env: &Envelope) -> Option<OrderKey> {
+    Some((env.bot, env.chat_id.or(env.user_id)?))
 }
 
 /// The pod's shared consuming state.
@@ -668,9 +636,11 @@ impl Pod {
     /// none); waits while that chat holds its cap.
     async fn hold(self: &Arc<Self>, part: &Arc<Owned>, src: Source, permit: OwnedSemaphorePermit) {
         part.held.fetch_add(1, Ordering::AcqRel);
-        let key = order_key(&src);
+        let env = Envelope::from_message(src.subject(), src.headers(), src.payload().clone());
+        let key = env.as_ref().ok().and_then(order_key);
         let job = Job {
             src,
+            env,
             part: Arc::clone(part),
             held_since: Instant::now(),
             _permit: permit,
@@ -730,17 +700,26 @@ impl Pod {
         }
         let me = &self.me;
         let (stream_seq, mut delivered) = job.src.position();
-        let subject = UpdateSubject::parse(job.src.subject());
-        let (bot_id, kind) = match &subject {
-            Ok(s) => (s.bot, s.kind.clone()),
-            Err(_) => (
-                BotId(0),
-                UpdateKind::from_field(tgpipe_shared::kind::INVALID_KIND),
+        let (bot_id, kind, update_id, chat) = match &job.env {
+            Ok(env) => (
+                env.bot,
+                env.kind.clone(),
+                Some(env.update_id),
+                env.chat_id.or(env.user_id),
             ),
+            // Still the subject's bot and kind when only a header was wrong.
+            Err(_) => match UpdateSubject::parse(job.src.subject()) {
+                Ok(s) => (s.bot, s.kind, None, None),
+                Err(_) => (
+                    BotId(0),
+                    UpdateKind::from_field(tgpipe_shared::kind::INVALID_KIND),
+                    None,
+                    None,
+                ),
+            },
         };
         let label = metrics::kind_label(&kind);
         metrics::consumed(label, delivered > 1);
-        let (update_id, chat) = update_keys(&job.src);
         let span = tracing::info_span!(
             "update",
             otel.kind = "consumer",
@@ -767,9 +746,10 @@ impl Pod {
         }
         let chat = chat.zip(update_id);
         let action = async {
-            if let Err(e) = &subject {
-                return Action::DeadLetter(format!("not an update subject: {e}"));
-            }
+            let env = match &job.env {
+                Ok(env) => env,
+                Err(e) => return Action::DeadLetter(format!("not an update: {e}")),
+            };
             if let (Some(seen), Some((chat, update_id))) = (&me.seen, chat) {
                 match seen.contains(bot_id, chat, update_id).await {
                     Ok(true) => return Action::Duplicate,
@@ -792,7 +772,7 @@ impl Pod {
                         format!("no token for bot {bot_id} in TGPIPE_BOT_TOKENS"),
                         None,
                     ),
-                    Some(bot) => self.dispatch(bot, &job, &part, label).await,
+                    Some(bot) => self.dispatch(bot, env, &job, &part, label).await,
                 };
                 // A partition this pod no longer owns is the new owner's to finish or
                 // dead-letter (a stale owner's fenced write fails its update here).
@@ -860,6 +840,7 @@ impl Pod {
     async fn dispatch(
         &self,
         bot: &Bot,
+        env: &Envelope,
         job: &Job,
         part: &Arc<Owned>,
         label: &'static str,
@@ -870,7 +851,7 @@ impl Pod {
             part.fence.clone(),
             tokio::time::timeout(
                 self.me.acks.handler_timeout,
-                self.me.dispatcher.feed_raw(bot, job.src.payload().clone()),
+                self.me.dispatcher.feed_envelope(bot, env),
             ),
         ))
         .catch_unwind();
@@ -1066,14 +1047,22 @@ impl Pod {
         error: &str,
     ) -> Result<(), String> {
         let mut h = src.headers().cloned().unwrap_or_default();
-        let original_id = h
+        // A message id none of ours wrote (published by hand) is kept as its sequence.
+        let original = h
             .get(headers::MSG_ID)
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_else(|| format!("{bot}:seq{stream_seq}"));
+            .and_then(|v| v.as_str().parse::<MsgId>().ok())
+            .unwrap_or(MsgId::Sequence {
+                bot,
+                seq: stream_seq,
+            });
         // One id per stream message: a dead-lettering retried after a lost PubAck, or by
         // a new owner, collapses in the DLQ's dedupe window; an update replayed from the
         // DLQ has a new stream sequence, so failing again makes a new letter.
-        h.insert(headers::MSG_ID, format!("{original_id}:dlq:{stream_seq}"));
+        let id = MsgId::DeadLetter {
+            of: Box::new(original),
+            seq: stream_seq,
+        };
+        h.insert(headers::MSG_ID, id.to_string());
         h.insert(headers::ERROR, header_safe(error));
         h.insert(headers::DELIVERIES, delivered.to_string());
         let ack = self

@@ -15,7 +15,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::StreamMessage};
 use tgpipe_shared::kind::INVALID_KIND;
 use tgpipe_shared::subject::{DLQ_SUBJECT_PREFIX, Shard, update_subject};
-use tgpipe_shared::{BotId, UpdateKind, extract_keys, headers};
+use tgpipe_shared::{BotId, MsgId, UpdateKind, extract_keys, headers};
 
 use super::config::DlqCommand;
 
@@ -151,11 +151,21 @@ pub async fn replay(
             h.append(name, v.as_str());
         }
     }
-    let id = match letter.update_id {
-        Some(u) => headers::msg_id(letter.bot, u),
-        None => format!("{}:seq{}", letter.bot, letter.seq),
+    // The letter's own id names the update; a letter without one (written by hand)
+    // is named by its sequence.
+    let of = message
+        .headers
+        .get(headers::MSG_ID)
+        .and_then(|v| v.as_str().parse::<MsgId>().ok())
+        .unwrap_or(MsgId::Sequence {
+            bot: letter.bot,
+            seq: letter.seq,
+        });
+    let id = MsgId::Replay {
+        of: Box::new(of),
+        seq: letter.seq,
     };
-    h.insert(headers::MSG_ID, format!("{id}:replay:{}", letter.seq));
+    h.insert(headers::MSG_ID, id.to_string());
     let ack = js
         .publish_with_headers(subject.clone(), h, message.payload.clone())
         .await
