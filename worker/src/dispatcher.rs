@@ -15,32 +15,43 @@ use crate::error::{
 };
 use crate::filter::{ErrorEvent, Filter};
 use crate::fsm::{Fsm, FsmInstalled};
-use crate::handler::{BoxFuture, Flow};
-use crate::middleware::{Handled, Middleware, MiddlewareResult, Next};
-use crate::router::{ObserverKey, Registration, Router};
+use crate::handler::{BoxFuture, ErasedHandler, Flow};
+use crate::middleware::{Endpoint, Handled, Middleware, MiddlewareResult, Next};
+use crate::router::{ObserverKey, Router};
 use crate::update::{Event, RawReason, UnreadableUpdate, Update};
 
-/// An observer, frozen for dispatch.
-struct FrozenObserver {
-    outer: Arc<[Arc<dyn Middleware>]>,
-    /// The inner middleware of this observer in every router from the root down to
-    /// this one, outermost first (aiogram collects inner middleware along the chain).
-    inner: Arc<[Arc<dyn Middleware>]>,
+/// The way through one router for one observer key, composed once when the dispatcher
+/// is built: the router's outer middleware around "its handlers, then its children's
+/// routes". Routing an update clones `Arc`s and boxes futures; it builds no closures.
+type Route = Endpoint;
+
+/// One handler registration, composed: its filters, then the observer's inner chain
+/// around the handler.
+struct Step {
     filters: Arc<[Arc<dyn Filter>]>,
-    handlers: Arc<[Registration]>,
+    inner: Arc<[Arc<dyn Middleware>]>,
+    handler: Endpoint,
 }
 
-/// A router, frozen for dispatch.
+/// An observer of one router, frozen: its own filters and handlers, and the routes of
+/// the child routers for the same key.
+struct Here {
+    filters: Arc<[Arc<dyn Filter>]>,
+    steps: Vec<Step>,
+    children: Vec<Route>,
+}
+
+/// A router, frozen for dispatch: its route per observer key (of itself or of any router
+/// below it).
 struct Node {
-    observers: BTreeMap<ObserverKey, FrozenObserver>,
-    children: Vec<Arc<Node>>,
+    routes: BTreeMap<ObserverKey, Route>,
 }
 
 type InnerChains = BTreeMap<ObserverKey, Vec<Arc<dyn Middleware>>>;
 
 impl Node {
     /// Freezes `router`, whose ancestors' inner middleware per observer is `inherited`.
-    fn freeze(router: Router, inherited: &InnerChains) -> Arc<Node> {
+    fn freeze(router: Router, inherited: &InnerChains) -> Node {
         let mut chains = inherited.clone();
         for (k, o) in &router.observers {
             chains
@@ -48,29 +59,102 @@ impl Node {
                 .or_default()
                 .extend(o.inner.iter().cloned());
         }
-        Arc::new(Node {
-            observers: router
-                .observers
-                .into_iter()
-                .map(|(k, o)| {
-                    let inner = chains.get(&k).cloned().unwrap_or_default();
-                    (
-                        k,
-                        FrozenObserver {
-                            outer: o.outer.into(),
-                            inner: inner.into(),
-                            filters: o.filters.into(),
-                            handlers: o.handlers.into(),
-                        },
-                    )
-                })
-                .collect(),
-            children: router
-                .children
-                .into_iter()
-                .map(|c| Node::freeze(c, &chains))
-                .collect(),
+        let children: Vec<Node> = router
+            .children
+            .into_iter()
+            .map(|c| Node::freeze(c, &chains))
+            .collect();
+        let mut keys: Vec<ObserverKey> = router.observers.keys().cloned().collect();
+        keys.extend(children.iter().flat_map(|c| c.routes.keys().cloned()));
+        keys.sort();
+        keys.dedup();
+        let mut observers = router.observers;
+        let routes = keys
+            .into_iter()
+            .map(|key| {
+                let observer = observers.remove(&key).unwrap_or_default();
+                let inner: Arc<[Arc<dyn Middleware>]> =
+                    chains.get(&key).cloned().unwrap_or_default().into();
+                let here = Arc::new(Here {
+                    filters: observer.filters.into(),
+                    steps: observer
+                        .handlers
+                        .into_iter()
+                        .map(|reg| Step {
+                            filters: reg.filters.into(),
+                            inner: Arc::clone(&inner),
+                            handler: handler_endpoint(reg.handler),
+                        })
+                        .collect(),
+                    children: children
+                        .iter()
+                        .filter_map(|c| c.routes.get(&key).cloned())
+                        .collect(),
+                });
+                let run_here: Endpoint = Arc::new(move |cx: Context| {
+                    let here = Arc::clone(&here);
+                    Box::pin(async move { here.run(cx).await })
+                });
+                let outer: Arc<[Arc<dyn Middleware>]> = observer.outer.into();
+                let route: Route = if outer.is_empty() {
+                    run_here
+                } else {
+                    Arc::new(move |cx: Context| {
+                        Next::new(Arc::clone(&outer), Arc::clone(&run_here)).run(cx)
+                    })
+                };
+                (key, route)
+            })
+            .collect();
+        Node { routes }
+    }
+}
+
+/// The endpoint of an inner chain: the handler, its flow as the chain's result.
+fn handler_endpoint(handler: ErasedHandler) -> Endpoint {
+    Arc::new(move |cx: Context| -> BoxFuture<'static, MiddlewareResult> {
+        let call = handler.call(cx);
+        Box::pin(async move {
+            match call.await? {
+                Flow::Handled => Ok(Handled::Yes),
+                Flow::Skip => Ok(Handled::No),
+            }
         })
+    })
+}
+
+impl Here {
+    /// This router's handlers (the first whose filters pass, under the inner chain),
+    /// then its children's routes, until one handles the update.
+    async fn run(&self, mut cx: Context) -> MiddlewareResult {
+        // Observer-level filters gate this router and its nested routers alike.
+        if !self.filters.is_empty() {
+            match run_filters(&self.filters, &cx).await {
+                Some(fcx) => cx = fcx,
+                None => return Ok(Handled::No),
+            }
+        }
+        for step in &self.steps {
+            let Some(hcx) = run_filters(&step.filters, &cx).await else {
+                continue;
+            };
+            let handled = if step.inner.is_empty() {
+                (step.handler)(hcx).await?
+            } else {
+                Next::new(Arc::clone(&step.inner), Arc::clone(&step.handler))
+                    .run(hcx)
+                    .await?
+            };
+            if handled == Handled::Yes {
+                return Ok(Handled::Yes);
+            }
+        }
+        for child in &self.children {
+            if child(cx.clone()).await? == Handled::Yes {
+                return Ok(Handled::Yes);
+            }
+        }
+        Ok(Handled::No)
     }
 }
 
@@ -176,11 +260,31 @@ impl DispatcherBuilder {
                 }
                 e => e,
             })?;
+        let kinds = Arc::new(self.router.used_update_kinds());
+        let root = Node::freeze(self.router, &BTreeMap::new());
+        // Each key's way in: the update-wide outer middleware around the root's route.
+        let update_outer: Arc<[Arc<dyn Middleware>]> = self.update_outer.into();
+        let entries = root
+            .routes
+            .iter()
+            .filter(|(key, _)| **key != ObserverKey::Errors)
+            .map(|(key, route)| {
+                let entry: Route = if update_outer.is_empty() {
+                    Arc::clone(route)
+                } else {
+                    let (outer, route) = (Arc::clone(&update_outer), Arc::clone(route));
+                    Arc::new(move |cx: Context| {
+                        Next::new(Arc::clone(&outer), Arc::clone(&route)).run(cx)
+                    })
+                };
+                (key.clone(), entry)
+            })
+            .collect();
         Ok(Dispatcher {
-            kinds: Arc::new(self.router.used_update_kinds()),
-            root: Node::freeze(self.router, &BTreeMap::new()),
+            kinds,
+            root: Arc::new(root),
+            entries: Arc::new(entries),
             state: Arc::new(self.state),
-            update_outer: self.update_outer.into(),
             fsm: self.fsm,
             classifiers: self.classifiers.into(),
         })
@@ -210,8 +314,9 @@ impl DispatcherBuilder {
 #[derive(Clone)]
 pub struct Dispatcher {
     root: Arc<Node>,
+    /// Per observer key, the update-wide outer middleware around the root's route.
+    entries: Arc<BTreeMap<ObserverKey, Route>>,
     state: Arc<Extensions>,
-    update_outer: Arc<[Arc<dyn Middleware>]>,
     kinds: Arc<Vec<UpdateKind>>,
     fsm: Option<Fsm>,
     classifiers: Arc<[Classifier]>,
@@ -289,13 +394,10 @@ impl Dispatcher {
             Event::Raw(_) => ObserverKey::Raw,
             _ => ObserverKey::Kind(cx.update().kind.clone()),
         };
-        let root = Arc::clone(&self.root);
-        let endpoint_key = key.clone();
-        let endpoint =
-            Arc::new(move |cx: Context| route(Arc::clone(&root), endpoint_key.clone(), cx));
-        let result = Next::new(Arc::clone(&self.update_outer), endpoint)
-            .run(cx.clone())
-            .await;
+        let result = match self.entries.get(&key) {
+            Some(entry) => entry(cx.clone()).await,
+            None => Ok(Handled::No),
+        };
         match result {
             Ok(Handled::Yes) => DispatchOutcome::Handled,
             Ok(Handled::No) => match cx.event() {
@@ -313,7 +415,11 @@ impl Dispatcher {
                 let e = Arc::new(e);
                 let mut ecx = cx;
                 ecx.insert(ErrorEvent(Arc::clone(&e)));
-                match route(Arc::clone(&self.root), ObserverKey::Errors, ecx.clone()).await {
+                let handled = match self.root.routes.get(&ObserverKey::Errors) {
+                    Some(route) => route(ecx.clone()).await,
+                    None => Ok(Handled::No),
+                };
+                match handled {
                     Ok(Handled::Yes) => DispatchOutcome::Handled,
                     // An error handler that fails leaves the original error standing.
                     _ => default_error_policy(&ecx, e),
@@ -353,25 +459,6 @@ fn default_error_policy(cx: &Context, e: Arc<HandlerError>) -> DispatchOutcome {
     }
 }
 
-/// Tries a router's observer of `key` (under its outer middleware), then its children
-/// depth-first.
-fn route(node: Arc<Node>, key: ObserverKey, cx: Context) -> BoxFuture<'static, MiddlewareResult> {
-    let outer = node.observers.get(&key).map(|o| Arc::clone(&o.outer));
-    let endpoint_node = Arc::clone(&node);
-    let endpoint_key = key.clone();
-    let endpoint = Arc::new(move |cx: Context| -> BoxFuture<'static, MiddlewareResult> {
-        Box::pin(try_here_then_children(
-            Arc::clone(&endpoint_node),
-            endpoint_key.clone(),
-            cx,
-        ))
-    });
-    match outer {
-        Some(outer) if !outer.is_empty() => Next::new(outer, endpoint).run(cx),
-        _ => endpoint(cx),
-    }
-}
-
 /// Runs `filters` in order, each seeing the values of the ones before it (aiogram merges
 /// each filter's data before calling the next): the context with all their values, or
 /// `None` if one rejected.
@@ -389,47 +476,6 @@ async fn run_filters(filters: &[Arc<dyn Filter>], cx: &Context) -> Option<Contex
         fcx.extend(values);
     }
     Some(fcx)
-}
-
-async fn try_here_then_children(
-    node: Arc<Node>,
-    key: ObserverKey,
-    cx: Context,
-) -> MiddlewareResult {
-    let mut cx = cx;
-    if let Some(obs) = node.observers.get(&key) {
-        // Observer-level filters gate this router and its nested routers alike.
-        if !obs.filters.is_empty() {
-            match run_filters(&obs.filters, &cx).await {
-                Some(fcx) => cx = fcx,
-                None => return Ok(Handled::No),
-            }
-        }
-        for reg in obs.handlers.iter() {
-            let Some(hcx) = run_filters(&reg.filters, &cx).await else {
-                continue;
-            };
-            let handler = reg.handler.clone();
-            let endpoint = Arc::new(move |cx: Context| -> BoxFuture<'static, MiddlewareResult> {
-                let h = handler.clone();
-                Box::pin(async move {
-                    match h.call(cx).await? {
-                        Flow::Handled => Ok(Handled::Yes),
-                        Flow::Skip => Ok(Handled::No),
-                    }
-                })
-            });
-            if Next::new(Arc::clone(&obs.inner), endpoint).run(hcx).await? == Handled::Yes {
-                return Ok(Handled::Yes);
-            }
-        }
-    }
-    for child in &node.children {
-        if route(Arc::clone(child), key.clone(), cx.clone()).await? == Handled::Yes {
-            return Ok(Handled::Yes);
-        }
-    }
-    Ok(Handled::No)
 }
 
 /// An update and the bot it is for: what [`Dispatcher`] takes as a tower `Service`, so

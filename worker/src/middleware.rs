@@ -45,7 +45,9 @@ where
     }
 }
 
-type Endpoint = Arc<dyn Fn(Context) -> BoxFuture<'static, MiddlewareResult> + Send + Sync>;
+/// What a chain runs at its end.
+pub(crate) type Endpoint =
+    Arc<dyn Fn(Context) -> BoxFuture<'static, MiddlewareResult> + Send + Sync>;
 
 /// The rest of the chain.
 #[derive(Clone)]
