@@ -332,8 +332,10 @@ impl Limiter {
         format!("tgpipe:pause:{{{}}}:chat:{chat}", self.bot)
     }
 
-    fn cells(&self, method: &str, target: Option<Target>) -> Vec<Cell> {
-        if !is_limited_method(method) {
+    /// The limits a call counts against: none unless its method is `limited`
+    /// ([`is_limited_method`]).
+    fn cells(&self, limited: bool, target: Option<Target>) -> Vec<Cell> {
+        if !limited {
             return Vec::new();
         }
         let l = &self.limits;
@@ -366,11 +368,11 @@ impl Limiter {
     /// `Err` carries the time it has left.
     pub(crate) async fn acquire(
         &self,
-        method: &str,
+        limited: bool,
         target: Option<Target>,
         max_pause: Duration,
     ) -> Result<Decided, Duration> {
-        let cells = self.cells(method, target);
+        let cells = self.cells(limited, target);
         let chat = chat_of(target);
         loop {
             let left = self.lock().pause_left(chat, Instant::now());
@@ -554,15 +556,27 @@ mod tests {
     #[test]
     fn only_sending_methods_are_limited() {
         let l = limiter(RateLimits::default());
-        assert!(l.cells("answerCallbackQuery", to(5)).is_empty());
-        assert_eq!(l.cells("sendMessage", to(5)).len(), 2);
-        assert_eq!(l.cells("sendMessage", to(5))[1].interval_us, 1_000_000);
-        assert_eq!(l.cells("sendMessage", to(-5))[1].interval_us, 3_000_000);
+        assert!(
+            l.cells(is_limited_method("answerCallbackQuery"), to(5))
+                .is_empty()
+        );
+        assert_eq!(l.cells(is_limited_method("sendMessage"), to(5)).len(), 2);
+        assert_eq!(
+            l.cells(is_limited_method("sendMessage"), to(5))[1].interval_us,
+            1_000_000
+        );
+        assert_eq!(
+            l.cells(is_limited_method("sendMessage"), to(-5))[1].interval_us,
+            3_000_000
+        );
         let paid = Some(Target {
             chat: None,
             paid_broadcast: true,
         });
-        assert_eq!(l.cells("sendMessage", paid)[0].interval_us, 1_000);
+        assert_eq!(
+            l.cells(is_limited_method("sendMessage"), paid)[0].interval_us,
+            1_000
+        );
     }
 
     #[test]
@@ -571,12 +585,15 @@ mod tests {
             bot_burst: 10,
             ..RateLimits::default()
         });
-        let cells = l.cells("sendMessage", to(5));
+        let cells = l.cells(is_limited_method("sendMessage"), to(5));
         assert!(l.try_local(&cells).is_zero());
         let wait = l.try_local(&cells);
         assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
         // Another chat is not held up by the first one's limit.
-        assert!(l.try_local(&l.cells("sendMessage", to(6))).is_zero());
+        assert!(
+            l.try_local(&l.cells(is_limited_method("sendMessage"), to(6)))
+                .is_zero()
+        );
     }
 
     #[test]
@@ -585,7 +602,7 @@ mod tests {
             expected_pods: 3,
             ..RateLimits::default()
         });
-        let cells = l.cells("sendMessage", None);
+        let cells = l.cells(is_limited_method("sendMessage"), None);
         assert!(l.try_local(&cells).is_zero());
         let wait = l.try_local(&cells);
         // 30/s shared by 3 pods: 10/s here, 100 ms apart.
@@ -597,9 +614,13 @@ mod tests {
         let l = limiter(RateLimits::default());
         l.pause(None, Duration::from_millis(150)).await;
         let started = Instant::now();
-        l.acquire("answerCallbackQuery", None, Duration::from_secs(1))
-            .await
-            .unwrap();
+        l.acquire(
+            is_limited_method("answerCallbackQuery"),
+            None,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(140));
     }
 
@@ -608,10 +629,15 @@ mod tests {
         let l = limiter(RateLimits::unlimited());
         l.pause(Some(5), Duration::from_secs(60)).await;
         let cap = Duration::from_secs(1);
-        let left = l.acquire("sendMessage", to(5), cap).await.unwrap_err();
+        let left = l
+            .acquire(is_limited_method("sendMessage"), to(5), cap)
+            .await
+            .unwrap_err();
         assert!(left > Duration::from_secs(59), "{left:?}");
         let started = Instant::now();
-        l.acquire("sendMessage", to(6), cap).await.unwrap();
+        l.acquire(is_limited_method("sendMessage"), to(6), cap)
+            .await
+            .unwrap();
         assert!(started.elapsed() < Duration::from_millis(50));
     }
 
@@ -622,7 +648,11 @@ mod tests {
         l.pause(None, huge).await;
         l.pause(Some(5), Duration::MAX).await;
         let left = l
-            .acquire("sendMessage", to(5), Duration::from_secs(30))
+            .acquire(
+                is_limited_method("sendMessage"),
+                to(5),
+                Duration::from_secs(30),
+            )
             .await
             .unwrap_err();
         assert!(

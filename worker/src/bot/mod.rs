@@ -353,7 +353,8 @@ impl Bot {
     }
 
     /// The one call path: span, middleware, limiter, HTTP with retries. Returns the
-    /// body of an `ok: true` answer (Telegram's envelope).
+    /// body of an HTTP 200 answer (Telegram's `ok: true` envelope, not parsed here:
+    /// the caller decodes it once).
     pub async fn execute(&self, request: ApiRequest) -> Result<Bytes, BotError> {
         let span = tracing::info_span!(
             "bot_api",
@@ -389,17 +390,15 @@ impl Bot {
     /// After the middleware: the limiter, HTTP, and the retries.
     pub(crate) async fn transport(&self, mut request: ApiRequest) -> Result<Bytes, BotError> {
         let policy = &self.0.retry;
-        let mut target = if is_limited_method(&request.method) {
-            request.target()
-        } else {
-            None
-        };
+        // The method's class and the chat it addresses, read once for the whole call.
+        let limited = is_limited_method(&request.method);
+        let mut target = if limited { request.target() } else { None };
         let (mut flood_retries, mut server_retries, mut migrated) = (0, 0, false);
         loop {
             if let Err(left) = self
                 .0
                 .limiter
-                .acquire(&request.method, target, policy.max_retry_after)
+                .acquire(limited, target, policy.max_retry_after)
                 .await
             {
                 // Paused for longer than a call may wait: refused here, with the time
@@ -428,7 +427,7 @@ impl Bot {
                     if server_retries < policy.max_server_retries
                         // Sending a message again after a failure in flight (a timeout,
                         // a reset) could post it twice; a connection refused cannot.
-                        && (failed.not_sent || !is_limited_method(&request.method)
+                        && (failed.not_sent || !limited
                             || matches!(failed.error, BotError::Server(_))) =>
                 {
                     tokio::time::sleep(policy.backoff(server_retries)).await;
@@ -476,6 +475,11 @@ impl Bot {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let body = response.bytes().await.map_err(network)?;
+        // Telegram answers every failure with its error code as the HTTP status: a 200
+        // is `ok: true`, and its body is read once, by the caller's decoding.
+        if status == 200 {
+            return Ok(body);
+        }
         let head: Envelope<serde::de::IgnoredAny> = match serde_json::from_slice(&body) {
             Ok(h) => h,
             // Not Telegram's envelope: a proxy's error page, a truncated answer.
@@ -561,6 +565,15 @@ fn retried(method: &str, reason: &'static str) {
 fn decode<R: DeserializeOwned>(body: &[u8]) -> Result<R, BotError> {
     let envelope: Envelope<R> =
         serde_json::from_slice(body).map_err(|e| BotError::InvalidResponse(e.to_string()))?;
+    if !envelope.ok {
+        // A 200 that says otherwise (never seen from Telegram; a stand-in might).
+        return Err(BotError::from_answer(
+            envelope.error_code.unwrap_or(200),
+            envelope.description.unwrap_or_default(),
+            envelope.parameters.as_ref().and_then(|p| p.retry_after),
+            envelope.parameters.and_then(|p| p.migrate_to_chat_id),
+        ));
+    }
     envelope
         .result
         .ok_or_else(|| BotError::InvalidResponse("`ok` without a `result`".into()))
@@ -618,5 +631,38 @@ impl frankenstein::AsyncTelegramApi for Bot {
         let payload = Payload::with_files(&params, files).await?;
         let body = self.execute(ApiRequest::new(method, payload)).await?;
         serde_json::from_slice(&body).map_err(|e| BotError::InvalidResponse(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_is_decoded_once_and_an_ok_false_body_is_an_error() {
+        let user: serde_json::Value =
+            decode(br#"{"ok":true,"result":{"id":1,"is_bot":true}}"#).unwrap();
+        assert_eq!(user["id"], 1);
+        let e = decode::<serde_json::Value>(
+            br#"{"ok":false,"error_code":400,"description":"Bad Request: chat not found"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            BotError::BadRequest("Bad Request: chat not found".into())
+        );
+        let e = decode::<serde_json::Value>(
+            br#"{"ok":false,"error_code":429,"description":"Too Many Requests","parameters":{"retry_after":7}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e, BotError::RetryAfter(Duration::from_secs(7)));
+        assert!(matches!(
+            decode::<serde_json::Value>(b"<html>"),
+            Err(BotError::InvalidResponse(_))
+        ));
+        assert!(matches!(
+            decode::<serde_json::Value>(br#"{"ok":true}"#),
+            Err(BotError::InvalidResponse(_))
+        ));
     }
 }
