@@ -14,7 +14,7 @@ use crate::error::{
     BuildError, Classifier, DispatchOutcome, HandlerError, Transient, classifier_of,
 };
 use crate::filter::{ErrorEvent, Filter};
-use crate::fsm::{Fsm, FsmInstalled};
+use crate::fsm::{Fsm, FsmInstalled, Prefetched};
 use crate::handler::{BoxFuture, ErasedHandler, Flow};
 use crate::middleware::{Endpoint, Handled, Middleware, MiddlewareResult, Next};
 use crate::router::{ObserverKey, Router};
@@ -371,9 +371,24 @@ impl Dispatcher {
     /// with a transient error, without passing through `errors` handlers: only a retry
     /// can handle it.
     pub async fn feed_update(&self, bot: &Bot, update: Update) -> DispatchOutcome {
+        self.feed_prefetched(bot, update, None).await
+    }
+
+    /// The FSM, if the dispatcher has one.
+    pub(crate) fn fsm(&self) -> Option<&Fsm> {
+        self.fsm.as_ref()
+    }
+
+    /// [`Dispatcher::feed_update`] with the update's FSM state read ahead.
+    pub(crate) async fn feed_prefetched(
+        &self,
+        bot: &Bot,
+        update: Update,
+        prefetched: Option<Prefetched>,
+    ) -> DispatchOutcome {
         let mut cx = Context::new(Arc::new(update), bot.clone(), Arc::clone(&self.state));
         let session = match &self.fsm {
-            Some(fsm) => match fsm.begin(cx.update()).await {
+            Some(fsm) => match fsm.begin(cx.update(), prefetched).await {
                 Ok(session) => session,
                 Err(e) => return DispatchOutcome::Failed(Arc::new(e.into())),
             },

@@ -106,16 +106,39 @@ impl Fsm {
         self.strategy.key(update)
     }
 
+    /// Whether an update's state is read without a lock under partition ownership (no
+    /// isolation, or keys inside one chat), so that it can be read ahead, together with
+    /// the runtime's other reads of the update.
+    pub(crate) fn reads_state_unlocked(&self) -> bool {
+        !self.isolation.is_enabled() || self.strategy.within_one_chat()
+    }
+
     /// Prepares an update's FSM: locks its key (if isolated) and reads its state, so a
     /// storage failure fails the update before any handler runs. `None` when the
-    /// update has no key.
-    pub(crate) async fn begin(&self, update: &Update) -> Result<Option<FsmSession>, FsmError> {
+    /// update has no key. A state read ahead for the same key (`prefetched`) is used
+    /// where no lock is taken.
+    pub(crate) async fn begin(
+        &self,
+        update: &Update,
+        prefetched: Option<Prefetched>,
+    ) -> Result<Option<FsmSession>, FsmError> {
         let Some(key) = self.key(update) else {
             return Ok(None);
         };
         let storage = Arc::clone(&self.storage);
+        let read = |key: &FsmKey| {
+            let ahead = prefetched.filter(|p| &p.key == key).map(|p| p.state);
+            let storage = Arc::clone(&storage);
+            let key = key.clone();
+            async move {
+                match ahead {
+                    Some(state) => Ok(state),
+                    None => storage.get_state(&key).await,
+                }
+            }
+        };
         if !self.isolation.is_enabled() {
-            let state = storage.get_state(&key).await?;
+            let state = read(&key).await?;
             let cx = FsmContext::locked(storage, key, Some(state), None, None);
             return Ok(Some(FsmSession { cx, lease: None }));
         }
@@ -124,7 +147,7 @@ impl Fsm {
         if self.strategy.within_one_chat()
             && let Some(fence) = self::fence::current()
         {
-            let state = storage.get_state(&key).await?;
+            let state = read(&key).await?;
             let cx = FsmContext::owned(storage, key, state, fence);
             return Ok(Some(FsmSession { cx, lease: None }));
         }
@@ -141,6 +164,13 @@ impl Fsm {
             lease: Some(lease),
         }))
     }
+}
+
+/// A key's state, read ahead of the dispatch (see [`Fsm::reads_state_unlocked`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Prefetched {
+    pub(crate) key: FsmKey,
+    pub(crate) state: Option<String>,
 }
 
 /// One update's FSM: its context and the lock held for it.

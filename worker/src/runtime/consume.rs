@@ -51,7 +51,8 @@ use super::seen::Seen;
 use crate::bot::Bot;
 use crate::dispatcher::Dispatcher;
 use crate::error::DispatchOutcome;
-use crate::fsm::OwnerFence;
+use crate::fsm::{OwnerFence, Prefetched};
+use crate::update::Update;
 
 /// How updates are acknowledged and retried.
 #[derive(Debug, Clone)]
@@ -750,16 +751,35 @@ impl Pod {
                 Ok(env) => env,
                 Err(e) => return Action::DeadLetter(format!("not an update: {e}")),
             };
-            if let (Some(seen), Some((chat, update_id))) = (&me.seen, chat) {
-                match seen.contains(bot_id, chat, update_id).await {
-                    Ok(true) => return Action::Duplicate,
-                    Ok(false) => {}
-                    Err(e) => {
-                        // Fails open: a lost memory only weakens duplicate detection.
-                        tracing::warn!(error = %e, "cannot read the memory of finished updates");
-                        metrics::seen_unavailable();
-                        me.redis.failed();
+            // The body parsed once, for every attempt.
+            let update = Update::from_envelope(env);
+            // What the first attempt reads from Redis, read together: the memory of
+            // finished updates and, where no lock is taken, the FSM state (two commands
+            // in flight on one connection: one round trip).
+            let seen = async {
+                match (&me.seen, chat) {
+                    (Some(seen), Some((chat, update_id))) => {
+                        seen.contains(bot_id, chat, update_id).await
                     }
+                    _ => Ok(false),
+                }
+            };
+            let state = async {
+                let fsm = me.dispatcher.fsm().filter(|f| f.reads_state_unlocked())?;
+                let key = fsm.key(&update)?;
+                // A failure is not this read's to report: the dispatch reads again.
+                let state = fsm.storage().get_state(&key).await.ok()?;
+                Some(Prefetched { key, state })
+            };
+            let (seen, mut prefetched) = tokio::join!(seen, state);
+            match seen {
+                Ok(true) => return Action::Duplicate,
+                Ok(false) => {}
+                Err(e) => {
+                    // Fails open: a lost memory only weakens duplicate detection.
+                    tracing::warn!(error = %e, "cannot read the memory of finished updates");
+                    metrics::seen_unavailable();
+                    me.redis.failed();
                 }
             }
             let first_attempt = Instant::now();
@@ -772,7 +792,11 @@ impl Pod {
                         format!("no token for bot {bot_id} in TGPIPE_BOT_TOKENS"),
                         None,
                     ),
-                    Some(bot) => self.dispatch(bot, env, &job, &part, label).await,
+                    Some(bot) => {
+                        let update = update.clone();
+                        self.dispatch(bot, update, prefetched.take(), &job, &part, label)
+                            .await
+                    }
                 };
                 // A partition this pod no longer owns is the new owner's to finish or
                 // dead-letter (a stale owner's fenced write fails its update here).
@@ -840,7 +864,8 @@ impl Pod {
     async fn dispatch(
         &self,
         bot: &Bot,
-        env: &Envelope,
+        update: Update,
+        prefetched: Option<Prefetched>,
         job: &Job,
         part: &Arc<Owned>,
         label: &'static str,
@@ -851,7 +876,7 @@ impl Pod {
             part.fence.clone(),
             tokio::time::timeout(
                 self.me.acks.handler_timeout,
-                self.me.dispatcher.feed_envelope(bot, env),
+                self.me.dispatcher.feed_prefetched(bot, update, prefetched),
             ),
         ))
         .catch_unwind();
@@ -971,25 +996,37 @@ impl Pod {
         }
         match action {
             Action::Ack(outcome) => {
-                if let (Some(seen), Some((chat, update_id))) = (&self.me.seen, chat) {
-                    match seen
-                        .insert(bot_id, chat, update_id, Some(&job.part.fence))
-                        .await
-                    {
-                        Ok(true) => {}
-                        Ok(false) => tracing::warn!(
-                            "the partition has a newer owner; its memory of finished updates wins"
-                        ),
-                        // The update is done; a lost memory only weakens duplicate detection.
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot remember the finished update");
-                            metrics::seen_unavailable();
-                            self.me.redis.failed();
-                        }
-                    }
-                }
                 metrics::outcome(label, outcome);
                 self.finish(job, AckKind::Ack).await;
+                // Remembered after the ack, off the chat's path: the memory is for
+                // Telegram's retries that outlive the stream's dedupe window (minutes
+                // later), which a write in flight for a millisecond does not miss. The
+                // tracker makes a shutdown wait for it.
+                if let (Some(seen), Some((chat, update_id))) = (&self.me.seen, chat) {
+                    let (seen, fence, probe) = (
+                        seen.clone(),
+                        job.part.fence.clone(),
+                        Arc::clone(&self.me.redis),
+                    );
+                    self.tracker.spawn(
+                        async move {
+                            match seen.insert(bot_id, chat, update_id, Some(&fence)).await {
+                                Ok(true) => {}
+                                Ok(false) => tracing::warn!(
+                                    "the partition has a newer owner; its memory of finished updates wins"
+                                ),
+                                // The update is done; a lost memory only weakens
+                                // duplicate detection.
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot remember the finished update");
+                                    metrics::seen_unavailable();
+                                    probe.failed();
+                                }
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                }
             }
             Action::Duplicate => {
                 tracing::info!(
