@@ -320,6 +320,26 @@ def test_network_policy_narrowed_to_namespaces_and_cidrs(tmp_path):
     assert not egress_allows(worker, {"kubernetes.io/metadata.name": "x"}, {"app.kubernetes.io/name": "redis"}, "10.0.0.2", 6380)
 
 
+def test_network_policy_lets_traces_reach_the_collector_only_when_exported(tmp_path):
+    # With otlpEndpoint set, the default-deny egress dropped every span export.
+    collector = ({"kubernetes.io/metadata.name": "monitoring"}, {"app.kubernetes.io/component": "opentelemetry-collector"}, "10.1.2.7", 4318)
+    objs = render(sets=BOTS)
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(objs, "NetworkPolicy")}
+    for name in ["t-tgpipe-ingress", "t-tgpipe-worker"]:
+        assert not egress_allows(policies[name], *collector), name
+    objs = render(sets={**BOTS, "otlpEndpoint": "http://otel-collector.monitoring:4318"})
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(objs, "NetworkPolicy")}
+    for name in ["t-tgpipe-ingress", "t-tgpipe-worker"]:
+        assert egress_allows(policies[name], *collector), name
+        assert not egress_allows(policies[name], {"kubernetes.io/metadata.name": "monitoring"}, {"app": "other"}, "10.1.2.8", 4318), name
+    assert not egress_allows(policies["t-tgpipe-provision"], *collector)
+    # A collector outside the cluster, by CIDR.
+    values = tmp_path / "otel.yaml"
+    values.write_text(json.dumps({"otlpEndpoint": "http://203.0.113.5:4318", "networkPolicy": {"otelCollector": {"podSelector": None, "cidrs": ["203.0.113.5/32"]}}}))
+    worker = named(render(values, sets=BOTS), "NetworkPolicy", "t-tgpipe-worker")["spec"]
+    assert egress_allows(worker, {"kubernetes.io/metadata.name": "x"}, {}, "203.0.113.5", 4318)
+
+
 def test_workers_get_the_ingress_shard_count_and_their_partitions(tmp_path):
     # The worker's TGPIPE_SHARDS defaulted to 64 whatever ingress.shards said.
     values = tmp_path / "shards.yaml"

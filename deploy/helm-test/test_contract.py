@@ -3,8 +3,8 @@
 For the default values and every ``ci/*.yaml``: render the chart, take each container's
 command, args and environment from the rendered Deployments and Jobs, and run the real
 binaries with exactly those. Only what a cluster would supply is swapped: service host
-names (``NATS_URL``, ``REDIS_URL``, ``TGPIPE_API_URL``) point at a private nats-server,
-redis-server and Bot API stand-in started here, listen addresses ``0.0.0.0:<port>`` get a
+names (``NATS_URL``, ``REDIS_URL``, ``TGPIPE_API_URL``, ``OTEL_EXPORTER_OTLP_ENDPOINT``)
+point at a private nats-server, redis-server, Bot API stand-in and trace receiver started here, listen addresses ``0.0.0.0:<port>`` get a
 free port on 127.0.0.1 (and the probes follow them), and mounted Secrets become files
 under a temporary directory. Then:
 
@@ -14,6 +14,9 @@ under a temporary directory. Then:
 - each ServiceMonitor endpoint (port name through the Service to the container) must
   serve Prometheus text, and each KEDA ScaledObject's query must name a series that the
   lane's pods really export, with that lane's label;
+- with ``otlpEndpoint`` set, both tiers must export that update's spans to it (an OTLP/HTTP
+  stand-in here takes the collector's place and looks for each service's name in what
+  it receives);
 - each PrometheusRule and dashboard expression may only use metric names the binaries
   really have: after one update went through (posted to a copy of the rendered ingress
   whose source check alone is opened, handled by the rendered worker, answered at the
@@ -26,11 +29,13 @@ message. The binaries come from ``$TGPIPE_BIN_DIR`` (run.sh builds them); the se
 """
 
 import base64
+import http.server
 import os
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -110,6 +115,39 @@ def wait_until(what, cond, limit=30, proc=None, procs=None):
     pytest.fail(f"{what}: not within {limit} s{extra}")
 
 
+class TraceReceiver:
+    """Stands in for an OpenTelemetry collector: accepts OTLP/HTTP exports (protobuf)
+    on ``/v1/traces`` and keeps their bodies."""
+
+    def __init__(self):
+        self.bodies = []
+        received = self.bodies
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                ok = self.path == "/v1/traces" and self.headers.get("Content-Type") == "application/x-protobuf"
+                if ok:
+                    received.append(body)
+                self.send_response(200 if ok else 400)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def services(self):
+        """The service names of the spans received (``service.name`` is a plain string
+        in the protobuf)."""
+        blob = b"".join(self.bodies)
+        return {s for s in ("tgpipe-ingress", "tgpipe-worker") if s.encode() in blob}
+
+
 @pytest.fixture
 def stack(tmp_path):
     """A private nats-server (JetStream), redis-server and Bot API stand-in."""
@@ -118,6 +156,7 @@ def stack(tmp_path):
     for b in ("tgpipe-ingress", "tgpipe-example-bot", "tgpipe-loadtest"):
         assert (BIN_DIR / b).is_file(), f"{BIN_DIR / b} missing (run.sh builds it)"
     procs = Processes(tmp_path)
+    traces = TraceReceiver()
     nats, mon, redis, sink = free_port(), free_port(), free_port(), free_port()
     n = procs.start("nats", [os.environ["TGPIPE_NATS_SERVER"], "-a", "127.0.0.1", "-p", str(nats), "-m", str(mon), "-js", "-sd", str(tmp_path / "js")])
     r = procs.start("redis", [os.environ["TGPIPE_REDIS_SERVER"], "--bind", "127.0.0.1", "--port", str(redis), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)])
@@ -132,9 +171,11 @@ def stack(tmp_path):
             "nats": f"nats://127.0.0.1:{nats}",
             "redis": f"redis://127.0.0.1:{redis}",
             "api": f"http://127.0.0.1:{sink}",
+            "traces": traces,
         }
     finally:
         procs.stop_all()
+        traces.server.shutdown()
 
 
 def dockerfile(name):
@@ -233,7 +274,9 @@ class Pod:
                 value = stack["redis"]
             elif name == "TGPIPE_API_URL":
                 value = stack["api"]
-            elif name.endswith("_URL") or name == "OTEL_EXPORTER_OTLP_ENDPOINT":
+            elif name == "OTEL_EXPORTER_OTLP_ENDPOINT":
+                value = stack["traces"].url
+            elif name.endswith("_URL"):
                 pytest.fail(f"{self.name}: {name}={value} names a service this test does not stand in for")
             listen = re.fullmatch(r"(?:0\.0\.0\.0|\[::\]):(\d+)", value)
             if listen:
@@ -413,10 +456,22 @@ def test_every_rendered_container_starts_with_what_the_chart_gives_it(stack, fil
     for monitor in by_kind(objs, "ServiceMonitor"):
         for pod, text in scrape(running, objs, monitor):
             scraped[pod.name] = text
-    if by_kind(objs, "PrometheusRule") or by_kind(objs, "ConfigMap"):
-        assert scraped, "alerts or a dashboard without a ServiceMonitor to check them against"
+    exporting = {
+        dep["metadata"]["labels"].get("app.kubernetes.io/component")
+        for dep, pods in running
+        if any(e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT" for c in containers(dep) for e in c.get("env", []))
+    }
+    if exporting:
+        assert exporting == {"ingress", "worker"}, f"only {exporting} export traces"
+    if by_kind(objs, "PrometheusRule") or by_kind(objs, "ConfigMap") or exporting:
         # One update through the stack, so that the handling and Bot API series exist.
         deliver_one_update(running, ctx)
+    if exporting:
+        # Spans are batched for up to 5 s (OTEL_BSP_SCHEDULE_DELAY's default).
+        traces = stack["traces"]
+        wait_until("spans of both tiers at the trace receiver", lambda: traces.services() == {"tgpipe-ingress", "tgpipe-worker"}, limit=20)
+    if by_kind(objs, "PrometheusRule") or by_kind(objs, "ConfigMap"):
+        assert scraped, "alerts or a dashboard without a ServiceMonitor to check them against"
         for monitor in by_kind(objs, "ServiceMonitor"):
             for pod, text in scrape(running, objs, monitor):
                 scraped[pod.name] = text

@@ -175,7 +175,7 @@ the CIDRs.
 {{- define "tgpipe.egressTo" -}}
 {{- $p := .peer -}}
 {{- if and (not $p.podSelector) (not $p.cidrs) -}}
-{{- fail "networkPolicy: nats and redis each need a podSelector or cidrs" -}}
+{{- fail "networkPolicy: nats, redis and otelCollector each need a podSelector or cidrs" -}}
 {{- end -}}
 - to:
     {{- if $p.podSelector }}
