@@ -29,11 +29,11 @@ log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --profile ci -E 'not binary(partitions)'
+  cargo nextest run --workspace --locked --profile ci -E 'not (binary(partitions) | binary(registry_cluster))'
   # Each runs a 3-node NATS cluster and several workers and measures failover and
   # handover times: on their own, one at a time, so that other tests do not stretch them.
-  log "tests: partitioned consumption on a 3-node NATS cluster"
-  cargo nextest run --workspace --locked --profile ci -E 'binary(partitions)'
+  log "tests: partitioned consumption and the registry watch on a 3-node NATS cluster"
+  cargo nextest run --workspace --locked --profile ci -E 'binary(partitions) | binary(registry_cluster)'
 else
   cargo test --workspace --locked --all-targets
 fi
