@@ -405,6 +405,16 @@ mod tests {
     }
 
     #[test]
+    fn static_bots_are_optional_only_with_the_registry() {
+        let c = IngressConfig::from_flags::<[&str; 0], _>([]).unwrap();
+        assert!(c.bots.ids().is_empty());
+        assert!(c.registry.registry);
+        assert_eq!(c.registry.bucket, "tgpipe_bots");
+        let e = IngressConfig::from_flags(["--registry", "false"]).unwrap_err();
+        assert!(e.contains("no bots configured"), "{e}");
+    }
+
+    #[test]
     fn bots_from_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bots");

@@ -196,6 +196,9 @@ pub struct BotRecord {
     /// default set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_updates: Vec<String>,
+    /// The URL given to `setWebhook` (for a rotation's `setWebhook`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
     /// When the record last changed (unix milliseconds).
     #[serde(default)]
     pub updated_at: u64,
@@ -215,6 +218,7 @@ impl BotRecord {
             secret: SecretDigest::of(secret.as_bytes()),
             previous_secret: None,
             allowed_updates: Vec::new(),
+            webhook_url: None,
             updated_at: now_ms(),
             extra: serde_json::Map::new(),
         }

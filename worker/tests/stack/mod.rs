@@ -159,9 +159,14 @@ impl Stack {
     }
 
     pub async fn post_raw(&self, body: String) -> u16 {
+        self.post_as(BOT, SECRET, body).await
+    }
+
+    /// Posts as Telegram does for another bot, with its secret.
+    pub async fn post_as(&self, bot: u64, secret: &str, body: String) -> u16 {
         self.http
-            .post(format!("http://{}/webhook/{BOT}", self.ingress))
-            .header("X-Telegram-Bot-Api-Secret-Token", SECRET)
+            .post(format!("http://{}/webhook/{bot}", self.ingress))
+            .header("X-Telegram-Bot-Api-Secret-Token", secret)
             .header("Content-Type", "application/json")
             .body(body)
             .send()
