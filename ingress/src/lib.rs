@@ -105,7 +105,7 @@ impl AppState {
     }
 
     /// Whether the ingress is ready (NATS connected, stream present, the bot registry
-    /// read once when it is used, not draining).
+    /// read once when it is used or 10 s passed trying, not draining).
     pub fn is_ready(&self) -> bool {
         self.inner.publisher.is_connected()
             && self.inner.readiness.stream_ok()
@@ -113,7 +113,7 @@ impl AppState {
                 .inner
                 .registry_watch
                 .as_ref()
-                .is_none_or(|w| w.is_synced())
+                .is_none_or(|w| w.allows_ready())
             && !self.inner.readiness.is_draining()
     }
 

@@ -42,9 +42,13 @@ async fn the_registry_watch_survives_the_loss_of_the_bucket_leader() {
     let kv = registry::bucket(&js, &RegistrySettings::default(), 3, false)
         .await
         .expect("the ingress created the bucket");
-    registry::add(&kv, &BotRecord::new(BotId(41), "first-secret"))
-        .await
-        .unwrap();
+    // A new replicated bucket may take a moment to answer.
+    eventually(Duration::from_secs(10), || async {
+        registry::add(&kv, &BotRecord::new(BotId(41), "first-secret"))
+            .await
+            .is_ok()
+    })
+    .await;
     eventually(Duration::from_secs(5), || async {
         status(&state, 41, "first-secret", 1).await == StatusCode::OK
     })

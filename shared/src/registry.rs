@@ -454,13 +454,25 @@ pub type Records = BTreeMap<BotId, BotRecord>;
 #[derive(Debug)]
 pub struct Watching {
     synced: Arc<AtomicBool>,
+    started: std::time::Instant,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// How long a pod waits for the registry before it serves without it (the static bots
+/// only, until the registry can be read): a registry the pod's NATS user may not read
+/// must not keep it unready forever.
+pub const SYNC_GRACE: Duration = Duration::from_secs(10);
 
 impl Watching {
     /// Whether the watch has delivered the bucket's state at least once.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
+    }
+
+    /// Whether the pod may take traffic as far as the registry goes: its state has been
+    /// read, or [`SYNC_GRACE`] has passed since the watch started.
+    pub fn allows_ready(&self) -> bool {
+        self.is_synced() || self.started.elapsed() >= SYNC_GRACE
     }
 
     /// A shared flag of [`Watching::is_synced`].
@@ -478,6 +490,10 @@ impl Drop for Watching {
 /// How long to wait before watching again after the watch failed (a reconnect, a lost
 /// stream leader): short, because a change is to reach every pod within 2 s.
 const REWATCH_DELAY: Duration = Duration::from_millis(250);
+
+/// How often a watch checks that it is not behind the bucket (two checks in a row behind
+/// re-create it).
+const STALL_CHECK: Duration = Duration::from_millis(400);
 
 /// Watches the registry and calls `on_change` with every readable record each time the
 /// registry changed (and once when the bucket's state has been read). `open` gives the
@@ -497,7 +513,10 @@ where
         let mut records = Records::new();
         let mut failing = false;
         loop {
-            let store = match open().await {
+            let opened = tokio::time::timeout(STEP_TIMEOUT, open())
+                .await
+                .unwrap_or_else(|_| Err(RegistryError::Kv("timed out".to_owned())));
+            let store = match opened {
                 Ok(s) => s,
                 // Not provisioned (and this pod may not create it): no registry bots
                 // until it appears.
@@ -523,7 +542,7 @@ where
                     continue;
                 }
             };
-            let empty = match store.status().await {
+            let empty = match bounded(store.status()).await {
                 Ok(s) => s.values() == 0,
                 Err(e) => {
                     tracing::warn!(error = %e, "bot registry status");
@@ -531,7 +550,7 @@ where
                     continue;
                 }
             };
-            let mut w = match store.watch_with_history(">").await {
+            let mut w = match bounded(store.watch_with_history(">")).await {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "watching the bot registry");
@@ -552,8 +571,34 @@ where
                 flag.store(true, Ordering::Release);
                 on_change(&records);
             }
+            // The watch is an ordered consumer: when the bucket's stream loses its leader
+            // it notices only after two missed 5 s heartbeats. Comparing the stream's last
+            // sequence with the last revision seen finds a stalled watch within a second.
+            let mut last_revision = 0u64;
+            let mut lagging = 0u32;
+            let mut check = tokio::time::interval(STALL_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                let entry = match w.next().await {
+                let next = tokio::select! {
+                    next = w.next() => next,
+                    _ = check.tick() => {
+                        // Bounded: during a leader election the request would wait for
+                        // the JetStream timeout (5 s), and the watch with it.
+                        if let Ok(Ok(status)) = tokio::time::timeout(STALL_CHECK, store.status()).await {
+                            if status.info.state.last_sequence > last_revision {
+                                lagging += 1;
+                            } else {
+                                lagging = 0;
+                            }
+                        }
+                        if lagging >= 2 {
+                            tracing::warn!("bot registry watch stalled (the bucket has newer changes); watching again");
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let entry = match next {
                     Some(Ok(entry)) => entry,
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "bot registry watch failed; watching again");
@@ -564,12 +609,15 @@ where
                         break;
                     }
                 };
+                lagging = 0;
+                last_revision = last_revision.max(entry.revision);
                 let caught_up = entry.delta == 0 || entry.seen_current;
                 apply(&mut records, &entry, replayed.as_mut());
                 // Changes come in bursts (a bulk import): take the burst together.
                 let burst = tokio::time::Instant::now() + Duration::from_millis(10);
                 let mut caught_up = caught_up;
                 while let Ok(Some(Ok(entry))) = tokio::time::timeout_at(burst, w.next()).await {
+                    last_revision = last_revision.max(entry.revision);
                     caught_up |= entry.delta == 0 || entry.seen_current;
                     apply(&mut records, &entry, replayed.as_mut());
                 }
@@ -585,7 +633,26 @@ where
             tokio::time::sleep(REWATCH_DELAY).await;
         }
     });
-    Watching { synced, task }
+    Watching {
+        synced,
+        started: std::time::Instant::now(),
+        task,
+    }
+}
+
+/// How long one step of (re-)creating the watch may take before it is tried again: a
+/// request sent into a leader election otherwise waits for the JetStream timeout (5 s).
+const STEP_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn bounded<T, E>(step: impl Future<Output = Result<T, E>>) -> Result<T, RegistryError>
+where
+    E: fmt::Display,
+{
+    match tokio::time::timeout(STEP_TIMEOUT, step).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(RegistryError::Kv(e.to_string())),
+        Err(_) => Err(RegistryError::Kv("timed out".to_owned())),
+    }
 }
 
 fn apply(records: &mut Records, entry: &kv::Entry, replayed: Option<&mut HashSet<BotId>>) {

@@ -711,6 +711,25 @@ mod tests {
     }
 
     #[test]
+    fn bots_add_never_shows_the_token() {
+        let cli = Cli::try_parse_from([
+            "worker",
+            "bots",
+            "add",
+            "--token",
+            "77:SECRET-TOKEN-C",
+            "--url",
+            "https://hooks.example.com",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("SECRET-TOKEN"), "{shown}");
+        assert!(shown.contains("hooks.example.com"), "{shown}");
+        let cli = Cli::try_parse_from(["worker", "bots", "rotate-secret", "77"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Bots(_))));
+    }
+
+    #[test]
     fn numbers_and_durations_are_validated() {
         assert!(run_args(&["--concurrency", "0"]).is_err());
         assert!(run_args(&["--max-deliver", "0"]).is_err());
