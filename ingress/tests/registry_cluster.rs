@@ -35,6 +35,8 @@ async fn the_registry_watch_survives_the_loss_of_the_bucket_leader() {
         "2s",
     ])
     .expect("valid config");
+    // The watch's WARNs say what it did when this test fails (RUST_LOG, info by default).
+    let _telemetry = tgpipe_shared::telemetry::init("registry-cluster-test", &config.telemetry);
     let client = config.nats.connect("ingress-test").await.expect("connect");
     let state = AppState::new(&config, client.clone());
     eventually(Duration::from_secs(30), || async { state.is_ready() }).await;

@@ -491,9 +491,8 @@ impl Drop for Watching {
 /// stream leader): short, because a change is to reach every pod within 2 s.
 const REWATCH_DELAY: Duration = Duration::from_millis(250);
 
-/// How often a watch checks that it is not behind the bucket (two checks in a row behind
-/// re-create it).
-const STALL_CHECK: Duration = Duration::from_millis(400);
+/// How often a watch checks that it is not behind the bucket.
+const STALL_CHECK: Duration = Duration::from_millis(300);
 
 /// Watches the registry and calls `on_change` with every readable record each time the
 /// registry changed (and once when the bucket's state has been read). `open` gives the
@@ -542,8 +541,8 @@ where
                     continue;
                 }
             };
-            let empty = match bounded(store.status()).await {
-                Ok(s) => s.values() == 0,
+            let empty = match bounded(store.stream.get_info()).await {
+                Ok(info) => info.state.messages == 0,
                 Err(e) => {
                     tracing::warn!(error = %e, "bot registry status");
                     tokio::time::sleep(REWATCH_DELAY).await;
@@ -575,26 +574,30 @@ where
             // it notices only after two missed 5 s heartbeats. Comparing the stream's last
             // sequence with the last revision seen finds a stalled watch within a second.
             let mut last_revision = 0u64;
-            let mut lagging = 0u32;
+            // The stream's last sequence at the previous check: once the watch has not
+            // reached it by the next check, it is stalled (an entry merely in flight at
+            // one check has arrived by the next).
+            let mut behind: Option<u64> = None;
+            let mut stalled = false;
             let mut check = tokio::time::interval(STALL_CHECK);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let next = tokio::select! {
                     next = w.next() => next,
                     _ = check.tick() => {
-                        // Bounded: during a leader election the request would wait for
-                        // the JetStream timeout (5 s), and the watch with it.
-                        if let Ok(Ok(status)) = tokio::time::timeout(STALL_CHECK, store.status()).await {
-                            if status.info.state.last_sequence > last_revision {
-                                lagging += 1;
-                            } else {
-                                lagging = 0;
-                            }
-                        }
-                        if lagging >= 2 {
+                        if behind.is_some_and(|target| last_revision < target) {
                             tracing::warn!("bot registry watch stalled (the bucket has newer changes); watching again");
+                            stalled = true;
                             break;
                         }
+                        // Bounded: during a leader election the request would wait for
+                        // the JetStream timeout (5 s), and the watch with it.
+                        // `Store::status` answers from a cached stream info: ask the server.
+                        behind = match tokio::time::timeout(STALL_CHECK, store.stream.get_info()).await {
+                            Ok(Ok(info)) => Some(info.state.last_sequence)
+                                .filter(|last| *last > last_revision),
+                            _ => None,
+                        };
                         continue;
                     }
                 };
@@ -609,7 +612,6 @@ where
                         break;
                     }
                 };
-                lagging = 0;
                 last_revision = last_revision.max(entry.revision);
                 let caught_up = entry.delta == 0 || entry.seen_current;
                 apply(&mut records, &entry, replayed.as_mut());
@@ -630,7 +632,9 @@ where
                     on_change(&records);
                 }
             }
-            tokio::time::sleep(REWATCH_DELAY).await;
+            if !stalled {
+                tokio::time::sleep(REWATCH_DELAY).await;
+            }
         }
     });
     Watching {
