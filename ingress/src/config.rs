@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tgpipe_shared::config::{NatsArgs, SecretString, TelemetryArgs, read_list_file};
+use tgpipe_shared::registry::RegistrySettings;
 use tgpipe_shared::stream::{StreamSettings, parse_duration};
 
 use crate::bots::{Bots, BotsError};
@@ -54,7 +55,9 @@ pub struct ServeArgs {
     /// Address of `/healthz`, `/readyz` and `/metrics`, apart from the public webhook port.
     #[arg(long, env = "TGPIPE_OPS_LISTEN", default_value = "0.0.0.0:9091")]
     pub ops_listen: SocketAddr,
-    /// Bots served and their webhook secrets: `<bot_id>:<secret>[,<bot_id>:<secret>...]`.
+    /// Bots served and their webhook secrets: `<bot_id>:<secret>[,<bot_id>:<secret>...]`
+    /// (optional with the bot registry, which adds its bots; a bot in both is served as
+    /// given here).
     #[arg(long, env = "TGPIPE_BOTS", hide_env_values = true)]
     pub bots: Option<SecretString>,
     /// A file with the same content as TGPIPE_BOTS (for a mounted Kubernetes Secret).
@@ -123,6 +126,9 @@ pub struct BrokerArgs {
     #[allow(missing_docs)]
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub registry: RegistrySettings,
 }
 
 /// Settings of `cert`.
@@ -149,8 +155,10 @@ pub struct IngressConfig {
     pub listen: SocketAddr,
     /// Address of the probes and metrics.
     pub ops_listen: SocketAddr,
-    /// Bots and secrets.
+    /// Bots and secrets of `TGPIPE_BOTS` / `TGPIPE_BOTS_FILE`.
     pub bots: Bots,
+    /// The bot registry.
+    pub registry: RegistrySettings,
     /// Source checks.
     pub ip_policy: IpPolicy,
     /// Body limit in bytes.
@@ -222,6 +230,8 @@ impl ServeArgs {
             (Some(list), None) => {
                 Bots::parse(list.expose()).map_err(|e| ConfigError::Bots(BOTS, e))?
             }
+            // With the registry, the static list may be empty: bots come from the bucket.
+            (None, None) if self.broker.registry.registry => Bots::default(),
             (None, None) => return Err(ConfigError::Bots(BOTS, BotsError::Empty)),
         };
         for (name, d) in [
@@ -254,6 +264,7 @@ impl ServeArgs {
             listen: self.listen,
             ops_listen: self.ops_listen,
             bots,
+            registry: self.broker.registry,
             ip_policy: ip_policy(&self.allowed_cidrs, &self.trusted_proxies)?,
             max_body: usize::try_from(self.max_body).unwrap_or(usize::MAX),
             // The parser's range excludes zero.
@@ -391,6 +402,16 @@ mod tests {
             }
             assert!(printed.contains("nats://app:***@nats:4222"), "{printed}");
         }
+    }
+
+    #[test]
+    fn static_bots_are_optional_only_with_the_registry() {
+        let c = IngressConfig::from_flags::<[&str; 0], _>([]).unwrap();
+        assert!(c.bots.ids().is_empty());
+        assert!(c.registry.registry);
+        assert_eq!(c.registry.bucket, "tgpipe_bots");
+        let e = IngressConfig::from_flags(["--registry", "false"]).unwrap_err();
+        assert!(e.contains("no bots configured"), "{e}");
     }
 
     #[test]

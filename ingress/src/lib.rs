@@ -26,7 +26,7 @@ pub mod webhook;
 
 pub use config::IngressConfig;
 
-use crate::bots::Bots;
+use crate::bots::LiveBots;
 use crate::client_ip::IpPolicy;
 use crate::health::Readiness;
 use crate::publish::Publisher;
@@ -39,7 +39,10 @@ pub struct AppState {
 
 #[derive(Debug)]
 struct Inner {
-    bots: Bots,
+    bots: Arc<LiveBots>,
+    /// The registry's bucket once opened (where rotations are confirmed).
+    registry: Arc<std::sync::OnceLock<async_nats::jetstream::kv::Store>>,
+    registry_watch: Option<tgpipe_shared::registry::Watching>,
     ip_policy: IpPolicy,
     max_body: usize,
     shards: std::num::NonZeroU16,
@@ -64,6 +67,12 @@ impl AppState {
     /// (which also provisions the streams when `config.provision` is set); must be
     /// called inside a Tokio runtime.
     pub fn new(config: &IngressConfig, client: async_nats::Client) -> AppState {
+        let bots = Arc::new(LiveBots::new(config.bots.clone()));
+        let registry = Arc::new(std::sync::OnceLock::new());
+        let registry_watch = config
+            .registry
+            .registry
+            .then(|| watch_registry(config, &client, Arc::clone(&bots), Arc::clone(&registry)));
         let publisher = Publisher::new(client, config.publish_timeout);
         let readiness = Arc::new(Readiness::default());
         let task = readiness.spawn(
@@ -75,7 +84,9 @@ impl AppState {
         );
         AppState {
             inner: Arc::new(Inner {
-                bots: config.bots.clone(),
+                bots,
+                registry,
+                registry_watch,
                 ip_policy: config.ip_policy.clone(),
                 max_body: config.max_body,
                 shards: config.shards,
@@ -93,10 +104,16 @@ impl AppState {
         &self.inner.publisher
     }
 
-    /// Whether the ingress is ready (NATS connected, stream present, not draining).
+    /// Whether the ingress is ready (NATS connected, stream present, the bot registry
+    /// read once when it is used or 10 s passed trying, not draining).
     pub fn is_ready(&self) -> bool {
         self.inner.publisher.is_connected()
             && self.inner.readiness.stream_ok()
+            && self
+                .inner
+                .registry_watch
+                .as_ref()
+                .is_none_or(|w| w.allows_ready())
             && !self.inner.readiness.is_draining()
     }
 
@@ -105,6 +122,35 @@ impl AppState {
     pub fn start_draining(&self) {
         self.inner.readiness.start_draining();
     }
+}
+
+/// Watches the bot registry and rebuilds the bot table on every change.
+fn watch_registry(
+    config: &IngressConfig,
+    client: &async_nats::Client,
+    bots: Arc<LiveBots>,
+    opened: Arc<std::sync::OnceLock<async_nats::jetstream::kv::Store>>,
+) -> tgpipe_shared::registry::Watching {
+    let js = async_nats::jetstream::new(client.clone());
+    let settings = config.registry.clone();
+    let replicas = usize::from(config.stream.replicas);
+    // The bucket is created like the streams: when provisioning is on, never changed.
+    let create = config.provision;
+    tgpipe_shared::registry::watch(
+        move || {
+            let (js, settings, opened) = (js.clone(), settings.clone(), Arc::clone(&opened));
+            async move {
+                let store =
+                    tgpipe_shared::registry::bucket(&js, &settings, replicas, create).await?;
+                let _ = opened.set(store.clone());
+                Ok(store)
+            }
+        },
+        move |records| {
+            bots.update(records);
+            tracing::debug!(bots = records.len(), "bot registry changed");
+        },
+    )
 }
 
 /// The public routes: `POST /webhook/{bot_id}`, and nothing else (probes and metrics are

@@ -30,7 +30,10 @@ fn main() -> anyhow::Result<()> {
             let client = args.nats.connect("tgpipe-ingress provision").await?;
             let js = async_nats::jetstream::new(client);
             tgpipe_shared::stream::provision_streams(&js, &args.stream).await?;
-            tracing::info!(stream = %args.stream.name, dlq = %args.stream.dlq_name, "streams ready");
+            if args.registry.registry {
+                tgpipe_shared::registry::bucket(&js, &args.registry, usize::from(args.stream.replicas), true).await?;
+            }
+            tracing::info!(stream = %args.stream.name, dlq = %args.stream.dlq_name, registry = %args.registry.bucket, "streams ready");
             Ok(())
         }),
         Some(Command::Serve(args)) => runtime.block_on(run(*args)),
@@ -56,7 +59,7 @@ async fn run(args: tgpipe_ingress::config::ServeArgs) -> anyhow::Result<()> {
     let ops_listener = bind(config.ops_listen)
         .await
         .with_context(|| format!("cannot listen on {} (TGPIPE_OPS_LISTEN)", config.ops_listen))?;
-    tracing::info!(listen = %config.listen, ops = %config.ops_listen, tls = tls.is_some(), bots = config.bots.ids().len(), "serving webhooks");
+    tracing::info!(listen = %config.listen, ops = %config.ops_listen, tls = tls.is_some(), static_bots = config.bots.ids().len(), registry = config.registry.registry, "serving webhooks");
     let options = ServeOptions {
         header_read_timeout: config.header_read_timeout,
         grace: config.shutdown_grace,

@@ -8,14 +8,15 @@
 //! | `tgpipe_ingress_duplicates_total` | counter | `bot` |
 //! | `tgpipe_ingress_in_flight` | gauge | |
 //!
-//! The `bot` label only ever holds configured bot ids, so a scan of random paths cannot
-//! grow the label set.
+//! The `bot` label only ever holds served bot ids (static ones, and the first
+//! [`crate::bots::LABELLED_BOTS`] of the registry by id; the others are `other`), so a
+//! scan of random paths cannot grow the label set, nor can a registry of many bots.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tgpipe_shared::BotId;
 
 /// Installs the process-wide Prometheus recorder once and returns its handle (`None`
 /// when another recorder was installed first).
@@ -23,18 +24,18 @@ pub fn install() -> Option<PrometheusHandle> {
     tgpipe_shared::telemetry::prometheus()
 }
 
-fn bot_label(bot: Option<BotId>) -> String {
-    bot.map_or_else(|| "unknown".to_owned(), |b| b.to_string())
-}
-
-pub(crate) fn request(bot: Option<BotId>, status: StatusCode) {
+pub(crate) fn request(bot: Option<&Arc<str>>, status: StatusCode) {
+    let bot: metrics::SharedString = match bot {
+        Some(label) => Arc::clone(label).into(),
+        None => "unknown".into(),
+    };
     metrics::counter!("tgpipe_ingress_requests_total",
-        "bot" => bot_label(bot), "status" => status.as_u16().to_string())
+        "bot" => bot, "status" => status.as_str().to_owned())
     .increment(1);
 }
 
-pub(crate) fn published(bot: BotId, took: Duration, bytes: usize, duplicate: bool) {
-    let bot = bot.to_string();
+pub(crate) fn published(bot: &Arc<str>, took: Duration, bytes: usize, duplicate: bool) {
+    let bot: metrics::SharedString = Arc::clone(bot).into();
     metrics::histogram!("tgpipe_ingress_publish_seconds", "bot" => bot.clone())
         .record(took.as_secs_f64());
     metrics::counter!("tgpipe_ingress_body_bytes_total", "bot" => bot.clone())

@@ -1,9 +1,13 @@
 //! `POST /webhook/{bot_id}`: check, extract, publish, then answer.
 //!
 //! Checks run cheapest and least revealing first: the source address (403), the bot
-//! (404), the secret (401), the body's size and arrival time (413, 408), its shape (400),
-//! and only then the broker (503 on failure, 200 once stored). A request that fails a
-//! check costs no JSON parsing and no broker round trip.
+//! (404, also for a bot removed from the registry), the secret (401), a paused bot (503,
+//! so that Telegram keeps the update and retries it), the body's size and arrival time
+//! (413, 408), its shape (400), and only then the broker (503 on failure, 200 once
+//! stored). A request that fails a check costs no JSON parsing and no broker round trip.
+//!
+//! The bot table is taken once per request: a request is answered under the state and
+//! secrets the bot had when it arrived, whatever the registry does meanwhile.
 
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -20,9 +24,11 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::AppState;
+use crate::bots::{ServedBot, Verdict};
 use crate::client_ip::SourceError;
 use crate::metrics as m;
 use crate::publish::PublishError;
+use tgpipe_shared::registry::{BotState, SecretDigest};
 
 /// The header Telegram puts the webhook secret in.
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
@@ -42,6 +48,9 @@ pub enum WebhookError {
     /// Missing or wrong secret token.
     #[error("missing or wrong secret token")]
     BadSecret,
+    /// The bot is paused in the registry.
+    #[error("bot paused")]
+    Paused,
     /// The body is over the limit.
     #[error("body over {0} bytes")]
     TooLarge(usize),
@@ -67,6 +76,8 @@ impl WebhookError {
             WebhookError::BadForwardedFor => StatusCode::BAD_REQUEST,
             WebhookError::UnknownBot => StatusCode::NOT_FOUND,
             WebhookError::BadSecret => StatusCode::UNAUTHORIZED,
+            // Telegram keeps the update and retries it (with growing delays) until resumed.
+            WebhookError::Paused => StatusCode::SERVICE_UNAVAILABLE,
             WebhookError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             WebhookError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             WebhookError::BodyRead(_) | WebhookError::Malformed(_) => StatusCode::BAD_REQUEST,
@@ -110,9 +121,10 @@ pub(crate) async fn webhook(
     body: Body,
 ) -> Response {
     let _in_flight = m::InFlight::enter();
-    let bot_id = BotId::parse(&bot).filter(|id| state.inner.bots.get(*id).is_some());
+    let table = state.inner.bots.snapshot();
+    let served = BotId::parse(&bot).and_then(|id| Some((id, table.get(id)?)));
     let span = request_span(&headers);
-    let result = receive(&state, peer, bot_id, &headers, body)
+    let result = receive(&state, peer, served, &headers, body)
         .instrument(span.clone())
         .await;
     let status = match &result {
@@ -123,7 +135,7 @@ pub(crate) async fn webhook(
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    m::request(bot_id, status);
+    m::request(served.map(|(_, b)| b.label()), status);
     match result {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => e.into_response(),
@@ -133,7 +145,7 @@ pub(crate) async fn webhook(
 async fn receive(
     state: &AppState,
     peer: SocketAddr,
-    bot: Option<BotId>,
+    bot: Option<(BotId, &ServedBot)>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(), WebhookError> {
@@ -145,14 +157,23 @@ async fn receive(
             SourceError::NotAllowed(ip) => WebhookError::SourceNotAllowed(ip),
             SourceError::BadForwardedFor => WebhookError::BadForwardedFor,
         })?;
-    let bot = bot.ok_or(WebhookError::UnknownBot)?;
-    let secret = inner.bots.get(bot).ok_or(WebhookError::UnknownBot)?;
+    let (bot, served) = bot.ok_or(WebhookError::UnknownBot)?;
     let presented = headers
         .get(SECRET_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !secret.verify(presented) {
-        return Err(WebhookError::BadSecret);
+    match served.verify(presented) {
+        Verdict::Refused => return Err(WebhookError::BadSecret),
+        Verdict::Previous => {}
+        Verdict::Current => {
+            // Telegram signs with the new secret: the rotation is done.
+            if let Some(digest) = served.take_confirmation() {
+                confirm_rotation(state, bot, digest);
+            }
+        }
+    }
+    if served.state() == BotState::Paused {
+        return Err(WebhookError::Paused);
     }
     let body = read_body(state, headers, body).await?;
     let received_at = SystemTime::now()
@@ -191,8 +212,35 @@ async fn receive(
         .publish(subject, nats_headers, body)
         .instrument(publish)
         .await?;
-    m::published(bot, started.elapsed(), bytes, duplicate);
+    m::published(served.label(), started.elapsed(), bytes, duplicate);
     Ok(())
+}
+
+/// Drops the previous secret of `bot` in the registry (compare-and-set: a rotation
+/// started meanwhile is not confirmed by this). In the background: the request does not
+/// wait on a registry write. Every ingress pod may do it once; all but the first find
+/// nothing to do.
+fn confirm_rotation(state: &AppState, bot: BotId, digest: SecretDigest) {
+    let Some(store) = state.inner.registry.get().cloned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        // Retried for about a minute (a registry outage); until it succeeds both secrets
+        // stay accepted, which is the safe side.
+        for attempt in 1..=30u32 {
+            match tgpipe_shared::registry::modify(&store, bot, |r| r.confirm(&digest)).await {
+                Ok(Some(_)) => {
+                    tracing::info!(bot = %bot, "new webhook secret confirmed; the previous one is refused from now on");
+                    return;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(bot = %bot, error = %e, attempt, "cannot confirm the new webhook secret yet");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+            }
+        }
+    });
 }
 
 /// Reads the whole body within the size limit and the read timeout. A declared

@@ -3,7 +3,8 @@
 //! - the wire contract: an update on the wire ([`Envelope`]: computed once where it
 //!   enters, read back once where it is consumed), [`UpdateKind`], [`extract_keys`],
 //!   subjects and shards ([`subject`]), NATS header names ([`headers`]), the stream
-//!   configuration ([`stream`]), and publishing with acknowledgement ([`publish`]);
+//!   configuration ([`stream`]), publishing with acknowledgement ([`publish`]), and the
+//!   bot registry the ingress and the workers watch ([`registry`]);
 //! - process plumbing every binary needs: configuration helpers ([`config`]),
 //!   telemetry ([`telemetry`]) and the shutdown signal ([`shutdown`]);
 //! - with the `testkit` feature, a harness that starts private `nats-server` and
@@ -18,6 +19,7 @@ pub mod extract;
 pub mod headers;
 pub mod kind;
 pub mod publish;
+pub mod registry;
 pub mod shutdown;
 pub mod stream;
 pub mod subject;

@@ -69,7 +69,10 @@ impl fmt::Display for Shard {
 }
 
 /// A Telegram bot's numeric id (the part of its token before the colon).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct BotId(pub u64);
 
 impl BotId {

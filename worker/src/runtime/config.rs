@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tgpipe_shared::config::{NatsArgs, SecretString, TelemetryArgs, split_list};
+use tgpipe_shared::registry::RegistrySettings;
 use tgpipe_shared::stream::{StreamSettings, parse_duration};
 use tgpipe_shared::{BotId, UpdateKind};
 
@@ -50,6 +51,29 @@ pub enum Command {
     Poll(Box<PollCommandArgs>),
     /// Print a new random secret token for `webhook set` and the ingress.
     Secret,
+    /// Manage the bot registry: `add`, `list`, `pause`, `resume`, `remove`,
+    /// `rotate-secret`.
+    Bots(Box<BotsArgs>),
+}
+
+/// `bots` settings.
+#[derive(Debug, Args)]
+pub struct BotsArgs {
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Streams (their replicas are the bucket's, when it is created).
+    #[command(flatten)]
+    pub stream: StreamSettings,
+    /// The registry.
+    #[command(flatten)]
+    pub registry: RegistrySettings,
+    /// Base URL of the Bot API (`getMe`, `setWebhook`, `deleteWebhook`).
+    #[arg(long = "api-url", env = "TGPIPE_API_URL", default_value = DEFAULT_API_URL, global = true)]
+    pub api_url: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: super::registry::BotsCommand,
 }
 
 /// `provision` settings.
@@ -310,6 +334,19 @@ pub struct RunArgs {
     /// Bots.
     #[command(flatten)]
     pub bots: BotArgs,
+    /// The bot registry (bots added at runtime, next to TGPIPE_BOT_TOKENS).
+    #[command(flatten)]
+    pub registry: RegistrySettings,
+    /// What happens to the updates still in the stream of a bot removed from the
+    /// registry: `dead-letter` (with the reason; `dlq replay` brings them back) or
+    /// `drain` (handled with its token as before).
+    #[arg(
+        long,
+        env = "TGPIPE_REMOVED_POLICY",
+        value_enum,
+        default_value = "dead-letter"
+    )]
+    pub removed_policy: super::registry::RemovedPolicy,
     /// Name of this lane; pods of one lane share its durable consumer.
     #[arg(long, env = "TGPIPE_LANE", default_value = "default")]
     pub lane: String,
@@ -671,6 +708,25 @@ mod tests {
         ])
         .unwrap();
         assert!(!format!("{cli:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bots_add_never_shows_the_token() {
+        let cli = Cli::try_parse_from([
+            "worker",
+            "bots",
+            "add",
+            "--token",
+            "77:SECRET-TOKEN-C",
+            "--url",
+            "https://hooks.example.com",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("SECRET-TOKEN"), "{shown}");
+        assert!(shown.contains("hooks.example.com"), "{shown}");
+        let cli = Cli::try_parse_from(["worker", "bots", "rotate-secret", "77"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Bots(_))));
     }
 
     #[test]

@@ -47,12 +47,14 @@ use super::group::{Group, GroupEvent, Ownership};
 use super::lane::{PRIORITY_GROUP, Partition};
 use super::metrics;
 use super::redis_probe::{RedisProbe, needs_redis};
+use super::registry::RemovedPolicy;
 use super::seen::Seen;
 use crate::bot::Bot;
 use crate::dispatcher::Dispatcher;
 use crate::error::DispatchOutcome;
 use crate::fsm::{OwnerFence, Prefetched};
 use crate::update::Update;
+use tgpipe_shared::registry::BotState;
 
 /// How updates are acknowledged and retried.
 #[derive(Debug, Clone)]
@@ -96,7 +98,8 @@ pub struct Limits {
 /// What the consuming loop needs.
 pub struct Consumer {
     pub(crate) dispatcher: Arc<Dispatcher>,
-    pub(crate) bots: Arc<HashMap<BotId, Bot>>,
+    pub(crate) bots: Arc<super::registry::BotDirectory>,
+    pub(crate) removed_policy: super::registry::RemovedPolicy,
     pub(crate) js: jetstream::Context,
     pub(crate) client: async_nats::Client,
     pub(crate) acks: AckSettings,
@@ -785,16 +788,26 @@ impl Pod {
             let first_attempt = Instant::now();
             loop {
                 let recoveries = me.redis.recoveries();
-                let action = match me.bots.get(&bot_id) {
+                // Taken per attempt: a bot added while its update waits is found.
+                let bots = me.bots.snapshot();
+                let action = match bots.get(&bot_id) {
                     // A bot the ingress knows before this pod does (a rollout): waited
                     // for within the retry budget, like any transient failure.
                     None => Action::Retry(
-                        format!("no token for bot {bot_id} in TGPIPE_BOT_TOKENS"),
+                        format!("no token for bot {bot_id} in TGPIPE_BOT_TOKENS or the registry"),
                         None,
                     ),
-                    Some(bot) => {
+                    Some(b)
+                        if b.state == BotState::Removed
+                            && me.removed_policy == RemovedPolicy::DeadLetter =>
+                    {
+                        Action::DeadLetter(format!(
+                            "bot {bot_id} was removed from the registry (TGPIPE_REMOVED_POLICY=dead-letter)"
+                        ))
+                    }
+                    Some(b) => {
                         let update = update.clone();
-                        self.dispatch(bot, update, prefetched.take(), &job, &part, label)
+                        self.dispatch(&b.bot, update, prefetched.take(), &job, &part, label)
                             .await
                     }
                 };

@@ -13,6 +13,7 @@ pub mod group;
 pub mod lane;
 pub mod metrics;
 mod redis_probe;
+pub mod registry;
 pub mod seen;
 
 use std::future::Future;
@@ -32,6 +33,7 @@ use tgpipe_shared::stream::{Changes as StreamChanges, provision_streams, provisi
 use self::config::{Cli, Command, FsmArgs, PollCommandArgs, ProvisionArgs, RunArgs, WebhookArgs};
 use self::consume::{AckSettings, Consumer, Limits};
 use self::lane::{Changes, ensure_consumers};
+use crate::bot::Bot;
 use crate::dispatcher::{Dispatcher, DispatcherBuilder};
 use crate::fsm::{Fsm, Isolation, RedisStorage};
 use crate::webhook::WebhookCommand;
@@ -90,6 +92,7 @@ pub async fn run(dispatcher: DispatcherBuilder) -> ExitCode {
             println!("{}", crate::webhook::new_secret_token());
             Ok(())
         }
+        Some(Command::Bots(args)) => run_bots(*args, &dispatcher).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,6 +133,16 @@ async fn provision(provision: &ProvisionArgs) -> Result<(), RunError> {
     group::bucket(&js, &args.group_settings())
         .await
         .map_err(peer)?;
+    if args.registry.registry {
+        tgpipe_shared::registry::bucket(
+            &js,
+            &args.registry,
+            usize::from(args.stream.replicas),
+            true,
+        )
+        .await
+        .map_err(peer)?;
+    }
     let stream = js.get_stream(&args.stream.name).await.map_err(peer)?;
     ensure_consumers(&stream, &lane, &settings, consumers)
         .await
@@ -240,6 +253,42 @@ fn prepare(
         .map_err(|e| RunError::Config(e.to_string()))
 }
 
+async fn run_bots(args: config::BotsArgs, dispatcher: &DispatcherBuilder) -> Result<(), RunError> {
+    reqwest::Url::parse(&args.api_url)
+        .map_err(|e| RunError::Config(format!("TGPIPE_API_URL is not a URL: {e}")))?;
+    let client = args
+        .nats
+        .connect("tgpipe-worker bots")
+        .await
+        .map_err(peer)?;
+    let js = jetstream::new(client.clone());
+    let kv = tgpipe_shared::registry::bucket(
+        &js,
+        &args.registry,
+        usize::from(args.stream.replicas),
+        true,
+    )
+    .await
+    .map_err(peer)?;
+    let mut out = std::io::stdout();
+    let result = registry::run_bots_command(
+        &kv,
+        &args.api_url,
+        &dispatcher.used_update_kinds(),
+        args.command,
+        &mut out,
+    )
+    .await;
+    // The registry writes are acknowledged; flushing is for good measure.
+    let _ = client.flush().await;
+    result.map_err(|e| match e {
+        registry::BotsCommandError::BadToken
+        | registry::BotsCommandError::NoToken(_)
+        | registry::BotsCommandError::NoUrl(_) => RunError::Config(e.to_string()),
+        e => peer(e),
+    })
+}
+
 async fn run_dlq(args: config::DlqArgs) -> Result<(), RunError> {
     let client = args.nats.connect("tgpipe-worker dlq").await.map_err(peer)?;
     let js = jetstream::new(client);
@@ -268,10 +317,28 @@ pub async fn serve(
     let lane = args.lane().map_err(|e| RunError::Config(e.to_string()))?;
     let settings = args.consumer_settings().map_err(RunError::Config)?;
     let redis = connect_redis(&args.redis_url).await?;
-    let bots = args
-        .bots
-        .bots(Some(&redis))
-        .map_err(|e| RunError::Config(e.to_string()))?;
+    let statics = match args.bots.bots(Some(&redis)) {
+        Ok(bots) => bots,
+        // With the registry, bots may all come from it.
+        Err(config::BotsError::Missing) if args.registry.registry => Default::default(),
+        Err(e) => return Err(RunError::Config(e.to_string())),
+    };
+    let make_bot: registry::MakeBot = {
+        let (api_url, limits, rate_limits) = (
+            args.bots.api_url.clone(),
+            args.bots.limits(),
+            args.bots.rate_limits,
+        );
+        let redis = redis.clone();
+        Box::new(move |token: &str| {
+            let mut builder = Bot::builder(token).api_url(&api_url).limits(limits.clone());
+            if rate_limits == config::RateLimitMode::Telegram {
+                builder = builder.redis(redis.clone());
+            }
+            builder.build().ok()
+        })
+    };
+    let bots = Arc::new(registry::BotDirectory::new(statics, make_bot));
     let dispatcher = prepare(dispatcher, &redis, &args.fsm)?;
     let prometheus = metrics::install();
     let ready = Arc::new(Readiness::default());
@@ -283,6 +350,21 @@ pub async fn serve(
     if args.provision {
         provision_streams(&js, &args.stream).await.map_err(peer)?;
     }
+    let _registry_watch =
+        args.registry.registry.then(|| {
+            let (js, settings, create) = (js.clone(), args.registry.clone(), args.provision);
+            let replicas = usize::from(args.stream.replicas);
+            let directory = Arc::clone(&bots);
+            tgpipe_shared::registry::watch(
+                move || {
+                    let (js, settings) = (js.clone(), settings.clone());
+                    async move {
+                        tgpipe_shared::registry::bucket(&js, &settings, replicas, create).await
+                    }
+                },
+                move |records| directory.update(records),
+            )
+        });
     let bucket = group::bucket(&js, &args.group_settings())
         .await
         .map_err(peer)?;
@@ -312,13 +394,14 @@ pub async fn serve(
         concurrency = args.concurrency,
         partitions = settings.partitions,
         %member,
-        bots = bots.len(),
+        static_bots = bots.statics().count(),
+        registry = args.registry.registry,
         ops = %ops_addr,
         "consuming"
     );
     // Each bot learns its username once, so `/cmd@our_bot` matches from the first update
     // (a failure is logged; the first command with a mention asks again).
-    for bot in bots.values() {
+    for bot in bots.statics() {
         let bot = bot.clone();
         tokio::spawn(async move {
             if let Err(e) = bot.me().await {
@@ -336,7 +419,8 @@ pub async fn serve(
     ));
     let worker = Arc::new(Consumer {
         dispatcher: Arc::new(dispatcher),
-        bots: Arc::new(bots),
+        bots,
+        removed_policy: args.removed_policy,
         js,
         client: client.clone(),
         owned,

@@ -159,19 +159,31 @@ impl Stack {
     }
 
     pub async fn post_raw(&self, body: String) -> u16 {
-        self.post_raw_with_headers(body, &[]).await
+        self.post_raw_with_headers(BOT, SECRET, body, &[]).await
     }
 
     /// Posts an update with extra request headers (a tracing proxy's, for example).
     pub async fn post_with_headers(&self, update: &Value, extra: &[(&str, String)]) -> u16 {
-        self.post_raw_with_headers(update.to_string(), extra).await
+        self.post_raw_with_headers(BOT, SECRET, update.to_string(), extra)
+            .await
     }
 
-    async fn post_raw_with_headers(&self, body: String, extra: &[(&str, String)]) -> u16 {
+    /// Posts as Telegram does for another bot, with its secret.
+    pub async fn post_as(&self, bot: u64, secret: &str, body: String) -> u16 {
+        self.post_raw_with_headers(bot, secret, body, &[]).await
+    }
+
+    async fn post_raw_with_headers(
+        &self,
+        bot: u64,
+        secret: &str,
+        body: String,
+        extra: &[(&str, String)],
+    ) -> u16 {
         let mut request = self
             .http
-            .post(format!("http://{}/webhook/{BOT}", self.ingress))
-            .header("X-Telegram-Bot-Api-Secret-Token", SECRET)
+            .post(format!("http://{}/webhook/{bot}", self.ingress))
+            .header("X-Telegram-Bot-Api-Secret-Token", secret)
             .header("Content-Type", "application/json");
         for (name, value) in extra {
             request = request.header(*name, value);

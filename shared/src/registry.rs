@@ -1,0 +1,751 @@
+//! The bot registry: the bots of an installation, in a NATS KV bucket that the ingress
+//! and the workers watch, so that a bot added, paused, removed or given a new webhook
+//! secret takes effect on every pod within about a second, with no restart.
+//!
+//! One key per bot (its id), holding a JSON [`BotRecord`]: the SHA-256 digest of the
+//! webhook secret (what the ingress compares; the secret itself is only ever given to
+//! `setWebhook`), the token (what the workers call the Bot API with), the update kinds
+//! asked of Telegram, and a [`BotState`]. During a secret rotation the record holds the
+//! previous digest too, accepted until a request signed with the new secret arrives.
+//!
+//! A record this version cannot read (bad JSON, an unknown state) is skipped with a WARN
+//! and the other bots are unaffected; fields this version does not know are kept
+//! ([`BotRecord::extra`]) and written back by every change, so an older pod or CLI never
+//! erases what a newer one stored.
+//!
+//! Who can read the bucket can read the tokens: see `docs/deploy.md` for the NATS
+//! permissions that keep it to tgpipe's own users.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::BotId;
+
+/// Default name of the registry bucket.
+pub const DEFAULT_BUCKET: &str = "tgpipe_bots";
+
+/// The registry settings every binary shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistrySettings {
+    /// Watch the bot registry (a NATS KV bucket) for bots added, paused, removed and
+    /// rotated at runtime, next to the statically configured ones.
+    #[arg(long, env = "TGPIPE_REGISTRY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub registry: bool,
+    /// Name of the registry's KV bucket (one per installation).
+    #[arg(long = "registry-bucket", env = "TGPIPE_REGISTRY_BUCKET", default_value = DEFAULT_BUCKET)]
+    pub bucket: String,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            registry: true,
+            bucket: DEFAULT_BUCKET.to_owned(),
+        }
+    }
+}
+
+/// What a bot does now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BotState {
+    /// Served: the ingress stores its updates, the workers handle them.
+    Active,
+    /// The ingress answers its updates 503, so Telegram keeps them and retries; the
+    /// workers still finish what was stored before the pause.
+    Paused,
+    /// Gone: the ingress answers 404; what is still in the stream is dead-lettered or
+    /// handled, as `TGPIPE_REMOVED_POLICY` says.
+    Removed,
+}
+
+impl fmt::Display for BotState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BotState::Active => "active",
+            BotState::Paused => "paused",
+            BotState::Removed => "removed",
+        })
+    }
+}
+
+/// The SHA-256 digest of a webhook secret, stored as `sha256:<hex>`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SecretDigest([u8; 32]);
+
+impl SecretDigest {
+    /// The digest of `secret`.
+    pub fn of(secret: &[u8]) -> SecretDigest {
+        SecretDigest(Sha256::digest(secret).into())
+    }
+
+    /// Whether `other` is this digest, in constant time.
+    pub fn matches(&self, other: &SecretDigest) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Debug for SecretDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A digest of a random 64-character secret reveals nothing, but it need not be
+        // printed either.
+        f.write_str("SecretDigest(..)")
+    }
+}
+
+impl Serialize for SecretDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::with_capacity(7 + 64);
+        out.push_str("sha256:");
+        for b in self.0 {
+            out.push_str(&format!("{b:02x}"));
+        }
+        s.serialize_str(&out)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let hex = s
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64)
+            .ok_or_else(|| serde::de::Error::custom("a secret digest is `sha256:<64 hex>`"))?;
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| serde::de::Error::custom("a secret digest is `sha256:<64 hex>`"))?;
+        }
+        Ok(SecretDigest(out))
+    }
+}
+
+/// A bot token, as the registry stores it. `Debug` and [`BotToken::masked`] never show
+/// it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BotToken(String);
+
+impl BotToken {
+    /// Wraps a token.
+    pub fn new(token: impl Into<String>) -> BotToken {
+        BotToken(token.into())
+    }
+
+    /// The token itself, for the one place that calls the Bot API with it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The token for a listing: the bot id and the last two characters, `123:…yz`.
+    ///
+    /// ```
+    /// use tgpipe_shared::registry::BotToken;
+    /// assert_eq!(BotToken::new("123456:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw").masked(), "123456:…aw");
+    /// assert_eq!(BotToken::new("12:ab").masked(), "12:…");
+    /// ```
+    pub fn masked(&self) -> String {
+        let (id, rest) = self.0.split_once(':').unwrap_or(("?", &self.0));
+        // Too short a tail would give most of a short token away.
+        let tail: String = if rest.chars().count() >= 16 {
+            rest.chars().skip(rest.chars().count() - 2).collect()
+        } else {
+            String::new()
+        };
+        format!("{id}:…{tail}")
+    }
+}
+
+impl fmt::Debug for BotToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BotToken(<redacted>)")
+    }
+}
+
+/// One bot of the registry, as stored under its id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BotRecord {
+    /// The bot's id (also the key).
+    pub id: BotId,
+    /// Its username, as `getMe` answered when it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// What it does now.
+    pub state: BotState,
+    /// The token the workers use; absent when the workers get it from
+    /// `TGPIPE_BOT_TOKENS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<BotToken>,
+    /// The digest of the webhook secret Telegram sends.
+    pub secret: SecretDigest,
+    /// During a rotation: the digest of the secret before, still accepted until a
+    /// request signed with [`BotRecord::secret`] arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<SecretDigest>,
+    /// Update kinds given to `setWebhook` (`allowed_updates`); empty for Telegram's
+    /// default set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_updates: Vec<String>,
+    /// The URL given to `setWebhook` (for a rotation's `setWebhook`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// When the record last changed (unix milliseconds).
+    #[serde(default)]
+    pub updated_at: u64,
+    /// Fields this version does not know, kept as they are.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl BotRecord {
+    /// A new active bot with `secret`.
+    pub fn new(id: BotId, secret: &str) -> BotRecord {
+        BotRecord {
+            id,
+            username: None,
+            state: BotState::Active,
+            token: None,
+            secret: SecretDigest::of(secret.as_bytes()),
+            previous_secret: None,
+            allowed_updates: Vec::new(),
+            webhook_url: None,
+            updated_at: now_ms(),
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// Starts a rotation to `new_secret`: the current secret stays accepted (as the
+    /// previous one) until the new one is confirmed. A rotation started before the
+    /// last one was confirmed keeps the older previous secret, which is the one Telegram
+    /// may still be sending.
+    pub fn rotate(&mut self, new_secret: &str) {
+        if self.previous_secret.is_none() {
+            self.previous_secret = Some(self.secret);
+        }
+        self.secret = SecretDigest::of(new_secret.as_bytes());
+    }
+
+    /// Ends a rotation: only the current secret is accepted from now on. `false` when
+    /// the record's secret is no longer `confirmed` (rotated again meanwhile) or there
+    /// was nothing to confirm.
+    pub fn confirm(&mut self, confirmed: &SecretDigest) -> bool {
+        if self.previous_secret.is_none() || !self.secret.matches(confirmed) {
+            return false;
+        }
+        self.previous_secret = None;
+        true
+    }
+
+    /// The record as stored.
+    pub fn to_json(&self) -> Bytes {
+        // Serialising plain data into a Vec cannot fail.
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+/// The KV key of a bot.
+pub fn key(bot: BotId) -> String {
+    bot.0.to_string()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why a stored record was not taken. Never holds a secret or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The key is not a bot id.
+    #[error("key `{0}` is not a bot id")]
+    BadKey(String),
+    /// The value is not a record this version reads.
+    #[error("record of bot {bot} does not parse: {reason}")]
+    BadRecord {
+        /// The bot.
+        bot: BotId,
+        /// serde's message (it names the field and the line, not the values).
+        reason: String,
+    },
+    /// The record's id is not its key.
+    #[error("record under key {key} names bot {id}")]
+    WrongId {
+        /// The key.
+        key: BotId,
+        /// The id in the record.
+        id: BotId,
+    },
+}
+
+/// Parses a stored record.
+pub fn parse_record(key: &str, value: &[u8]) -> Result<BotRecord, RecordError> {
+    let bot = BotId::parse(key).ok_or_else(|| RecordError::BadKey(key.to_owned()))?;
+    let record: BotRecord = serde_json::from_slice(value).map_err(|e| RecordError::BadRecord {
+        bot,
+        // serde_json's messages quote unknown variants and types, never whole values;
+        // cut anyway, so a token in a wrong place cannot reach a log in full.
+        reason: e.to_string().chars().take(120).collect(),
+    })?;
+    if record.id != bot {
+        return Err(RecordError::WrongId {
+            key: bot,
+            id: record.id,
+        });
+    }
+    Ok(record)
+}
+
+/// Why the registry could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The bucket could not be opened or created.
+    #[error("cannot open or create the bot registry bucket `{bucket}`: {message}")]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        message: String,
+    },
+    /// The bucket does not exist and was not to be created.
+    #[error("the bot registry bucket `{0}` does not exist (`provision` creates it)")]
+    Missing(String),
+    /// A read or write failed.
+    #[error("bot registry: {0}")]
+    Kv(String),
+    /// The bot is not in the registry.
+    #[error("bot {0} is not in the registry")]
+    NotFound(BotId),
+    /// `add` of a bot that is there.
+    #[error("bot {0} is already in the registry")]
+    Exists(BotId),
+    /// The stored record cannot be read.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+/// Opens the registry's bucket; with `create`, creates it when missing (with
+/// `replicas`). An existing bucket is never changed.
+pub async fn bucket(
+    js: &jetstream::Context,
+    settings: &RegistrySettings,
+    replicas: usize,
+    create: bool,
+) -> Result<kv::Store, RegistryError> {
+    let err = |e: &dyn fmt::Display| RegistryError::Bucket {
+        bucket: settings.bucket.clone(),
+        message: e.to_string(),
+    };
+    match js.get_key_value(&settings.bucket).await {
+        Ok(store) => Ok(store),
+        Err(e) if !create => {
+            let missing = matches!(
+                js.get_stream(format!("KV_{}", settings.bucket)).await,
+                Err(ref ge) if matches!(ge.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref je)
+                    if je.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+            );
+            if missing {
+                Err(RegistryError::Missing(settings.bucket.clone()))
+            } else {
+                Err(err(&e))
+            }
+        }
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: settings.bucket.clone(),
+                description: "tgpipe: bot registry (tokens and secret digests)".to_owned(),
+                // A few versions back, to see what a change replaced.
+                history: 5,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e)),
+    }
+}
+
+/// Reads one bot's record.
+pub async fn get(store: &kv::Store, bot: BotId) -> Result<(BotRecord, u64), RegistryError> {
+    let entry = store
+        .entry(key(bot))
+        .await
+        .map_err(|e| RegistryError::Kv(e.to_string()))?
+        .filter(|e| e.operation == kv::Operation::Put)
+        .ok_or(RegistryError::NotFound(bot))?;
+    Ok((parse_record(&entry.key, &entry.value)?, entry.revision))
+}
+
+/// Stores a new bot; fails with [`RegistryError::Exists`] when its key holds a record.
+pub async fn add(store: &kv::Store, record: &BotRecord) -> Result<u64, RegistryError> {
+    match store.create(key(record.id), record.to_json()).await {
+        Ok(rev) => Ok(rev),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            Err(RegistryError::Exists(record.id))
+        }
+        Err(e) => Err(RegistryError::Kv(e.to_string())),
+    }
+}
+
+/// Changes a bot's record with `change` (compare-and-set on its revision, retried when
+/// another writer came first). `change` returns `false` to leave the record as it is.
+/// Returns the record as stored, or `None` when nothing was written.
+pub async fn modify(
+    store: &kv::Store,
+    bot: BotId,
+    mut change: impl FnMut(&mut BotRecord) -> bool,
+) -> Result<Option<BotRecord>, RegistryError> {
+    for _ in 0..10 {
+        let (mut record, revision) = get(store, bot).await?;
+        if !change(&mut record) {
+            return Ok(None);
+        }
+        record.updated_at = now_ms();
+        match store.update(key(bot), record.to_json(), revision).await {
+            Ok(_) => return Ok(Some(record)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(RegistryError::Kv(e.to_string())),
+        }
+    }
+    Err(RegistryError::Kv(format!(
+        "bot {bot}: the record kept changing under ten attempts to update it"
+    )))
+}
+
+/// Every readable record, by id; unreadable ones are returned apart.
+pub async fn list(store: &kv::Store) -> Result<(Vec<BotRecord>, Vec<RecordError>), RegistryError> {
+    let mut keys = store
+        .keys()
+        .await
+        .map_err(|e| RegistryError::Kv(e.to_string()))?;
+    let mut ids = Vec::new();
+    while let Some(k) = keys.next().await {
+        ids.push(k.map_err(|e| RegistryError::Kv(e.to_string()))?);
+    }
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    for k in ids {
+        if let Ok(Some(entry)) = store.entry(&k).await
+            && entry.operation == kv::Operation::Put
+        {
+            match parse_record(&entry.key, &entry.value) {
+                Ok(r) => good.push(r),
+                Err(e) => bad.push(e),
+            }
+        }
+    }
+    good.sort_by_key(|r| r.id);
+    Ok((good, bad))
+}
+
+/// The registry as one pod sees it: every readable record by bot id.
+pub type Records = BTreeMap<BotId, BotRecord>;
+
+/// A running watch of the registry (see [`watch`]); the task stops when this is dropped.
+#[derive(Debug)]
+pub struct Watching {
+    synced: Arc<AtomicBool>,
+    started: std::time::Instant,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How long a pod waits for the registry before it serves without it (the static bots
+/// only, until the registry can be read): a registry the pod's NATS user may not read
+/// must not keep it unready forever.
+pub const SYNC_GRACE: Duration = Duration::from_secs(10);
+
+impl Watching {
+    /// Whether the watch has delivered the bucket's state at least once.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Whether the pod may take traffic as far as the registry goes: its state has been
+    /// read, or [`SYNC_GRACE`] has passed since the watch started.
+    pub fn allows_ready(&self) -> bool {
+        self.is_synced() || self.started.elapsed() >= SYNC_GRACE
+    }
+
+    /// A shared flag of [`Watching::is_synced`].
+    pub fn synced_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.synced)
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How long to wait before watching again after the watch failed (a reconnect, a lost
+/// stream leader): short, because a change is to reach every pod within 2 s.
+const REWATCH_DELAY: Duration = Duration::from_millis(250);
+
+/// How often a watch checks that it is not behind the bucket.
+const STALL_CHECK: Duration = Duration::from_millis(300);
+
+/// Watches the registry and calls `on_change` with every readable record each time the
+/// registry changed (and once when the bucket's state has been read). `open` gives the
+/// bucket; it is called again whenever the watch has to be re-created (the connection
+/// was lost, the bucket's stream moved to another leader, the bucket did not exist yet).
+///
+/// A record that does not parse is logged at WARN and skipped: the bot keeps the last
+/// record this pod read for it (none on a fresh pod), the others are unaffected.
+pub fn watch<O, F>(mut open: O, mut on_change: impl FnMut(&Records) + Send + 'static) -> Watching
+where
+    O: FnMut() -> F + Send + 'static,
+    F: Future<Output = Result<kv::Store, RegistryError>> + Send,
+{
+    let synced = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&synced);
+    let task = tokio::spawn(async move {
+        let mut records = Records::new();
+        let mut failing = false;
+        loop {
+            let opened = tokio::time::timeout(STEP_TIMEOUT, open())
+                .await
+                .unwrap_or_else(|_| Err(RegistryError::Kv("timed out".to_owned())));
+            let store = match opened {
+                Ok(s) => s,
+                // Not provisioned (and this pod may not create it): no registry bots
+                // until it appears.
+                Err(e @ RegistryError::Missing(_)) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "serving the static bots only until the bot registry exists");
+                        failing = true;
+                    }
+                    if !records.is_empty() || !flag.load(Ordering::Acquire) {
+                        records.clear();
+                        flag.store(true, Ordering::Release);
+                        on_change(&records);
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "bot registry unavailable; will retry");
+                        failing = true;
+                    }
+                    tokio::time::sleep(REWATCH_DELAY).await;
+                    continue;
+                }
+            };
+            let empty = match bounded(store.stream.get_info()).await {
+                Ok(info) => info.state.messages == 0,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bot registry status");
+                    tokio::time::sleep(REWATCH_DELAY).await;
+                    continue;
+                }
+            };
+            let mut w = match bounded(store.watch_with_history(">")).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching the bot registry");
+                    tokio::time::sleep(REWATCH_DELAY).await;
+                    continue;
+                }
+            };
+            if failing {
+                tracing::info!("bot registry watched again");
+                failing = false;
+            }
+            // A fresh watch replays the bucket's current state; a bot that vanished
+            // meanwhile without a delete marker is dropped once the replay is done.
+            let mut replayed: Option<HashSet<BotId>> = Some(HashSet::new());
+            if empty {
+                records.clear();
+                replayed = None;
+                flag.store(true, Ordering::Release);
+                on_change(&records);
+            }
+            // The watch is an ordered consumer: when the bucket's stream loses its leader
+            // it notices only after two missed 5 s heartbeats. Comparing the stream's last
+            // sequence with the last revision seen finds a stalled watch within a second.
+            let mut last_revision = 0u64;
+            // The stream's last sequence at the previous check: once the watch has not
+            // reached it by the next check, it is stalled (an entry merely in flight at
+            // one check has arrived by the next).
+            let mut behind: Option<u64> = None;
+            let mut stalled = false;
+            let mut check = tokio::time::interval(STALL_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let next = tokio::select! {
+                    next = w.next() => next,
+                    _ = check.tick() => {
+                        if behind.is_some_and(|target| last_revision < target) {
+                            tracing::warn!("bot registry watch stalled (the bucket has newer changes); watching again");
+                            stalled = true;
+                            break;
+                        }
+                        // Bounded: during a leader election the request would wait for
+                        // the JetStream timeout (5 s), and the watch with it.
+                        // `Store::status` answers from a cached stream info: ask the server.
+                        behind = match tokio::time::timeout(STALL_CHECK, store.stream.get_info()).await {
+                            Ok(Ok(info)) => Some(info.state.last_sequence)
+                                .filter(|last| *last > last_revision),
+                            _ => None,
+                        };
+                        continue;
+                    }
+                };
+                let entry = match next {
+                    Some(Ok(entry)) => entry,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "bot registry watch failed; watching again");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!("bot registry watch ended; watching again");
+                        break;
+                    }
+                };
+                last_revision = last_revision.max(entry.revision);
+                let caught_up = entry.delta == 0 || entry.seen_current;
+                apply(&mut records, &entry, replayed.as_mut());
+                // Changes come in bursts (a bulk import): take the burst together.
+                let burst = tokio::time::Instant::now() + Duration::from_millis(10);
+                let mut caught_up = caught_up;
+                while let Ok(Some(Ok(entry))) = tokio::time::timeout_at(burst, w.next()).await {
+                    last_revision = last_revision.max(entry.revision);
+                    caught_up |= entry.delta == 0 || entry.seen_current;
+                    apply(&mut records, &entry, replayed.as_mut());
+                }
+                if let Some(seen) = replayed.as_ref().filter(|_| caught_up) {
+                    records.retain(|id, _| seen.contains(id));
+                    replayed = None;
+                }
+                if replayed.is_none() {
+                    flag.store(true, Ordering::Release);
+                    on_change(&records);
+                }
+            }
+            if !stalled {
+                tokio::time::sleep(REWATCH_DELAY).await;
+            }
+        }
+    });
+    Watching {
+        synced,
+        started: std::time::Instant::now(),
+        task,
+    }
+}
+
+/// How long one step of (re-)creating the watch may take before it is tried again: a
+/// request sent into a leader election otherwise waits for the JetStream timeout (5 s).
+const STEP_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn bounded<T, E>(step: impl Future<Output = Result<T, E>>) -> Result<T, RegistryError>
+where
+    E: fmt::Display,
+{
+    match tokio::time::timeout(STEP_TIMEOUT, step).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(RegistryError::Kv(e.to_string())),
+        Err(_) => Err(RegistryError::Kv("timed out".to_owned())),
+    }
+}
+
+fn apply(records: &mut Records, entry: &kv::Entry, replayed: Option<&mut HashSet<BotId>>) {
+    let Some(bot) = BotId::parse(&entry.key) else {
+        tracing::warn!(key = %entry.key, "bot registry: a key that is not a bot id; skipped");
+        return;
+    };
+    if let Some(seen) = replayed {
+        seen.insert(bot);
+    }
+    if entry.operation != kv::Operation::Put {
+        records.remove(&bot);
+        return;
+    }
+    match parse_record(&entry.key, &entry.value) {
+        Ok(record) => {
+            records.insert(bot, record);
+        }
+        Err(e) => tracing::warn!(
+            bot = %bot,
+            error = %e,
+            kept = records.contains_key(&bot),
+            "bot registry: unreadable record skipped (the bot keeps its last readable record, if any)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_keep_unknown_fields() {
+        let raw = format!(
+            r#"{{"id":42,"state":"paused","secret":"{}","token":"42:AAAA","plan":"gold","limits":{{"rps":3}}}}"#,
+            serde_json::to_value(SecretDigest::of(b"s"))
+                .unwrap()
+                .as_str()
+                .unwrap()
+        );
+        let r = parse_record("42", raw.as_bytes()).unwrap();
+        assert_eq!(r.state, BotState::Paused);
+        assert_eq!(r.extra["plan"], "gold");
+        let back: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+        assert_eq!(back["limits"]["rps"], 3);
+        assert_eq!(back["plan"], "gold");
+    }
+
+    #[test]
+    fn unreadable_records_say_why_without_the_token() {
+        let e = parse_record(
+            "42",
+            br#"{"id":42,"state":"sleeping","secret":"x","token":"42:TOPSECRETTOKEN"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bot 42"), "{e}");
+        assert!(!e.contains("TOPSECRETTOKEN"), "{e}");
+        assert!(parse_record("x", b"{}").is_err());
+        assert!(parse_record("42", b"not json").is_err());
+        let wrong = BotRecord::new(BotId(7), "s").to_json();
+        assert!(matches!(
+            parse_record("42", &wrong),
+            Err(RecordError::WrongId { .. })
+        ));
+    }
+
+    #[test]
+    fn rotation_accepts_both_until_confirmed() {
+        let mut r = BotRecord::new(BotId(1), "old");
+        r.rotate("new");
+        assert_eq!(r.previous_secret, Some(SecretDigest::of(b"old")));
+        // A rotation before confirmation keeps the secret Telegram may still use.
+        r.rotate("newer");
+        assert_eq!(r.previous_secret, Some(SecretDigest::of(b"old")));
+        assert!(!r.confirm(&SecretDigest::of(b"new")));
+        assert!(r.confirm(&SecretDigest::of(b"newer")));
+        assert_eq!(r.previous_secret, None);
+        assert!(!r.confirm(&SecretDigest::of(b"newer")));
+    }
+
+    #[test]
+    fn debug_never_shows_tokens_or_digests() {
+        let mut r = BotRecord::new(BotId(1), "hunter2");
+        r.token = Some(BotToken::new("1:TOPSECRETTOKENVALUE"));
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("TOPSECRET"), "{shown}");
+        let digest = serde_json::to_value(SecretDigest::of(b"hunter2")).unwrap();
+        assert!(!shown.contains(&digest.as_str().unwrap()[7..20]), "{shown}");
+        assert_eq!(BotToken::new("1:TOPSECRETTOKENVALUE").masked(), "1:…UE");
+    }
+}

@@ -1,0 +1,409 @@
+//! The bots a worker answers for, and the `bots` commands that manage the registry.
+//!
+//! [`BotDirectory`] merges the static tokens (`TGPIPE_BOT_TOKENS`, read once) with the
+//! bot registry (`tgpipe_shared::registry`, watched): a bot in both is answered with the
+//! static token (the registry's record is ignored with a WARN). Each update takes the
+//! directory once, so a change never reaches an update halfway through.
+//!
+//! What the state of a registry bot means here:
+//! - `active`, `paused`: handled. Pausing stops the intake at the ingress (503, Telegram
+//!   keeps the updates); what was stored before the pause is still answered, so nothing
+//!   waits in the stream for a resume that may be long in coming.
+//! - `removed`: by `TGPIPE_REMOVED_POLICY`, its updates still in the stream are
+//!   dead-lettered with the reason `bot <id> was removed from the registry`
+//!   (`dead-letter`, the default; `dlq replay` brings them back) or handled with the
+//!   record's token (`drain`). Never dropped.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use serde_json::json;
+use tgpipe_shared::BotId;
+use tgpipe_shared::registry::{self, BotRecord, BotState, BotToken, Records, RegistryError};
+
+use crate::bot::{Bot, BotError};
+
+/// What a worker does with the updates of a removed bot that are still in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RemovedPolicy {
+    /// Dead-letter them with the reason (`dlq list` shows it; `dlq replay` undoes it).
+    DeadLetter,
+    /// Handle them with the removed bot's token, as if it were still active.
+    Drain,
+}
+
+/// A bot this worker answers for.
+#[derive(Debug, Clone)]
+pub struct DirectoryBot {
+    /// The Bot API handle.
+    pub bot: Bot,
+    /// Its state (`active` for static bots).
+    pub state: BotState,
+    token: Option<BotToken>,
+}
+
+/// Makes a [`Bot`] from a registry token (the API URL, limits and Redis of the pod).
+pub type MakeBot = Box<dyn Fn(&str) -> Option<Bot> + Send + Sync>;
+
+/// The bots this worker answers for now, static and registered.
+pub struct BotDirectory {
+    statics: HashMap<BotId, Bot>,
+    make: MakeBot,
+    current: RwLock<Arc<HashMap<BotId, DirectoryBot>>>,
+}
+
+impl std::fmt::Debug for BotDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BotDirectory")
+            .field("bots", &self.snapshot().len())
+            .finish()
+    }
+}
+
+impl BotDirectory {
+    /// The static bots; registry bots are built with `make`.
+    pub fn new(statics: HashMap<BotId, Bot>, make: MakeBot) -> BotDirectory {
+        let table = statics
+            .iter()
+            .map(|(id, bot)| {
+                (
+                    *id,
+                    DirectoryBot {
+                        bot: bot.clone(),
+                        state: BotState::Active,
+                        token: None,
+                    },
+                )
+            })
+            .collect();
+        BotDirectory {
+            statics,
+            make,
+            current: RwLock::new(Arc::new(table)),
+        }
+    }
+
+    /// The bots now; an update keeps this to its end.
+    pub fn snapshot(&self) -> Arc<HashMap<BotId, DirectoryBot>> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The static bots (asked `getMe` once at start).
+    pub fn statics(&self) -> impl Iterator<Item = &Bot> {
+        self.statics.values()
+    }
+
+    /// Rebuilds the directory from the registry's records. A bot whose token did not
+    /// change keeps its handle (and what it learnt: its username, its 429 pauses).
+    pub fn update(&self, records: &Records) {
+        let before = self.snapshot();
+        let mut table: HashMap<BotId, DirectoryBot> = self
+            .statics
+            .iter()
+            .map(|(id, bot)| {
+                (
+                    *id,
+                    DirectoryBot {
+                        bot: bot.clone(),
+                        state: BotState::Active,
+                        token: None,
+                    },
+                )
+            })
+            .collect();
+        for (id, record) in records {
+            if self.statics.contains_key(id) {
+                tracing::warn!(bot = %id, "bot is in TGPIPE_BOT_TOKENS and in the registry; the static token is used");
+                continue;
+            }
+            let Some(token) = &record.token else {
+                tracing::warn!(bot = %id, "registry record without a token; this worker cannot answer for the bot");
+                continue;
+            };
+            let reused = before
+                .get(id)
+                .filter(|b| b.token.as_ref() == Some(token))
+                .map(|b| b.bot.clone());
+            let Some(bot) = reused.or_else(|| (self.make)(token.expose())) else {
+                tracing::warn!(bot = %id, "registry record with a malformed token; skipped");
+                continue;
+            };
+            if bot.id() != *id {
+                tracing::warn!(bot = %id, "registry record whose token is another bot's; skipped");
+                continue;
+            }
+            table.insert(
+                *id,
+                DirectoryBot {
+                    bot,
+                    state: record.state,
+                    token: Some(token.clone()),
+                },
+            );
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
+}
+
+/// `bots …`: manage the bot registry.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum BotsCommand {
+    /// Registers a bot: asks `getMe` for its id and username, makes a webhook secret,
+    /// stores the bot, then points Telegram at the ingress (`setWebhook`).
+    Add {
+        /// The bot's token (from @BotFather). Prefer the environment variable: a flag is
+        /// visible in the process list.
+        #[arg(long, env = "TGPIPE_NEW_BOT_TOKEN", hide_env_values = true)]
+        token: tgpipe_shared::config::SecretString,
+        /// The ingress's public base URL (`https://hooks.example.com`), to which
+        /// `/webhook/<bot_id>` is added; or a full URL with `{bot_id}` in it.
+        #[arg(long, env = "TGPIPE_WEBHOOK_URL")]
+        url: String,
+        /// Update kinds to receive, comma separated; by default the kinds this bot's
+        /// handlers use.
+        #[arg(long, value_delimiter = ',')]
+        allowed_updates: Option<Vec<String>>,
+    },
+    /// Lists the registered bots (tokens masked).
+    List,
+    /// Pauses a bot: the ingress answers its updates 503, so Telegram keeps and retries
+    /// them until it is resumed.
+    Pause {
+        /// The bot id.
+        id: u64,
+    },
+    /// Resumes a paused bot.
+    Resume {
+        /// The bot id.
+        id: u64,
+    },
+    /// Removes a bot: the ingress answers it 404 and its webhook is deleted at Telegram
+    /// (Telegram keeps what it has not delivered); its updates still in the stream are
+    /// dead-lettered or handled, as the workers' `TGPIPE_REMOVED_POLICY` says.
+    Remove {
+        /// The bot id.
+        id: u64,
+        /// Leave the webhook at Telegram as it is.
+        #[arg(long)]
+        keep_webhook: bool,
+    },
+    /// Gives a bot a new webhook secret with no gap: stores it next to the old one,
+    /// waits until every ingress has it, then calls `setWebhook`. The old secret is
+    /// refused once the ingress has seen a request signed with the new one.
+    RotateSecret {
+        /// The bot id.
+        id: u64,
+        /// How long to wait between storing the secret and `setWebhook` (how long the
+        /// ingress pods take to see a registry change).
+        #[arg(long, default_value = "2s", value_parser = tgpipe_shared::stream::parse_duration)]
+        settle: Duration,
+    },
+}
+
+/// Why a `bots` command failed. Never holds a token or a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum BotsCommandError {
+    /// The registry refused or could not be reached.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The token does not look like `<id>:<secret>`.
+    #[error("the token is not `<bot_id>:<secret>`")]
+    BadToken,
+    /// Telegram refused, or could not be reached.
+    #[error("Bot API: {0}")]
+    Bot(#[from] BotError),
+    /// A bot without a token in the registry (its token is static).
+    #[error("bot {0} has no token in the registry; use `webhook set` with TGPIPE_BOT_TOKENS")]
+    NoToken(BotId),
+    /// A bot without a stored webhook URL.
+    #[error("bot {0} has no webhook URL in the registry")]
+    NoUrl(BotId),
+    /// Writing the report failed.
+    #[error("writing the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// The webhook URL of `bot` for a base URL or a `{bot_id}` template.
+///
+/// ```
+/// use tgpipe_shared::BotId;
+/// use tgpipe_worker::runtime::registry::webhook_url;
+/// assert_eq!(webhook_url("https://h.example/", BotId(7)), "https://h.example/webhook/7");
+/// assert_eq!(webhook_url("https://h.example/tg/{bot_id}", BotId(7)), "https://h.example/tg/7");
+/// ```
+pub fn webhook_url(base: &str, bot: BotId) -> String {
+    if base.contains("{bot_id}") {
+        base.replace("{bot_id}", &bot.to_string())
+    } else {
+        format!("{}/webhook/{bot}", base.trim_end_matches('/'))
+    }
+}
+
+async fn set_webhook(
+    bot: &Bot,
+    url: &str,
+    secret: &str,
+    allowed: &[String],
+) -> Result<(), BotError> {
+    let _: bool = bot
+        .call(
+            "setWebhook",
+            &json!({
+                "url": url,
+                "secret_token": secret,
+                "allowed_updates": allowed,
+                // What Telegram holds is kept: it arrives signed with the new secret.
+                "drop_pending_updates": false,
+            }),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Runs a `bots` command against the registry `kv` and the Bot API at `api_url`, and
+/// writes a report to `out`. `used_kinds` are the kinds the handlers use (the default
+/// `allowed_updates`).
+pub async fn run_bots_command(
+    kv: &jetstream::kv::Store,
+    api_url: &str,
+    used_kinds: &[tgpipe_shared::UpdateKind],
+    command: BotsCommand,
+    out: &mut impl Write,
+) -> Result<(), BotsCommandError> {
+    let bot_of =
+        |token: &str| Bot::with_api_url(token, api_url).map_err(|_| BotsCommandError::BadToken);
+    match command {
+        BotsCommand::Add {
+            token,
+            url,
+            allowed_updates,
+        } => {
+            let bot = bot_of(token.expose())?;
+            let me = bot.me().await?;
+            let id = BotId(me.id);
+            if id != bot.id() {
+                return Err(BotsCommandError::BadToken);
+            }
+            let secret = crate::webhook::new_secret_token();
+            let mut record = BotRecord::new(id, &secret);
+            record.username = me.username.clone();
+            record.token = Some(BotToken::new(token.expose()));
+            record.allowed_updates =
+                crate::webhook::allowed_updates(used_kinds, allowed_updates.as_deref());
+            let url = webhook_url(&url, id);
+            record.webhook_url = Some(url.clone());
+            registry::add(kv, &record).await?;
+            set_webhook(&bot, &url, &secret, &record.allowed_updates).await?;
+            writeln!(
+                out,
+                "bot {id} (@{}) added; webhook set: {url}",
+                me.username.as_deref().unwrap_or("?")
+            )?;
+        }
+        BotsCommand::List => {
+            let (records, bad) = registry::list(kv).await?;
+            writeln!(
+                out,
+                "{:<14} {:<24} {:<8} {:<10} TOKEN",
+                "ID", "USERNAME", "STATE", "SECRET"
+            )?;
+            for r in records {
+                writeln!(
+                    out,
+                    "{:<14} {:<24} {:<8} {:<10} {}",
+                    r.id.to_string(),
+                    r.username
+                        .as_deref()
+                        .map_or("-".to_owned(), |u| format!("@{u}")),
+                    r.state.to_string(),
+                    if r.previous_secret.is_some() {
+                        "rotating"
+                    } else {
+                        "confirmed"
+                    },
+                    r.token
+                        .as_ref()
+                        .map_or("(static)".to_owned(), BotToken::masked),
+                )?;
+            }
+            for e in bad {
+                writeln!(out, "unreadable: {e}")?;
+            }
+        }
+        BotsCommand::Pause { id } | BotsCommand::Resume { id } => {
+            let state = if matches!(command, BotsCommand::Pause { .. }) {
+                BotState::Paused
+            } else {
+                BotState::Active
+            };
+            let changed = registry::modify(kv, BotId(id), |r| {
+                let change = r.state != state;
+                r.state = state;
+                change
+            })
+            .await?;
+            writeln!(
+                out,
+                "bot {id}: {state}{}",
+                if changed.is_none() { " (already)" } else { "" }
+            )?;
+        }
+        BotsCommand::Remove { id, keep_webhook } => {
+            let record = registry::modify(kv, BotId(id), |r| {
+                let change = r.state != BotState::Removed;
+                r.state = BotState::Removed;
+                change
+            })
+            .await?;
+            writeln!(out, "bot {id}: removed")?;
+            if !keep_webhook {
+                let record = match record {
+                    Some(r) => r,
+                    None => registry::get(kv, BotId(id)).await?.0,
+                };
+                if let Some(token) = &record.token {
+                    let _: bool = bot_of(token.expose())?
+                        .call("deleteWebhook", &json!({"drop_pending_updates": false}))
+                        .await?;
+                    writeln!(
+                        out,
+                        "  webhook deleted (Telegram keeps what it has not delivered)"
+                    )?;
+                }
+            }
+        }
+        BotsCommand::RotateSecret { id, settle } => {
+            let id = BotId(id);
+            let (record, _) = registry::get(kv, id).await?;
+            let token = record.token.clone().ok_or(BotsCommandError::NoToken(id))?;
+            let url = record
+                .webhook_url
+                .clone()
+                .ok_or(BotsCommandError::NoUrl(id))?;
+            let secret = crate::webhook::new_secret_token();
+            let stored = registry::modify(kv, id, |r| {
+                r.rotate(&secret);
+                true
+            })
+            .await?
+            .unwrap_or(record);
+            // Every ingress accepts the new secret before Telegram sends it.
+            tokio::time::sleep(settle).await;
+            set_webhook(
+                &bot_of(token.expose())?,
+                &url,
+                &secret,
+                &stored.allowed_updates,
+            )
+            .await?;
+            writeln!(
+                out,
+                "bot {id}: new webhook secret set; the old one is accepted until the ingress sees the new one"
+            )?;
+        }
+    }
+    Ok(())
+}
