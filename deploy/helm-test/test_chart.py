@@ -340,6 +340,25 @@ def test_network_policy_lets_traces_reach_the_collector_only_when_exported(tmp_p
     assert egress_allows(worker, {"kubernetes.io/metadata.name": "x"}, {}, "203.0.113.5", 4318)
 
 
+def test_the_registry_settings_reach_every_binary(tmp_path):
+    objs = render(sets=BOTS)
+    for kind, name in [("Deployment", "t-tgpipe-ingress"), ("Deployment", "t-tgpipe-worker")]:
+        e = env(named(objs, kind, name)["spec"]["template"]["spec"]["containers"][0])
+        assert (e["TGPIPE_REGISTRY"], e["TGPIPE_REGISTRY_BUCKET"]) == ("true", "tgpipe_bots"), name
+    assert env(named(objs, "Deployment", "t-tgpipe-worker")["spec"]["template"]["spec"]["containers"][0])["TGPIPE_REMOVED_POLICY"] == "dead-letter"
+    for job in by_kind(objs, "Job"):
+        for c in containers(job):
+            assert env(c)["TGPIPE_REGISTRY_BUCKET"] == "tgpipe_bots", c["name"]
+    values = tmp_path / "registry.yaml"
+    values.write_text(json.dumps({"registry": {"enabled": False, "bucket": "bots_prod", "removedPolicy": "drain"}}))
+    objs = render(values, sets=BOTS)
+    e = env(named(objs, "Deployment", "t-tgpipe-worker")["spec"]["template"]["spec"]["containers"][0])
+    assert (e["TGPIPE_REGISTRY"], e["TGPIPE_REGISTRY_BUCKET"], e["TGPIPE_REMOVED_POLICY"]) == ("false", "bots_prod", "drain")
+    values.write_text(json.dumps({"registry": {"removedPolicy": "forget"}}))
+    with pytest.raises(RenderError):
+        render(values, sets=BOTS)
+
+
 def test_workers_get_the_ingress_shard_count_and_their_partitions(tmp_path):
     # The worker's TGPIPE_SHARDS defaulted to 64 whatever ingress.shards said.
     values = tmp_path / "shards.yaml"

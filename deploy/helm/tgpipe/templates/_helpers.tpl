@@ -88,6 +88,10 @@ float64, and `quote`/`%v` print one of a million or more in exponent form
   value: {{ .Values.stream.maxAge | quote }}
 - name: TGPIPE_STREAM_REPLICAS
   value: {{ include "tgpipe.int" .Values.stream.replicas | quote }}
+- name: TGPIPE_REGISTRY
+  value: {{ .Values.registry.enabled | toString | quote }}
+- name: TGPIPE_REGISTRY_BUCKET
+  value: {{ .Values.registry.bucket | quote }}
 - name: TGPIPE_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 - name: RUST_LOG
@@ -106,6 +110,8 @@ float64, and `quote`/`%v` print one of a million or more in exponent form
   value: {{ $v.redisUrl | quote }}
 - name: TGPIPE_API_URL
   value: {{ $v.worker.apiUrl | quote }}
+- name: TGPIPE_REMOVED_POLICY
+  value: {{ $v.registry.removedPolicy | quote }}
 - name: TGPIPE_BOT_TOKENS_FILE
   value: /etc/tgpipe/bots/tokens
 - name: TGPIPE_LANE
