@@ -171,10 +171,17 @@ def test_bad_lanes_fail_to_render(tmp_path):
         render(lanes_file(tmp_path, [{"name": "a", "updateTypes": ["poll"]}, {"name": "a", "updateTypes": ["message"]}]))
 
 
-def test_no_bots_fail_to_render():
+def test_no_bots_fail_to_render_without_the_registry():
     # An empty Secret would start pods that refuse it and crash-loop.
     with pytest.raises(RenderError, match="bots.list is empty"):
-        render()
+        render(sets={"registry.enabled": "false"})
+
+
+def test_a_registry_only_install_renders_an_empty_bot_list():
+    # A platform's bots all come from the registry: the pods start with no static bot
+    # (test_contract.py runs them with ci/registry-only.yaml).
+    secret = by_kind(render(), "Secret")[0]
+    assert secret["stringData"] == {"bots": "", "tokens": ""}
 
 
 def test_set_webhook_needs_a_public_url():

@@ -223,15 +223,17 @@ const BOTS_FILE: &str = "TGPIPE_BOTS_FILE (--bots-file)";
 impl ServeArgs {
     /// Validates the settings.
     pub fn validate(self) -> Result<IngressConfig, ConfigError> {
+        // With the registry, the static list may be empty (unset, or an empty Secret
+        // mounted as the file): bots come from the bucket.
+        let registry = self.broker.registry.registry;
+        let parse = |list: &str, name: &'static str| match Bots::parse(list) {
+            Err(BotsError::Empty) if registry => Ok(Bots::default()),
+            other => other.map_err(|e| ConfigError::Bots(name, e)),
+        };
         let bots = match (&self.bots, &self.bots_file) {
-            (_, Some(path)) => {
-                Bots::parse(&read_list_file(path)?).map_err(|e| ConfigError::Bots(BOTS_FILE, e))?
-            }
-            (Some(list), None) => {
-                Bots::parse(list.expose()).map_err(|e| ConfigError::Bots(BOTS, e))?
-            }
-            // With the registry, the static list may be empty: bots come from the bucket.
-            (None, None) if self.broker.registry.registry => Bots::default(),
+            (_, Some(path)) => parse(&read_list_file(path)?, BOTS_FILE)?,
+            (Some(list), None) => parse(list.expose(), BOTS)?,
+            (None, None) if registry => Bots::default(),
             (None, None) => return Err(ConfigError::Bots(BOTS, BotsError::Empty)),
         };
         for (name, d) in [
@@ -412,6 +414,22 @@ mod tests {
         assert_eq!(c.registry.bucket, "tgpipe_bots");
         let e = IngressConfig::from_flags(["--registry", "false"]).unwrap_err();
         assert!(e.contains("no bots configured"), "{e}");
+        // An empty Secret mounted as the file (a registry-only install).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bots");
+        std::fs::write(&path, "\n").unwrap();
+        let file = path.to_str().unwrap();
+        let c = IngressConfig::from_flags(["--bots-file", file]).unwrap();
+        assert!(c.bots.ids().is_empty());
+        let e =
+            IngressConfig::from_flags(["--bots-file", file, "--registry", "false"]).unwrap_err();
+        assert!(
+            e.contains("TGPIPE_BOTS_FILE") && e.contains("no bots configured"),
+            "{e}"
+        );
+        // A malformed entry is refused with or without the registry.
+        std::fs::write(&path, "12:").unwrap();
+        assert!(IngressConfig::from_flags(["--bots-file", file]).is_err());
     }
 
     #[test]
