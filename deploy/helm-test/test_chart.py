@@ -348,18 +348,24 @@ def test_network_policy_lets_traces_reach_the_collector_only_when_exported(tmp_p
 
 
 def test_the_registry_settings_reach_every_binary(tmp_path):
+    def first_env(objs, component):
+        deps = [d for d in by_kind(objs, "Deployment") if d["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+        assert deps, component
+        return env(deps[0]["spec"]["template"]["spec"]["containers"][0])
+
     objs = render(sets=BOTS)
-    for kind, name in [("Deployment", "t-tgpipe-ingress"), ("Deployment", "t-tgpipe-worker")]:
-        e = env(named(objs, kind, name)["spec"]["template"]["spec"]["containers"][0])
-        assert (e["TGPIPE_REGISTRY"], e["TGPIPE_REGISTRY_BUCKET"]) == ("true", "tgpipe_bots"), name
-    assert env(named(objs, "Deployment", "t-tgpipe-worker")["spec"]["template"]["spec"]["containers"][0])["TGPIPE_REMOVED_POLICY"] == "dead-letter"
-    for job in by_kind(objs, "Job"):
+    for component in ["ingress", "worker"]:
+        e = first_env(objs, component)
+        assert (e["TGPIPE_REGISTRY"], e["TGPIPE_REGISTRY_BUCKET"]) == ("true", "tgpipe_bots"), component
+    assert first_env(objs, "worker")["TGPIPE_REMOVED_POLICY"] == "dead-letter"
+    jobs = by_kind(objs, "Job")
+    assert jobs
+    for job in jobs:
         for c in containers(job):
             assert env(c)["TGPIPE_REGISTRY_BUCKET"] == "tgpipe_bots", c["name"]
     values = tmp_path / "registry.yaml"
     values.write_text(json.dumps({"registry": {"enabled": False, "bucket": "bots_prod", "removedPolicy": "drain"}}))
-    objs = render(values, sets=BOTS)
-    e = env(named(objs, "Deployment", "t-tgpipe-worker")["spec"]["template"]["spec"]["containers"][0])
+    e = first_env(render(values, sets=BOTS), "worker")
     assert (e["TGPIPE_REGISTRY"], e["TGPIPE_REGISTRY_BUCKET"], e["TGPIPE_REMOVED_POLICY"]) == ("false", "bots_prod", "drain")
     values.write_text(json.dumps({"registry": {"removedPolicy": "forget"}}))
     with pytest.raises(RenderError):
