@@ -394,6 +394,54 @@ async fn kill_9_of_the_stream_leader_mid_burst_loses_nothing_and_keeps_order() {
     assert_eq!(s.dead_letters().await, 0);
 }
 
+/// A leader election of the ownership bucket can outlast the lease TTL, so every pod
+/// loses its leases; a pod whose watch then stalled (a lost leader can leave a KV watch
+/// silent without an error) kept its own lapsed leases in its view and never claimed its
+/// partitions again: their chats waited forever. Now a lapsed lease leaves the view, and
+/// a failed write makes the pod read the bucket again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_leases_lapsed_in_a_leader_election_takes_them_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut s = Stack::cluster(Duration::from_millis(20)).await;
+    let _w = workers(&s, &["a", "b"]).await;
+    let leader =
+        s.js.get_stream("KV_tgpipe_groups")
+            .await
+            .unwrap()
+            .get_info()
+            .await
+            .unwrap()
+            .cluster
+            .and_then(|c| c.leader)
+            .expect("the ownership bucket has a leader");
+    let node = s.nats.cluster().index_of(&leader).expect("a node");
+    let chats = 52_000..52_040i64;
+    let round = |i: usize, chat: i64| {
+        text(
+            520_000 + i as i64 * 40 + (chat - 52_000),
+            chat,
+            &msg("g", chat, i),
+        )
+    };
+    for i in 0..5 {
+        for chat in chats.clone() {
+            post_retrying(&s, &round(i, chat)).await;
+        }
+    }
+    s.nats.cluster().kill(node);
+    for i in 5..15 {
+        for chat in chats.clone() {
+            post_retrying(&s, &round(i, chat)).await;
+        }
+    }
+    let v = answered_in_order(&s, "g", chats, 15, Duration::from_secs(60)).await;
+    eprintln!("ownership bucket leader {leader} killed: {v:?}");
+    // Every partition has an owner again.
+    let owned = owners(&s).await;
+    assert_eq!(owned.len(), 16, "{owned:?}");
+    assert_eq!(s.dead_letters().await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_chat_with_1000_queued_updates_does_not_delay_200_other_chats() {
     let _one = ONE_AT_A_TIME.lock().await;

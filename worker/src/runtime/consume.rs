@@ -1009,37 +1009,28 @@ impl Pod {
         }
         match action {
             Action::Ack(outcome) => {
+                // Remembered before the ack: an update whose ack is lost (a leader
+                // election) and that a new owner replays must be found finished, or it
+                // would run again after the chat's later updates.
+                if let (Some(seen), Some((chat, update_id))) = (&self.me.seen, chat) {
+                    match seen
+                        .insert(bot_id, chat, update_id, Some(&job.part.fence))
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(
+                            "the partition has a newer owner; its memory of finished updates wins"
+                        ),
+                        // The update is done; a lost memory only weakens duplicate detection.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot remember the finished update");
+                            metrics::seen_unavailable();
+                            self.me.redis.failed();
+                        }
+                    }
+                }
                 metrics::outcome(label, outcome);
                 self.finish(job, AckKind::Ack).await;
-                // Remembered after the ack, off the chat's path: the memory is for
-                // Telegram's retries that outlive the stream's dedupe window (minutes
-                // later), which a write in flight for a millisecond does not miss. The
-                // tracker makes a shutdown wait for it.
-                if let (Some(seen), Some((chat, update_id))) = (&self.me.seen, chat) {
-                    let (seen, fence, probe) = (
-                        seen.clone(),
-                        job.part.fence.clone(),
-                        Arc::clone(&self.me.redis),
-                    );
-                    self.tracker.spawn(
-                        async move {
-                            match seen.insert(bot_id, chat, update_id, Some(&fence)).await {
-                                Ok(true) => {}
-                                Ok(false) => tracing::warn!(
-                                    "the partition has a newer owner; its memory of finished updates wins"
-                                ),
-                                // The update is done; a lost memory only weakens
-                                // duplicate detection.
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "cannot remember the finished update");
-                                    metrics::seen_unavailable();
-                                    probe.failed();
-                                }
-                            }
-                        }
-                        .in_current_span(),
-                    );
-                }
             }
             Action::Duplicate => {
                 tracing::info!(

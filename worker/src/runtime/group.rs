@@ -35,6 +35,9 @@ use futures::StreamExt;
 
 use super::lane::{Lane, Partition};
 
+/// How often the ownership view is read from the bucket again, besides the watch.
+const RESYNC: Duration = Duration::from_secs(30);
+
 /// The KV bucket of memberships and leases (`TGPIPE_GROUP_BUCKET`).
 pub const DEFAULT_BUCKET: &str = "tgpipe_groups";
 
@@ -274,6 +277,42 @@ impl Group {
         format!("{}.owners.{:03}", self.prefix, p.0)
     }
 
+    /// A new watch of the group's keys, then the keys themselves, read from the bucket:
+    /// the members and who holds each partition. Changes after the read arrive on the
+    /// watch (created first, so none falls in between).
+    async fn resync(
+        &self,
+        members_prefix: &str,
+        owners_prefix: &str,
+        limit: Duration,
+    ) -> Result<(kv::Watch, BTreeSet<String>, BTreeMap<u16, String>), String> {
+        let read = async {
+            let watch = self
+                .kv
+                .watch(format!("{}.>", self.prefix))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut keys = self.kv.keys().await.map_err(|e| e.to_string())?;
+            let (mut members, mut owners) = (BTreeSet::new(), BTreeMap::new());
+            while let Some(key) = keys.next().await {
+                let key = key.map_err(|e| e.to_string())?;
+                if let Some(m) = key.strip_prefix(members_prefix) {
+                    members.insert(m.to_owned());
+                } else if let Some(p) = key
+                    .strip_prefix(owners_prefix)
+                    .and_then(|p| p.parse::<u16>().ok())
+                    && let Some(holder) = self.kv.get(&key).await.map_err(|e| e.to_string())?
+                {
+                    owners.insert(p, String::from_utf8_lossy(&holder).into_owned());
+                }
+            }
+            Ok((watch, members, owners))
+        };
+        tokio::time::timeout(limit, read)
+            .await
+            .map_err(|_| format!("no answer within {limit:?}"))?
+    }
+
     /// Runs the membership until `stop` resolves, sending acquisitions and releases to
     /// `events`. On `stop` it leaves the group (its key deleted at once, so the others
     /// rebalance without waiting for the TTL), releases every partition through
@@ -300,19 +339,32 @@ impl Group {
         let started = Instant::now();
         let mut synced = false;
         let mut watch = None;
+        // The view is read from the bucket itself at start, after a watch error, after
+        // any failed write (a leader loss can leave a watch stalled without an error: it
+        // would never show the expiries this pod waits for), and every RESYNC.
+        let mut resync_at = Some(Instant::now());
         let mut tick = tokio::time::interval(Duration::from_millis(
             (ttl.as_millis() as u64 / 6).clamp(100, 1000),
         ));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if watch.is_none() {
-                match self
-                    .kv
-                    .watch_with_history(format!("{}.>", self.prefix))
-                    .await
-                {
-                    Ok(w) => watch = Some(w),
-                    Err(e) => tracing::warn!(error = %e, "watching the ownership bucket"),
+            if watch.is_none() || resync_at.is_some_and(|at| Instant::now() >= at) {
+                match self.resync(&members_prefix, &owners_prefix, ttl).await {
+                    Ok((w, m, o)) => {
+                        watch = Some(w);
+                        (members, owners) = (m, o);
+                        // What this pod holds stays in the view until its renewal says
+                        // otherwise (a read racing a renewal must not free it).
+                        for p in held.keys() {
+                            owners.entry(*p).or_insert_with(|| self.member.clone());
+                        }
+                        synced = true;
+                        resync_at = Some(Instant::now() + RESYNC);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the ownership bucket");
+                        resync_at = Some(Instant::now() + Duration::from_millis(500));
+                    }
                 }
             }
             // Wait for a change or the tick.
@@ -327,7 +379,6 @@ impl Group {
                 } => match entry {
                     Some(Ok(entry)) => {
                         let mut apply = |entry: kv::Entry| {
-                            synced |= entry.delta == 0 || entry.seen_current;
                             let live = entry.operation == kv::Operation::Put;
                             if let Some(m) = entry.key.strip_prefix(&members_prefix) {
                                 if live {
@@ -363,6 +414,7 @@ impl Group {
                         watch = None;
                     }
                     None => watch = None,
+
                 },
                 _ = tick.tick() => {}
                 Some(done) = handovers.join_next(), if !handovers.is_empty() => {
@@ -382,7 +434,10 @@ impl Group {
                         last_beat = Some(now);
                         members.insert(self.member.clone());
                     }
-                    Err(e) => tracing::warn!(error = %e, "membership heartbeat"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "membership heartbeat");
+                        resync_at = Some(Instant::now());
+                    }
                 }
             }
             // Renew what is held; a lease not renewed within the TTL is lost.
@@ -410,7 +465,8 @@ impl Group {
                             super::metrics::partition_lost(&self.lane);
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, partition = %Partition(*p), "renewing the partition lease")
+                            tracing::warn!(error = %e, partition = %Partition(*p), "renewing the partition lease");
+                            resync_at = Some(Instant::now());
                         }
                     }
                 }
@@ -421,7 +477,14 @@ impl Group {
                     super::metrics::partition_lost(&self.lane);
                 }
             }
-            // Lost partitions are over for this pod; the consuming side stops them.
+            // Lost partitions are over for this pod; the consuming side stops them. Its
+            // own lease is no longer taken for granted: a claim (create-if-absent) finds
+            // out whether the key expired or another pod holds it.
+            for (p, h) in &held {
+                if h.own.is_lost() && !h.releasing && owners.get(p) == Some(&self.member) {
+                    owners.remove(p);
+                }
+            }
             held.retain(|_, h| !h.own.is_lost() || h.releasing);
             let list: Vec<String> = members.iter().cloned().collect();
             let me = list.iter().position(|m| *m == self.member);
