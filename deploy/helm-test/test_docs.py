@@ -41,6 +41,7 @@ def test_the_checked_snippets_are_there():
         "webhook-set-certificate",
         "openssl-s-client",
         "webhook-info",
+        "nats-permissions",
     }
     # The directive Debian 12's nginx 1.22 refuses ("unknown directive http2").
     assert not re.search(r"^\s*http2 on;", DOC.read_text(), re.M)
@@ -210,3 +211,50 @@ def test_webhook_set_with_the_certificate_then_webhook_info(tmp_path, certificat
     info = sh(checked_blocks()["webhook-info"], cwd=tmp_path, env=env).stdout
     assert "https://203.0.113.7:8443/webhook/123456" in info, info
     assert "certificate:      custom (uploaded with setWebhook)" in info, info
+
+
+def test_the_nats_permissions_sketch_lets_each_component_do_its_part(tmp_path, procs):
+    """The accounts block of docs/deploy.md, as written (only its store_dir moved here):
+    the admin provisions and adds a bot, the worker's user reads the registry and may
+    not change it, the ingress's user serves the registry's bot."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    conf = tmp_path / "nats.conf"
+    conf.write_text(checked_blocks()["nats-permissions"].replace("/data/jetstream", str(tmp_path / "js")))
+    port, mon, sink = free_port(), free_port(), free_port()
+    secrets = {"ADMIN_PASS": "admin-pass", "INGRESS_PASS": "ingress-pass", "WORKER_PASS": "worker-pass", "JS_KEY": "doc-test-encryption-key-0123456789"}
+    n = procs.start("nats", [os.environ["TGPIPE_NATS_SERVER"], "-c", str(conf), "-a", "127.0.0.1", "-p", str(port), "-m", str(mon)], env=dict(os.environ, **secrets))
+    wait_until("nats-server", lambda: http_get(f"http://127.0.0.1:{mon}/healthz?js-enabled-only=true")[0] == 200, proc=n, procs=procs)
+    s = procs.start("sink", [str(BIN_DIR / "tgpipe-loadtest"), "sink", "--listen", f"127.0.0.1:{sink}"])
+    wait_until("Bot API stand-in", lambda: http_get(f"http://127.0.0.1:{sink}/_sink/stats")[0] == 200, proc=s, procs=procs)
+
+    def as_user(user, password, **extra):
+        return {"PATH": f"{BIN_DIR}:/usr/bin:/bin", "NATS_URL": f"nats://{user}:{password}@127.0.0.1:{port}",
+                "TGPIPE_API_URL": f"http://127.0.0.1:{sink}", **extra}
+
+    admin = as_user("tgpipe-admin", "admin-pass")
+    sh("tgpipe-ingress provision", cwd=tmp_path, env=admin)
+    sh("tgpipe-example-bot bots add", cwd=tmp_path, env=dict(admin, TGPIPE_NEW_BOT_TOKEN="5151:doc-test-token", TGPIPE_WEBHOOK_URL="https://hooks.example.com"))
+
+    worker = as_user("tgpipe-worker", "worker-pass")
+    assert "5151" in sh("tgpipe-example-bot bots list", cwd=tmp_path, env=worker).stdout
+    refused = sh("tgpipe-example-bot bots pause 5151", cwd=tmp_path, env=worker, check=False)
+    assert refused.returncode != 0, refused.stdout
+    assert "active" in sh("tgpipe-example-bot bots list", cwd=tmp_path, env=admin).stdout
+
+    web, ops = free_port(), free_port()
+    ingress = as_user("tgpipe-ingress", "ingress-pass", TGPIPE_PROVISION="false", TGPIPE_ALLOWED_CIDRS="any",
+                      TGPIPE_LISTEN=f"127.0.0.1:{web}", TGPIPE_OPS_LISTEN=f"127.0.0.1:{ops}")
+    i = procs.start("ingress", [str(BIN_DIR / "tgpipe-ingress")], env=ingress)
+    wait_until("the ingress under its own NATS user", lambda: http_get(f"http://127.0.0.1:{ops}/readyz")[0] == 200, proc=i, procs=procs)
+    calls = json.loads(http_get(f"http://127.0.0.1:{sink}/_sink/calls?since=0")[1])
+    secret = [c["params"]["secret_token"] for c in calls if c["method"] == "setWebhook"][-1]
+    update = b'{"update_id":7,"message":{"message_id":1,"date":0,"chat":{"id":5,"type":"private"},"text":"hi"}}'
+    req = urllib.request.Request(f"http://127.0.0.1:{web}/webhook/5151", data=update, headers={"X-Telegram-Bot-Api-Secret-Token": secret, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+    except urllib.error.HTTPError as e:
+        pytest.fail(f"the ingress answered {e.code} for the registry's bot:\n{procs.output(i)}")

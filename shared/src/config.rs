@@ -244,11 +244,58 @@ impl NatsArgs {
                 .map_err(|e| ConnectError(e.to_string()))?;
         }
         let urls: Vec<&str> = split_list(&self.url);
+        // async-nats takes a user and password (or a token) from its options only, not
+        // from the URL: `nats://user:pass@host` and `nats://token@host` are applied here.
+        let mut auth = None;
+        for url in &urls {
+            let addr: async_nats::ServerAddr = url.parse().map_err(|e| {
+                ConnectError(format!("NATS_URL (--nats-url) {}: {e}", redact_url(url)))
+            })?;
+            if let Some(user) = addr.username() {
+                let this = (percent_decode(user), addr.password().map(percent_decode));
+                if auth.as_ref().is_some_and(|a| *a != this) {
+                    return Err(ConnectError(
+                        "NATS_URL (--nats-url): the servers name different users; give one".into(),
+                    ));
+                }
+                auth = Some(this);
+            }
+        }
+        options = match auth {
+            Some((user, Some(password))) => options.user_and_password(user, password),
+            Some((token, None)) => options.token(token),
+            None => options,
+        };
         options
             .connect(urls.as_slice())
             .await
             .map_err(|e| ConnectError(e.to_string()))
     }
+}
+
+/// A URL's userinfo as written before percent-encoding (`p%40ss` is `p@ss`).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Logs the connection's life: what failed, where (the URLs, passwords redacted), and
@@ -293,6 +340,15 @@ pub struct ConnectError(pub String);
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn credentials_in_nats_url_are_decoded() {
+        assert_eq!(percent_decode("p%40ss%3Aw0rd"), "p@ss:w0rd");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
     use super::*;
 
     #[derive(Debug, clap::Parser)]
