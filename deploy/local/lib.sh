@@ -53,6 +53,16 @@ ensure_redis_server() {
 }
 
 # A free TCP port on 127.0.0.1.
+# Waits (up to 30 s) for a 2xx from `url`; `what` names it in the error.
+wait_http() { # url, what
+  for _ in $(seq 300); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "error: ${2:-$1} did not become ready at $1" >&2
+  return 1
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }

@@ -45,14 +45,6 @@ stop_all() {
   rm -f "$STACK/env"
 }
 
-wait_http() { # url, what
-  for _ in $(seq 150); do
-    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
-    sleep 0.2
-  done
-  echo "error: $2 did not become ready at $1; see $STACK/*.log" >&2
-  return 1
-}
 
 case "${1:-up}" in
   down)

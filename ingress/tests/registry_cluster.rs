@@ -56,17 +56,7 @@ async fn the_registry_watch_survives_the_loss_of_the_bucket_leader() {
     })
     .await;
 
-    let leader = js
-        .get_stream("KV_tgpipe_bots")
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap()
-        .cluster
-        .and_then(|c| c.leader)
-        .expect("the bucket has a leader");
-    let node = cluster.index_of(&leader).expect("a node");
+    let (leader, node) = cluster.leader_of(&js, "KV_tgpipe_bots").await;
     cluster.kill(node);
     let killed = Instant::now();
 

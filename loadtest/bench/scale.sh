@@ -47,15 +47,6 @@ mkdir -p "$WORK/bin"
 for b in tgpipe-ingress tgpipe-example-bot tgpipe-loadtest; do cp "$T/$b" "$WORK/bin/"; done
 B=$WORK/bin
 
-wait_http() {
-  for _ in $(seq 1 300); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$2 did not become ready ($1)" >&2
-  exit 1
-}
-
 stop_all() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true

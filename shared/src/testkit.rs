@@ -226,6 +226,26 @@ impl NatsCluster {
         self.nodes.iter().position(|n| n.name == name)
     }
 
+    /// The node that leads `stream` now: its server name and index.
+    pub async fn leader_of(
+        &self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+    ) -> (String, usize) {
+        let leader = js
+            .get_stream(stream)
+            .await
+            .expect("the stream")
+            .get_info()
+            .await
+            .expect("its info")
+            .cluster
+            .and_then(|c| c.leader)
+            .expect("the stream has a leader");
+        let node = self.index_of(&leader).expect("a node of this cluster");
+        (leader, node)
+    }
+
     /// Kills node `i` (`kill -9`); its store is kept.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {

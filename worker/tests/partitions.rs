@@ -354,7 +354,7 @@ async fn post_retrying(s: &Stack, body: &serde_json::Value) {
 async fn kill_9_of_the_stream_leader_mid_burst_loses_nothing_and_keeps_order() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut s = Stack::cluster(Duration::from_millis(20)).await;
-    let (leader, node) = leader_of(&mut s, "TG_UPDATES").await;
+    let (leader, node) = s.nats.cluster().leader_of(&s.js, "TG_UPDATES").await;
     let _w = workers(&s, &["a", "b"]).await;
     let chats = 50_000..50_040i64;
     let round = |i: usize, chat: i64| {
@@ -384,22 +384,6 @@ async fn kill_9_of_the_stream_leader_mid_burst_loses_nothing_and_keeps_order() {
     assert_eq!(s.dead_letters().await, 0);
 }
 
-/// The cluster leader of `stream` (its server name and node index).
-async fn leader_of(s: &mut Stack, stream: &str) -> (String, usize) {
-    let leader =
-        s.js.get_stream(stream)
-            .await
-            .unwrap()
-            .get_info()
-            .await
-            .unwrap()
-            .cluster
-            .and_then(|c| c.leader)
-            .expect("the stream has a leader");
-    let node = s.nats.cluster().index_of(&leader).expect("a node");
-    (leader, node)
-}
-
 /// A leader election of the ownership bucket can outlast the lease TTL, so every pod
 /// loses its leases; a pod whose watch then stalled (a lost leader can leave a KV watch
 /// silent without an error) kept its own lapsed leases in its view and never claimed its
@@ -410,7 +394,7 @@ async fn a_pod_whose_leases_lapsed_in_a_leader_election_takes_them_back() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut s = Stack::cluster(Duration::from_millis(20)).await;
     let _w = workers(&s, &["a", "b"]).await;
-    let (leader, node) = leader_of(&mut s, "KV_tgpipe_groups").await;
+    let (leader, node) = s.nats.cluster().leader_of(&s.js, "KV_tgpipe_groups").await;
     let chats = 52_000..52_040i64;
     let round = |i: usize, chat: i64| {
         text(

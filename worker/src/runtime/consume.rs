@@ -893,8 +893,13 @@ impl Pod {
             ),
         ))
         .catch_unwind();
-        // The handlers' span: each Bot API call they make is its child.
-        let span = tracing::info_span!("handle", bot_username = bot.username().unwrap_or(""));
+        // The handlers' span, only for a trace (each Bot API call is its child): without
+        // export it would be one more span per update for nothing.
+        let span = if tgpipe_shared::telemetry::exporting() {
+            tracing::info_span!("handle", bot_username = bot.username().unwrap_or(""))
+        } else {
+            tracing::Span::none()
+        };
         let outcome = self
             .keep_in_progress(&job.src, dispatch)
             .instrument(span)
