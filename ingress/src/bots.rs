@@ -162,6 +162,7 @@ pub struct ServedBot {
     check: Check,
     state: BotState,
     label: Arc<str>,
+    metrics: crate::metrics::BotMetrics,
     /// Set once a confirmation of the current secret has been sent, so that a burst of
     /// requests signed with a new secret makes one registry write, not one each.
     confirming: AtomicBool,
@@ -202,6 +203,11 @@ impl ServedBot {
     /// Its metrics label: the id, or `other` past [`LABELLED_BOTS`].
     pub fn label(&self) -> &Arc<str> {
         &self.label
+    }
+
+    /// Its label with its metric handles.
+    pub(crate) fn metrics(&self) -> (&Arc<str>, &crate::metrics::BotMetrics) {
+        (&self.label, &self.metrics)
     }
 
     /// The secret digest to confirm in the registry, the first time a request signed
@@ -248,6 +254,7 @@ impl BotTable {
                     check: Check::Static(secret.clone()),
                     state: BotState::Active,
                     label: id.to_string().into(),
+                    metrics: Default::default(),
                     confirming: AtomicBool::new(false),
                 },
             );
@@ -278,6 +285,7 @@ impl BotTable {
                     },
                     state: record.state,
                     label,
+                    metrics: Default::default(),
                     confirming: AtomicBool::new(false),
                 },
             );

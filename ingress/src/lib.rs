@@ -50,6 +50,7 @@ struct Inner {
     publisher: Publisher,
     readiness: Arc<Readiness>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    in_flight: ::metrics::Gauge,
     _readiness_task: AbortOnDrop,
 }
 
@@ -94,6 +95,7 @@ impl AppState {
                 publisher,
                 readiness,
                 metrics: metrics::install(),
+                in_flight: metrics::in_flight(),
                 _readiness_task: AbortOnDrop(task),
             }),
         }

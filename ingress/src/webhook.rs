@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -117,10 +118,12 @@ pub(crate) async fn webhook(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(bot): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    let _in_flight = m::InFlight::enter();
+    // The request's own headers, not a copy (the `HeaderMap` extractor clones them).
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let _in_flight = m::InFlight::enter(&state.inner.in_flight);
     let table = state.inner.bots.snapshot();
     let served = BotId::parse(&bot).and_then(|id| Some((id, table.get(id)?)));
     let span = request_span(&headers);
@@ -135,7 +138,7 @@ pub(crate) async fn webhook(
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    m::request(served.map(|(_, b)| b.label()), status);
+    m::request(served.map(|(_, b)| b.metrics()), status);
     match result {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => e.into_response(),
@@ -212,7 +215,7 @@ async fn receive(
         .publish(subject, nats_headers, body)
         .instrument(publish)
         .await?;
-    m::published(served.label(), started.elapsed(), bytes, duplicate);
+    m::published(served.metrics(), started.elapsed(), bytes, duplicate);
     Ok(())
 }
 

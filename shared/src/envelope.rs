@@ -11,7 +11,7 @@ use std::fmt;
 use std::num::NonZeroU16;
 use std::str::FromStr;
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 
 use crate::headers;
@@ -206,23 +206,39 @@ impl Envelope {
     }
 
     /// The headers it is published with (trace context is the publisher's to add).
+    ///
+    /// Names are static (no allocation); the values are formatted with `itoa`, the
+    /// message id straight into its value.
     pub fn headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
         let mut buf = itoa::Buffer::new();
-        h.insert(headers::MSG_ID, self.msg_id().to_string().as_str());
-        h.insert(headers::BOT_ID, buf.format(self.bot.0));
-        h.insert(headers::UPDATE_TYPE, self.kind.as_str());
+        let mut id = String::with_capacity(24);
+        id.push_str(buf.format(self.bot.0));
+        id.push(':');
+        id.push_str(buf.format(self.update_id));
+        h.insert(HeaderName::from_static(headers::MSG_ID), id);
+        h.insert(
+            HeaderName::from_static(headers::BOT_ID),
+            buf.format(self.bot.0),
+        );
+        h.insert(
+            HeaderName::from_static(headers::UPDATE_TYPE),
+            self.kind.as_str(),
+        );
         for (name, value) in [
             (headers::CHAT_ID, self.chat_id),
             (headers::USER_ID, self.user_id),
             (headers::THREAD_ID, self.thread_id),
         ] {
             if let Some(v) = value {
-                h.insert(name, buf.format(v));
+                h.insert(HeaderName::from_static(name), buf.format(v));
             }
         }
-        h.insert(headers::RECEIVED_AT, buf.format(self.received_at_ms));
-        h.insert(headers::ENVELOPE, VERSION);
+        h.insert(
+            HeaderName::from_static(headers::RECEIVED_AT),
+            buf.format(self.received_at_ms),
+        );
+        h.insert(HeaderName::from_static(headers::ENVELOPE), VERSION);
         h
     }
 }
@@ -386,6 +402,10 @@ mod tests {
     fn a_message_reads_back_without_its_body() {
         let env = Envelope::from_body(BotId(42), Bytes::from_static(BODY), shards(), 5).unwrap();
         let h = env.headers();
+        assert_eq!(
+            h.get(headers::MSG_ID).map(|v| v.as_str()),
+            Some(env.msg_id().to_string().as_str())
+        );
         // A body that does not parse shows that the headers alone were read.
         let read =
             Envelope::from_message(&env.subject(), Some(&h), Bytes::from_static(b"x")).unwrap();

@@ -83,8 +83,9 @@ impl Publisher {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Publishes and waits for the acknowledgement. Returns whether JetStream saw the
-    /// message id before (a duplicate, stored once).
+    /// Publishes and waits for the acknowledgement: at most the timeout for the write
+    /// into the client's buffer, then at most the timeout for the PubAck. Returns
+    /// whether JetStream saw the message id before (a duplicate, stored once).
     pub async fn publish(
         &self,
         subject: String,
@@ -97,28 +98,30 @@ impl Publisher {
             return Err(PublishError::Disconnected);
         }
         let size = header_len(&headers) + body.len();
-        let ack = async {
-            let future = self
-                .js
-                .publish_with_headers(subject, headers, body)
-                .await
-                .map_err(|e| match e.kind() {
-                    jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
-                        PublishError::TooLarge {
-                            size,
-                            max_payload: self.max_payload(),
-                        }
-                    }
-                    _ => PublishError::Rejected(e.to_string()),
-                })?;
-            future
-                .await
-                .map_err(|e| PublishError::Rejected(e.to_string()))
-        };
-        match tokio::time::timeout(self.timeout, ack).await {
-            Ok(Ok(ack)) => Ok(ack.duplicate),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(PublishError::Timeout(self.timeout)),
+        // Two steps, one timer each at most: the write into the client's buffer (ready at
+        // once unless the buffer is full, and a `Timeout` arms its timer only when the
+        // future it wraps is pending), then the PubAck, which the JetStream context
+        // bounds by the same timeout. A timer around both would be armed on every
+        // publish, beside the context's own.
+        let future = tokio::time::timeout(
+            self.timeout,
+            self.js.publish_with_headers(subject, headers, body),
+        )
+        .await
+        .map_err(|_| PublishError::Timeout(self.timeout))?
+        .map_err(|e| self.failed(e, size))?;
+        let ack = future.await.map_err(|e| self.failed(e, size))?;
+        Ok(ack.duplicate)
+    }
+
+    fn failed(&self, e: jetstream::context::PublishError, size: usize) -> PublishError {
+        match e.kind() {
+            jetstream::context::PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge {
+                size,
+                max_payload: self.max_payload(),
+            },
+            jetstream::context::PublishErrorKind::TimedOut => PublishError::Timeout(self.timeout),
+            _ => PublishError::Rejected(e.to_string()),
         }
     }
 
