@@ -4,6 +4,10 @@
 #
 #   ./loadtest/bench/ingress.sh            # 15 s per target, 64 connections
 #   DURATION=30s CONNECTIONS=64 ./loadtest/bench/ingress.sh
+#   PERF=1 ./loadtest/bench/ingress.sh     # also perf-records the ingress's measured run
+#
+# With PERF=1 the flat profile of the ingress (self time by symbol) is written to
+# $PERF_OUT (default: <target dir>/ingress-perf.txt); the run is slower for it.
 #
 # Prints one line per target and the ratio; checks that the stream holds exactly as
 # many updates as the ingress accepted.
@@ -17,6 +21,7 @@ THREADS=${THREADS:-2}
 export BOT_ID=123456 SECRET=bench-secret CHATS=1000
 
 command -v wrk >/dev/null || { log "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
+[ "${PERF:-0}" = 1 ] && { command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }; }
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 ensure_nats_server
 
@@ -36,9 +41,18 @@ run_wrk() { # url, pids to account CPU for... -> RESULT line with cpu_<n>= field
   RUN=$((RUN + 1))
   RUN=$RUN wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s loadtest/bench/webhook.lua "$url" >/dev/null  # warm-up
   RUN=$((RUN + 1))
-  local before=() p i=0 line
+  local before=() p i=0 line perf_pid=
   for p in "$@"; do before+=("$(cpu_s "$p")"); done
+  if [ -n "${PROFILE:-}" ]; then
+    perf record -q -F 999 -g -p "$1" -o "$WORK/perf.data" 2>/dev/null & perf_pid=$!
+  fi
   line=$(RUN=$RUN wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s loadtest/bench/webhook.lua "$url" | grep '^RESULT')
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+    perf report -i "$WORK/perf.data" --no-children -g none --sort dso,symbol --stdio 2>/dev/null \
+      | grep -v "^#" | grep -v "^$" | cut -c1-160 | head -n 80 >"$PROFILE"
+    log "ingress profile: $PROFILE"
+  fi
   for p in "$@"; do line+=" cpu$i=$(python3 -c "print(round($(cpu_s "$p") - ${before[$i]}, 2))")"; i=$((i + 1)); done
   echo "$line"
 }
@@ -66,7 +80,9 @@ NATS_URL=nats://127.0.0.1:$NATS_PORT TGPIPE_LISTEN=127.0.0.1:$ING_PORT TGPIPE_OP
 PIDS+=($!)
 wait_http "http://127.0.0.1:$ING_OPS/readyz"
 log "wrk -> tgpipe-ingress ($DURATION, $CONNECTIONS connections)"
+[ "${PERF:-0}" = 1 ] && PROFILE=${PERF_OUT:-$(dirname "$TARGET")/ingress-perf.txt}
 ING=$(run_wrk "http://127.0.0.1:$ING_PORT" "${PIDS[-1]}" "${PIDS[-2]}")
+PROFILE=
 echo "ingress:  $ING"
 STORED=$(curl -fsS "http://127.0.0.1:$MON_PORT/jsz?streams=true" | python3 -c '
 import json, sys
