@@ -17,6 +17,7 @@ pub mod extract;
 pub mod filter;
 pub mod fsm;
 pub mod handler;
+pub mod keyboard;
 pub mod middleware;
 pub mod poll;
 pub mod router;
