@@ -73,10 +73,68 @@ impl Requirement {
 }
 
 /// A handler argument.
+///
+/// A handler that takes something else does not compile, and the error names the
+/// argument and says what to take instead:
+///
+/// ```compile_fail,E0277
+/// use std::sync::Arc;
+/// use frankenstein::types::Message;
+/// use tgpipe_worker::Router;
+///
+/// struct Settings;
+///
+/// async fn greet(message: Arc<Message>, settings: Settings) {}
+///
+/// let mut router = Router::new("main");
+/// router.message(greet);
+/// ```
+///
+/// ```text
+/// error[E0277]: `Settings` cannot be a handler argument: it does not implement `FromContext`
+///    --> src/main.rs:12:16
+///     |
+///  12 | router.message(greet);
+///     |        ------- ^^^^^ this handler takes a `Settings`, which is not an extractor
+///     |        |
+///     |        required by a bound introduced by this call
+///     |
+/// help: the trait `FromContext` is not implemented for `Settings`
+///    --> src/main.rs:5:1
+///     |
+///   5 | struct Settings;
+///     | ^^^^^^^^^^^^^^^
+///     = note: for application state, or a value a middleware or filter provides, take `Dep<Settings>` and give the value to the dispatcher (`.state(..)`, `.provide(..)`)
+///     = note: the extractors: the event (`Arc<Message>`, `Arc<CallbackQuery>`, ...), `Bot`, `Context`, `Arc<Update>`, `Event`, `Dep<T>`, `CommandObject` behind a `Command` filter, `FsmContext`, a `callback_data!` type behind its filter, and `Option<T>` of any of them
+///     = help: the following other types implement trait `FromContext`:
+///               Arc<frankenstein::inline_mode::ChosenInlineResult>
+///               ...
+///     = note: required for `(Arc<frankenstein::types::Message>, Settings)` to implement `HandlerArgs`
+///     = note: required for `fn(Arc<frankenstein::types::Message>, Settings) -> impl Future<Output = ()> {greet}` to implement `Handler<(Arc<frankenstein::types::Message>, Settings)>`
+/// ```
+///
+/// (rustc 1.95.) Taking `Dep<Settings>`, with the value given to the dispatcher, is the
+/// fix:
+///
+/// ```
+/// use std::sync::Arc;
+/// use frankenstein::types::Message;
+/// use tgpipe_worker::{Dep, Dispatcher, Router};
+///
+/// #[derive(Clone)]
+/// struct Settings;
+///
+/// async fn greet(message: Arc<Message>, Dep(settings): Dep<Settings>) {}
+///
+/// let mut router = Router::new("main");
+/// router.message(greet);
+/// let dispatcher = Dispatcher::builder(router).state(Settings).build().unwrap();
+/// ```
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be a handler argument",
-    label = "not an extractor",
-    note = "handler arguments implement `FromContext`: the event (`Arc<Message>`, `Arc<CallbackQuery>`, ...), `Bot`, `Arc<Update>`, `Event`, `Dep<T>` for application state and middleware values, `CommandObject` behind a `Command` filter"
+    message = "`{Self}` cannot be a handler argument: it does not implement `FromContext`",
+    label = "this handler takes a `{Self}`, which is not an extractor",
+    note = "for application state, or a value a middleware or filter provides, take `Dep<{Self}>` and give the value to the dispatcher (`.state(..)`, `.provide(..)`)",
+    note = "the extractors: the event (`Arc<Message>`, `Arc<CallbackQuery>`, ...), `Bot`, `Context`, `Arc<Update>`, `Event`, `Dep<T>`, `CommandObject` behind a `Command` filter, `FsmContext`, a `callback_data!` type behind its filter, and `Option<T>` of any of them"
 )]
 pub trait FromContext: Sized + Send + 'static {
     /// Takes the argument from the context.

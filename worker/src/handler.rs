@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::context::Context;
 use crate::error::HandlerError;
-use crate::extract::{FromContext, Requirement};
+use crate::extract::{ExtractError, FromContext, Requirement};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -22,6 +22,11 @@ pub enum Flow {
 
 /// What a handler may return: `()`, [`Flow`], or a `Result` of either with any error
 /// that converts into [`HandlerError`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be what a handler returns",
+    label = "the handler's return type",
+    note = "a handler returns `()`, `Flow`, or `Result<(), E>`/`Result<Flow, E>` with `E: Into<HandlerError>` (any `std::error::Error + Send + Sync + 'static` is)"
+)]
 pub trait IntoFlow: Send {
     /// The result as the dispatcher sees it.
     fn into_flow(self) -> Result<Flow, HandlerError>;
@@ -45,11 +50,17 @@ impl<T: IntoFlow, E: Into<HandlerError> + Send> IntoFlow for Result<T, E> {
     }
 }
 
-/// An `async fn` usable as a handler. Implemented for functions and closures of up to
-/// 8 extractor arguments returning an [`IntoFlow`].
+/// An `async fn` usable as a handler: a [`HandlerFn`] whose arguments are
+/// [`HandlerArgs`] (each one a [`FromContext`]) and whose output is an [`IntoFlow`].
+///
+/// It is one blanket implementation over those two traits rather than one per number
+/// of arguments, so that the compiler settles the argument types from the function's
+/// arity first and then names the argument that is not an extractor (see
+/// [`FromContext`]), instead of calling the whole function "not a handler".
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a handler",
-    note = "a handler is an `async fn` whose arguments implement `FromContext` and whose return type is `()`, `Flow`, or `Result<(), E>`/`Result<Flow, E>` with `E: Into<HandlerError>`"
+    label = "not an `async fn` of at most 8 extractor arguments",
+    note = "a handler is an `async fn` (or a closure returning a future) of up to 8 arguments that implement `FromContext`, returning `()`, `Flow`, or `Result<(), E>`/`Result<Flow, E>` with `E: Into<HandlerError>`"
 )]
 pub trait Handler<Args>: Clone + Send + Sync + 'static {
     /// Runs the handler on the context.
@@ -58,27 +69,71 @@ pub trait Handler<Args>: Clone + Send + Sync + 'static {
     fn requirements() -> Vec<Requirement>;
 }
 
+impl<F, Args> Handler<Args> for F
+where
+    F: HandlerFn<Args>,
+    Args: HandlerArgs,
+    <F::Future as Future>::Output: IntoFlow,
+{
+    fn call(&self, cx: Context) -> BoxFuture<'static, Result<Flow, HandlerError>> {
+        let args = match Args::from_context(&cx) {
+            Ok(args) => args,
+            Err(e) => return Box::pin(std::future::ready(Err(HandlerError::from(e)))),
+        };
+        let fut = self.call_with(args);
+        Box::pin(async move { fut.await.into_flow() })
+    }
+
+    fn requirements() -> Vec<Requirement> {
+        Args::requirements()
+    }
+}
+
+/// A function or closure of up to 8 arguments, whatever their types, returning a
+/// future: what a [`Handler`] is made of.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a handler",
+    label = "not an `async fn` of at most 8 arguments",
+    note = "a handler is an `async fn` (or a closure returning a future) of up to 8 arguments that implement `FromContext`"
+)]
+pub trait HandlerFn<Args>: Clone + Send + Sync + 'static {
+    /// The future a call returns.
+    type Future: Future + Send + 'static;
+    /// Calls it with its arguments.
+    fn call_with(&self, args: Args) -> Self::Future;
+}
+
+/// A handler's arguments: a tuple of up to 8 [`FromContext`] types, extracted in order.
+pub trait HandlerArgs: Sized + Send + 'static {
+    /// Extracts every argument; the first that fails fails the call.
+    fn from_context(cx: &Context) -> Result<Self, ExtractError>;
+    /// What the arguments need provided.
+    fn requirements() -> Vec<Requirement>;
+}
+
 macro_rules! impl_handler {
     ($($arg:ident),*) => {
-        #[allow(non_snake_case, unused_variables)]
-        impl<F, Fut, R, $($arg,)*> Handler<($($arg,)*)> for F
+        impl<F, Fut, $($arg,)*> HandlerFn<($($arg,)*)> for F
         where
             F: Fn($($arg),*) -> Fut + Clone + Send + Sync + 'static,
-            Fut: Future<Output = R> + Send + 'static,
-            R: IntoFlow,
-            $($arg: FromContext,)*
+            Fut: Future + Send + 'static,
         {
-            fn call(&self, cx: Context) -> BoxFuture<'static, Result<Flow, HandlerError>> {
-                $(let $arg = match $arg::from_context(&cx) {
-                    Ok(v) => v,
-                    Err(e) => return Box::pin(std::future::ready(Err(HandlerError::from(e)))),
-                };)*
-                let fut = (self)($($arg),*);
-                Box::pin(async move { fut.await.into_flow() })
+            type Future = Fut;
+
+            #[allow(non_snake_case)]
+            fn call_with(&self, ($($arg,)*): ($($arg,)*)) -> Fut {
+                (self)($($arg),*)
+            }
+        }
+
+        impl<$($arg: FromContext,)*> HandlerArgs for ($($arg,)*) {
+            #[allow(unused_variables)]
+            fn from_context(cx: &Context) -> Result<Self, ExtractError> {
+                Ok(($($arg::from_context(cx)?,)*))
             }
 
             fn requirements() -> Vec<Requirement> {
-                let all: Vec<Option<Requirement>> = vec![$($arg::requirement()),*];
+                let all: [Option<Requirement>; _] = [$($arg::requirement()),*];
                 all.into_iter().flatten().collect()
             }
         }

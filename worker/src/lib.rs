@@ -7,6 +7,9 @@
 //! [`middleware`] wrap the search and the handler. Dispatch tells the runtime whether
 //! an update was handled, unhandled, or failed (transiently or for good). The [`fsm`]
 //! keeps conversation state in Redis, one update per key at a time across processes.
+//!
+//! A bot starts with `use tgpipe_worker::prelude::*;` ([`prelude`]); [`keyboard`] builds
+//! inline and reply keyboards. The guide is `docs/framework.md`.
 
 pub mod bot;
 pub mod callback_data;
@@ -17,8 +20,10 @@ pub mod extract;
 pub mod filter;
 pub mod fsm;
 pub mod handler;
+pub mod keyboard;
 pub mod middleware;
 pub mod poll;
+pub mod prelude;
 pub mod router;
 pub mod runtime;
 pub mod update;
@@ -35,6 +40,11 @@ pub use middleware::{Handled, Next};
 pub use router::{ObserverKey, Router};
 pub use runtime::run;
 pub use update::{Event, Update};
+
+// The types the framework's own signatures use, so that a bot needs no other
+// dependency: frankenstein's Bot API types, and the update kind of the wire contract.
+pub use frankenstein;
+pub use tgpipe_shared::UpdateKind;
 
 /// The guide `docs/framework.md`, whose examples are compiled as doc tests.
 #[doc = include_str!("../../docs/framework.md")]

@@ -13,21 +13,13 @@
 //! environment (`TGPIPE_BOT_TOKENS`, `NATS_URL`, `REDIS_URL`, ...).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use frankenstein::AsyncTelegramApi;
-use frankenstein::methods::{AnswerCallbackQueryParams, EditMessageTextParams, SendMessageParams};
+use frankenstein::methods::{EditMessageTextParams, SendMessageParams};
 use frankenstein::types::{
-    CallbackQuery, ChatMember, ChatMemberUpdated as MemberUpdate, ChatType, InlineKeyboardButton,
-    InlineKeyboardMarkup, MaybeInaccessibleMessage, Message, ReplyMarkup, User,
+    ChatMember, ChatMemberUpdated as MemberUpdate, ChatType, MaybeInaccessibleMessage, User,
 };
 use serde::{Deserialize, Serialize};
-use tgpipe_worker::callback_data::CallbackData;
-use tgpipe_worker::filter::{
-    ChatMemberUpdated, Command, CommandObject, CommandStart, MemberGroup, chat_type,
-};
-use tgpipe_worker::fsm::{FsmContext, FsmError, StateFilter};
-use tgpipe_worker::{Bot, BotError, Context, Dispatcher, Event, Router, callback_data};
+use tgpipe_worker::prelude::*;
 
 callback_data! {
     /// A button of `/menu`: packed as `menu:<choice>`.
@@ -61,13 +53,16 @@ struct Counter {
     count: u64,
 }
 
-/// What a handler can fail with: the FSM's storage or the Bot API.
+/// What a handler can fail with: the FSM's storage, the Bot API, or a keyboard that
+/// does not fit Telegram's limits.
 #[derive(Debug, thiserror::Error)]
 enum Error {
     #[error(transparent)]
     Fsm(#[from] FsmError),
     #[error(transparent)]
     Api(#[from] BotError),
+    #[error(transparent)]
+    Keyboard(#[from] KeyboardError),
 }
 
 fn first_name(user: Option<&User>) -> &str {
@@ -78,7 +73,7 @@ async fn echo(message: Arc<Message>, bot: Bot) -> Result<(), BotError> {
     let Some(text) = &message.text else {
         return Ok(());
     };
-    bot.send_text(message.chat.id, text).await?;
+    message.answer(&bot, text).await?;
     Ok(())
 }
 
@@ -88,13 +83,13 @@ async fn start(message: Arc<Message>, command: CommandObject, bot: Bot) -> Resul
         Some(payload) => format!("Hello, {name}! You came with: {payload}"),
         None => format!("Hello, {name}! Send me a text and I will echo it."),
     };
-    bot.send_text(message.chat.id, &greeting).await?;
+    message.answer(&bot, &greeting).await?;
     Ok(())
 }
 
 async fn form(message: Arc<Message>, bot: Bot, fsm: FsmContext) -> Result<(), Error> {
     fsm.set_state(Form::Name).await?;
-    bot.send_text(message.chat.id, "What is your name?").await?;
+    message.answer(&bot, "What is your name?").await?;
     Ok(())
 }
 
@@ -102,7 +97,7 @@ async fn form_name(message: Arc<Message>, bot: Bot, fsm: FsmContext) -> Result<(
     let name = message.text.clone().unwrap_or_default();
     fsm.set_data(&Answers { name }).await?;
     fsm.set_state(Form::Age).await?;
-    bot.send_text(message.chat.id, "How old are you?").await?;
+    message.answer(&bot, "How old are you?").await?;
     Ok(())
 }
 
@@ -114,60 +109,51 @@ async fn form_age(message: Arc<Message>, bot: Bot, fsm: FsmContext) -> Result<()
         .trim()
         .parse::<u8>()
     else {
-        bot.send_text(
-            message.chat.id,
-            "That is not an age; please send a number. How old are you?",
-        )
-        .await?;
+        message
+            .reply(
+                &bot,
+                "That is not an age; please send a number. How old are you?",
+            )
+            .await?;
         return Ok(());
     };
     let answers: Answers = fsm.data().await?;
     fsm.clear().await?;
-    bot.send_text(
-        message.chat.id,
-        &format!("Thank you, {}: you are {age}.", answers.name),
-    )
-    .await?;
+    let thanks = format!("Thank you, {}: you are {age}.", answers.name);
+    message.answer(&bot, &thanks).await?;
     Ok(())
 }
 
 async fn cancel(message: Arc<Message>, bot: Bot, fsm: FsmContext) -> Result<(), Error> {
     fsm.clear().await?;
-    bot.send_text(message.chat.id, "Cancelled.").await?;
+    message.answer(&bot, "Cancelled.").await?;
     Ok(())
 }
 
 async fn count(message: Arc<Message>, bot: Bot, fsm: FsmContext) -> Result<(), Error> {
     // Atomic in Redis, and under the key's lease: concurrent /count never lose a step.
     let counter = fsm.update_data(|c: &mut Counter| c.count += 1).await?;
-    bot.send_text(message.chat.id, &format!("count: {}", counter.count))
+    message
+        .answer(&bot, &format!("count: {}", counter.count))
         .await?;
     Ok(())
 }
 
-async fn menu(message: Arc<Message>, bot: Bot) -> Result<(), BotError> {
-    let mut row = Vec::new();
+async fn menu(message: Arc<Message>, bot: Bot) -> Result<(), Error> {
+    let mut keyboard = InlineKeyboardBuilder::new();
     for choice in CHOICES {
-        let data = MenuChoice {
-            choice: choice.to_owned(),
-        }
-        .pack()
-        .map_err(|e| BotError::InvalidResponse(e.to_string()))?;
-        row.push(
-            InlineKeyboardButton::builder()
-                .text(choice)
-                .callback_data(data)
-                .build(),
+        keyboard.button(
+            choice,
+            MenuChoice {
+                choice: choice.to_owned(),
+            },
         );
     }
-    let keyboard = InlineKeyboardMarkup::builder()
-        .inline_keyboard(vec![row])
-        .build();
     bot.send_message(
         &SendMessageParams::builder()
             .chat_id(message.chat.id)
             .text("What would you like?")
-            .reply_markup(ReplyMarkup::InlineKeyboardMarkup(keyboard))
+            .reply_markup(ReplyMarkup::InlineKeyboardMarkup(keyboard.as_markup()?))
             .build(),
     )
     .await?;
@@ -176,13 +162,7 @@ async fn menu(message: Arc<Message>, bot: Bot) -> Result<(), BotError> {
 
 async fn chosen(query: Arc<CallbackQuery>, picked: MenuChoice, bot: Bot) -> Result<(), BotError> {
     let text = format!("You chose {}.", picked.choice);
-    bot.answer_callback_query(
-        &AnswerCallbackQueryParams::builder()
-            .callback_query_id(query.id.clone())
-            .text(text.clone())
-            .build(),
-    )
-    .await?;
+    query.answer_text(&bot, &text, false).await?;
     let (chat, message_id) = match &query.message {
         Some(MaybeInaccessibleMessage::Message(m)) => (m.chat.id, m.message_id),
         Some(MaybeInaccessibleMessage::InaccessibleMessage(m)) => (m.chat.id, m.message_id),
