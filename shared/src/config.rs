@@ -6,7 +6,9 @@
 //! traffic: a process that starts is correctly configured.
 
 use std::path::Path;
+#[cfg(feature = "nats")]
 use std::sync::Arc;
+#[cfg(feature = "nats")]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::Parser;
@@ -216,6 +218,7 @@ impl std::fmt::Debug for NatsArgs {
     }
 }
 
+#[cfg(feature = "nats")]
 impl NatsArgs {
     /// Connect options with the credentials applied and a client name.
     pub async fn connect(&self, client_name: &str) -> Result<async_nats::Client, ConnectError> {
@@ -273,6 +276,7 @@ impl NatsArgs {
     }
 }
 
+#[cfg(feature = "nats")]
 /// A URL's userinfo as written before percent-encoding (`p%40ss` is `p@ss`).
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -298,6 +302,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+#[cfg(feature = "nats")]
 /// Logs the connection's life: what failed, where (the URLs, passwords redacted), and
 /// what the process does about it. Replaces async-nats's own callback, which logs every
 /// event at INFO without the server (`event: client error: IO error`). `failures`
@@ -333,6 +338,7 @@ fn log_connection_event(servers: &str, failures: &AtomicU64, event: async_nats::
     }
 }
 
+#[cfg(feature = "nats")]
 /// Why connecting to NATS failed.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot connect to NATS: {0}")]

@@ -11,11 +11,15 @@ use std::fmt;
 use std::num::NonZeroU16;
 use std::str::FromStr;
 
+#[cfg(feature = "nats")]
 use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 
+#[cfg(feature = "nats")]
 use crate::headers;
-use crate::subject::{SubjectError, UpdateSubject, update_subject};
+#[cfg(feature = "nats")]
+use crate::subject::UpdateSubject;
+use crate::subject::{SubjectError, update_subject};
 use crate::{BotId, ExtractError, OrderingKey, Shard, UpdateKind, extract_keys};
 
 /// The envelope version this code writes (the value of [`headers::ENVELOPE`]).
@@ -31,13 +35,12 @@ pub const VERSION: &str = "1";
 /// let body = br#"{"update_id":9,"message":{"message_id":1,"date":0,"chat":{"id":-5,"type":"supergroup"},"from":{"id":7,"is_bot":false,"first_name":"A"},"message_thread_id":3}}"#;
 /// let env = Envelope::from_body(BotId(42), body.as_slice().into(), NonZeroU16::new(64).unwrap(), 1_700_000_000_000).unwrap();
 /// assert_eq!(env.msg_id(), MsgId::Update { bot: BotId(42), update_id: 9 });
-/// let (subject, headers) = (env.subject(), env.headers());
-///
-/// // What a consumer reads back, without parsing the body.
-/// let read = Envelope::from_message(&subject, Some(&headers), env.body.clone()).unwrap();
-/// assert_eq!(read, env);
-/// assert_eq!((read.kind, read.chat_id, read.user_id, read.thread_id), (UpdateKind::Message, Some(-5), Some(7), Some(3)));
+/// assert_eq!(env.subject(), format!("tg.42.message.{}", env.shard));
+/// assert_eq!((env.kind, env.chat_id, env.user_id, env.thread_id), (UpdateKind::Message, Some(-5), Some(7), Some(3)));
 /// ```
+///
+/// With the `nats` feature it is also read from and written into a NATS message
+/// ([`Envelope::from_message`], [`Envelope::into_message`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     /// The bot it was sent to.
@@ -123,6 +126,21 @@ impl Envelope {
 
     /// Reads a stored message back: its facts from the subject and the headers when it
     /// carries an envelope, else from its body (one pass).
+    ///
+    /// ```
+    /// use std::num::NonZeroU16;
+    /// use tgpipe_shared::{BotId, Envelope, UpdateKind};
+    ///
+    /// let body = br#"{"update_id":9,"message":{"message_id":1,"date":0,"chat":{"id":-5,"type":"supergroup"},"from":{"id":7,"is_bot":false,"first_name":"A"},"message_thread_id":3}}"#;
+    /// let env = Envelope::from_body(BotId(42), body.as_slice().into(), NonZeroU16::new(64).unwrap(), 1_700_000_000_000).unwrap();
+    /// let (subject, headers) = (env.subject(), env.headers());
+    ///
+    /// // What a consumer reads back, without parsing the body.
+    /// let read = Envelope::from_message(&subject, Some(&headers), env.body.clone()).unwrap();
+    /// assert_eq!(read, env);
+    /// assert_eq!((read.kind, read.chat_id, read.user_id, read.thread_id), (UpdateKind::Message, Some(-5), Some(7), Some(3)));
+    /// ```
+    #[cfg(feature = "nats")]
     pub fn from_message(
         subject: &str,
         headers: Option<&HeaderMap>,
@@ -201,6 +219,7 @@ impl Envelope {
     /// What is published: the subject, the headers (trace context is the publisher's
     /// to add) and the body. The ingress and a poller both publish this, through
     /// [`crate::publish::Publisher::publish`], so a consumer cannot tell them apart.
+    #[cfg(feature = "nats")]
     pub fn into_message(self) -> (String, HeaderMap, Bytes) {
         (self.subject(), self.headers(), self.body)
     }
@@ -209,6 +228,7 @@ impl Envelope {
     ///
     /// Names are static (no allocation); the values are formatted with `itoa`, the
     /// message id straight into its value.
+    #[cfg(feature = "nats")]
     pub fn headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
         let mut buf = itoa::Buffer::new();
@@ -245,8 +265,10 @@ impl Envelope {
 
 /// Reads the envelope's headers: present and well formed, absent, or an error naming
 /// the header.
+#[cfg(feature = "nats")]
 struct HeaderReader<'a>(Option<&'a HeaderMap>);
 
+#[cfg(feature = "nats")]
 impl HeaderReader<'_> {
     fn str(&self, name: &str) -> Option<&str> {
         self.0?.get(name).map(|v| v.as_str())

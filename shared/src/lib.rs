@@ -1,28 +1,45 @@
 //! `tgpipe-shared`: what the ingress and the workers must agree on.
 //!
-//! - the wire contract: an update on the wire ([`Envelope`]: computed once where it
-//!   enters, read back once where it is consumed), [`UpdateKind`], [`extract_keys`],
-//!   subjects and shards ([`subject`]), NATS header names ([`headers`]), the stream
-//!   configuration ([`stream`]), publishing with acknowledgement ([`publish`]), and the
-//!   bot registry the ingress and the workers watch ([`registry`]);
-//! - process plumbing every binary needs: configuration helpers ([`config`]),
-//!   telemetry ([`telemetry`]) and the shutdown signal ([`shutdown`]);
+//! - the wire contract, on serde alone: an update on the wire ([`Envelope`]: computed
+//!   once where it enters, read back once where it is consumed), [`UpdateKind`],
+//!   [`extract_keys`], subjects and shards ([`subject`]) and NATS header names
+//!   ([`headers`]);
+//! - with `nats`: the envelope to and from a NATS message, the stream configuration
+//!   (`stream`), publishing with acknowledgement (`publish`), and the bot registry the
+//!   ingress and the workers watch (`registry`);
+//! - process plumbing every binary needs: configuration helpers (`config`, feature
+//!   `config`), telemetry (`telemetry`, feature `telemetry`) and the shutdown signal
+//!   (`shutdown`, feature `config`);
 //! - with the `testkit` feature, a harness that starts private `nats-server` and
-//!   `redis-server` processes for tests ([`testkit`]).
+//!   `redis-server` processes for tests (`testkit`).
+//!
+//! | feature     | adds                                                        | implies  |
+//! |-------------|-------------------------------------------------------------|----------|
+//! | (none)      | the wire contract: kinds, keys, subjects, headers, `Envelope::from_body` | |
+//! | `config`    | clap argument groups and helpers, the shutdown signal       |          |
+//! | `nats`      | async-nats: envelope messages, publish, streams, registry   | `config` |
+//! | `telemetry` | logs, OTLP traces, trace context in headers, Prometheus     | `nats`   |
+//! | `testkit`   | private `nats-server` / `redis-server` per test, OTLP sink  | `nats`   |
 //!
 //! Changing anything in the wire contract changes what is stored in JetStream and
 //! what older pods expect: do it on purpose, in `DESIGN.md` as well.
 
+#[cfg(feature = "config")]
 pub mod config;
 pub mod envelope;
 pub mod extract;
 pub mod headers;
 pub mod kind;
+#[cfg(feature = "nats")]
 pub mod publish;
+#[cfg(feature = "nats")]
 pub mod registry;
+#[cfg(feature = "config")]
 pub mod shutdown;
+#[cfg(feature = "nats")]
 pub mod stream;
 pub mod subject;
+#[cfg(feature = "telemetry")]
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
