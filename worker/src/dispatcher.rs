@@ -374,7 +374,8 @@ impl Dispatcher {
         self.feed_prefetched(bot, update, None).await
     }
 
-    /// The FSM, if the dispatcher has one.
+    /// The FSM, if the dispatcher has one (the runtime reads its state ahead).
+    #[cfg(feature = "runtime")]
     pub(crate) fn fsm(&self) -> Option<&Fsm> {
         self.fsm.as_ref()
     }

@@ -236,6 +236,7 @@ fn known(e: &(dyn StdError + 'static)) -> Option<bool> {
     if let Some(f) = e.downcast_ref::<crate::fsm::FsmError>() {
         return Some(f.is_transient());
     }
+    #[cfg(feature = "redis")]
     if let Some(r) = e.downcast_ref::<redis::RedisError>() {
         return Some(
             r.is_io_error()
@@ -344,6 +345,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "redis")]
     fn a_wrapped_redis_blip_is_transient() {
         let blip = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let e = AppError::Fsm(crate::FsmError::storage(redis::RedisError::from(blip)));
@@ -353,7 +355,8 @@ mod tests {
     #[test]
     fn transparent_wrapped_fsm_lease_errors_are_transient() {
         let key = || "tgpipe:fsm:{4242:1:1}".to_owned();
-        for e in [
+        #[cfg_attr(not(feature = "redis"), expect(unused_mut))]
+        let mut errors = vec![
             crate::FsmError::LockTimeout {
                 key: key(),
                 waited: std::time::Duration::from_secs(5),
@@ -361,13 +364,15 @@ mod tests {
             crate::FsmError::LeaseLost { key: key() },
             crate::FsmError::Fenced { key: key() },
             crate::FsmError::Contended { key: key() },
-            // Redis answering an error (LOADING after a restart): the storage is
-            // unavailable, whatever the client's error kind says.
-            crate::FsmError::storage(redis::RedisError::from((
-                redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading),
-                "LOADING Redis is loading the dataset in memory",
-            ))),
-        ] {
+        ];
+        // Redis answering an error (LOADING after a restart): the storage is
+        // unavailable, whatever the client's error kind says.
+        #[cfg(feature = "redis")]
+        errors.push(crate::FsmError::storage(redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading),
+            "LOADING Redis is loading the dataset in memory",
+        ))));
+        for e in errors {
             let text = e.to_string();
             assert!(
                 HandlerError::from(AppError::Fsm(e)).is_transient(),

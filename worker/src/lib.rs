@@ -22,11 +22,14 @@ pub mod fsm;
 pub mod handler;
 pub mod keyboard;
 pub mod middleware;
+#[cfg(feature = "runtime")]
 pub mod poll;
 pub mod prelude;
 pub mod router;
+#[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod update;
+#[cfg(feature = "runtime")]
 pub mod webhook;
 
 pub use bot::{Bot, BotError};
@@ -38,6 +41,7 @@ pub use fsm::{Fsm, FsmContext, FsmError, FsmKey, KeyStrategy, StateFilter};
 pub use handler::Flow;
 pub use middleware::{Handled, Next};
 pub use router::{ObserverKey, Router};
+#[cfg(feature = "runtime")]
 pub use runtime::run;
 pub use update::{Event, Update};
 

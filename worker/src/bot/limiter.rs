@@ -22,10 +22,11 @@
 //! `tgpipe:rl:{<bot>}:chat:<chat_id>`, `tgpipe:pause:{<bot>}`,
 //! `tgpipe:pause:{<bot>}:chat:<chat_id>`. Each expires once it no longer limits anything.
 //!
-//! Without Redis (not configured, or unreachable) the same algorithm runs in process;
-//! the bot-wide rates are divided by the expected number of pods so that each pod keeps
-//! to its share. Per-chat rates are not divided: a chat's updates are ordered onto one
-//! shard and handled one at a time, so one pod at a time answers a chat.
+//! Without Redis (not configured, unreachable, or built without the `redis` feature) the
+//! same algorithm runs in process; the bot-wide rates are divided by the expected number
+//! of pods so that each pod keeps to its share. Per-chat rates are not divided: a chat's
+//! updates are ordered onto one shard and handled one at a time, so one pod at a time
+//! answers a chat.
 //!
 //! Only message-sending methods are limited ([`is_limited_method`]); answers to callback
 //! queries, edits, `getUpdates` and the like are not, but they do wait out a pause.
@@ -185,6 +186,7 @@ impl Cell {
 /// microseconds a pause has left. ARGV[1]: how many of the KEYS are pause keys (the
 /// bot's, and the chat's if the call has one); then interval and tolerance (µs) per limit
 /// key, in KEYS order after the pause keys.
+#[cfg(feature = "redis")]
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -215,6 +217,7 @@ return 0
 "#;
 
 /// Sets the pause unless a longer one is set already.
+#[cfg(feature = "redis")]
 const PAUSE_SCRIPT: &str = r#"
 local cur = redis.call('PTTL', KEYS[1])
 if cur < tonumber(ARGV[1]) then
@@ -225,8 +228,10 @@ return 0
 
 /// How long a Redis round trip may take before the call goes on with the in-process
 /// limiter: sending late is worse than sending slightly over a shared limit.
+#[cfg(feature = "redis")]
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// After Redis failed, how long to use the in-process limiter before trying it again.
+#[cfg(feature = "redis")]
 const REDIS_RETRY: Duration = Duration::from_secs(1);
 
 /// The longest pause kept (a day): Telegram's real `retry_after`s are seconds to hours;
@@ -242,6 +247,7 @@ struct Local {
     paused_until: Option<Instant>,
     /// Pauses of single chats.
     chat_paused_until: HashMap<i64, Instant>,
+    #[cfg(feature = "redis")]
     redis_down_until: Option<Instant>,
 }
 
@@ -265,6 +271,7 @@ enum Verdict {
     /// A limit asks to wait this long, then ask again.
     Wait(Duration),
     /// A 429's pause has this long left.
+    #[cfg(feature = "redis")]
     Paused(Duration),
 }
 
@@ -276,12 +283,25 @@ pub(crate) fn chat_of(target: Option<Target>) -> Option<i64> {
     }
 }
 
+/// The connection a bot's limits and pauses are shared through: Redis, with the
+/// `redis` feature.
+#[cfg(feature = "redis")]
+pub(crate) type SharedState = redis::aio::ConnectionManager;
+
+/// Without the `redis` feature there is nothing to share through (no value of this type
+/// exists): every limit is kept in process.
+#[cfg(not(feature = "redis"))]
+#[derive(Clone)]
+pub(crate) enum SharedState {}
+
 /// A bot's limiter (shared by the clones of a `Bot`).
 pub(crate) struct Limiter {
     bot: BotId,
     limits: RateLimits,
-    redis: Option<redis::aio::ConnectionManager>,
+    redis: Option<SharedState>,
+    #[cfg(feature = "redis")]
     script: redis::Script,
+    #[cfg(feature = "redis")]
     pause_script: redis::Script,
     local: Mutex<Local>,
 }
@@ -304,16 +324,14 @@ pub(crate) enum Decided {
 }
 
 impl Limiter {
-    pub(crate) fn new(
-        bot: BotId,
-        limits: RateLimits,
-        redis: Option<redis::aio::ConnectionManager>,
-    ) -> Limiter {
+    pub(crate) fn new(bot: BotId, limits: RateLimits, redis: Option<SharedState>) -> Limiter {
         Limiter {
             bot,
             limits,
             redis,
+            #[cfg(feature = "redis")]
             script: redis::Script::new(SCRIPT),
+            #[cfg(feature = "redis")]
             pause_script: redis::Script::new(PAUSE_SCRIPT),
             local: Mutex::new(Local::default()),
         }
@@ -324,10 +342,12 @@ impl Limiter {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    #[cfg(feature = "redis")]
     fn pause_key(&self) -> String {
         format!("tgpipe:pause:{{{}}}", self.bot)
     }
 
+    #[cfg(feature = "redis")]
     fn chat_pause_key(&self, chat: i64) -> String {
         format!("tgpipe:pause:{{{}}}:chat:{chat}", self.bot)
     }
@@ -398,13 +418,16 @@ impl Limiter {
                     return Ok(decided);
                 }
                 Verdict::Wait(wait) => tokio::time::sleep(wait).await,
+                #[cfg(feature = "redis")]
                 Verdict::Paused(left) if left > max_pause => return Err(left),
+                #[cfg(feature = "redis")]
                 Verdict::Paused(left) => tokio::time::sleep(left).await,
             }
         }
     }
 
     /// Asks Redis; `None` when there is no Redis or it did not answer.
+    #[cfg(feature = "redis")]
     async fn try_redis(&self, cells: &[Cell], chat: Option<i64>) -> Option<Verdict> {
         let mut conn = self.redis.clone()?;
         if self
@@ -442,6 +465,7 @@ impl Limiter {
         }
     }
 
+    #[cfg(feature = "redis")]
     fn redis_failed(&self, why: &str) {
         let mut local = self.lock();
         let now = Instant::now();
@@ -450,6 +474,12 @@ impl Limiter {
             tracing::warn!(bot = %self.bot, error = why, "rate limiter: Redis unavailable; limiting in process");
         }
         local.redis_down_until = Some(now + REDIS_RETRY);
+    }
+
+    /// Without the `redis` feature there is no shared state to ask.
+    #[cfg(not(feature = "redis"))]
+    async fn try_redis(&self, _cells: &[Cell], _chat: Option<i64>) -> Option<Verdict> {
+        None
     }
 
     /// The in-process GCRA: 0 (go, limits advanced) or how long to wait.
@@ -519,6 +549,13 @@ impl Limiter {
                 *slot = until;
             }
         }
+        #[cfg(feature = "redis")]
+        self.share_pause(chat, wait).await;
+    }
+
+    /// Sets the pause in Redis too, for the other pods of the bot.
+    #[cfg(feature = "redis")]
+    async fn share_pause(&self, chat: Option<i64>, wait: Duration) {
         let Some(mut conn) = self.redis.clone() else {
             return;
         };

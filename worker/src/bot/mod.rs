@@ -3,8 +3,9 @@
 //! Every method, typed ([`frankenstein::AsyncTelegramApi`]) or by name ([`Bot::call`]),
 //! becomes an [`ApiRequest`] and goes through [`Bot::execute`]: a tracing span, the
 //! request middleware chain ([`middleware`]: metrics and logging built in, more can be
-//! added), the rate limiter ([`limiter`], in Redis so that all pods of a bot keep
-//! Telegram's limits together), then HTTP with bounded retries: after a 429 the chat the
+//! added), the rate limiter ([`limiter`]; with the `redis` feature and
+//! `BotBuilder::redis_url`, in Redis so that all pods of a bot keep Telegram's limits
+//! together, else in process), then HTTP with bounded retries: after a 429 the chat the
 //! call went to (or, for a call to no chat, the whole bot) waits `retry_after` (every
 //! pod: the pause is in Redis too), up to [`RetryPolicy::max_retry_after`]: a longer
 //! pause is not waited out but returned as a transient [`BotError::RetryAfter`] with the
@@ -22,7 +23,6 @@
 //!
 //! let bot = Bot::builder("123456:ABC-DEF")
 //!     .api_url("http://127.0.0.1:8081")
-//!     .redis_url("redis://127.0.0.1:6379")?
 //!     .limits(RateLimits { expected_pods: 4, ..RateLimits::default() })
 //!     .retry(RetryPolicy { max_flood_retries: 2, ..RetryPolicy::default() })
 //!     .build()?;
@@ -148,7 +148,7 @@ pub struct BotBuilder {
     token: String,
     api_url: String,
     limits: RateLimits,
-    redis: Option<redis::aio::ConnectionManager>,
+    redis: Option<limiter::SharedState>,
     retry: RetryPolicy,
     middleware: Vec<Arc<dyn RequestMiddleware>>,
     default_middleware: bool,
@@ -181,6 +181,7 @@ impl BotBuilder {
     }
 
     /// Keeps the limits and pauses in this Redis, shared by every pod of the bot.
+    #[cfg(feature = "redis")]
     pub fn redis(mut self, conn: redis::aio::ConnectionManager) -> Self {
         self.redis = Some(conn);
         self
@@ -189,6 +190,15 @@ impl BotBuilder {
     /// Keeps the limits in the Redis at `url`, connecting lazily (a Redis that is down
     /// at start-up only means limiting in process until it is up). Call it inside a
     /// Tokio runtime: the connection's task runs there.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tgpipe_worker::Bot;
+    ///
+    /// let bot = Bot::builder("123456:ABC-DEF").redis_url("redis://127.0.0.1:6379")?.build()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
     pub fn redis_url(self, url: &str) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
         // Short timeouts: the limiter falls back to its in-process state rather than

@@ -126,6 +126,7 @@ impl FsmError {
     }
 }
 
+#[cfg(feature = "redis")]
 impl From<redis::RedisError> for FsmError {
     fn from(e: redis::RedisError) -> FsmError {
         FsmError::Storage(Box::new(e))

@@ -14,6 +14,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an owner fence, or a lock's fencing counter, outlives its last use, at
+/// least: longer than any handover could leave a stale owner running or any lease
+/// could last, and never shorter than the records' TTL (both storages keep to it).
+pub(crate) const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The ownership an update runs under: the lane, the partition and its epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]

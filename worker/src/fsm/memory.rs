@@ -29,7 +29,7 @@ impl Default for Records {
             data: HashMap::new(),
             locks: HashMap::new(),
             fences: HashMap::new(),
-            fence_idle: super::redis::FENCE_TTL,
+            fence_idle: super::fence::FENCE_TTL,
             until_prune: 64,
         }
     }

@@ -1,12 +1,13 @@
 //! The finite-state machine: per-user (or per-chat, per-topic) conversation state and
-//! data, in Redis, with updates of one key never handled at once across processes.
+//! data, in Redis (or in memory), with updates of one key never handled at once across processes.
 //!
 //! - [`states!`](crate::states) declares state groups (`Form:Name`), [`StateFilter`]
 //!   routes by state;
 //! - [`FsmContext`] is the handler's argument: state, typed data (MessagePack),
 //!   atomic updates;
 //! - [`KeyStrategy`] maps an update onto an [`FsmKey`];
-//! - [`FsmStorage`] is where records live: [`RedisStorage`] or [`MemoryStorage`];
+//! - [`FsmStorage`] is where records live: `RedisStorage` (feature `redis`) or
+//!   [`MemoryStorage`];
 //! - [`Isolation`] locks each key for the whole dispatch of an update;
 //! - [`Scene`] and [`SceneContext`] are aiogram's scenes on top.
 //!
@@ -20,6 +21,7 @@ mod filter;
 mod key;
 mod lock;
 mod memory;
+#[cfg(feature = "redis")]
 mod redis;
 mod scene;
 mod state;
@@ -35,6 +37,7 @@ pub use self::filter::StateFilter;
 pub use self::key::{FsmKey, KeyStrategy};
 pub use self::lock::Isolation;
 pub use self::memory::MemoryStorage;
+#[cfg(feature = "redis")]
 pub use self::redis::RedisStorage;
 pub use self::scene::{HISTORY_CAP, Scene, SceneContext, Scenes};
 pub use self::state::{StateName, StatesGroup};
@@ -109,6 +112,7 @@ impl Fsm {
     /// Whether an update's state is read without a lock under partition ownership (no
     /// isolation, or keys inside one chat), so that it can be read ahead, together with
     /// the runtime's other reads of the update.
+    #[cfg(feature = "runtime")]
     pub(crate) fn reads_state_unlocked(&self) -> bool {
         !self.isolation.is_enabled() || self.strategy.within_one_chat()
     }

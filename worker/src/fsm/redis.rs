@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
+use super::fence::FENCE_TTL;
 use super::storage::{DataUpdate, FsmStorage, LockGrant};
 use super::{FsmError, FsmKey, OwnerFence};
 
@@ -96,11 +97,6 @@ else
 end
 return 1
 ";
-
-/// How long an owner fence, or a lock's fencing counter, outlives its last use, at
-/// least: longer than any handover could leave a stale owner running or any lease
-/// could last, and never shorter than the records' TTL.
-pub(crate) const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Extends the lease only for its holder.
 const RENEW: &str = r"
