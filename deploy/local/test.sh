@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test of tgpipe on this machine: formatting, clippy, the unit and
-# integration tests (against real nats-server and redis-server processes that the test
-# harness starts on free ports, one private pair per test), the doc tests, and the Helm
-# chart's offline validation. Installs nats-server and redis-server when missing.
+# Runs every test of tgpipe on this machine: formatting, clippy, the framework-only
+# build (deploy/local/features.sh), the unit and integration tests (against real
+# nats-server and redis-server processes that the test harness starts on free ports, one
+# private pair per test), the doc tests, and the Helm chart's offline validation.
+# Installs nats-server and redis-server when missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/local/lib.sh
@@ -27,6 +28,8 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "framework without the runtime (cargo features)"
+bash deploy/local/features.sh
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   # The tests that measure times (failover and handover on a 3-node NATS cluster, the
