@@ -6,10 +6,23 @@
 //! ([`filter`]) choose the handler and may hand it values; outer and inner
 //! [`middleware`] wrap the search and the handler. Dispatch tells the runtime whether
 //! an update was handled, unhandled, or failed (transiently or for good). The [`fsm`]
-//! keeps conversation state in Redis, one update per key at a time across processes.
+//! keeps conversation state in Redis (or in memory), one update per key at a time
+//! across processes.
 //!
 //! A bot starts with `use tgpipe_worker::prelude::*;` ([`prelude`]); [`keyboard`] builds
 //! inline and reply keyboards. The guide is `docs/framework.md`.
+//!
+//! # Cargo features
+//!
+//! | feature   | default | adds |
+//! |-----------|---------|------|
+//! | `redis`   | yes     | `fsm::RedisStorage`; the rate limiter's state shared between pods in Redis (`bot::BotBuilder::redis_url`) |
+//! | `runtime` | yes     | `run` and the `runtime` (the JetStream consumer, the ops server, the CLI), `poll`, `webhook`, the example bot; implies `redis` |
+//!
+//! Without them the crate is the framework alone (dispatcher, routers, filters,
+//! handlers, extractors, middleware, the FSM with [`fsm::MemoryStorage`], keyboards, the
+//! Bot API client with per-process limits): enough for a crate of handlers and its unit
+//! tests, and free of async-nats, axum, clap, redis and the Prometheus exporter.
 
 pub mod bot;
 pub mod callback_data;
@@ -50,16 +63,17 @@ pub use update::{Event, Update};
 pub use frankenstein;
 pub use tgpipe_shared::UpdateKind;
 
-/// The guide `docs/framework.md`, whose examples are compiled as doc tests.
+/// The guide `docs/framework.md`, whose examples are compiled as doc tests (they show
+/// `run`, `RedisStorage` and the webhook commands, so with the default features).
 #[doc = include_str!("../../docs/framework.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "runtime"))]
 pub struct FrameworkGuide;
 
 /// The guide `docs/fsm.md`, whose examples are compiled as doc tests.
 #[doc = include_str!("../../docs/fsm.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "runtime"))]
 pub struct FsmGuide;
 /// The guide `docs/webhooks.md`, whose examples are compiled as doc tests.
 #[doc = include_str!("../../docs/webhooks.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "runtime"))]
 pub struct WebhooksGuide;
