@@ -121,6 +121,11 @@ struct Inner {
     token: String,
     id: BotId,
     api_url: String,
+    /// `<api_url>/bot<token>`, parsed once: a call's URL is a clone of it with the
+    /// method pushed as the last path segment, not a string parsed again per call
+    /// (`None` when it does not parse as a base URL: then each call formats and parses
+    /// it, and fails as it always did).
+    base: Option<reqwest::Url>,
     client: reqwest::Client,
     username: OnceLock<String>,
     /// `getMe`'s answer, asked once (a failure is not kept: the next use asks again).
@@ -141,6 +146,15 @@ impl fmt::Debug for Bot {
             .field("username", &self.0.username.get())
             .finish()
     }
+}
+
+/// `<api_url>/bot<token>` as a URL that can take a method as its next path segment.
+fn base_url(api_url: &str, token: &str) -> Option<reqwest::Url> {
+    let url = reqwest::Url::parse(&format!("{api_url}/bot{token}")).ok()?;
+    // The token must stay one path segment ('/' or '?' in it would change the URL's
+    // shape) and the URL must take a path; otherwise the per-call format is kept.
+    let one_segment = url.path_segments()?.next_back() == Some(&*format!("bot{token}"));
+    (one_segment && url.query().is_none() && url.fragment().is_none()).then_some(url)
 }
 
 /// Builds a [`Bot`] with non-default settings.
@@ -250,9 +264,11 @@ impl BotBuilder {
             middleware.push(Arc::new(LoggingMiddleware));
         }
         middleware.extend(self.middleware);
+        let base = base_url(&self.api_url, &self.token);
         Ok(Bot(Arc::new(Inner {
             token: self.token,
             id,
+            base,
             api_url: self.api_url,
             client,
             username: OnceLock::new(),
@@ -460,9 +476,28 @@ impl Bot {
     }
 
     /// One HTTP request.
+    /// The URL a call of `method` goes to.
+    #[cfg(test)]
+    fn method_url(&self, method: &str) -> String {
+        let mut url = self.0.base.clone().expect("a base URL");
+        url.path_segments_mut().expect("a base").push(method);
+        url.into()
+    }
+
     async fn send_once(&self, request: &ApiRequest) -> Result<Bytes, Failed> {
-        let url = format!("{}/bot{}/{}", self.0.api_url, self.0.token, request.method);
-        let mut builder = self.0.client.post(url);
+        let mut builder = match &self.0.base {
+            Some(base) => {
+                let mut url = base.clone();
+                if let Ok(mut path) = url.path_segments_mut() {
+                    path.push(&request.method);
+                }
+                self.0.client.post(url)
+            }
+            None => self.0.client.post(format!(
+                "{}/bot{}/{}",
+                self.0.api_url, self.0.token, request.method
+            )),
+        };
         if let Some(t) = request.timeout {
             builder = builder.timeout(t);
         }
@@ -647,6 +682,27 @@ impl frankenstein::AsyncTelegramApi for Bot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_goes_to_the_url_it_went_to_when_formatted_per_call() {
+        for api in [
+            "https://api.telegram.org",
+            "http://127.0.0.1:8081",
+            "http://bot-api.internal/prefix/",
+        ] {
+            let bot = Bot::with_api_url("123:AA-b_c", api).unwrap();
+            for method in ["sendMessage", "getUpdates", "answerCallbackQuery"] {
+                assert_eq!(
+                    bot.method_url(method),
+                    format!("{}/bot123:AA-b_c/{method}", api.trim_end_matches('/')),
+                );
+            }
+        }
+        // Not a base URL: every call formats its URL, as before.
+        assert!(base_url("not a url", "123:AA").is_none());
+        assert!(base_url("http://h", "123:a/b").is_none());
+        assert!(base_url("http://h", "123:a?b").is_none());
+    }
 
     #[test]
     fn a_reply_is_decoded_once_and_an_ok_false_body_is_an_error() {
