@@ -5,7 +5,10 @@
 //! `new_chat_member.status`, and `is_member` of a restricted member), so the filter does
 //! not depend on how a typed model spells them.
 
+use std::borrow::Cow;
 use std::ops::{BitOr, Shr};
+
+use serde_json::value::RawValue;
 
 use super::Filter;
 use crate::context::Context;
@@ -35,13 +38,14 @@ impl MemberStatus {
         1 << (self as u8)
     }
 
-    fn from_json(m: &serde_json::Value) -> Option<MemberStatus> {
-        Some(match m.get("status")?.as_str()? {
+    fn of(m: &Member<'_>) -> Option<MemberStatus> {
+        Some(match m.status.as_deref()? {
             "creator" => MemberStatus::Creator,
             "administrator" => MemberStatus::Administrator,
             "member" => MemberStatus::Member,
             "restricted"
-                if m.get("is_member")
+                if m.is_member
+                    .as_ref()
                     .and_then(|v| v.as_bool())
                     .unwrap_or(false) =>
             {
@@ -53,6 +57,48 @@ impl MemberStatus {
             _ => return None,
         })
     }
+}
+
+/// The update's body as far as the filter reads it: the kind's object, left unparsed.
+#[derive(serde::Deserialize)]
+struct Body<'a> {
+    #[serde(borrow, default)]
+    chat_member: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    my_chat_member: Option<&'a RawValue>,
+}
+
+/// The kind's object: the two members' statuses; every other field is skipped.
+#[derive(serde::Deserialize)]
+struct Change<'a> {
+    #[serde(borrow, default)]
+    old_chat_member: Option<Member<'a>>,
+    #[serde(borrow, default)]
+    new_chat_member: Option<Member<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Member<'a> {
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+    /// Any JSON: only `true` makes a restricted member a member.
+    #[serde(default)]
+    is_member: Option<serde_json::Value>,
+}
+
+/// The (old, new) statuses of a member update's body; `None` for any other shape.
+fn transition(raw: &[u8], kind: &str) -> Option<(MemberStatus, MemberStatus)> {
+    let body: Body<'_> = serde_json::from_slice(raw).ok()?;
+    let payload = match kind {
+        "chat_member" => body.chat_member,
+        "my_chat_member" => body.my_chat_member,
+        _ => None,
+    }?;
+    let change: Change<'_> = serde_json::from_str(payload.get()).ok()?;
+    Some((
+        MemberStatus::of(change.old_chat_member.as_ref()?)?,
+        MemberStatus::of(change.new_chat_member.as_ref()?)?,
+    ))
 }
 
 /// A set of statuses.
@@ -138,17 +184,89 @@ impl Filter for ChatMemberUpdated {
     fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, super::FilterOutcome> {
         let update = cx.update();
         let kind = update.kind.as_str();
-        let ok = (kind == "chat_member" || kind == "my_chat_member")
-            && serde_json::from_slice::<serde_json::Value>(&update.raw).ok().is_some_and(|v| {
-                let payload = &v[kind];
-                let old = MemberStatus::from_json(&payload["old_chat_member"]);
-                let new = MemberStatus::from_json(&payload["new_chat_member"]);
-                matches!((old, new), (Some(o), Some(n)) if self.0.old.contains(o) && self.0.new.contains(n))
-            });
+        // Only the two statuses are read (the rest of the body is skipped, not built
+        // into a JSON tree).
+        let ok = transition(&update.raw, kind)
+            .is_some_and(|(old, new)| self.0.old.contains(old) && self.0.new.contains(new));
         Box::pin(std::future::ready(if ok {
             Some(crate::context::Extensions::new())
         } else {
             None
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(kind: &str, old: &str, new: &str) -> Vec<u8> {
+        format!(
+            r#"{{"update_id":1,"{kind}":{{"chat":{{"id":-1,"type":"group"}},"date":0,
+            "from":{{"id":2,"is_bot":false,"first_name":"A"}},
+            "old_chat_member":{old},"new_chat_member":{new},"extra":[1,{{"x":null}}]}}}}"#
+        )
+        .into_bytes()
+    }
+
+    const USER: &str = r#""user":{"id":2,"is_bot":false,"first_name":"A"}"#;
+
+    #[test]
+    fn member_statuses_are_read_from_either_kind() {
+        let left = format!(r#"{{"status":"left",{USER}}}"#);
+        let member = format!(r#"{{"status":"member",{USER}}}"#);
+        for kind in ["chat_member", "my_chat_member"] {
+            assert_eq!(
+                transition(&body(kind, &left, &member), kind),
+                Some((MemberStatus::Left, MemberStatus::Member))
+            );
+        }
+        // The kind asked for is the one read.
+        assert_eq!(
+            transition(&body("chat_member", &left, &member), "my_chat_member"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_restricted_member_is_a_member_only_when_is_member_is_true() {
+        let kicked = r#"{"status":"kicked"}"#;
+        for (is_member, status) in [
+            ("true", MemberStatus::RestrictedMember),
+            ("false", MemberStatus::RestrictedNotMember),
+            ("\"yes\"", MemberStatus::RestrictedNotMember),
+            ("null", MemberStatus::RestrictedNotMember),
+        ] {
+            let new = format!(r#"{{"status":"restricted","is_member":{is_member}}}"#);
+            assert_eq!(
+                transition(&body("chat_member", kicked, &new), "chat_member"),
+                Some((MemberStatus::Kicked, status)),
+                "is_member: {is_member}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_or_malformed_statuses_match_nothing() {
+        let member = r#"{"status":"member"}"#;
+        for old in [
+            r#"{"status":"owner"}"#,
+            r#"{"status":7}"#,
+            r#""left""#,
+            "null",
+            "{}",
+        ] {
+            assert_eq!(
+                transition(&body("chat_member", old, member), "chat_member"),
+                None,
+                "{old}"
+            );
+        }
+        assert_eq!(transition(b"not json", "chat_member"), None);
+        assert_eq!(
+            transition(br#"{"update_id":1,"chat_member":[]}"#, "chat_member"),
+            None
+        );
+        assert_eq!(transition(br#"{"update_id":1}"#, "chat_member"), None);
     }
 }
