@@ -298,6 +298,8 @@ pub(crate) enum SharedState {}
 pub(crate) struct Limiter {
     bot: BotId,
     limits: RateLimits,
+    /// The limits are [`RateLimits::unlimited`]: calls count against none.
+    unlimited: bool,
     redis: Option<SharedState>,
     #[cfg(feature = "redis")]
     script: redis::Script,
@@ -326,6 +328,7 @@ pub(crate) enum Decided {
 impl Limiter {
     pub(crate) fn new(bot: BotId, limits: RateLimits, redis: Option<SharedState>) -> Limiter {
         Limiter {
+            unlimited: limits == RateLimits::unlimited(),
             bot,
             limits,
             redis,
@@ -354,8 +357,13 @@ impl Limiter {
 
     /// The limits a call counts against: none unless its method is `limited`
     /// ([`is_limited_method`]).
+    ///
+    /// With [`RateLimits::unlimited`] (`TGPIPE_RATE_LIMITS=off`) there are none either:
+    /// no limit of a million a second could make a call wait, and keeping each chat's
+    /// cell (a formatted key, a map entry) would be work per call for nothing. Pauses
+    /// that Telegram asks for are still kept.
     fn cells(&self, limited: bool, target: Option<Target>) -> Vec<Cell> {
-        if !limited {
+        if !limited || self.unlimited {
             return Vec::new();
         }
         let l = &self.limits;
@@ -659,6 +667,41 @@ mod tests {
         .await
         .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(140));
+    }
+
+    #[tokio::test]
+    async fn unlimited_limits_keep_no_state_per_chat_but_still_honour_a_pause() {
+        let l = limiter(RateLimits::unlimited());
+        for chat in 1..=100 {
+            l.acquire(
+                is_limited_method("sendMessage"),
+                to(chat),
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        }
+        assert!(l.lock().tats.is_empty());
+        l.pause(Some(7), Duration::from_secs(60)).await;
+        assert!(
+            l.acquire(
+                is_limited_method("sendMessage"),
+                to(7),
+                Duration::from_secs(1)
+            )
+            .await
+            .is_err()
+        );
+        // With limits, every chat has its cell.
+        let l = limiter(RateLimits::default());
+        l.acquire(
+            is_limited_method("sendMessage"),
+            to(1),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert!(!l.lock().tats.is_empty());
     }
 
     #[tokio::test]
