@@ -52,7 +52,9 @@ if [[ " $TARGETS " == *" worker "* ]]; then
   wait_http "http://127.0.0.1:$ING_OPS/readyz"
 fi
 
-NEXT_ID=1
+# update_ids differ between all passes (measure runs in a subshell: the next id is kept
+# in a file), or the broker's and the worker's duplicate checks would skip them.
+echo 1 >"$WORK/next_id"
 # Total instructions (callgrind's "summary") of one target's life with $2 updates sent.
 measure() { # target (baseline|ingress), updates -> instructions
   local target=$1 n=$2 port ops pid out=$WORK/callgrind.$1.$2
@@ -65,7 +67,9 @@ measure() { # target (baseline|ingress), updates -> instructions
       "$T/tgpipe-example-bot" run 2>"$WORK/vg.log" & pid=$!
     for _ in $(seq 600); do curl -fs "127.0.0.1:$ops/readyz" >/dev/null && break; sleep 0.1; done
     url="http://127.0.0.1:$ING"
-    extra=(--sink "http://127.0.0.1:$SINK" --mix text,command,callback,member --reply-timeout 300)
+    # At a steady rate the worker keeps up under callgrind (about 50x slower), within its
+    # Redis and Bot API timeouts.
+    extra=(--sink "http://127.0.0.1:$SINK" --mix text,command,callback,member --reply-timeout 300 --rate "${WORKER_RATE:-100}")
     curl -fsS -X POST "http://127.0.0.1:$SINK/_sink/reset" >/dev/null
   elif [ "$target" = baseline ]; then
     valgrind --tool=callgrind --callgrind-out-file="$out" \
@@ -77,15 +81,15 @@ measure() { # target (baseline|ingress), updates -> instructions
       valgrind --tool=callgrind --callgrind-out-file="$out" "$T/tgpipe-ingress" 2>"$WORK/vg.log" & pid=$!
     for _ in $(seq 600); do curl -fs "127.0.0.1:$ops/readyz" >/dev/null && break; sleep 0.1; done
   fi
+  local first; first=$(cat "$WORK/next_id"); echo $((first + n)) >"$WORK/next_id"
   "$T/tgpipe-loadtest" run --url "$url" --secret bench-secret --bot-id 123456 \
-    --updates "$n" --chats 1000 --connections 40 --first-id "$NEXT_ID" "${extra[@]}" \
+    --updates "$n" --chats 1000 --connections 40 --first-id "$first" "${extra[@]}" \
     --json >"$WORK/run.json" 2>/dev/null
-  NEXT_ID=$((NEXT_ID + n))
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); sys.exit(0 if r["accepted"] == int(sys.argv[2]) else 1)' \
-    "$WORK/run.json" "$n" || { echo "error: $target did not accept all $n updates" >&2; exit 1; }
+    "$WORK/run.json" "$n" || { echo "error: $target did not accept all $n updates" >&2; kill "$pid"; exit 1; }
   if [ "$target" = worker ]; then
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); sys.exit(0 if r["replied"] == int(sys.argv[2]) and r["lost"] == 0 else 1)' \
-      "$WORK/run.json" "$n" || { echo "error: the worker did not answer all $n updates" >&2; exit 1; }
+      "$WORK/run.json" "$n" || { echo "error: the worker did not answer all $n updates" >&2; kill "$pid"; exit 1; }
   fi
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   sed -n 's/^summary: //p' "$out"
@@ -94,8 +98,8 @@ measure() { # target (baseline|ingress), updates -> instructions
 declare -A PER
 for target in $TARGETS; do
   log "$target under callgrind: $SMALL, then $LARGE updates"
-  small=$(measure "$target" "$SMALL")
-  large=$(measure "$target" "$LARGE")
+  small=$(measure "$target" "$SMALL") && [ -n "$small" ] || exit 1
+  large=$(measure "$target" "$LARGE") && [ -n "$large" ] || exit 1
   PER[$target]=$(( (large - small) / (LARGE - SMALL) ))
 done
 
