@@ -20,7 +20,9 @@
 # tgpipe runs as deployed: tgpipe-ingress and tgpipe-example-bot (the worker) on a fresh
 # nats-server (JetStream, file storage) and redis-server. Peak RSS is VmHWM from
 # /proc/<pid>/status, summed over a contender's processes (for tgpipe: ingress, worker,
-# nats-server and redis-server).
+# nats-server and redis-server). CPU µs per update is each process's user + system time
+# during the median round's pass over the updates it accepted, summed per contender and
+# checked against the targets (tgpipe's <= teloxide's; the worker's <= 60 µs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/local/lib.sh
@@ -153,6 +155,15 @@ cpu_seconds() {
   done | awk -v hz="$(getconf CLK_TCK)" '{t += $2 + $3; parts = parts sprintf(" %s=%.1f", $1, ($2 + $3) / hz)}
     END {printf "%.1f%s\n", t / hz, parts}'
 }
+# Clock ticks (user + system) of each of the running contender's processes so far, one
+# "<name> <ticks>" line each; the difference across a pass is its CPU for that pass.
+cpu_ticks() {
+  local p
+  for p in "${CURRENT[@]}"; do
+    printf '%s ' "$(cat "/proc/$p/comm" 2>/dev/null || echo "?")"
+    sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}'
+  done
+}
 stop_contender() {
   local p
   for p in "${CURRENT[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -211,7 +222,9 @@ for r in $(seq "$ROUNDS"); do
       perf record -q -F 499 --call-graph dwarf,16384 -p "${CURRENT[3]}" -o "$CACHE/perf-worker.data" 2>/dev/null & PERF_PID=$!
     fi
     before=$(sink_cpu)
+    cpu_ticks >"$WORK/$c.r$r.ticks0"
     pass "$c.r$r" "$UPDATES"
+    cpu_ticks >"$WORK/$c.r$r.ticks1"
     python3 -c 'import sys; print("%.1f" % (float(sys.argv[2]) - float(sys.argv[1])))' "$before" "$(sink_cpu)" >"$WORK/$c.r$r.sinkcpu"
     if [ -n "${PERF_PID:-}" ]; then
       kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true; PERF_PID=
@@ -233,7 +246,7 @@ rates = sorted((json.load(open(f"{work}/{c}.r{r}.json"))["reply_per_s"], r) for 
 print(rates[(len(rates) - 1) // 2][1])
 PY
 )
-  for f in json sink.json rss cpu sinkcpu; do cp "$WORK/$c.r$m.$f" "$WORK/$c.$f"; done
+  for f in json sink.json rss cpu sinkcpu ticks0 ticks1; do cp "$WORK/$c.r$m.$f" "$WORK/$c.$f"; done
 done
 
 # Second pass: latency at a steady rate, half of tgpipe's peak reply rate (or half of a
@@ -280,6 +293,28 @@ for n in names:
             notes.append(f"- {n} round {k}: the stand-in's record DOES NOT AGREE with the report")
 notes.append("- CPU s: user + system time of the contender's processes over their whole life "
              "(start-up, the pass, idle)")
+
+# CPU per update during the median pass, per process: the ticks the pass took divided by
+# the updates accepted in it.
+hz = os.sysconf("SC_CLK_TCK")
+def ticks(path):
+    out = []
+    for line in open(path):
+        name, t = line.rsplit(None, 1)
+        out.append((name, int(t)))
+    return out
+per_update = {}
+for n in names:
+    r = rows[n]
+    before, after = ticks(f"{work}/{n}.ticks0"), ticks(f"{work}/{n}.ticks1")
+    parts = [(name, 1e6 * (t1 - t0) / hz / max(r["accepted"], 1))
+             for (name, t0), (_, t1) in zip(before, after)]
+    per_update[n] = parts
+cpu_table = ["| contender | CPU µs per update (all its processes) | per process |", "| --- | ---: | --- |"]
+for n in names:
+    parts = per_update[n]
+    cpu_table.append(f"| {n} | {sum(v for _, v in parts):.0f} | "
+                     + ", ".join(f"{name} {v:.0f}" for name, v in parts) + " |")
 steady = [n for n in names if load(f"{work}/{n}.steady.json")]
 if steady:
     print()
@@ -294,7 +329,11 @@ if steady:
         if not s["agree"]:
             notes.append(f"- {n} (steady): the stand-in's record DOES NOT AGREE with the report")
 print()
+print("\n".join(cpu_table))
+print()
 print("\n".join(notes))
+print("- CPU µs per update: user + system time during the median round's pass (clock ticks of "
+      f"1/{hz} s, read from /proc before and after it) over the updates accepted in it")
 t = rows.get("tgpipe")
 for other, target in (("aiogram", 15.0), ("teloxide", 1.0)):
     o = rows.get(other)
@@ -302,4 +341,12 @@ for other, target in (("aiogram", 15.0), ("teloxide", 1.0)):
         ratio = t["reply_per_s"] / o["reply_per_s"]
         verdict = "met" if ratio >= target else "NOT met"
         print(f"ratio tgpipe / {other}: {ratio:.2f}x (target >= {target:g}x: {verdict})")
+if "tgpipe" in per_update:
+    mine = sum(v for _, v in per_update["tgpipe"])
+    worker = sum(v for name, v in per_update["tgpipe"] if name.startswith("tgpipe-example"))
+    print(f"worker CPU per update: {worker:.0f} µs (target <= 60 µs: {'met' if worker <= 60 else 'NOT met'})")
+    if "teloxide" in per_update:
+        theirs = sum(v for _, v in per_update["teloxide"])
+        verdict = "met" if mine <= theirs else "NOT met"
+        print(f"CPU per update: tgpipe {mine:.0f} µs, teloxide {theirs:.0f} µs (target: tgpipe <= teloxide: {verdict})")
 PY
