@@ -74,9 +74,8 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=64 << 20))]
     pub max_body: u64,
     /// Shards per bot and update type.
-    #[arg(long, env = "TGPIPE_SHARDS", default_value_t = tgpipe_shared::subject::DEFAULT_SHARDS,
-        value_parser = clap::value_parser!(u16).range(1..))]
-    pub shards: u16,
+    #[command(flatten)]
+    pub shards: tgpipe_shared::config::ShardArgs,
     /// How long to wait for JetStream's acknowledgement before answering 503.
     #[arg(long, env = "TGPIPE_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub publish_timeout: Duration,
@@ -270,7 +269,7 @@ impl ServeArgs {
             ip_policy: ip_policy(&self.allowed_cidrs, &self.trusted_proxies)?,
             max_body: usize::try_from(self.max_body).unwrap_or(usize::MAX),
             // The parser's range excludes zero.
-            shards: NonZeroU16::new(self.shards).unwrap_or(NonZeroU16::MIN),
+            shards: self.shards.count(),
             publish_timeout: self.publish_timeout,
             header_read_timeout: self.header_read_timeout,
             body_read_timeout: self.body_read_timeout,

@@ -192,6 +192,44 @@ impl std::fmt::Debug for SecretString {
     }
 }
 
+/// The shards of the update subjects (`TGPIPE_SHARDS`), declared once for every binary
+/// that writes or reads them: the ingress, a poller that publishes, the worker and the
+/// DLQ commands must agree.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ShardArgs {
+    /// Shards per bot and update type (the same in the ingress, pollers and workers).
+    #[arg(long = "shards", env = "TGPIPE_SHARDS", value_parser = parse_shards,
+        default_value_t = crate::subject::DEFAULT_SHARDS)]
+    shards: u16,
+}
+
+impl ShardArgs {
+    /// How many shards.
+    pub fn count(self) -> std::num::NonZeroU16 {
+        // parse_shards refuses 0.
+        std::num::NonZeroU16::new(self.shards).unwrap_or(std::num::NonZeroU16::MIN)
+    }
+}
+
+fn parse_shards(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a number of shards from 1 to 65535")),
+    }
+}
+
+/// The Redis connection (`REDIS_URL`), declared once for every binary that uses Redis.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Redis URL (`redis://`, `rediss://` for TLS; credentials in the URL).
+    #[arg(
+        long = "redis-url",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+}
+
 /// NATS connection settings shared by every binary. `Debug` redacts passwords and
 /// tokens in the URLs.
 #[derive(Clone, clap::Args)]
@@ -382,5 +420,26 @@ mod tests {
             split_list("# bots\n1:a\n2:b,3:c\n"),
             vec!["1:a", "2:b", "3:c"]
         );
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Sharded {
+        #[command(flatten)]
+        shards: ShardArgs,
+    }
+
+    #[test]
+    fn shards_default_to_64_and_refuse_zero_and_junk() {
+        use clap::Parser;
+        assert_eq!(
+            Sharded::try_parse_from(["t"]).unwrap().shards.count().get(),
+            64
+        );
+        let s = Sharded::try_parse_from(["t", "--shards", "8"]).unwrap();
+        assert_eq!(s.shards.count().get(), 8);
+        for bad in ["0", "-1", "65536", "many"] {
+            let e = Sharded::try_parse_from(["t", "--shards", bad]).unwrap_err();
+            assert!(e.to_string().contains("number of shards"), "{bad}: {e}");
+        }
     }
 }

@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::num::NonZeroU16;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tgpipe_shared::config::{NatsArgs, SecretString, TelemetryArgs, split_list};
+use tgpipe_shared::config::{
+    NatsArgs, RedisArgs, SecretString, ShardArgs, TelemetryArgs, split_list,
+};
 use tgpipe_shared::registry::RegistrySettings;
 use tgpipe_shared::stream::{StreamSettings, parse_duration};
 use tgpipe_shared::{BotId, UpdateKind};
@@ -149,15 +150,11 @@ pub struct PollCommandArgs {
     #[command(flatten)]
     pub stream: StreamSettings,
     /// Shards of the update subjects (with `--publish`; must match the workers).
-    #[arg(long, env = "TGPIPE_SHARDS", default_value = "64")]
-    pub shards: NonZeroU16,
-    /// Redis URL (the FSM, when handling in this process).
-    #[arg(
-        long = "redis-url",
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub shards: ShardArgs,
+    /// Redis (the FSM, when handling in this process).
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// The FSM, when handling in this process.
     #[command(flatten)]
     pub fsm: FsmArgs,
@@ -417,13 +414,9 @@ pub struct RunArgs {
     /// Longest delay of a retried update.
     #[arg(long, env = "TGPIPE_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
     pub retry_max_delay: Duration,
-    /// Redis URL (FSM, recent-update memory).
-    #[arg(
-        long = "redis-url",
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
+    /// Redis (FSM, recent-update memory).
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// The FSM the runtime provides.
     #[command(flatten)]
     pub fsm: FsmArgs,
@@ -444,8 +437,8 @@ pub struct RunArgs {
     #[arg(long, env = "TGPIPE_PROVISION", default_value_t = true, action = clap::ArgAction::Set)]
     pub provision: bool,
     /// Shards of the update subjects (must match the ingress).
-    #[arg(long, env = "TGPIPE_SHARDS", default_value = "64")]
-    pub shards: NonZeroU16,
+    #[command(flatten)]
+    pub shards: ShardArgs,
 }
 
 impl RunArgs {
@@ -494,17 +487,18 @@ impl RunArgs {
 
     /// How the lane's partition consumers are set up.
     pub fn consumer_settings(&self) -> Result<super::lane::ConsumerSettings, String> {
-        if self.partitions > self.shards.get() {
+        if self.partitions > self.shards.count().get() {
             return Err(format!(
                 "TGPIPE_PARTITIONS (--partitions) is {} but there are only {} shards (TGPIPE_SHARDS)",
-                self.partitions, self.shards
+                self.partitions,
+                self.shards.count()
             ));
         }
         if self.lease_ttl < Duration::from_secs(2) {
             return Err("TGPIPE_LEASE_TTL (--lease-ttl) must be at least 2s".to_owned());
         }
         Ok(super::lane::ConsumerSettings {
-            shards: self.shards.get(),
+            shards: self.shards.count().get(),
             partitions: self.partitions,
             max_ack_pending: self.max_ack_pending(),
             ack_wait: self.ack_wait,
@@ -547,8 +541,8 @@ pub struct DlqArgs {
     #[command(flatten)]
     pub stream: StreamSettings,
     /// Shards of the update subjects (must match the ingress).
-    #[arg(long, env = "TGPIPE_SHARDS", default_value = "64", global = true)]
-    pub shards: NonZeroU16,
+    #[command(flatten)]
+    pub shards: ShardArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: DlqCommand,
@@ -588,6 +582,18 @@ mod tests {
         let mut argv = vec!["worker"];
         argv.extend_from_slice(flags);
         Cli::try_parse_from(argv).map(|c| c.run)
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed_with_the_shared_argument_groups() {
+        use clap::CommandFactory;
+        // Duplicate ids (a flattened group declared twice in one command) panic here.
+        Cli::command().debug_assert();
+        assert_eq!(
+            run_args(&["--shards", "8"]).unwrap().shards.count().get(),
+            8
+        );
+        assert!(run_args(&["--shards", "0"]).is_err());
     }
 
     #[test]

@@ -209,10 +209,10 @@ async fn poll(args: PollCommandArgs, dispatcher: DispatcherBuilder) -> Result<()
             .await
             .map_err(peer)?;
         let publisher = Publisher::new(client, Duration::from_secs(5));
-        let sink = crate::poll::JetStreamSink::new(publisher, args.shards);
+        let sink = crate::poll::JetStreamSink::new(publisher, args.shards.count());
         crate::poll::poll(&bot, &sink, &config, shutdown).await
     } else {
-        let redis = connect_redis(&args.redis_url).await?;
+        let redis = connect_redis(&args.redis.redis_url).await?;
         let dispatcher = prepare(dispatcher, &redis, &args.fsm)?;
         let sink = crate::poll::DispatchSink::new(dispatcher);
         crate::poll::poll(&bot, &sink, &config, shutdown).await
@@ -296,7 +296,7 @@ async fn run_dlq(args: config::DlqArgs) -> Result<(), RunError> {
     dlq::command(
         &js,
         &args.stream.dlq_name,
-        args.shards,
+        args.shards.count(),
         &args.command,
         &mut out,
     )
@@ -316,7 +316,7 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     let lane = args.lane().map_err(|e| RunError::Config(e.to_string()))?;
     let settings = args.consumer_settings().map_err(RunError::Config)?;
-    let redis = connect_redis(&args.redis_url).await?;
+    let redis = connect_redis(&args.redis.redis_url).await?;
     let statics = match args.bots.bots(Some(&redis)) {
         Ok(bots) => bots,
         // With the registry, bots may all come from it.
