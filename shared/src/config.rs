@@ -438,7 +438,8 @@ mod tests {
         let s = Sharded::try_parse_from(["t", "--shards", "8"]).unwrap();
         assert_eq!(s.shards.count().get(), 8);
         for bad in ["0", "-1", "65536", "many"] {
-            let e = Sharded::try_parse_from(["t", "--shards", bad]).unwrap_err();
+            let e =
+                Sharded::try_parse_from(["t".to_owned(), format!("--shards={bad}")]).unwrap_err();
             assert!(e.to_string().contains("number of shards"), "{bad}: {e}");
         }
     }
