@@ -145,24 +145,21 @@ peak_rss() {
   done
   echo "$((total / 1024)) ${parts[*]}"
 }
-# CPU seconds (user + system) the running contender's processes used since they started.
-cpu_seconds() {
-  local p
-  for p in "${CURRENT[@]}"; do
-    # Fields after the parenthesised name; utime and stime are the 12th and 13th of them.
-    printf '%s ' "$(cat "/proc/$p/comm" 2>/dev/null || echo "?")"
-    sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12, $13}'
-  done | awk -v hz="$(getconf CLK_TCK)" '{t += $2 + $3; parts = parts sprintf(" %s=%.1f", $1, ($2 + $3) / hz)}
-    END {printf "%.1f%s\n", t / hz, parts}'
-}
 # Clock ticks (user + system) of each of the running contender's processes so far, one
 # "<name> <ticks>" line each; the difference across a pass is its CPU for that pass.
 cpu_ticks() {
   local p
   for p in "${CURRENT[@]}"; do
+    # Fields after the parenthesised name; utime and stime are the 12th and 13th of them.
     printf '%s ' "$(cat "/proc/$p/comm" 2>/dev/null || echo "?")"
     sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}'
   done
+}
+# CPU seconds the running contender's processes used since they started: the total,
+# then <name>=<seconds> per process.
+cpu_seconds() {
+  cpu_ticks | awk -v hz="$(getconf CLK_TCK)" '{t += $2; parts = parts sprintf(" %s=%.1f", $1, $2 / hz)}
+    END {printf "%.1f%s\n", t / hz, parts}'
 }
 stop_contender() {
   local p
