@@ -1,12 +1,12 @@
 # syntax=docker/dockerfile:1
-# A bot built on tgpipe-worker. By default the example bot; for your own bot, point
+# A bot built on tgpipe and tgpipe-worker. By default the example bot (examples/bot); for your own bot, point
 # BOT_PACKAGE and BOT_BIN at your crate and binary (your crate in the workspace, or
 # your own repository with the same two stages):
 #   docker build -f deploy/docker/worker.Dockerfile -t tgpipe/tgpipe-example-bot .
 #   docker build -f deploy/docker/worker.Dockerfile \
 #     --build-arg BOT_PACKAGE=my-bot --build-arg BOT_BIN=my-bot -t me/my-bot .
 
-ARG BOT_PACKAGE=tgpipe-worker
+ARG BOT_PACKAGE=tgpipe-example-bot
 ARG BOT_BIN=tgpipe-example-bot
 
 FROM rust:1.95-slim-bookworm AS build

@@ -44,3 +44,21 @@ def test_dockerfile(name, binary):
         assert entry == [f"/usr/local/bin/{binary}"]
     assert "--locked" in " ".join(a for w, a in ins if w == "RUN")
     assert "COPY" in words
+
+
+def test_worker_dockerfile_builds_a_binary_the_workspace_has():
+    """The default BOT_PACKAGE/BOT_BIN name a package of the workspace and its binary
+    (the example bot moved to its own package, examples/bot, and the image must follow)."""
+    import subprocess
+
+    args = {}
+    for word, arg in instructions(DOCKER / "worker.Dockerfile"):
+        if word == "ARG" and "=" in arg:
+            k, _, v = arg.partition("=")
+            args[k] = v
+    meta = json.loads(subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--no-deps", "--locked"],
+        cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+    bins = {p["name"]: {t["name"] for t in p["targets"] if "bin" in t["kind"]} for p in meta["packages"]}
+    assert args["BOT_PACKAGE"] in bins, f"no workspace package {args['BOT_PACKAGE']}"
+    assert args["BOT_BIN"] in bins[args["BOT_PACKAGE"]], bins[args["BOT_PACKAGE"]]

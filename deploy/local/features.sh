@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Keeps the framework-only build true: `tgpipe-worker --no-default-features` (the
-# framework, for a bot's own process or for unit-testing handlers) depends on no broker
-# client, HTTP server, CLI parser, Redis client, metrics exporter or trace exporter, and
-# it builds, with every test and benchmark that does not name a feature. The same for
-# `tgpipe-shared` without features (the wire contract).
+# Keeps the framework-only build true: `tgpipe --no-default-features` (the framework,
+# for a crate of handlers and its unit tests) and `tgpipe-bot --no-default-features`
+# (the Bot API client) depend on no broker client, HTTP server, CLI parser, Redis
+# client, metrics exporter or trace exporter, and they build, with every test and
+# benchmark that does not name a feature. The same for `tgpipe-shared` without features
+# (the wire contract).
 #
 # `cargo tree` takes about a second. The `cargo check`s type-check the framework and its
 # feature-free tests once more without the runtime (about a minute on two cores, cached
@@ -40,9 +41,10 @@ check_tree() { # package
 }
 
 check_tree tgpipe-shared
-check_tree tgpipe-worker
+check_tree tgpipe-bot
+check_tree tgpipe
 [ "$failed" = 0 ] || exit 1
 
-log "cargo check tgpipe-shared, tgpipe-worker --no-default-features"
+log "cargo check tgpipe-shared, tgpipe-bot, tgpipe --no-default-features"
 cargo check -p tgpipe-shared --no-default-features --lib --locked
-cargo check -p tgpipe-worker --no-default-features --all-targets --locked
+cargo check -p tgpipe-bot -p tgpipe --no-default-features --all-targets --locked

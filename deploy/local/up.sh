@@ -99,7 +99,7 @@ mkdir -p "$STACK"
 # no-op).
 PROFILE=debug
 log "building tgpipe ($PROFILE)"
-cargo build --locked -p tgpipe-ingress -p tgpipe-worker -p tgpipe-loadtest \
+cargo build --locked -p tgpipe-ingress -p tgpipe-example-bot -p tgpipe-loadtest \
   --bin tgpipe-ingress --bin tgpipe-example-bot --bin tgpipe-loadtest
 TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/$PROFILE
 # A real webhook gets a fresh secret, made by the worker binary's own `secret` command.

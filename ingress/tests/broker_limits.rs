@@ -30,7 +30,7 @@ impl Drop for SmallNats {
 
 fn small_nats() -> SmallNats {
     let dir = tempfile::tempdir().unwrap();
-    let port = tgpipe_shared::testkit::free_port();
+    let port = tgpipe_testkit::free_port();
     let conf = dir.path().join("nats.conf");
     std::fs::write(
         &conf,

@@ -166,7 +166,7 @@ impl Drop for Ingress {
 }
 
 fn local_addr() -> SocketAddr {
-    let port = tgpipe_shared::testkit::free_port();
+    let port = tgpipe_testkit::free_port();
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
@@ -205,7 +205,7 @@ async fn on_sigterm_readiness_goes_false_first_and_every_request_sent_during_the
  {
     // The listener used to close at once on SIGTERM: Telegram got "connection refused"
     // until the endpoint left the Service.
-    let nats = tgpipe_shared::testkit::NatsServer::start();
+    let nats = tgpipe_testkit::NatsServer::start();
     let mut ingress = start_binary(&nats.url(), "3s");
     let ops = reqwest::Client::new();
     let readyz = format!("http://{}/readyz", ingress.ops);

@@ -48,7 +48,7 @@ async fn duplicate_update_id_is_200_and_stored_once() {
 #[tokio::test]
 async fn the_whole_corpus_round_trips_byte_for_byte() {
     let t = harness(&[]).await;
-    let corpus = tgpipe_shared::testkit::corpus();
+    let corpus = tgpipe_testkit::corpus();
     assert_eq!(corpus.len(), 150);
     let mut sent = Vec::new();
     for (i, record) in corpus.iter().enumerate() {
@@ -416,7 +416,7 @@ impl MetricsExt for axum::Router {
 
 #[tokio::test]
 async fn without_provisioning_a_missing_stream_is_not_ready() {
-    let nats = tgpipe_shared::testkit::NatsServer::start();
+    let nats = tgpipe_testkit::NatsServer::start();
     let url = nats.url();
     let config = tgpipe_ingress::IngressConfig::from_flags([
         "--bots",

@@ -48,9 +48,9 @@ fn a_bad_cidr_says_which_setting_held_it() {
 #[test]
 fn nats_unreachable_is_a_warning_with_the_url_redacted_and_what_happens_next() {
     // It was `INFO event: client error: IO error`, with no server named.
-    let port = tgpipe_shared::testkit::free_port();
-    let ops = tgpipe_shared::testkit::free_port();
-    let web = tgpipe_shared::testkit::free_port();
+    let port = tgpipe_testkit::free_port();
+    let ops = tgpipe_testkit::free_port();
+    let web = tgpipe_testkit::free_port();
     let mut child = ingress()
         .env("NATS_URL", format!("nats://app:hunter2@127.0.0.1:{port}"))
         .env("TGPIPE_LISTEN", format!("127.0.0.1:{web}"))

@@ -11,7 +11,7 @@ use common::{eventually, text_update, webhook};
 use tgpipe_ingress::{AppState, IngressConfig};
 use tgpipe_shared::BotId;
 use tgpipe_shared::registry::{self, BotRecord, RegistrySettings};
-use tgpipe_shared::testkit::NatsCluster;
+use tgpipe_testkit::NatsCluster;
 use tower::ServiceExt;
 
 async fn status(state: &AppState, bot: u64, secret: &str, update: i64) -> StatusCode {

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 BOTS=${BOTS:-1000}
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 ensure_nats_server
-B=$(build_release tgpipe-ingress tgpipe-worker tgpipe-loadtest)
+B=$(build_release tgpipe-ingress tgpipe-example-bot tgpipe-loadtest)
 
 WORK=$(mktemp -d -t tgpipe-registry.XXXXXX)
 PIDS=()

@@ -33,7 +33,7 @@ TOKEN=$BOT_ID:scale-token
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 ensure_nats_server
 ensure_redis_server
-T=$(build_release tgpipe-ingress tgpipe-worker tgpipe-loadtest)
+T=$(build_release tgpipe-ingress tgpipe-example-bot tgpipe-loadtest)
 
 WORK=$(mktemp -d -t tgpipe-scale.XXXXXX)
 PIDS=()

@@ -210,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
             if !(0.0..=1.0).contains(&error_rate) {
                 tgpipe_shared::config::exit_invalid("--error-rate must be between 0.0 and 1.0");
             }
-            let config = tgpipe_loadtest::sink::SinkConfig {
+            let config = tgpipe_testkit::sink::SinkConfig {
                 latency: std::time::Duration::from_millis(latency_ms),
                 error_rate,
                 every_429,
@@ -219,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
                 bot_username,
                 ..Default::default()
             };
-            let sink = tgpipe_loadtest::sink::Sink::bind(listen, config).await?;
+            let sink = tgpipe_testkit::sink::Sink::bind(listen, config).await?;
             tracing::info!(url = %sink.url(), "Bot API stand-in listening");
             tgpipe_shared::shutdown::signal().await;
         }

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::{Value, json};
 use tgpipe_loadtest::run::{self, Delivery, Kind, Progress};
-use tgpipe_loadtest::sink::{Sink, SinkConfig, SinkHandle};
+use tgpipe_testkit::sink::{Sink, SinkConfig, SinkHandle};
 
 const FIRST_ID: i64 = 5000;
 

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tgpipe_loadtest::sink::{Sink, SinkConfig, SinkHandle};
+use tgpipe_testkit::sink::{Sink, SinkConfig, SinkHandle};
 
 const TOKEN: &str = "123456:TEST-token_secret";
 
@@ -381,7 +381,7 @@ async fn control_api_and_waiting_for_calls() {
 
 #[tokio::test]
 async fn queued_faults_answer_exactly_the_calls_they_are_for() {
-    use tgpipe_loadtest::sink::Fault;
+    use tgpipe_testkit::sink::Fault;
     let s = sink(SinkConfig::default()).await;
     s.push_fault("sendMessage", Fault::retry_after(4));
     s.push_fault("sendmessage", Fault::migrate(-1009));

@@ -10,8 +10,8 @@
 //! - process plumbing every binary needs: configuration helpers (`config`, feature
 //!   `config`), telemetry (`telemetry`, feature `telemetry`) and the shutdown signal
 //!   (`shutdown`, feature `config`);
-//! - with the `testkit` feature, a harness that starts private `nats-server` and
-//!   `redis-server` processes for tests (`testkit`).
+//!
+//! The test harness is the `tgpipe-testkit` crate.
 //!
 //! | feature     | adds                                                        | implies  |
 //! |-------------|-------------------------------------------------------------|----------|
@@ -19,7 +19,6 @@
 //! | `config`    | clap argument groups and helpers, the shutdown signal       |          |
 //! | `nats`      | async-nats: envelope messages, publish, streams, registry   | `config` |
 //! | `telemetry` | logs, OTLP traces, trace context in headers, Prometheus     | `nats`   |
-//! | `testkit`   | private `nats-server` / `redis-server` per test, OTLP sink  | `nats`   |
 //!
 //! Changing anything in the wire contract changes what is stored in JetStream and
 //! what older pods expect: do it on purpose, in `DESIGN.md` as well.
@@ -41,8 +40,6 @@ pub mod stream;
 pub mod subject;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 
 pub use envelope::{Envelope, EnvelopeError, MsgId};
 pub use extract::{ExtractError, OrderingKey, UpdateKeys, extract_keys};

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType};
 use tgpipe_shared::stream::{Changes, StreamSettings, provision_streams, provision_streams_with};
-use tgpipe_shared::testkit::NatsServer;
+use tgpipe_testkit::NatsServer;
 
 #[tokio::test]
 async fn provisioning_creates_both_streams_and_changes_them_only_when_told() {

@@ -12,7 +12,7 @@
 //! was delivered.
 //!
 //! ```no_run
-//! # async fn demo(bot: tgpipe_worker::Bot, dp: tgpipe_worker::Dispatcher) -> Result<(), tgpipe_worker::poll::PollError> {
+//! # async fn demo(bot: tgpipe::Bot, dp: tgpipe::Dispatcher) -> Result<(), tgpipe_worker::poll::PollError> {
 //! use tgpipe_worker::poll::{DispatchSink, PollConfig, poll};
 //!
 //! let config = PollConfig::new(&dp.used_update_kinds());
@@ -31,9 +31,9 @@ use serde_json::value::RawValue;
 use tgpipe_shared::publish::{PublishError, Publisher};
 use tgpipe_shared::{Envelope, ExtractError, UpdateKind, extract_keys};
 
-use crate::bot::{ApiRequest, Bot, BotError};
-use crate::dispatcher::Dispatcher;
-use crate::error::DispatchOutcome;
+use tgpipe::bot::{ApiRequest, Bot, BotError};
+use tgpipe::dispatcher::Dispatcher;
+use tgpipe::error::DispatchOutcome;
 
 /// `poll`'s arguments.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]

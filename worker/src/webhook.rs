@@ -2,14 +2,14 @@
 //!
 //! The worker binary's CLI embeds [`WebhookCommand`] and calls [`run_webhook_command`];
 //! tests call it directly. `set` computes `allowed_updates` from the dispatcher's
-//! handlers ([`crate::Dispatcher::used_update_kinds`]) unless told otherwise, so that
+//! handlers ([`tgpipe::Dispatcher::used_update_kinds`]) unless told otherwise, so that
 //! Telegram sends exactly the kinds the bot handles, and uploads a self-signed
 //! certificate as multipart (frankenstein 0.52's `setWebhook` would send it as JSON,
 //! which uploads nothing). `delete` happens only when asked: deleting a webhook stops
 //! the bot.
 //!
 //! ```no_run
-//! # async fn demo(bot: tgpipe_worker::Bot, dp: tgpipe_worker::Dispatcher) -> Result<(), tgpipe_worker::webhook::WebhookCommandError> {
+//! # async fn demo(bot: tgpipe::Bot, dp: tgpipe::Dispatcher) -> Result<(), tgpipe_worker::webhook::WebhookCommandError> {
 //! use clap::Parser;
 //! use tgpipe_worker::webhook::{WebhookCommand, new_secret_token, run_webhook_command};
 //!
@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use tgpipe_shared::UpdateKind;
 
-use crate::bot::{Bot, BotError, InputFile};
+use tgpipe::bot::{Bot, BotError, InputFile};
 
 /// `webhook …`: manage the bot's webhook at Telegram.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]

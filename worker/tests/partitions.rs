@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use stack::{Stack, Worker, chat_of, text, text_of};
-use tgpipe_loadtest::sink::RecordedCall;
 use tgpipe_shared::OrderingKey;
 use tgpipe_shared::subject::Shard;
+use tgpipe_testkit::sink::RecordedCall;
 
 /// One test at a time in this binary under `cargo test` (nextest runs them one at a time
 /// through its `cluster` test group): each runs a cluster and several workers, and
@@ -480,12 +480,15 @@ async fn a_worker_started_without_replicas_leaves_r3_streams_at_r3() {
         "consumer left as it was"
     );
     // `provision --apply` is how an operator changes them.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"))
-        .envs(s.worker_env())
-        .env("TGPIPE_ACK_WAIT", "9s")
-        .args(["provision", "--apply"])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(tgpipe_testkit::workspace_bin(
+        "tgpipe-example-bot",
+        "tgpipe-example-bot",
+    ))
+    .envs(s.worker_env())
+    .env("TGPIPE_ACK_WAIT", "9s")
+    .args(["provision", "--apply"])
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -500,12 +503,15 @@ async fn a_worker_started_without_replicas_leaves_r3_streams_at_r3() {
 async fn a_lane_kind_typo_stops_the_worker_with_exit_64() {
     let _one = ONE_AT_A_TIME.lock().await;
     let s = Stack::start().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"))
-        .envs(s.worker_env())
-        .env("TGPIPE_LANE_KINDS", "message,bogus")
-        .env("TGPIPE_LISTEN", "127.0.0.1:0")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(tgpipe_testkit::workspace_bin(
+        "tgpipe-example-bot",
+        "tgpipe-example-bot",
+    ))
+    .envs(s.worker_env())
+    .env("TGPIPE_LANE_KINDS", "message,bogus")
+    .env("TGPIPE_LISTEN", "127.0.0.1:0")
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use frankenstein::types::Message;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tgpipe_loadtest::sink::{Fault, Sink, SinkConfig, SinkHandle};
+use tgpipe::frankenstein::types::Message;
+use tgpipe::{Bot, BotError, Dispatcher, Router};
 use tgpipe_shared::stream::{StreamSettings, provision_streams};
-use tgpipe_shared::testkit::NatsServer;
 use tgpipe_shared::{headers as h, publish::Publisher};
+use tgpipe_testkit::NatsServer;
+use tgpipe_testkit::sink::{Fault, Sink, SinkConfig, SinkHandle};
 use tgpipe_worker::poll::{DispatchSink, JetStreamSink, PollArgs, PollConfig, PollError, poll};
-use tgpipe_worker::{Bot, BotError, Dispatcher, Router};
 
 fn update(id: i64, chat: i64, text: &str) -> Value {
     json!({"update_id": id, "message": {"message_id": id, "date": 0,
@@ -45,7 +45,7 @@ async fn wait_for(
     sink: &SinkHandle,
     method: &str,
     n: usize,
-) -> Vec<tgpipe_loadtest::sink::RecordedCall> {
+) -> Vec<tgpipe_testkit::sink::RecordedCall> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let calls: Vec<_> = sink

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::json;
 use stack::{BOT, Stack, TOKEN, callback, chat_of, header, joined, text, text_of};
+use tgpipe::{Dispatcher, HandlerError, Router};
 use tgpipe_shared::headers;
 use tgpipe_worker::runtime::config::{Cli, DlqCommand};
-use tgpipe_worker::{Dispatcher, HandlerError, Router};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_bot_answers_each_behaviour_through_the_ingress() {
@@ -391,7 +391,7 @@ async fn every_corpus_kind_and_an_unknown_kind_are_consumed_without_dead_letters
     let s = Stack::start().await;
     let _w = s.worker(&[]).await;
     let mut posted = 0;
-    for body in tgpipe_shared::testkit::corpus() {
+    for body in tgpipe_testkit::corpus() {
         assert_eq!(s.post_raw(body).await, 200);
         posted += 1;
     }
@@ -446,13 +446,16 @@ async fn two_lanes_split_the_kinds_and_overlapping_lanes_are_refused() {
     assert!(!m2.contains(r#"kind="message""#), "{m2}");
 
     // A third lane that also takes messages does not start: exit code 64, and says why.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"))
-        .envs(s.worker_env())
-        .env("TGPIPE_LANE", "greedy")
-        .env("TGPIPE_LANE_KINDS", "message,inline_query")
-        .env("TGPIPE_LISTEN", "127.0.0.1:0")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(tgpipe_testkit::workspace_bin(
+        "tgpipe-example-bot",
+        "tgpipe-example-bot",
+    ))
+    .envs(s.worker_env())
+    .env("TGPIPE_LANE", "greedy")
+    .env("TGPIPE_LANE_KINDS", "message,inline_query")
+    .env("TGPIPE_LISTEN", "127.0.0.1:0")
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -460,12 +463,15 @@ async fn two_lanes_split_the_kinds_and_overlapping_lanes_are_refused() {
         "{stderr}"
     );
     // So does a lane naming something that is not an update kind.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"))
-        .envs(s.worker_env())
-        .env("TGPIPE_LANE_KINDS", "message,not a kind")
-        .env("TGPIPE_LISTEN", "127.0.0.1:0")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(tgpipe_testkit::workspace_bin(
+        "tgpipe-example-bot",
+        "tgpipe-example-bot",
+    ))
+    .envs(s.worker_env())
+    .env("TGPIPE_LANE_KINDS", "message,not a kind")
+    .env("TGPIPE_LISTEN", "127.0.0.1:0")
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not an update kind"));
 }
@@ -643,13 +649,16 @@ async fn two_workers_on_one_lane_count_forty_concurrent_commands_exactly_once_ea
 
 /// Runs the example bot's binary with a command, on this stack's stand-in.
 fn command(s: &Stack, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"))
-        .args(args)
-        .env("TGPIPE_BOT_TOKENS", TOKEN)
-        .env("TGPIPE_API_URL", s.sink.url())
-        .envs(env.iter().copied())
-        .output()
-        .expect("run the example bot")
+    std::process::Command::new(tgpipe_testkit::workspace_bin(
+        "tgpipe-example-bot",
+        "tgpipe-example-bot",
+    ))
+    .args(args)
+    .env("TGPIPE_BOT_TOKENS", TOKEN)
+    .env("TGPIPE_API_URL", s.sink.url())
+    .envs(env.iter().copied())
+    .output()
+    .expect("run the example bot")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -724,14 +733,17 @@ async fn poll_handles_updates_from_get_updates_in_process() {
     let s = Stack::start().await;
     s.sink.push_update(text(1, 1201, "/start from polling"));
     s.sink.push_update(text(2, 1201, "polled text"));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"))
-        .args(["poll", "--timeout", "1"])
-        .env("TGPIPE_BOT_TOKENS", TOKEN)
-        .env("TGPIPE_API_URL", s.sink.url())
-        .env("REDIS_URL", s.redis.url())
-        .env("TGPIPE_RATE_LIMITS", "off")
-        .spawn()
-        .unwrap();
+    let mut child = std::process::Command::new(tgpipe_testkit::workspace_bin(
+        "tgpipe-example-bot",
+        "tgpipe-example-bot",
+    ))
+    .args(["poll", "--timeout", "1"])
+    .env("TGPIPE_BOT_TOKENS", TOKEN)
+    .env("TGPIPE_API_URL", s.sink.url())
+    .env("REDIS_URL", s.redis.url())
+    .env("TGPIPE_RATE_LIMITS", "off")
+    .spawn()
+    .unwrap();
     let sent = s.wait_for("sendMessage", 2, Duration::from_secs(30)).await;
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -751,7 +763,7 @@ async fn a_panicking_handler_dead_letters_its_update_and_the_worker_goes_on() {
     let handled = Arc::new(AtomicU32::new(0));
     let mut router = Router::new("panicky");
     let h = Arc::clone(&handled);
-    router.message(move |m: Arc<frankenstein::types::Message>| {
+    router.message(move |m: Arc<tgpipe::frankenstein::types::Message>| {
         let h = Arc::clone(&h);
         async move {
             assert!(m.text.as_deref() != Some("boom"), "boom");
@@ -794,7 +806,7 @@ async fn two_worker_processes_share_the_rate_limits_through_redis() {
     }
     let sent = s.wait_for("sendMessage", 40, Duration::from_secs(30)).await;
     assert_eq!(sent.len(), 40);
-    let ms = |c: &tgpipe_loadtest::sink::RecordedCall| {
+    let ms = |c: &tgpipe_testkit::sink::RecordedCall| {
         c.at.duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64
@@ -909,7 +921,7 @@ async fn a_failing_update_is_retried_in_place_and_blocks_only_its_chat() {
     let failures = Arc::new(AtomicU32::new(0));
     let mut router = Router::new("flaky-chat");
     let (l, f) = (Arc::clone(&log), Arc::clone(&failures));
-    router.message(move |m: Arc<frankenstein::types::Message>| {
+    router.message(move |m: Arc<tgpipe::frankenstein::types::Message>| {
         let (l, f) = (Arc::clone(&l), Arc::clone(&f));
         async move {
             let text = m.text.clone().unwrap_or_default();

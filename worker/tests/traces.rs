@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use stack::{BOT, Stack, text};
 use tgpipe_shared::config::{LogFormat, TelemetryArgs};
-use tgpipe_shared::testkit::otlp::{OtlpReceiver, ReceivedSpan};
+use tgpipe_testkit::otlp::{OtlpReceiver, ReceivedSpan};
 
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;

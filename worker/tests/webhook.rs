@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use frankenstein::types::{CallbackQuery, Message};
 use serde_json::json;
-use tgpipe_loadtest::sink::{Sink, SinkConfig};
+use tgpipe::frankenstein::types::{CallbackQuery, Message};
+use tgpipe::{Bot, BotError, Dispatcher, Router};
+use tgpipe_testkit::sink::{Sink, SinkConfig};
 use tgpipe_worker::webhook::{
     SetWebhookArgs, WebhookCommand, WebhookCommandError, kinds_of, new_secret_token,
     run_webhook_command,
 };
-use tgpipe_worker::{Bot, BotError, Dispatcher, Router};
 
 fn dispatcher() -> Dispatcher {
     let mut r = Router::new("r");

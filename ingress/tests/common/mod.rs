@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use tgpipe_ingress::{AppState, IngressConfig, app};
-use tgpipe_shared::testkit::NatsServer;
+use tgpipe_testkit::NatsServer;
 use tower::ServiceExt;
 
 pub const BOT: u64 = 123456;

@@ -16,7 +16,7 @@ use tgpipe_shared::{BotId, UpdateKind};
 use super::lane::{Lane, LaneError};
 use redis::aio::ConnectionManager;
 
-use crate::bot::{Bot, DEFAULT_API_URL, Rate, RateLimits};
+use tgpipe::bot::{Bot, DEFAULT_API_URL, Rate, RateLimits};
 
 /// `tgpipe-worker`-style command line shared by every bot binary built on the library.
 #[derive(Debug, Parser)]

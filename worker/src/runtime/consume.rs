@@ -49,11 +49,11 @@ use super::metrics;
 use super::redis_probe::{RedisProbe, needs_redis};
 use super::registry::RemovedPolicy;
 use super::seen::Seen;
-use crate::bot::Bot;
-use crate::dispatcher::Dispatcher;
-use crate::error::DispatchOutcome;
-use crate::fsm::{OwnerFence, Prefetched};
-use crate::update::Update;
+use tgpipe::bot::Bot;
+use tgpipe::dispatcher::Dispatcher;
+use tgpipe::error::DispatchOutcome;
+use tgpipe::fsm::{OwnerFence, Prefetched};
+use tgpipe::update::Update;
 use tgpipe_shared::registry::BotState;
 
 /// How updates are acknowledged and retried.
@@ -885,7 +885,7 @@ impl Pod {
     ) -> Action {
         let started = Instant::now();
         // A panicking handler fails this update, not the pod.
-        let dispatch = std::panic::AssertUnwindSafe(crate::fsm::with_owner_fence(
+        let dispatch = std::panic::AssertUnwindSafe(tgpipe::fsm::with_owner_fence(
             part.fence.clone(),
             tokio::time::timeout(
                 self.me.acks.handler_timeout,

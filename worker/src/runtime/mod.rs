@@ -33,11 +33,11 @@ use tgpipe_shared::stream::{Changes as StreamChanges, provision_streams, provisi
 use self::config::{Cli, Command, FsmArgs, PollCommandArgs, ProvisionArgs, RunArgs, WebhookArgs};
 use self::consume::{AckSettings, Consumer, Limits};
 use self::lane::{Changes, ensure_consumers};
-use crate::bot::Bot;
-use crate::dispatcher::{Dispatcher, DispatcherBuilder};
-use crate::fsm::{Fsm, Isolation, RedisStorage};
 use crate::webhook::WebhookCommand;
 use redis::aio::ConnectionManager;
+use tgpipe::bot::Bot;
+use tgpipe::dispatcher::{Dispatcher, DispatcherBuilder};
+use tgpipe::fsm::{Fsm, Isolation, RedisStorage};
 use tgpipe_shared::publish::Publisher;
 
 /// Why the runtime stopped with an error.
@@ -68,7 +68,7 @@ fn peer(e: impl std::fmt::Display) -> RunError {
 /// command. `main` is one line:
 ///
 /// ```no_run
-/// # use tgpipe_worker::{Dispatcher, Router};
+/// # use tgpipe::{Dispatcher, Router};
 /// #[tokio::main]
 /// async fn main() -> std::process::ExitCode {
 ///     tgpipe_worker::run(Dispatcher::builder(Router::new("main"))).await

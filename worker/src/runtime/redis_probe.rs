@@ -9,8 +9,8 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
-use crate::HandlerError;
-use crate::fsm::FsmError;
+use tgpipe::HandlerError;
+use tgpipe::fsm::FsmError;
 
 /// How often a failing Redis is asked whether it answers again.
 const EVERY: Duration = Duration::from_millis(250);

@@ -24,7 +24,7 @@ use serde_json::json;
 use tgpipe_shared::BotId;
 use tgpipe_shared::registry::{self, BotRecord, BotState, BotToken, Records, RegistryError};
 
-use crate::bot::{Bot, BotError};
+use tgpipe::bot::{Bot, BotError};
 
 /// What a worker does with the updates of a removed bot that are still in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -18,7 +18,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 use tgpipe_shared::BotId;
 
-use crate::fsm::OwnerFence;
+use tgpipe::fsm::OwnerFence;
 
 /// Adds the id, trims to the cap, refreshes the TTL, unless a later owner of the chat's
 /// partition (in this lane) wrote before: `ARGV[4]` is the lane, `ARGV[5]` the epoch
@@ -112,5 +112,38 @@ impl Seen {
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(done == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tgpipe::fsm::OwnerFence;
+    use tgpipe_shared::BotId;
+
+    use super::Seen;
+
+    /// The duplicate memory is fenced like the FSM: a stale owner's insert is refused.
+    #[tokio::test]
+    async fn a_worker_that_lost_its_partition_cannot_write_the_duplicate_memory() {
+        let server = tgpipe_testkit::RedisServer::start();
+        let redis = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .unwrap();
+        let seen = Seen::new(redis, 64, Duration::from_secs(60));
+        let (new, old) = (
+            OwnerFence::new("chat", 1, 30),
+            OwnerFence::new("chat", 1, 12),
+        );
+        assert!(seen.insert(BotId(1), 5, 100, Some(&new)).await.unwrap());
+        assert!(!seen.insert(BotId(1), 5, 101, Some(&old)).await.unwrap());
+        assert!(seen.contains(BotId(1), 5, 100).await.unwrap());
+        assert!(
+            !seen.contains(BotId(1), 5, 101).await.unwrap(),
+            "the stale insert was refused"
+        );
     }
 }

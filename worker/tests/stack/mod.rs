@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use async_nats::jetstream::message::StreamMessage;
 use serde_json::{Value, json};
-use tgpipe_loadtest::sink::{RecordedCall, Sink, SinkConfig, SinkHandle};
-use tgpipe_shared::testkit::{NatsCluster, NatsServer, RedisServer, free_port};
+use tgpipe_testkit::sink::{RecordedCall, Sink, SinkConfig, SinkHandle};
+use tgpipe_testkit::{NatsCluster, NatsServer, RedisServer, free_port};
 
 pub const BOT: u64 = 4242;
 pub const TOKEN: &str = "4242:example-token";
@@ -220,7 +220,10 @@ impl Stack {
     /// Starts a `tgpipe-example-bot` worker with extra environment, once ready.
     pub async fn worker(&self, extra: &[(&str, &str)]) -> Worker {
         let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"));
+        let mut cmd = Command::new(tgpipe_testkit::workspace_bin(
+            "tgpipe-example-bot",
+            "tgpipe-example-bot",
+        ));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.worker_env())

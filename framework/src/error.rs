@@ -1,0 +1,418 @@
+//! Errors of handlers and of dispatch, and how the runtime should treat them.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+pub use tgpipe_bot::ErrorClass;
+
+/// An error type of the application that knows whether it is transient.
+///
+/// Errors are classified when a handler's error becomes a [`HandlerError`]: the error
+/// and then each of its [`source`](StdError::source)s in turn, the first one that knows
+/// decides. The framework's own errors know ([`crate::BotError`], [`crate::FsmError`],
+/// [`crate::extract::ExtractError`], Redis and I/O errors), so an application error that
+/// wraps one (`Api(#[from] BotError)`) is as transient as what it wraps. An application
+/// type that wants to decide for itself implements `Transient` and is registered with
+/// [`DispatcherBuilder::transient_errors`](crate::DispatcherBuilder::transient_errors)
+/// (a type cannot be asked for a trait through `dyn Error` without being named once). A
+/// registered type must be visible in the chain: a wrapper with `#[error(transparent)]`
+/// hides it, one with a message (`#[error("paying: {0}")] Pay(#[from] PaymentError)`)
+/// does not.
+///
+/// ```
+/// use tgpipe::error::Transient;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum PaymentError {
+///     #[error("the payment provider is down")]
+///     ProviderDown,
+///     #[error("the card was declined")]
+///     Declined,
+/// }
+///
+/// impl Transient for PaymentError {
+///     fn is_transient(&self) -> bool {
+///         matches!(self, PaymentError::ProviderDown)
+///     }
+/// }
+/// ```
+pub trait Transient: StdError + Send + Sync + 'static {
+    /// Whether a retry of the update could succeed.
+    fn is_transient(&self) -> bool;
+}
+
+/// Asks one error (not its sources) whether it is transient: `None` when its type does
+/// not know.
+pub(crate) type Classifier = fn(&(dyn StdError + 'static)) -> Option<bool>;
+
+/// The classifier of a registered [`Transient`] type.
+pub(crate) fn classifier_of<E: Transient>() -> Classifier {
+    |e| e.downcast_ref::<E>().map(Transient::is_transient)
+}
+
+/// An error a handler (or middleware, or extractor) returned. It keeps the original error
+/// so `errors` handlers can match on its type (see [`crate::filter::ErrorIs`]), and knows
+/// whether retrying could help (the runtime naks transient errors and dead-letters
+/// permanent ones).
+///
+/// An error converted with `?` or `From` is classified by walking its `source()` chain
+/// (see [`Transient`]); [`HandlerError::transient`] and [`HandlerError::permanent`] say it
+/// outright and are never reclassified.
+///
+/// ```
+/// use tgpipe::{BotError, HandlerError};
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum Error {
+///     #[error(transparent)]
+///     Api(#[from] BotError),
+///     #[error("no such product")]
+///     NoProduct,
+/// }
+///
+/// let wrapped: HandlerError = Error::Api(BotError::Server(502)).into();
+/// assert!(wrapped.is_transient());
+/// assert!(!HandlerError::from(Error::NoProduct).is_transient());
+/// ```
+pub struct HandlerError {
+    inner: Box<dyn StdError + Send + Sync + 'static>,
+    transient: bool,
+    /// Said outright by the caller: registered classifiers do not override it.
+    explicit: bool,
+}
+
+impl HandlerError {
+    /// A permanent error: retrying the update would fail the same way.
+    pub fn permanent(e: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> HandlerError {
+        HandlerError {
+            inner: e.into(),
+            transient: false,
+            explicit: true,
+        }
+    }
+
+    /// A transient error: the update should be retried later (a peer was unavailable).
+    pub fn transient(e: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> HandlerError {
+        HandlerError {
+            inner: e.into(),
+            transient: true,
+            explicit: true,
+        }
+    }
+
+    /// Whether a retry could succeed.
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+
+    /// Whether the original error is a `T`.
+    pub fn is<T: StdError + 'static>(&self) -> bool {
+        self.inner.is::<T>()
+    }
+
+    /// The original error as a `T`.
+    pub fn downcast_ref<T: StdError + 'static>(&self) -> Option<&T> {
+        self.inner.downcast_ref()
+    }
+
+    /// The first `T` in the error's `source()` chain, the original error included: finds
+    /// the [`crate::BotError`] inside an application error that wraps it.
+    pub fn find<T: StdError + 'static>(&self) -> Option<&T> {
+        chain(self.inner()).find_map(|e| e.downcast_ref::<T>())
+    }
+
+    /// The wait a Bot API flood control (429) asked for, if a `RetryAfter` is in the
+    /// chain: the runtime can redeliver the update after it rather than after its
+    /// usual backoff. (Not found through an application error that wraps the
+    /// `BotError` with `#[error(transparent)]`, which hides it; the error is transient
+    /// all the same.)
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self.find::<crate::BotError>()? {
+            crate::BotError::RetryAfter(wait) => Some(*wait),
+            _ => None,
+        }
+    }
+
+    /// The original error.
+    pub fn inner(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.inner
+    }
+
+    /// Classifies again with the application's registered [`Transient`] types (unless
+    /// the error was made transient or permanent outright).
+    pub(crate) fn reclassify(&mut self, extra: &[Classifier]) {
+        if !self.explicit && !extra.is_empty() {
+            self.transient = classify(self.inner(), extra);
+        }
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("error", &self.inner)
+            .field("transient", &self.transient)
+            .finish()
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+/// Errors that know whether they are transient convert with that knowledge, found
+/// anywhere in their `source()` chain; any other error is permanent.
+impl<E: StdError + Send + Sync + 'static> From<E> for HandlerError {
+    fn from(e: E) -> HandlerError {
+        let transient = classify(&e, &[]);
+        HandlerError {
+            inner: Box::new(e),
+            transient,
+            explicit: false,
+        }
+    }
+}
+
+/// An error and its sources, outermost first.
+fn chain<'a>(
+    e: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(e), |e: &&'a (dyn StdError + 'static)| (*e).source())
+}
+
+/// How deep the `source()` chain is followed (a chain that loops must still end).
+const MAX_CHAIN: usize = 32;
+
+/// The first error of the chain that knows decides: the application's registered
+/// types, then the framework's own.
+pub(crate) fn classify(e: &(dyn StdError + 'static), extra: &[Classifier]) -> bool {
+    chain(e)
+        .take(MAX_CHAIN)
+        .find_map(|e| extra.iter().find_map(|c| c(e)).or_else(|| known(e)))
+        .unwrap_or(false)
+}
+
+/// The error types of the framework and of the clients it uses.
+fn known(e: &(dyn StdError + 'static)) -> Option<bool> {
+    if let Some(c) = e.downcast_ref::<ErrorClass>() {
+        return Some(*c == ErrorClass::Transient);
+    }
+    if e.is::<crate::bot::ForbiddenReason>() {
+        return Some(false);
+    }
+    if let Some(b) = e.downcast_ref::<crate::bot::BotError>() {
+        return Some(b.is_transient());
+    }
+    if let Some(x) = e.downcast_ref::<crate::extract::ExtractError>() {
+        return Some(x.is_transient());
+    }
+    if let Some(f) = e.downcast_ref::<crate::fsm::FsmError>() {
+        return Some(f.is_transient());
+    }
+    #[cfg(feature = "redis")]
+    if let Some(r) = e.downcast_ref::<redis::RedisError>() {
+        return Some(
+            r.is_io_error()
+                || r.is_timeout()
+                || r.is_connection_dropped()
+                || r.is_connection_refusal()
+                || r.is_cluster_error(),
+        );
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        use std::io::ErrorKind as K;
+        return Some(matches!(
+            io.kind(),
+            K::TimedOut
+                | K::ConnectionRefused
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::NotConnected
+                | K::BrokenPipe
+                | K::Interrupted
+                | K::WouldBlock
+        ));
+    }
+    None
+}
+
+/// What dispatching one update came to.
+#[derive(Debug)]
+pub enum DispatchOutcome {
+    /// A handler (or an `errors` handler) handled it, or a middleware consumed it.
+    Handled,
+    /// No handler took it (the runtime acknowledges it all the same).
+    Unhandled,
+    /// It failed and no `errors` handler took the error.
+    Failed(std::sync::Arc<HandlerError>),
+}
+
+/// Why a dispatcher could not be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BuildError {
+    /// A handler takes a value nothing provides: not application state, not a
+    /// middleware's declared value, not one of its filters' values.
+    #[error(
+        "handler #{index} of the `{observer}` observer of router `{router}` takes `{type_name}`, which nothing provides (give it as state with `Dispatcher::builder(..).state(..)`, or declare the middleware or filter that inserts it)"
+    )]
+    MissingDependency {
+        /// The router's name.
+        router: String,
+        /// The observer.
+        observer: String,
+        /// The handler's position in the observer (registration order, from 0).
+        index: usize,
+        /// The missing type.
+        type_name: &'static str,
+    },
+    /// A handler takes `FsmContext` (or `SceneContext`), but the dispatcher has no FSM.
+    #[error(
+        "handler #{index} of the `{observer}` observer of router `{router}` takes the FSM, but the dispatcher has none (configure it with `Dispatcher::builder(..).fsm(Fsm::new(storage))`)"
+    )]
+    FsmNotConfigured {
+        /// The router's name.
+        router: String,
+        /// The observer.
+        observer: String,
+        /// The handler's position in the observer (registration order, from 0).
+        index: usize,
+    },
+    /// Two routers in one tree share a name (names identify routers in errors and logs).
+    #[error("two routers are named `{0}`")]
+    DuplicateRouter(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BotError;
+
+    /// The pattern docs/fsm.md and the example bot recommend.
+    #[derive(Debug, thiserror::Error)]
+    enum AppError {
+        #[error(transparent)]
+        Api(#[from] BotError),
+        #[error(transparent)]
+        Fsm(#[from] crate::FsmError),
+        #[error("Bot API: {0}")]
+        ApiWithContext(#[source] BotError),
+        #[error("context: {source}")]
+        Context {
+            #[source]
+            source: Box<AppError>,
+        },
+        #[error("bad input")]
+        BadInput,
+    }
+
+    #[test]
+    fn a_wrapped_bot_api_502_is_transient() {
+        assert!(HandlerError::from(AppError::Api(BotError::Server(502))).is_transient());
+        let e = AppError::ApiWithContext(BotError::Server(502));
+        assert!(HandlerError::from(e).is_transient());
+        // Two levels down.
+        let deep = AppError::Context {
+            source: Box::new(AppError::Api(BotError::Network("reset".into()))),
+        };
+        assert!(HandlerError::from(deep).is_transient());
+    }
+
+    #[test]
+    #[cfg(feature = "redis")]
+    fn a_wrapped_redis_blip_is_transient() {
+        let blip = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = AppError::Fsm(crate::FsmError::storage(redis::RedisError::from(blip)));
+        assert!(HandlerError::from(e).is_transient());
+    }
+
+    #[test]
+    fn transparent_wrapped_fsm_lease_errors_are_transient() {
+        let key = || "tgpipe:fsm:{4242:1:1}".to_owned();
+        #[cfg_attr(not(feature = "redis"), expect(unused_mut))]
+        let mut errors = vec![
+            crate::FsmError::LockTimeout {
+                key: key(),
+                waited: std::time::Duration::from_secs(5),
+            },
+            crate::FsmError::LeaseLost { key: key() },
+            crate::FsmError::Fenced { key: key() },
+            crate::FsmError::Contended { key: key() },
+        ];
+        // Redis answering an error (LOADING after a restart): the storage is
+        // unavailable, whatever the client's error kind says.
+        #[cfg(feature = "redis")]
+        errors.push(crate::FsmError::storage(redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading),
+            "LOADING Redis is loading the dataset in memory",
+        ))));
+        for e in errors {
+            let text = e.to_string();
+            assert!(
+                HandlerError::from(AppError::Fsm(e)).is_transient(),
+                "{text}"
+            );
+        }
+        let undecodable = rmp_serde::from_slice::<u32>(b"\xc1").unwrap_err();
+        let e = AppError::Fsm(crate::FsmError::Decode {
+            key: key(),
+            type_name: "u32",
+            source: undecodable,
+        });
+        assert!(!HandlerError::from(e).is_transient());
+    }
+
+    #[test]
+    fn wrapped_permanent_errors_stay_permanent() {
+        let e = AppError::Api(BotError::BadRequest("message text is empty".into()));
+        assert!(!HandlerError::from(e).is_transient());
+        let e = AppError::Api(BotError::Forbidden("bot was blocked by the user".into()));
+        let e = HandlerError::from(e);
+        assert!(!e.is_transient());
+        assert_eq!(
+            e.find::<crate::bot::ForbiddenReason>(),
+            Some(&crate::bot::ForbiddenReason::BlockedByUser)
+        );
+        assert!(!HandlerError::from(AppError::BadInput).is_transient());
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("payment provider: {0}")]
+    struct ProviderError(&'static str, #[source] BotError);
+
+    impl Transient for ProviderError {
+        fn is_transient(&self) -> bool {
+            self.0 == "busy"
+        }
+    }
+
+    #[test]
+    fn a_registered_transient_type_decides_for_itself_before_what_it_wraps() {
+        let extra = [classifier_of::<ProviderError>()];
+        // Wraps a permanent error but says it is transient.
+        let mut e = HandlerError::from(ProviderError("busy", BotError::Unauthorized));
+        assert!(!e.is_transient());
+        e.reclassify(&extra);
+        assert!(e.is_transient());
+        // Wraps a transient one but says it is not.
+        let mut e = HandlerError::from(ProviderError("declined", BotError::Server(502)));
+        assert!(e.is_transient());
+        e.reclassify(&extra);
+        assert!(!e.is_transient());
+        // Said outright: not reclassified.
+        let mut e = HandlerError::permanent(ProviderError("busy", BotError::Unauthorized));
+        e.reclassify(&extra);
+        assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn find_and_retry_after_look_through_the_chain() {
+        let e = HandlerError::from(AppError::ApiWithContext(BotError::RetryAfter(
+            std::time::Duration::from_secs(7),
+        )));
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(7)));
+        assert!(e.find::<BotError>().is_some());
+        assert!(!e.is::<BotError>());
+    }
+}

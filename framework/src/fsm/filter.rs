@@ -1,0 +1,124 @@
+//! [`StateFilter`]: route by the FSM state (aiogram's `StateFilter`).
+
+use super::{FsmContext, StateName, StatesGroup};
+use crate::context::Context;
+use crate::filter::{Filter, FilterOutcome};
+use crate::handler::BoxFuture;
+
+#[derive(Debug, Clone)]
+enum Wanted {
+    OneOf(Vec<StateName>),
+    Group(&'static str),
+    Any,
+    None,
+}
+
+/// Passes when the update's FSM state is one of the given states, in a group, any
+/// state, or no state. Updates without an FSM key (no chat or user for the strategy)
+/// never pass. A dispatcher whose handlers use it without an FSM is refused at build
+/// time (`BuildError::FsmNotConfigured`).
+///
+/// ```
+/// use tgpipe::fsm::StateFilter;
+///
+/// tgpipe::states! { enum Form { Name, Age } }
+///
+/// let name = StateFilter::is(Form::Name);
+/// let either = StateFilter::any_of([Form::Name, Form::Age]);
+/// let in_form = StateFilter::in_group::<Form>();
+/// let idle = StateFilter::none();
+/// let busy = StateFilter::any();
+/// ```
+#[derive(Debug, Clone)]
+pub struct StateFilter(Wanted);
+
+impl StateFilter {
+    /// The state is `state`.
+    pub fn is(state: impl Into<StateName>) -> StateFilter {
+        StateFilter(Wanted::OneOf(vec![state.into()]))
+    }
+
+    /// The state is one of `states`.
+    pub fn any_of<S: Into<StateName>>(states: impl IntoIterator<Item = S>) -> StateFilter {
+        StateFilter(Wanted::OneOf(states.into_iter().map(Into::into).collect()))
+    }
+
+    /// The state is one of group `G`'s.
+    pub fn in_group<G: StatesGroup>() -> StateFilter {
+        StateFilter(Wanted::Group(G::GROUP))
+    }
+
+    /// There is a state (aiogram's `StateFilter("*")` with a state set).
+    pub fn any() -> StateFilter {
+        StateFilter(Wanted::Any)
+    }
+
+    /// There is no state (aiogram's `StateFilter(None)`).
+    pub fn none() -> StateFilter {
+        StateFilter(Wanted::None)
+    }
+
+    fn matches(&self, state: Option<&str>) -> bool {
+        match (&self.0, state) {
+            (Wanted::OneOf(states), Some(s)) => states.iter().any(|w| w.as_str() == s),
+            (Wanted::Group(g), Some(s)) => {
+                s.strip_prefix(g).is_some_and(|rest| rest.starts_with(':'))
+            }
+            (Wanted::Any, Some(_)) | (Wanted::None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Filter for StateFilter {
+    fn requires(&self) -> Vec<crate::extract::Requirement> {
+        vec![crate::extract::Requirement::of::<super::FsmInstalled>()]
+    }
+
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        Box::pin(async move {
+            let fsm = cx.get::<FsmContext>()?;
+            match fsm.state().await {
+                Ok(state) => self.matches(state.as_deref()).then(Default::default),
+                // The dispatcher reads the state before routing, so this only happens
+                // with a context built by hand; a filter cannot fail, so it rejects.
+                Err(e) => {
+                    tracing::warn!(key = %fsm.key(), error = %e, "state filter could not read the FSM state");
+                    None
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::states! { enum Form { Name, Age } }
+    crate::states! { enum FormExtra { Name } }
+
+    #[test]
+    fn groups_match_by_whole_prefix() {
+        let f = StateFilter::in_group::<Form>();
+        assert!(f.matches(Some("Form:Name")));
+        assert!(
+            !f.matches(Some("FormExtra:Name")),
+            "a longer group name is another group"
+        );
+        assert!(!f.matches(Some("Form")));
+        assert!(!f.matches(None));
+        assert!(StateFilter::in_group::<FormExtra>().matches(Some("FormExtra:Name")));
+    }
+
+    #[test]
+    fn any_and_none_split_on_presence() {
+        assert!(StateFilter::any().matches(Some("X:Y")));
+        assert!(!StateFilter::any().matches(None));
+        assert!(StateFilter::none().matches(None));
+        assert!(!StateFilter::none().matches(Some("X:Y")));
+        let f = StateFilter::any_of([Form::Name, Form::Age]);
+        assert!(f.matches(Some("Form:Age")));
+        assert!(!f.matches(Some("Form:Other")));
+    }
+}

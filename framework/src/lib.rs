@@ -1,0 +1,60 @@
+//! `tgpipe`: the bot framework.
+//!
+//! aiogram 3's model in Rust: a [`Dispatcher`] is the root [`Router`]; routers nest and
+//! have one observer per update kind (plus `raw` and `errors`); handlers are plain
+//! `async fn`s whose arguments are extractors ([`extract::FromContext`]); filters
+//! ([`filter`]) choose the handler and may hand it values; outer and inner
+//! [`middleware`] wrap the search and the handler. Dispatch tells the runtime whether
+//! an update was handled, unhandled, or failed (transiently or for good). The [`fsm`]
+//! keeps conversation state in Redis (or in memory), one update per key at a time
+//! across processes.
+//!
+//! A bot starts with `use tgpipe::prelude::*;` ([`prelude`]); [`keyboard`] builds
+//! inline and reply keyboards; [`bot`] is the Bot API client (the `tgpipe-bot` crate).
+//! The guide is `docs/framework.md`. The process around a dispatcher (the JetStream
+//! consumer, the ops server, the CLI, long polling) is the `tgpipe-worker` crate, whose
+//! `run` takes the dispatcher.
+//!
+//! # Cargo features
+//!
+//! | feature   | default | adds |
+//! |-----------|---------|------|
+//! | `redis`   | no      | `fsm::RedisStorage`; the rate limiter's state shared between pods in Redis (`bot::BotBuilder::redis_url`) |
+//!
+//! Without it the crate is the framework alone (dispatcher, routers, filters, handlers,
+//! extractors, middleware, the FSM with [`fsm::MemoryStorage`], keyboards, the Bot API
+//! client with per-process limits): enough for a crate of handlers and its unit tests,
+//! and free of async-nats, axum, clap, redis and the Prometheus exporter.
+
+/// The Bot API client: the `tgpipe-bot` crate.
+pub use tgpipe_bot as bot;
+
+pub mod callback_data;
+pub mod context;
+pub mod dispatcher;
+pub mod error;
+pub mod extract;
+pub mod filter;
+pub mod fsm;
+pub mod handler;
+pub mod keyboard;
+pub mod middleware;
+pub mod prelude;
+pub mod router;
+pub mod update;
+
+pub use bot::{Bot, BotError};
+pub use context::{Context, Extensions};
+pub use dispatcher::{Dispatcher, DispatcherBuilder, Incoming};
+pub use error::{BuildError, DispatchOutcome, HandlerError};
+pub use extract::{Dep, FromContext};
+pub use fsm::{Fsm, FsmContext, FsmError, FsmKey, KeyStrategy, StateFilter};
+pub use handler::Flow;
+pub use middleware::{Handled, Next};
+pub use router::{ObserverKey, Router};
+pub use update::{Event, Update};
+
+// The types the framework's own signatures use, so that a bot needs no other
+// dependency: frankenstein's Bot API types, and the update kind of the wire contract.
+pub use frankenstein;
+pub use tgpipe_shared::UpdateKind;

@@ -1,0 +1,81 @@
+//! What a bot needs, in one `use tgpipe::prelude::*;`: the dispatcher and
+//! routers, the extractors, the common filters, callback data, the FSM's everyday
+//! types, the keyboard builders, the `answer`/`reply` shortcuts, and the types a filter
+//! or middleware author writes against. A chosen list, not the whole crate: the rest
+//! is a path away (`tgpipe::fsm::RedisStorage`, `tgpipe::filter::provide`).
+//!
+//! ```
+//! use tgpipe::frankenstein::methods::SendMessageParams;
+//! use tgpipe::prelude::*;
+//!
+//! callback_data! {
+//!     /// A button of `/menu`.
+//!     pub struct Pick("pick") { item: String }
+//! }
+//!
+//! async fn start(message: Arc<Message>, bot: Bot) -> Result<(), BotError> {
+//!     message.reply(&bot, "Hello! /menu shows what there is.").await?;
+//!     Ok(())
+//! }
+//!
+//! async fn menu(message: Arc<Message>, bot: Bot) -> Result<(), HandlerError> {
+//!     let mut keyboard = InlineKeyboardBuilder::new();
+//!     for item in ["tea", "coffee", "juice"] {
+//!         keyboard.button(item, Pick { item: item.into() });
+//!     }
+//!     let params = SendMessageParams::builder()
+//!         .chat_id(message.chat.id)
+//!         .text("What would you like?")
+//!         .reply_markup(ReplyMarkup::InlineKeyboardMarkup(keyboard.as_markup()?))
+//!         .build();
+//!     bot.send_message(&params).await?;
+//!     Ok(())
+//! }
+//!
+//! async fn picked(query: Arc<CallbackQuery>, pick: Pick, bot: Bot) -> Result<(), BotError> {
+//!     query.answer_text(&bot, &format!("{} it is", pick.item), false).await
+//! }
+//!
+//! async fn log_updates(cx: Context, next: Next) -> MiddlewareResult {
+//!     let update_id = cx.update().update_id;
+//!     let handled = next.run(cx).await?;
+//!     if handled == Handled::No {
+//!         let _ = update_id; // no handler took it: log it ...
+//!     }
+//!     Ok(handled)
+//! }
+//!
+//! let mut router = Router::new("main");
+//! router.message(start).filter(CommandStart::new());
+//! router.message(menu).filter(Command::new(["menu"]));
+//! router.callback_query(picked).filter(Pick::filter());
+//! router.outer_middleware(UpdateKind::Message, log_updates);
+//! let dispatcher = Dispatcher::builder(router).build().unwrap();
+//! ```
+
+// The event extractors are `Arc<Message>`, `Arc<CallbackQuery>`, ...
+pub use std::sync::Arc;
+
+pub use frankenstein::AsyncTelegramApi;
+pub use frankenstein::types::{CallbackQuery, Message, ReplyMarkup};
+pub use tgpipe_shared::UpdateKind;
+
+pub use crate::bot::{Bot, BotError, CallbackQueryExt, MessageExt};
+// The `callback_data!` macro (and its module, which shares the name).
+pub use crate::callback_data;
+pub use crate::callback_data::CallbackData;
+pub use crate::context::Context;
+pub use crate::dispatcher::Dispatcher;
+pub use crate::error::{DispatchOutcome, HandlerError};
+pub use crate::extract::{Dep, ExtractError, FromContext};
+pub use crate::filter::{
+    ChatMemberUpdated, Command, CommandObject, CommandStart, ContentType, ErrorEvent, ErrorIs,
+    Filter, FilterExt, FilterOutcome, MemberGroup, chat_type, content_type, not, text,
+};
+pub use crate::fsm::{Fsm, FsmContext, FsmError, StateFilter, StateName, StatesGroup};
+pub use crate::handler::{BoxFuture, Flow};
+pub use crate::keyboard::{InlineKeyboardBuilder, KeyboardError, ReplyKeyboardBuilder};
+pub use crate::middleware::{Handled, Middleware, MiddlewareResult, Next};
+pub use crate::router::Router;
+pub use crate::states;
+pub use crate::update::{Event, Update};
