@@ -1,9 +1,7 @@
 //! The dispatcher: the root of the router tree, built once and shared.
 
 use std::collections::{BTreeMap, HashSet};
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
 use tgpipe_shared::{Envelope, UpdateKind};
@@ -14,7 +12,9 @@ use crate::error::{
     BuildError, Classifier, DispatchOutcome, HandlerError, Transient, classifier_of,
 };
 use crate::filter::{ErrorEvent, Filter};
-use crate::fsm::{Fsm, FsmInstalled, Prefetched};
+#[cfg(doc)]
+use crate::fsm::Prefetched;
+use crate::fsm::{Fsm, FsmInstalled};
 use crate::handler::{BoxFuture, ErasedHandler, Flow};
 use crate::middleware::{Endpoint, Handled, Middleware, MiddlewareResult, Next};
 use crate::router::{ObserverKey, Router};
@@ -238,55 +238,46 @@ impl DispatcherBuilder {
         if self.fsm.is_some() {
             self.state.insert(FsmInstalled);
         }
-        self.router
-            .check(
-                &self.state,
-                &self.provided,
-                &BTreeMap::new(),
-                &mut HashSet::new(),
-            )
-            .map_err(|e| match e {
-                BuildError::MissingDependency {
-                    router,
-                    observer,
-                    index,
-                    type_name,
-                } if type_name == std::any::type_name::<FsmInstalled>() => {
-                    BuildError::FsmNotConfigured {
-                        router,
-                        observer,
-                        index,
-                    }
-                }
-                e => e,
-            })?;
+
+        self.router.check(
+            &self.state,
+            &self.provided,
+            &BTreeMap::new(),
+            &mut HashSet::new(),
+        )?;
         let kinds = Arc::new(self.router.used_update_kinds());
         let root = Node::freeze(self.router, &BTreeMap::new());
-        // Each key's way in: the update-wide outer middleware around the root's route.
-        let update_outer: Arc<[Arc<dyn Middleware>]> = self.update_outer.into();
+        // Each key's way in, composed once: the FSM (wherever it was given: everything
+        // after it sees the update's FSM context, and a key it cannot lock fails the
+        // update before anything else runs), then the `errors` stage, then the
+        // update-wide outer middleware, around the root's route.
+        let mut chain: Vec<Arc<dyn Middleware>> = Vec::new();
+        if let Some(fsm) = &self.fsm {
+            chain.push(Arc::new(fsm.clone()));
+        }
+        chain.push(Arc::new(ErrorsStage {
+            route: root.routes.get(&ObserverKey::Errors).cloned(),
+            classifiers: self.classifiers.into(),
+        }));
+        chain.extend(self.update_outer);
+        let chain: Arc<[Arc<dyn Middleware>]> = chain.into();
         let entries = root
             .routes
             .iter()
             .filter(|(key, _)| **key != ObserverKey::Errors)
             .map(|(key, route)| {
-                let entry: Route = if update_outer.is_empty() {
-                    Arc::clone(route)
-                } else {
-                    let (outer, route) = (Arc::clone(&update_outer), Arc::clone(route));
-                    Arc::new(move |cx: Context| {
-                        Next::new(Arc::clone(&outer), Arc::clone(&route)).run(cx)
-                    })
-                };
+                let (chain, route) = (Arc::clone(&chain), Arc::clone(route));
+                let entry: Route = Arc::new(move |cx: Context| {
+                    Next::new(Arc::clone(&chain), Arc::clone(&route)).run(cx)
+                });
                 (key.clone(), entry)
             })
             .collect();
         Ok(Dispatcher {
             kinds,
-            root: Arc::new(root),
             entries: Arc::new(entries),
             state: Arc::new(self.state),
             fsm: self.fsm,
-            classifiers: self.classifiers.into(),
         })
     }
 }
@@ -313,13 +304,11 @@ impl DispatcherBuilder {
 /// ```
 #[derive(Clone)]
 pub struct Dispatcher {
-    root: Arc<Node>,
-    /// Per observer key, the update-wide outer middleware around the root's route.
+    /// Per observer key, the update-wide chain around the root's route.
     entries: Arc<BTreeMap<ObserverKey, Route>>,
     state: Arc<Extensions>,
     kinds: Arc<Vec<UpdateKind>>,
     fsm: Option<Fsm>,
-    classifiers: Arc<[Classifier]>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -371,7 +360,8 @@ impl Dispatcher {
     /// with a transient error, without passing through `errors` handlers: only a retry
     /// can handle it.
     pub async fn feed_update(&self, bot: &Bot, update: Update) -> DispatchOutcome {
-        self.feed_prefetched(bot, update, None).await
+        let cx = Context::new(Arc::new(update), bot.clone(), Arc::clone(&self.state));
+        self.dispatch(cx).await
     }
 
     /// The FSM, if the dispatcher has one (the runtime reads its state ahead).
@@ -379,30 +369,19 @@ impl Dispatcher {
         self.fsm.as_ref()
     }
 
-    /// [`Dispatcher::feed_update`] with the update's FSM state read ahead (by the
-    /// runtime, in the same round trip as its duplicate check).
-    pub async fn feed_prefetched(
+    /// [`Dispatcher::feed_update`] with values for the update's context, given by the
+    /// caller: the runtime gives the FSM state it read ahead, in the same round trip as
+    /// its duplicate check ([`Prefetched`]), which the FSM middleware then uses instead
+    /// of reading again.
+    pub async fn feed_with(
         &self,
         bot: &Bot,
         update: Update,
-        prefetched: Option<Prefetched>,
+        values: Extensions,
     ) -> DispatchOutcome {
         let mut cx = Context::new(Arc::new(update), bot.clone(), Arc::clone(&self.state));
-        let session = match &self.fsm {
-            Some(fsm) => match fsm.begin(cx.update(), prefetched).await {
-                Ok(session) => session,
-                Err(e) => return DispatchOutcome::Failed(Arc::new(e.into())),
-            },
-            None => None,
-        };
-        if let Some(session) = &session {
-            cx.insert(session.cx.clone());
-        }
-        let outcome = self.dispatch(cx).await;
-        if let Some(session) = session {
-            session.end().await;
-        }
-        outcome
+        cx.extend(values);
+        self.dispatch(cx).await
     }
 
     async fn dispatch(&self, cx: Context) -> DispatchOutcome {
@@ -410,38 +389,72 @@ impl Dispatcher {
             Event::Raw(_) => ObserverKey::Raw,
             _ => ObserverKey::Kind(cx.update().kind.clone()),
         };
-        let result = match self.entries.get(&key) {
-            Some(entry) => entry(cx.clone()).await,
-            None => Ok(Handled::No),
+        let Some(entry) = self.entries.get(&key) else {
+            return unhandled(&cx);
         };
-        match result {
+        let update = cx.update_arc();
+        match entry(cx).await {
             Ok(Handled::Yes) => DispatchOutcome::Handled,
-            Ok(Handled::No) => match cx.event() {
-                // Not acknowledged unseen: Telegram sent something the types cannot read.
-                Event::Raw(RawReason::Unparsed(why)) => {
-                    DispatchOutcome::Failed(Arc::new(HandlerError::permanent(UnreadableUpdate {
-                        kind: cx.update().kind.clone(),
-                        why: why.clone(),
-                    })))
-                }
-                _ => DispatchOutcome::Unhandled,
-            },
-            Err(mut e) => {
-                e.reclassify(&self.classifiers);
-                let e = Arc::new(e);
-                let mut ecx = cx;
-                ecx.insert(ErrorEvent(Arc::clone(&e)));
-                let handled = match self.root.routes.get(&ObserverKey::Errors) {
-                    Some(route) => route(ecx.clone()).await,
-                    None => Ok(Handled::No),
-                };
-                match handled {
-                    Ok(Handled::Yes) => DispatchOutcome::Handled,
-                    // An error handler that fails leaves the original error standing.
-                    _ => default_error_policy(&ecx, e),
-                }
-            }
+            Ok(Handled::No) => unhandled_update(&update),
+            Err(e) => DispatchOutcome::Failed(Arc::new(e)),
         }
+    }
+}
+
+/// An update nothing handled.
+fn unhandled(cx: &Context) -> DispatchOutcome {
+    unhandled_update(cx.update())
+}
+
+/// An update nothing handled: acknowledged unseen, unless Telegram sent something the
+/// types cannot read, which fails for good (and is dead-lettered, kept).
+fn unhandled_update(update: &Update) -> DispatchOutcome {
+    match &update.event {
+        Event::Raw(RawReason::Unparsed(why)) => {
+            DispatchOutcome::Failed(Arc::new(HandlerError::permanent(UnreadableUpdate {
+                kind: update.kind.clone(),
+                why: why.clone(),
+            })))
+        }
+        _ => DispatchOutcome::Unhandled,
+    }
+}
+
+/// The `errors` stage of every update's chain, inside the FSM (its handlers see the
+/// update's FSM context and run under its lock) and outside the update-wide
+/// middleware (which see the error as the handler returned it): an error is classified
+/// with the application's [`Transient`] types, offered to the `errors` handlers, and, if
+/// none takes it, to [`default_error_policy`].
+struct ErrorsStage {
+    route: Option<Route>,
+    classifiers: Arc<[Classifier]>,
+}
+
+impl Middleware for ErrorsStage {
+    fn call(&self, cx: Context, next: Next) -> BoxFuture<'static, MiddlewareResult> {
+        let route = self.route.clone();
+        let classifiers = Arc::clone(&self.classifiers);
+        Box::pin(async move {
+            let mut ecx = cx.clone();
+            let mut e = match next.run(cx).await {
+                Err(e) => e,
+                handled => return handled,
+            };
+            e.reclassify(&classifiers);
+            let e = Arc::new(e);
+            ecx.insert(ErrorEvent(Arc::clone(&e)));
+            let handled = match route {
+                Some(route) => route(ecx.clone()).await,
+                None => Ok(Handled::No),
+            };
+            // An error handler that fails leaves the original error standing.
+            if let Ok(Handled::Yes) = handled {
+                return Ok(Handled::Yes);
+            }
+            let update = ecx.update_arc();
+            drop(ecx);
+            default_error_policy(&update, e)
+        })
     }
 }
 
@@ -449,7 +462,7 @@ impl Dispatcher {
 /// gone (the user blocked the bot, deleted the account, removed it from the group, never
 /// started it) is an everyday event, not a failure: counted, logged at INFO, handled.
 /// Everything else fails.
-fn default_error_policy(cx: &Context, e: Arc<HandlerError>) -> DispatchOutcome {
+fn default_error_policy(update: &Update, e: Arc<HandlerError>) -> MiddlewareResult {
     // The reason is a link of the Bot API error's source chain, so it is found through
     // application errors that wrap the `BotError`, `transparent` ones included.
     let gone = e
@@ -460,7 +473,6 @@ fn default_error_policy(cx: &Context, e: Arc<HandlerError>) -> DispatchOutcome {
         Some(reason) => {
             metrics::counter!("tgpipe_bot_api_forbidden_total", "reason" => reason.label())
                 .increment(1);
-            let update = cx.update();
             tracing::info!(
                 bot = %update.bot,
                 update_id = update.update_id,
@@ -469,9 +481,9 @@ fn default_error_policy(cx: &Context, e: Arc<HandlerError>) -> DispatchOutcome {
                 error = %e,
                 "the Bot API refused: the recipient is gone; the update counts as handled"
             );
-            DispatchOutcome::Handled
+            Ok(Handled::Yes)
         }
-        None => DispatchOutcome::Failed(e),
+        None => Err(HandlerError::shared(e)),
     }
 }
 
@@ -492,29 +504,4 @@ async fn run_filters(filters: &[Arc<dyn Filter>], cx: &Context) -> Option<Contex
         fcx.extend(values);
     }
     Some(fcx)
-}
-
-/// An update and the bot it is for: what [`Dispatcher`] takes as a tower `Service`, so
-/// tower layers (timeout, concurrency limit) can wrap the whole dispatch.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    /// The bot.
-    pub bot: Bot,
-    /// The update's bytes.
-    pub raw: Bytes,
-}
-
-impl tower::Service<Incoming> for Dispatcher {
-    type Response = DispatchOutcome;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<DispatchOutcome, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Incoming) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.feed_raw(&req.bot, req.raw).await) })
-    }
 }

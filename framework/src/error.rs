@@ -2,6 +2,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::Arc;
 
 pub use tgpipe_bot::ErrorClass;
 
@@ -107,12 +108,12 @@ impl HandlerError {
 
     /// Whether the original error is a `T`.
     pub fn is<T: StdError + 'static>(&self) -> bool {
-        self.inner.is::<T>()
+        self.inner().is::<T>()
     }
 
     /// The original error as a `T`.
     pub fn downcast_ref<T: StdError + 'static>(&self) -> Option<&T> {
-        self.inner.downcast_ref()
+        self.inner().downcast_ref()
     }
 
     /// The first `T` in the error's `source()` chain, the original error included: finds
@@ -135,7 +136,21 @@ impl HandlerError {
 
     /// The original error.
     pub fn inner(&self) -> &(dyn StdError + Send + Sync + 'static) {
-        &*self.inner
+        match self.inner.downcast_ref::<Shared>() {
+            Some(shared) => shared.0.inner(),
+            None => &*self.inner,
+        }
+    }
+
+    /// The error back from the `Arc` that `errors` handlers saw it in
+    /// ([`ErrorEvent`](crate::filter::ErrorEvent)): itself when no handler kept a
+    /// clone, else a handle on the shared one, alike in everything but ownership.
+    pub(crate) fn shared(e: Arc<HandlerError>) -> HandlerError {
+        Arc::try_unwrap(e).unwrap_or_else(|e| HandlerError {
+            transient: e.transient,
+            explicit: true,
+            inner: Box::new(Shared(e)),
+        })
     }
 
     /// Classifies again with the application's registered [`Transient`] types (unless
@@ -158,7 +173,23 @@ impl fmt::Debug for HandlerError {
 
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.inner, f)
+        fmt::Display::fmt(self.inner(), f)
+    }
+}
+
+/// A [`HandlerError`] that an `errors` handler kept a clone of.
+#[derive(Debug)]
+struct Shared(Arc<HandlerError>);
+
+impl fmt::Display for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl StdError for Shared {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.inner().source()
     }
 }
 

@@ -6,9 +6,13 @@
 //! handler's filters matched, around that handler:
 //!
 //! ```text
-//! update ─> update-wide outer ─> router: observer outer ─> filters ─┬─> inner ─> handler
-//!                                                                   └─> (no match) nested routers
+//! update ─> FSM ─> errors stage ─> update-wide outer ─> router: observer outer ─> filters ─┬─> inner ─> handler
+//!                                                                                          └─> (no match) nested routers
 //! ```
+//!
+//! The FSM ([`Fsm`](crate::Fsm) is a [`Middleware`]) and the errors stage are the first
+//! update-wide links when the dispatcher has them; the chains are composed once, when
+//! the dispatcher is built.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -370,6 +370,13 @@ impl Router {
                         || from_filters.contains(&req.type_id)
                         // The error observer always provides the error.
                         || (*key == ObserverKey::Errors && req.type_id == TypeId::of::<crate::filter::ErrorEvent>());
+                    if !ok && req.type_id == TypeId::of::<crate::fsm::FsmInstalled>() {
+                        return Err(BuildError::FsmNotConfigured {
+                            router: self.name.clone(),
+                            observer: key.to_string(),
+                            index,
+                        });
+                    }
                     if !ok {
                         return Err(BuildError::MissingDependency {
                             router: self.name.clone(),

@@ -430,30 +430,6 @@ async fn the_whole_corpus_routes_to_the_right_observer_with_nothing_lost() {
 }
 
 #[tokio::test]
-async fn tower_layers_wrap_the_dispatch() {
-    use tower::{Service, ServiceBuilder, ServiceExt};
-    let mut r = Router::new("r");
-    r.message(|| async { tokio::time::sleep(Duration::from_secs(5)).await });
-    let dp = Dispatcher::builder(r).build().unwrap();
-    let mut svc = ServiceBuilder::new()
-        .timeout(Duration::from_millis(50))
-        .service(dp);
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(tgpipe::Incoming {
-            bot: bot(),
-            raw: text_update("slow"),
-        })
-        .await;
-    assert!(
-        res.is_err(),
-        "the timeout layer turns a slow handler into an error"
-    );
-}
-
-#[tokio::test]
 async fn used_update_kinds_lists_the_observed_kinds() {
     let mut r = Router::new("r");
     r.message(|| async {});

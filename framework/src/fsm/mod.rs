@@ -44,6 +44,9 @@ pub use self::state::{StateName, StatesGroup};
 pub use self::storage::{DataUpdate, FsmStorage, LockGrant};
 
 use self::lock::Lease;
+use crate::context::Context;
+use crate::handler::BoxFuture;
+use crate::middleware::{Middleware, MiddlewareResult, Next};
 use crate::update::Update;
 
 /// The FSM configuration of a dispatcher: storage, key strategy, isolation.
@@ -120,7 +123,7 @@ impl Fsm {
     /// storage failure fails the update before any handler runs. `None` when the
     /// update has no key. A state read ahead for the same key (`prefetched`) is used
     /// where no lock is taken.
-    pub(crate) async fn begin(
+    async fn begin(
         &self,
         update: &Update,
         prefetched: Option<Prefetched>,
@@ -171,7 +174,7 @@ impl Fsm {
 
 /// A key's state, read ahead of the dispatch by the runtime, together with its other
 /// reads of the update (see [`Fsm::reads_state_unlocked`] and
-/// [`Dispatcher::feed_prefetched`](crate::Dispatcher::feed_prefetched)).
+/// [`Dispatcher::feed_with`](crate::Dispatcher::feed_with)), for the FSM middleware.
 #[derive(Debug, Clone)]
 pub struct Prefetched {
     /// The key the state was read for; a dispatch whose key differs reads again.
@@ -181,7 +184,7 @@ pub struct Prefetched {
 }
 
 /// One update's FSM: its context and the lock held for it.
-pub(crate) struct FsmSession {
+struct FsmSession {
     pub(crate) cx: FsmContext,
     lease: Option<Lease>,
 }
@@ -192,5 +195,27 @@ impl FsmSession {
         if let Some(lease) = self.lease {
             lease.release().await;
         }
+    }
+}
+
+/// The FSM is the first update-wide outer middleware of a dispatcher that has one
+/// ([`DispatcherBuilder::fsm`](crate::DispatcherBuilder::fsm)): it locks the update's
+/// key (with isolation), reads its state (or takes the [`Prefetched`] one the runtime
+/// put in the context), gives the rest of the chain an [`FsmContext`], and unlocks the
+/// key once the chain, `errors` handlers included, is done. A storage failure fails
+/// the update (transient) before anything else runs.
+impl Middleware for Fsm {
+    fn call(&self, mut cx: Context, next: Next) -> BoxFuture<'static, MiddlewareResult> {
+        let fsm = self.clone();
+        Box::pin(async move {
+            let prefetched = cx.get::<Prefetched>().cloned();
+            let Some(session) = fsm.begin(cx.update(), prefetched).await? else {
+                return next.run(cx).await;
+            };
+            cx.insert(session.cx.clone());
+            let result = next.run(cx).await;
+            session.end().await;
+            result
+        })
     }
 }

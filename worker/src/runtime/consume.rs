@@ -50,6 +50,7 @@ use super::redis_probe::{RedisProbe, needs_redis};
 use super::registry::RemovedPolicy;
 use super::seen::Seen;
 use tgpipe::bot::Bot;
+use tgpipe::context::Extensions;
 use tgpipe::dispatcher::Dispatcher;
 use tgpipe::error::DispatchOutcome;
 use tgpipe::fsm::{OwnerFence, Prefetched};
@@ -884,12 +885,17 @@ impl Pod {
         label: &'static str,
     ) -> Action {
         let started = Instant::now();
+        // The FSM state read ahead, for the FSM middleware.
+        let mut values = Extensions::new();
+        if let Some(p) = prefetched {
+            values.insert(p);
+        }
         // A panicking handler fails this update, not the pod.
         let dispatch = std::panic::AssertUnwindSafe(tgpipe::fsm::with_owner_fence(
             part.fence.clone(),
             tokio::time::timeout(
                 self.me.acks.handler_timeout,
-                self.me.dispatcher.feed_prefetched(bot, update, prefetched),
+                self.me.dispatcher.feed_with(bot, update, values),
             ),
         ))
         .catch_unwind();
