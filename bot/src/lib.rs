@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod chain;
 mod class;
 mod error;
 mod helpers;
@@ -56,10 +57,10 @@ pub use helpers::{CallbackQueryExt, ChatActionSender, MediaGroup, MessageExt};
 pub use input_file::{FormPart, InputFile, Payload};
 pub use limiter::{Rate, RateLimits, is_limited_method};
 pub use middleware::{
-    ApiNext, ApiRequest, FnMiddleware, LoggingMiddleware, MetricsMiddleware, RequestMiddleware,
-    from_fn,
+    ApiNext, ApiRequest, ApiResult, LoggingMiddleware, MetricsMiddleware, RequestMiddleware,
 };
 
+use chain::Middleware;
 use limiter::Limiter;
 
 /// The default Bot API base URL.
@@ -135,7 +136,8 @@ struct Inner {
     username: OnceLock<String>,
     /// `getMe`'s answer, asked once (a failure is not kept: the next use asks again).
     me: tokio::sync::OnceCell<frankenstein::types::User>,
-    middleware: Vec<Arc<dyn RequestMiddleware>>,
+    /// The request middleware chain, composed once, ending in the limiter and HTTP.
+    chain: ApiNext,
     limiter: Limiter,
     retry: RetryPolicy,
 }
@@ -169,7 +171,7 @@ pub struct BotBuilder {
     limits: RateLimits,
     redis: Option<limiter::SharedState>,
     retry: RetryPolicy,
-    middleware: Vec<Arc<dyn RequestMiddleware>>,
+    middleware: Vec<Arc<dyn Middleware<ApiRequest, ApiResult>>>,
     default_middleware: bool,
     request_timeout: Duration,
 }
@@ -263,24 +265,39 @@ impl BotBuilder {
             .timeout(self.request_timeout)
             .build()
             .unwrap_or_default();
-        let mut middleware: Vec<Arc<dyn RequestMiddleware>> = Vec::new();
+        let mut middleware: Vec<Arc<dyn Middleware<ApiRequest, ApiResult>>> = Vec::new();
         if self.default_middleware {
             middleware.push(Arc::new(MetricsMiddleware));
             middleware.push(Arc::new(LoggingMiddleware));
         }
         middleware.extend(self.middleware);
         let base = base_url(&self.api_url, &self.token);
-        Ok(Bot(Arc::new(Inner {
-            token: self.token,
-            id,
-            base,
-            api_url: self.api_url,
-            client,
-            username: OnceLock::new(),
-            me: tokio::sync::OnceCell::new(),
-            middleware,
-            limiter: Limiter::new(id, self.limits, self.redis),
-            retry: self.retry,
+        let middleware: Arc<[_]> = middleware.into();
+        Ok(Bot(Arc::new_cyclic(|me: &std::sync::Weak<Inner>| {
+            // The chain's end calls back into the bot it belongs to; a weak handle, so
+            // that the chain does not keep its own bot alive.
+            let me = me.clone();
+            let transport: chain::Endpoint<ApiRequest, ApiResult> = Arc::new(move |request| {
+                let bot = me.upgrade().map(Bot);
+                Box::pin(async move {
+                    match bot {
+                        Some(bot) => bot.transport(request).await,
+                        None => Err(BotError::InvalidRequest("the bot was dropped".into())),
+                    }
+                })
+            });
+            Inner {
+                token: self.token,
+                id,
+                base,
+                api_url: self.api_url,
+                client,
+                username: OnceLock::new(),
+                me: tokio::sync::OnceCell::new(),
+                chain: ApiNext::new(middleware, transport),
+                limiter: Limiter::new(id, self.limits, self.redis),
+                retry: self.retry,
+            }
         })))
     }
 }
@@ -397,12 +414,7 @@ impl Bot {
             status = tracing::field::Empty
         );
         async move {
-            let result = ApiNext {
-                bot: self,
-                rest: &self.0.middleware,
-            }
-            .run(request)
-            .await;
+            let result = self.0.chain.clone().run(request).await;
             let status = match &result {
                 Ok(_) => "ok",
                 Err(e) => e.status_label(),

@@ -4,34 +4,36 @@
 //! then the ones added with [`BotBuilder::middleware`](super::BotBuilder::middleware)),
 //! then the rate limiter, then HTTP (with the `retry_after` and backoff retries). A
 //! middleware sees the request and the answer's body, may change the request, answer
-//! without calling on, or act after the call: the same shape as the update middleware
-//! (`async fn(request, next)`).
+//! without calling on, or act after the call: the same model as the update middleware ([`crate::chain`]: `async fn(request, next)`,
+//! composed once, when the bot is built).
 //!
 //! ```
-//! use tgpipe_bot::{ApiNext, ApiRequest, RequestMiddleware};
-//! use tgpipe_bot::BotError;
+//! use tgpipe_bot::chain::{BoxFuture, Middleware};
+//! use tgpipe_bot::{ApiNext, ApiRequest, ApiResult, BotError};
 //!
 //! /// Refuses to send anything to one chat.
 //! struct Quarantine(i64);
 //!
-//! #[async_trait::async_trait]
-//! impl RequestMiddleware for Quarantine {
-//!     async fn handle(&self, request: ApiRequest, next: ApiNext<'_>) -> Result<bytes::Bytes, BotError> {
+//! impl Middleware<ApiRequest, ApiResult> for Quarantine {
+//!     fn call(&self, request: ApiRequest, next: ApiNext) -> BoxFuture<'static, ApiResult> {
 //!         if request.chat_id() == Some(self.0) {
-//!             return Err(BotError::Forbidden("quarantined chat".into()));
+//!             return Box::pin(async { Err(BotError::Forbidden("quarantined chat".into())) });
 //!         }
-//!         next.run(request).await
+//!         next.run(request)
 //!     }
 //! }
+//!
+//! let bot = tgpipe_bot::Bot::builder("123:TEST").middleware(Quarantine(13)).build().unwrap();
+//! # let _ = bot;
 //! ```
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::BotError;
 use super::input_file::{FormPart, Payload};
-use super::{Bot, BotError};
+use crate::chain::{BoxFuture, Middleware, Next};
 
 /// One Bot API call on its way out.
 #[derive(Debug, Clone)]
@@ -179,107 +181,31 @@ pub(crate) struct Target {
     pub(crate) paid_broadcast: bool,
 }
 
-/// Wraps every Bot API call (see the module docs).
-#[async_trait::async_trait]
-pub trait RequestMiddleware: Send + Sync + 'static {
-    /// Handles one call: usually does something, then `next.run(request).await`.
-    async fn handle(&self, request: ApiRequest, next: ApiNext<'_>) -> Result<Bytes, BotError>;
-}
+/// What a Bot API call comes to: the body of an `ok: true` answer, or the error.
+pub type ApiResult = Result<Bytes, BotError>;
 
-/// A middleware from a closure, for the easy case (like axum's
-/// `middleware::from_fn`): the closure takes the request and the rest of the chain and
-/// returns a boxed future.
+/// The rest of a call's chain after a middleware: further middleware, the limiter, HTTP.
+pub type ApiNext = Next<ApiRequest, ApiResult>;
+
+/// Wraps every Bot API call: a [`chain::Middleware`](crate::chain::Middleware) of
+/// [`ApiRequest`]s (see the module docs). Any
+/// `Fn(ApiRequest, ApiNext) -> impl Future<Output = ApiResult>` is one:
 ///
 /// ```
-/// use tgpipe_bot::{from_fn, ApiNext, ApiRequest};
-/// use tgpipe_bot::Bot;
+/// use tgpipe_bot::{ApiNext, ApiRequest, Bot};
 ///
 /// let bot = Bot::builder("123:TEST")
-///     .middleware(from_fn(|request: ApiRequest, next: ApiNext<'_>| {
-///         Box::pin(async move {
-///             tracing::debug!(method = %request.method, "outgoing");
-///             next.run(request).await
-///         })
-///     }))
+///     .middleware(|request: ApiRequest, next: ApiNext| async move {
+///         tracing::debug!(method = %request.method, "outgoing");
+///         next.run(request).await
+///     })
 ///     .build()
 ///     .unwrap();
 /// # let _ = bot;
 /// ```
-pub fn from_fn<F>(f: F) -> FnMiddleware<F>
-where
-    F: for<'a> Fn(ApiRequest, ApiNext<'a>) -> BoxFuture<'a, Result<Bytes, BotError>>
-        + Send
-        + Sync
-        + 'static,
-{
-    FnMiddleware(f)
-}
+pub trait RequestMiddleware: Middleware<ApiRequest, ApiResult> {}
 
-/// A boxed future of a middleware.
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-/// See [`from_fn`].
-#[derive(Clone, Copy)]
-pub struct FnMiddleware<F>(F);
-
-impl<F> std::fmt::Debug for FnMiddleware<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FnMiddleware")
-    }
-}
-
-#[async_trait::async_trait]
-impl<F> RequestMiddleware for FnMiddleware<F>
-where
-    F: for<'a> Fn(ApiRequest, ApiNext<'a>) -> BoxFuture<'a, Result<Bytes, BotError>>
-        + Send
-        + Sync
-        + 'static,
-{
-    async fn handle(&self, request: ApiRequest, next: ApiNext<'_>) -> Result<Bytes, BotError> {
-        (self.0)(request, next).await
-    }
-}
-
-/// The rest of the chain after a middleware: further middleware, the limiter, HTTP.
-pub struct ApiNext<'a> {
-    pub(crate) bot: &'a Bot,
-    pub(crate) rest: &'a [Arc<dyn RequestMiddleware>],
-}
-
-impl std::fmt::Debug for ApiNext<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiNext")
-            .field("remaining", &self.rest.len())
-            .finish()
-    }
-}
-
-impl<'a> ApiNext<'a> {
-    /// The bot the call is made for.
-    pub fn bot(&self) -> &'a Bot {
-        self.bot
-    }
-
-    /// Runs the rest of the chain; returns the answer's body (Telegram's envelope) when
-    /// it was `ok: true`.
-    pub async fn run(self, request: ApiRequest) -> Result<Bytes, BotError> {
-        match self.rest.split_first() {
-            Some((first, rest)) => {
-                first
-                    .handle(
-                        request,
-                        ApiNext {
-                            bot: self.bot,
-                            rest,
-                        },
-                    )
-                    .await
-            }
-            None => self.bot.transport(request).await,
-        }
-    }
-}
+impl<M: Middleware<ApiRequest, ApiResult>> RequestMiddleware for M {}
 
 /// Built-in: `tgpipe_bot_api_calls_total{method,status}` and the latency histogram
 /// `tgpipe_bot_api_call_duration_seconds{method}` (including the limiter's wait and
@@ -287,9 +213,14 @@ impl<'a> ApiNext<'a> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MetricsMiddleware;
 
-#[async_trait::async_trait]
-impl RequestMiddleware for MetricsMiddleware {
-    async fn handle(&self, request: ApiRequest, next: ApiNext<'_>) -> Result<Bytes, BotError> {
+impl Middleware<ApiRequest, ApiResult> for MetricsMiddleware {
+    fn call(&self, request: ApiRequest, next: ApiNext) -> BoxFuture<'static, ApiResult> {
+        Box::pin(Self::around(request, next))
+    }
+}
+
+impl MetricsMiddleware {
+    async fn around(request: ApiRequest, next: ApiNext) -> ApiResult {
         let method = request.method.clone();
         let started = Instant::now();
         let result = next.run(request).await;
@@ -310,9 +241,14 @@ impl RequestMiddleware for MetricsMiddleware {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LoggingMiddleware;
 
-#[async_trait::async_trait]
-impl RequestMiddleware for LoggingMiddleware {
-    async fn handle(&self, request: ApiRequest, next: ApiNext<'_>) -> Result<Bytes, BotError> {
+impl Middleware<ApiRequest, ApiResult> for LoggingMiddleware {
+    fn call(&self, request: ApiRequest, next: ApiNext) -> BoxFuture<'static, ApiResult> {
+        Box::pin(Self::around(request, next))
+    }
+}
+
+impl LoggingMiddleware {
+    async fn around(request: ApiRequest, next: ApiNext) -> ApiResult {
         let method = request.method.clone();
         let started = Instant::now();
         let result = next.run(request).await;

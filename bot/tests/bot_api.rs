@@ -5,11 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
+use tgpipe_bot::chain::{BoxFuture, Middleware};
 use tgpipe_bot::{
     ApiNext, ApiRequest, CallbackQueryExt, ChatActionSender, InputFile, MediaGroup, MessageExt,
-    Rate, RateLimits, RequestMiddleware, RetryPolicy,
+    Rate, RateLimits, RetryPolicy,
 };
-use tgpipe_bot::{Bot, BotError, ErrorClass};
+use tgpipe_bot::{ApiResult, Bot, BotError, ErrorClass};
 use tgpipe_testkit::RedisServer;
 use tgpipe_testkit::sink::{Fault, RecordedCall, Sink, SinkConfig, SinkHandle};
 
@@ -554,36 +555,28 @@ async fn only_sending_methods_are_rate_limited() {
 #[derive(Clone, Default)]
 struct Seen(Arc<Mutex<Vec<String>>>);
 
-#[async_trait::async_trait]
-impl RequestMiddleware for Seen {
-    async fn handle(
-        &self,
-        request: ApiRequest,
-        next: ApiNext<'_>,
-    ) -> Result<bytes::Bytes, BotError> {
-        let method = request.method.clone();
-        let result = next.run(request).await;
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("{method}:{}", result.is_ok()));
-        result
+impl Middleware<ApiRequest, ApiResult> for Seen {
+    fn call(&self, request: ApiRequest, next: ApiNext) -> BoxFuture<'static, ApiResult> {
+        let log = Arc::clone(&self.0);
+        Box::pin(async move {
+            let method = request.method.clone();
+            let result = next.run(request).await;
+            log.lock()
+                .unwrap()
+                .push(format!("{method}:{}", result.is_ok()));
+            result
+        })
     }
 }
 
 struct Refuse(i64);
 
-#[async_trait::async_trait]
-impl RequestMiddleware for Refuse {
-    async fn handle(
-        &self,
-        request: ApiRequest,
-        next: ApiNext<'_>,
-    ) -> Result<bytes::Bytes, BotError> {
+impl Middleware<ApiRequest, ApiResult> for Refuse {
+    fn call(&self, request: ApiRequest, next: ApiNext) -> BoxFuture<'static, ApiResult> {
         if request.chat_id() == Some(self.0) {
-            return Err(BotError::Forbidden("refused by middleware".into()));
+            return Box::pin(async { Err(BotError::Forbidden("refused by middleware".into())) });
         }
-        next.run(request).await
+        next.run(request)
     }
 }
 
@@ -811,23 +804,20 @@ async fn paid_broadcasts_have_their_own_higher_bot_wide_limit() {
 #[tokio::test]
 async fn closures_are_middleware_too() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tgpipe_bot::from_fn;
     let s = sink().await;
     let count = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&count);
     let b = Bot::builder(TOKEN)
         .api_url(&s.url())
         .limits(fast_limits())
-        .middleware(from_fn(
-            move |mut request: ApiRequest, next: ApiNext<'_>| {
-                seen.fetch_add(1, Ordering::Relaxed);
-                // Rewrite the request on its way out.
-                if request.method == "getMe" {
-                    "getMyName".clone_into(&mut request.method);
-                }
-                Box::pin(async move { next.run(request).await })
-            },
-        ))
+        .middleware(move |mut request: ApiRequest, next: ApiNext| {
+            seen.fetch_add(1, Ordering::Relaxed);
+            // Rewrite the request on its way out.
+            if request.method == "getMe" {
+                "getMyName".clone_into(&mut request.method);
+            }
+            next.run(request)
+        })
         .build()
         .unwrap();
     b.send_text(1, "x").await.unwrap();

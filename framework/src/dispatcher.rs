@@ -16,7 +16,9 @@ use crate::filter::{ErrorEvent, Filter};
 use crate::fsm::Prefetched;
 use crate::fsm::{Fsm, FsmInstalled};
 use crate::handler::{BoxFuture, ErasedHandler, Flow};
-use crate::middleware::{Endpoint, Handled, Middleware, MiddlewareResult, Next};
+use crate::middleware::{
+    DynMiddleware, Endpoint, Handled, Middleware, MiddlewareResult, Next, chain,
+};
 use crate::router::{ObserverKey, Router};
 use crate::update::{Event, RawReason, UnreadableUpdate, Update};
 
@@ -29,7 +31,7 @@ type Route = Endpoint;
 /// around the handler.
 struct Step {
     filters: Arc<[Arc<dyn Filter>]>,
-    inner: Arc<[Arc<dyn Middleware>]>,
+    inner: Arc<[Arc<DynMiddleware>]>,
     handler: Endpoint,
 }
 
@@ -47,7 +49,7 @@ struct Node {
     routes: BTreeMap<ObserverKey, Route>,
 }
 
-type InnerChains = BTreeMap<ObserverKey, Vec<Arc<dyn Middleware>>>;
+type InnerChains = BTreeMap<ObserverKey, Vec<Arc<DynMiddleware>>>;
 
 impl Node {
     /// Freezes `router`, whose ancestors' inner middleware per observer is `inherited`.
@@ -73,7 +75,7 @@ impl Node {
             .into_iter()
             .map(|key| {
                 let observer = observers.remove(&key).unwrap_or_default();
-                let inner: Arc<[Arc<dyn Middleware>]> =
+                let inner: Arc<[Arc<DynMiddleware>]> =
                     chains.get(&key).cloned().unwrap_or_default().into();
                 let here = Arc::new(Here {
                     filters: observer.filters.into(),
@@ -95,7 +97,7 @@ impl Node {
                     let here = Arc::clone(&here);
                     Box::pin(async move { here.run(cx).await })
                 });
-                let outer: Arc<[Arc<dyn Middleware>]> = observer.outer.into();
+                let outer: Arc<[Arc<DynMiddleware>]> = observer.outer.into();
                 let route: Route = if outer.is_empty() {
                     run_here
                 } else {
@@ -162,7 +164,7 @@ impl Here {
 pub struct DispatcherBuilder {
     router: Router,
     state: Extensions,
-    update_outer: Vec<Arc<dyn Middleware>>,
+    update_outer: Vec<Arc<DynMiddleware>>,
     fsm: Option<Fsm>,
     classifiers: Vec<Classifier>,
     /// Values update-wide providers insert.
@@ -200,7 +202,7 @@ impl DispatcherBuilder {
         F: Fn(Context) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<T, HandlerError>> + Send + 'static,
     {
-        let mw: Arc<dyn Middleware> = Arc::new(crate::router::Provider(f));
+        let mw: Arc<DynMiddleware> = Arc::new(crate::router::Provider(f));
         self.update_outer.push(mw);
         self.provided.push(std::any::TypeId::of::<T>());
         self
@@ -251,7 +253,7 @@ impl DispatcherBuilder {
         // after it sees the update's FSM context, and a key it cannot lock fails the
         // update before anything else runs), then the `errors` stage, then the
         // update-wide outer middleware, around the root's route.
-        let mut chain: Vec<Arc<dyn Middleware>> = Vec::new();
+        let mut chain: Vec<Arc<DynMiddleware>> = Vec::new();
         if let Some(fsm) = &self.fsm {
             chain.push(Arc::new(fsm.clone()));
         }
@@ -260,7 +262,7 @@ impl DispatcherBuilder {
             classifiers: self.classifiers.into(),
         }));
         chain.extend(self.update_outer);
-        let chain: Arc<[Arc<dyn Middleware>]> = chain.into();
+        let chain: Arc<[Arc<DynMiddleware>]> = chain.into();
         let entries = root
             .routes
             .iter()
@@ -430,7 +432,7 @@ struct ErrorsStage {
     classifiers: Arc<[Classifier]>,
 }
 
-impl Middleware for ErrorsStage {
+impl chain::Middleware<Context, MiddlewareResult> for ErrorsStage {
     fn call(&self, cx: Context, next: Next) -> BoxFuture<'static, MiddlewareResult> {
         let route = self.route.clone();
         let classifiers = Arc::clone(&self.classifiers);

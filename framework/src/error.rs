@@ -48,7 +48,7 @@ pub(crate) type Classifier = fn(&(dyn StdError + 'static)) -> Option<bool>;
 
 /// The classifier of a registered [`Transient`] type.
 pub(crate) fn classifier_of<E: Transient>() -> Classifier {
-    |e| e.downcast_ref::<E>().map(Transient::is_transient)
+    ask::<E>
 }
 
 /// An error a handler (or middleware, or extractor) returned. It keeps the original error
@@ -225,37 +225,68 @@ pub(crate) fn classify(e: &(dyn StdError + 'static), extra: &[Classifier]) -> bo
         .unwrap_or(false)
 }
 
-/// The error types of the framework and of the clients it uses.
-fn known(e: &(dyn StdError + 'static)) -> Option<bool> {
-    if let Some(c) = e.downcast_ref::<ErrorClass>() {
-        return Some(*c == ErrorClass::Transient);
-    }
-    if e.is::<crate::bot::ForbiddenReason>() {
-        return Some(false);
-    }
-    if let Some(b) = e.downcast_ref::<crate::bot::BotError>() {
-        return Some(b.is_transient());
-    }
-    if let Some(x) = e.downcast_ref::<crate::extract::ExtractError>() {
-        return Some(x.is_transient());
-    }
-    if let Some(f) = e.downcast_ref::<crate::fsm::FsmError>() {
-        return Some(f.is_transient());
-    }
+/// The error types of the framework and of the clients it uses: each implements
+/// [`Transient`], like an application's registered types, and is asked the same way.
+const BUILT_IN: &[Classifier] = &[
+    ask::<ErrorClass>,
+    ask::<crate::bot::ForbiddenReason>,
+    ask::<crate::bot::BotError>,
+    ask::<crate::extract::ExtractError>,
+    ask::<crate::fsm::FsmError>,
     #[cfg(feature = "redis")]
-    if let Some(r) = e.downcast_ref::<redis::RedisError>() {
-        return Some(
-            r.is_io_error()
-                || r.is_timeout()
-                || r.is_connection_dropped()
-                || r.is_connection_refusal()
-                || r.is_cluster_error(),
-        );
+    ask::<redis::RedisError>,
+    ask::<std::io::Error>,
+];
+
+/// Asks one error, if it is an `E`.
+fn ask<E: Transient>(e: &(dyn StdError + 'static)) -> Option<bool> {
+    e.downcast_ref::<E>().map(Transient::is_transient)
+}
+
+fn known(e: &(dyn StdError + 'static)) -> Option<bool> {
+    BUILT_IN.iter().find_map(|ask| ask(e))
+}
+
+/// A classification found in a `source()` chain decides as it says.
+impl Transient for ErrorClass {
+    fn is_transient(&self) -> bool {
+        *self == ErrorClass::Transient
     }
-    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+}
+
+/// A recipient that blocked the bot, left or was never there stays so.
+impl Transient for crate::bot::ForbiddenReason {
+    fn is_transient(&self) -> bool {
+        false
+    }
+}
+
+/// Flood control, server and network errors ([`BotError::is_transient`](crate::BotError::is_transient)).
+impl Transient for crate::bot::BotError {
+    fn is_transient(&self) -> bool {
+        crate::bot::BotError::is_transient(self)
+    }
+}
+
+/// Connection failures and timeouts; a Redis answer (a script error, a wrong type) is
+/// permanent.
+#[cfg(feature = "redis")]
+impl Transient for redis::RedisError {
+    fn is_transient(&self) -> bool {
+        self.is_io_error()
+            || self.is_timeout()
+            || self.is_connection_dropped()
+            || self.is_connection_refusal()
+            || self.is_cluster_error()
+    }
+}
+
+/// I/O that may work later: timeouts, refused, reset or broken connections.
+impl Transient for std::io::Error {
+    fn is_transient(&self) -> bool {
         use std::io::ErrorKind as K;
-        return Some(matches!(
-            io.kind(),
+        matches!(
+            self.kind(),
             K::TimedOut
                 | K::ConnectionRefused
                 | K::ConnectionReset
@@ -264,9 +295,8 @@ fn known(e: &(dyn StdError + 'static)) -> Option<bool> {
                 | K::BrokenPipe
                 | K::Interrupted
                 | K::WouldBlock
-        ));
+        )
     }
-    None
 }
 
 /// What dispatching one update came to.

@@ -46,9 +46,9 @@ pub enum ExtractError {
     },
 }
 
-impl ExtractError {
-    /// Extraction failures are permanent: the same update fails the same way.
-    pub fn is_transient(&self) -> bool {
+/// Extraction failures are permanent: the same update fails the same way.
+impl crate::error::Transient for ExtractError {
+    fn is_transient(&self) -> bool {
         false
     }
 }

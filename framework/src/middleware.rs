@@ -14,12 +14,9 @@
 //! update-wide links when the dispatcher has them; the chains are composed once, when
 //! the dispatcher is built.
 
-use std::future::Future;
-use std::sync::Arc;
-
 use crate::context::Context;
 use crate::error::HandlerError;
-use crate::handler::BoxFuture;
+pub use tgpipe_bot::chain;
 
 /// What a middleware chain or router returns: whether the update was handled.
 pub type MiddlewareResult = Result<Handled, HandlerError>;
@@ -33,55 +30,39 @@ pub enum Handled {
     No,
 }
 
-/// A middleware. Any `Fn(Context, Next) -> impl Future<Output = MiddlewareResult>` is one.
-pub trait Middleware: Send + Sync + 'static {
-    /// Runs around the rest of the chain.
-    fn call(&self, cx: Context, next: Next) -> BoxFuture<'static, MiddlewareResult>;
-}
+/// An update middleware: a [`chain::Middleware`] of [`Context`]s, the model Bot API
+/// calls use too. Any `Fn(Context, Next) -> impl Future<Output = MiddlewareResult>` is
+/// one; a type implements `chain::Middleware<Context, MiddlewareResult>`:
+///
+/// ```
+/// use tgpipe::middleware::{chain, MiddlewareResult, Next};
+/// use tgpipe::handler::BoxFuture;
+/// use tgpipe::Context;
+///
+/// /// Drops the updates of one chat.
+/// struct Mute(i64);
+///
+/// impl chain::Middleware<Context, MiddlewareResult> for Mute {
+///     fn call(&self, cx: Context, next: Next) -> BoxFuture<'static, MiddlewareResult> {
+///         if cx.update().chat_id == Some(self.0) {
+///             return Box::pin(async { Ok(tgpipe::Handled::Yes) });
+///         }
+///         next.run(cx)
+///     }
+/// }
+///
+/// let mut router = tgpipe::Router::new("r");
+/// router.outer_middleware(tgpipe::UpdateKind::Message, Mute(13));
+/// ```
+pub trait Middleware: chain::Middleware<Context, MiddlewareResult> {}
 
-impl<F, Fut> Middleware for F
-where
-    F: Fn(Context, Next) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = MiddlewareResult> + Send + 'static,
-{
-    fn call(&self, cx: Context, next: Next) -> BoxFuture<'static, MiddlewareResult> {
-        Box::pin(self(cx, next))
-    }
-}
+impl<M: chain::Middleware<Context, MiddlewareResult>> Middleware for M {}
+
+/// A middleware in a chain (what the dispatcher stores).
+pub(crate) type DynMiddleware = dyn chain::Middleware<Context, MiddlewareResult>;
 
 /// What a chain runs at its end.
-pub(crate) type Endpoint =
-    Arc<dyn Fn(Context) -> BoxFuture<'static, MiddlewareResult> + Send + Sync>;
+pub(crate) type Endpoint = chain::Endpoint<Context, MiddlewareResult>;
 
 /// The rest of the chain.
-#[derive(Clone)]
-pub struct Next {
-    chain: Arc<[Arc<dyn Middleware>]>,
-    index: usize,
-    endpoint: Endpoint,
-}
-
-impl Next {
-    pub(crate) fn new(chain: Arc<[Arc<dyn Middleware>]>, endpoint: Endpoint) -> Next {
-        Next {
-            chain,
-            index: 0,
-            endpoint,
-        }
-    }
-
-    /// Runs the rest of the chain with `cx`.
-    pub fn run(self, cx: Context) -> BoxFuture<'static, MiddlewareResult> {
-        match self.chain.get(self.index) {
-            Some(mw) => {
-                let mw = Arc::clone(mw);
-                let next = Next {
-                    index: self.index + 1,
-                    ..self
-                };
-                mw.call(cx, next)
-            }
-            None => (self.endpoint)(cx),
-        }
-    }
-}
+pub type Next = chain::Next<Context, MiddlewareResult>;

@@ -66,7 +66,7 @@ pub use crate::callback_data;
 pub use crate::callback_data::CallbackData;
 pub use crate::context::Context;
 pub use crate::dispatcher::Dispatcher;
-pub use crate::error::{DispatchOutcome, HandlerError};
+pub use crate::error::{DispatchOutcome, HandlerError, Transient};
 pub use crate::extract::{Dep, ExtractError, FromContext};
 pub use crate::filter::{
     ChatMemberUpdated, Command, CommandObject, CommandStart, ContentType, ErrorEvent, ErrorIs,

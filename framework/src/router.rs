@@ -19,7 +19,7 @@ use crate::context::Context;
 use crate::error::{BuildError, HandlerError};
 use crate::filter::Filter;
 use crate::handler::{ErasedHandler, Handler};
-use crate::middleware::{Middleware, MiddlewareResult, Next};
+use crate::middleware::{DynMiddleware, Middleware, MiddlewareResult, Next, chain};
 
 /// One handler with its filters.
 #[derive(Clone)]
@@ -31,8 +31,8 @@ pub(crate) struct Registration {
 /// The handlers, filters and middleware of one kind of update in one router.
 #[derive(Clone, Default)]
 pub(crate) struct Observer {
-    pub(crate) outer: Vec<Arc<dyn Middleware>>,
-    pub(crate) inner: Vec<Arc<dyn Middleware>>,
+    pub(crate) outer: Vec<Arc<DynMiddleware>>,
+    pub(crate) inner: Vec<Arc<DynMiddleware>>,
     /// Observer-level filters: all must pass for this router (and its nested routers)
     /// to be tried for the update.
     pub(crate) filters: Vec<Arc<dyn Filter>>,
@@ -397,7 +397,7 @@ impl Router {
 /// The middleware [`Router::provide`] installs.
 pub(crate) struct Provider<F>(pub(crate) F);
 
-impl<T, F, Fut> Middleware for Provider<F>
+impl<T, F, Fut> chain::Middleware<Context, MiddlewareResult> for Provider<F>
 where
     T: Send + Sync + 'static,
     F: Fn(Context) -> Fut + Send + Sync + 'static,

@@ -11,7 +11,7 @@
 //! use std::process::ExitCode;
 //! use tgpipe::prelude::*;
 //!
-//! async fn ping(bot: Bot, message: Message) -> Result<(), HandlerError> {
+//! async fn ping(bot: Bot, message: Arc<Message>) -> Result<(), HandlerError> {
 //!     bot.send_text(message.chat.id, "pong").await?;
 //!     Ok(())
 //! }

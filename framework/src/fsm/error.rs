@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::error::ErrorClass;
+use crate::error::{ErrorClass, Transient};
 
 /// An FSM storage error.
 ///
@@ -119,9 +119,12 @@ impl FsmError {
     pub fn storage(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> FsmError {
         FsmError::Storage(e.into())
     }
+}
 
-    /// Whether retrying the update could succeed.
-    pub fn is_transient(&self) -> bool {
+/// A storage, lease or lock failure may pass; a state that cannot be encoded or
+/// decoded stays so.
+impl Transient for FsmError {
+    fn is_transient(&self) -> bool {
         !matches!(self, FsmError::Decode { .. } | FsmError::Encode { .. })
     }
 }

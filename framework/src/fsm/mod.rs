@@ -46,7 +46,7 @@ pub use self::storage::{DataUpdate, FsmStorage, LockGrant};
 use self::lock::Lease;
 use crate::context::Context;
 use crate::handler::BoxFuture;
-use crate::middleware::{Middleware, MiddlewareResult, Next};
+use crate::middleware::{MiddlewareResult, Next, chain};
 use crate::update::Update;
 
 /// The FSM configuration of a dispatcher: storage, key strategy, isolation.
@@ -204,7 +204,7 @@ impl FsmSession {
 /// put in the context), gives the rest of the chain an [`FsmContext`], and unlocks the
 /// key once the chain, `errors` handlers included, is done. A storage failure fails
 /// the update (transient) before anything else runs.
-impl Middleware for Fsm {
+impl chain::Middleware<Context, MiddlewareResult> for Fsm {
     fn call(&self, mut cx: Context, next: Next) -> BoxFuture<'static, MiddlewareResult> {
         let fsm = self.clone();
         Box::pin(async move {
