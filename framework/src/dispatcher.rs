@@ -8,10 +8,11 @@ use tgpipe_shared::{Envelope, UpdateKind};
 
 use crate::bot::Bot;
 use crate::context::{Context, Extensions};
+use crate::error::ErrorEvent;
 use crate::error::{
     BuildError, Classifier, DispatchOutcome, HandlerError, Transient, classifier_of,
 };
-use crate::filter::{ErrorEvent, Filter};
+use crate::filter::Filter;
 #[cfg(doc)]
 use crate::fsm::Prefetched;
 use crate::fsm::{Fsm, FsmInstalled};

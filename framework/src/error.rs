@@ -143,7 +143,7 @@ impl HandlerError {
     }
 
     /// The error back from the `Arc` that `errors` handlers saw it in
-    /// ([`ErrorEvent`](crate::filter::ErrorEvent)): itself when no handler kept a
+    /// ([`ErrorEvent`](crate::error::ErrorEvent)): itself when no handler kept a
     /// clone, else a handle on the shared one, alike in everything but ownership.
     pub(crate) fn shared(e: Arc<HandlerError>) -> HandlerError {
         Arc::try_unwrap(e).unwrap_or_else(|e| HandlerError {
@@ -296,6 +296,18 @@ impl Transient for std::io::Error {
                 | K::Interrupted
                 | K::WouldBlock
         )
+    }
+}
+
+/// The error an `errors` handler receives.
+#[derive(Debug, Clone)]
+pub struct ErrorEvent(pub Arc<HandlerError>);
+
+impl crate::extract::FromContext for ErrorEvent {
+    fn from_context(cx: &crate::context::Context) -> Result<Self, crate::extract::ExtractError> {
+        cx.get::<ErrorEvent>()
+            .cloned()
+            .ok_or(crate::extract::ExtractError::Missing("ErrorEvent"))
     }
 }
 

@@ -46,7 +46,7 @@ pub mod update;
 pub use bot::{Bot, BotError};
 pub use context::{Context, Extensions};
 pub use dispatcher::{Dispatcher, DispatcherBuilder};
-pub use error::{BuildError, DispatchOutcome, HandlerError};
+pub use error::{BuildError, DispatchOutcome, ErrorEvent, HandlerError};
 pub use extract::{Dep, FromContext};
 pub use fsm::{Fsm, FsmContext, FsmError, FsmKey, KeyStrategy, StateFilter};
 pub use handler::Flow;

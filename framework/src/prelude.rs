@@ -66,11 +66,11 @@ pub use crate::callback_data;
 pub use crate::callback_data::CallbackData;
 pub use crate::context::Context;
 pub use crate::dispatcher::Dispatcher;
-pub use crate::error::{DispatchOutcome, HandlerError, Transient};
+pub use crate::error::{DispatchOutcome, ErrorEvent, HandlerError, Transient};
 pub use crate::extract::{Dep, ExtractError, FromContext};
 pub use crate::filter::{
-    ChatMemberUpdated, Command, CommandObject, CommandStart, ContentType, ErrorEvent, ErrorIs,
-    Filter, FilterExt, FilterOutcome, MemberGroup, chat_type, content_type, not, text,
+    ChatMemberUpdated, Command, CommandObject, CommandStart, ContentType, ErrorIs, Filter,
+    FilterExt, FilterOutcome, MemberGroup, chat_type, content_type, not, text,
 };
 pub use crate::fsm::{Fsm, FsmContext, FsmError, StateFilter, StateName, StatesGroup};
 pub use crate::handler::{BoxFuture, Flow};

@@ -185,7 +185,7 @@ impl Router {
         self.register(ObserverKey::Raw, handler)
     }
 
-    /// Registers an `errors` handler (take [`crate::filter::ErrorEvent`]; filter with
+    /// Registers an `errors` handler (take [`crate::error::ErrorEvent`]; filter with
     /// [`crate::filter::ErrorIs`]).
     pub fn errors<H: Handler<A>, A: 'static>(&mut self, handler: H) -> RegistrationRef<'_> {
         self.register(ObserverKey::Errors, handler)
@@ -369,7 +369,7 @@ impl Router {
                         || on.contains(&req.type_id)
                         || from_filters.contains(&req.type_id)
                         // The error observer always provides the error.
-                        || (*key == ObserverKey::Errors && req.type_id == TypeId::of::<crate::filter::ErrorEvent>());
+                        || (*key == ObserverKey::Errors && req.type_id == TypeId::of::<crate::error::ErrorEvent>());
                     if !ok && req.type_id == TypeId::of::<crate::fsm::FsmInstalled>() {
                         return Err(BuildError::FsmNotConfigured {
                             router: self.name.clone(),

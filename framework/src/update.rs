@@ -38,7 +38,7 @@ use tgpipe_shared::{BotId, Envelope, UpdateKind, extract_keys};
 /// Why a body cannot be fed to the dispatcher at all (it is not an update).
 #[derive(Debug, thiserror::Error)]
 #[error("not an update: {0}")]
-pub struct NotAnUpdate(#[from] tgpipe_shared::ExtractError);
+pub struct NotAnUpdate(#[from] tgpipe_shared::KeysError);
 
 /// A known kind's payload that no repair fitted to the typed model, and that no `raw`
 /// handler took: the dispatch fails with it (permanently, so the update is

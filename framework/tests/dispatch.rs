@@ -10,9 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use frankenstein::inline_mode::InlineQuery;
 use frankenstein::types::{CallbackQuery, Message};
-use tgpipe::filter::{
-    Command, CommandObject, ErrorEvent, ErrorIs, FilterExt, from_async, not, text,
-};
+use tgpipe::ErrorEvent;
+use tgpipe::filter::{Command, CommandObject, ErrorIs, FilterExt, from_async, not, text};
 use tgpipe::{
     Bot, BuildError, Context, Dep, DispatchOutcome, Dispatcher, Flow, Handled, Next, ObserverKey,
     Router, Update,

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use frankenstein::types::Message;
 use std::sync::Arc;
 use tgpipe::bot::{ForbiddenReason, RetryPolicy};
+use tgpipe::error::ErrorEvent;
 use tgpipe::error::Transient;
-use tgpipe::filter::{ErrorEvent, forbidden};
+use tgpipe::filter::forbidden;
 use tgpipe::{Bot, BotError, Dep, DispatchOutcome, Dispatcher, Router};
 use tgpipe_testkit::sink::{Fault, Sink, SinkConfig, SinkHandle};
 

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use frankenstein::types::Message;
 use serde::{Deserialize, Serialize};
-use tgpipe::filter::{Command, ErrorEvent, ErrorIs};
+use tgpipe::error::ErrorEvent;
+use tgpipe::filter::{Command, ErrorIs};
 use tgpipe::fsm::{
     Fsm, FsmContext, FsmError, FsmKey, FsmStorage, HISTORY_CAP, Isolation, KeyStrategy,
     MemoryStorage, RedisStorage, Scene, SceneContext, Scenes, StateFilter, StatesGroup,

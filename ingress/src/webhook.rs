@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use tgpipe_shared::telemetry;
-use tgpipe_shared::{BotId, Envelope, ExtractError, headers as h};
+use tgpipe_shared::{BotId, Envelope, KeysError, headers as h};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -63,7 +63,7 @@ pub enum WebhookError {
     BodyRead(String),
     /// The body is not an update.
     #[error("{0}")]
-    Malformed(#[from] ExtractError),
+    Malformed(#[from] KeysError),
     /// The broker did not store it.
     #[error("{0}")]
     Unavailable(#[from] PublishError),

@@ -20,7 +20,7 @@ use crate::headers;
 #[cfg(feature = "nats")]
 use crate::subject::UpdateSubject;
 use crate::subject::{SubjectError, update_subject};
-use crate::{BotId, ExtractError, OrderingKey, Shard, UpdateKind, extract_keys};
+use crate::{BotId, KeysError, OrderingKey, Shard, UpdateKind, extract_keys};
 
 /// The envelope version this code writes (the value of [`headers::ENVELOPE`]).
 pub const VERSION: &str = "1";
@@ -90,7 +90,7 @@ pub enum EnvelopeError {
     /// Without an envelope in the headers, the body had to be read, and it is not an
     /// update.
     #[error(transparent)]
-    Body(#[from] ExtractError),
+    Body(#[from] KeysError),
 }
 
 impl Envelope {
@@ -101,7 +101,7 @@ impl Envelope {
         body: Bytes,
         shards: NonZeroU16,
         received_at_ms: u64,
-    ) -> Result<Envelope, ExtractError> {
+    ) -> Result<Envelope, KeysError> {
         let keys = extract_keys(&body)?;
         let shard = Shard::of(keys.ordering_key(), shards);
         let (update_id, kind, chat_id, user_id, thread_id) = (

@@ -95,7 +95,7 @@ impl UpdateKeys<'_> {
 
 /// Why a body is not an update. Each maps to HTTP 400 at the ingress.
 #[derive(Debug, thiserror::Error)]
-pub enum ExtractError {
+pub enum KeysError {
     /// Not JSON, or JSON that is not an object, or trailing bytes after it.
     #[error("body is not a JSON object: {0}")]
     Malformed(#[source] serde_json::Error),
@@ -108,9 +108,9 @@ pub enum ExtractError {
 ///
 /// Errors when `body` is not a single JSON object, or has no integer `update_id`
 /// (a float, string, duplicate or out-of-range `update_id` is malformed).
-pub fn extract_keys(body: &[u8]) -> Result<UpdateKeys<'_>, ExtractError> {
-    let raw: RawUpdate<'_> = serde_json::from_slice(body).map_err(ExtractError::Malformed)?;
-    let update_id = raw.update_id.ok_or(ExtractError::MissingUpdateId)?;
+pub fn extract_keys(body: &[u8]) -> Result<UpdateKeys<'_>, KeysError> {
+    let raw: RawUpdate<'_> = serde_json::from_slice(body).map_err(KeysError::Malformed)?;
+    let update_id = raw.update_id.ok_or(KeysError::MissingUpdateId)?;
     let payload = raw.payload.unwrap_or_default();
     Ok(UpdateKeys {
         update_id,
@@ -504,20 +504,17 @@ mod tests {
             "{\"update_id\":1,\"message\":{\"chat\":{\"id\":1}}",
         ] {
             assert!(
-                matches!(
-                    extract_keys(bad.as_bytes()),
-                    Err(ExtractError::Malformed(_))
-                ),
+                matches!(extract_keys(bad.as_bytes()), Err(KeysError::Malformed(_))),
                 "{bad:?}"
             );
         }
         assert!(matches!(
             extract_keys(b"{}"),
-            Err(ExtractError::MissingUpdateId)
+            Err(KeysError::MissingUpdateId)
         ));
         assert!(matches!(
             extract_keys(br#"{"message":{}}"#),
-            Err(ExtractError::MissingUpdateId)
+            Err(KeysError::MissingUpdateId)
         ));
     }
 

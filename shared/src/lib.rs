@@ -42,6 +42,6 @@ pub mod subject;
 pub mod telemetry;
 
 pub use envelope::{Envelope, EnvelopeError, MsgId};
-pub use extract::{ExtractError, OrderingKey, UpdateKeys, extract_keys};
+pub use extract::{KeysError, OrderingKey, UpdateKeys, extract_keys};
 pub use kind::UpdateKind;
 pub use subject::{BotId, Shard};

@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tgpipe_shared::publish::{PublishError, Publisher};
-use tgpipe_shared::{Envelope, ExtractError, UpdateKind, extract_keys};
+use tgpipe_shared::{Envelope, KeysError, UpdateKind, extract_keys};
 
 use tgpipe::bot::{ApiRequest, Bot, BotError};
 use tgpipe::dispatcher::Dispatcher;
@@ -120,7 +120,7 @@ pub enum DeliverError {
     Publish(#[from] PublishError),
     /// It is not an update (skipped: fetching it again would not help).
     #[error(transparent)]
-    Malformed(#[from] ExtractError),
+    Malformed(#[from] KeysError),
 }
 
 /// Runs the dispatcher in process. Failed handlers are logged; the update counts as

@@ -1,5 +1,5 @@
 //! The example bot's command line, as an operator meets it: every command is listed,
-//! and a start without its settings fails at once with the setting's name.
+//! and a bad setting fails at once, before any connection, naming the setting.
 //!
 //! (This test also makes `cargo test --workspace` build the binary that the worker's
 //! end-to-end tests run.)
@@ -20,13 +20,17 @@ fn help_lists_the_worker_commands() {
 }
 
 #[test]
-fn run_without_a_token_names_the_missing_setting() {
+fn run_with_a_bad_setting_names_it_before_connecting() {
     let out = Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"))
         .arg("run")
         .env_clear()
+        .env("TGPIPE_SHARDS", "0")
+        // Nothing listens here: a start that got past the settings would fail otherwise.
+        .env("NATS_URL", "nats://127.0.0.1:1")
         .output()
         .expect("run the example bot");
     assert!(!out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("TELEGRAM_BOT_TOKEN"), "{err}");
+    assert!(err.contains("TGPIPE_SHARDS"), "{err}");
+    assert!(!err.contains("127.0.0.1:1"), "it connected first: {err}");
 }

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::context::{Context, Extensions};
-use crate::error::HandlerError;
+use crate::error::ErrorEvent;
 use crate::handler::BoxFuture;
 
 /// What a filter decided.
@@ -403,18 +403,6 @@ impl Filter for Command {
     }
     fn provides(&self) -> Vec<TypeId> {
         vec![TypeId::of::<CommandObject>()]
-    }
-}
-
-/// The error an `errors` handler receives.
-#[derive(Debug, Clone)]
-pub struct ErrorEvent(pub Arc<HandlerError>);
-
-impl crate::extract::FromContext for ErrorEvent {
-    fn from_context(cx: &Context) -> Result<Self, crate::extract::ExtractError> {
-        cx.get::<ErrorEvent>()
-            .cloned()
-            .ok_or(crate::extract::ExtractError::Missing("ErrorEvent"))
     }
 }
 
