@@ -60,7 +60,7 @@ pub enum WebhookError {
     BodyTimeout,
     /// The connection failed while reading the body.
     #[error("body could not be read: {0}")]
-    BodyRead(String),
+    BodyRead(#[source] tgpipe_shared::BoxError),
     /// The body is not an update.
     #[error("{0}")]
     Malformed(#[from] KeysError),
@@ -270,7 +270,7 @@ async fn read_body(
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err(WebhookError::TooLarge(limit))
         }
-        Ok(Err(e)) => Err(WebhookError::BodyRead(e.to_string())),
+        Ok(Err(e)) => Err(WebhookError::BodyRead(e)),
     }
 }
 

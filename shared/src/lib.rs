@@ -41,6 +41,10 @@ pub mod subject;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 
+/// A boxed error: the `source` of the errors that wrap a client's error (NATS, OTLP,
+/// hyper), kept whole instead of flattened into a string.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 pub use envelope::{Envelope, EnvelopeError, MsgId};
 pub use extract::{KeysError, OrderingKey, UpdateKeys, extract_keys};
 pub use kind::UpdateKind;

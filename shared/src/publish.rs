@@ -24,7 +24,7 @@ pub enum PublishError {
     Disconnected,
     /// JetStream refused or failed the write.
     #[error("JetStream did not store the update: {0}")]
-    Rejected(String),
+    Rejected(#[source] crate::BoxError),
     /// Body and headers exceed the server's `max_payload`: this message can never be
     /// stored, so retrying is pointless (the ingress answers 413, not 503).
     #[error(
@@ -121,7 +121,7 @@ impl Publisher {
                 max_payload: self.max_payload(),
             },
             jetstream::context::PublishErrorKind::TimedOut => PublishError::Timeout(self.timeout),
-            _ => PublishError::Rejected(e.to_string()),
+            _ => PublishError::Rejected(e.into()),
         }
     }
 

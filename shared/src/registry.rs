@@ -310,19 +310,19 @@ pub fn parse_record(key: &str, value: &[u8]) -> Result<BotRecord, RecordError> {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The bucket could not be opened or created.
-    #[error("cannot open or create the bot registry bucket `{bucket}`: {message}")]
+    #[error("cannot open or create the bot registry bucket `{bucket}`: {source}")]
     Bucket {
         /// The bucket.
         bucket: String,
         /// Why.
-        message: String,
+        source: crate::BoxError,
     },
     /// The bucket does not exist and was not to be created.
     #[error("the bot registry bucket `{0}` does not exist (`provision` creates it)")]
     Missing(String),
     /// A read or write failed.
     #[error("bot registry: {0}")]
-    Kv(String),
+    Kv(#[source] crate::BoxError),
     /// The bot is not in the registry.
     #[error("bot {0} is not in the registry")]
     NotFound(BotId),
@@ -342,9 +342,9 @@ pub async fn bucket(
     replicas: usize,
     create: bool,
 ) -> Result<kv::Store, RegistryError> {
-    let err = |e: &dyn fmt::Display| RegistryError::Bucket {
+    let err = |e: crate::BoxError| RegistryError::Bucket {
         bucket: settings.bucket.clone(),
-        message: e.to_string(),
+        source: e,
     };
     match js.get_key_value(&settings.bucket).await {
         Ok(store) => Ok(store),
@@ -357,7 +357,7 @@ pub async fn bucket(
             if missing {
                 Err(RegistryError::Missing(settings.bucket.clone()))
             } else {
-                Err(err(&e))
+                Err(err(e.into()))
             }
         }
         Err(_) => js
@@ -371,7 +371,7 @@ pub async fn bucket(
                 ..Default::default()
             })
             .await
-            .map_err(|e| err(&e)),
+            .map_err(|e| err(e.into())),
     }
 }
 
@@ -380,7 +380,7 @@ pub async fn get(store: &kv::Store, bot: BotId) -> Result<(BotRecord, u64), Regi
     let entry = store
         .entry(key(bot))
         .await
-        .map_err(|e| RegistryError::Kv(e.to_string()))?
+        .map_err(|e| RegistryError::Kv(e.into()))?
         .filter(|e| e.operation == kv::Operation::Put)
         .ok_or(RegistryError::NotFound(bot))?;
     Ok((parse_record(&entry.key, &entry.value)?, entry.revision))
@@ -393,7 +393,7 @@ pub async fn add(store: &kv::Store, record: &BotRecord) -> Result<u64, RegistryE
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
             Err(RegistryError::Exists(record.id))
         }
-        Err(e) => Err(RegistryError::Kv(e.to_string())),
+        Err(e) => Err(RegistryError::Kv(e.into())),
     }
 }
 
@@ -414,12 +414,12 @@ pub async fn modify(
         match store.update(key(bot), record.to_json(), revision).await {
             Ok(_) => return Ok(Some(record)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => return Err(RegistryError::Kv(e.to_string())),
+            Err(e) => return Err(RegistryError::Kv(e.into())),
         }
     }
-    Err(RegistryError::Kv(format!(
-        "bot {bot}: the record kept changing under ten attempts to update it"
-    )))
+    Err(RegistryError::Kv(
+        format!("bot {bot}: the record kept changing under ten attempts to update it").into(),
+    ))
 }
 
 /// Every readable record, by id; unreadable ones are returned apart.
@@ -427,10 +427,10 @@ pub async fn list(store: &kv::Store) -> Result<(Vec<BotRecord>, Vec<RecordError>
     let mut keys = store
         .keys()
         .await
-        .map_err(|e| RegistryError::Kv(e.to_string()))?;
+        .map_err(|e| RegistryError::Kv(e.into()))?;
     let mut ids = Vec::new();
     while let Some(k) = keys.next().await {
-        ids.push(k.map_err(|e| RegistryError::Kv(e.to_string()))?);
+        ids.push(k.map_err(|e| RegistryError::Kv(e.into()))?);
     }
     let (mut good, mut bad) = (Vec::new(), Vec::new());
     for k in ids {
@@ -514,7 +514,7 @@ where
         loop {
             let opened = tokio::time::timeout(STEP_TIMEOUT, open())
                 .await
-                .unwrap_or_else(|_| Err(RegistryError::Kv("timed out".to_owned())));
+                .unwrap_or_else(|_| Err(RegistryError::Kv("timed out".into())));
             let store = match opened {
                 Ok(s) => s,
                 // Not provisioned (and this pod may not create it): no registry bots
@@ -650,12 +650,12 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn bounded<T, E>(step: impl Future<Output = Result<T, E>>) -> Result<T, RegistryError>
 where
-    E: fmt::Display,
+    E: std::error::Error + Send + Sync + 'static,
 {
     match tokio::time::timeout(STEP_TIMEOUT, step).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(RegistryError::Kv(e.to_string())),
-        Err(_) => Err(RegistryError::Kv("timed out".to_owned())),
+        Ok(Err(e)) => Err(RegistryError::Kv(e.into())),
+        Err(_) => Err(RegistryError::Kv("timed out".into())),
     }
 }
 

@@ -35,7 +35,7 @@ impl Drop for TelemetryGuard {
 pub enum TelemetryError {
     /// The OTLP exporter could not be built (a malformed endpoint, for example).
     #[error("cannot build the OTLP exporter: {0}")]
-    Exporter(String),
+    Exporter(#[source] crate::BoxError),
     /// A global subscriber was already installed.
     #[error("a tracing subscriber is already installed")]
     AlreadyInstalled,
@@ -72,7 +72,7 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuar
                 .with_http()
                 .with_endpoint(endpoint)
                 .build()
-                .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+                .map_err(|e| TelemetryError::Exporter(e.into()))?;
             let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
                 .with_resource(

@@ -328,7 +328,7 @@ impl Scheduler {
 pub enum ConsumeError {
     /// The message stream could not be opened, or ended.
     #[error("the lane's message stream failed: {0}")]
-    Stream(String),
+    Stream(#[source] tgpipe_shared::BoxError),
 }
 
 /// A held update's ordering key: its bot and chat (else user).

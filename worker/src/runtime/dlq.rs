@@ -24,7 +24,7 @@ use super::config::DlqCommand;
 pub enum DlqError {
     /// JetStream refused or did not answer.
     #[error("JetStream: {0}")]
-    JetStream(String),
+    JetStream(#[source] tgpipe_shared::BoxError),
     /// Writing the listing failed.
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
@@ -39,8 +39,8 @@ pub enum DlqError {
     NotReplayable(u64),
 }
 
-fn js_err(e: impl std::fmt::Display) -> DlqError {
-    DlqError::JetStream(e.to_string())
+fn js_err(e: impl std::error::Error + Send + Sync + 'static) -> DlqError {
+    DlqError::JetStream(e.into())
 }
 
 /// One dead letter as listed.

@@ -236,7 +236,7 @@ pub enum ConsumerSetupError {
     Legacy(String),
     /// JetStream refused.
     #[error("cannot set up the lane's consumers: {0}")]
-    JetStream(String),
+    JetStream(#[source] tgpipe_shared::BoxError),
 }
 
 /// What [`ensure_consumers`] does to a consumer that exists with other settings.
@@ -303,18 +303,20 @@ pub async fn ensure_consumers(
     settings: &ConsumerSettings,
     changes: Changes,
 ) -> Result<Vec<consumer::Consumer<pull::Config>>, ConsumerSetupError> {
-    let jserr = |e: &dyn std::fmt::Display| ConsumerSetupError::JetStream(e.to_string());
+    fn jserr(e: impl Into<tgpipe_shared::BoxError>) -> ConsumerSetupError {
+        ConsumerSetupError::JetStream(e.into())
+    }
     let ours_prefix = format!("{CONSUMER_PREFIX}{}-p", lane.name);
     let legacy = lane.legacy_consumer_name();
     let mut existing = std::collections::HashMap::new();
     let mut consumers = stream.consumers();
-    while let Some(info) = consumers.try_next().await.map_err(|e| jserr(&e))? {
+    while let Some(info) = consumers.try_next().await.map_err(|e| jserr(e))? {
         if info.name == legacy {
             if changes == Changes::Apply {
                 stream
                     .delete_consumer(&legacy)
                     .await
-                    .map_err(|e| jserr(&e))?;
+                    .map_err(|e| jserr(e))?;
                 tracing::info!(consumer = %legacy, "deleted the lane's pre-partition consumer");
                 continue;
             }
@@ -353,27 +355,21 @@ pub async fn ensure_consumers(
         let config = lane.consumer_config(partition, settings);
         let name = lane.consumer_name(partition);
         let consumer = match existing.get(&name) {
-            None => stream
-                .create_consumer(config)
-                .await
-                .map_err(|e| jserr(&e))?,
+            None => stream.create_consumer(config).await.map_err(|e| jserr(e))?,
             Some(have) => {
                 let diff = consumer_differences(have, &config);
                 if diff.is_empty() {
-                    stream.get_consumer(&name).await.map_err(|e| jserr(&e))?
+                    stream.get_consumer(&name).await.map_err(|e| jserr(e))?
                 } else if changes == Changes::Apply {
                     tracing::info!(consumer = %name, changes = ?diff, "updating consumer");
-                    stream
-                        .update_consumer(config)
-                        .await
-                        .map_err(|e| jserr(&e))?
+                    stream.update_consumer(config).await.map_err(|e| jserr(e))?
                 } else {
                     tracing::warn!(
                         consumer = %name,
                         differences = ?diff,
                         "consumer exists with other settings; left as it is (`provision --apply` changes it)"
                     );
-                    stream.get_consumer(&name).await.map_err(|e| jserr(&e))?
+                    stream.get_consumer(&name).await.map_err(|e| jserr(e))?
                 }
             }
         };
