@@ -310,13 +310,10 @@ pub async fn ensure_consumers(
     let legacy = lane.legacy_consumer_name();
     let mut existing = std::collections::HashMap::new();
     let mut consumers = stream.consumers();
-    while let Some(info) = consumers.try_next().await.map_err(|e| jserr(e))? {
+    while let Some(info) = consumers.try_next().await.map_err(jserr)? {
         if info.name == legacy {
             if changes == Changes::Apply {
-                stream
-                    .delete_consumer(&legacy)
-                    .await
-                    .map_err(|e| jserr(e))?;
+                stream.delete_consumer(&legacy).await.map_err(jserr)?;
                 tracing::info!(consumer = %legacy, "deleted the lane's pre-partition consumer");
                 continue;
             }
@@ -355,21 +352,21 @@ pub async fn ensure_consumers(
         let config = lane.consumer_config(partition, settings);
         let name = lane.consumer_name(partition);
         let consumer = match existing.get(&name) {
-            None => stream.create_consumer(config).await.map_err(|e| jserr(e))?,
+            None => stream.create_consumer(config).await.map_err(jserr)?,
             Some(have) => {
                 let diff = consumer_differences(have, &config);
                 if diff.is_empty() {
-                    stream.get_consumer(&name).await.map_err(|e| jserr(e))?
+                    stream.get_consumer(&name).await.map_err(jserr)?
                 } else if changes == Changes::Apply {
                     tracing::info!(consumer = %name, changes = ?diff, "updating consumer");
-                    stream.update_consumer(config).await.map_err(|e| jserr(e))?
+                    stream.update_consumer(config).await.map_err(jserr)?
                 } else {
                     tracing::warn!(
                         consumer = %name,
                         differences = ?diff,
                         "consumer exists with other settings; left as it is (`provision --apply` changes it)"
                     );
-                    stream.get_consumer(&name).await.map_err(|e| jserr(e))?
+                    stream.get_consumer(&name).await.map_err(jserr)?
                 }
             }
         };
