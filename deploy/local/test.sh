@@ -44,6 +44,8 @@ else
 fi
 log "doc tests"
 cargo test --workspace --locked --doc
+log "cargo doc (every crate's front page and links, -D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 if [ -f deploy/helm-test/run.sh ]; then
   log "helm chart"
   bash deploy/helm-test/run.sh
