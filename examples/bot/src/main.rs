@@ -14,8 +14,8 @@
 
 use std::process::ExitCode;
 
-use frankenstein::methods::{EditMessageTextParams, SendMessageParams};
-use frankenstein::types::{
+use tgpipe::frankenstein::methods::{EditMessageTextParams, SendMessageParams};
+use tgpipe::frankenstein::types::{
     ChatMember, ChatMemberUpdated as MemberUpdate, ChatType, MaybeInaccessibleMessage, User,
 };
 use serde::{Deserialize, Serialize};
