@@ -9,6 +9,7 @@
 //! - [`eventually`], [`eventually_some`], [`eventually_ok`] (and the blocking
 //!   [`eventually_blocking`], [`eventually_some_blocking`]): wait for a condition with a
 //!   deadline, and panic naming it;
+//! - [`text_update`]: a text message update as Telegram sends it;
 //! - [`corpus`]: the fixture corpus of real updates; [`workspace_bin`]: a binary of
 //!   another workspace package (the example bot the end-to-end tests run).
 //!
@@ -623,6 +624,45 @@ pub fn eventually_some_blocking<T>(
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// A text message update as Telegram sends it, as JSON (`.to_string()` is a webhook
+/// body): update `update_id` carries message `update_id`, `text` from the user Ann, in
+/// her private chat `chat` (a private chat's id is its user's), or in the group `chat`
+/// when `chat` is negative, as groups' ids are (Ann is then user 7). A leading
+/// `/command` carries its `bot_command` entity, as Telegram's do.
+///
+/// ```
+/// let update = tgpipe_testkit::text_update(10, 5, "/start ref-42");
+/// assert_eq!(update["message"]["chat"]["type"], "private");
+/// assert_eq!(update["message"]["from"]["id"], 5);
+/// assert_eq!(update["message"]["entities"][0]["length"], 6);
+/// let group = tgpipe_testkit::text_update(11, -55, "hi");
+/// assert_eq!(group["message"]["chat"]["type"], "group");
+/// ```
+pub fn text_update(update_id: i64, chat: i64, text: &str) -> serde_json::Value {
+    use serde_json::json;
+    let entities = if text.starts_with('/') {
+        let len = text.find(' ').unwrap_or(text.len());
+        json!([{"type": "bot_command", "offset": 0, "length": len}])
+    } else {
+        json!([])
+    };
+    let (chat, user) = if chat < 0 {
+        (
+            json!({"id": chat, "type": "group", "title": "Rustaceans"}),
+            7,
+        )
+    } else {
+        (
+            json!({"id": chat, "type": "private", "first_name": "Ann"}),
+            chat,
+        )
+    };
+    json!({"update_id": update_id, "message": {
+        "message_id": update_id, "date": 1_732_400_000, "chat": chat,
+        "from": {"id": user, "is_bot": false, "first_name": "Ann"}, "text": text,
+        "entities": entities}})
 }
 
 /// The path of a binary built from another package of the workspace (cargo gives a test

@@ -106,10 +106,9 @@ pub fn with_peer(mut req: Request<Body>, peer: &str) -> Request<Body> {
     req
 }
 
+/// [`tgpipe_testkit::text_update`] as a request body.
 pub fn text_update(update_id: i64, chat: i64, text: &str) -> String {
-    format!(
-        r#"{{"update_id":{update_id},"message":{{"message_id":1,"date":0,"chat":{{"id":{chat},"type":"private","first_name":"A"}},"from":{{"id":{chat},"is_bot":false,"first_name":"A"}},"text":"{text}"}}}}"#
-    )
+    tgpipe_testkit::text_update(update_id, chat, text).to_string()
 }
 
 pub fn header<'a>(m: &'a StreamMessage, name: &str) -> Option<&'a str> {

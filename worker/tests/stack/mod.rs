@@ -396,18 +396,8 @@ fn private(id: i64, name: &str) -> Value {
     json!({"id": id, "type": "private", "first_name": name})
 }
 
-/// A private text message.
-pub fn text(update_id: i64, chat: i64, text: &str) -> Value {
-    let entities = if text.starts_with('/') {
-        let len = text.find(' ').unwrap_or(text.len());
-        json!([{"type": "bot_command", "offset": 0, "length": len}])
-    } else {
-        json!([])
-    };
-    json!({"update_id": update_id, "message": {
-        "message_id": update_id, "date": 1_732_400_000, "chat": private(chat, "Ann"),
-        "from": user(chat, "Ann"), "text": text, "entities": entities}})
-}
+/// A text message from Ann in her private chat (the test kit's builder).
+pub use tgpipe_testkit::text_update as text;
 
 /// A press of an inline button under message 77 of a private chat.
 pub fn callback(update_id: i64, chat: i64, data: &str) -> Value {
