@@ -11,8 +11,8 @@ use tgpipe_bot::{
     Rate, RateLimits, RetryPolicy,
 };
 use tgpipe_bot::{ApiResult, Bot, BotError, ErrorClass};
-use tgpipe_testkit::RedisServer;
 use tgpipe_testkit::sink::{Fault, RecordedCall, Sink, SinkConfig, SinkHandle};
+use tgpipe_testkit::{RedisServer, eventually, eventually_some};
 
 const TOKEN: &str = "123:TEST";
 
@@ -378,19 +378,18 @@ async fn a_429_seen_by_one_client_pauses_its_chat_in_the_other() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg("tgpipe:pause:{123}:chat:1")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if ttl > 0 {
-            break;
+    eventually(Duration::from_secs(2), "a pause key in Redis", || {
+        let mut conn = conn.clone();
+        async move {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg("tgpipe:pause:{123}:chat:1")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            ttl > 0
         }
-        assert!(Instant::now() < deadline, "no pause key in Redis");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await;
     let bot_ttl: i64 = redis::cmd("PTTL")
         .arg("tgpipe:pause:{123}")
         .query_async(&mut conn)
@@ -738,27 +737,30 @@ async fn the_limiter_returns_to_redis_when_it_is_back() {
 
     // The same port again, a fresh (empty) Redis.
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut conn = loop {
+    // Ten seconds for both: Redis answering, then the limiter using it.
+    let (restarted, limit) = (Instant::now(), Duration::from_secs(10));
+    let conn = eventually_some(limit, "redis comes back", || async {
         let client = redis::Client::open(url.as_str()).unwrap();
-        if let Ok(c) = client.get_multiplexed_async_connection().await {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "redis did not come back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut shared = false;
-    while Instant::now() < deadline && !shared {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        b.send_text(7, "back").await.unwrap();
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg("tgpipe:rl:{123}:chat:7")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        shared = ttl > 0;
-    }
-    assert!(shared, "the limiter keeps its state in Redis again");
+        client.get_multiplexed_async_connection().await.ok()
+    })
+    .await;
+    eventually(
+        limit.saturating_sub(restarted.elapsed()),
+        "the limiter keeps its state in Redis again",
+        || {
+            let (b, mut conn) = (&b, conn.clone());
+            async move {
+                b.send_text(7, "back").await.unwrap();
+                let ttl: i64 = redis::cmd("PTTL")
+                    .arg("tgpipe:rl:{123}:chat:7")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                ttl > 0
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

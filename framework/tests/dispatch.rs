@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Log, bot};
+use common::{Log, bot, text_update};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,15 +17,6 @@ use tgpipe::{
     Router, Update,
 };
 use tgpipe_shared::UpdateKind;
-
-fn text_update(text: &str) -> Bytes {
-    Bytes::from(
-        serde_json::json!({"update_id": 1, "message": {"message_id": 1, "date": 0,
-            "chat": {"id": 5, "type": "private", "first_name": "A"}, "from": {"id": 5, "is_bot": false, "first_name": "A"},
-            "text": text}})
-        .to_string(),
-    )
-}
 
 fn callback_update() -> Bytes {
     Bytes::from_static(br#"{"update_id":2,"callback_query":{"id":"q1","from":{"id":5,"is_bot":false,"first_name":"A"},"chat_instance":"c","data":"x"}}"#)

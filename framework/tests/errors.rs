@@ -6,7 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use frankenstein::types::Message;
 use std::sync::Arc;
 use tgpipe::bot::{ForbiddenReason, RetryPolicy};
@@ -16,7 +15,7 @@ use tgpipe::filter::forbidden;
 use tgpipe::{Bot, BotError, Dep, DispatchOutcome, Dispatcher, Router};
 use tgpipe_testkit::sink::{Fault, Sink, SinkConfig, SinkHandle};
 
-use common::Log;
+use common::{Log, text_update};
 
 async fn sink() -> SinkHandle {
     Sink::start(SinkConfig::default()).await.unwrap()
@@ -29,15 +28,6 @@ fn bot(sink: &SinkHandle) -> Bot {
         .request_timeout(Duration::from_secs(2))
         .build()
         .unwrap()
-}
-
-fn text_update(text: &str) -> Bytes {
-    Bytes::from(
-        serde_json::json!({"update_id": 1, "message": {"message_id": 1, "date": 0,
-            "chat": {"id": 5, "type": "private", "first_name": "A"},
-            "from": {"id": 5, "is_bot": false, "first_name": "A"}, "text": text}})
-        .to_string(),
-    )
 }
 
 /// The error enum docs/fsm.md and the example bot recommend, `transparent` included

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use common::*;
 use tgpipe_ingress::{AppState, IngressConfig};
 use tgpipe_shared::publish::{HEADER_ALLOWANCE, PublishError, Publisher};
+use tgpipe_testkit::eventually;
 
 const MAX_PAYLOAD: usize = 8192;
 
@@ -88,7 +89,10 @@ async fn an_update_under_max_body_but_over_the_brokers_max_payload_is_413_not_50
     );
     let client = config.nats.connect("t").await.unwrap();
     let state = AppState::new(&config, client.clone());
-    eventually(Duration::from_secs(20), || async { state.is_ready() }).await;
+    eventually(Duration::from_secs(20), "the ingress is ready", || async {
+        state.is_ready()
+    })
+    .await;
     let send = |body: String| {
         let state = state.clone();
         async move {

@@ -2,12 +2,14 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::*;
 use tgpipe_shared::extract_keys;
+use tgpipe_testkit::eventually;
 
 #[tokio::test]
 async fn nats_stopped_mid_run_is_503_then_200_with_nothing_lost() {
@@ -27,23 +29,23 @@ async fn nats_stopped_mid_run_is_503_then_200_with_nothing_lost() {
     t.nats.restart();
     t.wait_ready().await;
     // Telegram's retries: keep re-sending what was not accepted until it is.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !pending.is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "updates still refused after the restart"
-        );
-        let mut refused = Vec::new();
-        for body in pending.drain(..) {
-            if t.post(body.clone()).await != StatusCode::OK {
-                refused.push(body);
+    let pending = Cell::new(pending);
+    eventually(
+        Duration::from_secs(30),
+        "every update is accepted after the restart",
+        || async {
+            let mut refused = Vec::new();
+            for body in pending.take() {
+                if t.post(body.clone()).await != StatusCode::OK {
+                    refused.push(body);
+                }
             }
-        }
-        pending = refused;
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+            let done = refused.is_empty();
+            pending.set(refused);
+            done
+        },
+    )
+    .await;
     let ids: BTreeSet<i64> = t
         .stored()
         .await
@@ -62,7 +64,12 @@ async fn nats_stopped_mid_run_is_503_then_200_with_nothing_lost() {
 async fn readiness_follows_the_broker() {
     let mut t = harness(&[]).await;
     t.nats.stop();
-    eventually(Duration::from_secs(20), || async { !t.state.is_ready() }).await;
+    eventually(
+        Duration::from_secs(20),
+        "the ingress is not ready",
+        || async { !t.state.is_ready() },
+    )
+    .await;
     t.nats.restart();
     t.wait_ready().await;
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tgpipe_ingress::serve::{ConnectionLimits, ServeOptions, bind, serve_with};
+use tgpipe_testkit::{eventually, eventually_some};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -209,7 +210,7 @@ async fn on_sigterm_readiness_goes_false_first_and_every_request_sent_during_the
     let mut ingress = start_binary(&nats.url(), "3s");
     let ops = reqwest::Client::new();
     let readyz = format!("http://{}/readyz", ingress.ops);
-    eventually(Duration::from_secs(20), || async {
+    eventually(Duration::from_secs(20), "the ingress is ready", || async {
         status(&ops, readyz.clone()).await == Some(200)
     })
     .await;
@@ -235,9 +236,11 @@ async fn on_sigterm_readiness_goes_false_first_and_every_request_sent_during_the
         .unwrap();
     assert!(term.success());
     let signalled = Instant::now();
-    eventually(Duration::from_secs(1), || async {
-        status(&ops, readyz.clone()).await == Some(503)
-    })
+    eventually(
+        Duration::from_secs(1),
+        "readiness goes false on SIGTERM",
+        || async { status(&ops, readyz.clone()).await == Some(503) },
+    )
     .await;
     let mut sent = 0;
     while signalled.elapsed() < Duration::from_millis(2500) {
@@ -252,18 +255,13 @@ async fn on_sigterm_readiness_goes_false_first_and_every_request_sent_during_the
     }
     assert!(sent > 20, "only {sent} requests during the drain delay");
     // After the drain delay the listener closes and the process exits.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(code) = ingress.child.try_wait().unwrap() {
-            assert!(code.success(), "exit status {code}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running 15 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let code = eventually_some(
+        Duration::from_secs(15),
+        "the ingress exits after SIGTERM",
+        || std::future::ready(ingress.child.try_wait().unwrap()),
+    )
+    .await;
+    assert!(code.success(), "exit status {code}");
     assert!(signalled.elapsed() >= Duration::from_secs(3));
     assert!(TcpStream::connect(ingress.webhook).await.is_err());
 }

@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::*;
 use tgpipe_shared::{OrderingKey, Shard, UpdateKind, extract_keys, headers as h};
+use tgpipe_testkit::eventually;
 
 #[tokio::test]
 async fn stored_bytes_subject_and_headers_are_as_specified() {
@@ -436,8 +437,10 @@ async fn without_provisioning_a_missing_stream_is_not_ready() {
     tgpipe_shared::stream::provision_streams(&js, &config.stream)
         .await
         .unwrap();
-    eventually(std::time::Duration::from_secs(10), || async {
-        state.is_ready()
-    })
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the ingress is ready once provisioned",
+        || async { state.is_ready() },
+    )
     .await;
 }

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use axum::http::StatusCode;
-use common::{BOT, Harness, SECRET, eventually, harness, text_update, webhook};
+use common::{BOT, Harness, SECRET, harness, text_update, webhook};
 use tgpipe_shared::BotId;
 use tgpipe_shared::registry::{self, BotRecord, BotState, RegistrySettings};
+use tgpipe_testkit::eventually;
 
 async fn bucket(t: &Harness) -> kv::Store {
     registry::bucket(&t.js, &RegistrySettings::default(), 1, false)
@@ -85,26 +86,20 @@ async fn a_bot_added_at_runtime_is_answered_within_2s_while_others_are_under_loa
         .await
         .unwrap();
     let added = Instant::now();
-    let mut update = 1;
-    loop {
-        let status = t
-            .send(webhook(
-                new_bot,
-                Some("added-secret"),
-                text_update(update, 5, "hi"),
-            ))
-            .await;
-        if status == StatusCode::OK {
-            break;
-        }
-        assert_eq!(status, StatusCode::NOT_FOUND, "before it is known");
-        assert!(
-            added.elapsed() < Duration::from_secs(2),
-            "the added bot was not served within 2 s"
-        );
+    let mut update = 0;
+    eventually(Duration::from_secs(2), "the added bot is served", || {
         update += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let request = webhook(new_bot, Some("added-secret"), text_update(update, 5, "hi"));
+        let t = &t;
+        async move {
+            let status = t.send(request).await;
+            if status != StatusCode::OK {
+                assert_eq!(status, StatusCode::NOT_FOUND, "before it is known");
+            }
+            status == StatusCode::OK
+        }
+    })
+    .await;
     let took = added.elapsed();
     let (sent, refused) = load.stop().await;
     assert!(sent > 10, "the load ran ({sent} requests)");
@@ -127,11 +122,15 @@ async fn a_secret_rotated_under_load_is_never_refused_and_the_old_one_goes_once_
     registry::add(&kv, &BotRecord::new(BotId(bot), "old-secret"))
         .await
         .unwrap();
-    eventually(Duration::from_secs(5), || async {
-        t.send(webhook(bot, Some("old-secret"), text_update(1, 1, "x")))
-            .await
-            == StatusCode::OK
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the added bot is served",
+        || async {
+            t.send(webhook(bot, Some("old-secret"), text_update(1, 1, "x")))
+                .await
+                == StatusCode::OK
+        },
+    )
     .await;
 
     // Telegram keeps signing with the old secret until setWebhook switches it.
@@ -156,17 +155,25 @@ async fn a_secret_rotated_under_load_is_never_refused_and_the_old_one_goes_once_
     eprintln!("old secret: {old_sent} sent, {old_refused} refused after the switch");
 
     // The first request with the new secret confirmed it: the old one goes.
-    eventually(Duration::from_secs(3), || async {
-        registry::get(&kv, BotId(bot))
-            .await
-            .is_ok_and(|(r, _)| r.previous_secret.is_none())
-    })
+    eventually(
+        Duration::from_secs(3),
+        "the old secret is dropped from the record",
+        || async {
+            registry::get(&kv, BotId(bot))
+                .await
+                .is_ok_and(|(r, _)| r.previous_secret.is_none())
+        },
+    )
     .await;
-    eventually(Duration::from_secs(3), || async {
-        t.send(webhook(bot, Some("old-secret"), text_update(7, 1, "x")))
-            .await
-            == StatusCode::UNAUTHORIZED
-    })
+    eventually(
+        Duration::from_secs(3),
+        "the old secret is refused",
+        || async {
+            t.send(webhook(bot, Some("old-secret"), text_update(7, 1, "x")))
+                .await
+                == StatusCode::UNAUTHORIZED
+        },
+    )
     .await;
     assert_eq!(
         t.send(webhook(bot, Some("new-secret"), text_update(8, 1, "x")))
@@ -183,11 +190,15 @@ async fn requests_with_the_old_secret_are_accepted_until_the_new_one_is_seen() {
     registry::add(&kv, &BotRecord::new(BotId(bot), "old-secret"))
         .await
         .unwrap();
-    eventually(Duration::from_secs(5), || async {
-        t.send(webhook(bot, Some("old-secret"), text_update(1, 1, "x")))
-            .await
-            == StatusCode::OK
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the added bot is served",
+        || async {
+            t.send(webhook(bot, Some("old-secret"), text_update(1, 1, "x")))
+                .await
+                == StatusCode::OK
+        },
+    )
     .await;
     let load = Load::start(&t, bot, "old-secret", 1000);
     registry::modify(&kv, BotId(bot), |r| {
@@ -223,9 +234,11 @@ async fn a_paused_bot_is_answered_503_and_its_update_is_stored_once_resumed() {
         .await
         .unwrap();
     let post = |id: i64| t.send(webhook(bot, Some("pause-secret"), text_update(id, 3, "p")));
-    eventually(Duration::from_secs(5), || async {
-        post(1).await == StatusCode::OK
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the added bot is served",
+        || async { post(1).await == StatusCode::OK },
+    )
     .await;
     registry::modify(&kv, BotId(bot), |r| {
         r.state = BotState::Paused;
@@ -233,9 +246,11 @@ async fn a_paused_bot_is_answered_503_and_its_update_is_stored_once_resumed() {
     })
     .await
     .unwrap();
-    eventually(Duration::from_secs(2), || async {
-        post(2).await == StatusCode::SERVICE_UNAVAILABLE
-    })
+    eventually(
+        Duration::from_secs(2),
+        "the paused bot is answered 503",
+        || async { post(2).await == StatusCode::SERVICE_UNAVAILABLE },
+    )
     .await;
     // A wrong secret is still a 401: a paused bot tells nothing to strangers.
     assert_eq!(
@@ -250,9 +265,11 @@ async fn a_paused_bot_is_answered_503_and_its_update_is_stored_once_resumed() {
     .await
     .unwrap();
     // Telegram's retry of update 2 is stored once the bot is resumed.
-    eventually(Duration::from_secs(2), || async {
-        post(2).await == StatusCode::OK
-    })
+    eventually(
+        Duration::from_secs(2),
+        "the resumed bot is served",
+        || async { post(2).await == StatusCode::OK },
+    )
     .await;
     let mine: Vec<_> = t
         .stored()
@@ -272,9 +289,11 @@ async fn a_removed_bot_is_answered_404() {
         .await
         .unwrap();
     let post = || t.send(webhook(bot, Some("gone-secret"), text_update(1, 3, "p")));
-    eventually(Duration::from_secs(5), || async {
-        post().await == StatusCode::OK
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the added bot is served",
+        || async { post().await == StatusCode::OK },
+    )
     .await;
     registry::modify(&kv, BotId(bot), |r| {
         r.state = BotState::Removed;
@@ -282,23 +301,29 @@ async fn a_removed_bot_is_answered_404() {
     })
     .await
     .unwrap();
-    eventually(Duration::from_secs(2), || async {
-        post().await == StatusCode::NOT_FOUND
-    })
+    eventually(
+        Duration::from_secs(2),
+        "the removed bot is answered 404",
+        || async { post().await == StatusCode::NOT_FOUND },
+    )
     .await;
     // A key deleted outright is the same.
     registry::add(&kv, &BotRecord::new(BotId(9006), "s2"))
         .await
         .unwrap();
     let post6 = || t.send(webhook(9006, Some("s2"), text_update(1, 3, "p")));
-    eventually(Duration::from_secs(5), || async {
-        post6().await == StatusCode::OK
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the added bot is served",
+        || async { post6().await == StatusCode::OK },
+    )
     .await;
     kv.delete("9006").await.unwrap();
-    eventually(Duration::from_secs(2), || async {
-        post6().await == StatusCode::NOT_FOUND
-    })
+    eventually(
+        Duration::from_secs(2),
+        "the deleted bot is answered 404",
+        || async { post6().await == StatusCode::NOT_FOUND },
+    )
     .await;
 }
 
@@ -323,9 +348,11 @@ async fn malformed_records_are_skipped_and_other_bots_served_with_unknown_fields
         .await
         .unwrap();
     let post = |bot: u64| t.send(webhook(bot, Some("good-secret"), text_update(1, 3, "p")));
-    eventually(Duration::from_secs(5), || async {
-        post(9012).await == StatusCode::OK
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the readable bot is served",
+        || async { post(9012).await == StatusCode::OK },
+    )
     .await;
     assert_eq!(post(9010).await, StatusCode::NOT_FOUND);
     assert_eq!(post(9011).await, StatusCode::NOT_FOUND);
@@ -343,9 +370,11 @@ async fn malformed_records_are_skipped_and_other_bots_served_with_unknown_fields
         serde_json::from_slice(&kv.get("9012").await.unwrap().unwrap()).unwrap();
     assert_eq!(stored["plan"], "gold");
     assert_eq!(stored["state"], "paused");
-    eventually(Duration::from_secs(2), || async {
-        post(9012).await == StatusCode::SERVICE_UNAVAILABLE
-    })
+    eventually(
+        Duration::from_secs(2),
+        "the paused bot is answered 503",
+        || async { post(9012).await == StatusCode::SERVICE_UNAVAILABLE },
+    )
     .await;
 
     // A readable record overwritten by an unreadable one: the last readable one stays.
@@ -354,11 +383,15 @@ async fn malformed_records_are_skipped_and_other_bots_served_with_unknown_fields
         .unwrap();
     let marker = BotRecord::new(BotId(9013), "marker");
     registry::add(&kv, &marker).await.unwrap();
-    eventually(Duration::from_secs(2), || async {
-        t.send(webhook(9013, Some("marker"), text_update(1, 3, "p")))
-            .await
-            == StatusCode::OK
-    })
+    eventually(
+        Duration::from_secs(2),
+        "the bot added after the unreadable record is served",
+        || async {
+            t.send(webhook(9013, Some("marker"), text_update(1, 3, "p")))
+                .await
+                == StatusCode::OK
+        },
+    )
     .await;
     assert_eq!(post(9012).await, StatusCode::SERVICE_UNAVAILABLE);
 }

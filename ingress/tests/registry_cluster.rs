@@ -7,11 +7,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::{eventually, text_update, webhook};
+use common::{text_update, webhook};
 use tgpipe_ingress::{AppState, IngressConfig};
 use tgpipe_shared::BotId;
 use tgpipe_shared::registry::{self, BotRecord, RegistrySettings};
-use tgpipe_testkit::NatsCluster;
+use tgpipe_testkit::{NatsCluster, eventually, eventually_some};
 use tower::ServiceExt;
 
 async fn status(state: &AppState, bot: u64, secret: &str, update: i64) -> StatusCode {
@@ -39,21 +39,30 @@ async fn the_registry_watch_survives_the_loss_of_the_bucket_leader() {
     let _telemetry = tgpipe_shared::telemetry::init("registry-cluster-test", &config.telemetry);
     let client = config.nats.connect("ingress-test").await.expect("connect");
     let state = AppState::new(&config, client.clone());
-    eventually(Duration::from_secs(30), || async { state.is_ready() }).await;
+    eventually(Duration::from_secs(30), "the ingress is ready", || async {
+        state.is_ready()
+    })
+    .await;
     let js = async_nats::jetstream::new(client);
     let kv = registry::bucket(&js, &RegistrySettings::default(), 3, false)
         .await
         .expect("the ingress created the bucket");
     // A new replicated bucket may take a moment to answer.
-    eventually(Duration::from_secs(10), || async {
-        registry::add(&kv, &BotRecord::new(BotId(41), "first-secret"))
-            .await
-            .is_ok()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the new bucket takes a write",
+        || async {
+            registry::add(&kv, &BotRecord::new(BotId(41), "first-secret"))
+                .await
+                .is_ok()
+        },
+    )
     .await;
-    eventually(Duration::from_secs(5), || async {
-        status(&state, 41, "first-secret", 1).await == StatusCode::OK
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the first bot is served",
+        || async { status(&state, 41, "first-secret", 1).await == StatusCode::OK },
+    )
     .await;
 
     let (leader, node) = cluster.leader_of(&js, "KV_tgpipe_bots").await;
@@ -61,18 +70,17 @@ async fn the_registry_watch_survives_the_loss_of_the_bucket_leader() {
     let killed = Instant::now();
 
     // A bot added once the bucket has a new leader is served without a restart.
-    let mut added = None;
-    while added.is_none() {
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "the bucket did not take writes again"
-        );
-        match registry::add(&kv, &BotRecord::new(BotId(42), "second-secret")).await {
-            Ok(_) | Err(registry::RegistryError::Exists(_)) => added = Some(Instant::now()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    let added = added.expect("added");
+    let added = eventually_some(
+        Duration::from_secs(30),
+        "the bucket takes writes again",
+        || async {
+            match registry::add(&kv, &BotRecord::new(BotId(42), "second-secret")).await {
+                Ok(_) | Err(registry::RegistryError::Exists(_)) => Some(Instant::now()),
+                Err(_) => None,
+            }
+        },
+    )
+    .await;
     let mut update = 1;
     let mut seen = Vec::new();
     loop {

@@ -16,6 +16,7 @@ use stack::{Stack, Worker, chat_of, text, text_of};
 use tgpipe_shared::OrderingKey;
 use tgpipe_shared::subject::Shard;
 use tgpipe_testkit::sink::RecordedCall;
+use tgpipe_testkit::{eventually, eventually_ok};
 
 /// One test at a time in this binary under `cargo test` (nextest runs them one at a time
 /// through its `cluster` test group): each runs a cluster and several workers, and
@@ -120,28 +121,24 @@ async fn answered_in_order(
     per_chat: usize,
     limit: Duration,
 ) -> Verdict {
-    let deadline = Instant::now() + limit;
-    loop {
+    eventually_ok(limit, "the burst is answered", || {
         let v = judge(s, tag, chats.clone(), per_chat);
         assert!(
             v.out_of_order.is_empty(),
             "chats answered out of order: {:?}",
             v.out_of_order
         );
-        if v.missing == 0 {
-            // Late repeats would show now.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let v = judge(s, tag, chats, per_chat);
-            assert!(v.out_of_order.is_empty(), "{v:?}");
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} updates not answered within {limit:?}",
-            v.missing
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        std::future::ready(match v.missing {
+            0 => Ok(()),
+            missing => Err(format!("{missing} updates not answered")),
+        })
+    })
+    .await;
+    // Late repeats would show now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v = judge(s, tag, chats, per_chat);
+    assert!(v.out_of_order.is_empty(), "{v:?}");
+    v
 }
 
 async fn join(posts: Vec<tokio::task::JoinHandle<()>>) {
@@ -174,8 +171,8 @@ async fn owners(s: &Stack) -> BTreeMap<u16, String> {
 /// Waits until the 16 partitions are held by the members named `names`, evenly (loads
 /// differ by one at most).
 async fn balanced(s: &Stack, names: &[&str]) -> BTreeMap<u16, String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("the partitions are balanced over {names:?}");
+    eventually_ok(Duration::from_secs(30), &what, || async {
         let o = owners(s).await;
         let holders: BTreeSet<&str> = o.values().map(String::as_str).collect();
         let every = names
@@ -186,14 +183,12 @@ async fn balanced(s: &Stack, names: &[&str]) -> BTreeMap<u16, String> {
             .iter()
             .all(|h| (lo..=hi).contains(&o.values().filter(|m| m == h).count()));
         if o.len() == 16 && every && holders.len() == names.len() && even {
-            return o;
+            Ok(o)
+        } else {
+            Err(format!("{o:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "not balanced over {names:?}: {o:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 fn gauge(metrics: &str, name: &str) -> f64 {
@@ -343,11 +338,10 @@ async fn a_pod_added_mid_run_takes_partitions_and_order_holds() {
 /// Posts `body`, again while the ingress answers 503 (a stream electing a new leader):
 /// what Telegram does.
 async fn post_retrying(s: &Stack, body: &serde_json::Value) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.post(body).await != 200 {
-        assert!(Instant::now() < deadline, "the ingress never recovered");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(Duration::from_secs(60), "the ingress recovers", || async {
+        s.post(body).await == 200
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

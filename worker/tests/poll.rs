@@ -12,15 +12,9 @@ use tgpipe::frankenstein::types::Message;
 use tgpipe::{Bot, BotError, Dispatcher, Router};
 use tgpipe_shared::stream::{StreamSettings, provision_streams};
 use tgpipe_shared::{headers as h, publish::Publisher};
-use tgpipe_testkit::NatsServer;
 use tgpipe_testkit::sink::{Fault, Sink, SinkConfig, SinkHandle};
+use tgpipe_testkit::{NatsServer, text_update as update};
 use tgpipe_worker::poll::{DispatchSink, JetStreamSink, PollArgs, PollConfig, PollError, poll};
-
-fn update(id: i64, chat: i64, text: &str) -> Value {
-    json!({"update_id": id, "message": {"message_id": id, "date": 0,
-        "chat": {"id": chat, "type": if chat > 0 { "private" } else { "group" }, "first_name": "A"},
-        "from": {"id": 7, "is_bot": false, "first_name": "A"}, "text": text}})
-}
 
 fn config(dp: &Dispatcher) -> PollConfig {
     PollConfig {

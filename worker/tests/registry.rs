@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use stack::{Stack, header, text, text_of};
 use tgpipe_shared::BotId;
 use tgpipe_shared::registry::{self, BotState, RegistrySettings};
+use tgpipe_testkit::{eventually, eventually_ok, eventually_some};
 use tgpipe_worker::runtime::registry::{BotsCommand, run_bots_command};
 
 const NEW_BOT: u64 = 5151;
@@ -55,24 +56,14 @@ async fn add(s: &Stack) -> String {
 }
 
 async fn post_until_stored(s: &Stack, secret: &str, update: i64, chat: i64, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        let status = s
-            .post_as(
-                NEW_BOT,
-                secret,
-                text(update, chat, "hi registry").to_string(),
-            )
-            .await;
-        if status == 200 {
-            return;
+    let body = text(update, chat, "hi registry").to_string();
+    eventually_ok(limit, "the update is stored", || async {
+        match s.post_as(NEW_BOT, secret, body.clone()).await {
+            200 => Ok(()),
+            status => Err(status),
         }
-        assert!(
-            start.elapsed() < limit,
-            "not stored within {limit:?}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,23 +74,16 @@ async fn a_bot_added_with_bots_add_is_answered_by_a_running_worker_without_a_res
     let added = Instant::now();
     post_until_stored(&s, &secret, 1, 601, Duration::from_secs(2)).await;
     // The worker, started before the bot existed, answers with the registry's token.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let sent: Vec<_> = s
-            .calls_of("sendMessage")
-            .into_iter()
-            .filter(|c| c.bot_id == Some(NEW_BOT))
-            .collect();
-        if let Some(call) = sent.first() {
-            assert_eq!(text_of(call), "hi registry");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the added bot's update was not answered"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let call = eventually_some(
+        Duration::from_secs(10),
+        "the added bot's update is answered",
+        || {
+            let sent = s.calls_of("sendMessage");
+            std::future::ready(sent.into_iter().find(|c| c.bot_id == Some(NEW_BOT)))
+        },
+    )
+    .await;
+    assert_eq!(text_of(&call), "hi registry");
     eprintln!(
         "first update of the added bot answered {:?} after `bots add`",
         added.elapsed()
@@ -142,18 +126,16 @@ async fn rotate_secret_keeps_both_secrets_until_the_new_one_arrives_then_refuses
         200
     );
     // ... and the old one is refused from then on.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while s
-        .post_as(NEW_BOT, &old, text(4, 602, "c").to_string())
-        .await
-        != 401
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the old secret is still accepted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(3),
+        "the old secret is refused",
+        || async {
+            s.post_as(NEW_BOT, &old, text(4, 602, "c").to_string())
+                .await
+                == 401
+        },
+    )
+    .await;
     let list = bots(&s, BotsCommand::List).await;
     assert!(list.contains("confirmed"), "{list}");
 }
@@ -180,15 +162,16 @@ async fn a_removed_bots_stored_updates_are_dead_lettered_with_the_reason() {
             .any(|c| c.bot_id == Some(NEW_BOT))
     );
     // The ingress refuses it from now on.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while s
-        .post_as(NEW_BOT, &secret, text(3, 603, "x").to_string())
-        .await
-        != 404
-    {
-        assert!(Instant::now() < deadline, "removed bot still accepted");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    eventually(
+        Duration::from_secs(2),
+        "the removed bot is refused",
+        || async {
+            s.post_as(NEW_BOT, &secret, text(3, 603, "x").to_string())
+                .await
+                == 404
+        },
+    )
+    .await;
     let _w = s.worker(&[]).await;
     let letters = s.wait_dead_letters(2).await;
     for letter in &letters {
@@ -222,18 +205,16 @@ async fn with_the_drain_policy_a_removed_bots_stored_updates_are_answered() {
     )
     .await;
     let _w = s.worker(&[("TGPIPE_REMOVED_POLICY", "drain")]).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !s
-        .calls_of("sendMessage")
-        .iter()
-        .any(|c| c.bot_id == Some(NEW_BOT))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the removed bot's update was not drained"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the removed bot's update is drained",
+        || async {
+            s.calls_of("sendMessage")
+                .iter()
+                .any(|c| c.bot_id == Some(NEW_BOT))
+        },
+    )
+    .await;
     assert_eq!(s.dead_letters().await, 0);
 }
 
@@ -244,28 +225,27 @@ async fn a_paused_bot_is_answered_503_and_its_update_handled_once_resumed() {
     let secret = add(&s).await;
     post_until_stored(&s, &secret, 1, 606, Duration::from_secs(2)).await;
     bots(&s, BotsCommand::Pause { id: NEW_BOT }).await;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while s
-        .post_as(NEW_BOT, &secret, text(2, 606, "held").to_string())
-        .await
-        != 503
-    {
-        assert!(Instant::now() < deadline, "paused bot still accepted");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    eventually(
+        Duration::from_secs(2),
+        "the paused bot is answered 503",
+        || async {
+            s.post_as(NEW_BOT, &secret, text(2, 606, "held").to_string())
+                .await
+                == 503
+        },
+    )
+    .await;
     bots(&s, BotsCommand::Resume { id: NEW_BOT }).await;
     // Telegram retries update 2; once resumed it is stored and answered.
     post_until_stored(&s, &secret, 2, 606, Duration::from_secs(2)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !s
-        .calls_of("sendMessage")
-        .iter()
-        .any(|c| c.bot_id == Some(NEW_BOT) && text_of(c) == "held")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the retried update was not answered"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the retried update is answered",
+        || async {
+            s.calls_of("sendMessage")
+                .iter()
+                .any(|c| c.bot_id == Some(NEW_BOT) && text_of(c) == "held")
+        },
+    )
+    .await;
 }

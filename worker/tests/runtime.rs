@@ -6,13 +6,14 @@ mod stack;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use serde_json::json;
 use stack::{BOT, Stack, TOKEN, callback, chat_of, header, joined, text, text_of};
 use tgpipe::{Dispatcher, HandlerError, Router};
 use tgpipe_shared::headers;
+use tgpipe_testkit::{eventually, eventually_ok, eventually_some};
 use tgpipe_worker::runtime::config::{Cli, DlqCommand};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,20 +145,21 @@ async fn kill_9_of_a_worker_mid_burst_loses_nothing() {
         "the burst was still going when the worker died"
     );
     let _w2 = s.worker(&[]).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = answered(&s);
-        if (0..n).all(|i| got.contains_key(&format!("k{i}"))) {
-            let duplicates: usize = got.values().map(|c| c - 1).sum();
-            // Updates in flight at the kill may be answered twice (their reply went out,
-            // their ack did not); nothing is lost.
-            eprintln!("kill -9 at {before} of {n} replies: {duplicates} duplicates");
-            assert!(duplicates <= 16, "at most the in-flight updates repeat");
-            break;
-        }
-        assert!(Instant::now() < deadline, "lost updates after kill -9");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let got = eventually_some(
+        Duration::from_secs(60),
+        "every update is answered after kill -9",
+        || {
+            let got = answered(&s);
+            let all = (0..n).all(|i| got.contains_key(&format!("k{i}")));
+            std::future::ready(all.then_some(got))
+        },
+    )
+    .await;
+    let duplicates: usize = got.values().map(|c| c - 1).sum();
+    // Updates in flight at the kill may be answered twice (their reply went out, their
+    // ack did not); nothing is lost.
+    eprintln!("kill -9 at {before} of {n} replies: {duplicates} duplicates");
+    assert!(duplicates <= 16, "at most the in-flight updates repeat");
     assert_eq!(s.dead_letters().await, 0);
 }
 
@@ -179,23 +181,22 @@ async fn sigterm_drains_in_flight_updates_and_exits_zero() {
     assert!(after_drain.values().all(|c| *c == 1), "{after_drain:?}");
     // The rest is still in the stream for the next pod.
     let _w2 = s.worker(&[]).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = answered(&s);
-        if got.len() == 40 {
-            assert!(
-                got.values().all(|c| *c == 1),
-                "exactly once across the drain: {got:?}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "updates lost across SIGTERM: {}",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let got = eventually_ok(
+        Duration::from_secs(60),
+        "every update is answered across SIGTERM",
+        || {
+            let got = answered(&s);
+            std::future::ready(match got.len() {
+                40 => Ok(got),
+                n => Err(format!("{n} of 40 answered")),
+            })
+        },
+    )
+    .await;
+    assert!(
+        got.values().all(|c| *c == 1),
+        "exactly once across the drain: {got:?}"
+    );
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -300,14 +301,12 @@ async fn a_failing_handler_is_dead_lettered_after_max_deliveries_and_replayed() 
     .await
     .unwrap();
     assert!(String::from_utf8(out).unwrap().contains("1 replayed"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while attempts.load(Ordering::SeqCst) < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "the replayed update was not handled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        "the replayed update is handled",
+        || async { attempts.load(Ordering::SeqCst) >= 4 },
+    )
+    .await;
     assert_eq!(s.dead_letters().await, 0, "replay removed the letter");
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
@@ -398,21 +397,26 @@ async fn every_corpus_kind_and_an_unknown_kind_are_consumed_without_dead_letters
     let unknown = json!({"update_id": 777_001, "hologram": {"chat": {"id": 5}, "beam": true}});
     assert_eq!(s.post(&unknown).await, 200);
     assert!(posted >= 27, "the corpus covers every kind");
-    let deadline = Instant::now() + Duration::from_secs(30);
     // Consumed and acknowledged: a work queue is empty once every update is acked (the
     // server applies acks asynchronously, so this is waited for, not read once).
-    loop {
-        let info = s.lane_info("default").await;
-        let stored = s.stored().await;
-        if info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered > 0 && stored == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not consumed: {stored} stored, {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_ok(
+        Duration::from_secs(30),
+        "every update is consumed",
+        || async {
+            let info = s.lane_info("default").await;
+            let stored = s.stored().await;
+            if info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.delivered > 0
+                && stored == 0
+            {
+                Ok(())
+            } else {
+                Err(format!("{stored} stored, {info:?}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(s.dead_letters().await, 0);
 }
 
@@ -514,15 +518,14 @@ fn counting_router(count: &Arc<AtomicU32>, sleep: Duration) -> Router {
 }
 
 async fn wait_count(count: &AtomicU32, n: u32) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count.load(Ordering::SeqCst) < n {
-        assert!(
-            Instant::now() < deadline,
-            "handled {} of {n}",
-            count.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("{n} updates handled");
+    eventually_ok(Duration::from_secs(30), &what, || {
+        std::future::ready(match count.load(Ordering::SeqCst) {
+            handled if handled >= n => Ok(()),
+            handled => Err(format!("handled {handled} of {n}")),
+        })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,11 +549,12 @@ async fn a_duplicate_older_than_the_dedupe_window_is_skipped() {
         wait_count(&count, 1).await;
     }
     // The second copy was delivered and acknowledged without running the handler.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.stored().await > 0 || s.lane_info("default").await.num_ack_pending > 0 {
-        assert!(Instant::now() < deadline, "the copy was not acknowledged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "the copy is acknowledged",
+        || async { s.stored().await == 0 && s.lane_info("default").await.num_ack_pending == 0 },
+    )
+    .await;
     assert_eq!(count.load(Ordering::SeqCst), 1, "the late copy was skipped");
     let _ = stop.send(());
     task.await.unwrap().unwrap();
@@ -900,14 +904,12 @@ async fn a_handler_stuck_past_the_handler_timeout_is_retried_not_held_forever() 
     let (stop, task) = in_process(&s, router, &["--handler-timeout", "300ms"]).await;
     assert_eq!(s.post(&text(98_001, 9801, "hang")).await, 200);
     wait_count(&attempts, 2).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while s.stored().await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the retried update was not acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the retried update is acknowledged",
+        || async { s.stored().await == 0 },
+    )
+    .await;
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
     assert_eq!(s.dead_letters().await, 0);
     let _ = stop.send(());
@@ -942,15 +944,14 @@ async fn a_failing_update_is_retried_in_place_and_blocks_only_its_chat() {
     ] {
         assert_eq!(s.post(&text(99_000 + id, chat, t)).await, 200);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while log.lock().unwrap().len() < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "not all handled: {:?}",
-            log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_ok(Duration::from_secs(20), "all four are handled", || {
+        let handled = log.lock().unwrap();
+        std::future::ready(match handled.len() {
+            4.. => Ok(()),
+            _ => Err(format!("{handled:?}")),
+        })
+    })
+    .await;
     let order = log.lock().unwrap().clone();
     let pos = |t: &str| order.iter().position(|x| x == t).unwrap();
     // Chat 1's second update waited for its first (no nak letting it overtake) ...

@@ -14,11 +14,11 @@
 
 use std::process::ExitCode;
 
+use serde::{Deserialize, Serialize};
 use tgpipe::frankenstein::methods::{EditMessageTextParams, SendMessageParams};
 use tgpipe::frankenstein::types::{
     ChatMember, ChatMemberUpdated as MemberUpdate, ChatType, MaybeInaccessibleMessage, User,
 };
-use serde::{Deserialize, Serialize};
 use tgpipe::prelude::*;
 
 callback_data! {

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tgpipe::Bot;
 
 /// A log the handlers and middleware of a test write to (given as application state).
@@ -17,6 +18,12 @@ impl Log {
     pub fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.0.lock().unwrap())
     }
+}
+
+/// Update 1, a text message in the private chat 5, as the dispatcher is fed it
+/// ([`tgpipe_testkit::text_update`]).
+pub fn text_update(text: &str) -> Bytes {
+    Bytes::from(tgpipe_testkit::text_update(1, 5, text).to_string())
 }
 
 /// A bot with a known username and no Bot API behind it.

@@ -4,14 +4,14 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, message::StreamMessage};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use tgpipe_ingress::{AppState, IngressConfig, app};
-use tgpipe_testkit::NatsServer;
+use tgpipe_testkit::{NatsServer, eventually};
 use tower::ServiceExt;
 
 pub const BOT: u64 = 123456;
@@ -46,7 +46,10 @@ pub async fn harness(extra: &[&str]) -> Harness {
 
 impl Harness {
     pub async fn wait_ready(&self) {
-        eventually(Duration::from_secs(20), || async { self.state.is_ready() }).await;
+        eventually(Duration::from_secs(20), "the ingress is ready", || async {
+            self.state.is_ready()
+        })
+        .await;
     }
 
     pub async fn send(&self, req: Request<Body>) -> StatusCode {
@@ -103,26 +106,9 @@ pub fn with_peer(mut req: Request<Body>, peer: &str) -> Request<Body> {
     req
 }
 
+/// [`tgpipe_testkit::text_update`] as a request body.
 pub fn text_update(update_id: i64, chat: i64, text: &str) -> String {
-    format!(
-        r#"{{"update_id":{update_id},"message":{{"message_id":1,"date":0,"chat":{{"id":{chat},"type":"private","first_name":"A"}},"from":{{"id":{chat},"is_bot":false,"first_name":"A"}},"text":"{text}"}}}}"#
-    )
-}
-
-/// Polls `cond` until it holds, or panics after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("condition not met within {limit:?}");
+    tgpipe_testkit::text_update(update_id, chat, text).to_string()
 }
 
 pub fn header<'a>(m: &'a StreamMessage, name: &str) -> Option<&'a str> {

@@ -12,7 +12,9 @@ use async_nats::jetstream;
 use async_nats::jetstream::message::StreamMessage;
 use serde_json::{Value, json};
 use tgpipe_testkit::sink::{RecordedCall, Sink, SinkConfig, SinkHandle};
-use tgpipe_testkit::{NatsCluster, NatsServer, RedisServer, free_port};
+use tgpipe_testkit::{
+    NatsCluster, NatsServer, RedisServer, eventually, eventually_some_blocking, free_port,
+};
 
 pub const BOT: u64 = 4242;
 pub const TOKEN: &str = "4242:example-token";
@@ -137,11 +139,10 @@ impl Stack {
                 let _ = rx.await;
             },
         ));
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while !state.is_ready() {
-            assert!(Instant::now() < deadline, "ingress not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(Duration::from_secs(40), "the ingress is ready", || async {
+            state.is_ready()
+        })
+        .await;
         Stack {
             nats,
             redis,
@@ -301,11 +302,12 @@ impl Stack {
     /// Waits (up to 20 s) until the dead-letter stream holds `n` letters; returns them in
     /// order.
     pub async fn wait_dead_letters(&self, n: u64) -> Vec<StreamMessage> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.dead_letters().await < n {
-            assert!(Instant::now() < deadline, "fewer than {n} dead letters");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            Duration::from_secs(20),
+            &format!("{n} dead letters"),
+            || async { self.dead_letters().await >= n },
+        )
+        .await;
         let dlq = self.js.get_stream("TG_DLQ").await.expect("the DLQ");
         let mut letters = Vec::new();
         for seq in 1..=n {
@@ -339,20 +341,13 @@ pub struct Worker {
 
 impl Worker {
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = reqwest::get(format!("http://{}/readyz", self.ops)).await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker not ready at {}",
-                self.ops
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let readyz = format!("http://{}/readyz", self.ops);
+        eventually(
+            Duration::from_secs(30),
+            &format!("the worker at {} is ready", self.ops),
+            || async { reqwest::get(&readyz).await.is_ok_and(|r| r.status() == 200) },
+        )
+        .await;
     }
 
     pub async fn metrics(&self) -> String {
@@ -372,23 +367,18 @@ impl Worker {
         }
     }
 
-    /// SIGTERM, then waits for the exit (at most `limit`).
+    /// SIGTERM, then waits for the exit (at most `limit`; past it the panic drops the
+    /// worker, which kills it).
     pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
-        let mut c = self.child.take().expect("running");
+        let c = self.child.as_mut().expect("running");
         let _ = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
             .status();
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("the worker did not stop within {limit:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let status = eventually_some_blocking(limit, "the worker stops after SIGTERM", || {
+            c.try_wait().unwrap()
+        });
+        self.child = None;
+        status
     }
 }
 
@@ -406,18 +396,8 @@ fn private(id: i64, name: &str) -> Value {
     json!({"id": id, "type": "private", "first_name": name})
 }
 
-/// A private text message.
-pub fn text(update_id: i64, chat: i64, text: &str) -> Value {
-    let entities = if text.starts_with('/') {
-        let len = text.find(' ').unwrap_or(text.len());
-        json!([{"type": "bot_command", "offset": 0, "length": len}])
-    } else {
-        json!([])
-    };
-    json!({"update_id": update_id, "message": {
-        "message_id": update_id, "date": 1_732_400_000, "chat": private(chat, "Ann"),
-        "from": user(chat, "Ann"), "text": text, "entities": entities}})
-}
+/// A text message from Ann in her private chat (the test kit's builder).
+pub use tgpipe_testkit::text_update as text;
 
 /// A press of an inline button under message 77 of a private chat.
 pub fn callback(update_id: i64, chat: i64, data: &str) -> Value {
