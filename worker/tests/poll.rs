@@ -40,18 +40,8 @@ async fn wait_for(
     method: &str,
     n: usize,
 ) -> Vec<tgpipe_testkit::sink::RecordedCall> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let calls: Vec<_> = sink
-            .calls()
-            .into_iter()
-            .filter(|c| c.method == method)
-            .collect();
-        if calls.len() >= n || std::time::Instant::now() > deadline {
-            return calls;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sink.wait_for_method(method, n, Duration::from_secs(10))
+        .await
 }
 
 #[tokio::test]

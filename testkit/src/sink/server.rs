@@ -251,6 +251,33 @@ impl SinkHandle {
         }
     }
 
+    /// The calls of `method`, once there are `n` of them or `timeout` passed (then the
+    /// ones there are: the caller asserts on what it got).
+    pub async fn wait_for_method(
+        &self,
+        method: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<RecordedCall> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.shared.recorded.notified();
+            let calls: Vec<RecordedCall> = {
+                let inner = self.shared.lock();
+                inner
+                    .calls
+                    .iter()
+                    .filter(|c| c.method == method)
+                    .cloned()
+                    .collect()
+            };
+            if calls.len() >= n || Instant::now() >= deadline {
+                return calls;
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), notified).await;
+        }
+    }
+
     /// Forgets every call and counter (the webhook state and queued updates stay).
     pub fn clear(&self) {
         let mut inner = self.shared.lock();

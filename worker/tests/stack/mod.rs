@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::message::StreamMessage;
@@ -252,14 +252,7 @@ impl Stack {
 
     /// Waits until the stand-in has at least `n` calls of `method`.
     pub async fn wait_for(&self, method: &str, n: usize, limit: Duration) -> Vec<RecordedCall> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let calls = self.calls_of(method);
-            if calls.len() >= n || Instant::now() > deadline {
-                return calls;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.sink.wait_for_method(method, n, limit).await
     }
 
     /// The state of a lane's partition consumers, added up.
