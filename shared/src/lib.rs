@@ -10,6 +10,8 @@
 //! - process plumbing every binary needs: configuration helpers (`config`, feature
 //!   `config`), telemetry (`telemetry`, feature `telemetry`) and the shutdown signal
 //!   (`shutdown`, feature `config`);
+//! - the operations endpoints both tiers serve, `/healthz`, `/readyz` and `/metrics`
+//!   (`ops`, feature `ops`);
 //! - with the `testkit` feature, a harness that starts private `nats-server` and
 //!   `redis-server` processes for tests (`testkit`).
 //!
@@ -19,6 +21,7 @@
 //! | `config`    | clap argument groups and helpers, the shutdown signal       |          |
 //! | `nats`      | async-nats: envelope messages, publish, streams, registry   | `config` |
 //! | `telemetry` | logs, OTLP traces, trace context in headers, Prometheus     | `nats`   |
+//! | `ops`       | `/healthz`, `/readyz`, `/metrics`: readiness and the ops server | `telemetry` |
 //! | `testkit`   | private `nats-server` / `redis-server` per test, OTLP sink  | `nats`   |
 //!
 //! Changing anything in the wire contract changes what is stored in JetStream and
@@ -30,6 +33,8 @@ pub mod envelope;
 pub mod extract;
 pub mod headers;
 pub mod kind;
+#[cfg(feature = "ops")]
+pub mod ops;
 #[cfg(feature = "nats")]
 pub mod publish;
 #[cfg(feature = "nats")]
