@@ -950,3 +950,70 @@ async fn a_failing_update_is_retried_in_place_and_blocks_only_its_chat() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_port_answers_like_the_ingress_and_says_draining_from_the_signal_on() {
+    let s = Stack::start().await;
+    let started = Arc::new(AtomicBool::new(false));
+    let mut router = Router::new("slow");
+    let flag = Arc::clone(&started);
+    router.message(move || {
+        let flag = Arc::clone(&flag);
+        async move {
+            flag.store(true, Ordering::SeqCst);
+            // Long enough to probe the pod while it drains.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    });
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", ops.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(tgpipe_worker::runtime::serve(
+        run_args(&s, &[]),
+        Dispatcher::builder(router),
+        ops,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let get = |path: &'static str| {
+        let url = format!("{base}{path}");
+        async move {
+            let r = reqwest::get(url).await.expect("the ops port answers");
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get("/readyz").await != (200, "ready".to_owned()) {
+        assert!(
+            Instant::now() < deadline,
+            "not ready: {:?}",
+            get("/readyz").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get("/healthz").await, (200, "ok".to_owned()));
+    assert_eq!(s.post(&text(70_001, 7001, "slow")).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the handler did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, metrics) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("tgpipe_worker_consumed_total"),
+        "{metrics}"
+    );
+    let _ = stop.send(());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while get("/readyz").await != (503, "draining".to_owned()) {
+        assert!(
+            Instant::now() < deadline,
+            "not draining: {:?}",
+            get("/readyz").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.await.unwrap().unwrap();
+}

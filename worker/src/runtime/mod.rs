@@ -17,17 +17,13 @@ pub mod registry;
 pub mod seen;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use tgpipe_shared::config::{EXIT_CONFIG, parse_or_exit};
+use tgpipe_shared::ops::{Check, Readiness};
 use tgpipe_shared::stream::{Changes as StreamChanges, provision_streams, provision_streams_with};
 
 use self::config::{Cli, Command, FsmArgs, PollCommandArgs, ProvisionArgs, RunArgs, WebhookArgs};
@@ -305,7 +301,7 @@ async fn run_dlq(args: config::DlqArgs) -> Result<(), RunError> {
 }
 
 /// Runs a worker until `shutdown` resolves, serving `/healthz`, `/readyz` and
-/// `/metrics` on `ops`; then drains (stops pulling, lets in-flight handlers finish
+/// `/metrics` on `ops` ([`tgpipe_shared::ops`]); then drains (stops pulling, lets in-flight handlers finish
 /// within the grace period) and returns. This is `run` without the command line, for
 /// tests and for programs that embed the worker.
 pub async fn serve(
@@ -340,10 +336,19 @@ pub async fn serve(
     };
     let bots = Arc::new(registry::BotDirectory::new(statics, make_bot));
     let dispatcher = prepare(dispatcher, &redis, &args.fsm)?;
-    let prometheus = metrics::install();
-    let ready = Arc::new(Readiness::default());
+    let checks = LaneChecks {
+        nats: Check::new("NATS disconnected"),
+        consumers: Check::new("the lane's consumers do not answer"),
+    };
+    let ready = Arc::new(Readiness::new([
+        checks.nats.clone(),
+        checks.consumers.clone(),
+    ]));
     let ops_addr = ops.local_addr().map_err(peer)?;
-    let ops_task = tokio::spawn(serve_ops(ops, Arc::clone(&ready), prometheus));
+    let ops_task = tokio::spawn(tgpipe_shared::ops::serve(
+        ops,
+        tgpipe_shared::ops::router(Arc::clone(&ready), metrics::install()),
+    ));
 
     let client = args.nats.connect("tgpipe-worker").await.map_err(peer)?;
     let js = jetstream::new(client.clone());
@@ -415,7 +420,7 @@ pub async fn serve(
         Arc::clone(&owned),
         client.clone(),
         lane.name().to_owned(),
-        Arc::clone(&ready),
+        checks,
     ));
     let worker = Arc::new(Consumer {
         dispatcher: Arc::new(dispatcher),
@@ -445,7 +450,7 @@ pub async fn serve(
     let shutdown = async move {
         shutdown.await;
         // Out of the Service's endpoints first, so no new work is routed here.
-        draining.draining.store(true, Ordering::Relaxed);
+        draining.start_draining();
         tracing::info!("shutdown requested");
     };
     let result = worker
@@ -461,11 +466,12 @@ pub async fn serve(
     result.map_err(peer)
 }
 
-/// What `/readyz` reports.
-#[derive(Debug, Default)]
-struct Readiness {
-    consumer_ok: AtomicBool,
-    draining: AtomicBool,
+/// What the lane watch reports into the pod's [`Readiness`].
+struct LaneChecks {
+    /// The NATS connection is up.
+    nats: Check,
+    /// The lane's consumers answer.
+    consumers: Check,
 }
 
 /// Reports the lag of the partitions this pod owns (summed over the pods, the lane's
@@ -475,7 +481,7 @@ async fn watch_lag(
     owned: Arc<std::sync::Mutex<std::collections::BTreeSet<u16>>>,
     client: async_nats::Client,
     lane: String,
-    ready: Arc<Readiness>,
+    checks: LaneChecks,
 ) {
     loop {
         let mine: Vec<u16> = owned
@@ -484,7 +490,9 @@ async fn watch_lag(
             .iter()
             .copied()
             .collect();
-        let mut ok = client.connection_state() == async_nats::connection::State::Connected;
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        checks.nats.set(connected);
+        let mut ok = connected;
         let (mut pending, mut ack_pending) = (0u64, 0usize);
         if ok && mine.is_empty() {
             // Owning nothing (more pods than partitions, or before the first
@@ -512,60 +520,7 @@ async fn watch_lag(
             }
         }
         metrics::lag(&lane, pending, ack_pending);
-        ready.consumer_ok.store(ok, Ordering::Relaxed);
+        checks.consumers.set(ok);
         tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-type Ops = (
-    Arc<Readiness>,
-    Option<metrics_exporter_prometheus::PrometheusHandle>,
-);
-
-async fn serve_ops(
-    listener: tokio::net::TcpListener,
-    ready: Arc<Readiness>,
-    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
-) {
-    let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route("/readyz", axum::routing::get(readyz))
-        .route("/metrics", axum::routing::get(metrics_text))
-        .with_state((ready, prometheus));
-    if let Err(e) = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    {
-        tracing::error!(error = %e, "operations endpoint stopped");
-    }
-}
-
-async fn readyz(State((ready, _)): State<Ops>) -> impl IntoResponse {
-    if ready.draining.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if ready.consumer_ok.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: NATS disconnected or the lane's consumer is missing",
-        )
-    }
-}
-
-async fn metrics_text(State((_, prometheus)): State<Ops>) -> impl IntoResponse {
-    match prometheus {
-        Some(h) => (
-            StatusCode::OK,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4",
-            )],
-            h.render(),
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
     }
 }
