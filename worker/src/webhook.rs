@@ -163,11 +163,10 @@ pub fn new_secret_token() -> String {
         .collect()
 }
 
-/// Whether Telegram accepts `s` as a secret token: 1 to 256 of `A-Z a-z 0-9 _ -`.
+/// Whether Telegram accepts `s` as a secret token: 1 to 256 of `A-Z a-z 0-9 _ -` (the
+/// rule the ingress checks `TGPIPE_BOTS` with).
 pub fn is_valid_secret(s: &str) -> bool {
-    (1..=256).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    tgpipe_shared::config::is_valid_webhook_secret(s)
 }
 
 /// The `allowed_updates` for `setWebhook` / `getUpdates`: the override if given, else

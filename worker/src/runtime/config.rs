@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tgpipe_shared::config::{
-    NatsArgs, RedisArgs, SecretString, ShardArgs, TelemetryArgs, split_list,
+    BotSecretsArgs, NatsArgs, RedisArgs, SecretString, ShardArgs, TelemetryArgs, split_list,
 };
 use tgpipe_shared::registry::RegistrySettings;
 use tgpipe_shared::stream::{StreamSettings, parse_duration};
@@ -100,34 +100,12 @@ pub struct WebhookArgs {
     #[arg(long, env = "TGPIPE_BOT_ID", global = true)]
     pub bot_id: Option<u64>,
     /// The ingress's `<bot_id>:<secret>` list, where `webhook set` finds the bot's secret
-    /// when `--secret` is not given.
-    #[arg(long = "ingress-bots", env = "TGPIPE_BOTS", hide_env_values = true)]
-    pub ingress_bots: Option<SecretString>,
-    /// The same list in a file (a mounted Secret).
-    #[arg(
-        long = "ingress-bots-file",
-        env = "TGPIPE_BOTS_FILE",
-        conflicts_with = "ingress_bots"
-    )]
-    pub ingress_bots_file: Option<std::path::PathBuf>,
+    /// when `--secret` is not given; read as strictly as the ingress reads it.
+    #[command(flatten)]
+    pub ingress: BotSecretsArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: crate::webhook::WebhookCommand,
-}
-
-impl WebhookArgs {
-    /// The secret of `bot` in the ingress's list, if the list is given and names it.
-    pub fn ingress_secret(&self, bot: BotId) -> Result<Option<String>, BotsError> {
-        let list = match (&self.ingress_bots, &self.ingress_bots_file) {
-            (_, Some(path)) => tgpipe_shared::config::read_list_file(path)?,
-            (Some(list), None) => list.expose().to_owned(),
-            (None, None) => return Ok(None),
-        };
-        Ok(split_list(&list).into_iter().find_map(|entry| {
-            let (id, secret) = entry.split_once(':')?;
-            (BotId::parse(id.trim()) == Some(bot)).then(|| secret.trim().to_owned())
-        }))
-    }
 }
 
 /// `poll` settings.
@@ -705,14 +683,8 @@ mod tests {
         .unwrap();
         let shown = format!("{cli:?}");
         assert!(!shown.contains("SECRET-TOKEN"), "{shown}");
-        let cli = Cli::try_parse_from([
-            "worker",
-            "webhook",
-            "--ingress-bots",
-            "12:hunter2-secret",
-            "info",
-        ])
-        .unwrap();
+        let cli = Cli::try_parse_from(["worker", "webhook", "--bots", "12:hunter2-secret", "info"])
+            .unwrap();
         assert!(!format!("{cli:?}").contains("hunter2"));
     }
 

@@ -166,11 +166,17 @@ fn setup_error(e: lane::ConsumerSetupError) -> RunError {
 async fn webhook(args: WebhookArgs, dispatcher: &DispatcherBuilder) -> Result<(), RunError> {
     let config = |e: config::BotsError| RunError::Config(e.to_string());
     let bot = args.bots.bot(args.bot_id, None).map_err(config)?;
+    // Read as strictly as the ingress reads it, whether `set` needs it or not: a list
+    // the ingress would refuse is a configuration error here too.
+    let ingress = args
+        .ingress
+        .secrets()
+        .map_err(|e| RunError::Config(e.to_string()))?;
     let mut command = args.command.clone();
     if let WebhookCommand::Set(set) = &mut command
         && set.secret.is_none()
     {
-        set.secret = args.ingress_secret(bot.id()).map_err(config)?;
+        set.secret = ingress.get(bot.id()).map(|s| s.expose().to_owned());
     }
     let mut out = std::io::stdout();
     crate::webhook::run_webhook_command(&bot, &dispatcher.used_update_kinds(), command, &mut out)
