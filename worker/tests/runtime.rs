@@ -202,7 +202,8 @@ async fn sigterm_drains_in_flight_updates_and_exits_zero() {
 #[error("the database is down")]
 struct DatabaseDown;
 
-fn run_args(s: &Stack, extra: &[&str]) -> tgpipe_worker::runtime::config::RunArgs {
+/// A checked configuration of `run` on this stack, with `extra` flags.
+fn run_config(s: &Stack, extra: &[&str]) -> tgpipe_worker::runtime::config::WorkerConfig {
     let nats = s.nats.url();
     let redis = s.redis.url();
     let api = s.sink.url();
@@ -222,7 +223,11 @@ fn run_args(s: &Stack, extra: &[&str]) -> tgpipe_worker::runtime::config::RunArg
         "off",
     ];
     argv.extend_from_slice(extra);
-    Cli::try_parse_from(argv).expect("valid flags").run
+    Cli::try_parse_from(argv)
+        .expect("valid flags")
+        .run
+        .validate()
+        .expect("valid config")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,11 +249,11 @@ async fn a_failing_handler_is_dead_lettered_after_max_deliveries_and_replayed() 
         }
     });
     let dispatcher = Dispatcher::builder(router);
-    let args = run_args(&s, &["--max-deliver", "3", "--retry-budget", "0s"]);
+    let config = run_config(&s, &["--max-deliver", "3", "--retry-budget", "0s"]);
     let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(tgpipe_worker::runtime::serve(
-        args,
+        config,
         dispatcher,
         ops,
         async {
@@ -480,11 +485,11 @@ async fn in_process(
     tokio::task::JoinHandle<Result<(), tgpipe_worker::runtime::RunError>>,
 ) {
     let dispatcher = Dispatcher::builder(router);
-    let args = run_args(s, extra);
+    let config = run_config(s, extra);
     let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(tgpipe_worker::runtime::serve(
-        args,
+        config,
         dispatcher,
         ops,
         async {
@@ -969,7 +974,7 @@ async fn the_ops_port_answers_like_the_ingress_and_says_draining_from_the_signal
     let base = format!("http://{}", ops.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(tgpipe_worker::runtime::serve(
-        run_args(&s, &[]),
+        run_config(&s, &[]),
         Dispatcher::builder(router),
         ops,
         async {
@@ -1016,4 +1021,34 @@ async fn the_ops_port_answers_like_the_ingress_and_says_draining_from_the_signal
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     task.await.unwrap().unwrap();
+}
+
+#[test]
+fn run_refuses_a_bad_setting_before_it_connects_to_anything() {
+    // Nothing listens on port 1: a worker that connected before validating would fail
+    // on Redis or NATS (exit 1), not on the setting (exit 64).
+    for (var, value, named) in [
+        (
+            "TGPIPE_BOT_TOKENS",
+            "12:AAA,nonsense",
+            "token #2 of TGPIPE_BOT_TOKENS",
+        ),
+        ("TGPIPE_API_URL", "not a url", "TGPIPE_API_URL"),
+        ("TGPIPE_PARTITIONS", "128", "TGPIPE_PARTITIONS"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tgpipe-example-bot"))
+            .arg("run")
+            .env_clear()
+            .env("TGPIPE_BOT_TOKENS", TOKEN)
+            .env("NATS_URL", "nats://127.0.0.1:1")
+            .env("REDIS_URL", "redis://127.0.0.1:1")
+            .env("TGPIPE_LISTEN", "127.0.0.1:0")
+            .env(var, value)
+            .output()
+            .expect("run the example bot");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{var}: {stderr}");
+        assert!(stderr.contains(named), "{var}: {stderr}");
+        assert!(!stderr.contains("AAA"), "a token in the error: {stderr}");
+    }
 }

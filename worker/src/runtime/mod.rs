@@ -26,10 +26,11 @@ use tgpipe_shared::config::{EXIT_CONFIG, parse_or_exit};
 use tgpipe_shared::ops::{Check, Readiness};
 use tgpipe_shared::stream::{Changes as StreamChanges, provision_streams, provision_streams_with};
 
-use self::config::{Cli, Command, FsmArgs, PollCommandArgs, ProvisionArgs, RunArgs, WebhookArgs};
-use self::consume::{AckSettings, Consumer, Limits};
+use self::config::{
+    Cli, Command, FsmArgs, PollCommandArgs, ProvisionArgs, RunArgs, WebhookArgs, WorkerConfig,
+};
+use self::consume::Consumer;
 use self::lane::{Changes, ensure_consumers};
-use crate::bot::Bot;
 use crate::dispatcher::{Dispatcher, DispatcherBuilder};
 use crate::fsm::{Fsm, Isolation, RedisStorage};
 use crate::webhook::WebhookCommand;
@@ -99,19 +100,25 @@ pub async fn run(dispatcher: DispatcherBuilder) -> ExitCode {
     }
 }
 
+fn config_error(e: impl std::fmt::Display) -> RunError {
+    RunError::Config(e.to_string())
+}
+
 async fn run_worker(args: RunArgs, dispatcher: DispatcherBuilder) -> Result<(), RunError> {
-    let _telemetry = tgpipe_shared::telemetry::init("tgpipe-worker", &args.telemetry)
-        .map_err(|e| RunError::Config(e.to_string()))?;
-    let ops = tokio::net::TcpListener::bind(args.listen)
+    let config = args.validate().map_err(config_error)?;
+    let _telemetry =
+        tgpipe_shared::telemetry::init("tgpipe-worker", &config.telemetry).map_err(config_error)?;
+    let ops = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| RunError::Config(format!("cannot listen on {}: {e}", args.listen)))?;
-    serve(args, dispatcher, ops, tgpipe_shared::shutdown::signal()).await
+        .map_err(|e| RunError::Config(format!("cannot listen on {}: {e}", config.listen)))?;
+    serve(config, dispatcher, ops, tgpipe_shared::shutdown::signal()).await
 }
 
 async fn provision(provision: &ProvisionArgs) -> Result<(), RunError> {
+    // Not `validate`: provisioning needs no bot tokens, only the lane and its consumers.
     let args = &provision.run;
-    let lane = args.lane().map_err(|e| RunError::Config(e.to_string()))?;
-    let settings = args.consumer_settings().map_err(RunError::Config)?;
+    let lane = args.lane().map_err(config_error)?;
+    let settings = args.consumer_settings().map_err(config_error)?;
     let client = args
         .nats
         .connect("tgpipe-worker provision")
@@ -164,14 +171,10 @@ fn setup_error(e: lane::ConsumerSetupError) -> RunError {
 }
 
 async fn webhook(args: WebhookArgs, dispatcher: &DispatcherBuilder) -> Result<(), RunError> {
-    let config = |e: config::BotsError| RunError::Config(e.to_string());
-    let bot = args.bots.bot(args.bot_id, None).map_err(config)?;
+    let bot = args.bots.bot(args.bot_id, None).map_err(config_error)?;
     // Read as strictly as the ingress reads it, whether `set` needs it or not: a list
     // the ingress would refuse is a configuration error here too.
-    let ingress = args
-        .ingress
-        .secrets()
-        .map_err(|e| RunError::Config(e.to_string()))?;
+    let ingress = args.ingress.secrets().map_err(config_error)?;
     let mut command = args.command.clone();
     if let WebhookCommand::Set(set) = &mut command
         && set.secret.is_none()
@@ -306,42 +309,26 @@ async fn run_dlq(args: config::DlqArgs) -> Result<(), RunError> {
     .map_err(peer)
 }
 
-/// Runs a worker until `shutdown` resolves, serving `/healthz`, `/readyz` and
-/// `/metrics` on `ops` ([`tgpipe_shared::ops`]); then drains (stops pulling, lets in-flight handlers finish
+/// Runs a worker with a checked `config` ([`RunArgs::validate`]) until `shutdown`
+/// resolves, serving `/healthz`, `/readyz` and `/metrics` on `ops`
+/// ([`tgpipe_shared::ops`]); then drains (stops pulling, lets in-flight handlers finish
 /// within the grace period) and returns. This is `run` without the command line, for
 /// tests and for programs that embed the worker.
 pub async fn serve(
-    args: RunArgs,
+    config: WorkerConfig,
     dispatcher: DispatcherBuilder,
     ops: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let lane = args.lane().map_err(|e| RunError::Config(e.to_string()))?;
-    let settings = args.consumer_settings().map_err(RunError::Config)?;
-    let redis = connect_redis(&args.redis.redis_url).await?;
-    let statics = match args.bots.bots(Some(&redis)) {
-        Ok(bots) => bots,
-        // With the registry, bots may all come from it.
-        Err(config::BotsError::Missing) if args.registry.registry => Default::default(),
-        Err(e) => return Err(RunError::Config(e.to_string())),
-    };
+    let lane = &config.lane;
+    let redis = connect_redis(&config.redis.redis_url).await?;
+    let statics = config.bots.build_all(Some(&redis));
     let make_bot: registry::MakeBot = {
-        let (api_url, limits, rate_limits) = (
-            args.bots.api_url.clone(),
-            args.bots.limits(),
-            args.bots.rate_limits,
-        );
-        let redis = redis.clone();
-        Box::new(move |token: &str| {
-            let mut builder = Bot::builder(token).api_url(&api_url).limits(limits.clone());
-            if rate_limits == config::RateLimitMode::Telegram {
-                builder = builder.redis(redis.clone());
-            }
-            builder.build().ok()
-        })
+        let (settings, redis) = (config.bots.clone(), redis.clone());
+        Box::new(move |token: &str| settings.build(token, Some(&redis)))
     };
     let bots = Arc::new(registry::BotDirectory::new(statics, make_bot));
-    let dispatcher = prepare(dispatcher, &redis, &args.fsm)?;
+    let dispatcher = prepare(dispatcher, &redis, &config.fsm)?;
     let checks = LaneChecks {
         nats: Check::new("NATS disconnected"),
         consumers: Check::new("the lane's consumers do not answer"),
@@ -356,15 +343,15 @@ pub async fn serve(
         tgpipe_shared::ops::router(Arc::clone(&ready), metrics::install()),
     ));
 
-    let client = args.nats.connect("tgpipe-worker").await.map_err(peer)?;
+    let client = config.nats.connect("tgpipe-worker").await.map_err(peer)?;
     let js = jetstream::new(client.clone());
-    if args.provision {
-        provision_streams(&js, &args.stream).await.map_err(peer)?;
+    if config.provision {
+        provision_streams(&js, &config.stream).await.map_err(peer)?;
     }
     let _registry_watch =
-        args.registry.registry.then(|| {
-            let (js, settings, create) = (js.clone(), args.registry.clone(), args.provision);
-            let replicas = usize::from(args.stream.replicas);
+        config.registry.registry.then(|| {
+            let (js, settings, create) = (js.clone(), config.registry.clone(), config.provision);
+            let replicas = usize::from(config.stream.replicas);
             let directory = Arc::clone(&bots);
             tgpipe_shared::registry::watch(
                 move || {
@@ -376,14 +363,12 @@ pub async fn serve(
                 move |records| directory.update(records),
             )
         });
-    let bucket = group::bucket(&js, &args.group_settings())
-        .await
-        .map_err(peer)?;
-    let stream = js.get_stream(&args.stream.name).await.map_err(peer)?;
-    let consumers = ensure_consumers(&stream, &lane, &settings, Changes::Keep)
+    let bucket = group::bucket(&js, &config.group).await.map_err(peer)?;
+    let stream = js.get_stream(&config.stream.name).await.map_err(peer)?;
+    let consumers = ensure_consumers(&stream, lane, &config.consumers, Changes::Keep)
         .await
         .map_err(setup_error)?;
-    let base = args.member.clone().unwrap_or_else(|| {
+    let base = config.member.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME")
             .ok()
             .filter(|h| !h.is_empty())
@@ -392,21 +377,22 @@ pub async fn serve(
     let member = group::member_id(&base);
     let group = group::Group::new(
         bucket,
-        &args.stream.name,
-        &lane,
+        &config.stream.name,
+        lane,
         member.clone(),
-        args.group_settings(),
+        config.group.clone(),
     );
-    let seen =
-        (args.seen_cap > 0).then(|| seen::Seen::new(redis.clone(), args.seen_cap, args.seen_ttl));
+    let seen = config
+        .seen
+        .map(|(cap, ttl)| seen::Seen::new(redis.clone(), cap, ttl));
     tracing::info!(
         lane = %lane.name(),
         kinds = ?lane.kinds().map(|k| k.iter().map(|k| k.as_str().to_owned()).collect::<Vec<_>>()),
-        concurrency = args.concurrency,
-        partitions = settings.partitions,
+        concurrency = config.limits.concurrency,
+        partitions = config.consumers.partitions,
         %member,
         static_bots = bots.statics().count(),
-        registry = args.registry.registry,
+        registry = config.registry.registry,
         ops = %ops_addr,
         "consuming"
     );
@@ -431,23 +417,12 @@ pub async fn serve(
     let worker = Arc::new(Consumer {
         dispatcher: Arc::new(dispatcher),
         bots,
-        removed_policy: args.removed_policy,
+        removed_policy: config.removed_policy,
         js,
         client: client.clone(),
         owned,
-        limits: Limits {
-            concurrency: args.concurrency as usize,
-            max_held: args.max_held as usize,
-            max_held_per_chat: args.max_held_per_chat as usize,
-        },
-        acks: AckSettings {
-            max_deliver: args.max_deliver,
-            ack_wait: args.ack_wait,
-            retry_delay: args.retry_delay,
-            retry_max_delay: args.retry_max_delay,
-            retry_budget: args.retry_budget,
-            handler_timeout: args.handler_timeout,
-        },
+        limits: config.limits,
+        acks: config.acks.clone(),
         seen,
         redis: redis_probe::RedisProbe::new(redis.clone()),
         lane: lane.name().to_owned(),
@@ -460,7 +435,7 @@ pub async fn serve(
         tracing::info!("shutdown requested");
     };
     let result = worker
-        .run(stream, consumers, group, args.shutdown_grace, shutdown)
+        .run(stream, consumers, group, config.shutdown_grace, shutdown)
         .await;
     lag_task.abort();
     // Acks are fire-and-forget publishes: flush them before the connection closes.
