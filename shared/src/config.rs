@@ -413,7 +413,8 @@ fn parse_shards(s: &str) -> Result<u16, String> {
 }
 
 /// The Redis connection (`REDIS_URL`), declared once for every binary that uses Redis.
-#[derive(Debug, Clone, clap::Args)]
+/// `Debug` redacts the password in the URL.
+#[derive(Clone, clap::Args)]
 pub struct RedisArgs {
     /// Redis URL (`redis://`, `rediss://` for TLS; credentials in the URL).
     #[arg(
@@ -422,6 +423,14 @@ pub struct RedisArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+}
+
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .finish()
+    }
 }
 
 /// NATS connection settings shared by every binary. `Debug` redacts passwords and
@@ -614,6 +623,16 @@ mod tests {
             split_list("# bots\n1:a\n2:b,3:c\n"),
             vec!["1:a", "2:b", "3:c"]
         );
+    }
+
+    #[test]
+    fn debug_of_the_redis_url_redacts_its_password() {
+        let args = RedisArgs {
+            redis_url: "redis://app:redis-password@redis:6379/0".to_owned(),
+        };
+        let shown = format!("{args:?}");
+        assert!(shown.contains("redis://app:***@redis:6379/0"), "{shown}");
+        assert!(!shown.contains("redis-password"), "{shown}");
     }
 
     #[derive(Debug, clap::Parser)]

@@ -887,12 +887,18 @@ mod tests {
         let cli = Cli::try_parse_from(["worker", "webhook", "--bots", "12:hunter2-secret", "info"])
             .unwrap();
         assert!(!format!("{cli:?}").contains("hunter2"));
-        let config = run_args(&["--bot-tokens", "12:SECRET-TOKEN-A"])
-            .unwrap()
-            .validate()
-            .unwrap();
+        let config = run_args(&[
+            "--bot-tokens",
+            "12:SECRET-TOKEN-A",
+            "--redis-url",
+            "redis://:redis-password@redis:6379",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
         let shown = format!("{config:?}");
         assert!(!shown.contains("SECRET-TOKEN"), "{shown}");
+        assert!(!shown.contains("redis-password"), "{shown}");
         assert!(shown.contains("tokens: {12}"), "{shown}");
     }
 
