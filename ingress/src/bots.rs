@@ -19,6 +19,7 @@ use std::sync::{Arc, RwLock};
 
 use subtle::ConstantTimeEq;
 use tgpipe_shared::BotId;
+use tgpipe_shared::config::{BotListError, BotSecrets};
 use tgpipe_shared::registry::{BotState, Records, SecretDigest};
 
 /// A webhook secret token: 1 to 256 characters of `A-Z a-z 0-9 _ -` (Telegram's rule).
@@ -29,17 +30,11 @@ impl SecretToken {
     /// Longest secret Telegram accepts.
     pub const MAX_LEN: usize = 256;
 
-    /// Validates and wraps a secret.
-    pub fn new(secret: &str) -> Result<SecretToken, BotsError> {
-        if secret.is_empty()
-            || secret.len() > Self::MAX_LEN
-            || !secret
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(BotsError::BadSecret);
-        }
-        Ok(SecretToken(secret.as_bytes().into()))
+    /// Wraps a secret, if Telegram would accept it
+    /// ([`tgpipe_shared::config::is_valid_webhook_secret`]).
+    pub fn new(secret: &str) -> Option<SecretToken> {
+        tgpipe_shared::config::is_valid_webhook_secret(secret)
+            .then(|| SecretToken(secret.as_bytes().into()))
     }
 
     /// Whether `presented` is this secret. Takes the same time whatever the position of
@@ -62,26 +57,6 @@ impl fmt::Debug for SecretToken {
     }
 }
 
-/// Why a bot list is invalid. Printed at start-up: it never contains a secret.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum BotsError {
-    /// An entry is not `<bot_id>:<secret>`.
-    #[error("entry #{0} is not `<bot_id>:<secret>`")]
-    Malformed(usize),
-    /// The bot id is not a positive integer.
-    #[error("entry #{0} has a bot id that is not a positive integer")]
-    BadBotId(usize),
-    /// The secret breaks Telegram's rule.
-    #[error("a secret must be 1 to 256 characters of A-Z, a-z, 0-9, _ and -")]
-    BadSecret,
-    /// The same bot twice.
-    #[error("bot {0} is listed twice")]
-    Duplicate(BotId),
-    /// No bot at all.
-    #[error("no bots configured (set TGPIPE_BOTS or TGPIPE_BOTS_FILE)")]
-    Empty,
-}
-
 /// The bots this ingress accepts updates for.
 ///
 /// ```
@@ -98,25 +73,14 @@ pub struct Bots(HashMap<BotId, SecretToken>);
 
 impl Bots {
     /// Parses `<bot_id>:<secret>[,<bot_id>:<secret>...]` (commas or newlines; `#` lines
-    /// are comments, so a mounted Secret file can be annotated).
-    pub fn parse(list: &str) -> Result<Bots, BotsError> {
-        let mut bots = HashMap::new();
-        for (i, entry) in tgpipe_shared::config::split_list(list)
-            .into_iter()
-            .enumerate()
-        {
-            let n = i + 1;
-            let (id, secret) = entry.split_once(':').ok_or(BotsError::Malformed(n))?;
-            let id = BotId::parse(id.trim()).ok_or(BotsError::BadBotId(n))?;
-            let secret = SecretToken::new(secret.trim())?;
-            if bots.insert(id, secret).is_some() {
-                return Err(BotsError::Duplicate(id));
-            }
-        }
+    /// are comments, so a mounted Secret file can be annotated) with the parser the
+    /// worker uses too ([`BotSecrets::parse`]); an empty list is refused.
+    pub fn parse(list: &str) -> Result<Bots, BotListError> {
+        let bots = BotSecrets::parse(list)?;
         if bots.is_empty() {
-            return Err(BotsError::Empty);
+            return Err(BotListError::Empty);
         }
-        Ok(Bots(bots))
+        Ok(Bots::from(&bots))
     }
 
     /// The secret of a bot, if this ingress serves it.
@@ -129,6 +93,18 @@ impl Bots {
         let mut ids: Vec<BotId> = self.0.keys().copied().collect();
         ids.sort_unstable();
         ids
+    }
+}
+
+impl From<&BotSecrets> for Bots {
+    fn from(secrets: &BotSecrets) -> Bots {
+        Bots(
+            secrets
+                .iter()
+                // The parser checked every secret against Telegram's rule.
+                .map(|(id, secret)| (id, SecretToken(secret.expose().as_bytes().into())))
+                .collect(),
+        )
     }
 }
 
@@ -403,23 +379,26 @@ mod tests {
 
     #[test]
     fn bad_lists_are_rejected_without_echoing_secrets() {
-        assert_eq!(Bots::parse("").unwrap_err(), BotsError::Empty);
-        assert_eq!(Bots::parse("123").unwrap_err(), BotsError::Malformed(1));
-        assert_eq!(Bots::parse("1:a,x:b").unwrap_err(), BotsError::BadBotId(2));
-        assert_eq!(Bots::parse("1:a b").unwrap_err(), BotsError::BadSecret);
-        assert_eq!(Bots::parse("1:").unwrap_err(), BotsError::BadSecret);
+        assert_eq!(Bots::parse("").unwrap_err(), BotListError::Empty);
+        assert_eq!(Bots::parse("123").unwrap_err(), BotListError::Malformed(1));
         assert_eq!(
-            Bots::parse(&format!("1:{}", "a".repeat(257))).unwrap_err(),
-            BotsError::BadSecret
+            Bots::parse("1:a,x:b").unwrap_err(),
+            BotListError::BadBotId(2)
         );
+        assert!(matches!(
+            Bots::parse("1:a b").unwrap_err(),
+            BotListError::BadSecret { entry: 1, .. }
+        ));
+        assert!(Bots::parse(&format!("1:{}", "a".repeat(257))).is_err());
         assert_eq!(
             Bots::parse("1:a,1:b").unwrap_err(),
-            BotsError::Duplicate(BotId(1))
+            BotListError::Duplicate(BotId(1))
         );
         let err = Bots::parse("1:topsecret,1:topsecret2")
             .unwrap_err()
             .to_string();
         assert!(!err.contains("topsecret"));
+        assert!(SecretToken::new("").is_none() && SecretToken::new("a b").is_none());
     }
 
     #[test]

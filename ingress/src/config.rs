@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tgpipe_shared::config::{NatsArgs, SecretString, TelemetryArgs, read_list_file};
+use tgpipe_shared::config::{BotSecretsArgs, BotSecretsError, NatsArgs, TelemetryArgs};
 use tgpipe_shared::registry::RegistrySettings;
 use tgpipe_shared::stream::{StreamSettings, parse_duration};
 
-use crate::bots::{Bots, BotsError};
+use crate::bots::Bots;
 use crate::client_ip::{CidrError, IpPolicy, TELEGRAM_CIDRS, parse_cidrs};
 
 /// `tgpipe-ingress`: receives Telegram webhooks and stores every update in NATS JetStream.
@@ -55,14 +55,9 @@ pub struct ServeArgs {
     /// Address of `/healthz`, `/readyz` and `/metrics`, apart from the public webhook port.
     #[arg(long, env = "TGPIPE_OPS_LISTEN", default_value = "0.0.0.0:9091")]
     pub ops_listen: SocketAddr,
-    /// Bots served and their webhook secrets: `<bot_id>:<secret>[,<bot_id>:<secret>...]`
-    /// (optional with the bot registry, which adds its bots; a bot in both is served as
-    /// given here).
-    #[arg(long, env = "TGPIPE_BOTS", hide_env_values = true)]
-    pub bots: Option<SecretString>,
-    /// A file with the same content as TGPIPE_BOTS (for a mounted Kubernetes Secret).
-    #[arg(long, env = "TGPIPE_BOTS_FILE", conflicts_with = "bots")]
-    pub bots_file: Option<PathBuf>,
+    /// Bots served and their webhook secrets (`TGPIPE_BOTS` / `TGPIPE_BOTS_FILE`).
+    #[command(flatten)]
+    pub bots: BotSecretsArgs,
     /// Source ranges allowed to post updates (`any` disables the check).
     #[arg(long, env = "TGPIPE_ALLOWED_CIDRS", default_value = TELEGRAM_CIDRS)]
     pub allowed_cidrs: String,
@@ -195,11 +190,8 @@ pub struct IngressConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// TGPIPE_BOTS / TGPIPE_BOTS_FILE.
-    #[error("{0}: {1}")]
-    Bots(&'static str, BotsError),
-    /// The bots file cannot be read.
-    #[error("TGPIPE_BOTS_FILE (--bots-file): {0}")]
-    BotsFile(#[from] tgpipe_shared::config::ListFileError),
+    #[error(transparent)]
+    Bots(#[from] BotSecretsError),
     /// TGPIPE_ALLOWED_CIDRS.
     #[error("TGPIPE_ALLOWED_CIDRS (--allowed-cidrs): {0}")]
     AllowedCidrs(CidrError),
@@ -216,25 +208,16 @@ pub enum ConfigError {
     SamePort(SocketAddr),
 }
 
-const BOTS: &str = "TGPIPE_BOTS (--bots)";
-const BOTS_FILE: &str = "TGPIPE_BOTS_FILE (--bots-file)";
-
 impl ServeArgs {
     /// Validates the settings.
     pub fn validate(self) -> Result<IngressConfig, ConfigError> {
         // With the registry, the static list may be empty (unset, or an empty Secret
         // mounted as the file): bots come from the bucket.
-        let registry = self.broker.registry.registry;
-        let parse = |list: &str, name: &'static str| match Bots::parse(list) {
-            Err(BotsError::Empty) if registry => Ok(Bots::default()),
-            other => other.map_err(|e| ConfigError::Bots(name, e)),
-        };
-        let bots = match (&self.bots, &self.bots_file) {
-            (_, Some(path)) => parse(&read_list_file(path)?, BOTS_FILE)?,
-            (Some(list), None) => parse(list.expose(), BOTS)?,
-            (None, None) if registry => Bots::default(),
-            (None, None) => return Err(ConfigError::Bots(BOTS, BotsError::Empty)),
-        };
+        let bots = Bots::from(&if self.broker.registry.registry {
+            self.bots.secrets()?
+        } else {
+            self.bots.require()?
+        });
         for (name, d) in [
             (
                 "TGPIPE_PUBLISH_TIMEOUT (--publish-timeout)",

@@ -1,64 +1,81 @@
-//! `/healthz`, `/readyz` and `/metrics`.
+//! What makes the ingress ready, reported into the shared [`Readiness`] that
+//! `/readyz` answers from (`tgpipe_shared::ops`, the same endpoints as the workers').
 //!
-//! Readiness is "NATS connected and the update stream exists". Probes arrive every few
-//! seconds from every kubelet, so the stream check is not done per probe: a background
-//! task refreshes it every second and, when provisioning is on, re-creates a stream that
-//! went missing (NATS started after the ingress, or was wiped).
+//! Ready is "NATS connected, the update stream exists, and the bot registry (when on)
+//! was read once or could not be for `SYNC_GRACE`". Probes arrive every few seconds from
+//! every kubelet, so nothing is checked per probe: a background task refreshes the
+//! checks every second and, when provisioning is on, re-creates a stream that went
+//! missing (NATS started after the ingress, or was wiped). The same task says once when
+//! the broker's `max_payload` lowers the body limit.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use tgpipe_shared::ops::{Check, Readiness};
+use tgpipe_shared::registry::Watching;
 use tgpipe_shared::stream::{StreamSettings, provision_streams};
 
-use crate::AppState;
 use crate::publish::Publisher;
 
-/// Whether the update stream was found at the last check.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    stream_ok: AtomicBool,
-    draining: AtomicBool,
-    /// The broker's max_payload last warned about (0: none yet).
-    warned_max_payload: AtomicUsize,
+/// The readiness checks' background task and what it needs.
+#[derive(Debug)]
+pub(crate) struct ReadinessTask {
+    pub(crate) publisher: Publisher,
+    pub(crate) stream: StreamSettings,
+    pub(crate) provision: bool,
+    pub(crate) max_body: usize,
+    /// The registry's watch: the task owns it, so both stop together.
+    pub(crate) registry: Option<Watching>,
 }
 
-impl Readiness {
-    /// Starts the background check; it ends when the returned handle is aborted or the
-    /// runtime stops.
-    pub fn spawn(
-        self: &Arc<Self>,
-        publisher: Publisher,
-        stream: StreamSettings,
-        provision: bool,
-        max_body: usize,
-        every: Duration,
-    ) -> tokio::task::JoinHandle<()> {
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut failing = false;
+struct Checks {
+    nats: Check,
+    stream: Check,
+    registry: Check,
+}
+
+impl ReadinessTask {
+    /// Starts checking every `every`; the task ends when the returned handle is aborted
+    /// or the runtime stops. The readiness is false until the first round passes.
+    pub(crate) fn spawn(self, every: Duration) -> (Arc<Readiness>, tokio::task::JoinHandle<()>) {
+        let checks = Checks {
+            nats: Check::new("NATS disconnected"),
+            stream: Check::new("stream missing"),
+            registry: Check::new("bot registry not read yet"),
+        };
+        let readiness = Arc::new(Readiness::new([
+            checks.nats.clone(),
+            checks.stream.clone(),
+            checks.registry.clone(),
+        ]));
+        let task = tokio::spawn(async move {
+            let (mut failing, mut warned_max_payload) = (false, 0);
             loop {
-                me.check_body_limit(&publisher, max_body);
-                let ok = me.check(&publisher, &stream, provision, &mut failing).await;
-                me.stream_ok.store(ok, Ordering::Relaxed);
+                self.check_body_limit(&mut warned_max_payload);
+                checks.nats.set(self.publisher.is_connected());
+                let stream_ok = self.check_stream(&mut failing).await;
+                checks.stream.set(stream_ok);
+                // Again: the stream check may have waited on a connection that dropped.
+                checks.nats.set(self.publisher.is_connected());
+                checks
+                    .registry
+                    .set(self.registry.as_ref().is_none_or(Watching::allows_ready));
                 tokio::time::sleep(every).await;
             }
-        })
+        });
+        (readiness, task)
     }
 
     /// TGPIPE_MAX_BODY is lowered to what the broker can store (see `webhook`); say so
-    /// once per server limit, naming the setting, when it bites.
-    fn check_body_limit(&self, p: &Publisher, max_body: usize) {
+    /// once per server limit, naming the setting, when it bites. `warned` is the
+    /// broker's max_payload last warned about (0: none yet).
+    fn check_body_limit(&self, warned: &mut usize) {
+        let (p, max_body) = (&self.publisher, self.max_body);
         if !p.is_connected() {
             return;
         }
         let max_payload = p.max_payload();
-        if p.max_body() >= max_body
-            || self.warned_max_payload.swap(max_payload, Ordering::Relaxed) == max_payload
-        {
+        if p.max_body() >= max_body || std::mem::replace(warned, max_payload) == max_payload {
             return;
         }
         let effective = p.max_body();
@@ -82,24 +99,10 @@ impl Readiness {
         }
     }
 
-    /// Readiness goes false for good: the process is shutting down, and the endpoint
-    /// should leave the Service before the listener closes.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether shutdown began.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    async fn check(
-        &self,
-        p: &Publisher,
-        stream: &StreamSettings,
-        provision: bool,
-        failing: &mut bool,
-    ) -> bool {
+    /// Whether the update stream is there (created first when missing and provisioning
+    /// is on). `failing` keeps the provisioning error to one line per failure streak.
+    async fn check_stream(&self, failing: &mut bool) -> bool {
+        let (p, stream) = (&self.publisher, &self.stream);
         if !p.is_connected() {
             return false;
         }
@@ -108,7 +111,7 @@ impl Readiness {
             *failing = false;
             return true;
         }
-        if !provision {
+        if !self.provision {
             return false;
         }
         match provision_streams(js, stream).await {
@@ -126,42 +129,5 @@ impl Readiness {
                 false
             }
         }
-    }
-
-    /// Whether the stream was there at the last check.
-    pub fn stream_ok(&self) -> bool {
-        self.stream_ok.load(Ordering::Relaxed)
-    }
-}
-
-pub(crate) async fn healthz() -> &'static str {
-    "ok"
-}
-
-pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    let inner = &state.inner;
-    if inner.readiness.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
-    } else if !inner.publisher.is_connected() {
-        (StatusCode::SERVICE_UNAVAILABLE, "NATS disconnected").into_response()
-    } else if !inner.readiness.stream_ok() {
-        (StatusCode::SERVICE_UNAVAILABLE, "stream missing").into_response()
-    } else {
-        (StatusCode::OK, "ready").into_response()
-    }
-}
-
-pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    match &state.inner.metrics {
-        Some(handle) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metrics recorder not installed",
-        )
-            .into_response(),
     }
 }

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::post;
 
 pub mod bots;
 pub mod cert;
 pub mod client_ip;
 pub mod config;
-pub mod health;
+mod health;
 pub mod metrics;
 pub mod publish;
 pub mod serve;
@@ -28,8 +28,9 @@ pub use config::IngressConfig;
 
 use crate::bots::LiveBots;
 use crate::client_ip::IpPolicy;
-use crate::health::Readiness;
+use crate::health::ReadinessTask;
 use crate::publish::Publisher;
+use tgpipe_shared::ops::Readiness;
 
 /// Everything a request needs, shared by all of them.
 #[derive(Debug, Clone)]
@@ -42,7 +43,6 @@ struct Inner {
     bots: Arc<LiveBots>,
     /// The registry's bucket once opened (where rotations are confirmed).
     registry: Arc<std::sync::OnceLock<async_nats::jetstream::kv::Store>>,
-    registry_watch: Option<tgpipe_shared::registry::Watching>,
     ip_policy: IpPolicy,
     max_body: usize,
     shards: std::num::NonZeroU16,
@@ -64,9 +64,9 @@ impl Drop for AbortOnDrop {
 }
 
 impl AppState {
-    /// The state for `config`, publishing through `client`. Starts the readiness check
-    /// (which also provisions the streams when `config.provision` is set); must be
-    /// called inside a Tokio runtime.
+    /// The state for `config`, publishing through `client`. Starts the readiness checks
+    /// (which also provision the streams when `config.provision` is set) and the
+    /// registry's watch; must be called inside a Tokio runtime.
     pub fn new(config: &IngressConfig, client: async_nats::Client) -> AppState {
         let bots = Arc::new(LiveBots::new(config.bots.clone()));
         let registry = Arc::new(std::sync::OnceLock::new());
@@ -75,19 +75,18 @@ impl AppState {
             .registry
             .then(|| watch_registry(config, &client, Arc::clone(&bots), Arc::clone(&registry)));
         let publisher = Publisher::new(client, config.publish_timeout);
-        let readiness = Arc::new(Readiness::default());
-        let task = readiness.spawn(
-            publisher.clone(),
-            config.stream.clone(),
-            config.provision,
-            config.max_body,
-            Duration::from_secs(1),
-        );
+        let (readiness, task) = ReadinessTask {
+            publisher: publisher.clone(),
+            stream: config.stream.clone(),
+            provision: config.provision,
+            max_body: config.max_body,
+            registry: registry_watch,
+        }
+        .spawn(Duration::from_secs(1));
         AppState {
             inner: Arc::new(Inner {
                 bots,
                 registry,
-                registry_watch,
                 ip_policy: config.ip_policy.clone(),
                 max_body: config.max_body,
                 shards: config.shards,
@@ -106,17 +105,11 @@ impl AppState {
         &self.inner.publisher
     }
 
-    /// Whether the ingress is ready (NATS connected, stream present, the bot registry
-    /// read once when it is used or 10 s passed trying, not draining).
+    /// Whether the ingress is ready, as `/readyz` says: NATS connected, stream present,
+    /// the bot registry read once when it is used or 10 s passed trying, not draining
+    /// (checked every second).
     pub fn is_ready(&self) -> bool {
-        self.inner.publisher.is_connected()
-            && self.inner.readiness.stream_ok()
-            && self
-                .inner
-                .registry_watch
-                .as_ref()
-                .is_none_or(|w| w.allows_ready())
-            && !self.inner.readiness.is_draining()
+        self.inner.readiness.is_ready()
     }
 
     /// Shutdown began: `/readyz` answers 503 from now on, while webhooks are still served
@@ -166,11 +159,10 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// The operations routes, on `TGPIPE_OPS_LISTEN`: `GET /healthz`, `GET /readyz`,
-/// `GET /metrics`.
+/// `GET /metrics`, as every tgpipe process answers them ([`tgpipe_shared::ops`]).
 pub fn ops_app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .with_state(state)
+    tgpipe_shared::ops::router(
+        Arc::clone(&state.inner.readiness),
+        state.inner.metrics.clone(),
+    )
 }

@@ -2,9 +2,7 @@
 
 use anyhow::Context as _;
 use tgpipe_ingress::config::{Cli, Command};
-use tgpipe_ingress::serve::{
-    ConnectionLimits, ServeOptions, bind, serve, serve_with, tls_acceptor,
-};
+use tgpipe_ingress::serve::{ConnectionLimits, ServeOptions, bind, serve_with, tls_acceptor};
 use tgpipe_ingress::{AppState, app, ops_app};
 use tgpipe_shared::config::{exit_invalid, parse_or_exit};
 
@@ -65,12 +63,9 @@ async fn run(args: tgpipe_ingress::config::ServeArgs) -> anyhow::Result<()> {
         grace: config.shutdown_grace,
     };
     // Probes and metrics answer until the process exits (readiness says "draining").
-    let ops = tokio::spawn(serve(
+    let ops = tokio::spawn(tgpipe_shared::ops::serve(
         ops_listener,
         ops_app(state.clone()),
-        None,
-        options.clone(),
-        std::future::pending(),
     ));
     let limits = ConnectionLimits {
         drain_delay: config.drain_delay,

@@ -186,10 +186,204 @@ impl std::str::FromStr for SecretString {
     }
 }
 
+impl From<&str> for SecretString {
+    fn from(s: &str) -> Self {
+        SecretString(s.to_owned())
+    }
+}
+
 impl std::fmt::Debug for SecretString {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")
     }
+}
+
+/// Whether Telegram accepts `s` as a webhook secret token (`secret_token` of
+/// `setWebhook`): 1 to 256 characters of `A-Z a-z 0-9 _ -`.
+///
+/// ```
+/// use tgpipe_shared::config::is_valid_webhook_secret;
+/// assert!(is_valid_webhook_secret("s3cret-Token_1"));
+/// assert!(!is_valid_webhook_secret("with space"));
+/// assert!(!is_valid_webhook_secret(""));
+/// ```
+pub fn is_valid_webhook_secret(s: &str) -> bool {
+    (1..=256).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The ingress's bots and their webhook secrets (`TGPIPE_BOTS` / `TGPIPE_BOTS_FILE`),
+/// declared once: the ingress checks every request against them, and the worker's
+/// `webhook set` sends a bot's secret to Telegram. Both read the list with the one
+/// strict parser ([`BotSecrets::parse`]), so a list the ingress refuses is refused by
+/// the worker too, instead of a bad entry being skipped.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BotSecretsArgs {
+    /// The ingress's bots and their webhook secrets: `<bot_id>:<secret>[,...]`, a secret
+    /// being 1 to 256 of `A-Z a-z 0-9 _ -` (optional with the bot registry, which adds
+    /// its bots; a bot in both is served as given here).
+    #[arg(long = "bots", env = "TGPIPE_BOTS", hide_env_values = true)]
+    pub bots: Option<SecretString>,
+    /// A file with the same content as TGPIPE_BOTS (comma or newline separated, `#`
+    /// comments), as mounted from a Kubernetes Secret.
+    #[arg(long = "bots-file", env = "TGPIPE_BOTS_FILE", conflicts_with = "bots")]
+    pub bots_file: Option<std::path::PathBuf>,
+}
+
+const BOTS: &str = "TGPIPE_BOTS (--bots)";
+const BOTS_FILE: &str = "TGPIPE_BOTS_FILE (--bots-file)";
+
+impl BotSecretsArgs {
+    /// The bots and secrets given, every entry checked; empty when neither setting is
+    /// given or the list has no entry (a registry-only install mounts an empty Secret).
+    pub fn secrets(&self) -> Result<BotSecrets, BotSecretsError> {
+        let (list, setting) = match (&self.bots, &self.bots_file) {
+            (_, Some(path)) => (
+                read_list_file(path).map_err(BotSecretsError::File)?,
+                BOTS_FILE,
+            ),
+            (Some(list), None) => (list.expose().to_owned(), BOTS),
+            (None, None) => return Ok(BotSecrets::default()),
+        };
+        BotSecrets::parse(&list).map_err(|e| BotSecretsError::List(setting, e))
+    }
+
+    /// As [`BotSecretsArgs::secrets`], and no bot at all is an error too.
+    ///
+    /// ```
+    /// use clap::Parser;
+    /// use tgpipe_shared::config::BotSecretsArgs;
+    ///
+    /// #[derive(Parser)]
+    /// struct Cli {
+    ///     #[command(flatten)]
+    ///     bots: BotSecretsArgs,
+    /// }
+    ///
+    /// let cli = Cli::parse_from(["t", "--bots", "123:s3cret,456:other"]);
+    /// let bots = cli.bots.require().unwrap();
+    /// assert_eq!(bots.get(tgpipe_shared::BotId(123)).unwrap().expose(), "s3cret");
+    /// let bad = Cli::parse_from(["t", "--bots", "123:s3cret,456:not secret"]);
+    /// assert_eq!(
+    ///     bad.bots.require().unwrap_err().to_string(),
+    ///     "TGPIPE_BOTS (--bots): entry #2 (bot 456): a secret must be 1 to 256 characters \
+    ///      of A-Z, a-z, 0-9, _ and -"
+    /// );
+    /// ```
+    pub fn require(&self) -> Result<BotSecrets, BotSecretsError> {
+        let secrets = self.secrets()?;
+        if secrets.is_empty() {
+            let setting = if self.bots_file.is_some() {
+                BOTS_FILE
+            } else {
+                BOTS
+            };
+            return Err(BotSecretsError::List(setting, BotListError::Empty));
+        }
+        Ok(secrets)
+    }
+}
+
+/// A checked `<bot_id>:<secret>` list: every bot id a positive integer, every secret one
+/// Telegram accepts, no bot twice. `Debug` shows the bot ids only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct BotSecrets(std::collections::BTreeMap<crate::BotId, SecretString>);
+
+impl BotSecrets {
+    /// Parses `<bot_id>:<secret>[,<bot_id>:<secret>...]` (commas or newlines; `#` lines
+    /// are comments, so a mounted Secret file can be annotated). Refuses the whole list
+    /// at its first bad entry, naming the entry by position (and its bot, once that
+    /// parsed), never by its secret. An empty list is an empty set.
+    ///
+    /// ```
+    /// use tgpipe_shared::config::{BotListError, BotSecrets};
+    /// assert_eq!(BotSecrets::parse("1:abc, 2:def").unwrap().len(), 2);
+    /// assert_eq!(BotSecrets::parse("1:abc,x:def"), Err(BotListError::BadBotId(2)));
+    /// ```
+    pub fn parse(list: &str) -> Result<BotSecrets, BotListError> {
+        let mut bots = std::collections::BTreeMap::new();
+        for (i, entry) in split_list(list).into_iter().enumerate() {
+            let n = i + 1;
+            let (id, secret) = entry.split_once(':').ok_or(BotListError::Malformed(n))?;
+            let bot = crate::BotId::parse(id.trim()).ok_or(BotListError::BadBotId(n))?;
+            let secret = secret.trim();
+            if !is_valid_webhook_secret(secret) {
+                return Err(BotListError::BadSecret { entry: n, bot });
+            }
+            if bots.insert(bot, SecretString(secret.to_owned())).is_some() {
+                return Err(BotListError::Duplicate(bot));
+            }
+        }
+        Ok(BotSecrets(bots))
+    }
+
+    /// The secret of `bot`, if listed.
+    pub fn get(&self, bot: crate::BotId) -> Option<&SecretString> {
+        self.0.get(&bot)
+    }
+
+    /// The bots and their secrets, by bot id.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (crate::BotId, &SecretString)> {
+        self.0.iter().map(|(id, secret)| (*id, secret))
+    }
+
+    /// How many bots are listed.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for BotSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|id| (id.0, "<redacted>")))
+            .finish()
+    }
+}
+
+/// What is wrong with a `<bot_id>:<secret>` list. Printed at start-up: it never contains
+/// a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BotListError {
+    /// An entry is not `<bot_id>:<secret>`.
+    #[error("entry #{0} is not `<bot_id>:<secret>`")]
+    Malformed(usize),
+    /// The bot id is not a positive integer.
+    #[error("entry #{0} has a bot id that is not a positive integer")]
+    BadBotId(usize),
+    /// The secret breaks Telegram's rule.
+    #[error(
+        "entry #{entry} (bot {bot}): a secret must be 1 to 256 characters of A-Z, a-z, 0-9, _ and -"
+    )]
+    BadSecret {
+        /// The entry's position, from 1.
+        entry: usize,
+        /// Its bot.
+        bot: crate::BotId,
+    },
+    /// The same bot twice.
+    #[error("bot {0} is listed twice")]
+    Duplicate(crate::BotId),
+    /// No bot at all (where one is required).
+    #[error("no bots configured (set TGPIPE_BOTS or TGPIPE_BOTS_FILE)")]
+    Empty,
+}
+
+/// Why `TGPIPE_BOTS` / `TGPIPE_BOTS_FILE` is unusable; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum BotSecretsError {
+    /// The list (of the named setting) is wrong.
+    #[error("{0}: {1}")]
+    List(&'static str, BotListError),
+    /// The file cannot be read.
+    #[error("TGPIPE_BOTS_FILE (--bots-file): {0}")]
+    File(ListFileError),
 }
 
 /// The shards of the update subjects (`TGPIPE_SHARDS`), declared once for every binary
@@ -219,7 +413,8 @@ fn parse_shards(s: &str) -> Result<u16, String> {
 }
 
 /// The Redis connection (`REDIS_URL`), declared once for every binary that uses Redis.
-#[derive(Debug, Clone, clap::Args)]
+/// `Debug` redacts the password in the URL.
+#[derive(Clone, clap::Args)]
 pub struct RedisArgs {
     /// Redis URL (`redis://`, `rediss://` for TLS; credentials in the URL).
     #[arg(
@@ -228,6 +423,14 @@ pub struct RedisArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+}
+
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .finish()
+    }
 }
 
 /// NATS connection settings shared by every binary. `Debug` redacts passwords and
@@ -420,6 +623,101 @@ mod tests {
             split_list("# bots\n1:a\n2:b,3:c\n"),
             vec!["1:a", "2:b", "3:c"]
         );
+    }
+
+    #[test]
+    fn debug_of_the_redis_url_redacts_its_password() {
+        let args = RedisArgs {
+            redis_url: "redis://app:redis-password@redis:6379/0".to_owned(),
+        };
+        let shown = format!("{args:?}");
+        assert!(shown.contains("redis://app:***@redis:6379/0"), "{shown}");
+        assert!(!shown.contains("redis-password"), "{shown}");
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct WithBots {
+        #[command(flatten)]
+        bots: BotSecretsArgs,
+    }
+
+    fn bots(flags: &[&str]) -> BotSecretsArgs {
+        use clap::Parser;
+        let argv = std::iter::once("t").chain(flags.iter().copied());
+        WithBots::try_parse_from(argv).unwrap().bots
+    }
+
+    #[test]
+    fn a_bot_list_is_refused_at_its_first_bad_entry_without_echoing_secrets() {
+        assert_eq!(BotSecrets::parse(""), Ok(BotSecrets::default()));
+        assert_eq!(BotSecrets::parse("123"), Err(BotListError::Malformed(1)));
+        assert_eq!(BotSecrets::parse("1:a,x:b"), Err(BotListError::BadBotId(2)));
+        assert_eq!(BotSecrets::parse("1:a,0:b"), Err(BotListError::BadBotId(2)));
+        let bad_secret = |entry, bot| {
+            Err(BotListError::BadSecret {
+                entry,
+                bot: crate::BotId(bot),
+            })
+        };
+        assert_eq!(BotSecrets::parse("1:a b"), bad_secret(1, 1));
+        assert_eq!(BotSecrets::parse("1:ok,2:"), bad_secret(2, 2));
+        assert_eq!(
+            BotSecrets::parse(&format!("7:{}", "a".repeat(257))),
+            bad_secret(1, 7)
+        );
+        assert_eq!(
+            BotSecrets::parse("1:a,1:b"),
+            Err(BotListError::Duplicate(crate::BotId(1)))
+        );
+        for list in ["1:topsecret,1:topsecret2", "1:top secret", "x:topsecret"] {
+            let e = bots(&["--bots", list]).require().unwrap_err().to_string();
+            assert!(e.starts_with("TGPIPE_BOTS (--bots): "), "{e}");
+            assert!(!e.contains("topsecret") && !e.contains("top secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn bot_secrets_come_from_the_variable_or_the_file_and_may_be_required() {
+        let b = bots(&["--bots", " 12:abc,\n34:d-e_F "]).require().unwrap();
+        assert_eq!(b.get(crate::BotId(34)).unwrap().expose(), "d-e_F");
+        assert_eq!(format!("{b:?}"), r#"{12: "<redacted>", 34: "<redacted>"}"#);
+        assert!(bots(&[]).secrets().unwrap().is_empty());
+        let e = bots(&[]).require().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "TGPIPE_BOTS (--bots): no bots configured (set TGPIPE_BOTS or TGPIPE_BOTS_FILE)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bots");
+        std::fs::write(&path, "# prod\n1:abc\n2:def\n").unwrap();
+        let file = path.to_str().unwrap();
+        assert_eq!(bots(&["--bots-file", file]).require().unwrap().len(), 2);
+        std::fs::write(&path, "\n").unwrap();
+        assert!(bots(&["--bots-file", file]).secrets().unwrap().is_empty());
+        let e = bots(&["--bots-file", file])
+            .require()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("TGPIPE_BOTS_FILE (--bots-file): no bots"),
+            "{e}"
+        );
+        std::fs::write(&path, "1:abc\n2:d f\n").unwrap();
+        let e = bots(&["--bots-file", file])
+            .secrets()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("TGPIPE_BOTS_FILE (--bots-file): entry #2 (bot 2)"),
+            "{e}"
+        );
+        let missing = dir.path().join("missing");
+        let e = bots(&["--bots-file", missing.to_str().unwrap()])
+            .secrets()
+            .unwrap_err();
+        assert!(matches!(e, BotSecretsError::File(_)), "{e}");
+        use clap::Parser;
+        assert!(WithBots::try_parse_from(["t", "--bots", "1:a", "--bots-file", file]).is_err());
     }
 
     #[derive(Debug, clap::Parser)]

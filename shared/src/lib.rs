@@ -10,6 +10,8 @@
 //! - process plumbing every binary needs: configuration helpers (`config`, feature
 //!   `config`), telemetry (`telemetry`, feature `telemetry`) and the shutdown signal
 //!   (`shutdown`, feature `config`);
+//! - the operations endpoints both tiers serve, `/healthz`, `/readyz` and `/metrics`
+//!   (`ops`, feature `ops`).
 //!
 //! The test harness is the `tgpipe-testkit` crate.
 //!
@@ -19,6 +21,7 @@
 //! | `config`    | clap argument groups and helpers, the shutdown signal       |          |
 //! | `nats`      | async-nats: envelope messages, publish, streams, registry   | `config` |
 //! | `telemetry` | logs, OTLP traces, trace context in headers, Prometheus     | `nats`   |
+//! | `ops`       | `/healthz`, `/readyz`, `/metrics`: readiness and the ops server | `telemetry` |
 //!
 //! Changing anything in the wire contract changes what is stored in JetStream and
 //! what older pods expect: do it on purpose, in `DESIGN.md` as well.
@@ -29,6 +32,8 @@ pub mod envelope;
 pub mod extract;
 pub mod headers;
 pub mod kind;
+#[cfg(feature = "ops")]
+pub mod ops;
 #[cfg(feature = "nats")]
 pub mod publish;
 #[cfg(feature = "nats")]

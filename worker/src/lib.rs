@@ -26,7 +26,7 @@
 
 pub mod poll;
 pub mod runtime;
-pub mod webhook;
+pub mod set_webhook;
 
 pub use runtime::run;
 

@@ -64,7 +64,7 @@ impl PollArgs {
         PollConfig {
             timeout: Duration::from_secs(u64::from(self.timeout)),
             limit: self.limit,
-            allowed_updates: crate::webhook::allowed_updates(
+            allowed_updates: crate::set_webhook::allowed_updates(
                 used_kinds,
                 self.allowed_updates.as_deref(),
             ),
@@ -96,7 +96,7 @@ impl PollConfig {
         PollConfig {
             timeout: Duration::from_secs(30),
             limit: 100,
-            allowed_updates: crate::webhook::allowed_updates(used_kinds, None),
+            allowed_updates: crate::set_webhook::allowed_updates(used_kinds, None),
             offset: None,
             backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),

@@ -10,7 +10,7 @@ use stack::{Stack, header, text, text_of};
 use tgpipe_shared::BotId;
 use tgpipe_shared::registry::{self, BotState, RegistrySettings};
 use tgpipe_testkit::{eventually, eventually_ok, eventually_some};
-use tgpipe_worker::runtime::registry::{BotsCommand, run_bots_command};
+use tgpipe_worker::runtime::{BotsCommand, run_bots_command};
 
 const NEW_BOT: u64 = 5151;
 const NEW_TOKEN: &str = "5151:registry-token-AAAAAAAAAAAAAAAA";

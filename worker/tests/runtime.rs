@@ -14,7 +14,7 @@ use stack::{BOT, Stack, TOKEN, callback, chat_of, header, joined, text, text_of}
 use tgpipe::{Dispatcher, HandlerError, Router};
 use tgpipe_shared::headers;
 use tgpipe_testkit::{eventually, eventually_ok, eventually_some};
-use tgpipe_worker::runtime::config::{Cli, DlqCommand};
+use tgpipe_worker::runtime::{Cli, DlqCommand};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_bot_answers_each_behaviour_through_the_ingress() {
@@ -203,7 +203,8 @@ async fn sigterm_drains_in_flight_updates_and_exits_zero() {
 #[error("the database is down")]
 struct DatabaseDown;
 
-fn run_args(s: &Stack, extra: &[&str]) -> tgpipe_worker::runtime::config::RunArgs {
+/// A checked configuration of `run` on this stack, with `extra` flags.
+fn run_config(s: &Stack, extra: &[&str]) -> tgpipe_worker::runtime::WorkerConfig {
     let nats = s.nats.url();
     let redis = s.redis.url();
     let api = s.sink.url();
@@ -223,7 +224,11 @@ fn run_args(s: &Stack, extra: &[&str]) -> tgpipe_worker::runtime::config::RunArg
         "off",
     ];
     argv.extend_from_slice(extra);
-    Cli::try_parse_from(argv).expect("valid flags").run
+    Cli::try_parse_from(argv)
+        .expect("valid flags")
+        .run
+        .validate()
+        .expect("valid config")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,11 +250,11 @@ async fn a_failing_handler_is_dead_lettered_after_max_deliveries_and_replayed() 
         }
     });
     let dispatcher = Dispatcher::builder(router);
-    let args = run_args(&s, &["--max-deliver", "3", "--retry-budget", "0s"]);
+    let config = run_config(&s, &["--max-deliver", "3", "--retry-budget", "0s"]);
     let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(tgpipe_worker::runtime::serve(
-        args,
+        config,
         dispatcher,
         ops,
         async {
@@ -276,7 +281,7 @@ async fn a_failing_handler_is_dead_lettered_after_max_deliveries_and_replayed() 
         bot: None,
         limit: 10,
     };
-    tgpipe_worker::runtime::dlq::command(&s.js, "TG_DLQ", 64.try_into().unwrap(), &list, &mut out)
+    tgpipe_worker::runtime::dlq_command(&s.js, "TG_DLQ", 64.try_into().unwrap(), &list, &mut out)
         .await
         .unwrap();
     let listing = String::from_utf8(out).unwrap();
@@ -291,15 +296,9 @@ async fn a_failing_handler_is_dead_lettered_after_max_deliveries_and_replayed() 
         all: true,
         bot: None,
     };
-    tgpipe_worker::runtime::dlq::command(
-        &s.js,
-        "TG_DLQ",
-        64.try_into().unwrap(),
-        &replay,
-        &mut out,
-    )
-    .await
-    .unwrap();
+    tgpipe_worker::runtime::dlq_command(&s.js, "TG_DLQ", 64.try_into().unwrap(), &replay, &mut out)
+        .await
+        .unwrap();
     assert!(String::from_utf8(out).unwrap().contains("1 replayed"));
     eventually(
         Duration::from_secs(30),
@@ -332,7 +331,7 @@ async fn dlq_list_shows_letters_of_bot_0() {
         let js = s.js.clone();
         async move {
             let mut out = Vec::new();
-            let result = tgpipe_worker::runtime::dlq::command(
+            let result = tgpipe_worker::runtime::dlq_command(
                 &js,
                 "TG_DLQ",
                 64.try_into().unwrap(),
@@ -490,11 +489,11 @@ async fn in_process(
     tokio::task::JoinHandle<Result<(), tgpipe_worker::runtime::RunError>>,
 ) {
     let dispatcher = Dispatcher::builder(router);
-    let args = run_args(s, extra);
+    let config = run_config(s, extra);
     let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(tgpipe_worker::runtime::serve(
-        args,
+        config,
         dispatcher,
         ops,
         async {
@@ -729,7 +728,7 @@ async fn webhook_commands_take_the_secret_from_the_ingress_list_and_the_kinds_fr
     let secret = String::from_utf8(out.stdout).unwrap();
     let secret = secret.trim();
     assert_eq!(secret.len(), 64);
-    assert!(tgpipe_worker::webhook::is_valid_secret(secret));
+    assert!(tgpipe_worker::set_webhook::is_valid_secret(secret));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -962,4 +961,93 @@ async fn a_failing_update_is_retried_in_place_and_blocks_only_its_chat() {
     assert_eq!(s.dead_letters().await, 0);
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_port_answers_like_the_ingress_and_says_draining_from_the_signal_on() {
+    let s = Stack::start().await;
+    let started = Arc::new(AtomicBool::new(false));
+    let mut router = Router::new("slow");
+    let flag = Arc::clone(&started);
+    router.message(move || {
+        let flag = Arc::clone(&flag);
+        async move {
+            flag.store(true, Ordering::SeqCst);
+            // Long enough to probe the pod while it drains.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    });
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", ops.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(tgpipe_worker::runtime::serve(
+        run_config(&s, &[]),
+        Dispatcher::builder(router),
+        ops,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let get = |path: &'static str| {
+        let url = format!("{base}{path}");
+        async move {
+            let r = reqwest::get(url).await.expect("the ops port answers");
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    eventually(Duration::from_secs(30), "/readyz says ready", || async {
+        get("/readyz").await == (200, "ready".to_owned())
+    })
+    .await;
+    assert_eq!(get("/healthz").await, (200, "ok".to_owned()));
+    assert_eq!(s.post(&text(70_001, 7001, "slow")).await, 200);
+    eventually(Duration::from_secs(30), "the handler started", || async {
+        started.load(Ordering::SeqCst)
+    })
+    .await;
+    let (status, metrics) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("tgpipe_worker_consumed_total"),
+        "{metrics}"
+    );
+    let _ = stop.send(());
+    eventually(Duration::from_secs(2), "/readyz says draining", || async {
+        get("/readyz").await == (503, "draining".to_owned())
+    })
+    .await;
+    task.await.unwrap().unwrap();
+}
+
+#[test]
+fn run_refuses_a_bad_setting_before_it_connects_to_anything() {
+    // Nothing listens on port 1: a worker that connected before validating would fail
+    // on Redis or NATS (exit 1), not on the setting (exit 64).
+    for (var, value, named) in [
+        (
+            "TGPIPE_BOT_TOKENS",
+            "12:AAA,nonsense",
+            "token #2 of TGPIPE_BOT_TOKENS",
+        ),
+        ("TGPIPE_API_URL", "not a url", "TGPIPE_API_URL"),
+        ("TGPIPE_PARTITIONS", "128", "TGPIPE_PARTITIONS"),
+    ] {
+        let out = std::process::Command::new(tgpipe_testkit::workspace_bin(
+            "tgpipe-example-bot",
+            "tgpipe-example-bot",
+        ))
+        .arg("run")
+        .env_clear()
+        .env("TGPIPE_BOT_TOKENS", TOKEN)
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .env("TGPIPE_LISTEN", "127.0.0.1:0")
+        .env(var, value)
+        .output()
+        .expect("run the example bot");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{var}: {stderr}");
+        assert!(stderr.contains(named), "{var}: {stderr}");
+        assert!(!stderr.contains("AAA"), "a token in the error: {stderr}");
+    }
 }

@@ -1,19 +1,22 @@
 //! The worker binary's command line: every setting is a flag and an environment variable
 //! (what Kubernetes gives), validated at start-up with a clear message and exit code 64.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tgpipe_shared::config::{
-    NatsArgs, RedisArgs, SecretString, ShardArgs, TelemetryArgs, split_list,
+    BotSecretsArgs, NatsArgs, RedisArgs, SecretString, ShardArgs, TelemetryArgs, split_list,
 };
 use tgpipe_shared::registry::RegistrySettings;
 use tgpipe_shared::stream::{StreamSettings, parse_duration};
 use tgpipe_shared::{BotId, UpdateKind};
 
-use super::lane::{Lane, LaneError};
+use super::consume::{AckSettings, Limits};
+use super::group::GroupSettings;
+use super::lane::{ConsumerSettings, Lane, LaneError};
+use super::registry::RemovedPolicy;
 use redis::aio::ConnectionManager;
 
 use tgpipe::bot::{Bot, DEFAULT_API_URL, Rate, RateLimits};
@@ -100,34 +103,12 @@ pub struct WebhookArgs {
     #[arg(long, env = "TGPIPE_BOT_ID", global = true)]
     pub bot_id: Option<u64>,
     /// The ingress's `<bot_id>:<secret>` list, where `webhook set` finds the bot's secret
-    /// when `--secret` is not given.
-    #[arg(long = "ingress-bots", env = "TGPIPE_BOTS", hide_env_values = true)]
-    pub ingress_bots: Option<SecretString>,
-    /// The same list in a file (a mounted Secret).
-    #[arg(
-        long = "ingress-bots-file",
-        env = "TGPIPE_BOTS_FILE",
-        conflicts_with = "ingress_bots"
-    )]
-    pub ingress_bots_file: Option<std::path::PathBuf>,
+    /// when `--secret` is not given; read as strictly as the ingress reads it.
+    #[command(flatten)]
+    pub ingress: BotSecretsArgs,
     /// What to do.
     #[command(subcommand)]
-    pub command: crate::webhook::WebhookCommand,
-}
-
-impl WebhookArgs {
-    /// The secret of `bot` in the ingress's list, if the list is given and names it.
-    pub fn ingress_secret(&self, bot: BotId) -> Result<Option<String>, BotsError> {
-        let list = match (&self.ingress_bots, &self.ingress_bots_file) {
-            (_, Some(path)) => tgpipe_shared::config::read_list_file(path)?,
-            (Some(list), None) => list.expose().to_owned(),
-            (None, None) => return Ok(None),
-        };
-        Ok(split_list(&list).into_iter().find_map(|entry| {
-            let (id, secret) = entry.split_once(':')?;
-            (BotId::parse(id.trim()) == Some(bot)).then(|| secret.trim().to_owned())
-        }))
-    }
+    pub command: crate::set_webhook::WebhookCommand,
 }
 
 /// `poll` settings.
@@ -247,7 +228,7 @@ pub enum BotsError {
     WhichBot,
     /// The API URL does not parse.
     #[error("TGPIPE_API_URL is not a URL: {0}")]
-    ApiUrl(String),
+    ApiUrl(#[source] tgpipe_shared::BoxError),
 }
 
 impl BotArgs {
@@ -289,30 +270,96 @@ impl BotArgs {
         &self,
         redis: Option<&ConnectionManager>,
     ) -> Result<HashMap<BotId, Bot>, BotsError> {
+        let settings = self.settings(self.tokens()?)?;
+        Ok(settings.build_all(redis))
+    }
+
+    /// The tokens of `TGPIPE_BOT_TOKENS` / `TGPIPE_BOT_TOKENS_FILE`, each checked.
+    pub fn tokens(&self) -> Result<BotTokens, BotsError> {
         let tokens = match (&self.tokens, &self.tokens_file) {
             (_, Some(path)) => tgpipe_shared::config::read_list_file(path)?,
             (Some(tokens), None) => tokens.expose().to_owned(),
             (None, None) => return Err(BotsError::Missing),
         };
-        reqwest::Url::parse(&self.api_url).map_err(|e| BotsError::ApiUrl(e.to_string()))?;
-        let mut bots = HashMap::new();
+        let mut checked = BTreeMap::new();
         for (i, token) in split_list(&tokens).into_iter().enumerate() {
-            let mut builder = Bot::builder(token)
-                .api_url(&self.api_url)
-                .limits(self.limits());
-            // With limits off there is nothing to share: no Redis round trip per call.
-            if let (Some(redis), RateLimitMode::Telegram) = (redis, self.rate_limits) {
-                builder = builder.redis(redis.clone());
-            }
-            let bot = builder.build().map_err(|_| BotsError::Invalid(i + 1))?;
-            if bots.insert(bot.id(), bot.clone()).is_some() {
-                return Err(BotsError::Duplicate(bot.id()));
+            let id = BotId::from_token(token).ok_or(BotsError::Invalid(i + 1))?;
+            if checked.insert(id, SecretString::from(token)).is_some() {
+                return Err(BotsError::Duplicate(id));
             }
         }
-        if bots.is_empty() {
+        if checked.is_empty() {
             return Err(BotsError::Missing);
         }
-        Ok(bots)
+        Ok(BotTokens(checked))
+    }
+
+    /// How the Bot API clients of `tokens` are built: the API URL (checked), the rate
+    /// limits and whether they are shared.
+    pub fn settings(&self, tokens: BotTokens) -> Result<BotSettings, BotsError> {
+        reqwest::Url::parse(&self.api_url).map_err(|e| BotsError::ApiUrl(e.into()))?;
+        Ok(BotSettings {
+            tokens,
+            api_url: self.api_url.clone(),
+            limits: self.limits(),
+            share_limits: self.rate_limits == RateLimitMode::Telegram,
+        })
+    }
+}
+
+/// Bot tokens, each `<bot_id>:<secret>`, no bot twice. `Debug` shows the bot ids only.
+#[derive(Clone, Default)]
+pub struct BotTokens(BTreeMap<BotId, SecretString>);
+
+impl BotTokens {
+    /// The bots, by id.
+    pub fn ids(&self) -> impl ExactSizeIterator<Item = BotId> + '_ {
+        self.0.keys().copied()
+    }
+}
+
+impl std::fmt::Debug for BotTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys().map(|id| id.0)).finish()
+    }
+}
+
+/// The bots of a worker, checked: their tokens and how their Bot API clients are built.
+#[derive(Debug, Clone)]
+pub struct BotSettings {
+    /// The static bots (`TGPIPE_BOT_TOKENS`); empty when all come from the registry.
+    pub tokens: BotTokens,
+    /// Base URL of the Bot API (a URL: checked).
+    pub api_url: String,
+    /// Outgoing rate limits.
+    pub limits: RateLimits,
+    /// Whether the limits and 429 pauses are shared between pods through Redis
+    /// (`TGPIPE_RATE_LIMITS=telegram`).
+    pub share_limits: bool,
+}
+
+impl BotSettings {
+    /// A `Bot` for `token`, sharing its limits through `redis` when given and
+    /// [`BotSettings::share_limits`]; `None` for a token that is not `<bot_id>:<secret>`.
+    pub fn build(&self, token: &str, redis: Option<&ConnectionManager>) -> Option<Bot> {
+        let mut builder = Bot::builder(token)
+            .api_url(&self.api_url)
+            .limits(self.limits.clone());
+        // With limits off there is nothing to share: no Redis round trip per call.
+        if let (Some(redis), true) = (redis, self.share_limits) {
+            builder = builder.redis(redis.clone());
+        }
+        builder.build().ok()
+    }
+
+    /// The static bots' `Bot` handles by bot id.
+    pub fn build_all(&self, redis: Option<&ConnectionManager>) -> HashMap<BotId, Bot> {
+        self.tokens
+            .0
+            .iter()
+            // `BotArgs::tokens` checked every token the way `build` does.
+            .filter_map(|(id, token)| Some((*id, self.build(token.expose(), redis)?)))
+            .collect()
     }
 }
 
@@ -376,7 +423,7 @@ pub struct RunArgs {
     /// (shard `s` is in partition `s % partitions`). At most `TGPIPE_SHARDS` and 256;
     /// more partitions than pods, so that added pods get some.
     #[arg(long, env = "TGPIPE_PARTITIONS", default_value_t = 16,
-        value_parser = clap::value_parser!(u16).range(1..=256))]
+        value_parser = clap::value_parser!(u16).range(1..=i64::from(super::lane::MAX_PARTITIONS)))]
     pub partitions: u16,
     /// How long a pod that stopped heartbeating (killed, partitioned away) keeps its
     /// partitions; after it they move to the live pods.
@@ -486,18 +533,17 @@ impl RunArgs {
     }
 
     /// How the lane's partition consumers are set up.
-    pub fn consumer_settings(&self) -> Result<super::lane::ConsumerSettings, String> {
+    pub fn consumer_settings(&self) -> Result<ConsumerSettings, ConfigError> {
         if self.partitions > self.shards.count().get() {
-            return Err(format!(
-                "TGPIPE_PARTITIONS (--partitions) is {} but there are only {} shards (TGPIPE_SHARDS)",
-                self.partitions,
-                self.shards.count()
-            ));
+            return Err(ConfigError::PartitionsOverShards {
+                partitions: self.partitions,
+                shards: self.shards.count().get(),
+            });
         }
-        if self.lease_ttl < Duration::from_secs(2) {
-            return Err("TGPIPE_LEASE_TTL (--lease-ttl) must be at least 2s".to_owned());
+        if self.lease_ttl < MIN_LEASE_TTL {
+            return Err(ConfigError::LeaseTtl);
         }
-        Ok(super::lane::ConsumerSettings {
+        Ok(ConsumerSettings {
             shards: self.shards.count().get(),
             partitions: self.partitions,
             max_ack_pending: self.max_ack_pending(),
@@ -507,14 +553,147 @@ impl RunArgs {
     }
 
     /// How the lane's pods share its partitions.
-    pub fn group_settings(&self) -> super::group::GroupSettings {
-        super::group::GroupSettings {
+    pub fn group_settings(&self) -> GroupSettings {
+        GroupSettings {
             bucket: self.group_bucket.clone(),
             lease_ttl: self.lease_ttl,
             replicas: usize::from(self.stream.replicas),
             partitions: self.partitions,
         }
     }
+
+    /// Checks every setting of `run` and returns what [`super::serve`] runs; nothing
+    /// connects before this passed, so a misconfigured pod stops at once with exit code
+    /// 64 and the setting named, never halfway through its start.
+    ///
+    /// ```
+    /// use clap::Parser;
+    /// use tgpipe_worker::runtime::config::Cli;
+    ///
+    /// let cli = Cli::try_parse_from(["bot", "--bot-tokens", "123:ABC", "--partitions", "8"]).unwrap();
+    /// let config = cli.run.validate().unwrap();
+    /// assert_eq!(config.consumers.partitions, 8);
+    /// let cli = Cli::try_parse_from(["bot", "--bot-tokens", "123:ABC", "--partitions", "128", "--shards", "64"]).unwrap();
+    /// assert!(cli.run.validate().unwrap_err().to_string().starts_with("TGPIPE_PARTITIONS"));
+    /// ```
+    pub fn validate(self) -> Result<WorkerConfig, ConfigError> {
+        let lane = self.lane()?;
+        let consumers = self.consumer_settings()?;
+        let tokens = match self.bots.tokens() {
+            Ok(tokens) => tokens,
+            // With the registry, bots may all come from it.
+            Err(BotsError::Missing) if self.registry.registry => BotTokens::default(),
+            Err(e) => return Err(e.into()),
+        };
+        let bots = self.bots.settings(tokens)?;
+        // Parses the URL without connecting.
+        redis::Client::open(self.redis.redis_url.as_str()).map_err(ConfigError::RedisUrl)?;
+        Ok(WorkerConfig {
+            group: self.group_settings(),
+            limits: Limits {
+                concurrency: self.concurrency as usize,
+                max_held: self.max_held as usize,
+                max_held_per_chat: self.max_held_per_chat as usize,
+            },
+            acks: AckSettings {
+                max_deliver: self.max_deliver,
+                ack_wait: self.ack_wait,
+                retry_delay: self.retry_delay,
+                retry_max_delay: self.retry_max_delay,
+                retry_budget: self.retry_budget,
+                handler_timeout: self.handler_timeout,
+            },
+            seen: (self.seen_cap > 0).then_some((self.seen_cap, self.seen_ttl)),
+            lane,
+            consumers,
+            bots,
+            listen: self.listen,
+            nats: self.nats,
+            stream: self.stream,
+            telemetry: self.telemetry,
+            registry: self.registry,
+            removed_policy: self.removed_policy,
+            member: self.member,
+            redis: self.redis,
+            fsm: self.fsm,
+            shutdown_grace: self.shutdown_grace,
+            provision: self.provision,
+        })
+    }
+}
+
+/// Shortest `TGPIPE_LEASE_TTL` (a pod renews its membership and leases every third of
+/// it).
+const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+
+/// A checked configuration of `run` ([`RunArgs::validate`]): what [`super::serve`]
+/// runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics` (`TGPIPE_LISTEN`).
+    pub listen: SocketAddr,
+    /// NATS connection.
+    pub nats: NatsArgs,
+    /// Streams.
+    pub stream: StreamSettings,
+    /// Logs and traces.
+    pub telemetry: TelemetryArgs,
+    /// Redis (FSM, rate limits, recent-update memory); the URL parses.
+    pub redis: RedisArgs,
+    /// The FSM the runtime provides.
+    pub fsm: FsmArgs,
+    /// The static bots and how Bot API clients are built.
+    pub bots: BotSettings,
+    /// The bot registry.
+    pub registry: RegistrySettings,
+    /// What happens to the updates of a bot removed from the registry.
+    pub removed_policy: RemovedPolicy,
+    /// The lane this process serves.
+    pub lane: Lane,
+    /// How the lane's partition consumers are set up.
+    pub consumers: ConsumerSettings,
+    /// How the lane's pods share its partitions.
+    pub group: GroupSettings,
+    /// How much the pod holds and runs.
+    pub limits: Limits,
+    /// How updates are acknowledged and retried.
+    pub acks: AckSettings,
+    /// This pod's name in its lane's group (the host name when `None`).
+    pub member: Option<String>,
+    /// The memory of finished updates per chat: how many, and for how long (`None`:
+    /// off).
+    pub seen: Option<(u32, Duration)>,
+    /// How long in-flight handlers may finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Whether to create the streams that are missing at start.
+    pub provision: bool,
+}
+
+/// Why the settings of `run` are unusable. Each message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `TGPIPE_LANE` / `TGPIPE_LANE_KINDS`.
+    #[error(transparent)]
+    Lane(#[from] LaneError),
+    /// More partitions than shards.
+    #[error(
+        "TGPIPE_PARTITIONS (--partitions) is {partitions} but there are only {shards} shards (TGPIPE_SHARDS)"
+    )]
+    PartitionsOverShards {
+        /// `TGPIPE_PARTITIONS`.
+        partitions: u16,
+        /// `TGPIPE_SHARDS`.
+        shards: u16,
+    },
+    /// A lease too short to hold.
+    #[error("TGPIPE_LEASE_TTL (--lease-ttl) must be at least 2s")]
+    LeaseTtl,
+    /// The bot tokens or the Bot API URL.
+    #[error(transparent)]
+    Bots(#[from] BotsError),
+    /// `REDIS_URL` does not parse.
+    #[error("REDIS_URL (--redis-url): {0}")]
+    RedisUrl(#[source] redis::RedisError),
 }
 
 /// The Redis FSM the runtime gives a dispatcher that needs one and has none.
@@ -705,15 +884,54 @@ mod tests {
         .unwrap();
         let shown = format!("{cli:?}");
         assert!(!shown.contains("SECRET-TOKEN"), "{shown}");
-        let cli = Cli::try_parse_from([
-            "worker",
-            "webhook",
-            "--ingress-bots",
-            "12:hunter2-secret",
-            "info",
-        ])
-        .unwrap();
+        let cli = Cli::try_parse_from(["worker", "webhook", "--bots", "12:hunter2-secret", "info"])
+            .unwrap();
         assert!(!format!("{cli:?}").contains("hunter2"));
+        let config = run_args(&[
+            "--bot-tokens",
+            "12:SECRET-TOKEN-A",
+            "--redis-url",
+            "redis://:redis-password@redis:6379",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("SECRET-TOKEN"), "{shown}");
+        assert!(!shown.contains("redis-password"), "{shown}");
+        assert!(shown.contains("tokens: {12}"), "{shown}");
+    }
+
+    #[test]
+    fn run_is_validated_into_a_config_before_anything_connects() {
+        let config = run_args(&["--bot-tokens", "12:AAA", "--seen-cap", "0"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(config.bots.tokens.ids().collect::<Vec<_>>(), [BotId(12)]);
+        assert_eq!(config.consumers.partitions, 16);
+        assert_eq!(config.limits.concurrency, 128);
+        assert_eq!(config.seen, None);
+        assert!(config.bots.share_limits);
+        // With the registry (the default) the static bots may be none; without, not.
+        let config = run_args(&[]).unwrap().validate().unwrap();
+        assert_eq!(config.bots.tokens.ids().len(), 0);
+        let e = run_args(&["--registry", "false"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::Bots(BotsError::Missing)), "{e}");
+        for (flags, names) in [
+            (&["--lane-kinds", "bogus"][..], "TGPIPE_LANE_KINDS"),
+            (&["--partitions", "65"], "TGPIPE_PARTITIONS"),
+            (&["--lease-ttl", "1s"], "TGPIPE_LEASE_TTL"),
+            (&["--bot-tokens", "nonsense"], "TGPIPE_BOT_TOKENS"),
+            (&["--api-url", "not a url"], "TGPIPE_API_URL"),
+            (&["--redis-url", "http://redis:6379"], "REDIS_URL"),
+        ] {
+            let e = run_args(flags).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains(names), "{flags:?}: {e}");
+        }
     }
 
     #[test]

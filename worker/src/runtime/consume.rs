@@ -97,7 +97,7 @@ pub struct Limits {
 }
 
 /// What the consuming loop needs.
-pub struct Consumer {
+pub(super) struct Consumer {
     pub(crate) dispatcher: Arc<Dispatcher>,
     pub(crate) bots: Arc<super::registry::BotDirectory>,
     pub(crate) removed_policy: super::registry::RemovedPolicy,
@@ -323,14 +323,6 @@ impl Scheduler {
     }
 }
 
-/// Why consuming stopped other than by shutdown.
-#[derive(Debug, thiserror::Error)]
-pub enum ConsumeError {
-    /// The message stream could not be opened, or ended.
-    #[error("the lane's message stream failed: {0}")]
-    Stream(#[source] tgpipe_shared::BoxError),
-}
-
 /// A held update's ordering key: its bot and chat (else user).
 fn order_key(env: &Envelope) -> Option<OrderKey> {
     Some((env.bot, env.chat_id.or(env.user_id)?))
@@ -349,14 +341,14 @@ impl Consumer {
     /// Consumes the partitions `group` assigns to this pod until `shutdown` resolves;
     /// then leaves the group, hands every partition over (running updates get `grace` to
     /// finish; held ones not started are returned to the stream) and returns.
-    pub async fn run(
+    pub(super) async fn run(
         self: Arc<Self>,
         stream: Stream,
         consumers: Vec<PullConsumer>,
         group: Group,
         grace: Duration,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), ConsumeError> {
+    ) {
         let limits = self.limits;
         let pod = Arc::new(Pod {
             me: Arc::clone(&self),
@@ -427,7 +419,6 @@ impl Consumer {
                 "shutdown grace ran out; unfinished updates will be redelivered"
             );
         }
-        Ok(())
     }
 }
 

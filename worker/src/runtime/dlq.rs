@@ -92,7 +92,7 @@ impl DeadLetter {
 }
 
 /// The dead letters, oldest first, optionally of one bot, at most `limit`.
-pub async fn list(
+pub(super) async fn list(
     dlq: &jetstream::stream::Stream,
     bot: Option<BotId>,
     limit: usize,
@@ -123,7 +123,7 @@ pub async fn list(
 }
 
 /// Publishes one dead letter back into the update stream, then deletes it.
-pub async fn replay(
+pub(super) async fn replay(
     js: &jetstream::Context,
     dlq: &jetstream::stream::Stream,
     letter: &DeadLetter,

@@ -39,7 +39,7 @@ use super::lane::{Lane, Partition};
 const RESYNC: Duration = Duration::from_secs(30);
 
 /// The KV bucket of memberships and leases (`TGPIPE_GROUP_BUCKET`).
-pub const DEFAULT_BUCKET: &str = "tgpipe_groups";
+pub(super) const DEFAULT_BUCKET: &str = "tgpipe_groups";
 
 /// How a lane's pods share its partitions.
 #[derive(Debug, Clone)]
@@ -57,13 +57,13 @@ pub struct GroupSettings {
 /// Why the group could not be joined.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot use the ownership bucket `{bucket}`: {message}")]
-pub struct GroupError {
+pub(super) struct GroupError {
     bucket: String,
     message: String,
 }
 
 /// Opens the group's KV bucket, creating it when missing.
-pub async fn bucket(
+pub(super) async fn bucket(
     js: &jetstream::Context,
     settings: &GroupSettings,
 ) -> Result<kv::Store, GroupError> {
@@ -103,7 +103,7 @@ fn key_safe(s: &str, with: char) -> impl Iterator<Item = char> + '_ {
 
 /// A unique member id: `base` (the pod's name) made key-safe, and a random suffix, so a
 /// restarted pod with the same name never inherits its predecessor's leases.
-pub fn member_id(base: &str) -> String {
+pub(super) fn member_id(base: &str) -> String {
     let clean: String = key_safe(base, '-').take(48).collect();
     let clean = if clean.is_empty() {
         "worker".into()
@@ -118,7 +118,7 @@ pub fn member_id(base: &str) -> String {
 /// partition goes to the best-ranked member that still has room. Room is exact: the
 /// first `partitions % members` members (in sorted order) take one more than the others,
 /// so loads differ by one at most. Deterministic in its inputs.
-pub fn assign(partitions: u16, members: &[String]) -> Vec<Option<usize>> {
+pub(super) fn assign(partitions: u16, members: &[String]) -> Vec<Option<usize>> {
     let n = members.len();
     if n == 0 {
         return vec![None; usize::from(partitions)];
@@ -158,7 +158,7 @@ fn rendezvous(member: &str, partition: u16) -> u64 {
 
 /// One held partition: its epoch, and the flag that fences this pod once it is lost.
 #[derive(Debug)]
-pub struct Ownership {
+pub(super) struct Ownership {
     /// The partition.
     pub partition: Partition,
     /// The lease's revision at creation: larger for every later owner.
@@ -169,22 +169,22 @@ pub struct Ownership {
 
 impl Ownership {
     /// Whether the partition was lost (lease expired or taken): nothing of it may start.
-    pub fn is_lost(&self) -> bool {
+    pub(super) fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
     }
 
     /// Whether this pod is giving the partition up (handover or shutdown).
-    pub fn is_released(&self) -> bool {
+    pub(super) fn is_released(&self) -> bool {
         self.release.is_cancelled()
     }
 
     /// Resolves when the partition is lost or being given up.
-    pub async fn released(&self) {
+    pub(super) async fn released(&self) {
         self.release.cancelled().await;
     }
 
     /// A stand-alone ownership (tests and embedding).
-    pub fn new(partition: Partition, epoch: u64) -> Ownership {
+    pub(super) fn new(partition: Partition, epoch: u64) -> Ownership {
         Ownership {
             partition,
             epoch,
@@ -200,7 +200,7 @@ impl Ownership {
 }
 
 /// What the group tells the consuming side.
-pub enum GroupEvent {
+pub(super) enum GroupEvent {
     /// This pod now owns the partition: start consuming it.
     Acquired(Arc<Ownership>),
     /// This pod must give the partition up: stop, finish, then call
@@ -209,11 +209,11 @@ pub enum GroupEvent {
 }
 
 /// Completes a handover: deletes the lease once the consuming side has finished.
-pub struct Released(tokio::sync::oneshot::Sender<()>);
+pub(super) struct Released(tokio::sync::oneshot::Sender<()>);
 
 impl Released {
     /// The partition's updates are finished or returned: let the next owner have it.
-    pub fn done(self) {
+    pub(super) fn done(self) {
         let _ = self.0.send(());
     }
 }
@@ -228,7 +228,7 @@ struct Held {
 }
 
 /// This pod's membership of a lane's group.
-pub struct Group {
+pub(super) struct Group {
     kv: kv::Store,
     lane: String,
     prefix: String,
@@ -247,7 +247,7 @@ impl std::fmt::Debug for Group {
 
 impl Group {
     /// A member `member` of `lane`'s group on `stream`.
-    pub fn new(
+    pub(super) fn new(
         kv: kv::Store,
         stream: &str,
         lane: &Lane,
@@ -262,11 +262,6 @@ impl Group {
             member,
             settings,
         }
-    }
-
-    /// This pod's member id.
-    pub fn member(&self) -> &str {
-        &self.member
     }
 
     fn member_key(&self, m: &str) -> String {
@@ -317,7 +312,7 @@ impl Group {
     /// `events`. On `stop` it leaves the group (its key deleted at once, so the others
     /// rebalance without waiting for the TTL), releases every partition through
     /// `events`, waits for each handover to finish (bounded by `grace`), and returns.
-    pub async fn run(
+    pub(super) async fn run(
         self,
         events: tokio::sync::mpsc::Sender<GroupEvent>,
         stop: tokio_util::sync::CancellationToken,

@@ -15,13 +15,13 @@ use tgpipe_shared::UpdateKind;
 use tgpipe_shared::subject::{SUBJECT_PREFIX, kind_filter};
 
 /// The prefix of every lane consumer's name; consumers without it are not ours.
-pub const CONSUMER_PREFIX: &str = "tgpipe-lane-";
+pub(super) const CONSUMER_PREFIX: &str = "tgpipe-lane-";
 
 /// The priority group every partition consumer pins one client in.
-pub const PRIORITY_GROUP: &str = "owner";
+pub(super) const PRIORITY_GROUP: &str = "owner";
 
 /// The most partitions a lane may have (three digits in the consumer's name).
-pub const MAX_PARTITIONS: u16 = 256;
+pub(super) const MAX_PARTITIONS: u16 = 256;
 
 /// A lane's partition: an index below the lane's partition count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -225,7 +225,7 @@ impl Lane {
 
 /// Why the lane's consumers could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum ConsumerSetupError {
+pub(super) enum ConsumerSetupError {
     /// Another lane overlaps.
     #[error(transparent)]
     Lane(#[from] LaneError),
@@ -241,7 +241,7 @@ pub enum ConsumerSetupError {
 
 /// What [`ensure_consumers`] does to a consumer that exists with other settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Changes {
+pub(super) enum Changes {
     /// Leave it and log the difference (every process at start).
     Keep,
     /// Update it (`provision --apply`), and delete the lane's pre-partition consumer.
@@ -297,7 +297,7 @@ fn consumer_differences(have: &consumer::Config, want: &pull::Config) -> Vec<Str
 /// are missing. One that exists with other settings is left as it is (and the difference
 /// logged) unless `changes` is [`Changes::Apply`]: a pod started with other defaults
 /// never silently reconfigures what an operator set up.
-pub async fn ensure_consumers(
+pub(super) async fn ensure_consumers(
     stream: &Stream,
     lane: &Lane,
     settings: &ConsumerSettings,

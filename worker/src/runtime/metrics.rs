@@ -28,7 +28,7 @@ use tgpipe_shared::UpdateKind;
 
 /// Installs the process-wide Prometheus recorder once and returns its handle (`None`
 /// when another recorder was installed first).
-pub fn install() -> Option<PrometheusHandle> {
+pub(super) fn install() -> Option<PrometheusHandle> {
     tgpipe_shared::telemetry::prometheus()
 }
 

@@ -1,67 +1,109 @@
 //! The worker runtime: turns a [`Dispatcher`] into a pod.
 //!
-//! [`run`] gives every bot binary the same command line (see [`config::Cli`]): `run`
-//! (the default) consumes the lane's updates from JetStream, runs the dispatcher and
-//! acknowledges ([`consume`]); `dlq list|replay` inspects and re-publishes dead letters.
+//! [`run`] gives every bot binary the same command line (see [`Cli`]): `run` (the
+//! default) consumes the lane's updates from JetStream, runs the dispatcher and
+//! acknowledges; `dlq list|replay` inspects and re-publishes dead letters
+//! ([`dlq_command`]); `bots ...` changes the bot registry ([`run_bots_command`]).
+//! A program with its own `main` validates [`RunArgs`] into a [`WorkerConfig`] and
+//! calls [`serve`].
 //! Operations endpoints `/healthz`, `/readyz` and `/metrics` listen on `TGPIPE_LISTEN`.
 //! See `docs/operations.md` for lanes, acknowledgement, dead letters and draining.
 
-pub mod config;
-pub mod consume;
-pub mod dlq;
-pub mod group;
-pub mod lane;
-pub mod metrics;
+mod config;
+mod consume;
+mod dlq;
+mod group;
+mod lane;
+mod metrics;
 mod redis_probe;
-pub mod registry;
-pub mod seen;
+mod registry;
+mod seen;
+
+// The runtime's public surface: the command line and its argument groups, the validated
+// configuration `serve` takes, and the commands a program embedding the worker calls.
+pub use self::config::{
+    BotArgs, BotsArgs, Cli, Command, ConfigError, DlqArgs, DlqCommand, FsmArgs, PollCommandArgs,
+    ProvisionArgs, RateLimitMode, RunArgs, WebhookArgs, WorkerConfig,
+};
+pub use self::dlq::{DeadLetter, DlqError, command as dlq_command};
+pub use self::registry::{BotsCommand, BotsCommandError, RemovedPolicy, run_bots_command};
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use tgpipe_shared::BoxError;
 use tgpipe_shared::config::{EXIT_CONFIG, parse_or_exit};
+use tgpipe_shared::ops::{Check, Readiness};
 use tgpipe_shared::stream::{Changes as StreamChanges, provision_streams, provision_streams_with};
 
-use self::config::{Cli, Command, FsmArgs, PollCommandArgs, ProvisionArgs, RunArgs, WebhookArgs};
-use self::consume::{AckSettings, Consumer, Limits};
+use self::consume::Consumer;
 use self::lane::{Changes, ensure_consumers};
-use crate::webhook::WebhookCommand;
+use crate::set_webhook::WebhookCommand;
 use redis::aio::ConnectionManager;
-use tgpipe::bot::Bot;
 use tgpipe::dispatcher::{Dispatcher, DispatcherBuilder};
 use tgpipe::fsm::{Fsm, Isolation, RedisStorage};
 use tgpipe_shared::publish::Publisher;
 
 /// Why the runtime stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
+///
+/// Its [`kind`](RunError::kind) says what failed; its `source()` is the error of the
+/// setting's parser or of the peer's client, whole (its message is the error's).
+#[derive(Debug)]
+pub struct RunError {
+    kind: RunErrorKind,
+    source: BoxError,
+}
+
+/// What stopped the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunErrorKind {
     /// A setting is unusable (exit code 64).
-    #[error("{0}")]
-    Config(String),
-    /// A peer (NATS, Redis, the listener) failed.
-    #[error("{0}")]
-    Peer(String),
+    Config,
+    /// A peer (NATS, Redis, the listener) failed (exit code 1).
+    Peer,
 }
 
 impl RunError {
+    /// What failed.
+    pub fn kind(&self) -> RunErrorKind {
+        self.kind
+    }
+
+    fn config(e: impl Into<BoxError>) -> RunError {
+        RunError {
+            kind: RunErrorKind::Config,
+            source: e.into(),
+        }
+    }
+
     fn exit_code(&self) -> ExitCode {
-        match self {
-            RunError::Config(_) => ExitCode::from(EXIT_CONFIG as u8),
-            RunError::Peer(_) => ExitCode::FAILURE,
+        match self.kind {
+            RunErrorKind::Config => ExitCode::from(EXIT_CONFIG as u8),
+            RunErrorKind::Peer => ExitCode::FAILURE,
         }
     }
 }
 
-fn peer(e: impl std::fmt::Display) -> RunError {
-    RunError::Peer(e.to_string())
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl std::error::Error for RunError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+fn peer(e: impl Into<BoxError>) -> RunError {
+    RunError {
+        kind: RunErrorKind::Peer,
+        source: e.into(),
+    }
 }
 
 /// The whole bot process: parses the command line and environment, then runs the
@@ -89,7 +131,7 @@ pub async fn run(dispatcher: DispatcherBuilder) -> ExitCode {
         Some(Command::Webhook(args)) => webhook(*args, &dispatcher).await,
         Some(Command::Poll(args)) => poll(*args, dispatcher).await,
         Some(Command::Secret) => {
-            println!("{}", crate::webhook::new_secret_token());
+            println!("{}", crate::set_webhook::new_secret_token());
             Ok(())
         }
         Some(Command::Bots(args)) => run_bots(*args, &dispatcher).await,
@@ -103,19 +145,25 @@ pub async fn run(dispatcher: DispatcherBuilder) -> ExitCode {
     }
 }
 
+fn config_error(e: impl Into<BoxError>) -> RunError {
+    RunError::config(e)
+}
+
 async fn run_worker(args: RunArgs, dispatcher: DispatcherBuilder) -> Result<(), RunError> {
-    let _telemetry = tgpipe_shared::telemetry::init("tgpipe-worker", &args.telemetry)
-        .map_err(|e| RunError::Config(e.to_string()))?;
-    let ops = tokio::net::TcpListener::bind(args.listen)
+    let config = args.validate().map_err(config_error)?;
+    let _telemetry =
+        tgpipe_shared::telemetry::init("tgpipe-worker", &config.telemetry).map_err(config_error)?;
+    let ops = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| RunError::Config(format!("cannot listen on {}: {e}", args.listen)))?;
-    serve(args, dispatcher, ops, tgpipe_shared::shutdown::signal()).await
+        .map_err(|e| RunError::config(format!("cannot listen on {}: {e}", config.listen)))?;
+    serve(config, dispatcher, ops, tgpipe_shared::shutdown::signal()).await
 }
 
 async fn provision(provision: &ProvisionArgs) -> Result<(), RunError> {
+    // Not `validate`: provisioning needs no bot tokens, only the lane and its consumers.
     let args = &provision.run;
-    let lane = args.lane().map_err(|e| RunError::Config(e.to_string()))?;
-    let settings = args.consumer_settings().map_err(RunError::Config)?;
+    let lane = args.lane().map_err(config_error)?;
+    let settings = args.consumer_settings().map_err(config_error)?;
     let client = args
         .nats
         .connect("tgpipe-worker provision")
@@ -161,38 +209,42 @@ async fn provision(provision: &ProvisionArgs) -> Result<(), RunError> {
 
 fn setup_error(e: lane::ConsumerSetupError) -> RunError {
     match e {
-        lane::ConsumerSetupError::Lane(e) => RunError::Config(e.to_string()),
-        e @ lane::ConsumerSetupError::Legacy(_) => RunError::Config(e.to_string()),
+        lane::ConsumerSetupError::Lane(e) => RunError::config(e),
+        e @ lane::ConsumerSetupError::Legacy(_) => RunError::config(e),
         e => peer(e),
     }
 }
 
 async fn webhook(args: WebhookArgs, dispatcher: &DispatcherBuilder) -> Result<(), RunError> {
-    let config = |e: config::BotsError| RunError::Config(e.to_string());
-    let bot = args.bots.bot(args.bot_id, None).map_err(config)?;
+    let bot = args.bots.bot(args.bot_id, None).map_err(config_error)?;
+    // Read as strictly as the ingress reads it, whether `set` needs it or not: a list
+    // the ingress would refuse is a configuration error here too.
+    let ingress = args.ingress.secrets().map_err(config_error)?;
     let mut command = args.command.clone();
     if let WebhookCommand::Set(set) = &mut command
         && set.secret.is_none()
     {
-        set.secret = args.ingress_secret(bot.id()).map_err(config)?;
+        set.secret = ingress.get(bot.id()).map(|s| s.expose().to_owned());
     }
     let mut out = std::io::stdout();
-    crate::webhook::run_webhook_command(&bot, &dispatcher.used_update_kinds(), command, &mut out)
-        .await
-        .map_err(|e| match e {
-            crate::webhook::WebhookCommandError::NoSecret
-            | crate::webhook::WebhookCommandError::BadSecret => RunError::Config(e.to_string()),
-            e => peer(e),
-        })
+    crate::set_webhook::run_webhook_command(
+        &bot,
+        &dispatcher.used_update_kinds(),
+        command,
+        &mut out,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::set_webhook::WebhookCommandError::NoSecret
+        | crate::set_webhook::WebhookCommandError::BadSecret => RunError::config(e),
+        e => peer(e),
+    })
 }
 
 async fn poll(args: PollCommandArgs, dispatcher: DispatcherBuilder) -> Result<(), RunError> {
     let _telemetry = tgpipe_shared::telemetry::init("tgpipe-worker poll", &args.telemetry)
-        .map_err(|e| RunError::Config(e.to_string()))?;
-    let bot = args
-        .bots
-        .bot(args.bot_id, None)
-        .map_err(|e| RunError::Config(e.to_string()))?;
+        .map_err(RunError::config)?;
+    let bot = args.bots.bot(args.bot_id, None).map_err(RunError::config)?;
     let config = args.poll.config(&dispatcher.used_update_kinds());
     if args.poll.delete_webhook {
         crate::poll::delete_webhook(&bot).await.map_err(peer)?;
@@ -224,11 +276,11 @@ async fn poll(args: PollCommandArgs, dispatcher: DispatcherBuilder) -> Result<()
 
 async fn connect_redis(url: &str) -> Result<ConnectionManager, RunError> {
     let client =
-        redis::Client::open(url).map_err(|e| RunError::Config(format!("REDIS_URL: {e}")))?;
+        redis::Client::open(url).map_err(|e| RunError::config(format!("REDIS_URL: {e}")))?;
     client
         .get_connection_manager()
         .await
-        .map_err(|e| RunError::Peer(format!("cannot connect to Redis: {e}")))
+        .map_err(|e| peer(format!("cannot connect to Redis: {e}")))
 }
 
 /// Gives a dispatcher that needs the FSM and has none a Redis FSM, and builds it.
@@ -248,14 +300,12 @@ fn prepare(
     } else {
         dispatcher
     };
-    dispatcher
-        .build()
-        .map_err(|e| RunError::Config(e.to_string()))
+    dispatcher.build().map_err(RunError::config)
 }
 
 async fn run_bots(args: config::BotsArgs, dispatcher: &DispatcherBuilder) -> Result<(), RunError> {
     reqwest::Url::parse(&args.api_url)
-        .map_err(|e| RunError::Config(format!("TGPIPE_API_URL is not a URL: {e}")))?;
+        .map_err(|e| RunError::config(format!("TGPIPE_API_URL is not a URL: {e}")))?;
     let client = args
         .nats
         .connect("tgpipe-worker bots")
@@ -284,7 +334,7 @@ async fn run_bots(args: config::BotsArgs, dispatcher: &DispatcherBuilder) -> Res
     result.map_err(|e| match e {
         registry::BotsCommandError::BadToken
         | registry::BotsCommandError::NoToken(_)
-        | registry::BotsCommandError::NoUrl(_) => RunError::Config(e.to_string()),
+        | registry::BotsCommandError::NoUrl(_) => RunError::config(e),
         e => peer(e),
     })
 }
@@ -304,56 +354,49 @@ async fn run_dlq(args: config::DlqArgs) -> Result<(), RunError> {
     .map_err(peer)
 }
 
-/// Runs a worker until `shutdown` resolves, serving `/healthz`, `/readyz` and
-/// `/metrics` on `ops`; then drains (stops pulling, lets in-flight handlers finish
+/// Runs a worker with a checked `config` ([`RunArgs::validate`]) until `shutdown`
+/// resolves, serving `/healthz`, `/readyz` and `/metrics` on `ops`
+/// ([`tgpipe_shared::ops`]); then drains (stops pulling, lets in-flight handlers finish
 /// within the grace period) and returns. This is `run` without the command line, for
 /// tests and for programs that embed the worker.
 pub async fn serve(
-    args: RunArgs,
+    config: WorkerConfig,
     dispatcher: DispatcherBuilder,
     ops: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let lane = args.lane().map_err(|e| RunError::Config(e.to_string()))?;
-    let settings = args.consumer_settings().map_err(RunError::Config)?;
-    let redis = connect_redis(&args.redis.redis_url).await?;
-    let statics = match args.bots.bots(Some(&redis)) {
-        Ok(bots) => bots,
-        // With the registry, bots may all come from it.
-        Err(config::BotsError::Missing) if args.registry.registry => Default::default(),
-        Err(e) => return Err(RunError::Config(e.to_string())),
-    };
+    let lane = &config.lane;
+    let redis = connect_redis(&config.redis.redis_url).await?;
+    let statics = config.bots.build_all(Some(&redis));
     let make_bot: registry::MakeBot = {
-        let (api_url, limits, rate_limits) = (
-            args.bots.api_url.clone(),
-            args.bots.limits(),
-            args.bots.rate_limits,
-        );
-        let redis = redis.clone();
-        Box::new(move |token: &str| {
-            let mut builder = Bot::builder(token).api_url(&api_url).limits(limits.clone());
-            if rate_limits == config::RateLimitMode::Telegram {
-                builder = builder.redis(redis.clone());
-            }
-            builder.build().ok()
-        })
+        let (settings, redis) = (config.bots.clone(), redis.clone());
+        Box::new(move |token: &str| settings.build(token, Some(&redis)))
     };
     let bots = Arc::new(registry::BotDirectory::new(statics, make_bot));
-    let dispatcher = prepare(dispatcher, &redis, &args.fsm)?;
-    let prometheus = metrics::install();
-    let ready = Arc::new(Readiness::default());
+    let dispatcher = prepare(dispatcher, &redis, &config.fsm)?;
+    let checks = LaneChecks {
+        nats: Check::new("NATS disconnected"),
+        consumers: Check::new("the lane's consumers do not answer"),
+    };
+    let ready = Arc::new(Readiness::new([
+        checks.nats.clone(),
+        checks.consumers.clone(),
+    ]));
     let ops_addr = ops.local_addr().map_err(peer)?;
-    let ops_task = tokio::spawn(serve_ops(ops, Arc::clone(&ready), prometheus));
+    let ops_task = tokio::spawn(tgpipe_shared::ops::serve(
+        ops,
+        tgpipe_shared::ops::router(Arc::clone(&ready), metrics::install()),
+    ));
 
-    let client = args.nats.connect("tgpipe-worker").await.map_err(peer)?;
+    let client = config.nats.connect("tgpipe-worker").await.map_err(peer)?;
     let js = jetstream::new(client.clone());
-    if args.provision {
-        provision_streams(&js, &args.stream).await.map_err(peer)?;
+    if config.provision {
+        provision_streams(&js, &config.stream).await.map_err(peer)?;
     }
     let _registry_watch =
-        args.registry.registry.then(|| {
-            let (js, settings, create) = (js.clone(), args.registry.clone(), args.provision);
-            let replicas = usize::from(args.stream.replicas);
+        config.registry.registry.then(|| {
+            let (js, settings, create) = (js.clone(), config.registry.clone(), config.provision);
+            let replicas = usize::from(config.stream.replicas);
             let directory = Arc::clone(&bots);
             tgpipe_shared::registry::watch(
                 move || {
@@ -365,14 +408,12 @@ pub async fn serve(
                 move |records| directory.update(records),
             )
         });
-    let bucket = group::bucket(&js, &args.group_settings())
-        .await
-        .map_err(peer)?;
-    let stream = js.get_stream(&args.stream.name).await.map_err(peer)?;
-    let consumers = ensure_consumers(&stream, &lane, &settings, Changes::Keep)
+    let bucket = group::bucket(&js, &config.group).await.map_err(peer)?;
+    let stream = js.get_stream(&config.stream.name).await.map_err(peer)?;
+    let consumers = ensure_consumers(&stream, lane, &config.consumers, Changes::Keep)
         .await
         .map_err(setup_error)?;
-    let base = args.member.clone().unwrap_or_else(|| {
+    let base = config.member.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME")
             .ok()
             .filter(|h| !h.is_empty())
@@ -381,21 +422,22 @@ pub async fn serve(
     let member = group::member_id(&base);
     let group = group::Group::new(
         bucket,
-        &args.stream.name,
-        &lane,
+        &config.stream.name,
+        lane,
         member.clone(),
-        args.group_settings(),
+        config.group.clone(),
     );
-    let seen =
-        (args.seen_cap > 0).then(|| seen::Seen::new(redis.clone(), args.seen_cap, args.seen_ttl));
+    let seen = config
+        .seen
+        .map(|(cap, ttl)| seen::Seen::new(redis.clone(), cap, ttl));
     tracing::info!(
         lane = %lane.name(),
         kinds = ?lane.kinds().map(|k| k.iter().map(|k| k.as_str().to_owned()).collect::<Vec<_>>()),
-        concurrency = args.concurrency,
-        partitions = settings.partitions,
+        concurrency = config.limits.concurrency,
+        partitions = config.consumers.partitions,
         %member,
         static_bots = bots.statics().count(),
-        registry = args.registry.registry,
+        registry = config.registry.registry,
         ops = %ops_addr,
         "consuming"
     );
@@ -415,28 +457,17 @@ pub async fn serve(
         Arc::clone(&owned),
         client.clone(),
         lane.name().to_owned(),
-        Arc::clone(&ready),
+        checks,
     ));
     let worker = Arc::new(Consumer {
         dispatcher: Arc::new(dispatcher),
         bots,
-        removed_policy: args.removed_policy,
+        removed_policy: config.removed_policy,
         js,
         client: client.clone(),
         owned,
-        limits: Limits {
-            concurrency: args.concurrency as usize,
-            max_held: args.max_held as usize,
-            max_held_per_chat: args.max_held_per_chat as usize,
-        },
-        acks: AckSettings {
-            max_deliver: args.max_deliver,
-            ack_wait: args.ack_wait,
-            retry_delay: args.retry_delay,
-            retry_max_delay: args.retry_max_delay,
-            retry_budget: args.retry_budget,
-            handler_timeout: args.handler_timeout,
-        },
+        limits: config.limits,
+        acks: config.acks.clone(),
         seen,
         redis: redis_probe::RedisProbe::new(redis.clone()),
         lane: lane.name().to_owned(),
@@ -445,11 +476,11 @@ pub async fn serve(
     let shutdown = async move {
         shutdown.await;
         // Out of the Service's endpoints first, so no new work is routed here.
-        draining.draining.store(true, Ordering::Relaxed);
+        draining.start_draining();
         tracing::info!("shutdown requested");
     };
-    let result = worker
-        .run(stream, consumers, group, args.shutdown_grace, shutdown)
+    worker
+        .run(stream, consumers, group, config.shutdown_grace, shutdown)
         .await;
     lag_task.abort();
     // Acks are fire-and-forget publishes: flush them before the connection closes.
@@ -458,14 +489,15 @@ pub async fn serve(
     }
     ops_task.abort();
     tracing::info!("stopped");
-    result.map_err(peer)
+    Ok(())
 }
 
-/// What `/readyz` reports.
-#[derive(Debug, Default)]
-struct Readiness {
-    consumer_ok: AtomicBool,
-    draining: AtomicBool,
+/// What the lane watch reports into the pod's [`Readiness`].
+struct LaneChecks {
+    /// The NATS connection is up.
+    nats: Check,
+    /// The lane's consumers answer.
+    consumers: Check,
 }
 
 /// Reports the lag of the partitions this pod owns (summed over the pods, the lane's
@@ -475,7 +507,7 @@ async fn watch_lag(
     owned: Arc<std::sync::Mutex<std::collections::BTreeSet<u16>>>,
     client: async_nats::Client,
     lane: String,
-    ready: Arc<Readiness>,
+    checks: LaneChecks,
 ) {
     loop {
         let mine: Vec<u16> = owned
@@ -484,7 +516,9 @@ async fn watch_lag(
             .iter()
             .copied()
             .collect();
-        let mut ok = client.connection_state() == async_nats::connection::State::Connected;
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        checks.nats.set(connected);
+        let mut ok = connected;
         let (mut pending, mut ack_pending) = (0u64, 0usize);
         if ok && mine.is_empty() {
             // Owning nothing (more pods than partitions, or before the first
@@ -512,60 +546,7 @@ async fn watch_lag(
             }
         }
         metrics::lag(&lane, pending, ack_pending);
-        ready.consumer_ok.store(ok, Ordering::Relaxed);
+        checks.consumers.set(ok);
         tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-type Ops = (
-    Arc<Readiness>,
-    Option<metrics_exporter_prometheus::PrometheusHandle>,
-);
-
-async fn serve_ops(
-    listener: tokio::net::TcpListener,
-    ready: Arc<Readiness>,
-    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
-) {
-    let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route("/readyz", axum::routing::get(readyz))
-        .route("/metrics", axum::routing::get(metrics_text))
-        .with_state((ready, prometheus));
-    if let Err(e) = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    {
-        tracing::error!(error = %e, "operations endpoint stopped");
-    }
-}
-
-async fn readyz(State((ready, _)): State<Ops>) -> impl IntoResponse {
-    if ready.draining.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if ready.consumer_ok.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: NATS disconnected or the lane's consumer is missing",
-        )
-    }
-}
-
-async fn metrics_text(State((_, prometheus)): State<Ops>) -> impl IntoResponse {
-    match prometheus {
-        Some(h) => (
-            StatusCode::OK,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4",
-            )],
-            h.render(),
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
     }
 }

@@ -37,7 +37,7 @@ pub enum RemovedPolicy {
 
 /// A bot this worker answers for.
 #[derive(Debug, Clone)]
-pub struct DirectoryBot {
+pub(super) struct DirectoryBot {
     /// The Bot API handle.
     pub bot: Bot,
     /// Its state (`active` for static bots).
@@ -46,10 +46,10 @@ pub struct DirectoryBot {
 }
 
 /// Makes a [`Bot`] from a registry token (the API URL, limits and Redis of the pod).
-pub type MakeBot = Box<dyn Fn(&str) -> Option<Bot> + Send + Sync>;
+pub(super) type MakeBot = Box<dyn Fn(&str) -> Option<Bot> + Send + Sync>;
 
 /// The bots this worker answers for now, static and registered.
-pub struct BotDirectory {
+pub(super) struct BotDirectory {
     statics: HashMap<BotId, Bot>,
     make: MakeBot,
     current: RwLock<Arc<HashMap<BotId, DirectoryBot>>>,
@@ -65,7 +65,7 @@ impl std::fmt::Debug for BotDirectory {
 
 impl BotDirectory {
     /// The static bots; registry bots are built with `make`.
-    pub fn new(statics: HashMap<BotId, Bot>, make: MakeBot) -> BotDirectory {
+    pub(super) fn new(statics: HashMap<BotId, Bot>, make: MakeBot) -> BotDirectory {
         let table = statics
             .iter()
             .map(|(id, bot)| {
@@ -87,18 +87,18 @@ impl BotDirectory {
     }
 
     /// The bots now; an update keeps this to its end.
-    pub fn snapshot(&self) -> Arc<HashMap<BotId, DirectoryBot>> {
+    pub(super) fn snapshot(&self) -> Arc<HashMap<BotId, DirectoryBot>> {
         Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The static bots (asked `getMe` once at start).
-    pub fn statics(&self) -> impl Iterator<Item = &Bot> {
+    pub(super) fn statics(&self) -> impl Iterator<Item = &Bot> {
         self.statics.values()
     }
 
     /// Rebuilds the directory from the registry's records. A bot whose token did not
     /// change keeps its handle (and what it learnt: its username, its 429 pauses).
-    pub fn update(&self, records: &Records) {
+    pub(super) fn update(&self, records: &Records) {
         let before = self.snapshot();
         let mut table: HashMap<BotId, DirectoryBot> = self
             .statics
@@ -234,7 +234,7 @@ pub enum BotsCommandError {
 /// assert_eq!(webhook_url("https://h.example/", BotId(7)), "https://h.example/webhook/7");
 /// assert_eq!(webhook_url("https://h.example/tg/{bot_id}", BotId(7)), "https://h.example/tg/7");
 /// ```
-pub fn webhook_url(base: &str, bot: BotId) -> String {
+pub(super) fn webhook_url(base: &str, bot: BotId) -> String {
     if base.contains("{bot_id}") {
         base.replace("{bot_id}", &bot.to_string())
     } else {
@@ -287,12 +287,12 @@ pub async fn run_bots_command(
             if id != bot.id() {
                 return Err(BotsCommandError::BadToken);
             }
-            let secret = crate::webhook::new_secret_token();
+            let secret = crate::set_webhook::new_secret_token();
             let mut record = BotRecord::new(id, &secret);
             record.username = me.username.clone();
             record.token = Some(BotToken::new(token.expose()));
             record.allowed_updates =
-                crate::webhook::allowed_updates(used_kinds, allowed_updates.as_deref());
+                crate::set_webhook::allowed_updates(used_kinds, allowed_updates.as_deref());
             let url = webhook_url(&url, id);
             record.webhook_url = Some(url.clone());
             registry::add(kv, &record).await?;
@@ -383,7 +383,7 @@ pub async fn run_bots_command(
                 .webhook_url
                 .clone()
                 .ok_or(BotsCommandError::NoUrl(id))?;
-            let secret = crate::webhook::new_secret_token();
+            let secret = crate::set_webhook::new_secret_token();
             let stored = registry::modify(kv, id, |r| {
                 r.rotate(&secret);
                 true

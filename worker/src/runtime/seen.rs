@@ -38,7 +38,7 @@ return 1
 
 /// The memory of finished updates.
 #[derive(Clone)]
-pub struct Seen {
+pub(super) struct Seen {
     redis: ConnectionManager,
     cap: u32,
     ttl: Duration,
@@ -55,13 +55,13 @@ impl std::fmt::Debug for Seen {
 }
 
 /// The Redis key of a chat's memory.
-pub fn key(bot: BotId, chat: i64) -> String {
+pub(super) fn key(bot: BotId, chat: i64) -> String {
     format!("tgpipe:seen:{{{bot}:{chat}}}")
 }
 
 impl Seen {
     /// A memory of the last `cap` updates per chat (`cap` > 0).
-    pub fn new(redis: ConnectionManager, cap: u32, ttl: Duration) -> Seen {
+    pub(super) fn new(redis: ConnectionManager, cap: u32, ttl: Duration) -> Seen {
         Seen {
             redis,
             cap,
@@ -71,7 +71,7 @@ impl Seen {
     }
 
     /// Whether `update_id` of this chat was finished recently.
-    pub async fn contains(
+    pub(super) async fn contains(
         &self,
         bot: BotId,
         chat: i64,
@@ -88,7 +88,7 @@ impl Seen {
     /// Remembers that `update_id` of this chat is finished, forgetting the oldest beyond
     /// the cap, in one round trip. `Ok(false)`: fenced off, a later owner of the chat's
     /// partition wrote first.
-    pub async fn insert(
+    pub(super) async fn insert(
         &self,
         bot: BotId,
         chat: i64,

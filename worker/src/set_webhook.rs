@@ -9,9 +9,9 @@
 //! the bot.
 //!
 //! ```no_run
-//! # async fn demo(bot: tgpipe::Bot, dp: tgpipe::Dispatcher) -> Result<(), tgpipe_worker::webhook::WebhookCommandError> {
+//! # async fn demo(bot: tgpipe::Bot, dp: tgpipe::Dispatcher) -> Result<(), tgpipe_worker::set_webhook::WebhookCommandError> {
 //! use clap::Parser;
-//! use tgpipe_worker::webhook::{WebhookCommand, new_secret_token, run_webhook_command};
+//! use tgpipe_worker::set_webhook::{WebhookCommand, new_secret_token, run_webhook_command};
 //!
 //! #[derive(Parser)]
 //! struct Cli {
@@ -150,9 +150,9 @@ pub struct WebhookInfo {
 /// A new secret token for `setWebhook`: 64 random characters of `A-Z a-z 0-9`.
 ///
 /// ```
-/// let s = tgpipe_worker::webhook::new_secret_token();
+/// let s = tgpipe_worker::set_webhook::new_secret_token();
 /// assert_eq!(s.len(), 64);
-/// assert!(tgpipe_worker::webhook::is_valid_secret(&s));
+/// assert!(tgpipe_worker::set_webhook::is_valid_secret(&s));
 /// ```
 pub fn new_secret_token() -> String {
     use rand::Rng;
@@ -163,11 +163,10 @@ pub fn new_secret_token() -> String {
         .collect()
 }
 
-/// Whether Telegram accepts `s` as a secret token: 1 to 256 of `A-Z a-z 0-9 _ -`.
+/// Whether Telegram accepts `s` as a secret token: 1 to 256 of `A-Z a-z 0-9 _ -` (the
+/// rule the ingress checks `TGPIPE_BOTS` with).
 pub fn is_valid_secret(s: &str) -> bool {
-    (1..=256).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    tgpipe_shared::config::is_valid_webhook_secret(s)
 }
 
 /// The `allowed_updates` for `setWebhook` / `getUpdates`: the override if given, else
@@ -277,7 +276,7 @@ fn list_or_none(list: &[String]) -> String {
 ///
 /// ```
 /// use std::time::{Duration, UNIX_EPOCH};
-/// use tgpipe_worker::webhook::{WebhookInfo, format_webhook_info};
+/// use tgpipe_worker::set_webhook::{WebhookInfo, format_webhook_info};
 ///
 /// let info = WebhookInfo {
 ///     url: "https://bot.example.com/webhook/123".into(),

@@ -6,7 +6,7 @@ use serde_json::json;
 use tgpipe::frankenstein::types::{CallbackQuery, Message};
 use tgpipe::{Bot, BotError, Dispatcher, Router};
 use tgpipe_testkit::sink::{Sink, SinkConfig};
-use tgpipe_worker::webhook::{
+use tgpipe_worker::set_webhook::{
     SetWebhookArgs, WebhookCommand, WebhookCommandError, kinds_of, new_secret_token,
     run_webhook_command,
 };
@@ -125,7 +125,7 @@ async fn allowed_updates_are_the_kinds_the_handlers_use_unless_overridden() {
         c.params["allowed_updates"],
         json!(["message", "callback_query"])
     );
-    let info: tgpipe_worker::webhook::WebhookInfo =
+    let info: tgpipe_worker::set_webhook::WebhookInfo =
         bot.call("getWebhookInfo", &json!({})).await.unwrap();
     assert_eq!(
         kinds_of(&info.allowed_updates.unwrap()),
@@ -204,4 +204,75 @@ async fn delete_only_when_asked_and_errors_are_reported() {
         matches!(e, WebhookCommandError::Bot(BotError::BadRequest(_))),
         "{e}"
     );
+}
+
+/// `webhook set` of the example bot's binary, for bot 4242 on `api`, with `env` only.
+fn webhook_set_with(api: &str, env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(tgpipe_testkit::workspace_bin(
+        "tgpipe-example-bot",
+        "tgpipe-example-bot",
+    ))
+    .args(["webhook", "set", "--bot-id", "4242"])
+    .args(["--url", "https://bot.example.com/webhook/4242"])
+    .env_clear()
+    .env("TGPIPE_BOT_TOKENS", "4242:example-token")
+    .env("TGPIPE_API_URL", api)
+    .envs(env.iter().copied())
+    .output()
+    .expect("run the example bot")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_refuses_a_malformed_tgpipe_bots_entry_instead_of_skipping_it() {
+    let sink = Sink::start(SinkConfig::default()).await.unwrap();
+    // The ingress refuses this list at start (entry #1's secret breaks Telegram's rule);
+    // `webhook set` used to skip past it and set bot 4242's secret regardless.
+    let bad = "77:not a secret!,4242:the_Secret-1";
+    for (var, value, setting) in [
+        ("TGPIPE_BOTS", bad.to_owned(), "TGPIPE_BOTS (--bots)"),
+        (
+            "TGPIPE_BOTS",
+            "4242:first-one,4242:second-one".to_owned(),
+            "TGPIPE_BOTS (--bots)",
+        ),
+    ] {
+        let out = webhook_set_with(&sink.url(), &[(var, &value)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains(&format!("{setting}: ")), "{stderr}");
+        for secret in ["not a secret", "the_Secret-1", "first-one", "second-one"] {
+            assert!(!stderr.contains(secret), "a secret in the error: {stderr}");
+        }
+    }
+    let out = webhook_set_with(&sink.url(), &[("TGPIPE_BOTS", bad)]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("entry #1 (bot 77)"),
+        "the bad entry is named"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bots");
+    std::fs::write(
+        &file,
+        format!("# the ingress's list\n{}\n", bad.replace(',', "\n")),
+    )
+    .unwrap();
+    let out = webhook_set_with(&sink.url(), &[("TGPIPE_BOTS_FILE", file.to_str().unwrap())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("TGPIPE_BOTS_FILE (--bots-file): entry #1 (bot 77)"),
+        "{stderr}"
+    );
+    assert!(sink.calls().is_empty(), "refused before calling Telegram");
+
+    // The same list without the bad entry is used as before.
+    let out = webhook_set_with(&sink.url(), &[("TGPIPE_BOTS", "4242:the_Secret-1")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = sink.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].params["secret_token"], "the_Secret-1");
 }
