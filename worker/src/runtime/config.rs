@@ -568,7 +568,7 @@ impl RunArgs {
     ///
     /// ```
     /// use clap::Parser;
-    /// use tgpipe_worker::runtime::config::Cli;
+    /// use tgpipe_worker::runtime::Cli;
     ///
     /// let cli = Cli::try_parse_from(["bot", "--bot-tokens", "123:ABC", "--partitions", "8"]).unwrap();
     /// let config = cli.run.validate().unwrap();

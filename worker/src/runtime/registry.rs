@@ -226,14 +226,9 @@ pub enum BotsCommandError {
     Output(#[from] std::io::Error),
 }
 
-/// The webhook URL of `bot` for a base URL or a `{bot_id}` template.
-///
-/// ```
-/// use tgpipe_shared::BotId;
-/// use tgpipe_worker::runtime::registry::webhook_url;
-/// assert_eq!(webhook_url("https://h.example/", BotId(7)), "https://h.example/webhook/7");
-/// assert_eq!(webhook_url("https://h.example/tg/{bot_id}", BotId(7)), "https://h.example/tg/7");
-/// ```
+/// The webhook URL of `bot` for a base URL (`https://h.example/` ->
+/// `https://h.example/webhook/7`) or a `{bot_id}` template
+/// (`https://h.example/tg/{bot_id}` -> `https://h.example/tg/7`).
 pub(super) fn webhook_url(base: &str, bot: BotId) -> String {
     if base.contains("{bot_id}") {
         base.replace("{bot_id}", &bot.to_string())
@@ -406,4 +401,23 @@ pub async fn run_bots_command(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tgpipe_shared::BotId;
+
+    use super::webhook_url;
+
+    #[test]
+    fn a_webhook_url_is_the_base_with_the_bot_or_the_filled_template() {
+        assert_eq!(
+            webhook_url("https://h.example/", BotId(7)),
+            "https://h.example/webhook/7"
+        );
+        assert_eq!(
+            webhook_url("https://h.example/tg/{bot_id}", BotId(7)),
+            "https://h.example/tg/7"
+        );
+    }
 }
