@@ -74,6 +74,21 @@ impl Context {
         }
     }
 
+    /// [`Context::new`] with values already given (the caller's, for the chain).
+    pub(crate) fn with_values(
+        update: Arc<Update>,
+        bot: Bot,
+        state: Arc<Extensions>,
+        values: Extensions,
+    ) -> Context {
+        Context {
+            update,
+            bot,
+            state,
+            values,
+        }
+    }
+
     /// The update.
     pub fn update(&self) -> &Update {
         &self.update

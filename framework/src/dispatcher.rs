@@ -382,8 +382,12 @@ impl Dispatcher {
         update: Update,
         values: Extensions,
     ) -> DispatchOutcome {
-        let mut cx = Context::new(Arc::new(update), bot.clone(), Arc::clone(&self.state));
-        cx.extend(values);
+        let cx = Context::with_values(
+            Arc::new(update),
+            bot.clone(),
+            Arc::clone(&self.state),
+            values,
+        );
         self.dispatch(cx).await
     }
 

@@ -1,15 +1,14 @@
 //! Handlers: plain `async fn`s whose arguments are extractors.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::context::Context;
 use crate::error::HandlerError;
 use crate::extract::{ExtractError, FromContext, Requirement};
 
-/// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed, sendable future: the one of the middleware chains (`tgpipe_bot::chain`).
+pub use tgpipe_bot::chain::BoxFuture;
 
 /// What a handler says about an update it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -126,14 +126,16 @@ impl Fsm {
     async fn begin(
         &self,
         update: &Update,
-        prefetched: Option<Prefetched>,
+        prefetched: Option<&Prefetched>,
     ) -> Result<Option<FsmSession>, FsmError> {
         let Some(key) = self.key(update) else {
             return Ok(None);
         };
         let storage = Arc::clone(&self.storage);
         let read = |key: &FsmKey| {
-            let ahead = prefetched.filter(|p| &p.key == key).map(|p| p.state);
+            let ahead = prefetched
+                .filter(|p| &p.key == key)
+                .map(|p| p.state.clone());
             let storage = Arc::clone(&storage);
             let key = key.clone();
             async move {
@@ -208,8 +210,7 @@ impl chain::Middleware<Context, MiddlewareResult> for Fsm {
     fn call(&self, mut cx: Context, next: Next) -> BoxFuture<'static, MiddlewareResult> {
         let fsm = self.clone();
         Box::pin(async move {
-            let prefetched = cx.get::<Prefetched>().cloned();
-            let Some(session) = fsm.begin(cx.update(), prefetched).await? else {
+            let Some(session) = fsm.begin(cx.update(), cx.get::<Prefetched>()).await? else {
                 return next.run(cx).await;
             };
             cx.insert(session.cx.clone());

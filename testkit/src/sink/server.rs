@@ -238,17 +238,7 @@ impl SinkHandle {
     /// Waits until at least `n` calls were recorded or `timeout` passed, and returns
     /// the calls recorded by then.
     pub async fn wait_for_calls(&self, n: usize, timeout: Duration) -> Vec<RecordedCall> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let notified = self.shared.recorded.notified();
-            {
-                let inner = self.shared.lock();
-                if inner.calls.len() >= n || Instant::now() >= deadline {
-                    return inner.calls.clone();
-                }
-            }
-            let _ = tokio::time::timeout_at(deadline.into(), notified).await;
-        }
+        self.wait_for_matching(|_| true, n, timeout).await
     }
 
     /// The calls of `method`, once there are `n` of them or `timeout` passed (then the
@@ -259,17 +249,24 @@ impl SinkHandle {
         n: usize,
         timeout: Duration,
     ) -> Vec<RecordedCall> {
+        self.wait_for_matching(|c| c.method == method, n, timeout)
+            .await
+    }
+
+    /// The calls `keep` accepts, once there are `n` of them or `timeout` passed; woken
+    /// by each recorded call.
+    async fn wait_for_matching(
+        &self,
+        keep: impl Fn(&RecordedCall) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<RecordedCall> {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.shared.recorded.notified();
             let calls: Vec<RecordedCall> = {
                 let inner = self.shared.lock();
-                inner
-                    .calls
-                    .iter()
-                    .filter(|c| c.method == method)
-                    .cloned()
-                    .collect()
+                inner.calls.iter().filter(|c| keep(c)).cloned().collect()
             };
             if calls.len() >= n || Instant::now() >= deadline {
                 return calls;

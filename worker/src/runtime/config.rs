@@ -572,7 +572,7 @@ impl RunArgs {
     ///
     /// let cli = Cli::try_parse_from(["bot", "--bot-tokens", "123:ABC", "--partitions", "8"]).unwrap();
     /// let config = cli.run.validate().unwrap();
-    /// assert_eq!(config.consumers.partitions, 8);
+    /// assert_eq!(config.listen.port(), 9090); // TGPIPE_LISTEN's default
     /// let cli = Cli::try_parse_from(["bot", "--bot-tokens", "123:ABC", "--partitions", "128", "--shards", "64"]).unwrap();
     /// assert!(cli.run.validate().unwrap_err().to_string().starts_with("TGPIPE_PARTITIONS"));
     /// ```
@@ -633,40 +633,40 @@ pub struct WorkerConfig {
     /// Address of `/healthz`, `/readyz` and `/metrics` (`TGPIPE_LISTEN`).
     pub listen: SocketAddr,
     /// NATS connection.
-    pub nats: NatsArgs,
+    pub(crate) nats: NatsArgs,
     /// Streams.
-    pub stream: StreamSettings,
+    pub(crate) stream: StreamSettings,
     /// Logs and traces.
-    pub telemetry: TelemetryArgs,
+    pub(crate) telemetry: TelemetryArgs,
     /// Redis (FSM, rate limits, recent-update memory); the URL parses.
-    pub redis: RedisArgs,
+    pub(crate) redis: RedisArgs,
     /// The FSM the runtime provides.
-    pub fsm: FsmArgs,
+    pub(crate) fsm: FsmArgs,
     /// The static bots and how Bot API clients are built.
-    pub bots: BotSettings,
+    pub(crate) bots: BotSettings,
     /// The bot registry.
-    pub registry: RegistrySettings,
+    pub(crate) registry: RegistrySettings,
     /// What happens to the updates of a bot removed from the registry.
-    pub removed_policy: RemovedPolicy,
+    pub(crate) removed_policy: RemovedPolicy,
     /// The lane this process serves.
-    pub lane: Lane,
+    pub(crate) lane: Lane,
     /// How the lane's partition consumers are set up.
-    pub consumers: ConsumerSettings,
+    pub(crate) consumers: ConsumerSettings,
     /// How the lane's pods share its partitions.
-    pub group: GroupSettings,
+    pub(crate) group: GroupSettings,
     /// How much the pod holds and runs.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// How updates are acknowledged and retried.
-    pub acks: AckSettings,
+    pub(crate) acks: AckSettings,
     /// This pod's name in its lane's group (the host name when `None`).
-    pub member: Option<String>,
+    pub(crate) member: Option<String>,
     /// The memory of finished updates per chat: how many, and for how long (`None`:
     /// off).
-    pub seen: Option<(u32, Duration)>,
+    pub(crate) seen: Option<(u32, Duration)>,
     /// How long in-flight handlers may finish after SIGTERM.
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Whether to create the streams that are missing at start.
-    pub provision: bool,
+    pub(crate) provision: bool,
 }
 
 /// Why the settings of `run` are unusable. Each message names the setting.

@@ -59,7 +59,7 @@ use tgpipe_shared::registry::BotState;
 
 /// How updates are acknowledged and retried.
 #[derive(Debug, Clone)]
-pub struct AckSettings {
+pub(crate) struct AckSettings {
     /// Attempts at an update before it is dead-lettered.
     pub max_deliver: u32,
     /// The consumer's ack wait; in-progress acks are sent at a third of it.
@@ -77,7 +77,7 @@ pub struct AckSettings {
 
 impl AckSettings {
     /// The delay after the `delivered`-th attempt failed.
-    pub fn retry_delay(&self, delivered: u32) -> Duration {
+    pub(crate) fn retry_delay(&self, delivered: u32) -> Duration {
         let doublings = delivered.saturating_sub(1).min(20);
         self.retry_delay
             .saturating_mul(1 << doublings)
@@ -87,7 +87,7 @@ impl AckSettings {
 
 /// How much a pod holds and runs.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Chats (ordering keys) running at once.
     pub concurrency: usize,
     /// Updates held (queued or running) in the pod.
