@@ -76,7 +76,12 @@ async fn the_registry_watch_survives_the_loss_of_the_bucket_leader() {
         || async {
             match registry::add(&kv, &BotRecord::new(BotId(42), "second-secret")).await {
                 Ok(_) | Err(registry::RegistryError::Exists(_)) => Some(Instant::now()),
-                Err(_) => None,
+                Err(_) => {
+                    // Writes are retried every 200 ms, as before this wait used the
+                    // helper: the 2 s bound below was set with that pacing.
+                    tokio::time::sleep(Duration::from_millis(180)).await;
+                    None
+                }
             }
         },
     )
