@@ -394,6 +394,7 @@ async fn call(
     let bot_id = token_bot_id(token);
     let max_body = shared.lock().config.max_body;
     let parsed = parse_params(query.as_deref(), request, max_body).await;
+    let received = SystemTime::now();
     // The request is read: a fault queued for its chat, else one for its method.
     let (latency, fault, for_chat) = {
         let mut inner = shared.lock();
@@ -406,7 +407,17 @@ async fn call(
         let fault = chat_fault.or_else(|| inner.take_fault(&method));
         (inner.config.latency, fault, for_chat)
     };
-    let respond = respond(Arc::clone(&shared), bot_id, method, parsed, latency, fault);
+    let respond = respond(
+        Arc::clone(&shared),
+        Call {
+            bot_id,
+            method,
+            received,
+        },
+        parsed,
+        latency,
+        fault,
+    );
     if for_chat {
         // Finished even when the client goes away while it waits.
         tokio::spawn(respond)
@@ -426,11 +437,17 @@ fn addressed_chat(params: &Value) -> Option<i64> {
     }
 }
 
+/// A read call: who, what, when.
+struct Call {
+    bot_id: Option<u64>,
+    method: String,
+    received: SystemTime,
+}
+
 /// Waits out the latency (and a slow fault), answers and records a read call.
 async fn respond(
     shared: Arc<Shared>,
-    bot_id: Option<u64>,
-    method: String,
+    call: Call,
     parsed: Result<(Value, Vec<RecordedFile>), ApiError>,
     latency: Duration,
     fault: Option<Fault>,
@@ -442,23 +459,24 @@ async fn respond(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let bot_id = call.bot_id;
     if let Some(Fault::Malformed { status, body }) = fault {
         let params = parsed.map(|(p, _)| p).unwrap_or(Value::Null);
-        record(&shared, bot_id, method, params, Vec::new(), status);
+        record(&shared, call, params, Vec::new(), status);
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return (code, [(header::CONTENT_TYPE, "text/html")], body).into_response();
     }
     let (status, body, params, files) = match parsed {
         Err(e) => (e.code, e.body(), Value::Null, Vec::new()),
         Ok((params, files)) => {
-            let outcome = answer(&shared, bot_id, &method, &params, &files, fault).await;
+            let outcome = answer(&shared, bot_id, &call.method, &params, &files, fault).await;
             match outcome {
                 Ok(result) => (200, json!({"ok": true, "result": result}), params, files),
                 Err(e) => (e.code, e.body(), params, files),
             }
         }
     };
-    record(&shared, bot_id, method, params, files, status);
+    record(&shared, call, params, files, status);
     envelope(status, body)
 }
 
@@ -520,8 +538,11 @@ async fn answer(
 
 fn record(
     shared: &Shared,
-    bot_id: Option<u64>,
-    method: String,
+    Call {
+        bot_id,
+        method,
+        received,
+    }: Call,
     params: Value,
     files: Vec<RecordedFile>,
     status: u16,
@@ -539,6 +560,7 @@ fn record(
             params,
             files,
             at: SystemTime::now(),
+            received,
             status,
         });
     }
@@ -815,5 +837,8 @@ mod tests {
         let chats: Vec<&Value> = calls.iter().map(|c| &c.params["chat_id"]).collect();
         assert_eq!(chats, [&json!(8), &json!(7)]);
         assert!(calls.iter().all(|c| c.status == 200));
+        // In flight for the delay: read at once, answered 600 ms later.
+        let slow = calls[1].at.duration_since(calls[1].received).unwrap();
+        assert!(slow >= Duration::from_millis(600), "{slow:?}");
     }
 }
