@@ -327,6 +327,8 @@ struct Held {
 /// This pod's membership of a lane's group.
 pub(super) struct Group {
     kv: kv::Store,
+    /// To create the bucket again when it was deleted under the running pods.
+    js: jetstream::Context,
     lane: String,
     prefix: String,
     member: String,
@@ -346,6 +348,7 @@ impl Group {
     /// A member `member` of `lane`'s group on `stream`.
     pub(super) fn new(
         kv: kv::Store,
+        js: jetstream::Context,
         stream: &str,
         lane: &Lane,
         member: String,
@@ -354,6 +357,7 @@ impl Group {
         let stream: String = key_safe(stream, '_').collect();
         Group {
             kv,
+            js,
             lane: lane.name().to_owned(),
             prefix: format!("{stream}.{}", lane.name()),
             member,
@@ -412,7 +416,7 @@ impl Group {
     /// `deadline`), and returns. A handover outside shutdown lets running dispatches
     /// finish for up to `finish_within` (the handler timeout and the settling after it).
     pub(super) async fn run(
-        self,
+        mut self,
         events: tokio::sync::mpsc::Sender<GroupEvent>,
         stop: tokio_util::sync::CancellationToken,
         deadline: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
@@ -460,6 +464,18 @@ impl Group {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the ownership bucket");
+                        // Deleted under the running pods (by hand, or a new cluster):
+                        // made again, so that leases can be taken again. Epochs are
+                        // creation times, so the new leases still fence the old owners.
+                        if self.js.get_key_value(&self.settings.bucket).await.is_err() {
+                            match bucket(&self.js, &self.settings).await {
+                                Ok(store) => {
+                                    tracing::warn!(bucket = %self.settings.bucket, "the ownership bucket was missing; created it again");
+                                    self.kv = store;
+                                }
+                                Err(e) => tracing::warn!(error = %e, "creating the ownership bucket again"),
+                            }
+                        }
                         resync_at = Some(Instant::now() + Duration::from_millis(500));
                     }
                 }

@@ -438,6 +438,7 @@ pub async fn serve(
     let member = group::member_id(&base);
     let group = group::Group::new(
         bucket,
+        js.clone(),
         &config.stream.name,
         lane,
         member.clone(),
