@@ -500,10 +500,13 @@ pub async fn serve(
     worker
         .run(stream, consumers, group, config.shutdown_grace, shutdown)
         .await;
-    let flush_within = Duration::from_secs(2);
+    let flush_within = consume::FLUSH_RESERVE;
     lag_task.abort();
     // Acks are fire-and-forget publishes: flush them before the connection closes.
-    if let Err(e) = tokio::time::timeout(flush_within, client.flush()).await {
+    // Nothing can be flushed without a connection: the server redelivers what was not
+    // acknowledged.
+    let connected = client.connection_state() == async_nats::connection::State::Connected;
+    if connected && let Err(e) = tokio::time::timeout(flush_within, client.flush()).await {
         tracing::warn!(error = %e, "flush at shutdown timed out");
     }
     ops_task.abort();

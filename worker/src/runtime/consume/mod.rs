@@ -109,6 +109,9 @@ pub(super) struct Consumer {
 
 type OrderKey = (BotId, i64);
 
+/// The part of the shutdown grace kept for the last flush of acknowledgements.
+pub(super) const FLUSH_RESERVE: Duration = Duration::from_secs(2);
+
 /// How long a pull request waits at the server. Short, because a handover waits for the
 /// old owner's last request to expire before it unpins (see `consume_partition`), and
 /// the handover's gap is about this long.
@@ -370,8 +373,9 @@ impl Consumer {
                 biased;
                 () = &mut shutdown, if deadline.is_none() => {
                     tracing::info!("leaving the group; handing partitions over");
-                    // One deadline for the whole drain, whatever is down.
-                    let at = tokio::time::Instant::now() + grace;
+                    // One deadline for the whole drain, whatever is down, less what the
+                    // last flush of acknowledgements may take.
+                    let at = tokio::time::Instant::now() + grace.saturating_sub(FLUSH_RESERVE);
                     deadline = Some(at);
                     let _ = deadline_tx.send(Some(at));
                     stop.cancel();
@@ -505,7 +509,24 @@ impl Pod {
             if part.held.load(Ordering::Acquire) == 0 {
                 break;
             }
-            idle.await;
+            tokio::select! {
+                () = idle => {}
+                // Cancelled dispatches end at once; a task stuck elsewhere (a peer that
+                // does not answer) must not keep a later run of the partition waiting.
+                () = part.own.lost() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while part.held.load(Ordering::Acquire) > 0 {
+                            let idle = part.idle.notified();
+                            if part.held.load(Ordering::Acquire) == 0 {
+                                break;
+                            }
+                            idle.await;
+                        }
+                    })
+                    .await;
+                    break;
+                }
+            }
         }
         if !part.own.is_lost() {
             tokio::time::sleep_until(requests_gone).await;
