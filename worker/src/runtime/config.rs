@@ -423,7 +423,10 @@ pub struct RunArgs {
     #[arg(long, env = "TGPIPE_MAX_HELD_PER_CHAT", default_value_t = 2048,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_held_per_chat: u32,
-    /// Unacknowledged updates one partition's consumer allows; 0 means `TGPIPE_MAX_HELD`.
+    /// Unacknowledged updates one partition's consumer allows; 0 means the larger of
+    /// `TGPIPE_MAX_HELD` and 32768. Updates past a chat's or the pod's memory cap are
+    /// parked (about 100 bytes each), so this, not memory, bounds how far one chat's
+    /// flood can run ahead of its partition's other chats.
     #[arg(long, env = "TGPIPE_MAX_ACK_PENDING", default_value_t = 0)]
     pub max_ack_pending: u32,
     /// Partitions of the lane: the units of ownership that are balanced over its pods
@@ -549,7 +552,7 @@ impl RunArgs {
     /// `max_ack_pending` of each partition's consumer.
     pub fn max_ack_pending(&self) -> i64 {
         if self.max_ack_pending == 0 {
-            i64::from(self.max_held)
+            i64::from(self.max_held.max(DEFAULT_MAX_ACK_PENDING))
         } else {
             i64::from(self.max_ack_pending)
         }
@@ -651,6 +654,10 @@ impl RunArgs {
         })
     }
 }
+
+/// The least `max_ack_pending` of a partition's consumer by default: a chat's flood
+/// parks within it while the partition's other chats are still delivered.
+const DEFAULT_MAX_ACK_PENDING: u32 = 32_768;
 
 /// What the drain needs beyond the handler timeout: settling the last updates, handing
 /// the leases over and flushing the acknowledgements.
@@ -1021,7 +1028,11 @@ mod tests {
         assert_eq!(b.shutdown_grace().unwrap(), Duration::from_secs(25));
         let c = run_args(&["--handler-timeout", "40s"]).unwrap();
         assert_eq!(c.shutdown_grace().unwrap(), Duration::from_secs(50));
-        assert_eq!(a.max_ack_pending(), 1000);
+        assert_eq!(a.max_ack_pending(), 32_768);
+        let big = run_args(&["--max-held", "50000"]).unwrap();
+        assert_eq!(big.max_ack_pending(), 50_000);
+        let set = run_args(&["--max-ack-pending", "1000"]).unwrap();
+        assert_eq!(set.max_ack_pending(), 1000);
         assert!(
             run_args(&["--partitions", "65"])
                 .unwrap()

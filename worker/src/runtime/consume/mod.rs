@@ -112,6 +112,9 @@ type OrderKey = (BotId, i64);
 /// The part of the shutdown grace kept for the last flush of acknowledgements.
 pub(super) const FLUSH_RESERVE: Duration = Duration::from_secs(2);
 
+/// The least number of messages one pull request asks for.
+const PULL_BATCH: usize = 256;
+
 /// How long a pull request waits at the server. Short, because a handover waits for the
 /// old owner's last request to expire before it unpins (see `consume_partition`), and
 /// the handover's gap is about this long.
@@ -553,7 +556,9 @@ impl Pod {
         let messages = consumer
             .stream()
             .group(PRIORITY_GROUP)
-            .max_messages_per_batch(self.me.limits.concurrency.clamp(1, 1000))
+            // Pulling never waits on a chat, so batches need not match the slots: a
+            // larger one drains a backlog ahead of another chat's update sooner.
+            .max_messages_per_batch(self.me.limits.concurrency.clamp(PULL_BATCH, 1000))
             .expires(PULL_EXPIRY)
             .heartbeat(PULL_EXPIRY / 3)
             .messages()
