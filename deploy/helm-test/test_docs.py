@@ -42,6 +42,8 @@ def test_the_checked_snippets_are_there():
         "openssl-s-client",
         "webhook-info",
         "nats-permissions",
+        "bot-cargo-toml",
+        "bot-image-values",
     }
     # The directive Debian 12's nginx 1.22 refuses ("unknown directive http2").
     assert not re.search(r"^\s*http2 on;", DOC.read_text(), re.M)
