@@ -109,13 +109,20 @@ def write_if_changed(path, text):
 
 
 @pytest.fixture(scope="session")
-def outside_bot():
+def outside_bot(outside_bot_crate):
+    """The binary of ``outside_bot_crate``, as the image would hold it."""
+    return outside_bot_crate[1]
+
+
+@pytest.fixture(scope="session")
+def outside_bot_crate():
     """A bot crate outside the workspace, made of docs/deploy.md's Cargo.toml and the
     README's bot, built by deploy/docker/bot.Dockerfile's build steps run as a script
     (no Docker engine here): the build context holds the crate and a tgpipe checkout
     (this repository), `/src` is the context and `/out` a directory beside it. The
     target directory is the workspace's (dev profile, as the test build), so only the
-    bot and the tgpipe crates are compiled again. Returns the binary."""
+    bot and the tgpipe crates are compiled again. Returns the crate's directory and the
+    binary."""
     # One place per checkout, kept between runs: cargo knows the tgpipe crates by their
     # path, so the second run compiles nothing.
     tag = hashlib.sha1(str(ROOT).encode()).hexdigest()[:8]
@@ -148,4 +155,4 @@ def outside_bot():
     proc = subprocess.run(["bash", "-c", script], cwd=ctx, capture_output=True, text=True)
     assert proc.returncode == 0, f"the Dockerfile's build steps failed:\n{script}\n{proc.stderr[-4000:]}"
     print(f"outside bot built in {time.time() - started:.0f} s")
-    return out / "bot"
+    return crate, out / "bot"
