@@ -119,7 +119,7 @@ def test_every_container_is_hardened_and_has_resources(ci_dir, values):
 def test_probes_and_drain_time():
     objs = render(sets=BOTS)
     # The ingress's probes are on its ops port; the webhook port serves only webhooks.
-    for name, probe_port, grace in [("t-tgpipe-ingress", "ops", 35), ("t-tgpipe-worker-messages", "http", 30)]:
+    for name, probe_port, grace in [("t-tgpipe-ingress", "ops", 35), ("t-tgpipe-worker-messages", "http", 75)]:
         d = named(objs, "Deployment", name)
         c = d["spec"]["template"]["spec"]["containers"][0]
         assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": probe_port}
@@ -134,6 +134,18 @@ def test_probes_and_drain_time():
     # Removed from the Service within the drain delay: failureThreshold x periodSeconds.
     probe = ingress["readinessProbe"]
     assert probe["failureThreshold"] * probe["periodSeconds"] < 5
+
+
+def test_worker_termination_grace_covers_the_handler_timeout_and_the_drain():
+    # Kubernetes must not kill a worker whose handler is still allowed to run: the pod's
+    # grace covers the drain, and the drain covers the handler timeout.
+    objs = render(sets=dict(BOTS, **{"worker.handlerTimeoutSeconds": "30", "worker.shutdownGraceSeconds": "40"}))
+    d = named(objs, "Deployment", "t-tgpipe-worker-messages")
+    e = env(d["spec"]["template"]["spec"]["containers"][0])
+    assert (e["TGPIPE_HANDLER_TIMEOUT"], e["TGPIPE_SHUTDOWN_GRACE"]) == ("30s", "40s")
+    assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 45
+    with pytest.raises(RenderError, match="handlerTimeoutSeconds"):
+        render(sets=dict(BOTS, **{"worker.handlerTimeoutSeconds": "60", "worker.shutdownGraceSeconds": "25"}))
 
 
 def test_metrics_are_scraped_from_the_ingress_ops_port_not_the_webhook_port():

@@ -405,19 +405,26 @@ pub struct RunArgs {
     /// two lanes can have two of its updates handled at once.
     #[arg(long, env = "TGPIPE_ALLOW_FSM_SPLIT", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_fsm_split: bool,
-    /// Chats handled at once in this pod (one update of a chat at a time; chats take
-    /// turns, so a busy chat does not hold back the others).
+    /// Handlers running at once in this pod (run slots; one update of a chat at a time).
+    /// A slot is held only while a handler runs: retry waits, Telegram pauses and rate
+    /// limits give it back. Bots with work waiting take turns.
     // 128: a chat's handler mostly waits on the Bot API, and held updates are capped
     // apart (TGPIPE_MAX_HELD); with the stand-in at 50 ms, 64 capped one pod at ~860
     // replies/s and 128 gave ~1260 (loadtest/bench/scale.sh).
     #[arg(long, env = "TGPIPE_CONCURRENCY", default_value_t = 128,
         value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub concurrency: u32,
-    /// Updates held in this pod, queued or running; past it the pod stops pulling.
+    /// Run slots one bot may hold at once; 0 (the default) means no cap beyond
+    /// `TGPIPE_CONCURRENCY`. Bots share slots in turns either way.
+    #[arg(long, env = "TGPIPE_MAX_RUNNING_PER_BOT", default_value_t = 0)]
+    pub max_running_per_bot: u32,
+    /// Updates held in memory in this pod, queued or running; more are parked (only their
+    /// stream sequence kept, read again in their turn). Pulling never stops for it.
     #[arg(long, env = "TGPIPE_MAX_HELD", default_value_t = 8192,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_held: u32,
-    /// Updates held for one chat; past it the pod stops pulling that chat's partition.
+    /// Updates held in memory for one chat; more of that chat are parked, and its
+    /// partition goes on serving the other chats.
     #[arg(long, env = "TGPIPE_MAX_HELD_PER_CHAT", default_value_t = 2048,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_held_per_chat: u32,
@@ -482,9 +489,11 @@ pub struct RunArgs {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "TGPIPE_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: SocketAddr,
-    /// How long in-flight handlers may finish after SIGTERM.
-    #[arg(long, env = "TGPIPE_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
+    /// How long the drain after SIGTERM may take: running handlers finish, the rest goes
+    /// back to the stream. At least `TGPIPE_HANDLER_TIMEOUT` + 5s, so that a handler is
+    /// never cut off while its partition passes to another pod; by default that + 10s.
+    #[arg(long, env = "TGPIPE_SHUTDOWN_GRACE", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
     /// Create or update the streams at start (`false` when an operator provisions them).
     #[arg(long, env = "TGPIPE_PROVISION", default_value_t = true, action = clap::ArgAction::Set)]
     pub provision: bool,
@@ -526,6 +535,20 @@ impl RunArgs {
             Some(kinds)
         };
         Lane::new(&self.lane, kinds)
+    }
+
+    /// The drain's limit: `TGPIPE_SHUTDOWN_GRACE`, or the handler timeout + 10s.
+    pub fn shutdown_grace(&self) -> Result<Duration, ConfigError> {
+        let least = self.handler_timeout + GRACE_OVER_HANDLER;
+        match self.shutdown_grace {
+            None => Ok(self.handler_timeout + 2 * GRACE_OVER_HANDLER),
+            Some(grace) if grace >= least => Ok(grace),
+            Some(grace) => Err(ConfigError::ShutdownGrace {
+                grace,
+                handler_timeout: self.handler_timeout,
+                least,
+            }),
+        }
     }
 
     /// `max_ack_pending` of each partition's consumer.
@@ -583,6 +606,12 @@ impl RunArgs {
     /// ```
     pub fn validate(self) -> Result<WorkerConfig, ConfigError> {
         let lane = self.lane()?;
+        let shutdown_grace = self.shutdown_grace()?;
+        if self.stream.retention == tgpipe_shared::stream::Retention::Limits {
+            return Err(ConfigError::LimitsRetention {
+                stream: self.stream.name.clone(),
+            });
+        }
         let consumers = self.consumer_settings()?;
         let tokens = match self.bots.tokens() {
             Ok(tokens) => tokens,
@@ -597,6 +626,7 @@ impl RunArgs {
             group: self.group_settings(),
             limits: Limits {
                 concurrency: self.concurrency as usize,
+                max_running_per_bot: self.max_running_per_bot as usize,
                 max_held: self.max_held as usize,
                 max_held_per_chat: self.max_held_per_chat as usize,
             },
@@ -622,11 +652,15 @@ impl RunArgs {
             member: self.member,
             redis: self.redis,
             fsm: self.fsm,
-            shutdown_grace: self.shutdown_grace,
+            shutdown_grace,
             provision: self.provision,
         })
     }
 }
+
+/// What the drain needs beyond the handler timeout: settling the last updates, handing
+/// the leases over and flushing the acknowledgements.
+const GRACE_OVER_HANDLER: Duration = Duration::from_secs(5);
 
 /// Shortest `TGPIPE_LEASE_TTL` (a pod renews its membership and leases every third of
 /// it).
@@ -696,6 +730,26 @@ pub enum ConfigError {
     /// A lease too short to hold.
     #[error("TGPIPE_LEASE_TTL (--lease-ttl) must be at least 2s")]
     LeaseTtl,
+    /// A drain shorter than a handler may run.
+    #[error(
+        "TGPIPE_SHUTDOWN_GRACE (--shutdown-grace) is {grace:?} but must be at least TGPIPE_HANDLER_TIMEOUT ({handler_timeout:?}) + 5s = {least:?}: a handler cut off at shutdown would run again on the partition's next owner"
+    )]
+    ShutdownGrace {
+        /// `TGPIPE_SHUTDOWN_GRACE`.
+        grace: Duration,
+        /// `TGPIPE_HANDLER_TIMEOUT`.
+        handler_timeout: Duration,
+        /// The least grace allowed.
+        least: Duration,
+    },
+    /// The update stream keeps acknowledged updates.
+    #[error(
+        "the update stream `{stream}` has limits retention (TGPIPE_RETENTION=limits): it keeps acknowledged updates, and a partition's takeover would run them again; use workqueue (the default) or interest"
+    )]
+    LimitsRetention {
+        /// The stream.
+        stream: String,
+    },
     /// The bot tokens or the Bot API URL.
     #[error(transparent)]
     Bots(#[from] BotsError),
@@ -1073,6 +1127,14 @@ mod tests {
         assert!(run_args(&["--max-deliver", "0"]).is_err());
         assert!(run_args(&["--ack-wait", "soon"]).is_err());
         let a = run_args(&["--max-held", "1000", "--shutdown-grace", "25s"]).unwrap();
+        assert!(matches!(
+            a.shutdown_grace(),
+            Err(ConfigError::ShutdownGrace { .. })
+        ));
+        let b = run_args(&["--handler-timeout", "20s", "--shutdown-grace", "25s"]).unwrap();
+        assert_eq!(b.shutdown_grace().unwrap(), Duration::from_secs(25));
+        let c = run_args(&["--handler-timeout", "40s"]).unwrap();
+        assert_eq!(c.shutdown_grace().unwrap(), Duration::from_secs(50));
         assert_eq!(a.max_ack_pending(), 1000);
         assert!(
             run_args(&["--partitions", "65"])
@@ -1081,6 +1143,6 @@ mod tests {
                 .is_err()
         );
         assert!(run_args(&["--partitions", "0"]).is_err());
-        assert_eq!(a.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(a.shutdown_grace, Some(Duration::from_secs(25)));
     }
 }

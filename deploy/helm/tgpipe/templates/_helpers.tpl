@@ -138,6 +138,11 @@ float64, and `quote`/`%v` print one of a million or more in exponent form
   value: {{ include "tgpipe.int" $partitions | quote }}
 - name: TGPIPE_MAX_DELIVER
   value: {{ include "tgpipe.int" $v.worker.maxDeliver | quote }}
+{{- if lt (int $v.worker.shutdownGraceSeconds) (add (int $v.worker.handlerTimeoutSeconds) 5) }}
+{{- fail (printf "worker.shutdownGraceSeconds (%d) must be at least worker.handlerTimeoutSeconds (%d) + 5: a handler cut off at shutdown would run again on the partition's next owner" (int $v.worker.shutdownGraceSeconds) (int $v.worker.handlerTimeoutSeconds)) }}
+{{- end }}
+- name: TGPIPE_HANDLER_TIMEOUT
+  value: {{ printf "%ds" (int $v.worker.handlerTimeoutSeconds) | quote }}
 - name: TGPIPE_SHUTDOWN_GRACE
   value: {{ printf "%ds" (int $v.worker.shutdownGraceSeconds) | quote }}
 {{- if $v.worker.fsmTtlSeconds }}
