@@ -243,7 +243,8 @@ async fn webhook(args: WebhookArgs, dispatcher: &DispatcherBuilder) -> Result<()
     .await
     .map_err(|e| match e {
         crate::set_webhook::WebhookCommandError::NoSecret
-        | crate::set_webhook::WebhookCommandError::BadSecret => RunError::config(e),
+        | crate::set_webhook::WebhookCommandError::BadSecret
+        | crate::set_webhook::WebhookCommandError::BadPort { .. } => RunError::config(e),
         e => peer(e),
     })
 }
@@ -373,6 +374,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let lane = &config.lane;
+    // Before anything connects: a lane that splits an FSM conversation is a setting error.
+    config::check_fsm_split(lane, &dispatcher.fsm_observers(), config.allow_fsm_split)
+        .map_err(config_error)?;
     let redis = connect_redis(&config.redis.redis_url).await?;
     let statics = config.bots.build_all(Some(&redis));
     let make_bot: registry::MakeBot = {
