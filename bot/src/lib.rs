@@ -37,6 +37,7 @@ pub mod chain;
 mod class;
 mod error;
 mod helpers;
+pub mod idle;
 mod input_file;
 pub mod limiter;
 pub mod middleware;
@@ -473,7 +474,7 @@ impl Bot {
                         && (failed.not_sent || !limited
                             || matches!(failed.error, BotError::Server(_))) =>
                 {
-                    tokio::time::sleep(policy.backoff(server_retries)).await;
+                    idle::idle(tokio::time::sleep(policy.backoff(server_retries))).await;
                     server_retries += 1;
                     retried(&request.method, failed.error.status_label());
                 }

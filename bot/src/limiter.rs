@@ -408,7 +408,7 @@ impl Limiter {
                 return Err(left);
             }
             if !left.is_zero() {
-                tokio::time::sleep(left).await;
+                crate::idle::idle(tokio::time::sleep(left)).await;
                 continue;
             }
             let (decided, verdict) = match self.try_redis(&cells, chat).await {
@@ -425,11 +425,11 @@ impl Limiter {
                     }
                     return Ok(decided);
                 }
-                Verdict::Wait(wait) => tokio::time::sleep(wait).await,
+                Verdict::Wait(wait) => crate::idle::idle(tokio::time::sleep(wait)).await,
                 #[cfg(feature = "redis")]
                 Verdict::Paused(left) if left > max_pause => return Err(left),
                 #[cfg(feature = "redis")]
-                Verdict::Paused(left) => tokio::time::sleep(left).await,
+                Verdict::Paused(left) => crate::idle::idle(tokio::time::sleep(left)).await,
             }
         }
     }

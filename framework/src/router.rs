@@ -316,6 +316,28 @@ impl Router {
         }
     }
 
+    /// The `(router, kind)` observers of the tree where a handler or filter needs a value
+    /// of type `id`, depth-first.
+    pub(crate) fn observers_needing(&self, id: TypeId, out: &mut Vec<(String, UpdateKind)>) {
+        for (key, obs) in &self.observers {
+            let needs = |f: &Arc<dyn Filter>| f.requires().iter().any(|r| r.type_id == id);
+            let ObserverKey::Kind(kind) = key else {
+                continue;
+            };
+            if obs.filters.iter().any(needs)
+                || obs.handlers.iter().any(|reg| {
+                    reg.handler.requirements.iter().any(|r| r.type_id == id)
+                        || reg.filters.iter().any(needs)
+                })
+            {
+                out.push((self.name.clone(), kind.clone()));
+            }
+        }
+        for c in &self.children {
+            c.observers_needing(id, out);
+        }
+    }
+
     /// Whether any handler or filter of the tree needs a value of type `id`.
     pub(crate) fn needs(&self, id: TypeId) -> bool {
         self.observers.values().any(|obs| {

@@ -14,6 +14,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How long an owner fence, or a lock's fencing counter, outlives its last use, at
@@ -22,12 +23,22 @@ use std::time::Duration;
 pub(crate) const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The ownership an update runs under: the lane, the partition and its epoch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct OwnerFence {
     lane: Arc<str>,
     partition: u16,
     epoch: u64,
+    /// False once the runtime lost the partition: checked before each write.
+    alive: Option<Arc<AtomicBool>>,
 }
+
+impl PartialEq for OwnerFence {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.lane, self.partition, self.epoch) == (&other.lane, other.partition, other.epoch)
+    }
+}
+
+impl Eq for OwnerFence {}
 
 impl OwnerFence {
     /// The fence of `lane`'s `partition`, owned under `epoch`.
@@ -36,10 +47,38 @@ impl OwnerFence {
             lane: Arc::from(lane),
             partition,
             epoch,
+            alive: None,
         }
     }
 
-    /// The lane (epochs of different lanes are not compared).
+    /// The same fence, refused by storage without a round trip once `alive` is false
+    /// (the runtime clears it when it loses the partition).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use tgpipe::fsm::OwnerFence;
+    ///
+    /// let alive = Arc::new(AtomicBool::new(true));
+    /// let fence = OwnerFence::new("default#16", 3, 42).with_liveness(Arc::clone(&alive));
+    /// assert!(fence.is_current());
+    /// alive.store(false, Ordering::Release);
+    /// assert!(!fence.is_current());
+    /// ```
+    pub fn with_liveness(mut self, alive: Arc<AtomicBool>) -> OwnerFence {
+        self.alive = Some(alive);
+        self
+    }
+
+    /// Whether the ownership still holds, as far as this process knows.
+    pub fn is_current(&self) -> bool {
+        self.alive
+            .as_ref()
+            .is_none_or(|a| a.load(Ordering::Acquire))
+    }
+
+    /// The fencing scope, usually the lane and its partition count (`default#16`):
+    /// epochs of different scopes are not compared.
     pub fn lane(&self) -> &str {
         &self.lane
     }

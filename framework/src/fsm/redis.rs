@@ -233,6 +233,13 @@ impl RedisStorage {
         value: Option<&[u8]>,
         fence: &OwnerFence,
     ) -> Result<(), FsmError> {
+        // Ownership is checked at the moment of writing: a pod that lost the partition
+        // writes nothing, even before the next owner's first write raises the fence.
+        if !fence.is_current() {
+            return Err(FsmError::Fenced {
+                key: key.to_string(),
+            });
+        }
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.fenced_write.key(RedisStorage::fence_key(key));
         for t in targets {
@@ -301,6 +308,11 @@ impl RedisStorage {
         };
         let mut conn = self.conn.clone();
         for attempt in 0..CAS_ATTEMPTS {
+            if fence.is_some_and(|f| !f.is_current()) {
+                return Err(FsmError::Fenced {
+                    key: key.to_string(),
+                });
+            }
             if attempt > 0 {
                 let cap = u64::from(attempt).min(20) * 1000;
                 tokio::time::sleep(Duration::from_micros(rand::random_range(0..=cap))).await;

@@ -400,23 +400,38 @@ pub struct RunArgs {
     /// written `custom:<name>`.
     #[arg(long = "lane-kinds", env = "TGPIPE_LANE_KINDS", default_value = "all")]
     pub lane_kinds: String,
-    /// Chats handled at once in this pod (one update of a chat at a time; chats take
-    /// turns, so a busy chat does not hold back the others).
+    /// Start even when this lane takes some but not all of the update kinds whose
+    /// handlers use FSM state. FSM state is fenced per lane, so a conversation split over
+    /// two lanes can have two of its updates handled at once.
+    #[arg(long, env = "TGPIPE_ALLOW_FSM_SPLIT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_fsm_split: bool,
+    /// Handlers running at once in this pod (run slots; one update of a chat at a time).
+    /// A slot is held only while a handler runs: retry waits, Telegram pauses and rate
+    /// limits give it back. Bots with work waiting take turns.
     // 128: a chat's handler mostly waits on the Bot API, and held updates are capped
     // apart (TGPIPE_MAX_HELD); with the stand-in at 50 ms, 64 capped one pod at ~860
     // replies/s and 128 gave ~1260 (loadtest/bench/scale.sh).
     #[arg(long, env = "TGPIPE_CONCURRENCY", default_value_t = 128,
         value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub concurrency: u32,
-    /// Updates held in this pod, queued or running; past it the pod stops pulling.
+    /// Run slots one bot may hold at once; 0 (the default) means no cap beyond
+    /// `TGPIPE_CONCURRENCY`. Bots share slots in turns either way.
+    #[arg(long, env = "TGPIPE_MAX_RUNNING_PER_BOT", default_value_t = 0)]
+    pub max_running_per_bot: u32,
+    /// Updates held in memory in this pod, queued or running; more are parked (only their
+    /// stream sequence kept, read again in their turn). Pulling never stops for it.
     #[arg(long, env = "TGPIPE_MAX_HELD", default_value_t = 8192,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_held: u32,
-    /// Updates held for one chat; past it the pod stops pulling that chat's partition.
+    /// Updates held in memory for one chat; more of that chat are parked, and its
+    /// partition goes on serving the other chats.
     #[arg(long, env = "TGPIPE_MAX_HELD_PER_CHAT", default_value_t = 2048,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_held_per_chat: u32,
-    /// Unacknowledged updates one partition's consumer allows; 0 means `TGPIPE_MAX_HELD`.
+    /// Unacknowledged updates one partition's consumer allows; 0 means the larger of
+    /// `TGPIPE_MAX_HELD` and 32768. Updates past a chat's or the pod's memory cap are
+    /// parked (about 100 bytes each), so this, not memory, bounds how far one chat's
+    /// flood can run ahead of its partition's other chats.
     #[arg(long, env = "TGPIPE_MAX_ACK_PENDING", default_value_t = 0)]
     pub max_ack_pending: u32,
     /// Partitions of the lane: the units of ownership that are balanced over its pods
@@ -477,9 +492,11 @@ pub struct RunArgs {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "TGPIPE_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: SocketAddr,
-    /// How long in-flight handlers may finish after SIGTERM.
-    #[arg(long, env = "TGPIPE_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
+    /// How long the drain after SIGTERM may take: running handlers finish, the rest goes
+    /// back to the stream. At least `TGPIPE_HANDLER_TIMEOUT` + 5s, so that a handler is
+    /// never cut off while its partition passes to another pod; by default that + 10s.
+    #[arg(long, env = "TGPIPE_SHUTDOWN_GRACE", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
     /// Create or update the streams at start (`false` when an operator provisions them).
     #[arg(long, env = "TGPIPE_PROVISION", default_value_t = true, action = clap::ArgAction::Set)]
     pub provision: bool,
@@ -523,10 +540,24 @@ impl RunArgs {
         Lane::new(&self.lane, kinds)
     }
 
+    /// The drain's limit: `TGPIPE_SHUTDOWN_GRACE`, or the handler timeout + 10s.
+    pub fn shutdown_grace(&self) -> Result<Duration, ConfigError> {
+        let least = self.handler_timeout + GRACE_OVER_HANDLER;
+        match self.shutdown_grace {
+            None => Ok(self.handler_timeout + 2 * GRACE_OVER_HANDLER),
+            Some(grace) if grace >= least => Ok(grace),
+            Some(grace) => Err(ConfigError::ShutdownGrace {
+                grace,
+                handler_timeout: self.handler_timeout,
+                least,
+            }),
+        }
+    }
+
     /// `max_ack_pending` of each partition's consumer.
     pub fn max_ack_pending(&self) -> i64 {
         if self.max_ack_pending == 0 {
-            i64::from(self.max_held)
+            i64::from(self.max_held.max(DEFAULT_MAX_ACK_PENDING))
         } else {
             i64::from(self.max_ack_pending)
         }
@@ -578,6 +609,12 @@ impl RunArgs {
     /// ```
     pub fn validate(self) -> Result<WorkerConfig, ConfigError> {
         let lane = self.lane()?;
+        let shutdown_grace = self.shutdown_grace()?;
+        if self.stream.retention == tgpipe_shared::stream::Retention::Limits {
+            return Err(ConfigError::LimitsRetention {
+                stream: self.stream.name.clone(),
+            });
+        }
         let consumers = self.consumer_settings()?;
         let tokens = match self.bots.tokens() {
             Ok(tokens) => tokens,
@@ -592,6 +629,7 @@ impl RunArgs {
             group: self.group_settings(),
             limits: Limits {
                 concurrency: self.concurrency as usize,
+                max_running_per_bot: self.max_running_per_bot as usize,
                 max_held: self.max_held as usize,
                 max_held_per_chat: self.max_held_per_chat as usize,
             },
@@ -604,6 +642,7 @@ impl RunArgs {
                 handler_timeout: self.handler_timeout,
             },
             seen: (self.seen_cap > 0).then_some((self.seen_cap, self.seen_ttl)),
+            allow_fsm_split: self.allow_fsm_split,
             lane,
             consumers,
             bots,
@@ -616,11 +655,19 @@ impl RunArgs {
             member: self.member,
             redis: self.redis,
             fsm: self.fsm,
-            shutdown_grace: self.shutdown_grace,
+            shutdown_grace,
             provision: self.provision,
         })
     }
 }
+
+/// The least `max_ack_pending` of a partition's consumer by default: a chat's flood
+/// parks within it while the partition's other chats are still delivered.
+const DEFAULT_MAX_ACK_PENDING: u32 = 32_768;
+
+/// What the drain needs beyond the handler timeout: settling the last updates, handing
+/// the leases over and flushing the acknowledgements.
+const GRACE_OVER_HANDLER: Duration = Duration::from_secs(5);
 
 /// Shortest `TGPIPE_LEASE_TTL` (a pod renews its membership and leases every third of
 /// it).
@@ -650,6 +697,8 @@ pub struct WorkerConfig {
     pub(crate) removed_policy: RemovedPolicy,
     /// The lane this process serves.
     pub(crate) lane: Lane,
+    /// Whether the lane may split the kinds that share FSM state (`TGPIPE_ALLOW_FSM_SPLIT`).
+    pub(crate) allow_fsm_split: bool,
     /// How the lane's partition consumers are set up.
     pub(crate) consumers: ConsumerSettings,
     /// How the lane's pods share its partitions.
@@ -688,12 +737,82 @@ pub enum ConfigError {
     /// A lease too short to hold.
     #[error("TGPIPE_LEASE_TTL (--lease-ttl) must be at least 2s")]
     LeaseTtl,
+    /// A drain shorter than a handler may run.
+    #[error(
+        "TGPIPE_SHUTDOWN_GRACE (--shutdown-grace) is {grace:?} but must be at least TGPIPE_HANDLER_TIMEOUT ({handler_timeout:?}) + 5s = {least:?}: a handler cut off at shutdown would run again on the partition's next owner"
+    )]
+    ShutdownGrace {
+        /// `TGPIPE_SHUTDOWN_GRACE`.
+        grace: Duration,
+        /// `TGPIPE_HANDLER_TIMEOUT`.
+        handler_timeout: Duration,
+        /// The least grace allowed.
+        least: Duration,
+    },
+    /// The update stream keeps acknowledged updates.
+    #[error(
+        "the update stream `{stream}` has limits retention (TGPIPE_RETENTION=limits): it keeps acknowledged updates, and a partition's takeover would run them again; use workqueue (the default) or interest"
+    )]
+    LimitsRetention {
+        /// The stream.
+        stream: String,
+    },
     /// The bot tokens or the Bot API URL.
     #[error(transparent)]
     Bots(#[from] BotsError),
     /// `REDIS_URL` does not parse.
     #[error("REDIS_URL (--redis-url): {0}")]
     RedisUrl(#[source] redis::RedisError),
+    /// The lane takes some but not all of the kinds whose handlers share FSM state.
+    #[error(
+        "lane `{lane}` (TGPIPE_LANE_KINDS) takes {taken} but not {left}, whose handlers share FSM state ({observers}): FSM state is fenced per lane, so keep these kinds in one lane, or set TGPIPE_ALLOW_FSM_SPLIT=true to split them on purpose"
+    )]
+    FsmSplit {
+        /// The lane.
+        lane: String,
+        /// The FSM kinds it takes, comma separated.
+        taken: String,
+        /// The FSM kinds it leaves to other lanes, comma separated.
+        left: String,
+        /// The observers that use FSM state, as `router/kind`.
+        observers: String,
+    },
+}
+
+/// Refuses a lane that takes some but not all of the kinds whose observers use FSM
+/// state (`fsm_observers`: `(router, kind)`, from the dispatcher), unless `allow`.
+pub(crate) fn check_fsm_split(
+    lane: &Lane,
+    fsm_observers: &[(String, UpdateKind)],
+    allow: bool,
+) -> Result<(), ConfigError> {
+    let mut kinds: Vec<&UpdateKind> = fsm_observers.iter().map(|(_, k)| k).collect();
+    kinds.sort();
+    kinds.dedup();
+    let (taken, left): (Vec<&UpdateKind>, Vec<&UpdateKind>) =
+        kinds.into_iter().partition(|k| lane.takes(k));
+    if taken.is_empty() || left.is_empty() {
+        return Ok(());
+    }
+    let list = |kinds: &[&UpdateKind]| {
+        let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        names.join(", ")
+    };
+    let observers: Vec<String> = fsm_observers
+        .iter()
+        .map(|(router, kind)| format!("{router}/{kind}"))
+        .collect();
+    let e = ConfigError::FsmSplit {
+        lane: lane.name().to_owned(),
+        taken: list(&taken),
+        left: list(&left),
+        observers: observers.join(", "),
+    };
+    if allow {
+        tracing::warn!("TGPIPE_ALLOW_FSM_SPLIT=true: {e}");
+        return Ok(());
+    }
+    Err(e)
 }
 
 /// The Redis FSM the runtime gives a dispatcher that needs one and has none.
@@ -773,6 +892,62 @@ mod tests {
             8
         );
         assert!(run_args(&["--shards", "0"]).is_err());
+    }
+
+    /// A worker whose lane split `message` from `callback_query`, both handled with FSM
+    /// state, started without a word; it now refuses, naming the observers and kinds.
+    #[test]
+    fn a_lane_splitting_kinds_that_share_fsm_state_started_without_a_word() {
+        use std::sync::Arc;
+        use tgpipe::frankenstein::inline_mode::InlineQuery;
+        use tgpipe::frankenstein::types::{CallbackQuery, Message};
+        use tgpipe::{Dispatcher, FsmContext, Router};
+
+        async fn ask(_m: Arc<Message>, _fsm: FsmContext) {}
+        async fn press(_q: Arc<CallbackQuery>, _fsm: FsmContext) {}
+        async fn inline(_q: Arc<InlineQuery>) {}
+        let mut form = Router::new("form");
+        form.message(ask);
+        let mut buttons = Router::new("buttons");
+        buttons.callback_query(press);
+        buttons.inline_query(inline);
+        form.include_router(buttons);
+        let observers = Dispatcher::builder(form).fsm_observers();
+        assert_eq!(
+            observers,
+            [
+                ("form".to_owned(), UpdateKind::Message),
+                ("buttons".to_owned(), UpdateKind::CallbackQuery)
+            ]
+        );
+        let lane = |kinds: &str| run_args(&["--lane", "l", "--lane-kinds", kinds]);
+        let e = check_fsm_split(&lane("message").unwrap().lane().unwrap(), &observers, false)
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("lane `l`"), "{msg}");
+        assert!(
+            msg.contains("takes message but not callback_query"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("form/message, buttons/callback_query"),
+            "{msg}"
+        );
+        assert!(msg.contains("TGPIPE_ALLOW_FSM_SPLIT"), "{msg}");
+        // All of them, none of them, or on purpose: it starts.
+        for kinds in ["message,callback_query", "all", "inline_query"] {
+            let lane = lane(kinds).unwrap().lane().unwrap();
+            check_fsm_split(&lane, &observers, false).unwrap();
+        }
+        let split = run_args(&[
+            "--lane-kinds",
+            "callback_query",
+            "--allow-fsm-split",
+            "true",
+        ])
+        .unwrap();
+        assert!(split.allow_fsm_split);
+        check_fsm_split(&split.lane().unwrap(), &observers, split.allow_fsm_split).unwrap();
     }
 
     #[test]
@@ -959,7 +1134,19 @@ mod tests {
         assert!(run_args(&["--max-deliver", "0"]).is_err());
         assert!(run_args(&["--ack-wait", "soon"]).is_err());
         let a = run_args(&["--max-held", "1000", "--shutdown-grace", "25s"]).unwrap();
-        assert_eq!(a.max_ack_pending(), 1000);
+        assert!(matches!(
+            a.shutdown_grace(),
+            Err(ConfigError::ShutdownGrace { .. })
+        ));
+        let b = run_args(&["--handler-timeout", "20s", "--shutdown-grace", "25s"]).unwrap();
+        assert_eq!(b.shutdown_grace().unwrap(), Duration::from_secs(25));
+        let c = run_args(&["--handler-timeout", "40s"]).unwrap();
+        assert_eq!(c.shutdown_grace().unwrap(), Duration::from_secs(50));
+        assert_eq!(a.max_ack_pending(), 32_768);
+        let big = run_args(&["--max-held", "50000"]).unwrap();
+        assert_eq!(big.max_ack_pending(), 50_000);
+        let set = run_args(&["--max-ack-pending", "1000"]).unwrap();
+        assert_eq!(set.max_ack_pending(), 1000);
         assert!(
             run_args(&["--partitions", "65"])
                 .unwrap()
@@ -967,6 +1154,6 @@ mod tests {
                 .is_err()
         );
         assert!(run_args(&["--partitions", "0"]).is_err());
-        assert_eq!(a.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(a.shutdown_grace, Some(Duration::from_secs(25)));
     }
 }

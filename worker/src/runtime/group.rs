@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
@@ -56,23 +56,44 @@ pub struct GroupSettings {
 
 /// Why the group could not be joined.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot use the ownership bucket `{bucket}`: {message}")]
-pub(super) struct GroupError {
-    bucket: String,
-    message: String,
+pub(super) enum GroupError {
+    /// The bucket cannot be read or created.
+    #[error("cannot use the ownership bucket `{bucket}`: {message}")]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// The server's answer.
+        message: String,
+    },
+    /// The bucket's entries expire after another time than this pod's leases.
+    #[error(
+        "the ownership bucket `{bucket}` expires entries after {max_age:?} but TGPIPE_LEASE_TTL is {ttl:?}: set TGPIPE_LEASE_TTL={secs}s, or give lanes with another lease TTL their own TGPIPE_GROUP_BUCKET"
+    )]
+    Ttl {
+        /// The bucket.
+        bucket: String,
+        /// Its entries' age limit.
+        max_age: Duration,
+        /// This pod's lease TTL.
+        ttl: Duration,
+        /// The age limit in seconds, for the fix.
+        secs: u64,
+    },
 }
 
-/// Opens the group's KV bucket, creating it when missing.
+/// Opens the group's KV bucket, creating it when missing. A bucket whose entries expire
+/// after another time than `TGPIPE_LEASE_TTL` is refused: leases would outlive a dead
+/// pod for longer, or expire between renewals.
 pub(super) async fn bucket(
     js: &jetstream::Context,
     settings: &GroupSettings,
 ) -> Result<kv::Store, GroupError> {
-    let err = |e: &dyn std::fmt::Display| GroupError {
+    let err = |e: &dyn std::fmt::Display| GroupError::Bucket {
         bucket: settings.bucket.clone(),
         message: e.to_string(),
     };
-    match js.get_key_value(&settings.bucket).await {
-        Ok(store) => Ok(store),
+    let store = match js.get_key_value(&settings.bucket).await {
+        Ok(store) => store,
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: settings.bucket.clone(),
@@ -86,8 +107,18 @@ pub(super) async fn bucket(
                 ..Default::default()
             })
             .await
-            .map_err(|e| err(&e)),
+            .map_err(|e| err(&e))?,
+    };
+    let status = store.status().await.map_err(|e| err(&e))?;
+    if status.max_age() != settings.lease_ttl {
+        return Err(GroupError::Ttl {
+            bucket: settings.bucket.clone(),
+            max_age: status.max_age(),
+            ttl: settings.lease_ttl,
+            secs: status.max_age().as_secs(),
+        });
     }
+    Ok(store)
 }
 
 /// `s` with every character a KV key token may not hold replaced by `with`.
@@ -156,15 +187,28 @@ fn rendezvous(member: &str, partition: u16) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One held partition: its epoch, and the flag that fences this pod once it is lost.
+/// How long before its lease could expire at the server a pod treats a partition as
+/// lost: its pull requests (`PULL_EXPIRY`) are gone and its dispatches cancelled before
+/// another pod can take the partition.
+const LOSS_MARGIN: Duration = Duration::from_millis(1000);
+
+/// One held partition: its epoch, and what fences this pod once it is lost.
 #[derive(Debug)]
 pub(super) struct Ownership {
     /// The partition.
     pub partition: Partition,
-    /// The lease's revision at creation: larger for every later owner.
+    /// The lease's creation time at the server, in microseconds: larger for every later
+    /// owner, also across a recreated bucket or a new NATS cluster.
     pub epoch: u64,
     lost: AtomicBool,
+    /// False once lost: the fence storage checks it at the moment of each write.
+    alive: Arc<AtomicBool>,
     release: tokio_util::sync::CancellationToken,
+    lost_token: tokio_util::sync::CancellationToken,
+    /// Set when the lease is deleted after a handover: its watchdog ends.
+    ended: tokio_util::sync::CancellationToken,
+    /// The lease's local deadline: measured from before its last successful write.
+    expires: std::sync::Mutex<Instant>,
 }
 
 impl Ownership {
@@ -173,7 +217,7 @@ impl Ownership {
         self.lost.load(Ordering::Acquire)
     }
 
-    /// Whether this pod is giving the partition up (handover or shutdown).
+    /// Whether this pod is giving the partition up (handover or shutdown) or lost it.
     pub(super) fn is_released(&self) -> bool {
         self.release.is_cancelled()
     }
@@ -183,19 +227,71 @@ impl Ownership {
         self.release.cancelled().await;
     }
 
-    /// A stand-alone ownership (tests and embedding).
-    pub(super) fn new(partition: Partition, epoch: u64) -> Ownership {
+    /// Resolves when the partition is lost: running dispatches stop.
+    pub(super) async fn lost(&self) {
+        self.lost_token.cancelled().await;
+    }
+
+    /// The flag the fence storage checks before each write.
+    pub(super) fn alive(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.alive)
+    }
+
+    /// A stand-alone ownership whose lease is good for `ttl` from `since`.
+    pub(super) fn new(
+        partition: Partition,
+        epoch: u64,
+        since: Instant,
+        ttl: Duration,
+    ) -> Ownership {
         Ownership {
             partition,
             epoch,
             lost: AtomicBool::new(false),
+            alive: Arc::new(AtomicBool::new(true)),
             release: tokio_util::sync::CancellationToken::new(),
+            lost_token: tokio_util::sync::CancellationToken::new(),
+            ended: tokio_util::sync::CancellationToken::new(),
+            expires: std::sync::Mutex::new(since + ttl.saturating_sub(LOSS_MARGIN)),
         }
     }
 
+    fn expires(&self) -> Instant {
+        *self.expires.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lease was written at `sent` (taken before the write): good for `ttl` from then.
+    fn renewed(&self, sent: Instant, ttl: Duration) {
+        let mut e = self.expires.lock().unwrap_or_else(|p| p.into_inner());
+        *e = (*e).max(sent + ttl.saturating_sub(LOSS_MARGIN));
+    }
+
     fn lose(&self) {
+        self.alive.store(false, Ordering::Release);
         self.lost.store(true, Ordering::Release);
         self.release.cancel();
+        self.lost_token.cancel();
+    }
+
+    /// Marks the partition lost when its local deadline passes unrenewed; checked on
+    /// its own timer, whatever the group's loop is blocked on.
+    async fn watchdog(self: Arc<Self>, lane: String) {
+        loop {
+            let at = self.expires();
+            if Instant::now() >= at {
+                if !self.ended.is_cancelled() && !self.is_lost() {
+                    tracing::warn!(partition = %self.partition, "partition lease not renewed in time; stopping it");
+                    self.lose();
+                    super::metrics::partition_lost(&lane);
+                }
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(at.into()) => {}
+                () = self.ended.cancelled() => return,
+                () = self.lost_token.cancelled() => return,
+            }
+        }
     }
 }
 
@@ -220,7 +316,8 @@ impl Released {
 
 struct Held {
     own: Arc<Ownership>,
-    revision: u64,
+    /// The lease's last revision (shared with the handover, which deletes it).
+    revision: Arc<AtomicU64>,
     renewed: Instant,
     releasing: bool,
     /// Set by the handover just before it deletes the lease: renewals stop.
@@ -230,6 +327,8 @@ struct Held {
 /// This pod's membership of a lane's group.
 pub(super) struct Group {
     kv: kv::Store,
+    /// To create the bucket again when it was deleted under the running pods.
+    js: jetstream::Context,
     lane: String,
     prefix: String,
     member: String,
@@ -249,6 +348,7 @@ impl Group {
     /// A member `member` of `lane`'s group on `stream`.
     pub(super) fn new(
         kv: kv::Store,
+        js: jetstream::Context,
         stream: &str,
         lane: &Lane,
         member: String,
@@ -257,6 +357,7 @@ impl Group {
         let stream: String = key_safe(stream, '_').collect();
         Group {
             kv,
+            js,
             lane: lane.name().to_owned(),
             prefix: format!("{stream}.{}", lane.name()),
             member,
@@ -311,18 +412,23 @@ impl Group {
     /// Runs the membership until `stop` resolves, sending acquisitions and releases to
     /// `events`. On `stop` it leaves the group (its key deleted at once, so the others
     /// rebalance without waiting for the TTL), releases every partition through
-    /// `events`, waits for each handover to finish (bounded by `grace`), and returns.
+    /// `events`, waits for each handover to finish (by the drain's deadline, sent on
+    /// `deadline`), and returns. A handover outside shutdown lets running dispatches
+    /// finish for up to `finish_within` (the handler timeout and the settling after it).
     pub(super) async fn run(
-        self,
+        mut self,
         events: tokio::sync::mpsc::Sender<GroupEvent>,
         stop: tokio_util::sync::CancellationToken,
-        grace: Duration,
+        deadline: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+        finish_within: Duration,
     ) {
         let ttl = self.settings.lease_ttl;
         let heartbeat = ttl / 3;
         let members_prefix = format!("{}.members.", self.prefix);
         let owners_prefix = format!("{}.owners.", self.prefix);
+        let me_value = format!("partitions={}", self.settings.partitions);
         let mut members: BTreeSet<String> = BTreeSet::new();
+        let mut warned: BTreeSet<String> = BTreeSet::new();
         // Partitions whose lease key exists, by holder.
         let mut owners: BTreeMap<u16, String> = BTreeMap::new();
         let mut held: BTreeMap<u16, Held> = BTreeMap::new();
@@ -344,7 +450,14 @@ impl Group {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if watch.is_none() || resync_at.is_some_and(|at| Instant::now() >= at) {
-                match self.resync(&members_prefix, &owners_prefix, ttl).await {
+                // Every blocking call of the loop yields to `stop`: a drain with NATS
+                // gone must not wait for reads that cannot succeed.
+                let read = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    read = self.resync(&members_prefix, &owners_prefix, ttl) => read,
+                };
+                match read {
                     Ok((w, m, o)) => {
                         watch = Some(w);
                         (members, owners) = (m, o);
@@ -358,6 +471,30 @@ impl Group {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the ownership bucket");
+                        // Deleted under the running pods (by hand, or a new cluster):
+                        // made again, so that leases can be taken again. Epochs are
+                        // creation times, so the new leases still fence the old owners.
+                        let missing = tokio::select! {
+                            biased;
+                            () = stop.cancelled() => break,
+                            got = self.js.get_key_value(&self.settings.bucket) => got.is_err(),
+                        };
+                        if missing {
+                            let made = tokio::select! {
+                                biased;
+                                () = stop.cancelled() => break,
+                                made = bucket(&self.js, &self.settings) => made,
+                            };
+                            match made {
+                                Ok(store) => {
+                                    tracing::warn!(bucket = %self.settings.bucket, "the ownership bucket was missing; created it again");
+                                    self.kv = store;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "creating the ownership bucket again")
+                                }
+                            }
+                        }
                         resync_at = Some(Instant::now() + Duration::from_millis(500));
                     }
                 }
@@ -377,6 +514,19 @@ impl Group {
                             let live = entry.operation == kv::Operation::Put;
                             if let Some(m) = entry.key.strip_prefix(&members_prefix) {
                                 if live {
+                                    // A pod with another partition count splits shards
+                                    // differently: two owners could serve one chat.
+                                    if entry.value.starts_with(b"partitions=")
+                                        && entry.value[..] != *me_value.as_bytes()
+                                        && warned.insert(m.to_owned())
+                                    {
+                                        tracing::error!(
+                                            member = m,
+                                            theirs = %String::from_utf8_lossy(&entry.value),
+                                            ours = %me_value,
+                                            "a pod of this lane runs with another TGPIPE_PARTITIONS: give every pod of a lane the same value"
+                                        );
+                                    }
                                     members.insert(m.to_owned());
                                 } else {
                                     members.remove(m);
@@ -420,57 +570,38 @@ impl Group {
             synced |= now.duration_since(started) >= ttl;
             // Heartbeat.
             if last_beat.is_none_or(|b| now.duration_since(b) >= heartbeat) {
-                match self
+                let put = self
                     .kv
-                    .put(self.member_key(&self.member), Bytes::from_static(b"live"))
-                    .await
-                {
-                    Ok(_) => {
+                    .put(self.member_key(&self.member), Bytes::from(me_value.clone()));
+                let put = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    put = tokio::time::timeout(heartbeat, put) => put,
+                };
+                match put {
+                    Ok(Ok(_)) => {
                         last_beat = Some(now);
                         members.insert(self.member.clone());
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::warn!(error = %e, "membership heartbeat");
+                        resync_at = Some(Instant::now());
+                    }
+                    Err(_) => {
+                        tracing::warn!("membership heartbeat: no answer");
                         resync_at = Some(Instant::now());
                     }
                 }
             }
-            // Renew what is held; a lease not renewed within the TTL is lost.
-            for (p, h) in held.iter_mut() {
-                if h.own.is_lost() || h.gone.load(Ordering::Acquire) {
-                    continue;
-                }
-                if now.duration_since(h.renewed) >= heartbeat {
-                    match self
-                        .kv
-                        .update(
-                            self.owner_key(Partition(*p)),
-                            self.member.clone().into(),
-                            h.revision,
-                        )
-                        .await
-                    {
-                        Ok(rev) => {
-                            h.revision = rev;
-                            h.renewed = Instant::now();
-                        }
-                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                            tracing::warn!(partition = %Partition(*p), "partition lease taken over; stopping it");
-                            h.own.lose();
-                            super::metrics::partition_lost(&self.lane);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, partition = %Partition(*p), "renewing the partition lease");
-                            resync_at = Some(Instant::now());
-                        }
-                    }
-                }
-                // Half a second of margin for clocks and the server's expiry timer.
-                if Instant::now().duration_since(h.renewed) + Duration::from_millis(500) >= ttl {
-                    tracing::warn!(partition = %Partition(*p), "partition lease not renewed in time; stopping it");
-                    h.own.lose();
-                    super::metrics::partition_lost(&self.lane);
-                }
+            // Renew what is held, all at once: one slow answer delays no other lease.
+            // A lease not renewed in time is lost by its watchdog, not here.
+            let failed = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                failed = self.renew(&mut held, heartbeat) => failed,
+            };
+            if failed {
+                resync_at = Some(Instant::now());
             }
             // Lost partitions are over for this pod; the consuming side stops them. Its
             // own lease is no longer taken for granted: a claim (create-if-absent) finds
@@ -489,7 +620,8 @@ impl Group {
                 let mine = me.is_some() && assignment[usize::from(p)] == me;
                 match held.get_mut(&p) {
                     Some(h) if !mine && !h.releasing => {
-                        let (event, handover) = self.release(p, h, grace);
+                        let until = tokio::time::Instant::now() + finish_within;
+                        let (event, handover) = self.release(p, h, until);
                         if events.send(event).await.is_err() {
                             return;
                         }
@@ -501,24 +633,34 @@ impl Group {
             }
             // Free partitions are claimed all at once: a handover waits for the slowest.
             let me_ = &self;
-            let claimed = futures::future::join_all(claims.into_iter().map(|p| async move {
-                let rev = me_
-                    .kv
-                    .create(me_.owner_key(Partition(p)), me_.member.clone().into())
-                    .await;
-                (p, rev)
-            }))
-            .await;
-            for (p, rev) in claimed {
-                let Ok(rev) = rev else { continue };
-                let own = Arc::new(Ownership::new(Partition(p), rev));
+            let claiming = futures::future::join_all(claims.into_iter().map(|p| async move {
+                let sent = Instant::now();
+                let key = me_.owner_key(Partition(p));
+                let rev = me_.kv.create(&key, me_.member.clone().into()).await;
+                let epoch = match &rev {
+                    Ok(rev) => Some(me_.epoch_of(&key, *rev).await),
+                    Err(_) => None,
+                };
+                (p, sent, rev, epoch)
+            }));
+            let claimed = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                claimed = claiming => claimed,
+            };
+            for (p, sent, rev, epoch) in claimed {
+                let (Ok(rev), Some(epoch)) = (rev, epoch) else {
+                    continue;
+                };
+                let own = Arc::new(Ownership::new(Partition(p), epoch, sent, ttl));
+                tokio::spawn(Arc::clone(&own).watchdog(self.lane.clone()));
                 owners.insert(p, self.member.clone());
                 held.insert(
                     p,
                     Held {
                         own: Arc::clone(&own),
-                        revision: rev,
-                        renewed: Instant::now(),
+                        revision: Arc::new(AtomicU64::new(rev)),
+                        renewed: sent,
                         releasing: false,
                         gone: Arc::new(AtomicBool::new(false)),
                     },
@@ -533,20 +675,28 @@ impl Group {
             );
         }
         // Leave: the others rebalance now rather than after the TTL.
-        if let Err(e) = self.kv.delete(self.member_key(&self.member)).await {
-            tracing::warn!(error = %e, "leaving the group");
+        let drain_until =
+            (*deadline.borrow()).unwrap_or_else(|| tokio::time::Instant::now() + finish_within);
+        match tokio::time::timeout(heartbeat, self.kv.delete(self.member_key(&self.member))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "leaving the group"),
+            Err(_) => tracing::warn!("leaving the group: no answer"),
         }
+        // The handovers end a second before the drain's deadline, so that the last
+        // lease deletions and acknowledgements still go out.
+        let handovers_until = drain_until
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(drain_until);
         for (p, h) in held.iter_mut() {
             if h.releasing || h.own.is_lost() {
                 continue;
             }
-            let (event, handover) = self.release(*p, h, grace);
+            let (event, handover) = self.release(*p, h, handovers_until);
             if events.send(event).await.is_ok() {
                 handovers.spawn(handover);
             }
         }
         // Keep the leases alive while the handovers finish.
-        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(3);
         loop {
             tokio::select! {
                 done = handovers.join_next() => match done {
@@ -555,27 +705,118 @@ impl Group {
                     None => break,
                 },
                 () = tokio::time::sleep(heartbeat) => {
-                    for (p, h) in held.iter_mut() {
-                        if h.gone.load(Ordering::Acquire) {
-                            continue;
-                        }
-                        if let Ok(rev) = self.kv.update(self.owner_key(Partition(*p)), self.member.clone().into(), h.revision).await {
-                            h.revision = rev;
-                        }
-                    }
+                    self.renew(&mut held, heartbeat).await;
                 }
-                () = tokio::time::sleep_until(deadline) => break,
+                () = tokio::time::sleep_until(drain_until) => break,
             }
         }
     }
 
+    /// Renews every held lease that is due, concurrently, each bounded by `limit`.
+    /// Returns true when a write failed (the view is then read again).
+    async fn renew(&self, held: &mut BTreeMap<u16, Held>, limit: Duration) -> bool {
+        let ttl = self.settings.lease_ttl;
+        let heartbeat = ttl / 3;
+        let now = Instant::now();
+        let due: Vec<(u16, Arc<Ownership>, Arc<AtomicU64>)> = held
+            .iter()
+            .filter(|(_, h)| {
+                !h.own.is_lost()
+                    && !h.gone.load(Ordering::Acquire)
+                    && now.duration_since(h.renewed) >= heartbeat
+            })
+            .map(|(p, h)| (*p, Arc::clone(&h.own), Arc::clone(&h.revision)))
+            .collect();
+        let results = futures::future::join_all(due.into_iter().map(|(p, own, revision)| {
+            let key = self.owner_key(Partition(p));
+            async move {
+                // The deadline counts from before the write: the server's expiry runs
+                // from when it applied it, which is later.
+                let sent = Instant::now();
+                let rev = revision.load(Ordering::Acquire);
+                let result = tokio::time::timeout(
+                    limit,
+                    self.kv.update(&key, self.member.clone().into(), rev),
+                )
+                .await;
+                let outcome = match result {
+                    Ok(Ok(new)) => {
+                        revision.store(new, Ordering::Release);
+                        own.renewed(sent, ttl);
+                        Renewal::Renewed
+                    }
+                    Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        // A renewal applied whose answer was lost looks the same as a
+                        // takeover: the key says which.
+                        match self.kv.entry(&key).await {
+                            Ok(Some(entry))
+                                if entry.operation == kv::Operation::Put
+                                    && entry.value[..] == *self.member.as_bytes() =>
+                            {
+                                revision.store(entry.revision, Ordering::Release);
+                                Renewal::Retry
+                            }
+                            Ok(_) => Renewal::Taken,
+                            Err(_) => Renewal::Failed,
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, partition = %Partition(p), "renewing the partition lease");
+                        Renewal::Failed
+                    }
+                    Err(_) => {
+                        tracing::warn!(partition = %Partition(p), "renewing the partition lease: no answer");
+                        Renewal::Failed
+                    }
+                };
+                (p, sent, outcome)
+            }
+        }))
+        .await;
+        let mut failed = false;
+        for (p, sent, outcome) in results {
+            let Some(h) = held.get_mut(&p) else { continue };
+            match outcome {
+                Renewal::Renewed => h.renewed = sent,
+                // Asked again at the next tick with the revision the key has.
+                Renewal::Retry => {}
+                Renewal::Taken => {
+                    tracing::warn!(partition = %Partition(p), "partition lease taken over; stopping it");
+                    h.own.lose();
+                    super::metrics::partition_lost(&self.lane);
+                }
+                Renewal::Failed => failed = true,
+            }
+        }
+        failed
+    }
+
+    /// The epoch of a lease created at `revision`: its creation time at the server, in
+    /// microseconds. Read back from the bucket; this pod's clock if that read fails.
+    async fn epoch_of(&self, key: &str, revision: u64) -> u64 {
+        let created = match self.kv.entry_for_revision(key, revision).await {
+            Ok(Some(entry)) => entry.created.unix_timestamp_nanos() / 1000,
+            _ => {
+                tracing::warn!(
+                    key,
+                    "cannot read the lease back; its epoch is this pod's clock"
+                );
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as i128)
+            }
+        };
+        u64::try_from(created).unwrap_or(0)
+    }
+
     /// Starts giving `h` up: the event that tells the consuming side to stop the
-    /// partition, and the handover that deletes the lease once it has.
+    /// partition, and the handover that deletes the lease once it has (or once `until`
+    /// passed and the partition's dispatches were cancelled).
     fn release(
         &self,
         p: u16,
         h: &mut Held,
-        grace: Duration,
+        until: tokio::time::Instant,
     ) -> (
         GroupEvent,
         impl std::future::Future<Output = u16> + Send + 'static,
@@ -585,7 +826,7 @@ impl Group {
         let (tx, rx) = tokio::sync::oneshot::channel();
         (
             GroupEvent::Release(Arc::clone(&h.own), Released(tx)),
-            self.handover(p, rx, grace, Arc::clone(&h.gone)),
+            self.handover(p, rx, until, h),
         )
     }
 
@@ -594,26 +835,75 @@ impl Group {
         &self,
         p: u16,
         finished: tokio::sync::oneshot::Receiver<()>,
-        grace: Duration,
-        gone: Arc<AtomicBool>,
+        until: tokio::time::Instant,
+        h: &Held,
     ) -> impl std::future::Future<Output = u16> + Send + 'static {
         let kv = self.kv.clone();
         let lane = self.lane.clone();
+        let member = self.member.clone();
         let key = self.owner_key(Partition(p));
+        let (own, gone, revision) = (
+            Arc::clone(&h.own),
+            Arc::clone(&h.gone),
+            Arc::clone(&h.revision),
+        );
         async move {
             let started = Instant::now();
-            let _ = tokio::time::timeout(grace + Duration::from_secs(3), finished).await;
-            // Whatever revision it has now: it is ours until deleted (the renewals go on
-            // in the loop meanwhile).
-            gone.store(true, Ordering::Release);
-            if let Err(e) = kv.delete(&key).await {
-                tracing::warn!(error = %e, partition = %Partition(p), "deleting the partition lease");
+            tokio::pin!(finished);
+            if tokio::time::timeout_at(until, &mut finished).await.is_err() {
+                // Still running past its bound: cancelled, so that the next owner never
+                // runs the partition at the same time.
+                tracing::warn!(partition = %Partition(p), "dispatches still running at the handover's deadline; cancelling them");
+                own.lose();
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut finished).await;
             }
+            // Renewals stop; the lease is deleted only at the revision this pod wrote
+            // last, never someone else's.
+            gone.store(true, Ordering::Release);
+            let mut rev = revision.load(Ordering::Acquire);
+            // Bounded: with NATS gone, the lease simply expires after its TTL.
+            let delete = async {
+                for _ in 0..3 {
+                    match kv.delete_expect_revision(&key, Some(rev)).await {
+                        Ok(()) => break,
+                        Err(e) => match kv.entry(&key).await {
+                            Ok(Some(entry))
+                                if entry.operation == kv::Operation::Put
+                                    && entry.value[..] == *member.as_bytes() =>
+                            {
+                                rev = entry.revision;
+                            }
+                            _ => {
+                                tracing::debug!(error = %e, partition = %Partition(p), "the lease is no longer this pod's");
+                                break;
+                            }
+                        },
+                    }
+                }
+            };
+            let limit = (tokio::time::Instant::now() + Duration::from_secs(3))
+                .min(until + Duration::from_secs(1));
+            if tokio::time::timeout_at(limit, delete).await.is_err() {
+                tracing::warn!(partition = %Partition(p), "deleting the partition lease: no answer; it expires after its TTL");
+            }
+            own.alive.store(false, Ordering::Release);
+            own.ended.cancel();
             super::metrics::handover(&lane, started.elapsed());
             tracing::info!(partition = %Partition(p), took = ?started.elapsed(), "partition handed over");
             p
         }
     }
+}
+
+/// What one lease renewal found.
+enum Renewal {
+    Renewed,
+    /// The lease is this pod's at a newer revision (an answer was lost): renew again.
+    Retry,
+    /// Another pod holds it.
+    Taken,
+    /// No answer or an error: the lease may still be this pod's until its deadline.
+    Failed,
 }
 
 #[cfg(test)]

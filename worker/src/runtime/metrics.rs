@@ -13,7 +13,10 @@
 //! | `tgpipe_worker_rebalances_total` | counter | `lane`: partitions taken by this pod |
 //! | `tgpipe_worker_partitions_lost_total` | counter | `lane`: leases lost without a handover (expired or taken) |
 //! | `tgpipe_worker_handover_seconds` | histogram | `lane`: from the decision to give a partition up to its lease's deletion |
-//! | `tgpipe_worker_held_updates` | gauge | `lane`: updates held in the pod, not yet started |
+//! | `tgpipe_worker_held_updates` | gauge | `lane`: updates queued in the pod (in memory or parked), not yet started |
+//! | `tgpipe_worker_parked_updates` | gauge | `lane`: of them, parked past a chat's or the pod's cap (only their stream sequence kept) |
+//! | `tgpipe_worker_bot_running` | gauge | `lane`, `bot`: run slots a bot holds |
+//! | `tgpipe_worker_bot_waiting` | gauge | `lane`, `bot`: a bot's dispatches waiting for a run slot |
 //! | `tgpipe_worker_chat_queue_depth_max` | gauge | `lane`: the deepest chat queue in the pod |
 //! | `tgpipe_worker_oldest_held_seconds` | gauge | `lane`: age of the oldest held update that has not started |
 //! | `tgpipe_worker_seen_unavailable_total` | counter | the memory of finished updates could not be read or written (fails open) |
@@ -84,8 +87,9 @@ pub(crate) fn handover(lane: &str, took: Duration) {
         .record(took.as_secs_f64());
 }
 
-pub(crate) fn queues(lane: &str, held: usize, deepest: usize, oldest: Duration) {
+pub(crate) fn queues(lane: &str, held: usize, parked: usize, deepest: usize, oldest: Duration) {
     metrics::gauge!("tgpipe_worker_held_updates", "lane" => lane.to_owned()).set(held as f64);
+    metrics::gauge!("tgpipe_worker_parked_updates", "lane" => lane.to_owned()).set(parked as f64);
     metrics::gauge!("tgpipe_worker_chat_queue_depth_max", "lane" => lane.to_owned())
         .set(deepest as f64);
     metrics::gauge!("tgpipe_worker_oldest_held_seconds", "lane" => lane.to_owned())
@@ -94,4 +98,28 @@ pub(crate) fn queues(lane: &str, held: usize, deepest: usize, oldest: Duration) 
 
 pub(crate) fn seen_unavailable() {
     metrics::counter!("tgpipe_worker_seen_unavailable_total").increment(1);
+}
+
+/// Each bot's run slots and waiting dispatches. A bot that left the pod's queues is
+/// reported once more at zero, then no longer.
+pub(crate) fn bot_slots(lane: &str, load: &[(tgpipe_shared::BotId, (usize, usize))]) {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static SHOWN: Mutex<Option<HashSet<(String, u64)>>> = Mutex::new(None);
+    let mut shown = SHOWN.lock().unwrap_or_else(|p| p.into_inner());
+    let shown = shown.get_or_insert_with(HashSet::new);
+    let mut now = HashSet::new();
+    for (bot, (running, waiting)) in load {
+        let labels = [("lane", lane.to_owned()), ("bot", bot.to_string())];
+        metrics::gauge!("tgpipe_worker_bot_running", &labels).set(*running as f64);
+        metrics::gauge!("tgpipe_worker_bot_waiting", &labels).set(*waiting as f64);
+        now.insert((lane.to_owned(), bot.0));
+    }
+    for (l, bot) in shown.iter().filter(|k| k.0 == lane && !now.contains(*k)) {
+        let labels = [("lane", l.clone()), ("bot", bot.to_string())];
+        metrics::gauge!("tgpipe_worker_bot_running", &labels).set(0.0);
+        metrics::gauge!("tgpipe_worker_bot_waiting", &labels).set(0.0);
+    }
+    shown.retain(|k| k.0 != lane);
+    shown.extend(now);
 }

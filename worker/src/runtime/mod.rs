@@ -180,7 +180,7 @@ async fn provision(provision: &ProvisionArgs) -> Result<(), RunError> {
         .map_err(peer)?;
     group::bucket(&js, &args.group_settings())
         .await
-        .map_err(peer)?;
+        .map_err(group_error)?;
     if args.registry.registry {
         tgpipe_shared::registry::bucket(
             &js,
@@ -205,6 +205,13 @@ async fn provision(provision: &ProvisionArgs) -> Result<(), RunError> {
         lane::CONSUMER_PREFIX.to_owned() + lane.name(),
     );
     Ok(())
+}
+
+fn group_error(e: group::GroupError) -> RunError {
+    match e {
+        e @ group::GroupError::Ttl { .. } => RunError::config(e),
+        e => peer(e),
+    }
 }
 
 fn setup_error(e: lane::ConsumerSetupError) -> RunError {
@@ -236,7 +243,8 @@ async fn webhook(args: WebhookArgs, dispatcher: &DispatcherBuilder) -> Result<()
     .await
     .map_err(|e| match e {
         crate::set_webhook::WebhookCommandError::NoSecret
-        | crate::set_webhook::WebhookCommandError::BadSecret => RunError::config(e),
+        | crate::set_webhook::WebhookCommandError::BadSecret
+        | crate::set_webhook::WebhookCommandError::BadPort { .. } => RunError::config(e),
         e => peer(e),
     })
 }
@@ -366,6 +374,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let lane = &config.lane;
+    // Before anything connects: a lane that splits an FSM conversation is a setting error.
+    config::check_fsm_split(lane, &dispatcher.fsm_observers(), config.allow_fsm_split)
+        .map_err(config_error)?;
     let redis = connect_redis(&config.redis.redis_url).await?;
     let statics = config.bots.build_all(Some(&redis));
     let make_bot: registry::MakeBot = {
@@ -408,8 +419,17 @@ pub async fn serve(
                 move |records| directory.update(records),
             )
         });
-    let bucket = group::bucket(&js, &config.group).await.map_err(peer)?;
+    let bucket = group::bucket(&js, &config.group)
+        .await
+        .map_err(group_error)?;
     let stream = js.get_stream(&config.stream.name).await.map_err(peer)?;
+    // Acknowledged updates stay in a stream with limits retention, and a takeover's
+    // window (the ack floor to the last delivery) would run them again.
+    if stream.cached_info().config.retention == jetstream::stream::RetentionPolicy::Limits {
+        return Err(RunError::config(ConfigError::LimitsRetention {
+            stream: config.stream.name.clone(),
+        }));
+    }
     let consumers = ensure_consumers(&stream, lane, &config.consumers, Changes::Keep)
         .await
         .map_err(setup_error)?;
@@ -422,6 +442,7 @@ pub async fn serve(
     let member = group::member_id(&base);
     let group = group::Group::new(
         bucket,
+        js.clone(),
         &config.stream.name,
         lane,
         member.clone(),
@@ -471,6 +492,7 @@ pub async fn serve(
         seen,
         redis: redis_probe::RedisProbe::new(redis.clone()),
         lane: lane.name().to_owned(),
+        fence_scope: format!("{}#{}", lane.name(), config.consumers.partitions),
     });
     let draining = Arc::clone(&ready);
     let shutdown = async move {
@@ -482,9 +504,13 @@ pub async fn serve(
     worker
         .run(stream, consumers, group, config.shutdown_grace, shutdown)
         .await;
+    let flush_within = consume::FLUSH_RESERVE;
     lag_task.abort();
     // Acks are fire-and-forget publishes: flush them before the connection closes.
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+    // Nothing can be flushed without a connection: the server redelivers what was not
+    // acknowledged.
+    let connected = client.connection_state() == async_nats::connection::State::Connected;
+    if connected && let Err(e) = tokio::time::timeout(flush_within, client.flush()).await {
         tracing::warn!(error = %e, "flush at shutdown timed out");
     }
     ops_task.abort();

@@ -95,6 +95,9 @@ impl Seen {
         update_id: i64,
         fence: Option<&OwnerFence>,
     ) -> Result<bool, redis::RedisError> {
+        if fence.is_some_and(|f| !f.is_current()) {
+            return Ok(false);
+        }
         let key = key(bot, chat);
         let ttl_ms = u64::try_from(self.ttl.as_millis())
             .unwrap_or(u64::MAX)

@@ -46,13 +46,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* An image reference: call with (dict "ctx" $ "repository" "...") */}}
+{{/* An image reference: call with (dict "ctx" $ "image" .Values.ingress.image). The
+image's own registry and tag win over `image.registry` and `image.tag`; a digest pins the
+image by content and replaces the tag. */}}
 {{- define "tgpipe.image" -}}
-{{- $tag := default .ctx.Chart.AppVersion .ctx.Values.image.tag -}}
-{{- if .ctx.Values.image.registry -}}
-{{- printf "%s/%s:%s" .ctx.Values.image.registry .repository $tag -}}
+{{- $registry := default .ctx.Values.image.registry .image.registry -}}
+{{- $ref := .image.repository -}}
+{{- if $registry -}}
+{{- $ref = printf "%s/%s" $registry $ref -}}
+{{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $ref .image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" .repository $tag -}}
+{{- printf "%s:%s" $ref (default .ctx.Chart.AppVersion (default .ctx.Values.image.tag .image.tag)) -}}
 {{- end -}}
 {{- end -}}
 
@@ -132,6 +138,11 @@ float64, and `quote`/`%v` print one of a million or more in exponent form
   value: {{ include "tgpipe.int" $partitions | quote }}
 - name: TGPIPE_MAX_DELIVER
   value: {{ include "tgpipe.int" $v.worker.maxDeliver | quote }}
+{{- if lt (int $v.worker.shutdownGraceSeconds) (add (int $v.worker.handlerTimeoutSeconds) 5) }}
+{{- fail (printf "worker.shutdownGraceSeconds (%d) must be at least worker.handlerTimeoutSeconds (%d) + 5: a handler cut off at shutdown would run again on the partition's next owner" (int $v.worker.shutdownGraceSeconds) (int $v.worker.handlerTimeoutSeconds)) }}
+{{- end }}
+- name: TGPIPE_HANDLER_TIMEOUT
+  value: {{ printf "%ds" (int $v.worker.handlerTimeoutSeconds) | quote }}
 - name: TGPIPE_SHUTDOWN_GRACE
   value: {{ printf "%ds" (int $v.worker.shutdownGraceSeconds) | quote }}
 {{- if $v.worker.fsmTtlSeconds }}
