@@ -30,6 +30,7 @@
 pub use tgpipe_bot as bot;
 
 pub mod callback_data;
+pub mod calls;
 pub mod context;
 pub mod dispatcher;
 pub mod error;
@@ -46,7 +47,7 @@ pub mod update;
 pub use bot::{Bot, BotError};
 pub use context::{Context, Extensions};
 pub use dispatcher::{Dispatcher, DispatcherBuilder};
-pub use error::{BuildError, DispatchOutcome, ErrorEvent, HandlerError};
+pub use error::{BuildError, DispatchOutcome, ErrorEvent, HandlerError, Result};
 pub use extract::{Dep, FromContext};
 pub use fsm::{Fsm, FsmContext, FsmError, FsmKey, KeyStrategy, StateFilter};
 pub use handler::Flow;

@@ -259,6 +259,23 @@ pub mod text {
     pub fn any() -> impl Filter {
         |cx: &Context| message_text(cx).is_some()
     }
+
+    /// A message text that is not a command (aiogram's `F.text & ~F.text.startswith("/")`):
+    /// what a form's steps and an echo want.
+    ///
+    /// ```
+    /// use tgpipe::filter::text;
+    /// use tgpipe::Router;
+    ///
+    /// let mut router = Router::new("echo");
+    /// router.message(|| async {}).filter(text::plain());
+    /// ```
+    pub fn plain() -> impl Filter {
+        |cx: &Context| {
+            let text = cx.event().message().and_then(|m| m.text.as_deref());
+            text.is_some_and(|t| !t.starts_with('/'))
+        }
+    }
 }
 
 /// A parsed command: `/start@my_bot payload` is prefix `/`, command `start`, mention
@@ -306,11 +323,56 @@ pub struct Command {
     ignore_mention: bool,
 }
 
+/// The names a [`Command`] matches: one name (`"start"`) or a list of aliases
+/// (`["start", "begin"]`, a `Vec`, a slice).
+pub trait CommandNames {
+    /// The names.
+    fn into_names(self) -> Vec<String>;
+}
+
+impl CommandNames for &str {
+    fn into_names(self) -> Vec<String> {
+        vec![self.to_owned()]
+    }
+}
+
+impl CommandNames for String {
+    fn into_names(self) -> Vec<String> {
+        vec![self]
+    }
+}
+
+impl<S: Into<String>, const N: usize> CommandNames for [S; N] {
+    fn into_names(self) -> Vec<String> {
+        self.into_iter().map(Into::into).collect()
+    }
+}
+
+impl<S: Into<String>> CommandNames for Vec<S> {
+    fn into_names(self) -> Vec<String> {
+        self.into_iter().map(Into::into).collect()
+    }
+}
+
+impl<S: Into<String> + Clone> CommandNames for &[S] {
+    fn into_names(self) -> Vec<String> {
+        self.iter().cloned().map(Into::into).collect()
+    }
+}
+
 impl Command {
-    /// Matches any of `names` (aliases).
-    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Command {
+    /// Matches `names`: one name or a list of aliases.
+    ///
+    /// ```
+    /// use tgpipe::filter::Command;
+    ///
+    /// assert!(Command::new("form").parse("/form", None).is_some());
+    /// assert!(Command::new(["help", "h"]).parse("/h", None).is_some());
+    /// ```
+    pub fn new(names: impl CommandNames) -> Command {
+        let names = names.into_names();
         Command {
-            names: names.into_iter().map(Into::into).collect(),
+            names,
             prefixes: "/".into(),
             ignore_case: false,
             ignore_mention: false,
