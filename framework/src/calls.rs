@@ -1,24 +1,24 @@
 //! Bot API calls bound to the event a handler got: `message.answer(text)`,
 //! `query.answer().text("saved")`, with the bot taken from the update being handled.
 //!
-//! Each call is a builder: options are methods, and `.await` sends it. The dispatcher
-//! makes the update's bot current while it runs the chain, so a handler needs `Bot` only
-//! for calls unrelated to its event. Outside a dispatch (a spawned task), give the bot
-//! with `.bot(&bot)`.
+//! Each call is a builder: options are methods, and `.await` sends it. Awaiting gives
+//! what a handler returns ([`Result`](crate::Result)), so a call can end a handler;
+//! `.send().await` gives the Bot API's answer (the sent `Message`) and a typed
+//! [`BotError`]. The dispatcher makes the update's bot current while it runs the chain,
+//! so a handler needs `Bot` only for calls unrelated to its event. Outside a dispatch
+//! (a spawned task), give the bot with `.bot(&bot)`.
 //!
 //! ```
 //! use tgpipe::prelude::*;
 //!
 //! async fn menu(message: Arc<Message>) -> Result {
 //!     let keyboard = InlineKeyboardBuilder::new().button("Yes", "yes").as_markup()?;
-//!     message.answer("Sure?").reply_markup(keyboard).await?;
-//!     Ok(())
+//!     message.answer("Sure?").reply_markup(keyboard).await
 //! }
 //!
 //! async fn pressed(query: Arc<CallbackQuery>) -> Result {
 //!     query.answer().text("Noted").show_alert().await?;
-//!     query.edit_text("You said yes.").await?;
-//!     Ok(())
+//!     query.edit_text("You said yes.").await
 //! }
 //! ```
 
@@ -168,12 +168,25 @@ macro_rules! call_builder {
             }
         }
 
+        impl $name {
+            /// Sends the call and gives the Bot API's answer, or its typed error.
+            pub fn send(self) -> BoxFuture<'static, Result<$out, BotError>> {
+                self.request.send()
+            }
+        }
+
+        /// Awaiting a call gives what a handler returns, so a call can end a handler;
+        /// [`send`](Self::send) gives the Bot API's answer.
         impl IntoFuture for $name {
-            type Output = Result<$out, BotError>;
-            type IntoFuture = BoxFuture<'static, Result<$out, BotError>>;
+            type Output = crate::Result;
+            type IntoFuture = BoxFuture<'static, crate::Result>;
 
             fn into_future(self) -> Self::IntoFuture {
-                self.request.send()
+                let sent = self.request.send::<$out>();
+                Box::pin(async move {
+                    sent.await?;
+                    Ok(())
+                })
             }
         }
     };

@@ -14,8 +14,7 @@
 //! }
 //!
 //! async fn start(message: Arc<Message>) -> Result {
-//!     message.reply("Hello! /menu shows what there is.").await?;
-//!     Ok(())
+//!     message.reply("Hello! /menu shows what there is.").await
 //! }
 //!
 //! async fn menu(message: Arc<Message>) -> Result {
@@ -24,13 +23,11 @@
 //!         keyboard.button(item, Pick { item: item.into() });
 //!     }
 //!     let markup = keyboard.as_markup()?;
-//!     message.answer("What would you like?").reply_markup(markup).await?;
-//!     Ok(())
+//!     message.answer("What would you like?").reply_markup(markup).await
 //! }
 //!
 //! async fn picked(query: Arc<CallbackQuery>, pick: Pick) -> Result {
-//!     query.answer().text(format!("{} it is", pick.item)).await?;
-//!     Ok(())
+//!     query.answer().text(format!("{} it is", pick.item)).await
 //! }
 //!
 //! async fn log_updates(cx: Context, next: Next) -> MiddlewareResult {

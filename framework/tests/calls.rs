@@ -107,15 +107,19 @@ async fn a_bound_call_outside_a_dispatch_needs_a_bot() {
     let update =
         tgpipe::Update::parse(tgpipe_shared::BotId(123), common::text_update("hi")).unwrap();
     let message = update.event.message().unwrap().clone();
-    let err = message.answer("x").await.unwrap_err();
+    let err = message.answer("x").send().await.unwrap_err();
     assert!(
         matches!(err, BotError::InvalidRequest(ref why) if why.contains(".bot(&bot)")),
         "{err}"
     );
+    // Awaited as a handler's result: the same error, classified.
+    let err = message.answer("x").await.unwrap_err();
+    assert!(err.is::<BotError>() && !err.is_transient(), "{err}");
 
     let sink = Sink::start(Default::default()).await.unwrap();
     let bot = Bot::with_api_url("123:TEST", &sink.url()).unwrap();
-    message.answer("x").bot(&bot).await.unwrap();
+    let sent = message.answer("x").bot(&bot).send().await.unwrap();
+    assert_eq!(sent.chat.id, 5);
     assert_eq!(calls(&sink, 1).await[0].params["text"], json!("x"));
 }
 
@@ -132,4 +136,44 @@ async fn a_handler_returns_one_error_type_for_anything() {
     };
     assert!(e.is::<std::num::ParseIntError>());
     assert!(!e.is_transient());
+}
+
+tgpipe::states! { enum Form { Name, Age } }
+
+#[tokio::test]
+async fn a_state_is_a_filter_and_a_tuple_of_filters_must_all_pass() {
+    let sink = Sink::start(Default::default()).await.unwrap();
+    let bot = Bot::with_api_url("123:TEST", &sink.url()).unwrap();
+    let mut r = Router::new("form");
+    r.message(|m: Arc<Message>, fsm: FsmContext| async move {
+        fsm.set_value("name", m.text_or_caption()).await?;
+        fsm.set_state(Form::Age).await?;
+        m.answer("age?").await
+    })
+    .filter((Form::Name, text::plain()));
+    r.message(|m: Arc<Message>, fsm: FsmContext| async move {
+        let name: String = fsm.get_value("name").await?.unwrap_or_default();
+        m.answer(format!("{name} is {}", m.text_or_caption())).await
+    })
+    .filter((Form::Age, text::plain()));
+    let dp = Dispatcher::builder(r)
+        .fsm(tgpipe::Fsm::new(tgpipe::fsm::MemoryStorage::new()))
+        .build()
+        .unwrap();
+    // No state: neither passes.
+    let outcome = dp.feed_raw(&bot, common::text_update("Ada")).await;
+    assert!(matches!(outcome, DispatchOutcome::Unhandled), "{outcome:?}");
+    let key = tgpipe::KeyStrategy::default()
+        .key(&tgpipe::Update::parse(bot.id(), common::text_update("x")).unwrap())
+        .unwrap();
+    let fsm = FsmContext::new(Arc::clone(dp.fsm().unwrap().storage()), key);
+    fsm.set_state(Form::Name).await.unwrap();
+    // A command in the state is not plain text: the tuple's second filter rejects it.
+    let outcome = dp.feed_raw(&bot, common::text_update("/start")).await;
+    assert!(matches!(outcome, DispatchOutcome::Unhandled), "{outcome:?}");
+    dp.feed_raw(&bot, common::text_update("Ada")).await;
+    dp.feed_raw(&bot, common::text_update("36")).await;
+    let calls = calls(&sink, 2).await;
+    assert_eq!(calls[0].params["text"], json!("age?"));
+    assert_eq!(calls[1].params["text"], json!("Ada is 36"));
 }

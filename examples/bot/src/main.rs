@@ -52,8 +52,7 @@ fn first_name(message: &Message) -> &str {
 }
 
 async fn echo(message: Arc<Message>) -> Result {
-    message.answer(message.text_or_caption()).await?;
-    Ok(())
+    message.answer(message.text_or_caption()).await
 }
 
 async fn start(message: Arc<Message>, command: CommandObject) -> Result {
@@ -62,21 +61,18 @@ async fn start(message: Arc<Message>, command: CommandObject) -> Result {
         Some(payload) => format!("Hello, {name}! You came with: {payload}"),
         None => format!("Hello, {name}! Send me a text and I will echo it."),
     };
-    message.answer(greeting).await?;
-    Ok(())
+    message.answer(greeting).await
 }
 
 async fn form(message: Arc<Message>, fsm: FsmContext) -> Result {
     fsm.set_state(Form::Name).await?;
-    message.answer("What is your name?").await?;
-    Ok(())
+    message.answer("What is your name?").await
 }
 
 async fn form_name(message: Arc<Message>, fsm: FsmContext) -> Result {
     fsm.set_value("name", message.text_or_caption()).await?;
     fsm.set_state(Form::Age).await?;
-    message.answer("How old are you?").await?;
-    Ok(())
+    message.answer("How old are you?").await
 }
 
 async fn form_age(message: Arc<Message>, fsm: FsmContext) -> Result {
@@ -89,21 +85,18 @@ async fn form_age(message: Arc<Message>, fsm: FsmContext) -> Result {
     fsm.clear().await?;
     message
         .answer(format!("Thank you, {name}: you are {age}."))
-        .await?;
-    Ok(())
+        .await
 }
 
 async fn cancel(message: Arc<Message>, fsm: FsmContext) -> Result {
     fsm.clear().await?;
-    message.answer("Cancelled.").await?;
-    Ok(())
+    message.answer("Cancelled.").await
 }
 
 async fn count(message: Arc<Message>, fsm: FsmContext) -> Result {
     // Atomic in Redis, and under the key's lease: concurrent /count never lose a step.
     let counter = fsm.update_data(|c: &mut Counter| c.count += 1).await?;
-    message.answer(format!("count: {}", counter.count)).await?;
-    Ok(())
+    message.answer(format!("count: {}", counter.count)).await
 }
 
 async fn menu(message: Arc<Message>) -> Result {
@@ -120,8 +113,7 @@ async fn menu(message: Arc<Message>) -> Result {
     message
         .answer("What would you like?")
         .reply_markup(markup)
-        .await?;
-    Ok(())
+        .await
 }
 
 async fn chosen(query: Arc<CallbackQuery>, picked: MenuChoice) -> Result {
@@ -136,10 +128,7 @@ async fn chosen(query: Arc<CallbackQuery>, picked: MenuChoice) -> Result {
 async fn welcome(update: Arc<MemberUpdate>) -> Result {
     let name = &update.member().first_name;
     let title = update.chat.title.as_deref().unwrap_or("the group");
-    update
-        .answer(format!("Welcome to {title}, {name}!"))
-        .await?;
-    Ok(())
+    update.answer(format!("Welcome to {title}, {name}!")).await
 }
 
 /// The bot's handlers, commands first so they work in the middle of the form.
@@ -152,12 +141,8 @@ fn router() -> Router {
     router.message(menu).filter(Command::new("menu"));
     router
         .message(form_name)
-        .filter(StateFilter::is(Form::Name))
-        .filter(text::plain());
-    router
-        .message(form_age)
-        .filter(StateFilter::is(Form::Age))
-        .filter(text::plain());
+        .filter((Form::Name, text::plain()));
+    router.message(form_age).filter((Form::Age, text::plain()));
     router
         .message(echo)
         .filter(chat_type(&[ChatType::Private]))

@@ -158,6 +158,26 @@ impl<A: Filter, B: Filter> Filter for And<A, B> {
     }
 }
 
+/// Filters given together all pass, as aiogram's filters given to one registration:
+/// `.filter((Form::Name, text::plain()))` is `.filter(Form::Name).filter(text::plain())`.
+impl<A: Filter, B: Filter> Filter for (A, B) {
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        Box::pin(async move {
+            let mut values = self.0.check(cx).await?;
+            let mut seen = cx.clone();
+            seen.extend(values.clone());
+            values.extend(self.1.check(&seen).await?);
+            Some(values)
+        })
+    }
+    fn provides(&self) -> Vec<TypeId> {
+        [self.0.provides(), self.1.provides()].concat()
+    }
+    fn requires(&self) -> Vec<crate::extract::Requirement> {
+        [self.0.requires(), self.1.requires()].concat()
+    }
+}
+
 /// See [`FilterExt::or`].
 #[derive(Debug, Clone)]
 pub struct Or<A, B>(A, B);

@@ -72,23 +72,60 @@ impl StateFilter {
 
 impl Filter for StateFilter {
     fn requires(&self) -> Vec<crate::extract::Requirement> {
-        vec![crate::extract::Requirement::of::<super::FsmInstalled>()]
+        needs_fsm()
     }
 
     fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
-        Box::pin(async move {
-            let fsm = cx.get::<FsmContext>()?;
-            match fsm.state().await {
-                Ok(state) => self.matches(state.as_deref()).then(Default::default),
-                // The dispatcher reads the state before routing, so this only happens
-                // with a context built by hand; a filter cannot fail, so it rejects.
-                Err(e) => {
-                    tracing::warn!(key = %fsm.key(), error = %e, "state filter could not read the FSM state");
-                    None
-                }
-            }
-        })
+        check(cx, move |state| self.matches(state))
     }
+}
+
+/// What a state filter requires: the FSM.
+fn needs_fsm() -> Vec<crate::extract::Requirement> {
+    vec![crate::extract::Requirement::of::<super::FsmInstalled>()]
+}
+
+/// A state of a group is a filter passing in that state (aiogram's `@router.message(Form.name)`),
+/// the same as `StateFilter::is(state)`: [`states!`](crate::states) implements
+/// [`Filter`] with this.
+///
+/// ```
+/// use tgpipe::prelude::*;
+///
+/// tgpipe::states! { enum Form { Name, Age } }
+///
+/// let mut router = Router::new("form");
+/// router.message(|| async {}).filter((Form::Name, text::plain()));
+/// ```
+#[doc(hidden)]
+pub fn state_is<'a>(state: impl StatesGroup, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+    let name = state.name();
+    check(cx, move |state| state == Some(name))
+}
+
+/// What a state filter requires: the FSM (for [`states!`](crate::states)).
+#[doc(hidden)]
+pub fn state_requires() -> Vec<crate::extract::Requirement> {
+    needs_fsm()
+}
+
+/// Reads the update's state and asks `matches`.
+fn check<'a>(
+    cx: &'a Context,
+    matches: impl FnOnce(Option<&str>) -> bool + Send + 'a,
+) -> BoxFuture<'a, FilterOutcome> {
+    Box::pin(async move {
+        let fsm = cx.get::<FsmContext>()?;
+        match fsm.state().await {
+            Ok(state) => matches(state.as_deref()).then(Default::default),
+            // The dispatcher reads the state before routing, so this only happens
+            // with a context built by hand; a filter cannot fail, so it rejects.
+            Err(e) => {
+                tracing::warn!(key = %fsm.key(), error = %e, "state filter could not read the FSM state");
+                None
+            }
+        }
+    })
 }
 
 #[cfg(test)]
