@@ -405,7 +405,8 @@ impl Command {
         self
     }
 
-    /// Match the name whatever its case.
+    /// Match the name whatever its case, in any script (`/СТАРТ` is `старт`), as
+    /// aiogram's casefolding does.
     pub fn ignore_case(mut self) -> Command {
         self.ignore_case = true;
         self
@@ -430,8 +431,9 @@ impl Command {
             ),
             None => (rest, None),
         };
+        // `/start@` (an empty mention) is `/start`, as aiogram reads it.
         let (command, mention) = match head.split_once('@') {
-            Some((c, m)) => (c, Some(m.to_owned())),
+            Some((c, m)) => (c, Some(m.to_owned()).filter(|m| !m.is_empty())),
             None => (head, None),
         };
         if command.is_empty() {
@@ -442,12 +444,12 @@ impl Command {
         {
             return None;
         }
-        let matches = self.names.iter().any(|n| {
-            if self.ignore_case {
-                n.eq_ignore_ascii_case(command)
-            } else {
-                n == command
-            }
+        // aiogram casefolds both sides; full lowercasing is Rust's nearest (it differs
+        // only for a few letters, such as `ß`, that casefolding expands).
+        let folded = self.ignore_case.then(|| command.to_lowercase());
+        let matches = self.names.iter().any(|n| match &folded {
+            Some(folded) => n.to_lowercase() == *folded,
+            None => n == command,
         });
         matches.then(|| CommandObject {
             prefix,

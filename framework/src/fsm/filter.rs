@@ -8,7 +8,6 @@ use crate::handler::BoxFuture;
 #[derive(Debug, Clone)]
 enum Wanted {
     OneOf(Vec<StateName>),
-    Group(&'static str),
     Any,
     None,
 }
@@ -43,9 +42,15 @@ impl StateFilter {
         StateFilter(Wanted::OneOf(states.into_iter().map(Into::into).collect()))
     }
 
-    /// The state is one of group `G`'s.
+    /// The state is one of group `G`'s declared states (aiogram's `StateFilter(Form)`): a
+    /// stored name with the group's prefix that no variant declares does not pass.
     pub fn in_group<G: StatesGroup>() -> StateFilter {
-        StateFilter(Wanted::Group(G::GROUP))
+        StateFilter(Wanted::OneOf(
+            G::all()
+                .iter()
+                .map(|s| StateName::from_static(s.name()))
+                .collect(),
+        ))
     }
 
     /// There is a state (aiogram's `StateFilter("*")` with a state set).
@@ -61,9 +66,6 @@ impl StateFilter {
     fn matches(&self, state: Option<&str>) -> bool {
         match (&self.0, state) {
             (Wanted::OneOf(states), Some(s)) => states.iter().any(|w| w.as_str() == s),
-            (Wanted::Group(g), Some(s)) => {
-                s.strip_prefix(g).is_some_and(|rest| rest.starts_with(':'))
-            }
             (Wanted::Any, Some(_)) | (Wanted::None, None) => true,
             _ => false,
         }
@@ -145,7 +147,19 @@ mod tests {
         );
         assert!(!f.matches(Some("Form")));
         assert!(!f.matches(None));
+        assert!(!f.matches(Some("Form:Undeclared")));
         assert!(StateFilter::in_group::<FormExtra>().matches(Some("FormExtra:Name")));
+    }
+
+    /// aiogram's `StateFilter(Form)` passes only the group's declared states.
+    #[test]
+    fn state_filter_for_a_group_passes_only_declared_states() {
+        let f = StateFilter::in_group::<Form>();
+        assert!(f.matches(Some("Form:Name")) && f.matches(Some("Form:Age")));
+        assert!(
+            !f.matches(Some("Form:Email")),
+            "a name the group does not declare"
+        );
     }
 
     #[test]
