@@ -58,4 +58,40 @@ pub use update::{Event, Update};
 // The types the framework's own signatures use, so that a bot needs no other
 // dependency: frankenstein's Bot API types, and the update kind of the wire contract.
 pub use frankenstein;
+
+/// `#[derive(CallbackData)]` with `#[callback(prefix = "...")]`: packs the struct's
+/// fields into a button's `callback_data` (see [`callback_data`]).
+///
+/// ```
+/// use tgpipe::callback_data::CallbackData;
+///
+/// #[derive(Debug, Clone, PartialEq, tgpipe::CallbackData)]
+/// #[callback(prefix = "menu")]
+/// struct MenuButton {
+///     action: String,
+///     item: u32,
+///     confirmed: bool,
+/// }
+///
+/// let button = MenuButton { action: "buy".into(), item: 7, confirmed: true };
+/// assert_eq!(button.pack().unwrap(), "menu:buy:7:1");
+/// assert_eq!(MenuButton::unpack("menu:buy:7:1").unwrap(), button);
+/// ```
+pub use tgpipe_macros::CallbackData;
+/// `#[derive(StatesGroup)]` on an enum of unit variants: states named `<Enum>:<Variant>`,
+/// each a filter passing in that state (see [`fsm::StatesGroup`]).
+///
+/// ```
+/// use tgpipe::fsm::StatesGroup;
+///
+/// #[derive(Debug, Clone, Copy, PartialEq, tgpipe::StatesGroup)]
+/// enum Form {
+///     Name,
+///     Age,
+/// }
+///
+/// assert_eq!(Form::Age.name(), "Form:Age");
+/// assert_eq!(Form::from_name("Form:Name"), Some(Form::Name));
+/// ```
+pub use tgpipe_macros::StatesGroup;
 pub use tgpipe_shared::UpdateKind;

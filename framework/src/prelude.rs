@@ -59,6 +59,7 @@ pub use crate::calls::{CallbackQueryCalls, ChatMemberUpdatedCalls, ChatMemberUse
 // The `callback_data!` macro (and its module, which shares the name).
 pub use crate::callback_data;
 pub use crate::callback_data::CallbackData;
+// The derives, named as their traits (as serde's are).
 pub use crate::context::Context;
 pub use crate::dispatcher::Dispatcher;
 pub use crate::error::{DispatchOutcome, ErrorEvent, HandlerError, Result, Transient};
@@ -74,3 +75,4 @@ pub use crate::middleware::{Handled, Middleware, MiddlewareResult, Next};
 pub use crate::router::Router;
 pub use crate::states;
 pub use crate::update::{Event, Update};
+pub use tgpipe_macros::{CallbackData, StatesGroup};

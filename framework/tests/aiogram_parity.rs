@@ -182,3 +182,73 @@ async fn start_with_an_empty_mention_is_start() {
         .await;
     assert!(matches!(outcome, DispatchOutcome::Handled), "{outcome:?}");
 }
+
+/// A UUID as the `uuid` crate writes it: hyphenated, read back in either form (the
+/// framework has no `uuid` dependency; the derive recognises the type by its name).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Uuid(u128);
+
+impl std::fmt::Display for Uuid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hex = format!("{:032x}", self.0);
+        let (a, rest) = hex.split_at(8);
+        let (b, rest) = rest.split_at(4);
+        let (c, rest) = rest.split_at(4);
+        let (d, e) = rest.split_at(4);
+        write!(f, "{a}-{b}-{c}-{d}-{e}")
+    }
+}
+
+impl std::str::FromStr for Uuid {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Uuid, Self::Err> {
+        u128::from_str_radix(&s.replace('-', ""), 16).map(Uuid)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, tgpipe::CallbackData)]
+#[callback(prefix = "order")]
+struct Order {
+    id: Uuid,
+    paid: bool,
+}
+
+#[test]
+fn callback_data_packs_a_uuid_as_32_hex_digits() {
+    let order = Order {
+        id: Uuid(0x123e4567_e89b_12d3_a456_426614174000),
+        paid: false,
+    };
+    assert_eq!(
+        order.pack().unwrap(),
+        "order:123e4567e89b12d3a456426614174000:0"
+    );
+    assert_eq!(
+        Order::unpack("order:123e4567e89b12d3a456426614174000:0").unwrap(),
+        order
+    );
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, tgpipe::StatesGroup)]
+enum Signup {
+    Email,
+    Code,
+}
+
+#[test]
+fn derived_states_are_named_like_aiogram_and_are_filters() {
+    use tgpipe::fsm::StatesGroup;
+    assert_eq!(Signup::Code.name(), "Signup:Code");
+    assert_eq!(Signup::all(), [Signup::Email, Signup::Code]);
+    assert_eq!(Signup::from_name("Signup:Other"), None);
+    let mut r = Router::new("signup");
+    r.message(|| async {}).filter(Signup::Email);
+    r.message(|| async {})
+        .filter(StateFilter::in_group::<Signup>());
+    assert!(
+        Dispatcher::builder(r)
+            .fsm(Fsm::new(MemoryStorage::new()))
+            .build()
+            .is_ok()
+    );
+}
