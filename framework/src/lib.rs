@@ -29,6 +29,7 @@
 /// The Bot API client: the `tgpipe-bot` crate.
 pub use tgpipe_bot as bot;
 
+pub mod antiflood;
 pub mod callback_data;
 pub mod calls;
 pub mod context;
