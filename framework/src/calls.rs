@@ -127,7 +127,11 @@ impl Request {
                     self.method
                 )));
             };
-            bot.call(self.method, &self.params).await
+            let answer = bot.call(self.method, &self.params).await?;
+            if self.method == "answerCallbackQuery" {
+                crate::callback_answer::mark_answered();
+            }
+            Ok(answer)
         })
     }
 }

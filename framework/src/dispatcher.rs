@@ -84,7 +84,7 @@ impl Node {
                         .handlers
                         .into_iter()
                         .map(|reg| Step {
-                            filters: reg.filters.into(),
+                            filters: reg.flags.after(reg.filters).into(),
                             inner: Arc::clone(&inner),
                             handler: handler_endpoint(reg.handler),
                         })

@@ -30,13 +30,16 @@
 pub use tgpipe_bot as bot;
 
 pub mod antiflood;
+pub mod callback_answer;
 pub mod callback_data;
 pub mod calls;
+pub mod chat_action;
 pub mod context;
 pub mod dispatcher;
 pub mod error;
 pub mod extract;
 pub mod filter;
+pub mod flags;
 pub mod fsm;
 pub mod handler;
 pub mod keyboard;

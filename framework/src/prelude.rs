@@ -68,6 +68,7 @@ pub use crate::filter::{
     ChatMemberUpdated, Command, CommandObject, CommandStart, ContentType, ErrorIs, Filter,
     FilterExt, FilterOutcome, MemberGroup, chat_type, content_type, not, text,
 };
+pub use crate::flags::Flags;
 pub use crate::fsm::{Fsm, FsmContext, FsmError, StateFilter, StateName, StatesGroup};
 pub use crate::handler::{BoxFuture, Flow};
 pub use crate::keyboard::{InlineKeyboardBuilder, KeyboardError, ReplyKeyboardBuilder};
