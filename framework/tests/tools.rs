@@ -112,3 +112,45 @@ async fn callback_queries_are_answered_once_whether_or_not_their_handler_did() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(sink.calls().is_empty());
 }
+
+#[derive(Clone)]
+struct Admins(Vec<u64>);
+
+async fn admins_only(
+    message: Arc<Message>,
+    Dep(admins): Dep<Admins>,
+    cx: Context,
+    next: Next,
+) -> MiddlewareResult {
+    let from = message.from.as_ref().map(|u| u.id);
+    if from.is_some_and(|id| admins.0.contains(&id)) {
+        return next.run(cx).await;
+    }
+    Ok(Handled::Yes)
+}
+
+#[tokio::test]
+async fn middleware_from_fn_takes_extractors_and_passes_updates_it_cannot_read() {
+    let log = common::Log::default();
+    let mut r = Router::new("r");
+    r.message(|Dep(log): Dep<common::Log>| async move { log.push("message") });
+    r.callback_query(|Dep(log): Dep<common::Log>| async move { log.push("callback") });
+    let build = |admins: Vec<u64>| {
+        Dispatcher::builder(r.clone())
+            .state(log.clone())
+            .state(Admins(admins))
+            .update_middleware(tgpipe::middleware::from_fn(admins_only))
+            .build()
+            .unwrap()
+    };
+    // The text update's sender is user 5.
+    build(vec![5])
+        .feed_raw(&common::bot(), common::text_update("hi"))
+        .await;
+    build(vec![6])
+        .feed_raw(&common::bot(), common::text_update("hi"))
+        .await;
+    // A callback query has no message to extract: the middleware lets it by.
+    build(vec![6]).feed_raw(&common::bot(), callback("x")).await;
+    assert_eq!(log.take(), ["message", "callback"]);
+}
