@@ -19,7 +19,8 @@
 //!
 //! | feature   | default | adds |
 //! |-----------|---------|------|
-//! | `redis`   | no      | `fsm::RedisStorage`; the rate limiter's state shared between pods in Redis (`bot::BotBuilder::redis_url`) |
+//! | `redis`   | no      | `fsm::RedisStorage`; the rate limiter's state shared between pods in Redis (`bot::BotBuilder::redis_url`); `antiflood::AntiFlood::shared` |
+//! | `i18n`    | no      | `i18n`: translations with Fluent |
 //!
 //! Without it the crate is the framework alone (dispatcher, routers, filters, handlers,
 //! extractors, middleware, the FSM with [`fsm::MemoryStorage`], keyboards, the Bot API
@@ -42,6 +43,8 @@ pub mod filter;
 pub mod flags;
 pub mod fsm;
 pub mod handler;
+#[cfg(feature = "i18n")]
+pub mod i18n;
 pub mod keyboard;
 pub mod middleware;
 pub mod prelude;
