@@ -9,8 +9,11 @@
 //! keeps conversation state in Redis (or in memory), one update per key at a time
 //! across processes.
 //!
-//! A bot starts with `use tgpipe::prelude::*;` ([`prelude`]); [`keyboard`] builds
+//! A bot starts with `use tgpipe::prelude::*;` ([`prelude`]); handlers answer their
+//! event with [`calls`] (`message.answer(..)`) and return [`Result`]; [`keyboard`] builds
 //! inline and reply keyboards; [`bot`] is the Bot API client (the `tgpipe-bot` crate).
+//! The everyday middleware: [`antiflood`], [`chat_action`], [`callback_answer`], driven
+//! by handler [`flags`]; translations are `i18n` (feature).
 //! The guide is `docs/framework.md`. The process around a dispatcher (the JetStream
 //! consumer, the ops server, the CLI, long polling) is the `tgpipe-worker` crate, whose
 //! `run` takes the dispatcher.
