@@ -18,24 +18,23 @@ use serde::{Deserialize, Serialize};
 use tgpipe::frankenstein::types::{ChatMemberUpdated as MemberUpdate, ChatType};
 use tgpipe::prelude::*;
 
-callback_data! {
-    /// A button of `/menu`: packed as `menu:<choice>`.
-    pub struct MenuChoice("menu") {
-        /// What the user picked.
-        choice: String,
-    }
+/// A button of `/menu`: packed as `menu:<choice>`.
+#[derive(Debug, Clone, CallbackData)]
+#[callback(prefix = "menu")]
+struct MenuChoice {
+    /// What the user picked.
+    choice: String,
 }
 
 const CHOICES: [&str; 3] = ["tea", "coffee", "juice"];
 
-tgpipe::states! {
-    /// The steps of `/form`.
-    pub enum Form {
-        /// Waiting for the name.
-        Name,
-        /// Waiting for the age.
-        Age,
-    }
+/// The steps of `/form`.
+#[derive(Debug, Clone, Copy, StatesGroup)]
+enum Form {
+    /// Waiting for the name.
+    Name,
+    /// Waiting for the age.
+    Age,
 }
 
 /// The chat's `/count` counter.
