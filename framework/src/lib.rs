@@ -70,7 +70,7 @@ pub use update::{Event, Update};
 pub use frankenstein;
 
 /// `#[derive(CallbackData)]` with `#[callback(prefix = "...")]`: packs the struct's
-/// fields into a button's `callback_data` (see [`callback_data`]).
+/// fields into a button's `callback_data` (see [`callback_data`](mod@callback_data)).
 ///
 /// ```
 /// use tgpipe::callback_data::CallbackData;
