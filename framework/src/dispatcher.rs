@@ -84,7 +84,7 @@ impl Node {
                         .handlers
                         .into_iter()
                         .map(|reg| Step {
-                            filters: reg.filters.into(),
+                            filters: reg.flags.after(reg.filters).into(),
                             inner: Arc::clone(&inner),
                             handler: handler_endpoint(reg.handler),
                         })
@@ -441,7 +441,10 @@ impl Dispatcher {
             return unhandled(&cx);
         };
         let update = cx.update_arc();
-        match entry(cx).await {
+        // The update's bot is current for the whole chain: calls bound to the event
+        // (`message.answer(..)`) take it from there.
+        let bot = cx.bot().clone();
+        match crate::calls::with_bot(bot, entry(cx)).await {
             Ok(Handled::Yes) => DispatchOutcome::Handled,
             Ok(Handled::No) => unhandled_update(&update),
             Err(e) => DispatchOutcome::Failed(Arc::new(e)),
