@@ -12,7 +12,8 @@
 //! call went to (or, for a call to no chat, the whole bot) waits `retry_after` (every
 //! pod: the pause is in Redis too), up to [`RetryPolicy::max_retry_after`]: a longer
 //! pause is not waited out but returned as a transient [`BotError::RetryAfter`] with the
-//! time left. 5xx and connection failures back off exponentially with jitter. Answers
+//! time left. 5xx and connection failures back off exponentially with jitter and send
+//! again where that cannot repeat an effect ([`effects`]). Answers
 //! become typed errors ([`BotError`]) that know whether they are transient.
 //!
 //! The token is part of the request URL only as Telegram requires; it is never logged,
@@ -35,6 +36,7 @@
 
 pub mod chain;
 mod class;
+pub mod effects;
 mod error;
 mod helpers;
 pub mod idle;
@@ -467,12 +469,14 @@ impl Bot {
                     retried(&request.method, "429");
                     // The next `acquire` waits the pause out.
                 }
+                // Sent again only where that cannot repeat an effect: the failure
+                // proves the call was not made (a refused connection), or the method
+                // changes nothing when repeated (`effects::replay_of`).
                 BotError::Server(_) | BotError::Network(_)
                     if server_retries < policy.max_server_retries
-                        // Sending a message again after a failure in flight (a timeout,
-                        // a reset) could post it twice; a connection refused cannot.
-                        && (failed.not_sent || !limited
-                            || matches!(failed.error, BotError::Server(_))) =>
+                        && (failed.not_sent
+                            || effects::replay_of(&request.method)
+                                == effects::Replay::Idempotent) =>
                 {
                     idle::idle(tokio::time::sleep(policy.backoff(server_retries))).await;
                     server_retries += 1;
@@ -487,6 +491,16 @@ impl Bot {
                         ..t
                     });
                     retried(&request.method, "migrate");
+                }
+                // Money or a gift, and Telegram may have acted: never sent again.
+                error @ (BotError::Server(_) | BotError::Network(_))
+                    if !failed.not_sent
+                        && effects::replay_of(&request.method) == effects::Replay::Costly =>
+                {
+                    return Err(BotError::Unconfirmed(format!(
+                        "{}: {error}",
+                        request.method
+                    )));
                 }
                 error => return Err(error),
             }

@@ -1051,3 +1051,72 @@ fn run_refuses_a_bad_setting_before_it_connects_to_anything() {
         assert!(!stderr.contains("AAA"), "a token in the error: {stderr}");
     }
 }
+
+/// A handler that sends two messages and then fails (transiently, then past the handler
+/// timeout) used to send both again on every attempt: the retries answer them from the
+/// record of the update's calls instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_fails_after_sending_two_messages_sends_each_once() {
+    let s = Stack::start().await;
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut router = Router::new("sends-then-fails");
+    let a = Arc::clone(&attempts);
+    router.message(
+        move |bot: tgpipe::bot::Bot, m: Arc<tgpipe::frankenstein::types::Message>| {
+            let a = Arc::clone(&a);
+            async move {
+                let chat = m.chat.id;
+                // A read is made afresh on every attempt and takes no number.
+                bot.me().await?;
+                let first = bot.send_text(chat, "first").await?;
+                let second = bot.send_text(chat, "second").await?;
+                // The same answers on every attempt.
+                assert!(first.message_id < second.message_id);
+                match a.fetch_add(1, Ordering::SeqCst) {
+                    0 => Err(HandlerError::transient(DatabaseDown)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        Ok(())
+                    }
+                    2 => Err(HandlerError::transient(DatabaseDown)),
+                    _ => {
+                        bot.send_text(chat, "third").await?;
+                        Ok(())
+                    }
+                }
+            }
+        },
+    );
+    let (stop, task) = in_process(&s, router, &["--handler-timeout", "1s"]).await;
+    assert_eq!(s.post(&text(123_001, 12_301, "go")).await, 200);
+    wait_count(&attempts, 4).await;
+    eventually(
+        Duration::from_secs(10),
+        "the update is acknowledged",
+        || async { s.stored().await == 0 },
+    )
+    .await;
+    let sent: Vec<String> = s.calls_of("sendMessage").iter().map(text_of).collect();
+    assert_eq!(sent, ["first", "second", "third"], "each message once");
+    assert_eq!(s.dead_letters().await, 0);
+    // Acknowledged: its record is gone (the memory of finished updates takes over).
+    let redis = redis::Client::open(s.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "the record is deleted", || {
+        let mut redis = redis.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("tgpipe:effects:*")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            keys.is_empty()
+        }
+    })
+    .await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

@@ -303,6 +303,7 @@ impl BotArgs {
             api_url: self.api_url.clone(),
             limits: self.limits(),
             share_limits: self.rate_limits == RateLimitMode::Telegram,
+            once_ttl: None,
         })
     }
 }
@@ -336,6 +337,10 @@ pub struct BotSettings {
     /// Whether the limits and 429 pauses are shared between pods through Redis
     /// (`TGPIPE_RATE_LIMITS=telegram`).
     pub share_limits: bool,
+    /// How long the record of an update's successful calls is kept in Redis, so that
+    /// the update's next run does not make them again (`None`: no record,
+    /// `TGPIPE_EFFECTS_ONCE=false`).
+    pub once_ttl: Option<Duration>,
 }
 
 impl BotSettings {
@@ -348,6 +353,9 @@ impl BotSettings {
         // With limits off there is nothing to share: no Redis round trip per call.
         if let (Some(redis), true) = (redis, self.share_limits) {
             builder = builder.redis(redis.clone());
+        }
+        if let (Some(redis), Some(ttl)) = (redis, self.once_ttl) {
+            builder = builder.middleware(super::effects::OncePerUpdate::new(redis.clone(), ttl));
         }
         builder.build().ok()
     }
@@ -481,6 +489,11 @@ pub struct RunArgs {
     /// How long a chat's memory of finished updates lives after its last update.
     #[arg(long, env = "TGPIPE_SEEN_TTL", default_value = "25h", value_parser = parse_duration)]
     pub seen_ttl: Duration,
+    /// Keep a record of each update's successful Bot API calls in Redis, so that a
+    /// retried or taken-over update answers them from the record instead of making them
+    /// again (kept until the update is acknowledged, at most `TGPIPE_SEEN_TTL`).
+    #[arg(long, env = "TGPIPE_EFFECTS_ONCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub effects_once: bool,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "TGPIPE_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: SocketAddr,
@@ -614,7 +627,8 @@ impl RunArgs {
             Err(BotsError::Missing) if self.registry.registry => BotTokens::default(),
             Err(e) => return Err(e.into()),
         };
-        let bots = self.bots.settings(tokens)?;
+        let mut bots = self.bots.settings(tokens)?;
+        bots.once_ttl = self.effects_once.then_some(self.seen_ttl);
         // Parses the URL without connecting.
         redis::Client::open(self.redis.redis_url.as_str()).map_err(ConfigError::RedisUrl)?;
         Ok(WorkerConfig {

@@ -12,6 +12,7 @@
 mod config;
 mod consume;
 mod dlq;
+mod effects;
 mod group;
 mod lane;
 mod metrics;
