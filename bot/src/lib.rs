@@ -143,6 +143,7 @@ struct Inner {
     chain: ApiNext,
     limiter: Limiter,
     retry: RetryPolicy,
+    request_timeout: Duration,
 }
 
 /// A bot: cheap to clone, shared by every handler.
@@ -167,6 +168,16 @@ fn base_url(api_url: &str, token: &str) -> Option<reqwest::Url> {
     (one_segment && url.query().is_none() && url.fragment().is_none()).then_some(url)
 }
 
+/// An HTTP client for Bot API calls, which any number of bots can share
+/// ([`BotBuilder::http_client`]).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .build()
+        .unwrap_or_default()
+}
+
 /// Builds a [`Bot`] with non-default settings.
 pub struct BotBuilder {
     token: String,
@@ -177,6 +188,7 @@ pub struct BotBuilder {
     middleware: Vec<Arc<dyn Middleware<ApiRequest, ApiResult>>>,
     default_middleware: bool,
     request_timeout: Duration,
+    http: Option<reqwest::Client>,
 }
 
 impl fmt::Debug for BotBuilder {
@@ -259,15 +271,18 @@ impl BotBuilder {
         self
     }
 
+    /// Sends the calls through this HTTP client, whose connection pool other bots may
+    /// share (one pool per Bot API host, not one per bot); limits stay per bot. The
+    /// request timeout is applied per call.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
+    }
+
     /// The bot.
     pub fn build(self) -> Result<Bot, InvalidToken> {
         let id = BotId::from_token(&self.token).ok_or(InvalidToken)?;
-        let client = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .timeout(self.request_timeout)
-            .build()
-            .unwrap_or_default();
+        let client = self.http.unwrap_or_else(http_client);
         let mut middleware: Vec<Arc<dyn Middleware<ApiRequest, ApiResult>>> = Vec::new();
         if self.default_middleware {
             middleware.push(Arc::new(MetricsMiddleware));
@@ -300,6 +315,7 @@ impl BotBuilder {
                 chain: ApiNext::new(middleware, transport),
                 limiter: Limiter::new(id, self.limits, self.redis),
                 retry: self.retry,
+                request_timeout: self.request_timeout,
             }
         })))
     }
@@ -361,6 +377,7 @@ impl Bot {
             default_middleware: true,
             // Telegram answers in well under a second; 30 s covers large uploads.
             request_timeout: Duration::from_secs(30),
+            http: None,
         }
     }
 
@@ -530,9 +547,7 @@ impl Bot {
                 self.0.api_url, self.0.token, request.method
             )),
         };
-        if let Some(t) = request.timeout {
-            builder = builder.timeout(t);
-        }
+        builder = builder.timeout(request.timeout.unwrap_or(self.0.request_timeout));
         let builder = match &request.payload {
             Payload::Json(body) => builder
                 .header(reqwest::header::CONTENT_TYPE, "application/json")

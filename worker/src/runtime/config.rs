@@ -304,6 +304,7 @@ impl BotArgs {
             limits: self.limits(),
             share_limits: self.rate_limits == RateLimitMode::Telegram,
             once_ttl: None,
+            http: tgpipe::bot::http_client(),
         })
     }
 }
@@ -341,6 +342,8 @@ pub struct BotSettings {
     /// the update's next run does not make them again (`None`: no record,
     /// `TGPIPE_EFFECTS_ONCE=false`).
     pub once_ttl: Option<Duration>,
+    /// The one HTTP client (and connection pool) of every bot of the worker.
+    pub http: reqwest::Client,
 }
 
 impl BotSettings {
@@ -348,6 +351,7 @@ impl BotSettings {
     /// [`BotSettings::share_limits`]; `None` for a token that is not `<bot_id>:<secret>`.
     pub fn build(&self, token: &str, redis: Option<&ConnectionManager>) -> Option<Bot> {
         let mut builder = Bot::builder(token)
+            .http_client(self.http.clone())
             .api_url(&self.api_url)
             .limits(self.limits.clone());
         // With limits off there is nothing to share: no Redis round trip per call.
@@ -767,10 +771,11 @@ pub enum ConfigError {
 /// The Redis FSM the runtime gives a dispatcher that needs one and has none.
 #[derive(Debug, Clone, Args)]
 pub struct FsmArgs {
-    /// Lifetime of FSM state and data after their last write (`3600`, `7d`); none by
-    /// default.
-    #[arg(long, env = "TGPIPE_FSM_TTL", value_parser = parse_duration)]
-    pub fsm_ttl: Option<Duration>,
+    /// Lifetime of FSM state and data after their last write (`3600`, `7d`); `0`: they
+    /// never expire. 30 days by default, so that Redis grows with the users active in
+    /// that time, not with every user ever seen.
+    #[arg(long, env = "TGPIPE_FSM_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub fsm_ttl: Duration,
     /// Whether updates of one FSM key are handled one at a time across all pods (a Redis
     /// lease per key). On by default; turning it off saves a round trip per update and
     /// gives up that guarantee.
@@ -829,6 +834,54 @@ mod tests {
         let mut argv = vec!["worker"];
         argv.extend_from_slice(flags);
         Cli::try_parse_from(argv).map(|c| c.run)
+    }
+
+    /// Each bot used to build its own HTTP client: 10,000 bots, 10,000 connection pools
+    /// and at least as many connections to the Bot API.
+    #[tokio::test]
+    async fn the_bots_of_a_worker_share_one_connection_pool() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let sink = tgpipe_testkit::sink::Sink::start(Default::default())
+            .await
+            .unwrap();
+        // A proxy in front of the stand-in that counts the connections it is given.
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = proxy.local_addr().unwrap();
+        let (connections, upstream) = (Arc::new(AtomicUsize::new(0)), sink.addr());
+        let counted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = proxy.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        let tokens: Vec<String> = (1..=50).map(|id| format!("{id}:secret")).collect();
+        let args = run_args(&[
+            "--bot-tokens",
+            &tokens.join(","),
+            "--api-url",
+            &format!("http://{proxy_addr}"),
+            "--rate-limits",
+            "off",
+        ])
+        .unwrap();
+        let settings = args.bots.settings(args.bots.tokens().unwrap()).unwrap();
+        let bots = settings.build_all(None);
+        assert_eq!(bots.len(), 50);
+        for bot in bots.values() {
+            bot.send_text(5, "hi").await.unwrap();
+        }
+        assert_eq!(sink.calls().len(), 50);
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "50 bots, one after the other, over one kept-alive connection"
+        );
     }
 
     #[test]

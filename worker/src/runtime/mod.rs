@@ -333,7 +333,8 @@ fn prepare(
     fsm: &FsmArgs,
 ) -> Result<Dispatcher, RunError> {
     let dispatcher = if !dispatcher.has_fsm() && dispatcher.needs_fsm() {
-        let storage = RedisStorage::new(redis.clone()).ttl(fsm.fsm_ttl);
+        let ttl = (!fsm.fsm_ttl.is_zero()).then_some(fsm.fsm_ttl);
+        let storage = RedisStorage::new(redis.clone()).ttl(ttl);
         let isolation = if fsm.fsm_isolation {
             Isolation::default()
         } else {
