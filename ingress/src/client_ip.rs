@@ -74,6 +74,18 @@ impl IpPolicy {
         IpPolicy::default()
     }
 
+    /// Whether a connection from socket peer `peer` may be served at all: it is in the
+    /// allowed ranges, or a trusted proxy (which forwards requests of other clients, each
+    /// checked on its own). Any other peer is closed at accept, before it costs a slot.
+    pub fn admits_peer(&self, peer: IpAddr) -> bool {
+        let peer = canonical(peer);
+        self.is_trusted(peer)
+            || self
+                .allowed
+                .as_ref()
+                .is_none_or(|nets| nets.iter().any(|n| n.contains(&peer)))
+    }
+
     fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }

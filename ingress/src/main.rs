@@ -71,6 +71,7 @@ async fn run(args: tgpipe_ingress::config::ServeArgs) -> anyhow::Result<()> {
         drain_delay: config.drain_delay,
         idle_timeout: config.idle_timeout,
         max_connections: config.max_connections,
+        admit: config.ip_policy.clone(),
     };
     let draining = state.clone();
     let shutdown = async move {

@@ -26,6 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::client_ip::IpPolicy;
+
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -95,6 +97,10 @@ pub struct ConnectionLimits {
     /// Connections served at once (`TGPIPE_MAX_CONNECTIONS`); more wait in the listen
     /// backlog until one closes.
     pub max_connections: usize,
+    /// Which peers a connection is served for (`TGPIPE_ALLOWED_CIDRS` and
+    /// `TGPIPE_TRUSTED_PROXIES`): any other is closed as soon as it is accepted, so that
+    /// it never holds one of the `max_connections` slots.
+    pub admit: IpPolicy,
 }
 
 impl Default for ConnectionLimits {
@@ -103,6 +109,7 @@ impl Default for ConnectionLimits {
             drain_delay: Duration::ZERO,
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            admit: IpPolicy::allow_any(),
         }
     }
 }
@@ -167,9 +174,22 @@ pub async fn serve_with(
                 None => std::future::pending().await,
             }
         };
+        // The peer is checked before a slot is taken: a slot used to be taken first, so
+        // that anyone could hold them all with idle connections.
         let next = async {
-            let permit = Arc::clone(&permits).acquire_owned().await;
-            (permit, listener.accept().await)
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) if !limits.admit.admits_peer(peer.ip()) => {
+                        metrics::counter!("tgpipe_ingress_connections_refused_total").increment(1);
+                        tracing::debug!(%peer, "connection from outside the allowed ranges closed");
+                        drop(stream);
+                    }
+                    accepted => {
+                        let permit = Arc::clone(&permits).acquire_owned().await;
+                        return (permit, accepted);
+                    }
+                }
+            }
         };
         let (permit, accepted) = tokio::select! {
             biased;

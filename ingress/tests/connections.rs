@@ -265,3 +265,59 @@ async fn on_sigterm_readiness_goes_false_first_and_every_request_sent_during_the
     assert!(signalled.elapsed() >= Duration::from_secs(3));
     assert!(TcpStream::connect(ingress.webhook).await.is_err());
 }
+
+/// A connection took one of the `TGPIPE_MAX_CONNECTIONS` slots before its source was
+/// checked, and any byte kept it: one host outside Telegram's ranges could hold them
+/// all (Telegram was then served only once the idle timeout, 60 s, freed a slot). Now a
+/// peer outside the allowed ranges is closed at accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_a_disallowed_address_do_not_stop_telegram_from_being_served() {
+    // 127.0.0.1 stands for Telegram's ranges, 127.0.0.2 for anyone else.
+    let t = harness(&["--allowed-cidrs", "127.0.0.1/32"]).await;
+    let limits = ConnectionLimits {
+        admit: tgpipe_ingress::client_ip::IpPolicy::new("127.0.0.1/32", "").unwrap(),
+        ..ConnectionLimits::default()
+    };
+    let addr = start(&t, limits).await;
+    let from = |ip: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((ip, 0))).unwrap();
+        socket.connect(addr).await
+    };
+    let started = Instant::now();
+    let mut idle = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        if let Ok(conn) = from([127, 0, 0, 2]).await {
+            idle.push(conn);
+        }
+    }
+    assert!(idle.len() >= 4097, "more than the cap: {}", idle.len());
+    // Telegram is served at once.
+    let mut telegram = from([127, 0, 0, 1]).await.unwrap();
+    telegram
+        .write_all(keep_alive_request(&text_update(9, 1, "from telegram")).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), telegram.read(&mut buf))
+        .await
+        .expect("served within 5 s")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let took = started.elapsed();
+    eprintln!(
+        "{} idle connections from 127.0.0.2, then 127.0.0.1 answered, in {took:?}",
+        idle.len()
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "{took:?}: it waited for slots"
+    );
+    // And the others were closed, not held.
+    let last = idle.last_mut().unwrap();
+    assert!(closed_within(last, Duration::from_secs(2)).await.is_some());
+}

@@ -209,6 +209,8 @@ impl Stack {
             // The stand-in does not limit; the limits have their own tests (bot_api.rs).
             ("TGPIPE_RATE_LIMITS", "off".to_owned()),
             ("TGPIPE_RETRY_DELAY", "100ms".to_owned()),
+            // The grace must cover the handler timeout + 5 s (the worker refuses less).
+            ("TGPIPE_HANDLER_TIMEOUT", "5s".to_owned()),
             ("TGPIPE_SHUTDOWN_GRACE", "10s".to_owned()),
             ("TGPIPE_STREAM_REPLICAS", self.nats.replicas().to_owned()),
             ("RUST_LOG", "info".to_owned()),
