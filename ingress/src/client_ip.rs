@@ -86,6 +86,12 @@ impl IpPolicy {
                 .is_none_or(|nets| nets.iter().any(|n| n.contains(&peer)))
     }
 
+    /// Whether socket peer `peer` is a trusted proxy (whose connections carry many
+    /// clients, so no per-address cap applies to it).
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        self.is_trusted(canonical(peer))
+    }
+
     fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }

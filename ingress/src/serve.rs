@@ -101,6 +101,9 @@ pub struct ConnectionLimits {
     /// `TGPIPE_TRUSTED_PROXIES`): any other is closed as soon as it is accepted, so that
     /// it never holds one of the `max_connections` slots.
     pub admit: IpPolicy,
+    /// Connections served at once for one peer address, trusted proxies excepted
+    /// (`TGPIPE_MAX_CONNECTIONS_PER_IP`; 0: no cap): one more is closed at accept.
+    pub max_per_ip: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -110,6 +113,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
             admit: IpPolicy::allow_any(),
+            max_per_ip: 0,
         }
     }
 }
@@ -165,6 +169,7 @@ pub async fn serve_with(
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(max));
     let (stop, stopping) = watch::channel(false);
+    let per_ip = Arc::new(PerIp::default());
     tokio::pin!(shutdown);
     let mut accept_until: Option<tokio::time::Instant> = None;
     loop {
@@ -180,13 +185,29 @@ pub async fn serve_with(
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) if !limits.admit.admits_peer(peer.ip()) => {
-                        metrics::counter!("tgpipe_ingress_connections_refused_total").increment(1);
+                        metrics::counter!("tgpipe_ingress_connections_refused_total", "reason" => "source").increment(1);
                         tracing::debug!(%peer, "connection from outside the allowed ranges closed");
                         drop(stream);
                     }
-                    accepted => {
+                    Ok((stream, peer)) => {
+                        let capped =
+                            limits.max_per_ip > 0 && !limits.admit.is_trusted_proxy(peer.ip());
+                        let Some(held) = (if capped {
+                            PerIp::take(&per_ip, peer.ip(), limits.max_per_ip)
+                        } else {
+                            Some(PerIpSlot::none())
+                        }) else {
+                            metrics::counter!("tgpipe_ingress_connections_refused_total", "reason" => "per_ip").increment(1);
+                            tracing::debug!(%peer, "connection over the per-address cap closed");
+                            drop(stream);
+                            continue;
+                        };
                         let permit = Arc::clone(&permits).acquire_owned().await;
-                        return (permit, accepted);
+                        return (permit, Ok((stream, peer, held)));
+                    }
+                    Err(e) => {
+                        let permit = Arc::clone(&permits).acquire_owned().await;
+                        return (permit, Err(e));
                     }
                 }
             }
@@ -203,7 +224,7 @@ pub async fn serve_with(
         };
         // The semaphore is never closed.
         let Ok(permit) = permit else { break };
-        let (stream, peer) = match accepted {
+        let (stream, peer, held) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
@@ -222,7 +243,7 @@ pub async fn serve_with(
             None => {
                 tokio::spawn(async move {
                     serve_connection(stream, &builder, service, idle, stopping, peer).await;
-                    drop(permit);
+                    drop((permit, held));
                 });
             }
             Some(acceptor) => {
@@ -245,7 +266,7 @@ pub async fn serve_with(
                         }
                     };
                     serve_connection(tls_stream, &builder, service, idle, stopping, peer).await;
-                    drop(permit);
+                    drop((permit, held));
                 });
             }
         }
@@ -260,6 +281,46 @@ pub async fn serve_with(
         .is_err()
     {
         tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+/// Connections open per peer address (those under the cap only).
+#[derive(Default)]
+struct PerIp(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection counted against its address until it is dropped.
+struct PerIpSlot(Option<(Arc<PerIp>, std::net::IpAddr)>);
+
+impl PerIpSlot {
+    fn none() -> PerIpSlot {
+        PerIpSlot(None)
+    }
+}
+
+impl PerIp {
+    /// Counts a connection of `ip`, unless it has `max` already.
+    fn take(me: &Arc<PerIp>, ip: std::net::IpAddr, max: usize) -> Option<PerIpSlot> {
+        let mut open = me.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpSlot(Some((Arc::clone(me), ip))))
+    }
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        if let Some((per_ip, ip)) = self.0.take() {
+            let mut open = per_ip.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&ip);
+                }
+            }
+        }
     }
 }
 

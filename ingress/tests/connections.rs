@@ -321,3 +321,57 @@ async fn idle_connections_from_a_disallowed_address_do_not_stop_telegram_from_be
     let last = idle.last_mut().unwrap();
     assert!(closed_within(last, Duration::from_secs(2)).await.is_some());
 }
+
+/// One address could hold every connection slot (4096) with idle connections: past its
+/// own cap, one more from it is closed at accept, and other addresses are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    let t = harness(&["--allowed-cidrs", "127.0.0.0/8"]).await;
+    let limits = ConnectionLimits {
+        admit: tgpipe_ingress::client_ip::IpPolicy::new("127.0.0.0/8", "").unwrap(),
+        max_per_ip: 2,
+        ..ConnectionLimits::default()
+    };
+    let addr = start(&t, limits).await;
+    let from = |ip: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((ip, 0))).unwrap();
+        socket.connect(addr).await.unwrap()
+    };
+    let first = from([127, 0, 0, 2]).await;
+    let _second = from([127, 0, 0, 2]).await;
+    let mut third = from([127, 0, 0, 2]).await;
+    assert!(
+        closed_within(&mut third, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "the third connection of one address is closed"
+    );
+    // Another address is served meanwhile.
+    let mut other = from([127, 0, 0, 3]).await;
+    other
+        .write_all(keep_alive_request(&text_update(11, 1, "other")).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = other.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // A connection that closes gives its address's slot back.
+    drop(first);
+    let again = eventually_some(Duration::from_secs(5), "a slot given back", || async {
+        let mut conn = from([127, 0, 0, 2]).await;
+        conn.write_all(keep_alive_request(&text_update(12, 1, "again")).as_bytes())
+            .await
+            .ok()?;
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(1), conn.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        String::from_utf8_lossy(&buf[..n])
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+    })
+    .await;
+    let () = again;
+}
