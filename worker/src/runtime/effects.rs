@@ -104,7 +104,7 @@ pub(crate) struct UpdateCalls {
     /// Whether Redis's record was read into `memory` (from the start for a first
     /// delivery: no pod ran it before).
     loaded: tokio::sync::OnceCell<()>,
-    /// Where this update's calls were written (set by the first write), to delete the
+    /// Where this update's calls are recorded (set by its first call), to delete the
     /// record once the update is finished.
     store: OnceLock<Store>,
     /// A later owner of the partition wrote the record: no more calls from here.
@@ -201,6 +201,9 @@ impl UpdateCalls {
                 request.method
             )));
         }
+        // Known from now on, so that the record is deleted when the update is done,
+        // whoever wrote it.
+        let _ = self.store.set(store.clone());
         self.load(&store).await?;
         if let Some(r) = self.memory().get(&n)
             && r.method == request.method
@@ -222,7 +225,6 @@ impl UpdateCalls {
                 body: body.clone(),
             },
         );
-        let _ = self.store.set(store.clone());
         let (mut redis, mut write) = (store.redis.clone(), store.record.key(&self.key));
         write
             .arg(n)
