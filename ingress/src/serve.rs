@@ -404,10 +404,90 @@ impl LastActivity {
     }
 }
 
-/// An I/O stream that records when bytes last moved (for the idle timeout).
+/// An I/O stream that records when it was last used (for the idle timeout): for HTTP/1
+/// when bytes last moved; for HTTP/2 when the client last sent a frame that carries a
+/// request (HEADERS, DATA, CONTINUATION), so that PINGs, SETTINGS and WINDOW_UPDATEs
+/// (and the server's answers to them) do not keep an idle connection open.
 struct Activity<I> {
     inner: I,
     last: LastActivity,
+    frames: Frames,
+}
+
+/// What the client's bytes are, as far as the idle timeout cares.
+#[derive(Debug)]
+enum Frames {
+    /// Not known yet: how many bytes of the HTTP/2 preface matched so far.
+    Preface(usize),
+    /// HTTP/1: every byte counts.
+    Http1,
+    /// HTTP/2: the frame header being read (bytes so far), then the payload left.
+    Http2 {
+        header: [u8; 9],
+        have: usize,
+        payload_left: usize,
+    },
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Frames {
+    /// Reads `bytes` sent by the client; whether they carried a request.
+    fn read(&mut self, mut bytes: &[u8]) -> bool {
+        let mut request = false;
+        while !bytes.is_empty() {
+            match self {
+                Frames::Http1 => return true,
+                Frames::Preface(matched) => {
+                    let want = &H2_PREFACE[*matched..];
+                    let n = want.len().min(bytes.len());
+                    if bytes[..n] != want[..n] {
+                        *self = Frames::Http1;
+                        return true;
+                    }
+                    *matched += n;
+                    bytes = &bytes[n..];
+                    if *matched == H2_PREFACE.len() {
+                        *self = Frames::Http2 {
+                            header: [0; 9],
+                            have: 0,
+                            payload_left: 0,
+                        };
+                    }
+                }
+                Frames::Http2 {
+                    header,
+                    have,
+                    payload_left,
+                } => {
+                    if *payload_left > 0 {
+                        let n = (*payload_left).min(bytes.len());
+                        *payload_left -= n;
+                        bytes = &bytes[n..];
+                        continue;
+                    }
+                    let n = (9 - *have).min(bytes.len());
+                    header[*have..*have + n].copy_from_slice(&bytes[..n]);
+                    *have += n;
+                    bytes = &bytes[n..];
+                    if *have == 9 {
+                        *have = 0;
+                        *payload_left = usize::from(header[0]) << 16
+                            | usize::from(header[1]) << 8
+                            | usize::from(header[2]);
+                        // DATA, HEADERS, CONTINUATION.
+                        request |= matches!(header[3], 0x0 | 0x1 | 0x9);
+                    }
+                }
+            }
+        }
+        request
+    }
+
+    fn http2(&self) -> bool {
+        matches!(self, Frames::Http2 { .. })
+    }
 }
 
 impl<I> Activity<I> {
@@ -418,6 +498,7 @@ impl<I> Activity<I> {
                 opened: tokio::time::Instant::now(),
                 millis: Arc::new(AtomicU64::new(0)),
             },
+            frames: Frames::Preface(0),
         }
     }
 
@@ -434,8 +515,9 @@ impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Activity<I> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.last.touch();
+        let me = &mut *self;
+        if buf.filled().len() > before && me.frames.read(&buf.filled()[before..]) {
+            me.last.touch();
         }
         result
     }
@@ -448,7 +530,9 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Activity<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+        // HTTP/2: what the server sends answers the client's frames (a response is
+        // finished before an idle close in any case).
+        if !self.frames.http2() && matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.last.touch();
         }
         result
@@ -460,7 +544,7 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Activity<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+        if !self.frames.http2() && matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.last.touch();
         }
         result

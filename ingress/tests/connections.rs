@@ -375,3 +375,45 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
     .await;
     let () = again;
 }
+
+/// Any byte used to count as activity: an HTTP/2 client sending a PING now and then (a
+/// client library's keep-alive does, every 59 s) held its connection, and its slot,
+/// forever. PINGs keep the connection alive at the protocol level only.
+#[tokio::test]
+async fn http2_pings_do_not_keep_an_idle_connection_open() {
+    let t = harness(&["--allowed-cidrs", "127.0.0.0/8"]).await;
+    let limits = ConnectionLimits {
+        idle_timeout: Duration::from_millis(700),
+        ..ConnectionLimits::default()
+    };
+    let addr = start(&t, limits).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let (mut read, mut write) = conn.into_split();
+    let pinging = tokio::spawn(async move {
+        // A PING every 200 ms: length 8, type 6, no flags, stream 0, 8 bytes of data.
+        let ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingpong";
+        while write.write_all(ping).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        // The PING acks keep coming while it is open: bounded as a whole.
+        match tokio::time::timeout_at(deadline, read.read(&mut buf)).await {
+            Err(_) => break None,
+            Ok(Ok(0)) | Ok(Err(_)) => break Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+        }
+    };
+    pinging.abort();
+    let took = closed.expect("an HTTP/2 connection sending only PINGs is still open after 5 s");
+    assert!(
+        took >= Duration::from_millis(500),
+        "closed too early: {took:?}"
+    );
+}
