@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
-# A bot built on tgpipe and tgpipe-worker. By default the example bot (examples/bot); for your own bot, point
-# BOT_PACKAGE and BOT_BIN at your crate and binary (your crate in the workspace, or
-# your own repository with the same two stages):
+# A bot of the tgpipe workspace, built on tgpipe and tgpipe-worker: by default the example
+# bot (examples/bot). For a bot in the workspace, point BOT_PACKAGE and BOT_BIN at its
+# package and binary. A bot in a crate of its own uses deploy/docker/bot.Dockerfile.
 #   docker build -f deploy/docker/worker.Dockerfile -t tgpipe/tgpipe-example-bot .
 #   docker build -f deploy/docker/worker.Dockerfile \
 #     --build-arg BOT_PACKAGE=my-bot --build-arg BOT_BIN=my-bot -t me/my-bot .

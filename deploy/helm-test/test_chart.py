@@ -12,29 +12,29 @@ BOTS = {"bots.list[0].id": "111", "bots.list[0].secret": "topsecret-value", "bot
 def test_two_lanes_become_two_deployments_with_their_replicas_and_kinds(ci_dir):
     objs = render(ci_dir / "two-lanes-hpa.yaml")
     messages = named(objs, "Deployment", "t-tgpipe-worker-messages")
-    callbacks = named(objs, "Deployment", "t-tgpipe-worker-callbacks")
+    inline = named(objs, "Deployment", "t-tgpipe-worker-inline")
     # Autoscaled lanes leave replicas to their HPA.
-    assert "replicas" not in messages["spec"] and "replicas" not in callbacks["spec"]
+    assert "replicas" not in messages["spec"] and "replicas" not in inline["spec"]
     e = env(messages["spec"]["template"]["spec"]["containers"][0])
     assert e["TGPIPE_LANE"] == "messages"
-    assert e["TGPIPE_LANE_KINDS"] == "message,edited_message"
+    assert e["TGPIPE_LANE_KINDS"] == "message,edited_message,callback_query"
     assert e["TGPIPE_CONCURRENCY"] == "128"
-    assert env(callbacks["spec"]["template"]["spec"]["containers"][0])["TGPIPE_LANE_KINDS"] == "callback_query"
+    assert env(inline["spec"]["template"]["spec"]["containers"][0])["TGPIPE_LANE_KINDS"] == "inline_query"
     # Each lane's pods are selected by its own label, so the Deployments never fight.
     assert messages["spec"]["selector"]["matchLabels"]["tgpipe.dev/lane"] == "messages"
-    assert callbacks["spec"]["selector"]["matchLabels"]["tgpipe.dev/lane"] == "callbacks"
+    assert inline["spec"]["selector"]["matchLabels"]["tgpipe.dev/lane"] == "inline"
     # Per-lane resources override the default.
-    assert callbacks["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "50m"
+    assert inline["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "50m"
 
 
 def test_each_autoscaled_lane_gets_its_own_hpa(ci_dir):
     objs = render(ci_dir / "two-lanes-hpa.yaml")
     hpas = {h["metadata"]["name"]: h for h in by_kind(objs, "HorizontalPodAutoscaler")}
-    assert set(hpas) == {"t-tgpipe-ingress", "t-tgpipe-worker-messages", "t-tgpipe-worker-callbacks"}
+    assert set(hpas) == {"t-tgpipe-ingress", "t-tgpipe-worker-messages", "t-tgpipe-worker-inline"}
     m = hpas["t-tgpipe-worker-messages"]["spec"]
     assert (m["minReplicas"], m["maxReplicas"]) == (3, 12)
     assert m["scaleTargetRef"]["name"] == "t-tgpipe-worker-messages"
-    c = hpas["t-tgpipe-worker-callbacks"]["spec"]
+    c = hpas["t-tgpipe-worker-inline"]["spec"]
     assert (c["minReplicas"], c["maxReplicas"]) == (1, 4)
 
 
@@ -42,7 +42,7 @@ def test_fixed_lanes_keep_their_replicas_and_have_no_autoscaler():
     objs = render(sets=BOTS)
     assert by_kind(objs, "HorizontalPodAutoscaler") == []
     assert named(objs, "Deployment", "t-tgpipe-worker-messages")["spec"]["replicas"] == 2
-    assert named(objs, "Deployment", "t-tgpipe-worker-interactions")["spec"]["replicas"] == 1
+    assert named(objs, "Deployment", "t-tgpipe-worker-inline")["spec"]["replicas"] == 1
     assert named(objs, "Deployment", "t-tgpipe-ingress")["spec"]["replicas"] == 2
 
 
@@ -221,7 +221,7 @@ def test_provisioning_job_is_a_hook_that_creates_streams_then_consumers(ci_dir):
     spec = pod_spec(job)
     assert spec["initContainers"][0]["args"] == ["provision"]
     names = [c["name"] for c in spec["containers"]]
-    assert names[:3] == ["consumer-messages", "consumer-interactions", "consumer-other"]
+    assert names[:3] == ["consumer-messages", "consumer-inline", "consumer-other"]
     webhook = [c for c in spec["containers"] if c["name"] == "webhook-333"][0]
     assert webhook["args"][:4] == ["webhook", "set", "--bot-id", "333"]
     assert "https://bot.example.org/webhook/333" in webhook["args"]
@@ -241,7 +241,7 @@ def test_public_ingress_with_cert_manager(ci_dir):
 def test_pod_disruption_budgets_per_lane():
     objs = render(sets=BOTS)
     names = {p["metadata"]["name"] for p in by_kind(objs, "PodDisruptionBudget")}
-    assert names == {"t-tgpipe-ingress", "t-tgpipe-worker-messages", "t-tgpipe-worker-interactions", "t-tgpipe-worker-other"}
+    assert names == {"t-tgpipe-ingress", "t-tgpipe-worker-messages", "t-tgpipe-worker-inline", "t-tgpipe-worker-other"}
 
 
 def test_schema_rejects_unknown_values():
@@ -399,3 +399,51 @@ def test_workers_get_the_ingress_shard_count_and_their_partitions(tmp_path):
     with pytest.raises(RenderError, match="lane \"a\" has 64 partitions but there are only 32 shards"):
         values.write_text(json.dumps({"ingress": {"shards": 32}, "worker": {"partitions": 64, "lanes": [{"name": "a", "updateTypes": []}]}}))
         render(values, sets=BOTS)
+
+
+def images(objs):
+    """Container name -> image, over every Deployment and Job."""
+    return {f"{o['metadata']['name']}.{c['name']}": c["image"] for kind in ("Deployment", "Job") for o in by_kind(objs, kind) for c in containers(o)}
+
+
+def test_one_registry_and_tag_for_both_images_is_gone_each_image_has_its_own():
+    # `worker.image.repository=me/newbot` used to render ghcr.io/me/newbot:<appVersion>:
+    # the worker's registry and tag could not be set without moving the ingress's too.
+    objs = render(sets={**BOTS, "worker.image.registry": "registry.example.com",
+                        "worker.image.repository": "me/newbot", "worker.image.tag": "1.4.2"})
+    found = images(objs)
+    app = yaml_chart()["appVersion"]
+    assert found["t-tgpipe-worker-messages.worker"] == "registry.example.com/me/newbot:1.4.2"
+    assert found["t-tgpipe-ingress.ingress"] == f"ghcr.io/tgpipe/tgpipe-ingress:{app}"
+    # The provisioning Job runs both images: each keeps its own.
+    job = {k: v for k, v in found.items() if k.startswith("t-tgpipe-provision.")}
+    assert job["t-tgpipe-provision.streams"] == f"ghcr.io/tgpipe/tgpipe-ingress:{app}"
+    assert set(job.values()) == {f"ghcr.io/tgpipe/tgpipe-ingress:{app}", "registry.example.com/me/newbot:1.4.2"}
+
+
+def test_a_digest_pins_an_image_and_the_defaults_still_apply_to_the_other():
+    digest = "sha256:" + "ab" * 32
+    objs = render(sets={**BOTS, "ingress.image.digest": digest, "ingress.image.registry": "mirror.local",
+                        "image.tag": "9.9.9"})
+    found = images(objs)
+    assert found["t-tgpipe-ingress.ingress"] == f"mirror.local/tgpipe/tgpipe-ingress@{digest}"
+    assert found["t-tgpipe-worker-messages.worker"] == "ghcr.io/tgpipe/tgpipe-example-bot:9.9.9"
+    with pytest.raises(RenderError):
+        render(sets={**BOTS, "worker.image.digest": "latest"})
+
+
+def test_default_lanes_split_message_and_callback_query_no_more():
+    # docs/fsm.md: kinds whose handlers share FSM state belong to one lane (fencing is
+    # per lane); the default lanes put `message` in one and `callback_query` in another.
+    objs = render(sets=BOTS)
+    lanes = {env(c)["TGPIPE_LANE"]: env(c)["TGPIPE_LANE_KINDS"].split(",") for d in by_kind(objs, "Deployment")
+             for c in containers(d) if "TGPIPE_LANE" in env(c)}
+    holding = [lane for lane, kinds in lanes.items() if {"message", "callback_query"} & set(kinds)]
+    assert len(holding) == 1, lanes
+    assert {"message", "callback_query"} <= set(lanes[holding[0]])
+
+
+def yaml_chart():
+    import yaml
+
+    return yaml.safe_load((CHART / "Chart.yaml").read_text())

@@ -51,7 +51,12 @@ DOCKER = ROOT / "deploy" / "docker"
 # The defaults need a bot (there is no default for one); ten digits like a real id, which
 # is what exposed numbers rendered in exponent form.
 DEFAULT_BOTS = {"bots.list[0].id": "7123456789", "bots.list[0].secret": "contract-secret", "bots.list[0].token": "7123456789:contract-token"}
-RENDERS = [pytest.param([], DEFAULT_BOTS, id="default")] + [
+# Your own bot (test_bot_image.py builds it from outside the workspace), from your own
+# registry with your own tag, the ingress image staying the chart's.
+OUTSIDE_BOT_IMAGE = "registry.example.com/me/my-bot:1.4.2"
+OUTSIDE_BOT = {**DEFAULT_BOTS, "worker.image.registry": "registry.example.com", "worker.image.repository": "me/my-bot",
+               "worker.image.tag": "1.4.2", "worker.command": "bot"}
+RENDERS = [pytest.param([], DEFAULT_BOTS, id="default"), pytest.param([], OUTSIDE_BOT, id="outside-bot")] + [
     pytest.param([f], {}, id=f"ci-{f.stem}") for f in sorted((CHART / "ci").glob("*.yaml"))
 ]
 
@@ -196,7 +201,14 @@ def dockerfile(name):
 
 def binary_for(image, command, values_images):
     """The binary of the build that the image's Dockerfile installs under that name."""
-    ingress_repo, worker_repo = values_images
+    ingress_repo, worker_repo, outside = values_images
+    if outside and image == OUTSIDE_BOT_IMAGE:
+        entry, cmd, installed, args = dockerfile("bot.Dockerfile")
+        assert set(installed) == {"/usr/local/bin/bot"}, installed
+        argv0 = (command or entry)[0]
+        path = argv0 if argv0.startswith("/") else f"/usr/local/bin/{argv0}"
+        assert path in installed, f"{image}: command {argv0!r} is not installed by bot.Dockerfile"
+        return outside, (command[1:] if command else entry[1:]), cmd
     if ingress_repo in image:
         entry, cmd, installed, args = dockerfile("ingress.Dockerfile")
         built = {path: "tgpipe-ingress" for path in installed}
@@ -421,7 +433,7 @@ def deliver_one_update(running, ctx):
 
 
 @pytest.mark.parametrize("files,sets", RENDERS)
-def test_every_rendered_container_starts_with_what_the_chart_gives_it(stack, files, sets):
+def test_every_rendered_container_starts_with_what_the_chart_gives_it(stack, files, sets, request):
     import yaml
 
     objs = render(*files, sets=sets)
@@ -434,7 +446,8 @@ def test_every_rendered_container_starts_with_what_the_chart_gives_it(stack, fil
         "stack": stack,
         "secrets": secrets,
         "made_up": made_up,
-        "images": (values["ingress"]["image"]["repository"], values["worker"]["image"]["repository"]),
+        "images": (values["ingress"]["image"]["repository"], values["worker"]["image"]["repository"],
+                   request.getfixturevalue("outside_bot") if sets == OUTSIDE_BOT else None),
     }
     for job in by_kind(objs, "Job"):
         run_job(job, ctx)
@@ -463,8 +476,9 @@ def test_every_rendered_container_starts_with_what_the_chart_gives_it(stack, fil
     }
     if exporting:
         assert exporting == {"ingress", "worker"}, f"only {exporting} export traces"
-    if by_kind(objs, "PrometheusRule") or by_kind(objs, "ConfigMap") or exporting:
-        # One update through the stack, so that the handling and Bot API series exist.
+    if by_kind(objs, "PrometheusRule") or by_kind(objs, "ConfigMap") or exporting or ctx["images"][2]:
+        # One update through the stack, so that the handling and Bot API series exist
+        # (and your own bot, from outside the workspace, answers it).
         deliver_one_update(running, ctx)
     if exporting:
         # Spans are batched for up to 5 s (OTEL_BSP_SCHEDULE_DELAY's default).

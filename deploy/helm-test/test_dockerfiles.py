@@ -25,7 +25,7 @@ def instructions(path):
     return lines
 
 
-@pytest.mark.parametrize("name,binary", [("ingress.Dockerfile", "tgpipe-ingress"), ("worker.Dockerfile", None)])
+@pytest.mark.parametrize("name,binary", [("ingress.Dockerfile", "tgpipe-ingress"), ("worker.Dockerfile", None), ("bot.Dockerfile", "bot")])
 def test_dockerfile(name, binary):
     ins = instructions(DOCKER / name)
     froms = [arg for word, arg in ins if word == "FROM"]

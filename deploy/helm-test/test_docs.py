@@ -42,6 +42,9 @@ def test_the_checked_snippets_are_there():
         "openssl-s-client",
         "webhook-info",
         "nats-permissions",
+        "bot-cargo-toml",
+        "bot-image-values",
+        "ingress-behind-nginx-self-signed",
     }
     # The directive Debian 12's nginx 1.22 refuses ("unknown directive http2").
     assert not re.search(r"^\s*http2 on;", DOC.read_text(), re.M)
@@ -258,3 +261,147 @@ def test_the_nats_permissions_sketch_lets_each_component_do_its_part(tmp_path, p
             assert r.status == 200
     except urllib.error.HTTPError as e:
         pytest.fail(f"the ingress answered {e.code} for the registry's bot:\n{procs.output(i)}")
+
+
+def test_the_nginx_self_signed_variant_omitted_trusted_proxies(tmp_path, certificate, procs):
+    # The self-signed variant showed no ingress command: run as in the other variants
+    # but without TGPIPE_TRUSTED_PROXIES, every request seemed to come from nginx (403).
+    # The doc's command, behind the doc's nginx block, takes Telegram's update.
+    cert, key = certificate
+    nats, mon, web, ops, port = free_port(), free_port(), free_port(), free_port(), free_port()
+    n = procs.start("nats", [os.environ["TGPIPE_NATS_SERVER"], "-a", "127.0.0.1", "-p", str(nats), "-m", str(mon), "-js", "-sd", str(tmp_path / "js")])
+    wait_until("nats-server", lambda: http_get(f"http://127.0.0.1:{mon}/healthz?js-enabled-only=true")[0] == 200, proc=n, procs=procs)
+    (tmp_path / "bots").write_text("123456:doc-test-secret")
+    command = checked_blocks()["ingress-behind-nginx-self-signed"]
+    assert "TGPIPE_TRUSTED_PROXIES=127.0.0.1/32" in command, command
+    for old, new in {"127.0.0.1:8080": f"127.0.0.1:{web}", "127.0.0.1:9091": f"127.0.0.1:{ops}",
+                     "/etc/tgpipe/bots": str(tmp_path / "bots"), "nats://127.0.0.1:4222": f"nats://127.0.0.1:{nats}"}.items():
+        assert old in command, old
+        command = command.replace(old, new)
+    i = procs.start("ingress", ["bash", "-c", command], env={"PATH": f"{BIN_DIR}:/usr/bin:/bin"})
+    wait_until("the ingress", lambda: http_get(f"http://127.0.0.1:{ops}/readyz")[0] == 200, proc=i, procs=procs)
+    conf = nginx_config(
+        tmp_path,
+        checked_blocks()["nginx-self-signed"],
+        {
+            "listen 8443 ssl http2;": f"listen 127.0.0.1:{port} ssl http2;",
+            "/etc/tgpipe/cert.pem": str(cert),
+            "/etc/tgpipe/key.pem": str(key),
+            "proxy_pass http://127.0.0.1:8080;": f"proxy_pass http://127.0.0.1:{web};",
+        },
+    )
+    start_nginx(procs, conf, tmp_path, port)
+    update = '{"update_id":1,"message":{"message_id":1,"date":0,"chat":{"id":5,"type":"private"},"text":"hi"}}'
+
+    def post(source):
+        # Telegram's address as nginx's client, which nginx puts in X-Forwarded-For.
+        out = subprocess.run(
+            ["curl", "-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}", "--resolve", f"203.0.113.7:{port}:127.0.0.1",
+             "-H", f"X-Forwarded-For: {source}", "-H", "X-Telegram-Bot-Api-Secret-Token: doc-test-secret",
+             "-H", "Content-Type: application/json", "-d", update, f"https://203.0.113.7:{port}/webhook/123456"],
+            capture_output=True, text=True, timeout=20)
+        return out.stdout
+
+    assert post("149.154.167.99") == "200", procs.output(i)
+    assert post("6.6.6.6") == "403"
+
+
+def operations_block(marker):
+    from conftest import fenced_after
+
+    return fenced_after(ROOT / "docs" / "operations.md", marker)
+
+
+def test_the_dead_letter_walkthrough_showed_a_missing_token_dead_lettered_at_once():
+    # It showed `deliveries=1`: a missing token is retried for the retry budget (the
+    # worker test hostile_messages_in_the_stream_are_dead_lettered_with_a_reason pins
+    # it), so the letter says how many attempts over how long, in the worker's words.
+    block = operations_block("dlq-walkthrough")
+    line = [l for l in block.splitlines() if l.startswith("seq=1 ")][0]
+    deliveries = int(re.search(r" deliveries=(\d+) ", line).group(1))
+    error = line.split(" error=", 1)[1]
+    config = (ROOT / "worker" / "src" / "runtime" / "config.rs").read_text()
+    max_deliver = int(re.search(r'env = "TGPIPE_MAX_DELIVER", default_value_t = (\d+)', config).group(1))
+    budget = re.search(r'env = "TGPIPE_RETRY_BUDGET",[^)]*default_value = "(\d+)m"', config, re.S)
+    m = re.fullmatch(r"(no token for bot \d+ in TGPIPE_BOT_TOKENS or the registry) \(still failing after (\d+) attempts in ([\d.]+)s\)", error)
+    assert m, error
+    assert int(m.group(2)) == deliveries >= max_deliver, line
+    assert budget and float(m.group(3)) >= int(budget.group(1)) * 60, (line, budget)
+    runtime = ROOT / "worker" / "src" / "runtime"
+    consume = "".join(f.read_text() for f in sorted(runtime.rglob("*.rs")))
+    assert "no token for bot {bot_id} in TGPIPE_BOT_TOKENS or the registry" in consume
+    assert "{error} (still failing after {delivered} attempts in {:?})" in consume
+
+
+def test_the_old_secret_is_refused_from_then_on_did_not_hold():
+    # One more request with the old secret got 200 after the switch: each ingress drops
+    # it when the record's change reaches it (the registry test waits for the 401).
+    text = (ROOT / "docs" / "operations.md").read_text()
+    assert "from then on the old secret is refused" not in text
+    assert "once that write reaches it, within the\n  watch's bound of 2 s" in text
+    test = (ROOT / "ingress" / "tests" / "registry.rs").read_text()
+    assert re.search(r'eventually\(\s*Duration::from_secs\(3\),\s*"the old secret is refused"', test)
+
+
+def test_cargo_toml_snippets_showed_git_dependencies_and_no_other_dependency():
+    # The only Cargo.toml shown used git URLs that do not exist, and framework.md said a
+    # bot needs no other dependency (it needs tokio; FSM data needs serde).
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    shown = 0
+    for doc in docs:
+        for block in re.findall(r"```toml\n(.*?)```", doc.read_text(), re.S):
+            for line in block.splitlines():
+                assert "git = " not in line, f"{doc.name}: {line}"
+                if re.match(r"tgpipe(-worker)?\s*=", line):
+                    shown += 1
+                    assert "path = " in line or "version = " in line, f"{doc.name}: {line}"
+    assert shown >= 4
+    assert "needs no other dependency" not in (ROOT / "docs" / "framework.md").read_text()
+    assert re.search(r"^tokio = ", checked_blocks()["bot-cargo-toml"], re.M)
+
+
+def test_a_fresh_clone_read_fixtures_beside_the_repository():
+    # Tests read the fixture corpus from a folder beside the checkout, which a clone
+    # does not have.
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    outside = re.compile(r"\.\./shared/|CARGO_MANIFEST_DIR[^;]*\"/?\.\./\.\./")
+    found = []
+    for name in files:
+        if name.endswith((".rs", ".py", ".sh", ".toml")):
+            for n, line in enumerate((ROOT / name).read_text(errors="replace").splitlines(), 1):
+                if outside.search(line):
+                    found.append(f"{name}:{n}: {line.strip()}")
+    assert not found, "\n".join(found)
+    assert (ROOT / "testkit" / "fixtures" / "updates" / "corpus.jsonl").is_file()
+
+
+def sentences(paragraph):
+    """The sentences of a Markdown paragraph, code spans counted as one word."""
+    text = re.sub(r"`[^`]*`", "X", " ".join(line.strip().lstrip("-* ") for line in paragraph.splitlines()))
+    return [s for s in re.split(r"(?<=[.!?:])\s+(?=[A-Z`*\[(X])", text) if len(s.split()) >= 3]
+
+
+def opening(path):
+    """The first prose paragraph after the title."""
+    body = path.read_text().split("\n", 1)[1]
+    for para in re.split(r"\n\s*\n", body):
+        if para.strip() and not para.lstrip().startswith(("#", "```", "|", "<!--", ">")):
+            return para
+    raise AssertionError(f"{path.name} has no opening paragraph")
+
+
+# docs/framework.md is being rewritten as a guide on its own (its opening is not checked
+# here yet).
+GUIDES = ["architecture", "benchmarks", "deploy", "fsm", "ingress", "operations", "webhooks"]
+
+
+@pytest.mark.parametrize("name", ["README", *GUIDES])
+def test_docs_read_like_reports_not_guides(name):
+    # The README's second sentence ran 98 words and the guides averaged 27-29 words a
+    # sentence; each now opens with what the reader can do, in sentences of about 20.
+    path = ROOT / f"{name}.md" if name == "README" else ROOT / "docs" / f"{name}.md"
+    para = opening(path)
+    words = [len(s.split()) for s in sentences(para)]
+    assert words and max(words) <= 30, (words, para)
+    assert sum(words) / len(words) <= 22, (words, para)
+    assert re.search(r"\b(you|your)\b", para, re.I), f"{path.name} opens without its reader: {para}"

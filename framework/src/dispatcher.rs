@@ -84,7 +84,7 @@ impl Node {
                         .handlers
                         .into_iter()
                         .map(|reg| Step {
-                            filters: reg.filters.into(),
+                            filters: reg.flags.after(reg.filters).into(),
                             inner: Arc::clone(&inner),
                             handler: handler_endpoint(reg.handler),
                         })
@@ -235,6 +235,15 @@ impl DispatcherBuilder {
         self.router.needs(std::any::TypeId::of::<FsmInstalled>())
     }
 
+    /// The observers whose handlers or filters use FSM state, as `(router name, kind)`
+    /// (see [`Dispatcher::fsm_observers`]), known before the dispatcher is built.
+    pub fn fsm_observers(&self) -> Vec<(String, UpdateKind)> {
+        let mut out = Vec::new();
+        self.router
+            .observers_needing(std::any::TypeId::of::<FsmInstalled>(), &mut out);
+        out
+    }
+
     /// Checks the tree (every handler's dependencies are provided; router names are
     /// unique) and builds the dispatcher.
     pub fn build(mut self) -> Result<Dispatcher, BuildError> {
@@ -249,6 +258,9 @@ impl DispatcherBuilder {
             &mut HashSet::new(),
         )?;
         let kinds = Arc::new(self.router.used_update_kinds());
+        let mut fsm_observers = Vec::new();
+        self.router
+            .observers_needing(std::any::TypeId::of::<FsmInstalled>(), &mut fsm_observers);
         let root = Node::freeze(self.router, &BTreeMap::new());
         // Each key's way in, composed once: the FSM (wherever it was given: everything
         // after it sees the update's FSM context, and a key it cannot lock fails the
@@ -278,6 +290,7 @@ impl DispatcherBuilder {
             .collect();
         Ok(Dispatcher {
             kinds,
+            fsm_observers: fsm_observers.into(),
             entries: Arc::new(entries),
             state: Arc::new(self.state),
             fsm: self.fsm,
@@ -311,6 +324,7 @@ pub struct Dispatcher {
     entries: Arc<BTreeMap<ObserverKey, Route>>,
     state: Arc<Extensions>,
     kinds: Arc<Vec<UpdateKind>>,
+    fsm_observers: Arc<[(String, UpdateKind)]>,
     fsm: Option<Fsm>,
 }
 
@@ -338,6 +352,33 @@ impl Dispatcher {
     /// The kinds the registered handlers can receive (for `allowed_updates`).
     pub fn used_update_kinds(&self) -> Vec<UpdateKind> {
         self.kinds.as_ref().clone()
+    }
+
+    /// The observers whose handlers or filters use FSM state (take `FsmContext` or
+    /// `SceneContext`, or route with `StateFilter`), as `(router name, kind)`. Updates
+    /// of these kinds share a conversation's state, so the runtime keeps them in one
+    /// lane (FSM state is fenced per lane).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use frankenstein::types::{CallbackQuery, Message};
+    /// use tgpipe::fsm::{Fsm, FsmContext, MemoryStorage};
+    /// use tgpipe::{Dispatcher, Router, UpdateKind};
+    ///
+    /// async fn ask(message: Arc<Message>, fsm: FsmContext) {}
+    /// async fn press(query: Arc<CallbackQuery>) {}
+    ///
+    /// let mut router = Router::new("form");
+    /// router.message(ask);
+    /// router.callback_query(press);
+    /// let dp = Dispatcher::builder(router)
+    ///     .fsm(Fsm::new(MemoryStorage::new()))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(dp.fsm_observers(), [("form".to_owned(), UpdateKind::Message)]);
+    /// ```
+    pub fn fsm_observers(&self) -> &[(String, UpdateKind)] {
+        &self.fsm_observers
     }
 
     /// Dispatches an update read from the stream: its keys from the envelope, its body
@@ -400,7 +441,10 @@ impl Dispatcher {
             return unhandled(&cx);
         };
         let update = cx.update_arc();
-        match entry(cx).await {
+        // The update's bot is current for the whole chain: calls bound to the event
+        // (`message.answer(..)`) take it from there.
+        let bot = cx.bot().clone();
+        match crate::calls::with_bot(bot, entry(cx)).await {
             Ok(Handled::Yes) => DispatchOutcome::Handled,
             Ok(Handled::No) => unhandled_update(&update),
             Err(e) => DispatchOutcome::Failed(Arc::new(e)),

@@ -6,6 +6,20 @@ use std::sync::Arc;
 
 pub use tgpipe_bot::ErrorClass;
 
+/// What a handler returns when it can fail: `Result` is `Result<(), HandlerError>`, so
+/// `?` works on any error and a bot needs no error enum of its own (anyhow's `Result`).
+///
+/// ```
+/// use tgpipe::prelude::*;
+///
+/// async fn age(message: Arc<Message>) -> Result {
+///     let age: u8 = message.text_or_caption().parse()?; // a ParseIntError: permanent
+///     message.answer(format!("{age} it is")).await?; // a BotError: classified as it says
+///     Ok(())
+/// }
+/// ```
+pub type Result<T = (), E = HandlerError> = std::result::Result<T, E>;
+
 /// An error type of the application that knows whether it is transient.
 ///
 /// Errors are classified when a handler's error becomes a [`HandlerError`]: the error
@@ -99,6 +113,17 @@ impl HandlerError {
             transient: true,
             explicit: true,
         }
+    }
+
+    /// A permanent error with a message and no other cause (anyhow's `anyhow!`).
+    ///
+    /// ```
+    /// let e = tgpipe::HandlerError::msg("no such product");
+    /// assert_eq!(e.to_string(), "no such product");
+    /// assert!(!e.is_transient());
+    /// ```
+    pub fn msg(message: impl fmt::Display) -> HandlerError {
+        HandlerError::permanent(message.to_string())
     }
 
     /// Whether a retry could succeed.

@@ -35,8 +35,8 @@ pub enum ExtractError {
     /// did not insert it).
     #[error("no `{0}` in the context for this update")]
     Missing(&'static str),
-    /// The handler takes the FSM, but the update has no FSM key: it lacks the chat or
-    /// user the FSM's key strategy needs (a poll, an inline query under a chat strategy).
+    /// The handler takes the FSM, but the update has no FSM key: it has neither a chat
+    /// nor a user (a poll), or no user under a per-user strategy.
     #[error(
         "the handler takes `FsmContext`, but this `{kind}` update has no FSM key (no chat or user for the key strategy)"
     )]

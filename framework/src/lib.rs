@@ -9,8 +9,11 @@
 //! keeps conversation state in Redis (or in memory), one update per key at a time
 //! across processes.
 //!
-//! A bot starts with `use tgpipe::prelude::*;` ([`prelude`]); [`keyboard`] builds
+//! A bot starts with `use tgpipe::prelude::*;` ([`prelude`]); handlers answer their
+//! event with [`calls`] (`message.answer(..)`) and return [`Result`]; [`keyboard`] builds
 //! inline and reply keyboards; [`bot`] is the Bot API client (the `tgpipe-bot` crate).
+//! The everyday middleware: [`antiflood`], [`chat_action`], [`callback_answer`], driven
+//! by handler [`flags`]; translations are `i18n` (feature).
 //! The guide is `docs/framework.md`. The process around a dispatcher (the JetStream
 //! consumer, the ops server, the CLI, long polling) is the `tgpipe-worker` crate, whose
 //! `run` takes the dispatcher.
@@ -19,7 +22,8 @@
 //!
 //! | feature   | default | adds |
 //! |-----------|---------|------|
-//! | `redis`   | no      | `fsm::RedisStorage`; the rate limiter's state shared between pods in Redis (`bot::BotBuilder::redis_url`) |
+//! | `redis`   | no      | `fsm::RedisStorage`; the rate limiter's state shared between pods in Redis (`bot::BotBuilder::redis_url`); `antiflood::AntiFlood::shared` |
+//! | `i18n`    | no      | `i18n`: translations with Fluent |
 //!
 //! Without it the crate is the framework alone (dispatcher, routers, filters, handlers,
 //! extractors, middleware, the FSM with [`fsm::MemoryStorage`], keyboards, the Bot API
@@ -29,14 +33,21 @@
 /// The Bot API client: the `tgpipe-bot` crate.
 pub use tgpipe_bot as bot;
 
+pub mod antiflood;
+pub mod callback_answer;
 pub mod callback_data;
+pub mod calls;
+pub mod chat_action;
 pub mod context;
 pub mod dispatcher;
 pub mod error;
 pub mod extract;
 pub mod filter;
+pub mod flags;
 pub mod fsm;
 pub mod handler;
+#[cfg(feature = "i18n")]
+pub mod i18n;
 pub mod keyboard;
 pub mod middleware;
 pub mod prelude;
@@ -46,7 +57,7 @@ pub mod update;
 pub use bot::{Bot, BotError};
 pub use context::{Context, Extensions};
 pub use dispatcher::{Dispatcher, DispatcherBuilder};
-pub use error::{BuildError, DispatchOutcome, ErrorEvent, HandlerError};
+pub use error::{BuildError, DispatchOutcome, ErrorEvent, HandlerError, Result};
 pub use extract::{Dep, FromContext};
 pub use fsm::{Fsm, FsmContext, FsmError, FsmKey, KeyStrategy, StateFilter};
 pub use handler::Flow;
@@ -57,4 +68,40 @@ pub use update::{Event, Update};
 // The types the framework's own signatures use, so that a bot needs no other
 // dependency: frankenstein's Bot API types, and the update kind of the wire contract.
 pub use frankenstein;
+
+/// `#[derive(CallbackData)]` with `#[callback(prefix = "...")]`: packs the struct's
+/// fields into a button's `callback_data` (see [`callback_data`](mod@callback_data)).
+///
+/// ```
+/// use tgpipe::callback_data::CallbackData;
+///
+/// #[derive(Debug, Clone, PartialEq, tgpipe::CallbackData)]
+/// #[callback(prefix = "menu")]
+/// struct MenuButton {
+///     action: String,
+///     item: u32,
+///     confirmed: bool,
+/// }
+///
+/// let button = MenuButton { action: "buy".into(), item: 7, confirmed: true };
+/// assert_eq!(button.pack().unwrap(), "menu:buy:7:1");
+/// assert_eq!(MenuButton::unpack("menu:buy:7:1").unwrap(), button);
+/// ```
+pub use tgpipe_macros::CallbackData;
+/// `#[derive(StatesGroup)]` on an enum of unit variants: states named `<Enum>:<Variant>`,
+/// each a filter passing in that state (see [`fsm::StatesGroup`]).
+///
+/// ```
+/// use tgpipe::fsm::StatesGroup;
+///
+/// #[derive(Debug, Clone, Copy, PartialEq, tgpipe::StatesGroup)]
+/// enum Form {
+///     Name,
+///     Age,
+/// }
+///
+/// assert_eq!(Form::Age.name(), "Form:Age");
+/// assert_eq!(Form::from_name("Form:Name"), Some(Form::Name));
+/// ```
+pub use tgpipe_macros::StatesGroup;
 pub use tgpipe_shared::UpdateKind;

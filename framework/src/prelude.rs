@@ -1,11 +1,11 @@
 //! What a bot needs, in one `use tgpipe::prelude::*;`: the dispatcher and
 //! routers, the extractors, the common filters, callback data, the FSM's everyday
-//! types, the keyboard builders, the `answer`/`reply` shortcuts, and the types a filter
+//! types, the keyboard builders, the calls bound to an event (`message.answer(..)`), the
+//! one error type a handler returns ([`Result`]), and the types a filter
 //! or middleware author writes against. A chosen list, not the whole crate: the rest
 //! is a path away (`tgpipe::fsm::RedisStorage`, `tgpipe::filter::provide`).
 //!
 //! ```
-//! use tgpipe::frankenstein::methods::SendMessageParams;
 //! use tgpipe::prelude::*;
 //!
 //! callback_data! {
@@ -13,27 +13,21 @@
 //!     pub struct Pick("pick") { item: String }
 //! }
 //!
-//! async fn start(message: Arc<Message>, bot: Bot) -> Result<(), BotError> {
-//!     message.reply(&bot, "Hello! /menu shows what there is.").await?;
-//!     Ok(())
+//! async fn start(message: Arc<Message>) -> Result {
+//!     message.reply("Hello! /menu shows what there is.").await
 //! }
 //!
-//! async fn menu(message: Arc<Message>, bot: Bot) -> Result<(), HandlerError> {
+//! async fn menu(message: Arc<Message>) -> Result {
 //!     let mut keyboard = InlineKeyboardBuilder::new();
 //!     for item in ["tea", "coffee", "juice"] {
 //!         keyboard.button(item, Pick { item: item.into() });
 //!     }
-//!     let params = SendMessageParams::builder()
-//!         .chat_id(message.chat.id)
-//!         .text("What would you like?")
-//!         .reply_markup(ReplyMarkup::InlineKeyboardMarkup(keyboard.as_markup()?))
-//!         .build();
-//!     bot.send_message(&params).await?;
-//!     Ok(())
+//!     let markup = keyboard.as_markup()?;
+//!     message.answer("What would you like?").reply_markup(markup).await
 //! }
 //!
-//! async fn picked(query: Arc<CallbackQuery>, pick: Pick, bot: Bot) -> Result<(), BotError> {
-//!     query.answer_text(&bot, &format!("{} it is", pick.item), false).await
+//! async fn picked(query: Arc<CallbackQuery>, pick: Pick) -> Result {
+//!     query.answer().text(format!("{} it is", pick.item)).await
 //! }
 //!
 //! async fn log_updates(cx: Context, next: Next) -> MiddlewareResult {
@@ -47,7 +41,7 @@
 //!
 //! let mut router = Router::new("main");
 //! router.message(start).filter(CommandStart::new());
-//! router.message(menu).filter(Command::new(["menu"]));
+//! router.message(menu).filter(Command::new("menu"));
 //! router.callback_query(picked).filter(Pick::filter());
 //! router.outer_middleware(UpdateKind::Message, log_updates);
 //! let dispatcher = Dispatcher::builder(router).build().unwrap();
@@ -60,18 +54,21 @@ pub use frankenstein::AsyncTelegramApi;
 pub use frankenstein::types::{CallbackQuery, Message, ReplyMarkup};
 pub use tgpipe_shared::UpdateKind;
 
-pub use crate::bot::{Bot, BotError, CallbackQueryExt, MessageExt};
+pub use crate::bot::{Bot, BotError};
+pub use crate::calls::{CallbackQueryCalls, ChatMemberUpdatedCalls, ChatMemberUser, MessageCalls};
 // The `callback_data!` macro (and its module, which shares the name).
 pub use crate::callback_data;
 pub use crate::callback_data::CallbackData;
+// The derives, named as their traits (as serde's are).
 pub use crate::context::Context;
 pub use crate::dispatcher::Dispatcher;
-pub use crate::error::{DispatchOutcome, ErrorEvent, HandlerError, Transient};
+pub use crate::error::{DispatchOutcome, ErrorEvent, HandlerError, Result, Transient};
 pub use crate::extract::{Dep, ExtractError, FromContext};
 pub use crate::filter::{
     ChatMemberUpdated, Command, CommandObject, CommandStart, ContentType, ErrorIs, Filter,
     FilterExt, FilterOutcome, MemberGroup, chat_type, content_type, not, text,
 };
+pub use crate::flags::Flags;
 pub use crate::fsm::{Fsm, FsmContext, FsmError, StateFilter, StateName, StatesGroup};
 pub use crate::handler::{BoxFuture, Flow};
 pub use crate::keyboard::{InlineKeyboardBuilder, KeyboardError, ReplyKeyboardBuilder};
@@ -79,3 +76,4 @@ pub use crate::middleware::{Handled, Middleware, MiddlewareResult, Next};
 pub use crate::router::Router;
 pub use crate::states;
 pub use crate::update::{Event, Update};
+pub use tgpipe_macros::{CallbackData, StatesGroup};

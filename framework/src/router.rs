@@ -26,6 +26,8 @@ use crate::middleware::{DynMiddleware, Middleware, MiddlewareResult, Next, chain
 pub(crate) struct Registration {
     pub(crate) handler: ErasedHandler,
     pub(crate) filters: Vec<Arc<dyn Filter>>,
+    /// The handler's flags, for the inner middleware around it.
+    pub(crate) flags: crate::flags::Flags,
 }
 
 /// The handlers, filters and middleware of one kind of update in one router.
@@ -101,6 +103,13 @@ impl RegistrationRef<'_> {
         self.0.filters.push(Arc::new(f));
         self
     }
+
+    /// Sets a flag the middleware around this handler can read (aiogram's `flags=`):
+    /// `.flag("chat_action", "typing")`, `.flag("long", "")`. See [`crate::flags`].
+    pub fn flag(self, name: &'static str, value: impl Into<String>) -> Self {
+        self.0.flags.set(name, value.into());
+        self
+    }
 }
 
 macro_rules! kind_methods {
@@ -134,6 +143,7 @@ impl Router {
     ) -> RegistrationRef<'_> {
         let handlers = &mut self.observer(key).handlers;
         handlers.push(Registration {
+            flags: Default::default(),
             handler: ErasedHandler::new(handler),
             filters: Vec::new(),
         });
@@ -313,6 +323,28 @@ impl Router {
         }
         for c in &self.children {
             c.collect_kinds(kinds);
+        }
+    }
+
+    /// The `(router, kind)` observers of the tree where a handler or filter needs a value
+    /// of type `id`, depth-first.
+    pub(crate) fn observers_needing(&self, id: TypeId, out: &mut Vec<(String, UpdateKind)>) {
+        for (key, obs) in &self.observers {
+            let needs = |f: &Arc<dyn Filter>| f.requires().iter().any(|r| r.type_id == id);
+            let ObserverKey::Kind(kind) = key else {
+                continue;
+            };
+            if obs.filters.iter().any(needs)
+                || obs.handlers.iter().any(|reg| {
+                    reg.handler.requirements.iter().any(|r| r.type_id == id)
+                        || reg.filters.iter().any(needs)
+                })
+            {
+                out.push((self.name.clone(), kind.clone()));
+            }
+        }
+        for c in &self.children {
+            c.observers_needing(id, out);
         }
     }
 

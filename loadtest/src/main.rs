@@ -88,6 +88,10 @@ struct RunArgs {
     /// within the broker's de-duplication window do not collide).
     #[arg(long)]
     first_id: Option<i64>,
+    /// The first chat's id (chats are this and the ids after it): runs with different
+    /// ones do not share chats.
+    #[arg(long, default_value_t = tgpipe_loadtest::run::FIRST_CHAT)]
+    first_chat: i64,
     /// Print one JSON line with the report on stdout.
     #[arg(long)]
     json: bool,
@@ -103,7 +107,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as i64)
     });
-    let updates = run::generate(args.updates, args.chats as usize, &args.mix, first_id);
+    let updates = run::generate_from(
+        args.updates,
+        args.chats as usize,
+        &args.mix,
+        first_id,
+        args.first_chat,
+    );
     let delivery = run::Delivery {
         url: format!("{}/webhook/{}", args.url.trim_end_matches('/'), args.bot_id),
         secret: args.secret.clone(),

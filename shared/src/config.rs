@@ -159,6 +159,11 @@ pub struct TelemetryArgs {
     /// trace export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Which spans are exported, in `RUST_LOG`'s syntax (default `info`: every span
+    /// tgpipe makes). Independent of `RUST_LOG`, so quieting the logs keeps the traces;
+    /// `OTEL_TRACES_SAMPLER` picks which traces are kept.
+    #[arg(long, env = "TGPIPE_TRACE_FILTER", default_value = "info")]
+    pub trace_filter: String,
 }
 
 /// A setting that holds a secret (webhook secrets, tokens): parsed like a string, but

@@ -36,29 +36,39 @@ pub enum TelemetryError {
     /// The OTLP exporter could not be built (a malformed endpoint, for example).
     #[error("cannot build the OTLP exporter: {0}")]
     Exporter(#[source] crate::BoxError),
+    /// `TGPIPE_TRACE_FILTER` is not a filter in `RUST_LOG`'s syntax.
+    #[error("TGPIPE_TRACE_FILTER is not a valid filter: {0}")]
+    TraceFilter(String),
     /// A global subscriber was already installed.
     #[error("a tracing subscriber is already installed")]
     AlreadyInstalled,
 }
 
-/// Installs the global subscriber: `RUST_LOG` filter (default `info`), text or JSON
-/// lines on stderr, and OTLP/HTTP span export when `args.otlp_endpoint` is set.
+/// Installs the global subscriber: text or JSON lines on stderr filtered by `RUST_LOG`
+/// (default `info`), and OTLP/HTTP span export when `args.otlp_endpoint` is set,
+/// filtered by `args.trace_filter` alone (each layer has its own filter, so
+/// `RUST_LOG=warn` quiets the logs and keeps the traces).
 pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_filter(log_filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_writer(std::io::stderr)
+            .with_filter(log_filter)
             .boxed(),
     };
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
+    // Checked before anything is installed: a typo must not silently export nothing.
+    let span_filter = EnvFilter::try_new(&args.trace_filter)
+        .map_err(|e| TelemetryError::TraceFilter(e.to_string()))?;
     let (otel, provider) = match args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         None => (None, None),
         Some(endpoint) => {
@@ -81,13 +91,14 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuar
                         .build(),
                 )
                 .build();
-            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer(service))
+                .with_filter(span_filter);
             EXPORTING.store(true, Ordering::Relaxed);
             (Some(layer), Some(provider))
         }
     };
     tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init()

@@ -105,6 +105,15 @@ pub enum WebhookCommandError {
     /// The secret has characters Telegram does not allow, or a wrong length.
     #[error("the secret must be 1 to 256 characters of A-Z, a-z, 0-9, `_` and `-`")]
     BadSecret,
+    /// The URL names a port Telegram does not post to (it posts to 443, 80, 88 and
+    /// 8443 only, and answers `setWebhook` with an error for any other).
+    #[error("{url}: Telegram sends webhooks to ports 443, 80, 88 and 8443 only, not {port}")]
+    BadPort {
+        /// The URL given.
+        url: String,
+        /// Its port.
+        port: String,
+    },
     /// The certificate file could not be read.
     #[error("certificate {path}: {source}")]
     Certificate {
@@ -198,6 +207,12 @@ pub async fn run_webhook_command(
             if !is_valid_secret(secret) {
                 return Err(WebhookCommandError::BadSecret);
             }
+            if let Some(port) = refused_port(&args.url) {
+                return Err(WebhookCommandError::BadPort {
+                    url: args.url.clone(),
+                    port: port.to_owned(),
+                });
+            }
             let allowed = allowed_updates(used_kinds, args.allowed_updates.as_deref());
             let mut params = json!({
                 "url": args.url,
@@ -270,6 +285,25 @@ fn list_or_none(list: &[String]) -> String {
     } else {
         list.join(", ")
     }
+}
+
+/// Telegram's webhook ports: <https://core.telegram.org/bots/api#setwebhook>.
+const WEBHOOK_PORTS: [&str; 4] = ["443", "80", "88", "8443"];
+
+/// The port of `url` when it names one Telegram does not post to; `None` for an allowed
+/// port or none (the scheme's default). The scheme itself is Telegram's to check.
+fn refused_port(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    // `[::1]:8443`: the port follows the bracket; a bare IPv6 address has no port.
+    let port = match host.rsplit_once(']') {
+        Some((_, after)) => after.strip_prefix(':'),
+        None => host.rsplit_once(':').map(|(_, port)| port),
+    }?;
+    (!WEBHOOK_PORTS.contains(&port)).then_some(port)
 }
 
 /// The report `webhook info` prints.
@@ -445,6 +479,27 @@ mod tests {
                 drop_pending_updates: true
             }
         );
+    }
+
+    #[test]
+    fn only_telegrams_webhook_ports_pass() {
+        for ok in [
+            "https://h/webhook/1",
+            "https://h:443/webhook/1",
+            "https://h:8443/webhook/1",
+            "https://h:88",
+            "http://h:80/x",
+            "https://user@h:8443/x",
+            "https://[2001:db8::1]/x",
+            "https://[2001:db8::1]:8443/x",
+            "https://h/a:8444",
+        ] {
+            assert_eq!(refused_port(ok), None, "{ok}");
+        }
+        assert_eq!(refused_port("https://h:8444/webhook/1"), Some("8444"));
+        assert_eq!(refused_port("https://[2001:db8::1]:8080/x"), Some("8080"));
+        assert_eq!(refused_port("https://h:/x"), Some(""));
+        assert_eq!(refused_port("https://h:99999?x"), Some("99999"));
     }
 
     #[test]

@@ -199,6 +199,56 @@ async fn sigterm_drains_in_flight_updates_and_exits_zero() {
     );
 }
 
+/// The worker of the two tests below: a short handler timeout and the least grace it
+/// allows (the handler timeout + 5 s).
+const SHORT_DRAIN: &[(&str, &str)] = &[
+    ("TGPIPE_HANDLER_TIMEOUT", "3s"),
+    ("TGPIPE_SHUTDOWN_GRACE", "8s"),
+];
+
+#[tokio::test]
+async fn a_worker_took_110_s_to_stop_on_sigterm_when_nats_was_gone() {
+    let mut s = Stack::with_latency(Duration::from_millis(0)).await;
+    let mut w = s.worker(SHORT_DRAIN).await;
+    assert_eq!(s.post(&text(41_000, 4100, "before")).await, 200);
+    s.wait_for("sendMessage", 1, Duration::from_secs(20)).await;
+    // Every partition's lease is held; NATS goes away with all of them.
+    match &mut s.nats {
+        stack::Broker::Single(server) => server.stop(),
+        stack::Broker::Cluster(_) => unreachable!("a single server"),
+    }
+    let started = std::time::Instant::now();
+    let status = w.terminate(Duration::from_secs(30));
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took <= Duration::from_secs(8),
+        "SIGTERM with NATS gone took {took:?}, over TGPIPE_SHUTDOWN_GRACE (8 s)"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_with_redis_gone_ends_within_the_shutdown_grace() {
+    let mut s = Stack::with_latency(Duration::from_millis(0)).await;
+    let mut w = s.worker(SHORT_DRAIN).await;
+    assert_eq!(s.post(&text(42_000, 4200, "before")).await, 200);
+    s.wait_for("sendMessage", 1, Duration::from_secs(20)).await;
+    s.redis.stop();
+    // Updates that now fail on Redis wait to be retried when the signal comes.
+    for i in 0..20i64 {
+        assert_eq!(s.post(&text(42_100 + i, 4300 + i, "/form")).await, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let status = w.terminate(Duration::from_secs(30));
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took <= Duration::from_secs(8),
+        "SIGTERM with Redis gone took {took:?}, over TGPIPE_SHUTDOWN_GRACE (8 s)"
+    );
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("the database is down")]
 struct DatabaseDown;

@@ -276,3 +276,30 @@ async fn worker_refuses_a_malformed_tgpipe_bots_entry_instead_of_skipping_it() {
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].params["secret_token"], "the_Secret-1");
 }
+
+/// `webhook set --url https://host:8444/...` was sent to Telegram, which posts to 443,
+/// 80, 88 and 8443 only: it is refused here, naming the port, before any call.
+#[tokio::test]
+async fn webhook_set_accepted_ports_telegram_refuses() {
+    let sink = Sink::start(SinkConfig::default()).await.unwrap();
+    let bot = Bot::with_api_url("123:TEST", &sink.url()).unwrap();
+    let dp = dispatcher();
+    let e = run(
+        &bot,
+        &dp,
+        WebhookCommand::Set(set("https://bot.example.com:8444/webhook/123", "abc")),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, WebhookCommandError::BadPort { .. }), "{e}");
+    assert!(e.to_string().contains("not 8444"), "{e}");
+    assert!(sink.calls().is_empty(), "{:?}", sink.calls());
+    for port in [443, 80, 88, 8443] {
+        let url = format!("https://bot.example.com:{port}/webhook/123");
+        let out = run(&bot, &dp, WebhookCommand::Set(set(&url, "abc")))
+            .await
+            .unwrap();
+        assert!(out.contains(&url), "{out}");
+    }
+    assert_eq!(sink.calls().len(), 4);
+}

@@ -44,6 +44,7 @@ async fn one_update_is_one_trace_from_the_webhook_to_each_bot_api_call() {
         &TelemetryArgs {
             log_format: LogFormat::Text,
             otlp_endpoint: Some(receiver.endpoint()),
+            trace_filter: "info".to_owned(),
         },
     )
     .expect("telemetry");
@@ -174,4 +175,57 @@ async fn one_update_is_one_trace_from_the_webhook_to_each_bot_api_call() {
         .map(|s| &s.trace_id)
         .collect();
     assert_eq!(traces.len(), 3, "three updates, three traces");
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, a worker at `RUST_LOG=warn` exported nothing:
+/// the log filter also filtered the spans. Span export has its own filter now
+/// (`TGPIPE_TRACE_FILTER`, default `info`), and `TGPIPE_TRACE_FILTER=off` stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_vanished_with_the_log_level_at_rust_log_warn() {
+    let stack = Stack::start().await;
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint();
+    let worker = stack
+        .worker(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("RUST_LOG", "warn"),
+        ])
+        .await;
+    assert_eq!(stack.post(&text(9101, 601, "quiet")).await, 200);
+    stack
+        .wait_for("sendMessage", 1, Duration::from_secs(30))
+        .await;
+    let spans = receiver
+        .wait_for(Duration::from_secs(20), |spans| {
+            spans
+                .iter()
+                .any(|s| s.service == "tgpipe-worker" && s.name == "sendMessage")
+        })
+        .await;
+    let update = one(&spans, "update span", |s| s.kind == CONSUMER);
+    assert_eq!(update.attr("update_id"), Some("9101"));
+    assert_eq!(update.attr("outcome"), Some("handled"));
+    assert!(receiver.rejected().is_empty(), "{:?}", receiver.rejected());
+    drop(worker);
+
+    // The span filter is a real filter: `off` exports nothing, whatever `RUST_LOG` says.
+    let quiet = OtlpReceiver::start().await;
+    let off = quiet.endpoint();
+    let silent = stack
+        .worker(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", off.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("RUST_LOG", "info"),
+            ("TGPIPE_TRACE_FILTER", "off"),
+        ])
+        .await;
+    assert_eq!(stack.post(&text(9102, 602, "silent")).await, 200);
+    stack
+        .wait_for("sendMessage", 2, Duration::from_secs(30))
+        .await;
+    // Five batch delays: spans made for the reply would have been sent by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(silent);
+    assert!(quiet.spans().is_empty(), "{:#?}", quiet.spans());
 }

@@ -160,12 +160,14 @@ impl Transition {
         old: MemberGroup::IS_MEMBER,
         new: MemberGroup::IS_NOT_MEMBER,
     };
-    /// Someone became an administrator.
+    /// Someone became an administrator: aiogram's `PROMOTED_TRANSITION`,
+    /// `(MEMBER | RESTRICTED | LEFT | KICKED) >> ADMINISTRATOR`. Becoming the creator (an
+    /// ownership transfer) is not a promotion.
     pub const PROMOTED: Transition = Transition {
         old: MemberGroup(
             MemberGroup::IS_MEMBER.0 & !MemberGroup::IS_ADMIN.0 | MemberGroup::IS_NOT_MEMBER.0,
         ),
-        new: MemberGroup::IS_ADMIN,
+        new: MemberGroup(1 << MemberStatus::Administrator as u8),
     };
 }
 

@@ -158,6 +158,26 @@ impl<A: Filter, B: Filter> Filter for And<A, B> {
     }
 }
 
+/// Filters given together all pass, as aiogram's filters given to one registration:
+/// `.filter((Form::Name, text::plain()))` is `.filter(Form::Name).filter(text::plain())`.
+impl<A: Filter, B: Filter> Filter for (A, B) {
+    fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+        Box::pin(async move {
+            let mut values = self.0.check(cx).await?;
+            let mut seen = cx.clone();
+            seen.extend(values.clone());
+            values.extend(self.1.check(&seen).await?);
+            Some(values)
+        })
+    }
+    fn provides(&self) -> Vec<TypeId> {
+        [self.0.provides(), self.1.provides()].concat()
+    }
+    fn requires(&self) -> Vec<crate::extract::Requirement> {
+        [self.0.requires(), self.1.requires()].concat()
+    }
+}
+
 /// See [`FilterExt::or`].
 #[derive(Debug, Clone)]
 pub struct Or<A, B>(A, B);
@@ -259,6 +279,23 @@ pub mod text {
     pub fn any() -> impl Filter {
         |cx: &Context| message_text(cx).is_some()
     }
+
+    /// A message text that is not a command (aiogram's `F.text & ~F.text.startswith("/")`):
+    /// what a form's steps and an echo want.
+    ///
+    /// ```
+    /// use tgpipe::filter::text;
+    /// use tgpipe::Router;
+    ///
+    /// let mut router = Router::new("echo");
+    /// router.message(|| async {}).filter(text::plain());
+    /// ```
+    pub fn plain() -> impl Filter {
+        |cx: &Context| {
+            let text = cx.event().message().and_then(|m| m.text.as_deref());
+            text.is_some_and(|t| !t.starts_with('/'))
+        }
+    }
 }
 
 /// A parsed command: `/start@my_bot payload` is prefix `/`, command `start`, mention
@@ -306,11 +343,56 @@ pub struct Command {
     ignore_mention: bool,
 }
 
+/// The names a [`Command`] matches: one name (`"start"`) or a list of aliases
+/// (`["start", "begin"]`, a `Vec`, a slice).
+pub trait CommandNames {
+    /// The names.
+    fn into_names(self) -> Vec<String>;
+}
+
+impl CommandNames for &str {
+    fn into_names(self) -> Vec<String> {
+        vec![self.to_owned()]
+    }
+}
+
+impl CommandNames for String {
+    fn into_names(self) -> Vec<String> {
+        vec![self]
+    }
+}
+
+impl<S: Into<String>, const N: usize> CommandNames for [S; N] {
+    fn into_names(self) -> Vec<String> {
+        self.into_iter().map(Into::into).collect()
+    }
+}
+
+impl<S: Into<String>> CommandNames for Vec<S> {
+    fn into_names(self) -> Vec<String> {
+        self.into_iter().map(Into::into).collect()
+    }
+}
+
+impl<S: Into<String> + Clone> CommandNames for &[S] {
+    fn into_names(self) -> Vec<String> {
+        self.iter().cloned().map(Into::into).collect()
+    }
+}
+
 impl Command {
-    /// Matches any of `names` (aliases).
-    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Command {
+    /// Matches `names`: one name or a list of aliases.
+    ///
+    /// ```
+    /// use tgpipe::filter::Command;
+    ///
+    /// assert!(Command::new("form").parse("/form", None).is_some());
+    /// assert!(Command::new(["help", "h"]).parse("/h", None).is_some());
+    /// ```
+    pub fn new(names: impl CommandNames) -> Command {
+        let names = names.into_names();
         Command {
-            names: names.into_iter().map(Into::into).collect(),
+            names,
             prefixes: "/".into(),
             ignore_case: false,
             ignore_mention: false,
@@ -323,7 +405,8 @@ impl Command {
         self
     }
 
-    /// Match the name whatever its case.
+    /// Match the name whatever its case, in any script (`/СТАРТ` is `старт`), as
+    /// aiogram's casefolding does.
     pub fn ignore_case(mut self) -> Command {
         self.ignore_case = true;
         self
@@ -348,8 +431,9 @@ impl Command {
             ),
             None => (rest, None),
         };
+        // `/start@` (an empty mention) is `/start`, as aiogram reads it.
         let (command, mention) = match head.split_once('@') {
-            Some((c, m)) => (c, Some(m.to_owned())),
+            Some((c, m)) => (c, Some(m.to_owned()).filter(|m| !m.is_empty())),
             None => (head, None),
         };
         if command.is_empty() {
@@ -360,12 +444,12 @@ impl Command {
         {
             return None;
         }
-        let matches = self.names.iter().any(|n| {
-            if self.ignore_case {
-                n.eq_ignore_ascii_case(command)
-            } else {
-                n == command
-            }
+        // aiogram casefolds both sides; full lowercasing is Rust's nearest (it differs
+        // only for a few letters, such as `ß`, that casefolding expands).
+        let folded = self.ignore_case.then(|| command.to_lowercase());
+        let matches = self.names.iter().any(|n| match &folded {
+            Some(folded) => n.to_lowercase() == *folded,
+            None => n == command,
         });
         matches.then(|| CommandObject {
             prefix,

@@ -335,6 +335,35 @@ impl FsmContext {
         Ok(value.unwrap_or_default())
     }
 
+    /// Sets one field of the data document, atomically, keeping the others (aiogram's
+    /// `update_data(name=value)`): a form needs no struct for its answers. Read it back
+    /// with [`FsmContext::get_value`].
+    ///
+    /// ```
+    /// use tgpipe::fsm::{FsmContext, FsmKey, MemoryStorage};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let fsm = FsmContext::new(std::sync::Arc::new(MemoryStorage::new()), FsmKey::new(1, 2, 3));
+    /// fsm.set_value("name", "Ada").await?;
+    /// fsm.set_value("age", 36).await?;
+    /// assert_eq!(fsm.get_value::<String>("name").await?.as_deref(), Some("Ada"));
+    /// assert_eq!(fsm.get_value::<u8>("age").await?, Some(36));
+    /// # Ok::<(), tgpipe::FsmError>(()) }).unwrap();
+    /// ```
+    pub async fn set_value<T: Serialize>(&self, field: &str, value: T) -> Result<(), FsmError> {
+        // The document is read as a JSON-like map so that fields of any type survive;
+        // MessagePack's binary values are the one thing it cannot hold (a decode error).
+        let value = serde_json::to_value(&value).map_err(|e| FsmError::Encode {
+            type_name: type_name::<T>(),
+            source: rmp_serde::encode::Error::Syntax(e.to_string()),
+        })?;
+        self.update_data(|doc: &mut serde_json::Map<String, serde_json::Value>| {
+            doc.insert(field.to_owned(), value.clone());
+        })
+        .await
+        .map(drop)
+    }
+
     /// One field of the data document, decoded as a `T` (`None` when the document or
     /// the field is absent). The other fields are skipped, not decoded.
     pub async fn get_value<T: DeserializeOwned>(&self, field: &str) -> Result<Option<T>, FsmError> {

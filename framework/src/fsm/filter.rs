@@ -8,7 +8,6 @@ use crate::handler::BoxFuture;
 #[derive(Debug, Clone)]
 enum Wanted {
     OneOf(Vec<StateName>),
-    Group(&'static str),
     Any,
     None,
 }
@@ -43,9 +42,15 @@ impl StateFilter {
         StateFilter(Wanted::OneOf(states.into_iter().map(Into::into).collect()))
     }
 
-    /// The state is one of group `G`'s.
+    /// The state is one of group `G`'s declared states (aiogram's `StateFilter(Form)`): a
+    /// stored name with the group's prefix that no variant declares does not pass.
     pub fn in_group<G: StatesGroup>() -> StateFilter {
-        StateFilter(Wanted::Group(G::GROUP))
+        StateFilter(Wanted::OneOf(
+            G::all()
+                .iter()
+                .map(|s| StateName::from_static(s.name()))
+                .collect(),
+        ))
     }
 
     /// There is a state (aiogram's `StateFilter("*")` with a state set).
@@ -61,9 +66,6 @@ impl StateFilter {
     fn matches(&self, state: Option<&str>) -> bool {
         match (&self.0, state) {
             (Wanted::OneOf(states), Some(s)) => states.iter().any(|w| w.as_str() == s),
-            (Wanted::Group(g), Some(s)) => {
-                s.strip_prefix(g).is_some_and(|rest| rest.starts_with(':'))
-            }
             (Wanted::Any, Some(_)) | (Wanted::None, None) => true,
             _ => false,
         }
@@ -72,23 +74,60 @@ impl StateFilter {
 
 impl Filter for StateFilter {
     fn requires(&self) -> Vec<crate::extract::Requirement> {
-        vec![crate::extract::Requirement::of::<super::FsmInstalled>()]
+        needs_fsm()
     }
 
     fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
-        Box::pin(async move {
-            let fsm = cx.get::<FsmContext>()?;
-            match fsm.state().await {
-                Ok(state) => self.matches(state.as_deref()).then(Default::default),
-                // The dispatcher reads the state before routing, so this only happens
-                // with a context built by hand; a filter cannot fail, so it rejects.
-                Err(e) => {
-                    tracing::warn!(key = %fsm.key(), error = %e, "state filter could not read the FSM state");
-                    None
-                }
-            }
-        })
+        check(cx, move |state| self.matches(state))
     }
+}
+
+/// What a state filter requires: the FSM.
+fn needs_fsm() -> Vec<crate::extract::Requirement> {
+    vec![crate::extract::Requirement::of::<super::FsmInstalled>()]
+}
+
+/// A state of a group is a filter passing in that state (aiogram's `@router.message(Form.name)`),
+/// the same as `StateFilter::is(state)`: [`states!`](crate::states) implements
+/// [`Filter`] with this.
+///
+/// ```
+/// use tgpipe::prelude::*;
+///
+/// tgpipe::states! { enum Form { Name, Age } }
+///
+/// let mut router = Router::new("form");
+/// router.message(|| async {}).filter((Form::Name, text::plain()));
+/// ```
+#[doc(hidden)]
+pub fn state_is<'a>(state: impl StatesGroup, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
+    let name = state.name();
+    check(cx, move |state| state == Some(name))
+}
+
+/// What a state filter requires: the FSM (for [`states!`](crate::states)).
+#[doc(hidden)]
+pub fn state_requires() -> Vec<crate::extract::Requirement> {
+    needs_fsm()
+}
+
+/// Reads the update's state and asks `matches`.
+fn check<'a>(
+    cx: &'a Context,
+    matches: impl FnOnce(Option<&str>) -> bool + Send + 'a,
+) -> BoxFuture<'a, FilterOutcome> {
+    Box::pin(async move {
+        let fsm = cx.get::<FsmContext>()?;
+        match fsm.state().await {
+            Ok(state) => matches(state.as_deref()).then(Default::default),
+            // The dispatcher reads the state before routing, so this only happens
+            // with a context built by hand; a filter cannot fail, so it rejects.
+            Err(e) => {
+                tracing::warn!(key = %fsm.key(), error = %e, "state filter could not read the FSM state");
+                None
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -108,7 +147,19 @@ mod tests {
         );
         assert!(!f.matches(Some("Form")));
         assert!(!f.matches(None));
+        assert!(!f.matches(Some("Form:Undeclared")));
         assert!(StateFilter::in_group::<FormExtra>().matches(Some("FormExtra:Name")));
+    }
+
+    /// aiogram's `StateFilter(Form)` passes only the group's declared states.
+    #[test]
+    fn state_filter_for_a_group_passes_only_declared_states() {
+        let f = StateFilter::in_group::<Form>();
+        assert!(f.matches(Some("Form:Name")) && f.matches(Some("Form:Age")));
+        assert!(
+            !f.matches(Some("Form:Email")),
+            "a name the group does not declare"
+        );
     }
 
     #[test]

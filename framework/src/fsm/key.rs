@@ -6,7 +6,9 @@
 
 use std::fmt;
 
-use crate::update::Update;
+use frankenstein::types::MaybeInaccessibleMessage;
+
+use crate::update::{Event, Update};
 
 /// The identity of one FSM record: one state and one data document.
 ///
@@ -118,26 +120,25 @@ impl KeyStrategy {
         !matches!(self, KeyStrategy::GlobalUser)
     }
 
-    /// The key of `update`, or `None` when it lacks the chat or user the strategy needs
-    /// (polls, unknown kinds, inline queries under `Chat`).
+    /// The key of `update`, or `None` when it has neither a chat nor a user (polls,
+    /// unknown kinds).
+    ///
+    /// As in aiogram, an update with a user and no chat (an inline query, a shipping
+    /// query) is keyed as the user's private chat, under every strategy; and the topic
+    /// strategies add the thread only for a topic message (`is_topic_message`), since in
+    /// an ordinary supergroup a thread id is a reply thread.
     pub fn key(self, update: &Update) -> Option<FsmKey> {
         let bot = update.bot.0;
+        let user = update.user_id;
+        let chat = update.chat_id.or(user)?;
         let (chat, user) = match self {
-            KeyStrategy::UserInChat | KeyStrategy::UserInTopic => {
-                (update.chat_id?, update.user_id?)
-            }
-            KeyStrategy::Chat | KeyStrategy::ChatTopic => {
-                let chat = update.chat_id?;
-                (chat, chat)
-            }
-            KeyStrategy::GlobalUser => {
-                let user = update.user_id?;
-                (user, user)
-            }
+            KeyStrategy::UserInChat | KeyStrategy::UserInTopic => (chat, user?),
+            KeyStrategy::Chat | KeyStrategy::ChatTopic => (chat, chat),
+            KeyStrategy::GlobalUser => (user?, user?),
         };
         let mut key = FsmKey::new(bot, chat, user);
         if matches!(self, KeyStrategy::UserInTopic | KeyStrategy::ChatTopic) {
-            key.thread_id = update.thread_id;
+            key.thread_id = topic_thread(update);
         }
         if self != KeyStrategy::GlobalUser {
             key.business_connection_id = update
@@ -146,6 +147,22 @@ impl KeyStrategy {
                 .and_then(|m| m.business_connection_id.clone());
         }
         Some(key)
+    }
+}
+
+/// The forum topic of an update: its thread, when its message (or the message of its
+/// button) is a topic message.
+fn topic_thread(update: &Update) -> Option<i64> {
+    let message = match &update.event {
+        Event::CallbackQuery(q) => match q.message.as_ref()? {
+            MaybeInaccessibleMessage::Message(m) => m,
+            MaybeInaccessibleMessage::InaccessibleMessage(_) => return None,
+        },
+        event => event.message()?,
+    };
+    match message.is_topic_message {
+        Some(true) => update.thread_id,
+        _ => None,
     }
 }
 

@@ -34,6 +34,8 @@ pub(crate) use self::context::FsmInstalled;
 pub use self::error::FsmError;
 pub use self::fence::{OwnerFence, with_owner_fence};
 pub use self::filter::StateFilter;
+#[doc(hidden)]
+pub use self::filter::{state_is, state_requires};
 pub use self::key::{FsmKey, KeyStrategy};
 pub use self::lock::Isolation;
 pub use self::memory::MemoryStorage;

@@ -62,7 +62,8 @@ pub trait StatesGroup: Copy + Send + Sync + 'static {
 }
 
 /// Declares a [`StatesGroup`](crate::fsm::StatesGroup): an enum of states named
-/// `<Enum>:<Variant>`, convertible into [`StateName`](crate::fsm::StateName).
+/// `<Enum>:<Variant>`, convertible into [`StateName`](crate::fsm::StateName); each state
+/// is a filter passing in that state (`.filter(Form::Name)`).
 ///
 /// ```
 /// use tgpipe::fsm::{StateName, StatesGroup};
@@ -97,6 +98,18 @@ macro_rules! states {
                 match self {
                     $($group::$state => concat!(stringify!($group), ":", stringify!($state)),)+
                 }
+            }
+        }
+
+        impl $crate::filter::Filter for $group {
+            fn check<'a>(
+                &'a self,
+                cx: &'a $crate::Context,
+            ) -> $crate::handler::BoxFuture<'a, $crate::filter::FilterOutcome> {
+                $crate::fsm::state_is(*self, cx)
+            }
+            fn requires(&self) -> ::std::vec::Vec<$crate::extract::Requirement> {
+                $crate::fsm::state_requires()
             }
         }
 

@@ -53,6 +53,21 @@ pub struct UpdateSpec {
 /// `first_id`. Private chats have positive ids; member events go to group chats, whose
 /// ids are the negated private ones.
 pub fn generate(n: usize, chats: usize, mix: &[Kind], first_id: i64) -> Vec<UpdateSpec> {
+    generate_from(n, chats, mix, first_id, FIRST_CHAT)
+}
+
+/// The first private chat's (and user's) id of [`generate`].
+pub const FIRST_CHAT: i64 = 10_000_000;
+
+/// As [`generate`], with the private chats' (and users') ids from `first_chat`: runs
+/// with different ones do not share chats (a flooding chat and the chats beside it).
+pub fn generate_from(
+    n: usize,
+    chats: usize,
+    mix: &[Kind],
+    first_id: i64,
+    first_chat: i64,
+) -> Vec<UpdateSpec> {
     let chats = chats.max(1);
     let mix = if mix.is_empty() {
         &[Kind::Text][..]
@@ -64,7 +79,7 @@ pub fn generate(n: usize, chats: usize, mix: &[Kind], first_id: i64) -> Vec<Upda
         .map(|i| {
             let update_id = first_id + i as i64;
             let slot = i % chats;
-            let user = 10_000_000 + slot as i64;
+            let user = first_chat + slot as i64;
             let kind = mix[i % mix.len()];
             let token = format!("lt{update_id}");
             let date = 1_732_400_000 + i as i64;

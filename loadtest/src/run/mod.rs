@@ -17,6 +17,6 @@ mod generate;
 mod report;
 mod send;
 
-pub use generate::{Kind, UpdateSpec, generate};
+pub use generate::{FIRST_CHAT, Kind, UpdateSpec, generate, generate_from};
 pub use report::{Latency, Report, SinkCall, collect_replies, match_replies};
 pub use send::{Delivery, DeliveryOutcome, Progress, deliver};

@@ -3,7 +3,8 @@
 //!
 //! Where [`SinkConfig`](super::SinkConfig) injects faults at a rate (for load tests), a
 //! queue makes one exact answer happen once, which is what a client's tests need: each
-//! queued fault answers one call of its method (or of any method, for `"*"`), in order.
+//! queued fault answers one call of its method (or of any method, for `"*"`), in order;
+//! a fault queued for a chat answers only a call addressed to that chat (`chat_id`).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -12,6 +13,8 @@
 //! let sink = Sink::start(SinkConfig::default()).await?;
 //! sink.push_fault("sendMessage", Fault::retry_after(2));
 //! sink.push_fault("*", Fault::server(502));
+//! // Only chat 42's next reply waits 28 s; other chats are answered at once.
+//! sink.push_chat_fault("sendMessage", 42, Fault::slow(std::time::Duration::from_secs(28)));
 //! # Ok(()) }
 //! ```
 
@@ -128,11 +131,16 @@ impl Fault {
     }
 }
 
-/// A queued fault and the method it is for (`"*"`: any).
+/// A queued fault and the method it is for (`"*"`: any), optionally for one chat's
+/// calls only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueuedFault {
     /// The method, case-insensitive, or `"*"`.
     pub method: String,
+    /// Only for calls whose `chat_id` is this chat (see
+    /// [`SinkHandle::push_chat_fault`](super::SinkHandle::push_chat_fault)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<i64>,
     /// The answer.
     pub fault: Fault,
 }

@@ -24,6 +24,14 @@ impl ApiError {
         }
     }
 
+    pub(crate) fn server() -> ApiError {
+        ApiError {
+            code: 500,
+            description: "Internal Server Error".to_owned(),
+            parameters: None,
+        }
+    }
+
     pub(crate) fn not_found() -> ApiError {
         ApiError {
             code: 404,

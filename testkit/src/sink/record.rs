@@ -18,9 +18,13 @@ pub struct RecordedCall {
     pub params: serde_json::Value,
     /// Files uploaded in a multipart body.
     pub files: Vec<RecordedFile>,
-    /// Arrival time.
+    /// When it was answered (after the latency and any slow fault), as it is recorded.
     #[serde(with = "unix_ms")]
     pub at: SystemTime,
+    /// When its request had been read (before the latency and any slow fault): a call
+    /// is in flight from `received` to `at`.
+    #[serde(with = "unix_ms")]
+    pub received: SystemTime,
     /// The HTTP status it was answered with.
     pub status: u16,
 }

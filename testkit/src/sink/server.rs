@@ -75,6 +75,9 @@ pub(crate) struct Inner {
     pub(crate) updates: VecDeque<Value>,
     /// Queued faults by lower-case method (`*`: any).
     faults: HashMap<String, VecDeque<Fault>>,
+    /// Queued faults for the calls addressed to one chat, by lower-case method (`*`:
+    /// any) and chat id.
+    chat_faults: HashMap<(String, i64), VecDeque<Fault>>,
 }
 
 impl Inner {
@@ -89,6 +92,7 @@ impl Inner {
             webhook: WebhookState::default(),
             updates: VecDeque::new(),
             faults: HashMap::new(),
+            chat_faults: HashMap::new(),
         }
     }
 
@@ -108,6 +112,27 @@ impl Inner {
     fn push_fault(&mut self, method: &str, fault: Fault) {
         self.faults
             .entry(method.to_ascii_lowercase())
+            .or_default()
+            .push_back(fault);
+    }
+
+    /// The next queued fault for `method` addressed to `chat`: its own queue first,
+    /// then `*`'s of that chat.
+    fn take_chat_fault(&mut self, method: &str, chat: i64) -> Option<Fault> {
+        let lower = method.to_ascii_lowercase();
+        for key in [lower, "*".to_owned()] {
+            if let Some(q) = self.chat_faults.get_mut(&(key, chat))
+                && let Some(f) = q.pop_front()
+            {
+                return Some(f);
+            }
+        }
+        None
+    }
+
+    fn push_chat_fault(&mut self, method: &str, chat: i64, fault: Fault) {
+        self.chat_faults
+            .entry((method.to_ascii_lowercase(), chat))
             .or_default()
             .push_back(fault);
     }
@@ -299,9 +324,21 @@ impl SinkHandle {
         self.shared.lock().push_fault(method, fault);
     }
 
-    /// How many queued faults are still to be answered.
+    /// Queues a fault for one chat: the next call of `method` (case-insensitive; `"*"`:
+    /// of any method) whose `chat_id` is `chat` is answered with it. A chat's own queue
+    /// goes before the queues of [`SinkHandle::push_fault`]; calls to other chats do
+    /// not see it. Such a call is answered and recorded even if its client hangs up
+    /// meanwhile (a pod killed while its call waits out a [`Fault::Slow`]): Telegram
+    /// acts on a request it has received whether or not the answer is read.
+    pub fn push_chat_fault(&self, method: &str, chat: i64, fault: Fault) {
+        self.shared.lock().push_chat_fault(method, chat, fault);
+    }
+
+    /// How many queued faults (of any chat) are still to be answered.
     pub fn pending_faults(&self) -> usize {
-        self.shared.lock().faults.values().map(VecDeque::len).sum()
+        let inner = self.shared.lock();
+        inner.faults.values().map(VecDeque::len).sum::<usize>()
+            + inner.chat_faults.values().map(VecDeque::len).sum::<usize>()
     }
 
     /// The webhook's URL as set by `setWebhook` (empty when none).
@@ -355,12 +392,66 @@ async fn call(
         return envelope(404, ApiError::not_found().body());
     };
     let bot_id = token_bot_id(token);
-    let (max_body, latency, fault) = {
-        let mut inner = shared.lock();
-        let fault = inner.take_fault(&method);
-        (inner.config.max_body, inner.config.latency, fault)
-    };
+    let max_body = shared.lock().config.max_body;
     let parsed = parse_params(query.as_deref(), request, max_body).await;
+    let received = SystemTime::now();
+    // The request is read: a fault queued for its chat, else one for its method.
+    let (latency, fault, for_chat) = {
+        let mut inner = shared.lock();
+        let chat = parsed
+            .as_ref()
+            .ok()
+            .and_then(|(params, _)| addressed_chat(params));
+        let chat_fault = chat.and_then(|chat| inner.take_chat_fault(&method, chat));
+        let for_chat = chat_fault.is_some();
+        let fault = chat_fault.or_else(|| inner.take_fault(&method));
+        (inner.config.latency, fault, for_chat)
+    };
+    let respond = respond(
+        Arc::clone(&shared),
+        Call {
+            bot_id,
+            method,
+            received,
+        },
+        parsed,
+        latency,
+        fault,
+    );
+    if for_chat {
+        // Finished even when the client goes away while it waits.
+        tokio::spawn(respond)
+            .await
+            .unwrap_or_else(|_| envelope(500, ApiError::server().body()))
+    } else {
+        respond.await
+    }
+}
+
+/// The chat a call addresses, when its `chat_id` is a number.
+fn addressed_chat(params: &Value) -> Option<i64> {
+    match params.get("chat_id") {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A read call: who, what, when.
+struct Call {
+    bot_id: Option<u64>,
+    method: String,
+    received: SystemTime,
+}
+
+/// Waits out the latency (and a slow fault), answers and records a read call.
+async fn respond(
+    shared: Arc<Shared>,
+    call: Call,
+    parsed: Result<(Value, Vec<RecordedFile>), ApiError>,
+    latency: Duration,
+    fault: Option<Fault>,
+) -> Response {
     let delay = match &fault {
         Some(Fault::Slow { ms }) => latency + Duration::from_millis(*ms),
         _ => latency,
@@ -368,23 +459,24 @@ async fn call(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let bot_id = call.bot_id;
     if let Some(Fault::Malformed { status, body }) = fault {
         let params = parsed.map(|(p, _)| p).unwrap_or(Value::Null);
-        record(&shared, bot_id, method, params, Vec::new(), status);
+        record(&shared, call, params, Vec::new(), status);
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return (code, [(header::CONTENT_TYPE, "text/html")], body).into_response();
     }
     let (status, body, params, files) = match parsed {
         Err(e) => (e.code, e.body(), Value::Null, Vec::new()),
         Ok((params, files)) => {
-            let outcome = answer(&shared, bot_id, &method, &params, &files, fault).await;
+            let outcome = answer(&shared, bot_id, &call.method, &params, &files, fault).await;
             match outcome {
                 Ok(result) => (200, json!({"ok": true, "result": result}), params, files),
                 Err(e) => (e.code, e.body(), params, files),
             }
         }
     };
-    record(&shared, bot_id, method, params, files, status);
+    record(&shared, call, params, files, status);
     envelope(status, body)
 }
 
@@ -446,8 +538,11 @@ async fn answer(
 
 fn record(
     shared: &Shared,
-    bot_id: Option<u64>,
-    method: String,
+    Call {
+        bot_id,
+        method,
+        received,
+    }: Call,
     params: Value,
     files: Vec<RecordedFile>,
     status: u16,
@@ -465,6 +560,7 @@ fn record(
             params,
             files,
             at: SystemTime::now(),
+            received,
             status,
         });
     }
@@ -645,7 +741,8 @@ async fn control_updates(State(shared): State<Arc<Shared>>, body: axum::body::By
     (StatusCode::OK, axum::Json(json!({"queued": n}))).into_response()
 }
 
-/// `POST /_sink/faults`: one `{"method": .., "fault": {"kind": ..}}` or an array of them.
+/// `POST /_sink/faults`: one `{"method": .., "fault": {"kind": ..}}` (with `"chat": <id>`:
+/// for that chat's calls only) or an array of them.
 async fn control_faults(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let faults = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Array(items)) => items,
@@ -665,10 +762,83 @@ async fn control_faults(State(shared): State<Arc<Shared>>, body: axum::body::Byt
             let n = faults.len();
             let mut inner = shared.lock();
             for f in faults {
-                inner.push_fault(&f.method, f.fault);
+                match f.chat {
+                    Some(chat) => inner.push_chat_fault(&f.method, chat, f.fault),
+                    None => inner.push_fault(&f.method, f.fault),
+                }
             }
             (StatusCode::OK, axum::Json(json!({"queued": n}))).into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn send(sink: &SinkHandle, chat: i64, timeout: Duration) -> Option<u16> {
+        let response = reqwest::Client::new()
+            .post(format!("{}/bot1:T/sendMessage", sink.url()))
+            .json(&json!({"chat_id": chat, "text": "hi"}))
+            .timeout(timeout)
+            .send()
+            .await
+            .ok()?;
+        Some(response.status().as_u16())
+    }
+
+    #[tokio::test]
+    async fn a_chat_fault_answers_only_that_chats_next_call() {
+        let sink = Sink::start(SinkConfig::default()).await.unwrap();
+        let long = Duration::from_secs(10);
+        sink.push_chat_fault("sendMessage", 7, Fault::retry_after(60));
+        sink.push_fault("sendMessage", Fault::server(502));
+        // Chat 8 gets the method's fault, chat 7 its own first, then the normal answer.
+        assert_eq!(send(&sink, 8, long).await, Some(502));
+        assert_eq!(sink.pending_faults(), 1);
+        assert_eq!(send(&sink, 8, long).await, Some(200));
+        assert_eq!(send(&sink, 7, long).await, Some(429));
+        assert_eq!(send(&sink, 7, long).await, Some(200));
+        assert_eq!(sink.pending_faults(), 0);
+        // The same through the control API, for `*` and a chat id given as a string.
+        let queued = reqwest::Client::new()
+            .post(format!("{}/_sink/faults", sink.url()))
+            .json(&json!([{"method": "*", "chat": 9, "fault": {"kind": "error", "code": 403, "description": "Forbidden"}}]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(queued.status(), 200);
+        let form = reqwest::Client::new()
+            .post(format!("{}/bot1:T/sendMessage", sink.url()))
+            .form(&[("chat_id", "9"), ("text", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(form.status(), 403);
+        let statuses: Vec<u16> = sink.calls().iter().map(|c| c.status).collect();
+        assert_eq!(statuses, [502, 200, 429, 200, 403]);
+    }
+
+    #[tokio::test]
+    async fn a_chat_delay_is_answered_and_recorded_after_its_client_hung_up() {
+        let sink = Sink::start(SinkConfig::default()).await.unwrap();
+        sink.push_chat_fault("sendMessage", 7, Fault::slow(Duration::from_millis(600)));
+        let started = Instant::now();
+        // The client gives up after 100 ms (a pod killed mid-call).
+        assert_eq!(send(&sink, 7, Duration::from_millis(100)).await, None);
+        // Another chat is not delayed.
+        assert_eq!(send(&sink, 8, Duration::from_secs(10)).await, Some(200));
+        assert!(started.elapsed() < Duration::from_millis(500));
+        let calls = sink
+            .wait_for_method("sendMessage", 2, Duration::from_secs(5))
+            .await;
+        assert!(started.elapsed() >= Duration::from_millis(600));
+        let chats: Vec<&Value> = calls.iter().map(|c| &c.params["chat_id"]).collect();
+        assert_eq!(chats, [&json!(8), &json!(7)]);
+        assert!(calls.iter().all(|c| c.status == 200));
+        // In flight for the delay: read at once, answered 600 ms later.
+        let slow = calls[1].at.duration_since(calls[1].received).unwrap();
+        assert!(slow >= Duration::from_millis(600), "{slow:?}");
     }
 }

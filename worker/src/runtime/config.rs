@@ -412,6 +412,11 @@ pub struct RunArgs {
     /// written `custom:<name>`.
     #[arg(long = "lane-kinds", env = "TGPIPE_LANE_KINDS", default_value = "all")]
     pub lane_kinds: String,
+    /// Start even when this lane takes some but not all of the update kinds whose
+    /// handlers use FSM state. FSM state is fenced per lane, so a conversation split over
+    /// two lanes can have two of its updates handled at once.
+    #[arg(long, env = "TGPIPE_ALLOW_FSM_SPLIT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_fsm_split: bool,
     /// Handlers running at once in this pod (run slots; one update of a chat at a time).
     /// A slot is held only while a handler runs: retry waits, Telegram pauses and rate
     /// limits give it back. Bots with work waiting take turns.
@@ -435,7 +440,10 @@ pub struct RunArgs {
     #[arg(long, env = "TGPIPE_MAX_HELD_PER_CHAT", default_value_t = 2048,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_held_per_chat: u32,
-    /// Unacknowledged updates one partition's consumer allows; 0 means `TGPIPE_MAX_HELD`.
+    /// Unacknowledged updates one partition's consumer allows; 0 means the larger of
+    /// `TGPIPE_MAX_HELD` and 32768. Updates past a chat's or the pod's memory cap are
+    /// parked (about 100 bytes each), so this, not memory, bounds how far one chat's
+    /// flood can run ahead of its partition's other chats.
     #[arg(long, env = "TGPIPE_MAX_ACK_PENDING", default_value_t = 0)]
     pub max_ack_pending: u32,
     /// Partitions of the lane: the units of ownership that are balanced over its pods
@@ -566,7 +574,7 @@ impl RunArgs {
     /// `max_ack_pending` of each partition's consumer.
     pub fn max_ack_pending(&self) -> i64 {
         if self.max_ack_pending == 0 {
-            i64::from(self.max_held)
+            i64::from(self.max_held.max(DEFAULT_MAX_ACK_PENDING))
         } else {
             i64::from(self.max_ack_pending)
         }
@@ -652,6 +660,7 @@ impl RunArgs {
                 handler_timeout: self.handler_timeout,
             },
             seen: (self.seen_cap > 0).then_some((self.seen_cap, self.seen_ttl)),
+            allow_fsm_split: self.allow_fsm_split,
             lane,
             consumers,
             bots,
@@ -669,6 +678,10 @@ impl RunArgs {
         })
     }
 }
+
+/// The least `max_ack_pending` of a partition's consumer by default: a chat's flood
+/// parks within it while the partition's other chats are still delivered.
+const DEFAULT_MAX_ACK_PENDING: u32 = 32_768;
 
 /// What the drain needs beyond the handler timeout: settling the last updates, handing
 /// the leases over and flushing the acknowledgements.
@@ -702,6 +715,8 @@ pub struct WorkerConfig {
     pub(crate) removed_policy: RemovedPolicy,
     /// The lane this process serves.
     pub(crate) lane: Lane,
+    /// Whether the lane may split the kinds that share FSM state (`TGPIPE_ALLOW_FSM_SPLIT`).
+    pub(crate) allow_fsm_split: bool,
     /// How the lane's partition consumers are set up.
     pub(crate) consumers: ConsumerSettings,
     /// How the lane's pods share its partitions.
@@ -766,6 +781,56 @@ pub enum ConfigError {
     /// `REDIS_URL` does not parse.
     #[error("REDIS_URL (--redis-url): {0}")]
     RedisUrl(#[source] redis::RedisError),
+    /// The lane takes some but not all of the kinds whose handlers share FSM state.
+    #[error(
+        "lane `{lane}` (TGPIPE_LANE_KINDS) takes {taken} but not {left}, whose handlers share FSM state ({observers}): FSM state is fenced per lane, so keep these kinds in one lane, or set TGPIPE_ALLOW_FSM_SPLIT=true to split them on purpose"
+    )]
+    FsmSplit {
+        /// The lane.
+        lane: String,
+        /// The FSM kinds it takes, comma separated.
+        taken: String,
+        /// The FSM kinds it leaves to other lanes, comma separated.
+        left: String,
+        /// The observers that use FSM state, as `router/kind`.
+        observers: String,
+    },
+}
+
+/// Refuses a lane that takes some but not all of the kinds whose observers use FSM
+/// state (`fsm_observers`: `(router, kind)`, from the dispatcher), unless `allow`.
+pub(crate) fn check_fsm_split(
+    lane: &Lane,
+    fsm_observers: &[(String, UpdateKind)],
+    allow: bool,
+) -> Result<(), ConfigError> {
+    let mut kinds: Vec<&UpdateKind> = fsm_observers.iter().map(|(_, k)| k).collect();
+    kinds.sort();
+    kinds.dedup();
+    let (taken, left): (Vec<&UpdateKind>, Vec<&UpdateKind>) =
+        kinds.into_iter().partition(|k| lane.takes(k));
+    if taken.is_empty() || left.is_empty() {
+        return Ok(());
+    }
+    let list = |kinds: &[&UpdateKind]| {
+        let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        names.join(", ")
+    };
+    let observers: Vec<String> = fsm_observers
+        .iter()
+        .map(|(router, kind)| format!("{router}/{kind}"))
+        .collect();
+    let e = ConfigError::FsmSplit {
+        lane: lane.name().to_owned(),
+        taken: list(&taken),
+        left: list(&left),
+        observers: observers.join(", "),
+    };
+    if allow {
+        tracing::warn!("TGPIPE_ALLOW_FSM_SPLIT=true: {e}");
+        return Ok(());
+    }
+    Err(e)
 }
 
 /// The Redis FSM the runtime gives a dispatcher that needs one and has none.
@@ -894,6 +959,62 @@ mod tests {
             8
         );
         assert!(run_args(&["--shards", "0"]).is_err());
+    }
+
+    /// A worker whose lane split `message` from `callback_query`, both handled with FSM
+    /// state, started without a word; it now refuses, naming the observers and kinds.
+    #[test]
+    fn a_lane_splitting_kinds_that_share_fsm_state_started_without_a_word() {
+        use std::sync::Arc;
+        use tgpipe::frankenstein::inline_mode::InlineQuery;
+        use tgpipe::frankenstein::types::{CallbackQuery, Message};
+        use tgpipe::{Dispatcher, FsmContext, Router};
+
+        async fn ask(_m: Arc<Message>, _fsm: FsmContext) {}
+        async fn press(_q: Arc<CallbackQuery>, _fsm: FsmContext) {}
+        async fn inline(_q: Arc<InlineQuery>) {}
+        let mut form = Router::new("form");
+        form.message(ask);
+        let mut buttons = Router::new("buttons");
+        buttons.callback_query(press);
+        buttons.inline_query(inline);
+        form.include_router(buttons);
+        let observers = Dispatcher::builder(form).fsm_observers();
+        assert_eq!(
+            observers,
+            [
+                ("form".to_owned(), UpdateKind::Message),
+                ("buttons".to_owned(), UpdateKind::CallbackQuery)
+            ]
+        );
+        let lane = |kinds: &str| run_args(&["--lane", "l", "--lane-kinds", kinds]);
+        let e = check_fsm_split(&lane("message").unwrap().lane().unwrap(), &observers, false)
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("lane `l`"), "{msg}");
+        assert!(
+            msg.contains("takes message but not callback_query"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("form/message, buttons/callback_query"),
+            "{msg}"
+        );
+        assert!(msg.contains("TGPIPE_ALLOW_FSM_SPLIT"), "{msg}");
+        // All of them, none of them, or on purpose: it starts.
+        for kinds in ["message,callback_query", "all", "inline_query"] {
+            let lane = lane(kinds).unwrap().lane().unwrap();
+            check_fsm_split(&lane, &observers, false).unwrap();
+        }
+        let split = run_args(&[
+            "--lane-kinds",
+            "callback_query",
+            "--allow-fsm-split",
+            "true",
+        ])
+        .unwrap();
+        assert!(split.allow_fsm_split);
+        check_fsm_split(&split.lane().unwrap(), &observers, split.allow_fsm_split).unwrap();
     }
 
     #[test]
@@ -1088,7 +1209,11 @@ mod tests {
         assert_eq!(b.shutdown_grace().unwrap(), Duration::from_secs(25));
         let c = run_args(&["--handler-timeout", "40s"]).unwrap();
         assert_eq!(c.shutdown_grace().unwrap(), Duration::from_secs(50));
-        assert_eq!(a.max_ack_pending(), 1000);
+        assert_eq!(a.max_ack_pending(), 32_768);
+        let big = run_args(&["--max-held", "50000"]).unwrap();
+        assert_eq!(big.max_ack_pending(), 50_000);
+        let set = run_args(&["--max-ack-pending", "1000"]).unwrap();
+        assert_eq!(set.max_ack_pending(), 1000);
         assert!(
             run_args(&["--partitions", "65"])
                 .unwrap()

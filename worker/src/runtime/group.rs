@@ -327,6 +327,8 @@ struct Held {
 /// This pod's membership of a lane's group.
 pub(super) struct Group {
     kv: kv::Store,
+    /// To create the bucket again when it was deleted under the running pods.
+    js: jetstream::Context,
     lane: String,
     prefix: String,
     member: String,
@@ -346,6 +348,7 @@ impl Group {
     /// A member `member` of `lane`'s group on `stream`.
     pub(super) fn new(
         kv: kv::Store,
+        js: jetstream::Context,
         stream: &str,
         lane: &Lane,
         member: String,
@@ -354,6 +357,7 @@ impl Group {
         let stream: String = key_safe(stream, '_').collect();
         Group {
             kv,
+            js,
             lane: lane.name().to_owned(),
             prefix: format!("{stream}.{}", lane.name()),
             member,
@@ -412,7 +416,7 @@ impl Group {
     /// `deadline`), and returns. A handover outside shutdown lets running dispatches
     /// finish for up to `finish_within` (the handler timeout and the settling after it).
     pub(super) async fn run(
-        self,
+        mut self,
         events: tokio::sync::mpsc::Sender<GroupEvent>,
         stop: tokio_util::sync::CancellationToken,
         deadline: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
@@ -446,7 +450,14 @@ impl Group {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if watch.is_none() || resync_at.is_some_and(|at| Instant::now() >= at) {
-                match self.resync(&members_prefix, &owners_prefix, ttl).await {
+                // Every blocking call of the loop yields to `stop`: a drain with NATS
+                // gone must not wait for reads that cannot succeed.
+                let read = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    read = self.resync(&members_prefix, &owners_prefix, ttl) => read,
+                };
+                match read {
                     Ok((w, m, o)) => {
                         watch = Some(w);
                         (members, owners) = (m, o);
@@ -460,6 +471,30 @@ impl Group {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the ownership bucket");
+                        // Deleted under the running pods (by hand, or a new cluster):
+                        // made again, so that leases can be taken again. Epochs are
+                        // creation times, so the new leases still fence the old owners.
+                        let missing = tokio::select! {
+                            biased;
+                            () = stop.cancelled() => break,
+                            got = self.js.get_key_value(&self.settings.bucket) => got.is_err(),
+                        };
+                        if missing {
+                            let made = tokio::select! {
+                                biased;
+                                () = stop.cancelled() => break,
+                                made = bucket(&self.js, &self.settings) => made,
+                            };
+                            match made {
+                                Ok(store) => {
+                                    tracing::warn!(bucket = %self.settings.bucket, "the ownership bucket was missing; created it again");
+                                    self.kv = store;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "creating the ownership bucket again")
+                                }
+                            }
+                        }
                         resync_at = Some(Instant::now() + Duration::from_millis(500));
                     }
                 }
@@ -538,7 +573,12 @@ impl Group {
                 let put = self
                     .kv
                     .put(self.member_key(&self.member), Bytes::from(me_value.clone()));
-                match tokio::time::timeout(heartbeat, put).await {
+                let put = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    put = tokio::time::timeout(heartbeat, put) => put,
+                };
+                match put {
                     Ok(Ok(_)) => {
                         last_beat = Some(now);
                         members.insert(self.member.clone());
@@ -555,7 +595,12 @@ impl Group {
             }
             // Renew what is held, all at once: one slow answer delays no other lease.
             // A lease not renewed in time is lost by its watchdog, not here.
-            if self.renew(&mut held, heartbeat).await {
+            let failed = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                failed = self.renew(&mut held, heartbeat) => failed,
+            };
+            if failed {
                 resync_at = Some(Instant::now());
             }
             // Lost partitions are over for this pod; the consuming side stops them. Its
@@ -588,7 +633,7 @@ impl Group {
             }
             // Free partitions are claimed all at once: a handover waits for the slowest.
             let me_ = &self;
-            let claimed = futures::future::join_all(claims.into_iter().map(|p| async move {
+            let claiming = futures::future::join_all(claims.into_iter().map(|p| async move {
                 let sent = Instant::now();
                 let key = me_.owner_key(Partition(p));
                 let rev = me_.kv.create(&key, me_.member.clone().into()).await;
@@ -597,8 +642,12 @@ impl Group {
                     Err(_) => None,
                 };
                 (p, sent, rev, epoch)
-            }))
-            .await;
+            }));
+            let claimed = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                claimed = claiming => claimed,
+            };
             for (p, sent, rev, epoch) in claimed {
                 let (Ok(rev), Some(epoch)) = (rev, epoch) else {
                     continue;
@@ -812,22 +861,30 @@ impl Group {
             // last, never someone else's.
             gone.store(true, Ordering::Release);
             let mut rev = revision.load(Ordering::Acquire);
-            for _ in 0..3 {
-                match kv.delete_expect_revision(&key, Some(rev)).await {
-                    Ok(()) => break,
-                    Err(e) => match kv.entry(&key).await {
-                        Ok(Some(entry))
-                            if entry.operation == kv::Operation::Put
-                                && entry.value[..] == *member.as_bytes() =>
-                        {
-                            rev = entry.revision;
-                        }
-                        _ => {
-                            tracing::debug!(error = %e, partition = %Partition(p), "the lease is no longer this pod's");
-                            break;
-                        }
-                    },
+            // Bounded: with NATS gone, the lease simply expires after its TTL.
+            let delete = async {
+                for _ in 0..3 {
+                    match kv.delete_expect_revision(&key, Some(rev)).await {
+                        Ok(()) => break,
+                        Err(e) => match kv.entry(&key).await {
+                            Ok(Some(entry))
+                                if entry.operation == kv::Operation::Put
+                                    && entry.value[..] == *member.as_bytes() =>
+                            {
+                                rev = entry.revision;
+                            }
+                            _ => {
+                                tracing::debug!(error = %e, partition = %Partition(p), "the lease is no longer this pod's");
+                                break;
+                            }
+                        },
+                    }
                 }
+            };
+            let limit = (tokio::time::Instant::now() + Duration::from_secs(3))
+                .min(until + Duration::from_secs(1));
+            if tokio::time::timeout_at(limit, delete).await.is_err() {
+                tracing::warn!(partition = %Partition(p), "deleting the partition lease: no answer; it expires after its TTL");
             }
             own.alive.store(false, Ordering::Release);
             own.ended.cancel();

@@ -244,7 +244,8 @@ async fn webhook(args: WebhookArgs, dispatcher: &DispatcherBuilder) -> Result<()
     .await
     .map_err(|e| match e {
         crate::set_webhook::WebhookCommandError::NoSecret
-        | crate::set_webhook::WebhookCommandError::BadSecret => RunError::config(e),
+        | crate::set_webhook::WebhookCommandError::BadSecret
+        | crate::set_webhook::WebhookCommandError::BadPort { .. } => RunError::config(e),
         e => peer(e),
     })
 }
@@ -410,6 +411,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let lane = &config.lane;
+    // Before anything connects: a lane that splits an FSM conversation is a setting error.
+    config::check_fsm_split(lane, &dispatcher.fsm_observers(), config.allow_fsm_split)
+        .map_err(config_error)?;
     let redis = connect_redis(&config.redis.redis_url).await?;
     let statics = config.bots.build_all(Some(&redis));
     let make_bot: registry::MakeBot = {
@@ -475,6 +479,7 @@ pub async fn serve(
     let member = group::member_id(&base);
     let group = group::Group::new(
         bucket,
+        js.clone(),
         &config.stream.name,
         lane,
         member.clone(),
@@ -536,10 +541,13 @@ pub async fn serve(
     worker
         .run(stream, consumers, group, config.shutdown_grace, shutdown)
         .await;
-    let flush_within = Duration::from_secs(2);
+    let flush_within = consume::FLUSH_RESERVE;
     lag_task.abort();
     // Acks are fire-and-forget publishes: flush them before the connection closes.
-    if let Err(e) = tokio::time::timeout(flush_within, client.flush()).await {
+    // Nothing can be flushed without a connection: the server redelivers what was not
+    // acknowledged.
+    let connected = client.connection_state() == async_nats::connection::State::Connected;
+    if connected && let Err(e) = tokio::time::timeout(flush_within, client.flush()).await {
         tracing::warn!(error = %e, "flush at shutdown timed out");
     }
     ops_task.abort();

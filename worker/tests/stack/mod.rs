@@ -19,6 +19,10 @@ use tgpipe_testkit::{
 pub const BOT: u64 = 4242;
 pub const TOKEN: &str = "4242:example-token";
 pub const SECRET: &str = "e2e_Secret-1";
+/// A second bot, for stacks that serve two ([`Stack::two_bots`]).
+pub const BOT_B: u64 = 4343;
+pub const TOKEN_B: &str = "4343:example-token-b";
+pub const SECRET_B: &str = "e2e_Secret-2";
 
 /// The broker under a stack: one server, or a 3-node cluster whose streams have three
 /// replicas.
@@ -68,6 +72,8 @@ pub struct Stack {
     pub js: jetstream::Context,
     http: reqwest::Client,
     stop_ingress: Option<tokio::sync::oneshot::Sender<()>>,
+    /// `TGPIPE_BOT_TOKENS` of its workers.
+    tokens: String,
 }
 
 impl Stack {
@@ -106,9 +112,33 @@ impl Stack {
     }
 
     pub async fn start_on(nats: Broker, sink: SinkConfig) -> Stack {
+        Stack::start_bots(nats, sink, &[(BOT, SECRET, TOKEN)]).await
+    }
+
+    /// A stack (one server) whose ingress and workers serve [`BOT`] and [`BOT_B`].
+    pub async fn two_bots(sink: SinkConfig) -> Stack {
+        Stack::start_bots(
+            Broker::Single(NatsServer::start()),
+            sink,
+            &[(BOT, SECRET, TOKEN), (BOT_B, SECRET_B, TOKEN_B)],
+        )
+        .await
+    }
+
+    /// A stack serving `bots`: (id, webhook secret, token).
+    pub async fn start_bots(nats: Broker, sink: SinkConfig, bots: &[(u64, &str, &str)]) -> Stack {
         let redis = RedisServer::start();
         let sink = Sink::start(sink).await.expect("stand-in");
-        let bots = format!("{BOT}:{SECRET}");
+        let tokens = bots
+            .iter()
+            .map(|(_, _, token)| *token)
+            .collect::<Vec<_>>()
+            .join(",");
+        let bots = bots
+            .iter()
+            .map(|(id, secret, _)| format!("{id}:{secret}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let url = nats.url();
         let config = tgpipe_ingress::IngressConfig::from_flags([
             "--bots",
@@ -151,6 +181,7 @@ impl Stack {
             js: jetstream::new(client),
             http: reqwest::Client::new(),
             stop_ingress: Some(tx),
+            tokens,
         }
     }
 
@@ -201,7 +232,7 @@ impl Stack {
     /// The environment of a worker process on this stack.
     pub fn worker_env(&self) -> Vec<(String, String)> {
         [
-            ("TGPIPE_BOT_TOKENS", TOKEN.to_owned()),
+            ("TGPIPE_BOT_TOKENS", self.tokens.clone()),
             ("TGPIPE_API_URL", self.sink.url()),
             ("NATS_URL", self.nats.url()),
             ("REDIS_URL", self.redis.url()),
@@ -209,9 +240,9 @@ impl Stack {
             // The stand-in does not limit; the limits have their own tests (bot_api.rs).
             ("TGPIPE_RATE_LIMITS", "off".to_owned()),
             ("TGPIPE_RETRY_DELAY", "100ms".to_owned()),
-            // The grace must cover the handler timeout + 5 s (the worker refuses less).
+            // A short handler timeout, so that the drain's default grace (the timeout
+            // + 10 s) stays short too.
             ("TGPIPE_HANDLER_TIMEOUT", "5s".to_owned()),
-            ("TGPIPE_SHUTDOWN_GRACE", "10s".to_owned()),
             ("TGPIPE_STREAM_REPLICAS", self.nats.replicas().to_owned()),
             ("RUST_LOG", "info".to_owned()),
         ]
@@ -222,6 +253,12 @@ impl Stack {
 
     /// Starts a `tgpipe-example-bot` worker with extra environment, once ready.
     pub async fn worker(&self, extra: &[(&str, &str)]) -> Worker {
+        self.worker_unset(extra, &[]).await
+    }
+
+    /// Starts a worker with extra environment and without the stack's settings named in
+    /// `unset` (their defaults apply), once ready.
+    pub async fn worker_unset(&self, extra: &[(&str, &str)], unset: &[&str]) -> Worker {
         let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = Command::new(tgpipe_testkit::workspace_bin(
             "tgpipe-example-bot",
@@ -229,7 +266,11 @@ impl Stack {
         ));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.worker_env())
+            .envs(
+                self.worker_env()
+                    .into_iter()
+                    .filter(|(k, _)| !unset.contains(&k.as_str())),
+            )
             .env("TGPIPE_LISTEN", ops.to_string())
             .envs(extra.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::inherit())
@@ -372,6 +413,27 @@ impl Worker {
         let status = eventually_some_blocking(limit, "the worker stops after SIGTERM", || {
             c.try_wait().unwrap()
         });
+        self.child = None;
+        status
+    }
+}
+
+impl Worker {
+    /// Sends SIGTERM and returns at once (see [`Worker::wait_exit`]).
+    pub fn sigterm(&self) {
+        let c = self.child.as_ref().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+    }
+
+    /// Waits (without blocking the runtime) for the process to exit, at most `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let c = self.child.as_mut().expect("running");
+        let status = tgpipe_testkit::eventually_some(limit, "the worker exits", || {
+            std::future::ready(c.try_wait().unwrap())
+        })
+        .await;
         self.child = None;
         status
     }

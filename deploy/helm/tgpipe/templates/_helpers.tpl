@@ -46,13 +46,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* An image reference: call with (dict "ctx" $ "repository" "...") */}}
+{{/* An image reference: call with (dict "ctx" $ "image" .Values.ingress.image). The
+image's own registry and tag win over `image.registry` and `image.tag`; a digest pins the
+image by content and replaces the tag. */}}
 {{- define "tgpipe.image" -}}
-{{- $tag := default .ctx.Chart.AppVersion .ctx.Values.image.tag -}}
-{{- if .ctx.Values.image.registry -}}
-{{- printf "%s/%s:%s" .ctx.Values.image.registry .repository $tag -}}
+{{- $registry := default .ctx.Values.image.registry .image.registry -}}
+{{- $ref := .image.repository -}}
+{{- if $registry -}}
+{{- $ref = printf "%s/%s" $registry $ref -}}
+{{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $ref .image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" .repository $tag -}}
+{{- printf "%s:%s" $ref (default .ctx.Chart.AppVersion (default .ctx.Values.image.tag .image.tag)) -}}
 {{- end -}}
 {{- end -}}
 

@@ -109,6 +109,12 @@ pub(super) struct Consumer {
 
 type OrderKey = (BotId, i64);
 
+/// The part of the shutdown grace kept for the last flush of acknowledgements.
+pub(super) const FLUSH_RESERVE: Duration = Duration::from_secs(2);
+
+/// The least number of messages one pull request asks for.
+const PULL_BATCH: usize = 256;
+
 /// How long a pull request waits at the server. Short, because a handover waits for the
 /// old owner's last request to expire before it unpins (see `consume_partition`), and
 /// the handover's gap is about this long.
@@ -370,8 +376,9 @@ impl Consumer {
                 biased;
                 () = &mut shutdown, if deadline.is_none() => {
                     tracing::info!("leaving the group; handing partitions over");
-                    // One deadline for the whole drain, whatever is down.
-                    let at = tokio::time::Instant::now() + grace;
+                    // One deadline for the whole drain, whatever is down, less what the
+                    // last flush of acknowledgements may take.
+                    let at = tokio::time::Instant::now() + grace.saturating_sub(FLUSH_RESERVE);
                     deadline = Some(at);
                     let _ = deadline_tx.send(Some(at));
                     stop.cancel();
@@ -505,7 +512,24 @@ impl Pod {
             if part.held.load(Ordering::Acquire) == 0 {
                 break;
             }
-            idle.await;
+            tokio::select! {
+                () = idle => {}
+                // Cancelled dispatches end at once; a task stuck elsewhere (a peer that
+                // does not answer) must not keep a later run of the partition waiting.
+                () = part.own.lost() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while part.held.load(Ordering::Acquire) > 0 {
+                            let idle = part.idle.notified();
+                            if part.held.load(Ordering::Acquire) == 0 {
+                                break;
+                            }
+                            idle.await;
+                        }
+                    })
+                    .await;
+                    break;
+                }
+            }
         }
         if !part.own.is_lost() {
             tokio::time::sleep_until(requests_gone).await;
@@ -532,7 +556,9 @@ impl Pod {
         let messages = consumer
             .stream()
             .group(PRIORITY_GROUP)
-            .max_messages_per_batch(self.me.limits.concurrency.clamp(1, 1000))
+            // Pulling never waits on a chat, so batches need not match the slots: a
+            // larger one drains a backlog ahead of another chat's update sooner.
+            .max_messages_per_batch(self.me.limits.concurrency.clamp(PULL_BATCH, 1000))
             .expires(PULL_EXPIRY)
             .heartbeat(PULL_EXPIRY / 3)
             .messages()
