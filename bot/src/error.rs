@@ -46,6 +46,11 @@ pub enum BotError {
     /// The request could not be built (parameters that do not serialise, a file that
     /// cannot be read).
     InvalidRequest(String),
+    /// A call that spends Stars or moves a gift ([`Replay::Costly`](crate::effects::Replay))
+    /// failed after it may have reached Telegram (a timeout, a reset, a 5xx): whether it
+    /// took effect is unknown, and it is not sent again. Permanent, so that the update is
+    /// dead-lettered for a person to check. Holds the method and the failure.
+    Unconfirmed(String),
 }
 
 impl std::fmt::Display for BotError {
@@ -69,6 +74,10 @@ impl std::fmt::Display for BotError {
             BotError::InvalidRequest(d) => {
                 write!(f, "the Bot API request could not be built: {d}")
             }
+            BotError::Unconfirmed(d) => write!(
+                f,
+                "not sent again, it may have taken effect (check before replaying): {d}"
+            ),
         }
     }
 }
@@ -118,7 +127,10 @@ impl BotError {
             BotError::NotFound => 404,
             BotError::Conflict(_) => 409,
             BotError::Server(code) | BotError::Other { code, .. } => *code,
-            BotError::Network(_) | BotError::InvalidResponse(_) | BotError::InvalidRequest(_) => {
+            BotError::Network(_)
+            | BotError::InvalidResponse(_)
+            | BotError::InvalidRequest(_)
+            | BotError::Unconfirmed(_) => {
                 return None;
             }
         })
@@ -139,6 +151,7 @@ impl BotError {
             BotError::Network(_) => "network",
             BotError::InvalidResponse(_) => "invalid_response",
             BotError::InvalidRequest(_) => "invalid_request",
+            BotError::Unconfirmed(_) => "unconfirmed",
         }
     }
 
@@ -350,6 +363,7 @@ mod tests {
             BotError::Conflict(String::new()),
             BotError::InvalidResponse(String::new()),
             BotError::InvalidRequest(String::new()),
+            BotError::Unconfirmed(String::new()),
         ] {
             assert!(!e.is_transient(), "{e:?}");
         }

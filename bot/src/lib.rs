@@ -12,7 +12,8 @@
 //! call went to (or, for a call to no chat, the whole bot) waits `retry_after` (every
 //! pod: the pause is in Redis too), up to [`RetryPolicy::max_retry_after`]: a longer
 //! pause is not waited out but returned as a transient [`BotError::RetryAfter`] with the
-//! time left. 5xx and connection failures back off exponentially with jitter. Answers
+//! time left. 5xx and connection failures back off exponentially with jitter and send
+//! again where that cannot repeat an effect ([`effects`]). Answers
 //! become typed errors ([`BotError`]) that know whether they are transient.
 //!
 //! The token is part of the request URL only as Telegram requires; it is never logged,
@@ -35,6 +36,7 @@
 
 pub mod chain;
 mod class;
+pub mod effects;
 mod error;
 mod helpers;
 pub mod idle;
@@ -141,6 +143,7 @@ struct Inner {
     chain: ApiNext,
     limiter: Limiter,
     retry: RetryPolicy,
+    request_timeout: Duration,
 }
 
 /// A bot: cheap to clone, shared by every handler.
@@ -165,6 +168,16 @@ fn base_url(api_url: &str, token: &str) -> Option<reqwest::Url> {
     (one_segment && url.query().is_none() && url.fragment().is_none()).then_some(url)
 }
 
+/// An HTTP client for Bot API calls, which any number of bots can share
+/// ([`BotBuilder::http_client`]).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .build()
+        .unwrap_or_default()
+}
+
 /// Builds a [`Bot`] with non-default settings.
 pub struct BotBuilder {
     token: String,
@@ -175,6 +188,7 @@ pub struct BotBuilder {
     middleware: Vec<Arc<dyn Middleware<ApiRequest, ApiResult>>>,
     default_middleware: bool,
     request_timeout: Duration,
+    http: Option<reqwest::Client>,
 }
 
 impl fmt::Debug for BotBuilder {
@@ -257,15 +271,18 @@ impl BotBuilder {
         self
     }
 
+    /// Sends the calls through this HTTP client, whose connection pool other bots may
+    /// share (one pool per Bot API host, not one per bot); limits stay per bot. The
+    /// request timeout is applied per call.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
+    }
+
     /// The bot.
     pub fn build(self) -> Result<Bot, InvalidToken> {
         let id = BotId::from_token(&self.token).ok_or(InvalidToken)?;
-        let client = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .timeout(self.request_timeout)
-            .build()
-            .unwrap_or_default();
+        let client = self.http.unwrap_or_else(http_client);
         let mut middleware: Vec<Arc<dyn Middleware<ApiRequest, ApiResult>>> = Vec::new();
         if self.default_middleware {
             middleware.push(Arc::new(MetricsMiddleware));
@@ -298,6 +315,7 @@ impl BotBuilder {
                 chain: ApiNext::new(middleware, transport),
                 limiter: Limiter::new(id, self.limits, self.redis),
                 retry: self.retry,
+                request_timeout: self.request_timeout,
             }
         })))
     }
@@ -359,6 +377,7 @@ impl Bot {
             default_middleware: true,
             // Telegram answers in well under a second; 30 s covers large uploads.
             request_timeout: Duration::from_secs(30),
+            http: None,
         }
     }
 
@@ -467,12 +486,14 @@ impl Bot {
                     retried(&request.method, "429");
                     // The next `acquire` waits the pause out.
                 }
+                // Sent again only where that cannot repeat an effect: the failure
+                // proves the call was not made (a refused connection), or the method
+                // changes nothing when repeated (`effects::replay_of`).
                 BotError::Server(_) | BotError::Network(_)
                     if server_retries < policy.max_server_retries
-                        // Sending a message again after a failure in flight (a timeout,
-                        // a reset) could post it twice; a connection refused cannot.
-                        && (failed.not_sent || !limited
-                            || matches!(failed.error, BotError::Server(_))) =>
+                        && (failed.not_sent
+                            || effects::replay_of(&request.method)
+                                == effects::Replay::Idempotent) =>
                 {
                     idle::idle(tokio::time::sleep(policy.backoff(server_retries))).await;
                     server_retries += 1;
@@ -487,6 +508,16 @@ impl Bot {
                         ..t
                     });
                     retried(&request.method, "migrate");
+                }
+                // Money or a gift, and Telegram may have acted: never sent again.
+                error @ (BotError::Server(_) | BotError::Network(_))
+                    if !failed.not_sent
+                        && effects::replay_of(&request.method) == effects::Replay::Costly =>
+                {
+                    return Err(BotError::Unconfirmed(format!(
+                        "{}: {error}",
+                        request.method
+                    )));
                 }
                 error => return Err(error),
             }
@@ -516,9 +547,7 @@ impl Bot {
                 self.0.api_url, self.0.token, request.method
             )),
         };
-        if let Some(t) = request.timeout {
-            builder = builder.timeout(t);
-        }
+        builder = builder.timeout(request.timeout.unwrap_or(self.0.request_timeout));
         let builder = match &request.payload {
             Payload::Json(body) => builder
                 .header(reqwest::header::CONTENT_TYPE, "application/json")

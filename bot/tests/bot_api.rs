@@ -243,10 +243,13 @@ async fn a_429_is_waited_out_then_sent_again() {
 #[tokio::test]
 async fn server_errors_and_slow_answers_are_retried_with_backoff() {
     let s = sink().await;
-    s.push_fault("sendMessage", Fault::server(500));
-    s.push_fault("sendMessage", Fault::proxy_error(502));
+    s.push_fault("editMessageText", Fault::server(500));
+    s.push_fault("editMessageText", Fault::proxy_error(502));
     let b = bot(&s, quick_retries());
-    b.send_text(5, "x").await.unwrap();
+    let edit = json!({"chat_id": 5, "message_id": 1, "text": "x"});
+    b.call::<_, serde_json::Value>("editMessageText", &edit)
+        .await
+        .unwrap();
     assert_eq!(
         s.calls().iter().map(|c| c.status).collect::<Vec<_>>(),
         [500, 502, 200]
@@ -270,6 +273,66 @@ async fn server_errors_and_slow_answers_are_retried_with_backoff() {
     let e = b.send_text(5, "x").await.unwrap_err();
     assert!(matches!(e, BotError::Network(_)), "{e:?}");
     assert!(started.elapsed() < Duration::from_millis(1500));
+}
+
+/// Telegram's edge answers 502 when the server behind it did not answer in time, after
+/// it may have posted the message: the client used to send it again, up to 4 copies.
+#[tokio::test]
+async fn a_502_after_send_message_was_posted_is_not_sent_again_by_the_client() {
+    let s = sink().await;
+    s.push_fault("sendMessage", Fault::proxy_error(502));
+    s.push_fault("sendMessage", Fault::server(500));
+    let b = bot(&s, quick_retries());
+    assert_eq!(
+        b.send_text(5, "x").await.unwrap_err(),
+        BotError::Server(502)
+    );
+    assert_eq!(s.calls().len(), 1, "one request, no blind retry");
+    // Still transient: the update's next attempt may send it (once) again.
+    assert_eq!(
+        b.send_text(5, "x").await.unwrap_err(),
+        BotError::Server(500)
+    );
+    assert_eq!(s.calls().len(), 2);
+}
+
+/// A timeout after sending used to be retried for every method that is not a message
+/// (up to 4 gifts paid for); a 5xx too.
+#[tokio::test]
+async fn a_gift_that_timed_out_after_sending_is_not_sent_again_and_says_so() {
+    let s = sink().await;
+    let b = bot(&s, quick_retries());
+    // One request times out after 500 ms; sent again, it would take 4 times that.
+    s.push_fault("sendGift", Fault::slow(Duration::from_secs(2)));
+    let started = Instant::now();
+    let e = b
+        .call::<_, serde_json::Value>("sendGift", &json!({"user_id": 5, "gift_id": "g1"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, BotError::Unconfirmed(d) if d.starts_with("sendGift")),
+        "{e:?}"
+    );
+    assert!(!e.is_transient(), "dead-lettered for a person, not retried");
+    assert!(started.elapsed() < Duration::from_millis(900), "sent once");
+    // A 5xx may come after Telegram acted too.
+    s.push_fault("transferGift", Fault::server(500));
+    let e = b
+        .call::<_, serde_json::Value>("transferGift", &json!({"owned_gift_id": "o1"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BotError::Unconfirmed(_)), "{e:?}");
+    assert_eq!(s.stats().by_method.get("transferGift"), Some(&1));
+    // Topics are not paid for, but made anew on each call: not sent again either, and
+    // the error stays transient.
+    s.push_fault("createForumTopic", Fault::slow(Duration::from_secs(2)));
+    let started = Instant::now();
+    let e = b
+        .call::<_, serde_json::Value>("createForumTopic", &json!({"chat_id": -5, "name": "t"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BotError::Network(_)), "{e:?}");
+    assert!(started.elapsed() < Duration::from_millis(900), "sent once");
 }
 
 #[tokio::test]

@@ -19,8 +19,8 @@ use tgpipe::fsm::{
     MemoryStorage, RedisStorage, Scene, SceneContext, Scenes, StateFilter, StatesGroup,
 };
 use tgpipe::{Bot, BuildError, Dep, DispatchOutcome, Dispatcher, Router, Update};
-use tgpipe_testkit::RedisServer;
 use tgpipe_testkit::sink::{Sink, SinkHandle};
+use tgpipe_testkit::{RedisServer, eventually_some};
 
 tgpipe::states! {
     /// The sign-up form.
@@ -187,7 +187,12 @@ async fn lock_fence_counters_expire_without_fsm_ttl() {
         .await
         .unwrap();
     let day = 24 * 3600 * 1000;
-    assert!(pttl > day - 60_000 && pttl <= day, "PTTL {pttl}");
+    // A day, and an hour more than the epoch hash its tokens are written to.
+    let hour = 3600 * 1000;
+    assert!(
+        pttl > day + hour - 60_000 && pttl <= day + hour,
+        "PTTL {pttl}"
+    );
     // Renewed with every lock; the counter keeps rising while it lives.
     let _: () = redis::cmd("PEXPIRE")
         .arg(&fence_key)
@@ -348,10 +353,12 @@ async fn the_dispatcher_writes_the_documented_redis_keys() {
             .await
             .unwrap();
         keys.sort();
+        // The fence: the lock's fencing token, checked on every write.
         assert_eq!(
             keys,
             [
                 format!("tgpipe:fsm:{tag}:data"),
+                format!("tgpipe:fsm:{tag}:fence"),
                 format!("tgpipe:fsm:{tag}:state")
             ],
             "{strategy}"
@@ -1293,4 +1300,167 @@ async fn a_worker_that_lost_its_partition_cannot_overwrite_the_new_owners_fsm_st
         .await
         .unwrap();
     assert!(locks.is_empty(), "{locks:?}");
+}
+
+/// Redis storage whose lock renewals never answer (a holder stalled, or cut off from
+/// Redis, without knowing it) or fail.
+struct Renewals {
+    inner: RedisStorage,
+    hang: bool,
+}
+
+#[async_trait::async_trait]
+impl FsmStorage for Renewals {
+    async fn get_state(&self, key: &FsmKey) -> Result<Option<String>, FsmError> {
+        self.inner.get_state(key).await
+    }
+    async fn set_state(&self, key: &FsmKey, state: Option<&str>) -> Result<(), FsmError> {
+        self.inner.set_state(key, state).await
+    }
+    async fn get_data(&self, key: &FsmKey) -> Result<Option<Vec<u8>>, FsmError> {
+        self.inner.get_data(key).await
+    }
+    async fn set_data(&self, key: &FsmKey, data: Option<&[u8]>) -> Result<(), FsmError> {
+        self.inner.set_data(key, data).await
+    }
+    async fn update_data(
+        &self,
+        key: &FsmKey,
+        update: &mut tgpipe::fsm::DataUpdate<'_>,
+    ) -> Result<Vec<u8>, FsmError> {
+        self.inner.update_data(key, update).await
+    }
+    async fn clear(&self, key: &FsmKey) -> Result<(), FsmError> {
+        self.inner.clear(key).await
+    }
+    async fn set_state_fenced(
+        &self,
+        key: &FsmKey,
+        state: Option<&str>,
+        fence: &tgpipe::fsm::OwnerFence,
+    ) -> Result<(), FsmError> {
+        self.inner.set_state_fenced(key, state, fence).await
+    }
+    async fn try_lock(
+        &self,
+        key: &FsmKey,
+        token: &str,
+        lease: Duration,
+    ) -> Result<Option<tgpipe::fsm::LockGrant>, FsmError> {
+        self.inner.try_lock(key, token, lease).await
+    }
+    async fn renew_lock(&self, _: &FsmKey, _: &str, _: Duration) -> Result<bool, FsmError> {
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        Err(FsmError::storage("connection reset"))
+    }
+    async fn unlock(&self, key: &FsmKey, token: &str) -> Result<bool, FsmError> {
+        self.inner.unlock(key, token).await
+    }
+}
+
+/// One holder's state write, then (on `go`) a second one, under a 300 ms lease.
+fn two_writes(storage: Renewals, go: tokio::sync::oneshot::Receiver<()>) -> Dispatcher {
+    let go = Arc::new(tokio::sync::Mutex::new(Some(go)));
+    let mut r = Router::new("r");
+    r.message(move |fsm: FsmContext| {
+        let go = Arc::clone(&go);
+        async move {
+            fsm.set_state(Form::Name).await?;
+            if let Some(go) = go.lock().await.take() {
+                let _ = go.await;
+            }
+            fsm.set_state(Form::Age).await
+        }
+    });
+    Dispatcher::builder(r)
+        .fsm(Fsm::new(storage).isolation(Isolation::default().lease(Duration::from_millis(300))))
+        .build()
+        .unwrap()
+}
+
+/// The lock's fencing token was handed out but not checked on write: a holder whose
+/// lease lapsed without it knowing (its renewals stuck) overwrote the next holder.
+#[tokio::test]
+async fn a_lock_holder_whose_lease_lapsed_unnoticed_cannot_overwrite_the_next_holder() {
+    let server = RedisServer::start();
+    let key = FsmKey::new(123, 5, 5);
+    let (go, wait) = tokio::sync::oneshot::channel();
+    let stale = two_writes(
+        Renewals {
+            inner: redis_storage(&server).await,
+            hang: true,
+        },
+        wait,
+    );
+    let handling = tokio::spawn(async move { stale.feed_raw(&bot(), message(5, 5, "x")).await });
+    // The stale holder took the lock and wrote; its lease lapses; the next holder takes
+    // the lock and writes.
+    let storage = redis_storage(&server).await;
+    eventually_some(Duration::from_secs(5), "the first holder's write", || {
+        let (storage, key) = (storage.clone(), key.clone());
+        async move {
+            (storage.get_state(&key).await.unwrap().as_deref() == Some("Form:Name")).then_some(())
+        }
+    })
+    .await;
+    let grant = eventually_some(Duration::from_secs(5), "the lapsed lock taken", || {
+        let storage = storage.clone();
+        let key = key.clone();
+        async move {
+            storage
+                .try_lock(&key, "next holder", Duration::from_secs(10))
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let next = tgpipe::fsm::OwnerFence::new("~lock", 0, grant.fence);
+    storage
+        .set_state_fenced(&key, Some("Next:Holder"), &next)
+        .await
+        .unwrap();
+    // The stale holder goes on with its second write.
+    let _ = go.send(());
+    let DispatchOutcome::Failed(e) = handling.await.unwrap() else {
+        panic!("the stale write must be refused")
+    };
+    assert!(
+        matches!(e.downcast_ref::<FsmError>(), Some(FsmError::Fenced { .. })),
+        "{e:?}"
+    );
+    assert_eq!(
+        storage.get_state(&key).await.unwrap().as_deref(),
+        Some("Next:Holder")
+    );
+}
+
+/// Renewal errors were logged and nothing more: a holder whose renewals failed for a
+/// whole lease went on writing as if it still held the key.
+#[tokio::test]
+async fn renewals_failing_for_a_whole_lease_lose_it() {
+    let server = RedisServer::start();
+    let (go, wait) = tokio::sync::oneshot::channel();
+    let dp = two_writes(
+        Renewals {
+            inner: redis_storage(&server).await,
+            hang: false,
+        },
+        wait,
+    );
+    let handling = tokio::spawn(async move { dp.feed_raw(&bot(), message(5, 5, "x")).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = go.send(());
+    let DispatchOutcome::Failed(e) = handling.await.unwrap() else {
+        panic!("the write after the lease must be refused")
+    };
+    assert!(e.is_transient());
+    assert!(
+        matches!(
+            e.downcast_ref::<FsmError>(),
+            Some(FsmError::LeaseLost { .. })
+        ),
+        "{e:?}"
+    );
 }

@@ -74,6 +74,24 @@ impl IpPolicy {
         IpPolicy::default()
     }
 
+    /// Whether a connection from socket peer `peer` may be served at all: it is in the
+    /// allowed ranges, or a trusted proxy (which forwards requests of other clients, each
+    /// checked on its own). Any other peer is closed at accept, before it costs a slot.
+    pub fn admits_peer(&self, peer: IpAddr) -> bool {
+        let peer = canonical(peer);
+        self.is_trusted(peer)
+            || self
+                .allowed
+                .as_ref()
+                .is_none_or(|nets| nets.iter().any(|n| n.contains(&peer)))
+    }
+
+    /// Whether socket peer `peer` is a trusted proxy (whose connections carry many
+    /// clients, so no per-address cap applies to it).
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        self.is_trusted(canonical(peer))
+    }
+
     fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }

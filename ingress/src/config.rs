@@ -94,6 +94,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TGPIPE_MAX_CONNECTIONS", default_value_t = 4096,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Connections served at once for one peer address (trusted proxies excepted): one
+    /// host cannot take every slot. Telegram's few addresses carry up to 100 connections
+    /// per bot, hence a high default; `0`: no cap.
+    #[arg(long, env = "TGPIPE_MAX_CONNECTIONS_PER_IP", default_value_t = 1024)]
+    pub max_connections_per_ip: u32,
     /// Create or update the streams at start (and whenever the update stream is missing).
     #[arg(long, env = "TGPIPE_PROVISION", default_value_t = true, action = clap::ArgAction::Set)]
     pub provision: bool,
@@ -173,6 +178,8 @@ pub struct IngressConfig {
     pub idle_timeout: Duration,
     /// Connection cap.
     pub max_connections: usize,
+    /// Connection cap per peer address (0: none).
+    pub max_connections_per_ip: usize,
     /// Whether to provision streams.
     pub provision: bool,
     /// TLS certificate and key files.
@@ -260,6 +267,7 @@ impl ServeArgs {
             drain_delay: self.drain_delay,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections as usize,
+            max_connections_per_ip: self.max_connections_per_ip as usize,
             provision: self.provision,
             tls: self.tls_cert.zip(self.tls_key),
             nats: self.broker.nats,

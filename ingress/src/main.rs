@@ -71,6 +71,8 @@ async fn run(args: tgpipe_ingress::config::ServeArgs) -> anyhow::Result<()> {
         drain_delay: config.drain_delay,
         idle_timeout: config.idle_timeout,
         max_connections: config.max_connections,
+        admit: config.ip_policy.clone(),
+        max_per_ip: config.max_connections_per_ip,
     };
     let draining = state.clone();
     let shutdown = async move {

@@ -26,6 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::client_ip::IpPolicy;
+
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -95,6 +97,13 @@ pub struct ConnectionLimits {
     /// Connections served at once (`TGPIPE_MAX_CONNECTIONS`); more wait in the listen
     /// backlog until one closes.
     pub max_connections: usize,
+    /// Which peers a connection is served for (`TGPIPE_ALLOWED_CIDRS` and
+    /// `TGPIPE_TRUSTED_PROXIES`): any other is closed as soon as it is accepted, so that
+    /// it never holds one of the `max_connections` slots.
+    pub admit: IpPolicy,
+    /// Connections served at once for one peer address, trusted proxies excepted
+    /// (`TGPIPE_MAX_CONNECTIONS_PER_IP`; 0: no cap): one more is closed at accept.
+    pub max_per_ip: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -103,6 +112,8 @@ impl Default for ConnectionLimits {
             drain_delay: Duration::ZERO,
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            admit: IpPolicy::allow_any(),
+            max_per_ip: 0,
         }
     }
 }
@@ -158,6 +169,7 @@ pub async fn serve_with(
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(max));
     let (stop, stopping) = watch::channel(false);
+    let per_ip = Arc::new(PerIp::default());
     tokio::pin!(shutdown);
     let mut accept_until: Option<tokio::time::Instant> = None;
     loop {
@@ -167,9 +179,38 @@ pub async fn serve_with(
                 None => std::future::pending().await,
             }
         };
+        // The peer is checked before a slot is taken: a slot used to be taken first, so
+        // that anyone could hold them all with idle connections.
         let next = async {
-            let permit = Arc::clone(&permits).acquire_owned().await;
-            (permit, listener.accept().await)
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) if !limits.admit.admits_peer(peer.ip()) => {
+                        metrics::counter!("tgpipe_ingress_connections_refused_total", "reason" => "source").increment(1);
+                        tracing::debug!(%peer, "connection from outside the allowed ranges closed");
+                        drop(stream);
+                    }
+                    Ok((stream, peer)) => {
+                        let capped =
+                            limits.max_per_ip > 0 && !limits.admit.is_trusted_proxy(peer.ip());
+                        let Some(held) = (if capped {
+                            PerIp::take(&per_ip, peer.ip(), limits.max_per_ip)
+                        } else {
+                            Some(PerIpSlot::none())
+                        }) else {
+                            metrics::counter!("tgpipe_ingress_connections_refused_total", "reason" => "per_ip").increment(1);
+                            tracing::debug!(%peer, "connection over the per-address cap closed");
+                            drop(stream);
+                            continue;
+                        };
+                        let permit = Arc::clone(&permits).acquire_owned().await;
+                        return (permit, Ok((stream, peer, held)));
+                    }
+                    Err(e) => {
+                        let permit = Arc::clone(&permits).acquire_owned().await;
+                        return (permit, Err(e));
+                    }
+                }
+            }
         };
         let (permit, accepted) = tokio::select! {
             biased;
@@ -183,7 +224,7 @@ pub async fn serve_with(
         };
         // The semaphore is never closed.
         let Ok(permit) = permit else { break };
-        let (stream, peer) = match accepted {
+        let (stream, peer, held) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
@@ -202,7 +243,7 @@ pub async fn serve_with(
             None => {
                 tokio::spawn(async move {
                     serve_connection(stream, &builder, service, idle, stopping, peer).await;
-                    drop(permit);
+                    drop((permit, held));
                 });
             }
             Some(acceptor) => {
@@ -225,7 +266,7 @@ pub async fn serve_with(
                         }
                     };
                     serve_connection(tls_stream, &builder, service, idle, stopping, peer).await;
-                    drop(permit);
+                    drop((permit, held));
                 });
             }
         }
@@ -240,6 +281,46 @@ pub async fn serve_with(
         .is_err()
     {
         tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+/// Connections open per peer address (those under the cap only).
+#[derive(Default)]
+struct PerIp(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection counted against its address until it is dropped.
+struct PerIpSlot(Option<(Arc<PerIp>, std::net::IpAddr)>);
+
+impl PerIpSlot {
+    fn none() -> PerIpSlot {
+        PerIpSlot(None)
+    }
+}
+
+impl PerIp {
+    /// Counts a connection of `ip`, unless it has `max` already.
+    fn take(me: &Arc<PerIp>, ip: std::net::IpAddr, max: usize) -> Option<PerIpSlot> {
+        let mut open = me.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpSlot(Some((Arc::clone(me), ip))))
+    }
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        if let Some((per_ip, ip)) = self.0.take() {
+            let mut open = per_ip.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&ip);
+                }
+            }
+        }
     }
 }
 
@@ -323,10 +404,90 @@ impl LastActivity {
     }
 }
 
-/// An I/O stream that records when bytes last moved (for the idle timeout).
+/// An I/O stream that records when it was last used (for the idle timeout): for HTTP/1
+/// when bytes last moved; for HTTP/2 when the client last sent a frame that carries a
+/// request (HEADERS, DATA, CONTINUATION), so that PINGs, SETTINGS and WINDOW_UPDATEs
+/// (and the server's answers to them) do not keep an idle connection open.
 struct Activity<I> {
     inner: I,
     last: LastActivity,
+    frames: Frames,
+}
+
+/// What the client's bytes are, as far as the idle timeout cares.
+#[derive(Debug)]
+enum Frames {
+    /// Not known yet: how many bytes of the HTTP/2 preface matched so far.
+    Preface(usize),
+    /// HTTP/1: every byte counts.
+    Http1,
+    /// HTTP/2: the frame header being read (bytes so far), then the payload left.
+    Http2 {
+        header: [u8; 9],
+        have: usize,
+        payload_left: usize,
+    },
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Frames {
+    /// Reads `bytes` sent by the client; whether they carried a request.
+    fn read(&mut self, mut bytes: &[u8]) -> bool {
+        let mut request = false;
+        while !bytes.is_empty() {
+            match self {
+                Frames::Http1 => return true,
+                Frames::Preface(matched) => {
+                    let want = &H2_PREFACE[*matched..];
+                    let n = want.len().min(bytes.len());
+                    if bytes[..n] != want[..n] {
+                        *self = Frames::Http1;
+                        return true;
+                    }
+                    *matched += n;
+                    bytes = &bytes[n..];
+                    if *matched == H2_PREFACE.len() {
+                        *self = Frames::Http2 {
+                            header: [0; 9],
+                            have: 0,
+                            payload_left: 0,
+                        };
+                    }
+                }
+                Frames::Http2 {
+                    header,
+                    have,
+                    payload_left,
+                } => {
+                    if *payload_left > 0 {
+                        let n = (*payload_left).min(bytes.len());
+                        *payload_left -= n;
+                        bytes = &bytes[n..];
+                        continue;
+                    }
+                    let n = (9 - *have).min(bytes.len());
+                    header[*have..*have + n].copy_from_slice(&bytes[..n]);
+                    *have += n;
+                    bytes = &bytes[n..];
+                    if *have == 9 {
+                        *have = 0;
+                        *payload_left = usize::from(header[0]) << 16
+                            | usize::from(header[1]) << 8
+                            | usize::from(header[2]);
+                        // DATA, HEADERS, CONTINUATION.
+                        request |= matches!(header[3], 0x0 | 0x1 | 0x9);
+                    }
+                }
+            }
+        }
+        request
+    }
+
+    fn http2(&self) -> bool {
+        matches!(self, Frames::Http2 { .. })
+    }
 }
 
 impl<I> Activity<I> {
@@ -337,6 +498,7 @@ impl<I> Activity<I> {
                 opened: tokio::time::Instant::now(),
                 millis: Arc::new(AtomicU64::new(0)),
             },
+            frames: Frames::Preface(0),
         }
     }
 
@@ -353,8 +515,9 @@ impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Activity<I> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.last.touch();
+        let me = &mut *self;
+        if buf.filled().len() > before && me.frames.read(&buf.filled()[before..]) {
+            me.last.touch();
         }
         result
     }
@@ -367,7 +530,9 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Activity<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+        // HTTP/2: what the server sends answers the client's frames (a response is
+        // finished before an idle close in any case).
+        if !self.frames.http2() && matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.last.touch();
         }
         result
@@ -379,7 +544,7 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Activity<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+        if !self.frames.http2() && matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.last.touch();
         }
         result

@@ -265,3 +265,155 @@ async fn on_sigterm_readiness_goes_false_first_and_every_request_sent_during_the
     assert!(signalled.elapsed() >= Duration::from_secs(3));
     assert!(TcpStream::connect(ingress.webhook).await.is_err());
 }
+
+/// A connection took one of the `TGPIPE_MAX_CONNECTIONS` slots before its source was
+/// checked, and any byte kept it: one host outside Telegram's ranges could hold them
+/// all (Telegram was then served only once the idle timeout, 60 s, freed a slot). Now a
+/// peer outside the allowed ranges is closed at accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_a_disallowed_address_do_not_stop_telegram_from_being_served() {
+    // 127.0.0.1 stands for Telegram's ranges, 127.0.0.2 for anyone else.
+    let t = harness(&["--allowed-cidrs", "127.0.0.1/32"]).await;
+    let limits = ConnectionLimits {
+        admit: tgpipe_ingress::client_ip::IpPolicy::new("127.0.0.1/32", "").unwrap(),
+        ..ConnectionLimits::default()
+    };
+    let addr = start(&t, limits).await;
+    let from = |ip: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((ip, 0))).unwrap();
+        socket.connect(addr).await
+    };
+    let started = Instant::now();
+    let mut idle = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        if let Ok(conn) = from([127, 0, 0, 2]).await {
+            idle.push(conn);
+        }
+    }
+    assert!(idle.len() >= 4097, "more than the cap: {}", idle.len());
+    // Telegram is served at once.
+    let mut telegram = from([127, 0, 0, 1]).await.unwrap();
+    telegram
+        .write_all(keep_alive_request(&text_update(9, 1, "from telegram")).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), telegram.read(&mut buf))
+        .await
+        .expect("served within 5 s")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let took = started.elapsed();
+    eprintln!(
+        "{} idle connections from 127.0.0.2, then 127.0.0.1 answered, in {took:?}",
+        idle.len()
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "{took:?}: it waited for slots"
+    );
+    // And the others were closed, not held.
+    let last = idle.last_mut().unwrap();
+    assert!(closed_within(last, Duration::from_secs(2)).await.is_some());
+}
+
+/// One address could hold every connection slot (4096) with idle connections: past its
+/// own cap, one more from it is closed at accept, and other addresses are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    let t = harness(&["--allowed-cidrs", "127.0.0.0/8"]).await;
+    let limits = ConnectionLimits {
+        admit: tgpipe_ingress::client_ip::IpPolicy::new("127.0.0.0/8", "").unwrap(),
+        max_per_ip: 2,
+        ..ConnectionLimits::default()
+    };
+    let addr = start(&t, limits).await;
+    let from = |ip: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((ip, 0))).unwrap();
+        socket.connect(addr).await.unwrap()
+    };
+    let first = from([127, 0, 0, 2]).await;
+    let _second = from([127, 0, 0, 2]).await;
+    let mut third = from([127, 0, 0, 2]).await;
+    assert!(
+        closed_within(&mut third, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "the third connection of one address is closed"
+    );
+    // Another address is served meanwhile.
+    let mut other = from([127, 0, 0, 3]).await;
+    other
+        .write_all(keep_alive_request(&text_update(11, 1, "other")).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = other.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // A connection that closes gives its address's slot back.
+    drop(first);
+    let again = eventually_some(Duration::from_secs(5), "a slot given back", || async {
+        let mut conn = from([127, 0, 0, 2]).await;
+        conn.write_all(keep_alive_request(&text_update(12, 1, "again")).as_bytes())
+            .await
+            .ok()?;
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(1), conn.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        String::from_utf8_lossy(&buf[..n])
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+    })
+    .await;
+    let () = again;
+}
+
+/// Any byte used to count as activity: an HTTP/2 client sending a PING now and then (a
+/// client library's keep-alive does, every 59 s) held its connection, and its slot,
+/// forever. PINGs keep the connection alive at the protocol level only.
+#[tokio::test]
+async fn http2_pings_do_not_keep_an_idle_connection_open() {
+    let t = harness(&["--allowed-cidrs", "127.0.0.0/8"]).await;
+    let limits = ConnectionLimits {
+        idle_timeout: Duration::from_millis(700),
+        ..ConnectionLimits::default()
+    };
+    let addr = start(&t, limits).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let (mut read, mut write) = conn.into_split();
+    let pinging = tokio::spawn(async move {
+        // A PING every 200 ms: length 8, type 6, no flags, stream 0, 8 bytes of data.
+        let ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingpong";
+        while write.write_all(ping).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        // The PING acks keep coming while it is open: bounded as a whole.
+        match tokio::time::timeout_at(deadline, read.read(&mut buf)).await {
+            Err(_) => break None,
+            Ok(Ok(0)) | Ok(Err(_)) => break Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+        }
+    };
+    pinging.abort();
+    let took = closed.expect("an HTTP/2 connection sending only PINGs is still open after 5 s");
+    assert!(
+        took >= Duration::from_millis(500),
+        "closed too early: {took:?}"
+    );
+}

@@ -494,6 +494,16 @@ const REWATCH_DELAY: Duration = Duration::from_millis(250);
 /// How often a watch checks that it is not behind the bucket.
 const STALL_CHECK: Duration = Duration::from_millis(300);
 
+/// Checks in a row that find the watch behind the bucket and no entry arrived since
+/// the previous one, before it is called stalled: a watch that is still replaying a
+/// large bucket (100,000 records take seconds, more on a busy pod) is behind but moving.
+const STALLED_CHECKS: u32 = 2;
+
+/// The longest wait before watching again after repeated stalls: the first re-watch
+/// is immediate (a lost stream leader must not cost the 2 s bound), each one after it
+/// waits twice as long as the last, from [`REWATCH_DELAY`].
+const MAX_REWATCH_BACKOFF: Duration = Duration::from_secs(4);
+
 /// Watches the registry and calls `on_change` with every readable record each time the
 /// registry changed (and once when the bucket's state has been read). `open` gives the
 /// bucket; it is called again whenever the watch has to be re-created (the connection
@@ -511,6 +521,8 @@ where
     let task = tokio::spawn(async move {
         let mut records = Records::new();
         let mut failing = false;
+        // Stalls since the last watch that caught up with the bucket.
+        let mut stalls = 0u32;
         loop {
             let opened = tokio::time::timeout(STEP_TIMEOUT, open())
                 .await
@@ -574,18 +586,28 @@ where
             // it notices only after two missed 5 s heartbeats. Comparing the stream's last
             // sequence with the last revision seen finds a stalled watch within a second.
             let mut last_revision = 0u64;
-            // The stream's last sequence at the previous check: once the watch has not
-            // reached it by the next check, it is stalled (an entry merely in flight at
-            // one check has arrived by the next).
+            // The stream's last sequence at the previous check: a watch that has not
+            // reached it and received nothing for `STALLED_CHECKS` checks is stalled (an
+            // entry merely in flight at one check has arrived by the next; a long replay
+            // is behind its target but moving).
             let mut behind: Option<u64> = None;
+            let (mut seen_at_check, mut still) = (0u64, 0u32);
             let mut stalled = false;
             let mut check = tokio::time::interval(STALL_CHECK);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let next = tokio::select! {
+                    // Entries first: a check only runs when none is waiting.
+                    biased;
                     next = w.next() => next,
                     _ = check.tick() => {
-                        if behind.is_some_and(|target| last_revision < target) {
+                        let moved = last_revision != seen_at_check;
+                        seen_at_check = last_revision;
+                        still = match behind {
+                            Some(target) if last_revision < target && !moved => still + 1,
+                            _ => 0,
+                        };
+                        if still >= STALLED_CHECKS {
                             tracing::warn!("bot registry watch stalled (the bucket has newer changes); watching again");
                             stalled = true;
                             break;
@@ -626,6 +648,7 @@ where
                 if let Some(seen) = replayed.as_ref().filter(|_| caught_up) {
                     records.retain(|id, _| seen.contains(id));
                     replayed = None;
+                    stalls = 0;
                 }
                 if replayed.is_none() {
                     flag.store(true, Ordering::Release);
@@ -634,6 +657,16 @@ where
             }
             if !stalled {
                 tokio::time::sleep(REWATCH_DELAY).await;
+            } else {
+                // Stalling again and again (a bucket whose leader keeps moving, a pod
+                // starved of CPU): each re-watch waits longer, up to the cap.
+                if stalls > 0 {
+                    let backoff = REWATCH_DELAY
+                        .saturating_mul(1 << (stalls - 1).min(8))
+                        .min(MAX_REWATCH_BACKOFF);
+                    tokio::time::sleep(backoff).await;
+                }
+                stalls += 1;
             }
         }
     });

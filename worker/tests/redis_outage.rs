@@ -137,3 +137,114 @@ async fn a_60s_redis_outage_under_load_loses_nothing_and_resumes_within_2s() {
     );
     drop(worker);
 }
+
+/// Out of memory (`maxmemory` reached), Redis still answers `PING` but refuses every
+/// write: the recovery probe used to `PING`, saw Redis "answer again" every 250 ms and
+/// woke the failing update each time, a retry (and a WARN) four times a second instead
+/// of the 1 s, 2 s, 4 s backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_out_of_memory_does_not_wake_the_retries_every_250ms() {
+    use clap::Parser;
+    use std::sync::atomic::AtomicU32;
+    use std::time::Instant;
+    use tgpipe::fsm::FsmContext;
+    use tgpipe::{Dispatcher, HandlerError, Router};
+
+    let s = Stack::start().await;
+    let attempts = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let mut router = Router::new("writes-state");
+    let (a, d) = (Arc::clone(&attempts), Arc::clone(&done));
+    router.message(move |fsm: FsmContext| {
+        let (a, d) = (Arc::clone(&a), Arc::clone(&d));
+        async move {
+            a.fetch_add(1, Ordering::SeqCst);
+            fsm.set_state("filled").await?;
+            d.store(true, Ordering::SeqCst);
+            Ok::<_, HandlerError>(())
+        }
+    });
+    let (nats, redis_url, api) = (s.nats.url(), s.redis.url(), s.sink.url());
+    let config = tgpipe_worker::runtime::Cli::try_parse_from([
+        "worker",
+        "--nats-url",
+        &nats,
+        "--redis-url",
+        &redis_url,
+        "--bot-tokens",
+        stack::TOKEN,
+        "--api-url",
+        &api,
+        "--rate-limits",
+        "off",
+        "--retry-delay",
+        "1s",
+    ])
+    .unwrap()
+    .run
+    .validate()
+    .unwrap();
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(tgpipe_worker::runtime::serve(
+        config,
+        Dispatcher::builder(router),
+        ops,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let maxmemory = |bytes: &'static str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .clone()
+    };
+    maxmemory("1").query_async::<()>(&mut redis).await.unwrap();
+    assert_eq!(s.post(&text(130_001, 13_001, "/start")).await, 200);
+    eventually_ok(Duration::from_secs(20), "the first attempt", || {
+        std::future::ready(match attempts.load(Ordering::SeqCst) {
+            0 => Err("not yet"),
+            _ => Ok(()),
+        })
+    })
+    .await;
+    let first = Instant::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let in_8s = attempts.load(Ordering::SeqCst);
+    eprintln!("Redis out of memory: {in_8s} attempts in the first 8 s");
+    // The backoff's attempts at 0, 1, 3 and 7 s (+ jitter-free 100 ms slack), not 30.
+    assert!(
+        in_8s <= 5,
+        "{in_8s} attempts in 8 s: the backoff was defeated"
+    );
+    assert!(!done.load(Ordering::SeqCst));
+    maxmemory("0").query_async::<()>(&mut redis).await.unwrap();
+    let restored = Instant::now();
+    eventually_ok(
+        Duration::from_secs(30),
+        "handled once Redis takes writes",
+        || {
+            std::future::ready(match done.load(Ordering::SeqCst) {
+                true => Ok(()),
+                false => Err(format!("{} attempts", attempts.load(Ordering::SeqCst))),
+            })
+        },
+    )
+    .await;
+    let resumed_in = restored.elapsed();
+    eprintln!(
+        "handled {resumed_in:?} after Redis took writes again ({:?} after the first attempt)",
+        first.elapsed()
+    );
+    assert!(resumed_in <= Duration::from_secs(2), "{resumed_in:?}");
+    assert_eq!(s.dead_letters().await, 0);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

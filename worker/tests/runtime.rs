@@ -1101,3 +1101,154 @@ fn run_refuses_a_bad_setting_before_it_connects_to_anything() {
         assert!(!stderr.contains("AAA"), "a token in the error: {stderr}");
     }
 }
+
+/// A handler that sends two messages and then fails (transiently, then past the handler
+/// timeout) used to send both again on every attempt: the retries answer them from the
+/// record of the update's calls instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_fails_after_sending_two_messages_sends_each_once() {
+    let s = Stack::start().await;
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut router = Router::new("sends-then-fails");
+    let a = Arc::clone(&attempts);
+    router.message(
+        move |bot: tgpipe::bot::Bot, m: Arc<tgpipe::frankenstein::types::Message>| {
+            let a = Arc::clone(&a);
+            async move {
+                let chat = m.chat.id;
+                // A read is made afresh on every attempt and takes no number.
+                bot.me().await?;
+                let first = bot.send_text(chat, "first").await?;
+                let second = bot.send_text(chat, "second").await?;
+                // The same answers on every attempt.
+                assert!(first.message_id < second.message_id);
+                match a.fetch_add(1, Ordering::SeqCst) {
+                    0 => Err(HandlerError::transient(DatabaseDown)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        Ok(())
+                    }
+                    2 => Err(HandlerError::transient(DatabaseDown)),
+                    _ => {
+                        bot.send_text(chat, "third").await?;
+                        Ok(())
+                    }
+                }
+            }
+        },
+    );
+    let (stop, task) = in_process(&s, router, &["--handler-timeout", "1s"]).await;
+    assert_eq!(s.post(&text(123_001, 12_301, "go")).await, 200);
+    wait_count(&attempts, 4).await;
+    eventually(
+        Duration::from_secs(10),
+        "the update is acknowledged",
+        || async { s.stored().await == 0 },
+    )
+    .await;
+    let sent: Vec<String> = s.calls_of("sendMessage").iter().map(text_of).collect();
+    assert_eq!(sent, ["first", "second", "third"], "each message once");
+    assert_eq!(s.dead_letters().await, 0);
+    // Acknowledged: its record is gone (the memory of finished updates takes over).
+    let redis = redis::Client::open(s.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "the record is deleted", || {
+        let mut redis = redis.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("tgpipe:effects:*")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            keys.is_empty()
+        }
+    })
+    .await;
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+/// FSM state and data had no TTL unless `TGPIPE_FSM_TTL` was set: Redis grew with every
+/// user ever seen. Every key the worker leaves behind now expires by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_a_chat_leaves_in_redis_expires_by_default() {
+    let s = Stack::start().await;
+    let count = Arc::new(AtomicU32::new(0));
+    let mut router = Router::new("form");
+    let c = Arc::clone(&count);
+    router.message(
+        move |bot: tgpipe::bot::Bot,
+              m: Arc<tgpipe::frankenstein::types::Message>,
+              fsm: tgpipe::fsm::FsmContext| {
+            let c = Arc::clone(&c);
+            async move {
+                fsm.set_state("asked_name").await?;
+                fsm.set_data(&BTreeMap::from([("name", "Ann"), ("city", "Lisbon")]))
+                    .await?;
+                bot.send_text(m.chat.id, "What is your age?").await?;
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(())
+            }
+        },
+    );
+    let (stop, task) = in_process(&s, router, &[]).await;
+    const CHATS: i64 = 50;
+    for chat in 0..CHATS {
+        assert_eq!(
+            s.post(&text(140_000 + chat, 14_000 + chat, "hi")).await,
+            200
+        );
+    }
+    wait_count(&count, CHATS as u32).await;
+    eventually(Duration::from_secs(10), "all acknowledged", || async {
+        s.stored().await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut redis = redis::Client::open(s.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tgpipe:*")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut bytes = 0u64;
+    let mut per_chat = 0usize;
+    for key in &keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} never expires ({ttl})");
+        if key.contains("{4242:14") {
+            per_chat += 1;
+            let used: Option<u64> = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            bytes += used.unwrap_or_default();
+        }
+    }
+    let fsm_ttl: i64 = redis::cmd("PTTL")
+        .arg("tgpipe:fsm:{4242:14000:14000}:state")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(fsm_ttl > 29 * 86_400_000, "30 days: {fsm_ttl} ms");
+    eprintln!(
+        "{} keys per chat, {} bytes of Redis memory per chat (MEMORY USAGE)",
+        per_chat as i64 / CHATS,
+        bytes / CHATS as u64
+    );
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

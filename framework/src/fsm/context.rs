@@ -60,6 +60,10 @@ impl std::fmt::Debug for FsmContext {
 /// provides it.
 pub(crate) struct FsmInstalled;
 
+/// The fencing scope of lock tokens in a key's epoch hash (`tgpipe:fsm:{...}:fence`),
+/// apart from the partition lanes' epochs.
+const LOCK_FENCE_SCOPE: &str = "~lock";
+
 impl FsmContext {
     /// A context for `key` over `storage` outside the dispatcher (scripts, admin
     /// tools, tests). It takes no lock.
@@ -91,6 +95,9 @@ impl FsmContext {
         }))
     }
 
+    /// A context under the key's lock: writes checked against the lease and fenced by
+    /// the lock's fencing token, so that a holder whose lease lapsed cannot overwrite a
+    /// later holder's writes even if it does not know yet.
     pub(crate) fn locked(
         storage: Arc<dyn FsmStorage>,
         key: FsmKey,
@@ -104,7 +111,7 @@ impl FsmContext {
             state: Mutex::new(state),
             fence,
             lost,
-            owner: None,
+            owner: fence.map(|token| OwnerFence::new(LOCK_FENCE_SCOPE, 0, token)),
         }))
     }
 

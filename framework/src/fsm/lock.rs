@@ -185,17 +185,26 @@ async fn renew(
 ) {
     let period = lease / 3;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    // The lease runs from the last renewal that succeeded (taken when it was asked).
+    let mut held_since = tokio::time::Instant::now();
     loop {
         tick.tick().await;
+        let asked = tokio::time::Instant::now();
         match storage.renew_lock(&key, &token, lease).await {
-            Ok(true) => {}
+            Ok(true) => held_since = asked,
             Ok(false) => {
                 tracing::warn!(key = %key, "FSM lock lease lost while handling");
                 lost.store(true, Ordering::Release);
                 return;
             }
             // One failed renewal is not a lost lease: the next tick tries again while
-            // two thirds of the lease remain.
+            // two thirds of the lease remain. Renewals that failed for a whole lease
+            // lost it: another holder may have it now.
+            Err(e) if held_since.elapsed() + period >= lease => {
+                tracing::warn!(key = %key, error = %e, "FSM lock renewals failed for the whole lease; lost");
+                lost.store(true, Ordering::Release);
+                return;
+            }
             Err(e) => tracing::warn!(key = %key, error = %e, "FSM lock renewal failed"),
         }
     }

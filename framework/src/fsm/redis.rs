@@ -477,8 +477,11 @@ impl FsmStorage for RedisStorage {
             .arg(token)
             .arg(millis(lease))
             // The counter outlives every lease and every record, and then goes: a key
-            // that is never locked again does not keep it forever.
-            .arg(self.fence_ttl_ms().max(millis(lease)))
+            // that is never locked again does not keep it forever. An hour longer than
+            // the epoch hash its tokens are written to (refreshed by writes made after
+            // the lock), so that the counter never starts again below a token the hash
+            // still holds.
+            .arg(self.fence_ttl_ms().max(millis(lease)) + 3_600_000)
             .invoke_async(&mut conn)
             .await?;
         let fence = match reply.first() {

@@ -303,6 +303,8 @@ impl BotArgs {
             api_url: self.api_url.clone(),
             limits: self.limits(),
             share_limits: self.rate_limits == RateLimitMode::Telegram,
+            once_ttl: None,
+            http: tgpipe::bot::http_client(),
         })
     }
 }
@@ -336,6 +338,12 @@ pub struct BotSettings {
     /// Whether the limits and 429 pauses are shared between pods through Redis
     /// (`TGPIPE_RATE_LIMITS=telegram`).
     pub share_limits: bool,
+    /// How long the record of an update's successful calls is kept in Redis, so that
+    /// the update's next run does not make them again (`None`: no record,
+    /// `TGPIPE_EFFECTS_ONCE=false`).
+    pub once_ttl: Option<Duration>,
+    /// The one HTTP client (and connection pool) of every bot of the worker.
+    pub http: reqwest::Client,
 }
 
 impl BotSettings {
@@ -343,11 +351,15 @@ impl BotSettings {
     /// [`BotSettings::share_limits`]; `None` for a token that is not `<bot_id>:<secret>`.
     pub fn build(&self, token: &str, redis: Option<&ConnectionManager>) -> Option<Bot> {
         let mut builder = Bot::builder(token)
+            .http_client(self.http.clone())
             .api_url(&self.api_url)
             .limits(self.limits.clone());
         // With limits off there is nothing to share: no Redis round trip per call.
         if let (Some(redis), true) = (redis, self.share_limits) {
             builder = builder.redis(redis.clone());
+        }
+        if let (Some(redis), Some(ttl)) = (redis, self.once_ttl) {
+            builder = builder.middleware(super::effects::OncePerUpdate::new(redis.clone(), ttl));
         }
         builder.build().ok()
     }
@@ -489,6 +501,11 @@ pub struct RunArgs {
     /// How long a chat's memory of finished updates lives after its last update.
     #[arg(long, env = "TGPIPE_SEEN_TTL", default_value = "25h", value_parser = parse_duration)]
     pub seen_ttl: Duration,
+    /// Keep a record of each update's successful Bot API calls in Redis, so that a
+    /// retried or taken-over update answers them from the record instead of making them
+    /// again (kept until the update is acknowledged, at most `TGPIPE_SEEN_TTL`).
+    #[arg(long, env = "TGPIPE_EFFECTS_ONCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub effects_once: bool,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "TGPIPE_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: SocketAddr,
@@ -622,7 +639,8 @@ impl RunArgs {
             Err(BotsError::Missing) if self.registry.registry => BotTokens::default(),
             Err(e) => return Err(e.into()),
         };
-        let bots = self.bots.settings(tokens)?;
+        let mut bots = self.bots.settings(tokens)?;
+        bots.once_ttl = self.effects_once.then_some(self.seen_ttl);
         // Parses the URL without connecting.
         redis::Client::open(self.redis.redis_url.as_str()).map_err(ConfigError::RedisUrl)?;
         Ok(WorkerConfig {
@@ -818,10 +836,11 @@ pub(crate) fn check_fsm_split(
 /// The Redis FSM the runtime gives a dispatcher that needs one and has none.
 #[derive(Debug, Clone, Args)]
 pub struct FsmArgs {
-    /// Lifetime of FSM state and data after their last write (`3600`, `7d`); none by
-    /// default.
-    #[arg(long, env = "TGPIPE_FSM_TTL", value_parser = parse_duration)]
-    pub fsm_ttl: Option<Duration>,
+    /// Lifetime of FSM state and data after their last write (`3600`, `7d`); `0`: they
+    /// never expire. 30 days by default, so that Redis grows with the users active in
+    /// that time, not with every user ever seen.
+    #[arg(long, env = "TGPIPE_FSM_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub fsm_ttl: Duration,
     /// Whether updates of one FSM key are handled one at a time across all pods (a Redis
     /// lease per key). On by default; turning it off saves a round trip per update and
     /// gives up that guarantee.
@@ -880,6 +899,54 @@ mod tests {
         let mut argv = vec!["worker"];
         argv.extend_from_slice(flags);
         Cli::try_parse_from(argv).map(|c| c.run)
+    }
+
+    /// Each bot used to build its own HTTP client: 10,000 bots, 10,000 connection pools
+    /// and at least as many connections to the Bot API.
+    #[tokio::test]
+    async fn the_bots_of_a_worker_share_one_connection_pool() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let sink = tgpipe_testkit::sink::Sink::start(Default::default())
+            .await
+            .unwrap();
+        // A proxy in front of the stand-in that counts the connections it is given.
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = proxy.local_addr().unwrap();
+        let (connections, upstream) = (Arc::new(AtomicUsize::new(0)), sink.addr());
+        let counted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = proxy.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        let tokens: Vec<String> = (1..=50).map(|id| format!("{id}:secret")).collect();
+        let args = run_args(&[
+            "--bot-tokens",
+            &tokens.join(","),
+            "--api-url",
+            &format!("http://{proxy_addr}"),
+            "--rate-limits",
+            "off",
+        ])
+        .unwrap();
+        let settings = args.bots.settings(args.bots.tokens().unwrap()).unwrap();
+        let bots = settings.build_all(None);
+        assert_eq!(bots.len(), 50);
+        for bot in bots.values() {
+            bot.send_text(5, "hi").await.unwrap();
+        }
+        assert_eq!(sink.calls().len(), 50);
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "50 bots, one after the other, over one kept-alive connection"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 mod config;
 mod consume;
 mod dlq;
+mod effects;
 mod group;
 mod lane;
 mod metrics;
@@ -283,13 +284,48 @@ async fn poll(args: PollCommandArgs, dispatcher: DispatcherBuilder) -> Result<()
 }
 
 async fn connect_redis(url: &str) -> Result<ConnectionManager, RunError> {
-    let client =
-        redis::Client::open(url).map_err(|e| RunError::config(format!("REDIS_URL: {e}")))?;
-    client
-        .get_connection_manager()
+    let client = redis::Client::open(redis_connection(url)?)
+        .map_err(|e| RunError::config(format!("REDIS_URL: {e}")))?;
+    ConnectionManager::new_with_config(client, redis_timeouts())
         .await
         .map_err(|e| peer(format!("cannot connect to Redis: {e}")))
 }
+
+/// `url` with the socket settings that notice a Redis gone without a word (a pod moved,
+/// a host down: no RST ever comes): keepalive probes on an idle connection, and
+/// `TCP_USER_TIMEOUT` on a busy one, whose sent commands go unacknowledged. Either
+/// closes the socket, and the connection manager reconnects.
+fn redis_connection(url: &str) -> Result<redis::ConnectionInfo, RunError> {
+    use redis::IntoConnectionInfo;
+    use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+
+    let info = url
+        .into_connection_info()
+        .map_err(|e| RunError::config(format!("REDIS_URL: {e}")))?;
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    let tcp = TcpSettings::default()
+        .set_keepalive(keepalive)
+        .set_user_timeout(Duration::from_secs(5));
+    Ok(info.set_tcp_settings(tcp))
+}
+
+/// Every Redis call of the pod is bounded: 500 ms for an answer (the hot path waits for
+/// it: the duplicate memory, FSM state, the calls' record), 500 ms to connect, and one
+/// reconnection attempt per failure (the default six, doubling from 100 ms, held every
+/// call for about 6 s while Redis refused connections).
+fn redis_timeouts() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(REDIS_PATIENCE))
+        .set_connection_timeout(Some(REDIS_PATIENCE))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500))
+}
+
+/// How long any one Redis call of the worker may take.
+const REDIS_PATIENCE: Duration = Duration::from_millis(500);
 
 /// Gives a dispatcher that needs the FSM and has none a Redis FSM, and builds it.
 fn prepare(
@@ -298,7 +334,8 @@ fn prepare(
     fsm: &FsmArgs,
 ) -> Result<Dispatcher, RunError> {
     let dispatcher = if !dispatcher.has_fsm() && dispatcher.needs_fsm() {
-        let storage = RedisStorage::new(redis.clone()).ttl(fsm.fsm_ttl);
+        let ttl = (!fsm.fsm_ttl.is_zero()).then_some(fsm.fsm_ttl);
+        let storage = RedisStorage::new(redis.clone()).ttl(ttl);
         let isolation = if fsm.fsm_isolation {
             Isolation::default()
         } else {

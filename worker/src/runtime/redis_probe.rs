@@ -1,6 +1,11 @@
 //! Notices when Redis answers again after failing, so that the updates waiting to
 //! retry a step that needs it (FSM state, data) go at once instead of sleeping out
 //! their backoff: a 60 s outage then costs about 60 s, not 60 s plus the last doubling.
+//!
+//! "Answers" means "accepts a write": a Redis out of memory (`maxmemory` reached) or a
+//! replica after a failover (`READONLY`) still answers `PING` but refuses every write
+//! the updates need, and a `PING` probe would wake them every 250 ms, defeating their
+//! backoff. The probe writes a key of its own instead (`tgpipe:probe`, expiring in 1 s).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +22,9 @@ const EVERY: Duration = Duration::from_millis(250);
 
 /// How long one probe waits for the answer.
 const PATIENCE: Duration = Duration::from_millis(500);
+
+/// The key the probe writes: a write, not a `PING`, tells that Redis takes writes again.
+const PROBE_KEY: &str = "tgpipe:probe";
 
 /// One per pod. After a failure, one task `PING`s until Redis answers, then counts a
 /// recovery, which wakes every update waiting for one.
@@ -59,9 +67,10 @@ impl RedisProbe {
             loop {
                 tokio::time::sleep(EVERY).await;
                 let mut conn = me.conn.clone();
-                let cmd = redis::cmd("PING");
-                let ping = cmd.query_async::<String>(&mut conn);
-                if matches!(tokio::time::timeout(PATIENCE, ping).await, Ok(Ok(_))) {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(PROBE_KEY).arg(1).arg("PX").arg(1000);
+                let write = cmd.query_async::<()>(&mut conn);
+                if matches!(tokio::time::timeout(PATIENCE, write).await, Ok(Ok(()))) {
                     me.probing.store(false, Ordering::Release);
                     me.recoveries.send_modify(|n| *n += 1);
                     tracing::info!("Redis answers again; the updates that waited for it go on");

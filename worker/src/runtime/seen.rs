@@ -36,6 +36,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
 
+/// How long the check for a finished update may take.
+const PATIENCE: Duration = Duration::from_millis(500);
+
 /// The memory of finished updates.
 #[derive(Clone)]
 pub(super) struct Seen {
@@ -77,11 +80,15 @@ impl Seen {
         chat: i64,
         update_id: i64,
     ) -> Result<bool, redis::RedisError> {
-        let score: Option<f64> = redis::cmd("ZSCORE")
-            .arg(key(bot, chat))
-            .arg(update_id)
-            .query_async(&mut self.redis.clone())
-            .await?;
+        let (mut redis, mut zscore) = (self.redis.clone(), redis::cmd("ZSCORE"));
+        zscore.arg(key(bot, chat)).arg(update_id);
+        // Bounded here too, whatever the connection's settings: the check comes before
+        // every update's handler.
+        let score: Option<f64> = tokio::time::timeout(PATIENCE, zscore.query_async(&mut redis))
+            .await
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+            })??;
         Ok(score.is_some())
     }
 

@@ -24,6 +24,7 @@ use tracing::Instrument;
 use super::settle::{Action, Settle, panic_message};
 use super::slots::Holder;
 use super::{Job, Owned, Pod, Source, metrics};
+use crate::runtime::effects::{self, UpdateCalls};
 use crate::runtime::redis_probe::needs_redis;
 use crate::runtime::registry::RemovedPolicy;
 
@@ -83,6 +84,7 @@ impl Pod {
             tgpipe_shared::telemetry::continue_from(h, &span);
         }
         let chat = chat.zip(update_id);
+        let mut calls_done = None;
         let action = async {
             let env = match &job.env {
                 Ok(env) => env,
@@ -90,6 +92,11 @@ impl Pod {
             };
             // The body parsed once, for every attempt.
             let update = Update::from_envelope(env);
+            // The record of its Bot API calls, kept across its attempts.
+            let calls = chat.map(|(chat, update_id)| {
+                UpdateCalls::new(bot_id, chat, update_id, part.fence.clone(), delivered == 1)
+            });
+            calls_done = calls.clone();
             // What the first attempt reads from Redis, read together: the memory of
             // finished updates and, where no lock is taken, the FSM state (two commands
             // in flight on one connection: one round trip).
@@ -149,8 +156,10 @@ impl Pod {
                         };
                         let holder = Holder::new(&self.slots, slot);
                         let update = update.clone();
-                        let dispatch =
-                            self.dispatch(&b.bot, update, prefetched.take(), &job, &part, label);
+                        let dispatch = effects::scope(
+                            calls.clone(),
+                            self.dispatch(&b.bot, update, prefetched.take(), &job, &part, label),
+                        );
                         tgpipe::bot::idle::with_idle_hook(holder, dispatch).await
                     }
                 };
@@ -197,6 +206,7 @@ impl Pod {
         }
         .instrument(span.clone())
         .await;
+        let acked = matches!(action, Action::Ack(_));
         // Instrumented, never entered: a span guard held across an await would leak into
         // whatever else runs on this thread meanwhile.
         self.settle(
@@ -213,6 +223,9 @@ impl Pod {
         )
         .instrument(span)
         .await;
+        if let (true, Some(calls)) = (acked, calls_done) {
+            calls.finished();
+        }
     }
 
     /// One attempt at the update: the dispatch under the partition's fence, bounded by
