@@ -22,7 +22,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 /// Installs the process-wide Prometheus recorder once and returns its handle (`None`
 /// when another recorder was installed first).
 pub fn install() -> Option<PrometheusHandle> {
-    tgpipe_shared::telemetry::prometheus()
+    let handle = tgpipe_shared::telemetry::prometheus();
+    // The request counter exists from the start, at zero, so that rates and the
+    // alerts over it work before the first request: a peer outside the allowed ranges
+    // is closed at accept and never becomes a request
+    // (`tgpipe_ingress_connections_refused_total`).
+    metrics::counter!("tgpipe_ingress_requests_total",
+        "bot" => "unknown", "status" => "403")
+    .increment(0);
+    handle
 }
 
 /// A served bot's metric handles, registered at its first request and kept with the
