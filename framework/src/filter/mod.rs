@@ -142,13 +142,7 @@ pub struct And<A, B>(A, B);
 
 impl<A: Filter, B: Filter> Filter for And<A, B> {
     fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
-        Box::pin(async move {
-            let mut values = self.0.check(cx).await?;
-            let mut seen = cx.clone();
-            seen.extend(values.clone());
-            values.extend(self.1.check(&seen).await?);
-            Some(values)
-        })
+        both(&self.0, &self.1, cx)
     }
     fn provides(&self) -> Vec<TypeId> {
         [self.0.provides(), self.1.provides()].concat()
@@ -158,17 +152,26 @@ impl<A: Filter, B: Filter> Filter for And<A, B> {
     }
 }
 
+/// `a`, then `b` seeing what `a` provided; both must pass.
+fn both<'a, A: Filter, B: Filter>(
+    a: &'a A,
+    b: &'a B,
+    cx: &'a Context,
+) -> BoxFuture<'a, FilterOutcome> {
+    Box::pin(async move {
+        let mut values = a.check(cx).await?;
+        let mut seen = cx.clone();
+        seen.extend(values.clone());
+        values.extend(b.check(&seen).await?);
+        Some(values)
+    })
+}
+
 /// Filters given together all pass, as aiogram's filters given to one registration:
 /// `.filter((Form::Name, text::plain()))` is `.filter(Form::Name).filter(text::plain())`.
 impl<A: Filter, B: Filter> Filter for (A, B) {
     fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
-        Box::pin(async move {
-            let mut values = self.0.check(cx).await?;
-            let mut seen = cx.clone();
-            seen.extend(values.clone());
-            values.extend(self.1.check(&seen).await?);
-            Some(values)
-        })
+        both(&self.0, &self.1, cx)
     }
     fn provides(&self) -> Vec<TypeId> {
         [self.0.provides(), self.1.provides()].concat()
