@@ -499,6 +499,12 @@ const STALL_CHECK: Duration = Duration::from_millis(300);
 /// large bucket (100,000 records take seconds, more on a busy pod) is behind but moving.
 const STALLED_CHECKS: u32 = 2;
 
+/// The same, while a watch replays the bucket for the first time since it was created:
+/// the server pauses the replay now and then (flow control, reading a large stream
+/// from disk), and a restart would start it from zero, so a replay is called stalled
+/// only after about 5 s without an entry. A watch that caught up keeps the short bound.
+const STALLED_CHECKS_REPLAYING: u32 = 16;
+
 /// The longest wait before watching again after repeated stalls: the first re-watch
 /// is immediate (a lost stream leader must not cost the 2 s bound), each one after it
 /// waits twice as long as the last, from [`REWATCH_DELAY`].
@@ -607,7 +613,12 @@ where
                             Some(target) if last_revision < target && !moved => still + 1,
                             _ => 0,
                         };
-                        if still >= STALLED_CHECKS {
+                        let patience = if replayed.is_some() {
+                            STALLED_CHECKS_REPLAYING
+                        } else {
+                            STALLED_CHECKS
+                        };
+                        if still >= patience {
                             tracing::warn!("bot registry watch stalled (the bucket has newer changes); watching again");
                             stalled = true;
                             break;
