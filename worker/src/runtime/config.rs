@@ -473,6 +473,13 @@ pub struct RunArgs {
     /// forever.
     #[arg(long, env = "TGPIPE_HANDLER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub handler_timeout: Duration,
+    /// When an update is too old to run, per kind: one Telegram no longer takes an
+    /// answer to (a callback query after 150 s, an inline query after 30 s, a
+    /// pre-checkout query after 10 s, counted from its arrival at the ingress) is
+    /// settled as expired instead. `kind=duration` pairs over these defaults, `kind=0`
+    /// for none, or `none` for no deadlines at all.
+    #[arg(long, env = "TGPIPE_DEADLINES", default_value = "", value_parser = super::Deadlines::parse, hide_default_value = true)]
+    pub deadlines: super::Deadlines,
     /// Attempts at a failing update before it is dead-lettered (once the retry budget is
     /// spent too).
     #[arg(long, env = "TGPIPE_MAX_DELIVER", default_value_t = 5,
@@ -658,6 +665,7 @@ impl RunArgs {
                 retry_max_delay: self.retry_max_delay,
                 retry_budget: self.retry_budget,
                 handler_timeout: self.handler_timeout,
+                deadlines: self.deadlines,
             },
             seen: (self.seen_cap > 0).then_some((self.seen_cap, self.seen_ttl)),
             allow_fsm_split: self.allow_fsm_split,

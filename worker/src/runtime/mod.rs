@@ -11,6 +11,7 @@
 
 mod config;
 mod consume;
+mod deadlines;
 mod dlq;
 mod effects;
 mod group;
@@ -26,6 +27,7 @@ pub use self::config::{
     BotArgs, BotsArgs, Cli, Command, ConfigError, DlqArgs, DlqCommand, FsmArgs, PollCommandArgs,
     ProvisionArgs, RateLimitMode, RunArgs, WebhookArgs, WorkerConfig,
 };
+pub use self::deadlines::Deadlines;
 pub use self::dlq::{DeadLetter, DlqError, command as dlq_command};
 pub use self::registry::{BotsCommand, BotsCommandError, RemovedPolicy, run_bots_command};
 
