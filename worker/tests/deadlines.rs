@@ -129,3 +129,38 @@ async fn a_deadline_for_a_misspelt_kind_stops_the_worker_with_exit_64() {
         "{stderr}"
     );
 }
+
+/// How many replies to the backlog's messages were sent before the press was answered,
+/// with one run slot and 100 ms a Bot API call.
+async fn replies_before_the_press(interactive_first: &str) -> usize {
+    let s = Stack::with_latency(Duration::from_millis(100)).await;
+    // A backlog: 30 chats wrote while no worker ran, then a user pressed a button.
+    for chat in 9_200..9_230i64 {
+        assert_eq!(s.post(&text(chat, chat, "queued")).await, 200);
+    }
+    assert_eq!(s.post(&callback(1, 9_300, "menu:tea")).await, 200);
+    let _w = s
+        .worker(&[
+            ("TGPIPE_CONCURRENCY", "1"),
+            ("TGPIPE_INTERACTIVE_FIRST", interactive_first),
+        ])
+        .await;
+    let press = s
+        .wait_for("answerCallbackQuery", 1, Duration::from_secs(30))
+        .await;
+    s.wait_for("sendMessage", 30, Duration::from_secs(30)).await;
+    s.calls_of("sendMessage")
+        .iter()
+        .filter(|c| c.seq < press[0].seq)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_button_press_waited_behind_every_queued_message_of_its_bot() {
+    let first = replies_before_the_press("true").await;
+    let last = replies_before_the_press("false").await;
+    eprintln!("replies before the press: {first} interactive first, {last} in arrival order");
+    // One slot: a dispatch or two may have taken it before the press arrived.
+    assert!(first <= 2, "{first} replies went first");
+    assert!(last >= 10, "the baseline ran the press early: {last}");
+}

@@ -480,6 +480,11 @@ pub struct RunArgs {
     /// for none, or `none` for no deadlines at all.
     #[arg(long, env = "TGPIPE_DEADLINES", default_value = "", value_parser = super::Deadlines::parse, hide_default_value = true)]
     pub deadlines: super::Deadlines,
+    /// Run the kinds that have a deadline (callback, inline and pre-checkout queries:
+    /// someone is waiting for the answer) before the bot's other updates when both wait
+    /// for a run slot. Each chat keeps its order either way.
+    #[arg(long, env = "TGPIPE_INTERACTIVE_FIRST", default_value_t = false, action = clap::ArgAction::Set)]
+    pub interactive_first: bool,
     /// Attempts at a failing update before it is dead-lettered (once the retry budget is
     /// spent too).
     #[arg(long, env = "TGPIPE_MAX_DELIVER", default_value_t = 5,
@@ -666,6 +671,7 @@ impl RunArgs {
                 retry_budget: self.retry_budget,
                 handler_timeout: self.handler_timeout,
                 deadlines: self.deadlines,
+                interactive_first: self.interactive_first,
             },
             seen: (self.seen_cap > 0).then_some((self.seen_cap, self.seen_ttl)),
             allow_fsm_split: self.allow_fsm_split,

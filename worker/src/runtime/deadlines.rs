@@ -82,6 +82,12 @@ impl Deadlines {
         self.0.get(&UpdateKind::from_field(kind)).copied()
     }
 
+    /// Whether updates of `kind` have a deadline (they are interactive: someone waits
+    /// for the answer).
+    pub(crate) fn has(&self, kind: &UpdateKind) -> bool {
+        self.0.contains_key(kind)
+    }
+
     /// How long past its deadline an update of `kind` that Telegram delivered at
     /// `received_at_ms` (Unix milliseconds; 0 when unknown) is at `now`, if it is.
     pub(crate) fn overdue(

@@ -127,6 +127,8 @@ impl Pod {
                 }
             }
             let first_attempt = Instant::now();
+            // Kinds that expire go before the bot's others when both wait for a slot.
+            let urgent = me.acks.interactive_first && me.acks.deadlines.has(&kind);
             loop {
                 // Checked before every attempt: a callback query that waited out a
                 // backlog, or kept failing, past the time Telegram takes its answer is
@@ -159,7 +161,7 @@ impl Pod {
                         let slot = tokio::select! {
                             biased;
                             () = part.own.released() => return Action::GiveBack,
-                            slot = self.keep_in_progress(&job.src, self.slots.acquire(bot_id)) => slot,
+                            slot = self.keep_in_progress(&job.src, self.slots.acquire(bot_id, urgent)) => slot,
                         };
                         let holder = Holder::new(&self.slots, slot);
                         let update = update.clone();
