@@ -2,7 +2,8 @@
 //! redis-server, the ingress (in process, on a local port), the Bot API stand-in, and
 //! worker processes of `tgpipe-example-bot` that can be killed and restarted.
 
-#![allow(dead_code, unreachable_pub)]
+// Each test file uses a part of it.
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
