@@ -245,6 +245,9 @@ impl Stack {
             // + 10 s) stays short too.
             ("TGPIPE_HANDLER_TIMEOUT", "5s".to_owned()),
             ("TGPIPE_STREAM_REPLICAS", self.nats.replicas().to_owned()),
+            // The webhook watchdog's calls would take faults queued for the tests' own
+            // calls; its tests turn it on (webhook_watch.rs).
+            ("TGPIPE_WEBHOOK_CHECK_INTERVAL", "0".to_owned()),
             ("RUST_LOG", "info".to_owned()),
         ]
         .into_iter()
