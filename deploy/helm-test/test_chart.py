@@ -148,6 +148,21 @@ def test_worker_termination_grace_covers_the_handler_timeout_and_the_drain():
         render(sets=dict(BOTS, **{"worker.handlerTimeoutSeconds": "60", "worker.shutdownGraceSeconds": "25"}))
 
 
+def test_the_webhook_watchdog_gets_the_static_bots_url_and_secrets_when_there_is_a_public_url():
+    objs = render(sets=BOTS)
+    d = named(objs, "Deployment", "t-tgpipe-worker-messages")
+    e = env(d["spec"]["template"]["spec"]["containers"][0])
+    assert e["TGPIPE_WEBHOOK_CHECK_INTERVAL"] == "60s"
+    assert "TGPIPE_WEBHOOK_URL" not in e and "TGPIPE_BOTS_FILE" not in e
+    objs = render(sets=dict(BOTS, **{"provision.publicUrl": "https://bot.example.org", "worker.webhookCheckSeconds": "0"}))
+    spec = named(objs, "Deployment", "t-tgpipe-worker-messages")["spec"]["template"]["spec"]
+    e = env(spec["containers"][0])
+    assert (e["TGPIPE_WEBHOOK_CHECK_INTERVAL"], e["TGPIPE_WEBHOOK_URL"]) == ("0s", "https://bot.example.org")
+    assert e["TGPIPE_BOTS_FILE"] == "/etc/tgpipe/bots/bots"
+    items = {i["key"] for v in spec["volumes"] if v["name"] == "bots" for i in v["secret"]["items"]}
+    assert items == {"tokens", "bots"}
+
+
 def test_metrics_are_scraped_from_the_ingress_ops_port_not_the_webhook_port():
     objs = render(sets=dict(BOTS, **{"metrics.serviceMonitor.enabled": "true"}))
     monitor = named(objs, "ServiceMonitor", "t-tgpipe-ingress")

@@ -149,6 +149,15 @@ float64, and `quote`/`%v` print one of a million or more in exponent form
 - name: TGPIPE_FSM_TTL
   value: {{ printf "%ss" (include "tgpipe.int" $v.worker.fsmTtlSeconds) | quote }}
 {{- end }}
+- name: TGPIPE_WEBHOOK_CHECK_INTERVAL
+  value: {{ printf "%ss" (include "tgpipe.int" $v.worker.webhookCheckSeconds) | quote }}
+{{- with $v.provision.publicUrl }}
+# The static bots' webhook URL and secrets: the watchdog checks them and sets them again.
+- name: TGPIPE_WEBHOOK_URL
+  value: {{ . | quote }}
+- name: TGPIPE_BOTS_FILE
+  value: /etc/tgpipe/bots/bots
+{{- end }}
 - name: TGPIPE_LISTEN
   value: "0.0.0.0:9090"
 {{- end -}}
