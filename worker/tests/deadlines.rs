@@ -113,15 +113,7 @@ async fn a_deadline_set_in_tgpipe_deadlines_counts_from_the_ingress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_for_a_misspelt_kind_stops_the_worker_with_exit_64() {
     let s = Stack::start().await;
-    let out = std::process::Command::new(tgpipe_testkit::workspace_bin(
-        "tgpipe-example-bot",
-        "tgpipe-example-bot",
-    ))
-    .envs(s.worker_env())
-    .env("TGPIPE_DEADLINES", "callback_qery=60s")
-    .env("TGPIPE_LISTEN", "127.0.0.1:0")
-    .output()
-    .unwrap();
+    let out = s.run_to_exit(&[("TGPIPE_DEADLINES", "callback_qery=60s")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(

@@ -497,15 +497,7 @@ async fn a_worker_started_without_replicas_leaves_r3_streams_at_r3() {
 async fn a_lane_kind_typo_stops_the_worker_with_exit_64() {
     let _one = ONE_AT_A_TIME.lock().await;
     let s = Stack::start().await;
-    let out = std::process::Command::new(tgpipe_testkit::workspace_bin(
-        "tgpipe-example-bot",
-        "tgpipe-example-bot",
-    ))
-    .envs(s.worker_env())
-    .env("TGPIPE_LANE_KINDS", "message,bogus")
-    .env("TGPIPE_LISTEN", "127.0.0.1:0")
-    .output()
-    .unwrap();
+    let out = s.run_to_exit(&[("TGPIPE_LANE_KINDS", "message,bogus")]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

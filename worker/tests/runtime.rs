@@ -499,16 +499,10 @@ async fn two_lanes_split_the_kinds_and_overlapping_lanes_are_refused() {
     assert!(!m2.contains(r#"kind="message""#), "{m2}");
 
     // A third lane that also takes messages does not start: exit code 64, and says why.
-    let out = std::process::Command::new(tgpipe_testkit::workspace_bin(
-        "tgpipe-example-bot",
-        "tgpipe-example-bot",
-    ))
-    .envs(s.worker_env())
-    .env("TGPIPE_LANE", "greedy")
-    .env("TGPIPE_LANE_KINDS", "message,inline_query")
-    .env("TGPIPE_LISTEN", "127.0.0.1:0")
-    .output()
-    .unwrap();
+    let out = s.run_to_exit(&[
+        ("TGPIPE_LANE", "greedy"),
+        ("TGPIPE_LANE_KINDS", "message,inline_query"),
+    ]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -516,15 +510,7 @@ async fn two_lanes_split_the_kinds_and_overlapping_lanes_are_refused() {
         "{stderr}"
     );
     // So does a lane naming something that is not an update kind.
-    let out = std::process::Command::new(tgpipe_testkit::workspace_bin(
-        "tgpipe-example-bot",
-        "tgpipe-example-bot",
-    ))
-    .envs(s.worker_env())
-    .env("TGPIPE_LANE_KINDS", "message,not a kind")
-    .env("TGPIPE_LISTEN", "127.0.0.1:0")
-    .output()
-    .unwrap();
+    let out = s.run_to_exit(&[("TGPIPE_LANE_KINDS", "message,not a kind")]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not an update kind"));
 }

@@ -255,6 +255,20 @@ impl Stack {
         .collect()
     }
 
+    /// Runs a `tgpipe-example-bot` worker with extra environment to its exit (one that
+    /// refuses its settings): its status and output.
+    pub fn run_to_exit(&self, extra: &[(&str, &str)]) -> std::process::Output {
+        Command::new(tgpipe_testkit::workspace_bin(
+            "tgpipe-example-bot",
+            "tgpipe-example-bot",
+        ))
+        .envs(self.worker_env())
+        .env("TGPIPE_LISTEN", "127.0.0.1:0")
+        .envs(extra.iter().map(|(k, v)| (*k, *v)))
+        .output()
+        .expect("run the example bot")
+    }
+
     /// Starts a `tgpipe-example-bot` worker with extra environment, once ready.
     pub async fn worker(&self, extra: &[(&str, &str)]) -> Worker {
         self.worker_unset(extra, &[]).await
