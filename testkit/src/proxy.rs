@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 /// A proxy on a local port in front of `upstream`; stopped (every connection closed)
 /// on `Drop`. It runs on the Tokio runtime it was started on.
@@ -170,30 +171,43 @@ async fn requests(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, holed: &impl 
     }
 }
 
-/// Passes the server's answers on (after the delay asked for), or throws them away once
-/// the connection is a black hole. A server that closes a black-holed connection does
-/// not close the client's: nothing ever comes back.
+/// Passes the server's answers on, each `delay` after it came (a slower server, not a
+/// narrower one), or throws them away once the connection is a black hole. A server
+/// that closes a black-holed connection does not close the client's: nothing ever
+/// comes back.
 async fn answers(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     state: &State,
     holed: &impl Fn() -> bool,
 ) {
-    let mut buf = vec![0; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) if holed() => std::future::pending().await,
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let delay = state.delay_ms.load(Ordering::SeqCst);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
+    let (due, mut next) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) if holed() => std::future::pending().await,
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let delay = Duration::from_millis(state.delay_ms.load(Ordering::SeqCst));
+            if due
+                .send((Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+            {
+                return;
+            }
         }
-        if !holed() && to.write_all(&buf[..n]).await.is_err() {
-            return;
+    };
+    let write = async move {
+        while let Some((at, bytes)) = next.recv().await {
+            tokio::time::sleep_until(at).await;
+            if !holed() && to.write_all(&bytes).await.is_err() {
+                return;
+            }
         }
-    }
+    };
+    tokio::join!(read, write);
 }
 
 /// Reads and throws away what a black-holed client sends, until it closes.
@@ -241,13 +255,19 @@ mod tests {
         assert!(round_trip(&mut old).await, "forwards");
 
         proxy.black_hole();
-        assert!(!round_trip(&mut old).await, "an open connection goes silent");
+        assert!(
+            !round_trip(&mut old).await,
+            "an open connection goes silent"
+        );
         let mut during = TcpStream::connect(proxy.addr()).await.unwrap();
         assert!(!round_trip(&mut during).await, "a new one is silent too");
 
         proxy.forward();
         let mut new = TcpStream::connect(proxy.addr()).await.unwrap();
-        assert!(round_trip(&mut new).await, "new connections are forwarded again");
+        assert!(
+            round_trip(&mut new).await,
+            "new connections are forwarded again"
+        );
         assert!(!round_trip(&mut old).await, "the old ones stay black holes");
         assert!(!round_trip(&mut during).await);
         assert_eq!(proxy.open_connections(), 3, "nothing was closed");

@@ -290,7 +290,10 @@ async fn redis_gone_without_an_rst_was_waited_on_until_the_retries_ran_out() {
         .flatten()
         .filter(|(at, _)| *at > gone_at && *at < back_at)
         .count();
-    assert!(during >= 200, "updates kept arriving while Redis was gone: {during}");
+    assert!(
+        during >= 200,
+        "updates kept arriving while Redis was gone: {during}"
+    );
 
     let replies = all_answered(&s, total, Duration::from_secs(30)).await;
     for (chat, sent) in &sent {
