@@ -84,10 +84,16 @@ async fn calls_given_up_by_their_callers_still_get_a_dead_connection_replaced() 
     get(&redis).await.unwrap();
 
     proxy.black_hole();
-    for _ in 0..5 {
-        let gave_up = tokio::time::timeout(TIMEOUT / 3, get(&redis)).await;
-        assert!(gave_up.is_err());
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let redis = redis.clone();
+            tokio::spawn(async move { tokio::time::timeout(TIMEOUT / 3, get(&redis)).await })
+        })
+        .collect();
+    for call in calls {
+        assert!(call.await.unwrap().is_err(), "the caller gave up");
     }
+    assert_eq!(redis.replaced(), 0, "not before the response timeout");
     eventually(Duration::from_secs(2), "the connection is replaced", || {
         std::future::ready(redis.replaced() == 1)
     })
