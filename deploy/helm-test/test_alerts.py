@@ -31,7 +31,7 @@ def promtool(*args, cwd):
 def test_alert_rules_pass_promtool_check_and_their_unit_tests(tmp_path):
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rendered_rules()["groups"]}, sort_keys=False))
     shutil.copy(HERE / "alerts_test.yaml", tmp_path)
-    assert "SUCCESS: 6 rules found" in promtool("check", "rules", "rules.yaml", cwd=tmp_path)
+    assert "SUCCESS: 9 rules found" in promtool("check", "rules", "rules.yaml", cwd=tmp_path)
     assert "SUCCESS" in promtool("test", "rules", "alerts_test.yaml", cwd=tmp_path)
 
 
@@ -44,6 +44,9 @@ def test_every_alert_has_a_unit_test():
         "TgpipeWorkerNotReady",
         "TgpipeBotApi429",
         "TgpipeRebalanceStorm",
+        "TgpipeWebhookPendingUpdates",
+        "TgpipeWebhookDeliveryErrors",
+        "TgpipeWebhookDrifted",
     }
     tests = yaml.safe_load((HERE / "alerts_test.yaml").read_text())["tests"]
     tested = {t["alertname"] for case in tests for t in case["alert_rule_test"] if t["exp_alerts"]}

@@ -249,3 +249,38 @@ async fn a_paused_bot_is_answered_503_and_its_update_handled_once_resumed() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_bots_webhook_changed_behind_its_back_stayed_changed() {
+    let s = Stack::start().await;
+    let old = add(&s).await;
+    s.sink
+        .change_webhook_behind_the_bots_back(NEW_BOT, "https://elsewhere.example/hook");
+    let _w = s.worker(&[("TGPIPE_WEBHOOK_CHECK_INTERVAL", "1s")]).await;
+    let want = "https://hooks.example.com/webhook/5151";
+    eventually(Duration::from_secs(15), "the webhook is set again", || {
+        std::future::ready(s.sink.webhook_url_of(NEW_BOT) == want)
+    })
+    .await;
+    // Set again with a new secret (the old one is stored nowhere), which the ingress
+    // takes: the bot's updates flow again.
+    let set = s.calls_of("setWebhook");
+    let new = set.last().unwrap().params["secret_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new, old);
+    assert_eq!(
+        set.last().unwrap().params["allowed_updates"],
+        serde_json::json!(["message"])
+    );
+    post_until_stored(&s, &new, 7, 607, Duration::from_secs(5)).await;
+    eventually(Duration::from_secs(10), "the bot is answered", || {
+        std::future::ready(
+            s.calls_of("sendMessage")
+                .iter()
+                .any(|c| c.bot_id == Some(NEW_BOT)),
+        )
+    })
+    .await;
+}

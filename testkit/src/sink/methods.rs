@@ -253,7 +253,7 @@ pub(crate) fn answer(
                     "secret token contains unallowed characters",
                 ));
             }
-            let w = &mut inner.webhook;
+            let w = inner.webhooks.entry(bot_id).or_default();
             w.url = url;
             w.has_custom_certificate = files.iter().any(|f| f.field == "certificate");
             w.max_connections = int_param(params, "max_connections").unwrap_or(40);
@@ -272,16 +272,20 @@ pub(crate) fn answer(
             Ok(Value::Bool(true))
         }
         "deletewebhook" => {
-            inner.webhook = Default::default();
+            inner.webhooks.remove(&bot_id);
             Ok(Value::Bool(true))
         }
         "getwebhookinfo" => {
-            let w = &inner.webhook;
+            let w = inner.webhooks.get(&bot_id).cloned().unwrap_or_default();
             let mut info = json!({
                 "url": w.url,
                 "has_custom_certificate": w.has_custom_certificate,
-                "pending_update_count": inner.updates.len(),
+                "pending_update_count": w.pending.unwrap_or(inner.updates.len() as u64),
             });
+            if let Some((date, message)) = &w.last_error {
+                info["last_error_date"] = json!(date);
+                info["last_error_message"] = json!(message);
+            }
             if !w.url.is_empty() {
                 info["max_connections"] = json!(w.max_connections);
                 if let Some(ip) = &w.ip_address {
@@ -294,7 +298,11 @@ pub(crate) fn answer(
             Ok(info)
         }
         "getupdates" => {
-            if !inner.webhook.url.is_empty() {
+            if inner
+                .webhooks
+                .get(&bot_id)
+                .is_some_and(|w| !w.url.is_empty())
+            {
                 return Err(ApiError {
                     code: 409,
                     description: "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first".to_owned(),

@@ -53,7 +53,8 @@ impl Default for SinkConfig {
     }
 }
 
-/// What `setWebhook` set, for `getWebhookInfo`.
+/// What `setWebhook` set for one bot, for `getWebhookInfo`, with the delivery trouble a
+/// test gives it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct WebhookState {
     pub(crate) url: String,
@@ -61,6 +62,11 @@ pub(crate) struct WebhookState {
     pub(crate) max_connections: i64,
     pub(crate) ip_address: Option<String>,
     pub(crate) allowed_updates: Option<Value>,
+    /// `last_error_date` and `last_error_message` ([`SinkHandle::webhook_error`]).
+    pub(crate) last_error: Option<(i64, String)>,
+    /// `pending_update_count` when set ([`SinkHandle::webhook_pending`]); else the
+    /// queued `getUpdates` updates.
+    pub(crate) pending: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -71,7 +77,8 @@ pub(crate) struct Inner {
     fault_counter: u64,
     message_ids: HashMap<i64, i64>,
     global_id: i64,
-    pub(crate) webhook: WebhookState,
+    /// Each bot's webhook, by bot id.
+    pub(crate) webhooks: HashMap<u64, WebhookState>,
     pub(crate) updates: VecDeque<Value>,
     /// Queued faults by lower-case method (`*`: any).
     faults: HashMap<String, VecDeque<Fault>>,
@@ -89,7 +96,7 @@ impl Inner {
             fault_counter: 0,
             message_ids: HashMap::new(),
             global_id: 0,
-            webhook: WebhookState::default(),
+            webhooks: HashMap::new(),
             updates: VecDeque::new(),
             faults: HashMap::new(),
             chat_faults: HashMap::new(),
@@ -341,9 +348,54 @@ impl SinkHandle {
             + inner.chat_faults.values().map(VecDeque::len).sum::<usize>()
     }
 
-    /// The webhook's URL as set by `setWebhook` (empty when none).
+    /// The webhook's URL as set by `setWebhook` for the bot with the lowest id that
+    /// has one (empty when none): the one bot of most tests.
     pub fn webhook_url(&self) -> String {
-        self.shared.lock().webhook.url.clone()
+        let inner = self.shared.lock();
+        let mut set: Vec<_> = inner
+            .webhooks
+            .iter()
+            .filter(|(_, w)| !w.url.is_empty())
+            .collect();
+        set.sort_by_key(|(id, _)| **id);
+        set.first().map(|(_, w)| w.url.clone()).unwrap_or_default()
+    }
+
+    /// The webhook URL of bot `bot_id` (empty when none).
+    pub fn webhook_url_of(&self, bot_id: u64) -> String {
+        let inner = self.shared.lock();
+        inner
+            .webhooks
+            .get(&bot_id)
+            .map(|w| w.url.clone())
+            .unwrap_or_default()
+    }
+
+    /// Points bot `bot_id`'s webhook elsewhere, as someone calling `setWebhook` with its
+    /// token behind the bot's back would (the secret and allowed updates go too).
+    pub fn change_webhook_behind_the_bots_back(&self, bot_id: u64, url: &str) {
+        let mut inner = self.shared.lock();
+        inner.webhooks.insert(
+            bot_id,
+            WebhookState {
+                url: url.to_owned(),
+                max_connections: 40,
+                ..WebhookState::default()
+            },
+        );
+    }
+
+    /// Makes `getWebhookInfo` of bot `bot_id` report a failed delivery at `date` (Unix
+    /// seconds), as Telegram does when the ingress cannot be reached.
+    pub fn webhook_error(&self, bot_id: u64, date: i64, message: &str) {
+        let mut inner = self.shared.lock();
+        inner.webhooks.entry(bot_id).or_default().last_error = Some((date, message.to_owned()));
+    }
+
+    /// Makes `getWebhookInfo` of bot `bot_id` report `n` updates waiting at Telegram.
+    pub fn webhook_pending(&self, bot_id: u64, n: u64) {
+        let mut inner = self.shared.lock();
+        inner.webhooks.entry(bot_id).or_default().pending = Some(n);
     }
 }
 

@@ -470,6 +470,21 @@ pub struct RunArgs {
     /// forever.
     #[arg(long, env = "TGPIPE_HANDLER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub handler_timeout: Duration,
+    /// When an update is too old to run, per kind: one Telegram no longer takes an
+    /// answer to (a callback query after 150 s, an inline query after 30 s, a
+    /// pre-checkout query after 10 s, counted from its arrival at the ingress) is
+    /// settled as expired instead. `kind=duration` pairs over these defaults, `kind=0`
+    /// for none, or `none` for no deadlines at all.
+    #[arg(long, env = "TGPIPE_DEADLINES", default_value = "", value_parser = super::Deadlines::parse, hide_default_value = true)]
+    pub deadlines: super::Deadlines,
+    /// The webhook watchdog.
+    #[command(flatten)]
+    pub webhook_watch: WebhookWatchArgs,
+    /// Run the kinds that have a deadline (callback, inline and pre-checkout queries:
+    /// someone is waiting for the answer) before the bot's other updates when both wait
+    /// for a run slot. Each chat keeps its order either way.
+    #[arg(long, env = "TGPIPE_INTERACTIVE_FIRST", default_value_t = false, action = clap::ArgAction::Set)]
+    pub interactive_first: bool,
     /// Attempts at a failing update before it is dead-lettered (once the retry budget is
     /// spent too).
     #[arg(long, env = "TGPIPE_MAX_DELIVER", default_value_t = 5,
@@ -554,6 +569,27 @@ impl RunArgs {
         Lane::new(&self.lane, kinds)
     }
 
+    /// The webhook watchdog's settings: the static bots' secrets read and checked.
+    fn webhook_watch(&self) -> Result<super::webhook_watch::WatchSettings, ConfigError> {
+        let w = &self.webhook_watch;
+        let secrets = w
+            .secrets
+            .secrets()
+            .map_err(ConfigError::WatchSecrets)?
+            .iter()
+            .map(|(id, secret)| (id, secret.expose().to_owned()))
+            .collect();
+        Ok(super::webhook_watch::WatchSettings {
+            interval: w.interval,
+            repair: w.repair,
+            statics: super::webhook_watch::StaticHooks {
+                url: w.url.clone(),
+                secrets,
+            },
+            used_kinds: Vec::new(),
+        })
+    }
+
     /// The drain's limit: `TGPIPE_SHUTDOWN_GRACE`, or the handler timeout + 10s.
     pub fn shutdown_grace(&self) -> Result<Duration, ConfigError> {
         let least = self.handler_timeout + GRACE_OVER_HANDLER;
@@ -630,6 +666,7 @@ impl RunArgs {
             });
         }
         let consumers = self.consumer_settings()?;
+        let webhook_watch = self.webhook_watch()?;
         let tokens = match self.bots.tokens() {
             Ok(tokens) => tokens,
             // With the registry, bots may all come from it.
@@ -655,7 +692,10 @@ impl RunArgs {
                 retry_max_delay: self.retry_max_delay,
                 retry_budget: self.retry_budget,
                 handler_timeout: self.handler_timeout,
+                deadlines: self.deadlines,
+                interactive_first: self.interactive_first,
             },
+            webhook_watch,
             seen: (self.seen_cap > 0).then_some((self.seen_cap, self.seen_ttl)),
             allow_fsm_split: self.allow_fsm_split,
             lane,
@@ -722,6 +762,8 @@ pub struct WorkerConfig {
     pub(crate) limits: Limits,
     /// How updates are acknowledged and retried.
     pub(crate) acks: AckSettings,
+    /// The webhook watchdog (the handlers' kinds are filled in by `serve`).
+    pub(crate) webhook_watch: super::webhook_watch::WatchSettings,
     /// This pod's name in its lane's group (the host name when `None`).
     pub(crate) member: Option<String>,
     /// The memory of finished updates per chat: how many, and for how long (`None`:
@@ -731,6 +773,29 @@ pub struct WorkerConfig {
     pub(crate) shutdown_grace: Duration,
     /// Whether to create the streams that are missing at start.
     pub(crate) provision: bool,
+}
+
+/// The webhook watchdog's settings (one pod of the deployment asks Telegram about every
+/// bot's webhook).
+#[derive(Debug, Clone, Args)]
+pub struct WebhookWatchArgs {
+    /// How often the watching pod asks `getWebhookInfo` of every active bot and exports
+    /// what Telegram says (`tgpipe_webhook_*`); `0` turns the watch off.
+    #[arg(id = "webhook_check_interval", long = "webhook-check-interval", env = "TGPIPE_WEBHOOK_CHECK_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Set a webhook again when its URL or update kinds drifted: a registry bot's by
+    /// rotating its secret, a static bot's with its secret from `TGPIPE_BOTS`.
+    #[arg(id = "webhook_repair", long = "webhook-repair", env = "TGPIPE_WEBHOOK_REPAIR", default_value_t = true, action = clap::ArgAction::Set)]
+    pub repair: bool,
+    /// The static bots' webhook URL: the ingress's public base URL (`/webhook/<bot_id>`
+    /// is added) or a URL with `{bot_id}`. Without it static bots are reported, not
+    /// checked for drift (registry bots carry their own).
+    #[arg(id = "webhook_url", long = "webhook-url", env = "TGPIPE_WEBHOOK_URL")]
+    pub url: Option<String>,
+    /// The static bots' secrets, as the ingress has them: needed to set a static bot's
+    /// webhook again.
+    #[command(flatten)]
+    pub secrets: BotSecretsArgs,
 }
 
 /// Why the settings of `run` are unusable. Each message names the setting.
@@ -775,6 +840,9 @@ pub enum ConfigError {
     /// The bot tokens or the Bot API URL.
     #[error(transparent)]
     Bots(#[from] BotsError),
+    /// `TGPIPE_BOTS` / `TGPIPE_BOTS_FILE` given to the webhook watchdog.
+    #[error("the webhook watchdog's secrets: {0}")]
+    WatchSecrets(#[source] tgpipe_shared::config::BotSecretsError),
     /// `REDIS_URL` does not parse.
     #[error("REDIS_URL (--redis-url): {0}")]
     RedisUrl(#[source] redis::RedisError),

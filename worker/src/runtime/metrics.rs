@@ -4,7 +4,7 @@
 //! | --- | --- | --- |
 //! | `tgpipe_worker_consumed_total` | counter | `kind` |
 //! | `tgpipe_worker_redeliveries_total` | counter | `kind` |
-//! | `tgpipe_worker_outcomes_total` | counter | `kind`, `outcome` (`handled`, `unhandled`, `duplicate`, `retried`, `dead_lettered`) |
+//! | `tgpipe_worker_outcomes_total` | counter | `kind`, `outcome` (`handled`, `unhandled`, `expired`, `duplicate`, `retried`, `dead_lettered`) |
 //! | `tgpipe_worker_handler_seconds` | histogram | `kind` |
 //! | `tgpipe_worker_dead_letters_total` | counter | `kind` |
 //! | `tgpipe_worker_consumer_pending` | gauge | `lane`: updates not yet delivered (lag) of the partitions this pod owns; `sum by (lane)` over the pods is the lane's lag |
@@ -20,6 +20,8 @@
 //! | `tgpipe_worker_chat_queue_depth_max` | gauge | `lane`: the deepest chat queue in the pod |
 //! | `tgpipe_worker_oldest_held_seconds` | gauge | `lane`: age of the oldest held update that has not started |
 //! | `tgpipe_worker_seen_unavailable_total` | counter | the memory of finished updates could not be read or written (fails open) |
+//!
+//! The webhook watchdog's `tgpipe_webhook_*` metrics are set in `webhook_watch`.
 //!
 //! Bot API calls are counted by the client (`tgpipe_bot_api_calls_total`). The `kind`
 //! label holds the 27 known kinds, `unknown` for any other, so label sets stay bounded.

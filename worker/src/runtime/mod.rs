@@ -11,6 +11,7 @@
 
 mod config;
 mod consume;
+mod deadlines;
 mod dlq;
 mod effects;
 mod group;
@@ -19,13 +20,15 @@ mod metrics;
 mod redis_probe;
 mod registry;
 mod seen;
+mod webhook_watch;
 
 // The runtime's public surface: the command line and its argument groups, the validated
 // configuration `serve` takes, and the commands a program embedding the worker calls.
 pub use self::config::{
     BotArgs, BotsArgs, Cli, Command, ConfigError, DlqArgs, DlqCommand, FsmArgs, PollCommandArgs,
-    ProvisionArgs, RateLimitMode, RunArgs, WebhookArgs, WorkerConfig,
+    ProvisionArgs, RateLimitMode, RunArgs, WebhookArgs, WebhookWatchArgs, WorkerConfig,
 };
+pub use self::deadlines::Deadlines;
 pub use self::dlq::{DeadLetter, DlqError, command as dlq_command};
 pub use self::registry::{BotsCommand, BotsCommandError, RemovedPolicy, run_bots_command};
 
@@ -480,6 +483,26 @@ pub async fn serve(
             .unwrap_or_else(|| "worker".to_owned())
     });
     let member = group::member_id(&base);
+    // One pod of the deployment watches the bots' webhooks.
+    let watch_task = (!config.webhook_watch.interval.is_zero()).then(|| {
+        let mut settings = config.webhook_watch.clone();
+        settings.used_kinds = webhook_watch::kind_names(&dispatcher.used_update_kinds());
+        tokio::spawn(
+            webhook_watch::WebhookWatch {
+                settings,
+                group: bucket.clone(),
+                lease_ttl: config.group.lease_ttl,
+                member: member.clone(),
+                bots: Arc::clone(&bots),
+                js: js.clone(),
+                registry: config
+                    .registry
+                    .registry
+                    .then(|| (config.registry.clone(), usize::from(config.stream.replicas))),
+            }
+            .run(),
+        )
+    });
     let group = group::Group::new(
         bucket,
         js.clone(),
@@ -546,6 +569,10 @@ pub async fn serve(
         .await;
     let flush_within = consume::FLUSH_RESERVE;
     lag_task.abort();
+    // Its lease expires with the pod; the webhooks stay as they are.
+    if let Some(t) = watch_task {
+        t.abort();
+    }
     // Acks are fire-and-forget publishes: flush them before the connection closes.
     // Nothing can be flushed without a connection: the server redelivers what was not
     // acknowledged.

@@ -43,6 +43,22 @@ pub(super) struct DirectoryBot {
     /// Its state (`active` for static bots).
     pub state: BotState,
     token: Option<BotToken>,
+    /// A registry bot's webhook URL and update kinds, as `bots add` stored them.
+    webhook: Option<(String, Vec<String>)>,
+}
+
+impl DirectoryBot {
+    /// A registry bot's webhook URL and update kinds.
+    pub(super) fn webhook(&self) -> Option<(&str, &[String])> {
+        self.webhook
+            .as_ref()
+            .map(|(url, kinds)| (url.as_str(), kinds.as_slice()))
+    }
+
+    /// Whether the bot's token is static (`TGPIPE_BOT_TOKENS`).
+    pub(super) fn is_static(&self) -> bool {
+        self.token.is_none()
+    }
 }
 
 /// Makes a [`Bot`] from a registry token (the API URL, limits and Redis of the pod).
@@ -75,6 +91,7 @@ impl BotDirectory {
                         bot: bot.clone(),
                         state: BotState::Active,
                         token: None,
+                        webhook: None,
                     },
                 )
             })
@@ -110,6 +127,7 @@ impl BotDirectory {
                         bot: bot.clone(),
                         state: BotState::Active,
                         token: None,
+                        webhook: None,
                     },
                 )
             })
@@ -141,6 +159,10 @@ impl BotDirectory {
                     bot,
                     state: record.state,
                     token: Some(token.clone()),
+                    webhook: record
+                        .webhook_url
+                        .clone()
+                        .map(|url| (url, record.allowed_updates.clone())),
                 },
             );
         }
@@ -237,7 +259,8 @@ pub(super) fn webhook_url(base: &str, bot: BotId) -> String {
     }
 }
 
-async fn set_webhook(
+/// `setWebhook` with the secret, keeping what Telegram holds.
+pub(super) async fn set_webhook(
     bot: &Bot,
     url: &str,
     secret: &str,
@@ -256,6 +279,35 @@ async fn set_webhook(
         )
         .await?;
     Ok(())
+}
+
+/// Gives registry bot `id` a new webhook secret with no gap, and sets its webhook (its
+/// stored URL and update kinds) with it through `bot`: the secret is stored next to the
+/// old one, `settle` gives every ingress the time to see it, then `setWebhook`. The old
+/// secret is refused once the ingress has seen a request signed with the new one.
+/// Returns the URL set.
+pub(super) async fn rotate_secret(
+    kv: &jetstream::kv::Store,
+    bot: &Bot,
+    id: BotId,
+    settle: Duration,
+) -> Result<String, BotsCommandError> {
+    let (record, _) = registry::get(kv, id).await?;
+    let url = record
+        .webhook_url
+        .clone()
+        .ok_or(BotsCommandError::NoUrl(id))?;
+    let secret = crate::set_webhook::new_secret_token();
+    let stored = registry::modify(kv, id, |r| {
+        r.rotate(&secret);
+        true
+    })
+    .await?
+    .unwrap_or(record);
+    // Every ingress accepts the new secret before Telegram sends it.
+    tokio::time::sleep(settle).await;
+    set_webhook(bot, &url, &secret, &stored.allowed_updates).await?;
+    Ok(url)
 }
 
 /// Runs a `bots` command against the registry `kv` and the Bot API at `api_url`, and
@@ -374,26 +426,7 @@ pub async fn run_bots_command(
             let id = BotId(id);
             let (record, _) = registry::get(kv, id).await?;
             let token = record.token.clone().ok_or(BotsCommandError::NoToken(id))?;
-            let url = record
-                .webhook_url
-                .clone()
-                .ok_or(BotsCommandError::NoUrl(id))?;
-            let secret = crate::set_webhook::new_secret_token();
-            let stored = registry::modify(kv, id, |r| {
-                r.rotate(&secret);
-                true
-            })
-            .await?
-            .unwrap_or(record);
-            // Every ingress accepts the new secret before Telegram sends it.
-            tokio::time::sleep(settle).await;
-            set_webhook(
-                &bot_of(token.expose())?,
-                &url,
-                &secret,
-                &stored.allowed_updates,
-            )
-            .await?;
+            rotate_secret(kv, &bot_of(token.expose())?, id, settle).await?;
             writeln!(
                 out,
                 "bot {id}: new webhook secret set; the old one is accepted until the ingress sees the new one"

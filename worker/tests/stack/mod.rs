@@ -2,7 +2,8 @@
 //! redis-server, the ingress (in process, on a local port), the Bot API stand-in, and
 //! worker processes of `tgpipe-example-bot` that can be killed and restarted.
 
-#![allow(dead_code, unreachable_pub)]
+// Each test file uses a part of it.
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -244,6 +245,9 @@ impl Stack {
             // + 10 s) stays short too.
             ("TGPIPE_HANDLER_TIMEOUT", "5s".to_owned()),
             ("TGPIPE_STREAM_REPLICAS", self.nats.replicas().to_owned()),
+            // The webhook watchdog's calls would take faults queued for the tests' own
+            // calls; its tests turn it on (webhook_watch.rs).
+            ("TGPIPE_WEBHOOK_CHECK_INTERVAL", "0".to_owned()),
             ("RUST_LOG", "info".to_owned()),
         ]
         .into_iter()

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::AckKind;
 use futures::FutureExt;
@@ -127,7 +127,16 @@ impl Pod {
                 }
             }
             let first_attempt = Instant::now();
+            // Kinds that expire go before the bot's others when both wait for a slot.
+            let urgent = me.acks.interactive_first && me.acks.deadlines.has(&kind);
             loop {
+                // Checked before every attempt: a callback query that waited out a
+                // backlog, or kept failing, past the time Telegram takes its answer is
+                // not run (its answer would fail) and does not hold the chat.
+                if let Some(late) = me.acks.deadlines.overdue(&kind, env.received_at_ms, SystemTime::now()) {
+                    tracing::info!(?late, "expired: past its kind's deadline (TGPIPE_DEADLINES); not run");
+                    return Action::Ack("expired");
+                }
                 let recoveries = me.redis.recoveries();
                 // Taken per attempt: a bot added while its update waits is found.
                 let bots = me.bots.snapshot();
@@ -152,7 +161,7 @@ impl Pod {
                         let slot = tokio::select! {
                             biased;
                             () = part.own.released() => return Action::GiveBack,
-                            slot = self.keep_in_progress(&job.src, self.slots.acquire(bot_id)) => slot,
+                            slot = self.keep_in_progress(&job.src, self.slots.acquire(bot_id, urgent)) => slot,
                         };
                         let holder = Holder::new(&self.slots, slot);
                         let update = update.clone();

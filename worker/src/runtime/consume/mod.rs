@@ -63,6 +63,10 @@ pub(crate) struct AckSettings {
     pub retry_budget: Duration,
     /// Longest dispatch; past it the attempt fails transiently.
     pub handler_timeout: Duration,
+    /// How old an update of each kind may be when an attempt starts.
+    pub deadlines: super::Deadlines,
+    /// Whether the kinds with a deadline take run slots before the bot's other kinds.
+    pub interactive_first: bool,
 }
 
 impl AckSettings {
@@ -699,6 +703,8 @@ mod tests {
             retry_max_delay: Duration::from_secs(10),
             retry_budget: Duration::ZERO,
             handler_timeout: Duration::from_secs(60),
+            deadlines: super::super::Deadlines::default(),
+            interactive_first: false,
         };
         let delays: Vec<u64> = (1..=6).map(|d| acks.retry_delay(d).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
