@@ -22,15 +22,15 @@ use redis::{Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResu
 /// sent. Cloning is cheap; clones share the connection.
 ///
 /// Why this rule and not "reconnect on every timeout": a slow Redis that still answers
-/// within the response timeout never causes a reconnect (every answer counts for the
-/// connection), and one slow command among quick ones does not either (the quick ones
-/// were answered meanwhile). A connection that answered nothing for a whole response
+/// within the response timeout never causes a reconnect, and neither does a busy one
+/// whose queue makes some calls time out while answers keep coming (a new connection
+/// would only join the queue). A connection that answered nothing for a whole response
 /// timeout is dead to its callers, whatever the reason. The replacement is single-flight:
 /// only the connection the timed-out call used is swapped out (compare-and-swap), so
 /// a hundred calls failing on one dead connection make one new connection, and the dead
 /// one is dropped (its socket closed) once its last call is over. A Redis that stays
 /// silent (frozen, or slower than the response timeout for everything) gets at most one
-/// new connection per response timeout and pod.
+/// new connection per timeout (response or connect) and pod.
 ///
 /// Calls whose caller gives up first (a `tokio::time::timeout` around the call) still
 /// count: the call is finished in the background, so its answer or its timeout is seen.
