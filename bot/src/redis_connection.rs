@@ -22,10 +22,11 @@ use redis::{Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResu
 /// sent. Cloning is cheap; clones share the connection.
 ///
 /// Why this rule and not "reconnect on every timeout": a slow Redis that still answers
-/// within the response timeout never causes a reconnect, and neither does a busy one
-/// whose queue makes some calls time out while answers keep coming (a new connection
-/// would only join the queue). A connection that answered nothing for a whole response
-/// timeout is dead to its callers, whatever the reason. The replacement is single-flight:
+/// within the response timeout never causes a reconnect, and neither does a call that
+/// timed out while its connection answered others (Redis is there; a new connection
+/// would only wait its turn). A connection that answered nothing for a whole response
+/// timeout (Redis gone, frozen, or busy with one command or batch longer than that) is
+/// dead to its callers, whatever the reason. The replacement is single-flight:
 /// only the connection the timed-out call used is swapped out (compare-and-swap), so
 /// a hundred calls failing on one dead connection make one new connection, and the dead
 /// one is dropped (its socket closed) once its last call is over. A Redis that stays

@@ -151,3 +151,36 @@ async fn a_connection_manager_given_as_it_is_stays_on_its_dead_connection() {
     }
     assert_eq!(redis.replaced(), 0);
 }
+
+/// A call that times out while its connection answers others is not on a dead
+/// connection: Redis is there, a new connection would only wait its turn. Here a quick
+/// `GET` is answered (150 ms late) while a 250 ms script sent after it times out.
+#[tokio::test]
+async fn a_timeout_while_the_connection_answers_others_keeps_the_connection() {
+    const BUSY_250MS: &str = "local t = redis.call('TIME') \
+        local start = t[1] * 1000000 + t[2] \
+        repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 250000 \
+        return 1";
+    let server = RedisServer::start();
+    let proxy = TcpProxy::redis(&server.url()).await;
+    let redis = connect(&proxy).await;
+    proxy.delay_answers(TIMEOUT / 2);
+    let quick = tokio::spawn({
+        let redis = redis.clone();
+        async move { get(&redis).await }
+    });
+    // Apart, so that Redis reads (and answers) the GET before it starts the script.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let slow = redis::cmd("EVAL")
+        .arg(BUSY_250MS)
+        .arg(0)
+        .query_async::<i64>(&mut redis.clone())
+        .await;
+    quick.await.unwrap().expect("the GET is answered");
+    let e = slow.expect_err("the script's answer comes after the timeout");
+    assert!(e.is_timeout(), "{e}");
+    assert_eq!(redis.replaced(), 0);
+    get(&redis).await.expect("the same connection answers");
+    assert_eq!(redis.replaced(), 0);
+    assert_eq!(proxy.open_connections(), 1);
+}
