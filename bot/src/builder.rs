@@ -64,10 +64,13 @@ impl BotBuilder {
         self
     }
 
-    /// Keeps the limits and pauses in this Redis, shared by every pod of the bot.
+    /// Keeps the limits and pauses in this Redis, shared by every pod of the bot: a
+    /// [`RedisConnection`](crate::RedisConnection), or a redis-rs `ConnectionManager`
+    /// (which is never replaced when Redis stops answering; see
+    /// [`RedisConnection`](crate::RedisConnection)'s `From`).
     #[cfg(feature = "redis")]
-    pub fn redis(mut self, conn: redis::aio::ConnectionManager) -> Self {
-        self.redis = Some(conn);
+    pub fn redis(mut self, conn: impl Into<crate::RedisConnection>) -> Self {
+        self.redis = Some(conn.into());
         self
     }
 
@@ -91,8 +94,7 @@ impl BotBuilder {
             .set_connection_timeout(Some(Duration::from_millis(250)))
             .set_response_timeout(Some(Duration::from_millis(250)))
             .set_number_of_retries(1);
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(self.redis(conn))
+        Ok(self.redis(crate::RedisConnection::new(client, config)?))
     }
 
     /// How calls are retried.

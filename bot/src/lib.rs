@@ -45,6 +45,8 @@ pub mod idle;
 mod input_file;
 pub mod limiter;
 pub mod middleware;
+#[cfg(feature = "redis")]
+mod redis_connection;
 mod retry;
 
 pub use builder::{BotBuilder, http_client};
@@ -58,6 +60,8 @@ pub use middleware::{
     ApiNext, ApiRequest, ApiResult, LoggingMiddleware, MetricsMiddleware, RequestMiddleware,
 };
 
+#[cfg(feature = "redis")]
+pub use redis_connection::RedisConnection;
 pub use retry::RetryPolicy;
 
 /// The default Bot API base URL.

@@ -286,7 +286,7 @@ pub(crate) fn chat_of(target: Option<Target>) -> Option<i64> {
 /// The connection a bot's limits and pauses are shared through: Redis, with the
 /// `redis` feature.
 #[cfg(feature = "redis")]
-pub(crate) type SharedState = redis::aio::ConnectionManager;
+pub(crate) type SharedState = crate::RedisConnection;
 
 /// Without the `redis` feature there is nothing to share through (no value of this type
 /// exists): every limit is kept in process.

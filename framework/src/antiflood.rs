@@ -50,7 +50,7 @@ enum Counter {
     /// Per process: (bot, id) -> (count, window start).
     Memory(Mutex<HashMap<(u64, i64), (u64, Instant)>>),
     #[cfg(feature = "redis")]
-    Redis(redis::aio::ConnectionManager, redis::Script),
+    Redis(tgpipe_bot::RedisConnection, redis::Script),
 }
 
 /// Counts an update and starts the key's window with its first one (`PX` only when the
@@ -120,7 +120,7 @@ impl AntiFlood {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)));
-        let conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
+        let conn = tgpipe_bot::RedisConnection::connect(client, config).await?;
         Ok(self.with(|i| i.counter = Counter::Redis(conn, redis::Script::new(HIT))))
     }
 

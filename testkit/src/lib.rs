@@ -6,6 +6,8 @@
 //! - [`sink`]: the Bot API stand-in, an HTTP server that answers every method like
 //!   Telegram, records every call and injects faults;
 //! - [`otlp`]: an OTLP/HTTP trace receiver that decodes what the exporters send;
+//! - [`TcpProxy`]: a proxy in front of a server that can turn into a black hole (Redis
+//!   gone without an RST);
 //! - [`eventually`], [`eventually_some`], [`eventually_ok`] (and the blocking
 //!   [`eventually_blocking`], [`eventually_some_blocking`]): wait for a condition with a
 //!   deadline, and panic naming it;
@@ -21,11 +23,13 @@
 
 mod fixtures;
 pub mod otlp;
+mod proxy;
 mod servers;
 pub mod sink;
 mod wait;
 
 pub use fixtures::{corpus, text_update, workspace_bin};
+pub use proxy::TcpProxy;
 pub use servers::{NatsCluster, NatsServer, RedisServer, free_port};
 pub use wait::{
     eventually, eventually_blocking, eventually_ok, eventually_some, eventually_some_blocking,

@@ -1,7 +1,8 @@
 //! A Redis outage costs latency, never an update: Redis frozen with `SIGSTOP` for 60 s
-//! (connections open, nothing answers: a hung host, a slow Sentinel failover) while
-//! updates keep arriving; nothing is lost, nothing dead-lettered, each chat stays in
-//! order, and processing resumes within 2 s of Redis answering again.
+//! (connections open, nothing answers: a hung host, a slow Sentinel failover), or gone
+//! without an RST behind a black-holing proxy, while updates keep arriving; nothing is
+//! lost, nothing dead-lettered, each chat stays in order, and processing resumes within
+//! 2 s of Redis answering again.
 
 mod stack;
 
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use stack::{Stack, chat_of, text, text_of};
-use tgpipe_testkit::eventually_ok;
+use tgpipe_testkit::{TcpProxy, eventually_ok};
 
 const OUTAGE: Duration = Duration::from_secs(60);
 const CHATS: i64 = 20;
@@ -247,4 +248,145 @@ async fn a_redis_out_of_memory_does_not_wake_the_retries_every_250ms() {
     assert_eq!(s.dead_letters().await, 0);
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+/// Redis gone without an RST (its pod moved behind a stable Service address; here a proxy
+/// that black-holes every connection it has, reading and answering nothing, closing
+/// nothing): redis-rs's connection manager does not reconnect on a response timeout, so
+/// the worker kept its dead connection, every Redis call timed out until TCP gave up
+/// (never, while the peer's kernel ACKs), and FSM updates were retried until the retry
+/// budget ran out and dead-lettered. New connections are forwarded again after 8 s: the
+/// updates must resume within 2 s, every one answered once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_gone_without_an_rst_was_waited_on_until_the_retries_ran_out() {
+    const GONE: Duration = Duration::from_secs(8);
+    let s = Stack::start().await;
+    let proxy = TcpProxy::redis(&s.redis.url()).await;
+    let redis_url = proxy.redis_url();
+    let worker = s
+        .worker(&[
+            ("REDIS_URL", redis_url.as_str()),
+            ("TGPIPE_RETRY_DELAY", "1s"),
+            ("RUST_LOG", "error,tgpipe_bot::redis_connection=warn"),
+        ])
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Every update is a private text: the echo handler runs only with no FSM state, so
+    // each one reads its chat's state from Redis.
+    let posters = post_every_250ms(s.ingress, 10, &stop);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.black_hole();
+    let gone_at = SystemTime::now();
+    tokio::time::sleep(GONE).await;
+    proxy.forward();
+    let back_at = SystemTime::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = collect(posters).await;
+    let total: usize = sent.values().map(Vec::len).sum();
+    let during = sent
+        .values()
+        .flatten()
+        .filter(|(at, _)| *at > gone_at && *at < back_at)
+        .count();
+    assert!(
+        during >= 200,
+        "updates kept arriving while Redis was gone: {during}"
+    );
+
+    let replies = all_answered(&s, total, Duration::from_secs(30)).await;
+    for (chat, sent) in &sent {
+        let want: Vec<&str> = sent.iter().map(|(_, t)| t.as_str()).collect();
+        let got: Vec<&str> = replies[chat].iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(got, want, "chat {chat}: every update once, in order");
+    }
+    assert_eq!(s.dead_letters().await, 0, "nothing is dead-lettered");
+    let resumed_in = replies
+        .values()
+        .flatten()
+        .map(|(at, _)| *at)
+        .filter(|at| *at > back_at)
+        .min()
+        .expect("replies after Redis came back")
+        .duration_since(back_at)
+        .unwrap_or_default();
+    eprintln!(
+        "Redis black-holed for {GONE:?}: {total} updates, {during} meanwhile; first reply {resumed_in:?} after new connections reached Redis again"
+    );
+    assert!(
+        resumed_in <= Duration::from_secs(2),
+        "updates resumed {resumed_in:?} after Redis was reachable again"
+    );
+    drop(worker);
+}
+
+type Sent = BTreeMap<i64, Vec<(SystemTime, String)>>;
+
+/// `chats` private chats (70_000 + i) each post a text `r<chat>-<i>` to the ingress every
+/// 250 ms until `stop`; each task returns what it sent, when.
+fn post_every_250ms(
+    ingress: std::net::SocketAddr,
+    chats: i64,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(SystemTime, String)>>> {
+    let http = reqwest::Client::new();
+    (0..chats)
+        .map(|chat| {
+            let (http, stop) = (http.clone(), Arc::clone(stop));
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let said = format!("r{chat}-{i}");
+                    let body = text(1_000_000 + i * chats + chat, 70_000 + chat, &said);
+                    let status = http
+                        .post(format!("http://{ingress}/webhook/{}", stack::BOT))
+                        .header("X-Telegram-Bot-Api-Secret-Token", stack::SECRET)
+                        .header("Content-Type", "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await
+                        .expect("ingress answers")
+                        .status();
+                    assert_eq!(status, 200, "the ingress does not need Redis");
+                    sent.push((SystemTime::now(), said));
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                sent
+            })
+        })
+        .collect()
+}
+
+async fn collect(posters: Vec<tokio::task::JoinHandle<Vec<(SystemTime, String)>>>) -> Sent {
+    let mut sent = Sent::new();
+    for (chat, p) in posters.into_iter().enumerate() {
+        sent.insert(70_000 + chat as i64, p.await.unwrap());
+    }
+    sent
+}
+
+/// The echoes of the posted texts per chat, once `total` have come (within `limit`).
+async fn all_answered(s: &Stack, total: usize, limit: Duration) -> Sent {
+    eventually_ok(limit, "every update is answered", || {
+        let mut per_chat = Sent::new();
+        for call in s.calls_of("sendMessage") {
+            let text = text_of(&call);
+            if text.starts_with('r') {
+                per_chat
+                    .entry(chat_of(&call))
+                    .or_default()
+                    .push((call.at, text));
+            }
+        }
+        let answered: usize = per_chat.values().map(Vec::len).sum();
+        std::future::ready(if answered >= total {
+            Ok(per_chat)
+        } else {
+            Err(format!("{answered} of {total} answered"))
+        })
+    })
+    .await
 }

@@ -1,5 +1,6 @@
-//! [`RedisStorage`]: states, data and locks in Redis, through one reconnecting
-//! connection.
+//! [`RedisStorage`]: states, data and locks in Redis, through one connection that is
+//! reconnected when dropped and replaced when Redis stops answering
+//! ([`RedisConnection`]).
 //!
 //! Layout (the hash tag keeps one key's records in one Redis Cluster slot):
 //!
@@ -17,8 +18,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{Script, Value};
+use tgpipe_bot::RedisConnection;
 
 use super::fence::FENCE_TTL;
 use super::storage::{DataUpdate, FsmStorage, LockGrant};
@@ -129,7 +131,7 @@ return 0
 /// ```
 #[derive(Clone)]
 pub struct RedisStorage {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     ttl: Option<Duration>,
     scripts: std::sync::Arc<Scripts>,
 }
@@ -156,9 +158,9 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl RedisStorage {
-    /// Connects to `url`. Commands time out after 2 s and reconnection is retried in
-    /// the background, so an unreachable Redis fails updates quickly (transiently)
-    /// instead of stalling them.
+    /// Connects to `url`. Commands time out after 2 s (a connection that answers nothing
+    /// for that long is replaced) and reconnection is retried in the background, so an
+    /// unreachable Redis fails updates quickly (transiently) instead of stalling them.
     pub async fn connect(url: &str) -> Result<RedisStorage, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
@@ -166,14 +168,16 @@ impl RedisStorage {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(RedisStorage::new(conn))
+        Ok(RedisStorage::new(
+            RedisConnection::connect(client, config).await?,
+        ))
     }
 
-    /// Storage over an existing connection manager.
-    pub fn new(conn: ConnectionManager) -> RedisStorage {
+    /// Storage over an existing connection: a [`RedisConnection`], or a redis-rs
+    /// `ConnectionManager` (which is never replaced when Redis stops answering).
+    pub fn new(conn: impl Into<RedisConnection>) -> RedisStorage {
         RedisStorage {
-            conn,
+            conn: conn.into(),
             ttl: None,
             scripts: std::sync::Arc::new(Scripts {
                 cas: Script::new(CAS),

@@ -17,7 +17,7 @@ use super::consume::{AckSettings, Limits};
 use super::group::GroupSettings;
 use super::lane::{ConsumerSettings, Lane, LaneError};
 use super::registry::RemovedPolicy;
-use redis::aio::ConnectionManager;
+use tgpipe_bot::RedisConnection;
 
 use tgpipe::bot::{Bot, DEFAULT_API_URL, Rate, RateLimits};
 
@@ -251,7 +251,7 @@ impl BotArgs {
     pub fn bot(
         &self,
         bot_id: Option<u64>,
-        redis: Option<&ConnectionManager>,
+        redis: Option<&RedisConnection>,
     ) -> Result<Bot, BotsError> {
         let bots = self.bots(redis)?;
         match bot_id {
@@ -266,10 +266,7 @@ impl BotArgs {
 
     /// The `Bot` handles by bot id, sharing rate limits and 429 pauses through `redis`
     /// when given.
-    pub fn bots(
-        &self,
-        redis: Option<&ConnectionManager>,
-    ) -> Result<HashMap<BotId, Bot>, BotsError> {
+    pub fn bots(&self, redis: Option<&RedisConnection>) -> Result<HashMap<BotId, Bot>, BotsError> {
         let settings = self.settings(self.tokens()?)?;
         Ok(settings.build_all(redis))
     }
@@ -349,7 +346,7 @@ pub struct BotSettings {
 impl BotSettings {
     /// A `Bot` for `token`, sharing its limits through `redis` when given and
     /// [`BotSettings::share_limits`]; `None` for a token that is not `<bot_id>:<secret>`.
-    pub fn build(&self, token: &str, redis: Option<&ConnectionManager>) -> Option<Bot> {
+    pub fn build(&self, token: &str, redis: Option<&RedisConnection>) -> Option<Bot> {
         let mut builder = Bot::builder(token)
             .http_client(self.http.clone())
             .api_url(&self.api_url)
@@ -365,7 +362,7 @@ impl BotSettings {
     }
 
     /// The static bots' `Bot` handles by bot id.
-    pub fn build_all(&self, redis: Option<&ConnectionManager>) -> HashMap<BotId, Bot> {
+    pub fn build_all(&self, redis: Option<&RedisConnection>) -> HashMap<BotId, Bot> {
         self.tokens
             .0
             .iter()

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tgpipe::fsm::OwnerFence;
+use tgpipe_bot::RedisConnection;
 use tgpipe_bot::chain::{BoxFuture, Middleware};
 use tgpipe_bot::{ApiNext, ApiRequest, ApiResult, BotError};
 use tgpipe_shared::BotId;
@@ -54,7 +54,7 @@ fn key(bot: BotId, chat: i64, update_id: i64) -> String {
 /// Where the records are kept: one per pod, shared by the bots' middleware.
 #[derive(Clone)]
 struct Store {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     ttl_ms: u64,
     record: Arc<Script>,
 }
@@ -76,7 +76,7 @@ impl std::fmt::Debug for OncePerUpdate {
 
 impl OncePerUpdate {
     /// Records in `redis`, each kept `ttl` after its last write.
-    pub(crate) fn new(redis: ConnectionManager, ttl: Duration) -> OncePerUpdate {
+    pub(crate) fn new(redis: RedisConnection, ttl: Duration) -> OncePerUpdate {
         OncePerUpdate {
             store: Store {
                 redis,
@@ -318,7 +318,7 @@ mod tests {
             .unwrap();
         let bot = Bot::builder("123:TEST")
             .api_url(&sink.url())
-            .middleware(OncePerUpdate::new(redis, Duration::from_secs(60)))
+            .middleware(OncePerUpdate::new(redis.into(), Duration::from_secs(60)))
             .build()
             .unwrap();
         let (old, new) = (
@@ -395,7 +395,7 @@ mod tests {
         let redis = redis::aio::ConnectionManager::new_lazy_with_config(client, config).unwrap();
         let bot = Bot::builder("123:TEST")
             .api_url(&sink.url())
-            .middleware(OncePerUpdate::new(redis, Duration::from_secs(60)))
+            .middleware(OncePerUpdate::new(redis.into(), Duration::from_secs(60)))
             .build()
             .unwrap();
         let fence = OwnerFence::new("default#16", 3, 1);

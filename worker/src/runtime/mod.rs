@@ -46,9 +46,9 @@ use tgpipe_shared::stream::{Changes as StreamChanges, provision_streams, provisi
 use self::consume::Consumer;
 use self::lane::{Changes, ensure_consumers};
 use crate::set_webhook::WebhookCommand;
-use redis::aio::ConnectionManager;
 use tgpipe::dispatcher::{Dispatcher, DispatcherBuilder};
 use tgpipe::fsm::{Fsm, Isolation, RedisStorage};
+use tgpipe_bot::RedisConnection;
 use tgpipe_shared::publish::Publisher;
 
 /// Why the runtime stopped with an error.
@@ -286,10 +286,12 @@ async fn poll(args: PollCommandArgs, dispatcher: DispatcherBuilder) -> Result<()
     Ok(())
 }
 
-async fn connect_redis(url: &str) -> Result<ConnectionManager, RunError> {
+/// The pod's one Redis connection: reconnected when dropped, and replaced when Redis
+/// stops answering without a word (see [`RedisConnection`]).
+async fn connect_redis(url: &str) -> Result<RedisConnection, RunError> {
     let client = redis::Client::open(redis_connection(url)?)
         .map_err(|e| RunError::config(format!("REDIS_URL: {e}")))?;
-    ConnectionManager::new_with_config(client, redis_timeouts())
+    RedisConnection::connect(client, redis_timeouts())
         .await
         .map_err(|e| peer(format!("cannot connect to Redis: {e}")))
 }
@@ -297,7 +299,8 @@ async fn connect_redis(url: &str) -> Result<ConnectionManager, RunError> {
 /// `url` with the socket settings that notice a Redis gone without a word (a pod moved,
 /// a host down: no RST ever comes): keepalive probes on an idle connection, and
 /// `TCP_USER_TIMEOUT` on a busy one, whose sent commands go unacknowledged. Either
-/// closes the socket, and the connection manager reconnects.
+/// closes the socket, and the connection manager reconnects. A peer whose kernel still
+/// ACKs (a black-holing proxy, a frozen server) is caught by [`RedisConnection`] instead.
 fn redis_connection(url: &str) -> Result<redis::ConnectionInfo, RunError> {
     use redis::IntoConnectionInfo;
     use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
@@ -333,7 +336,7 @@ const REDIS_PATIENCE: Duration = Duration::from_millis(500);
 /// Gives a dispatcher that needs the FSM and has none a Redis FSM, and builds it.
 fn prepare(
     dispatcher: DispatcherBuilder,
-    redis: &ConnectionManager,
+    redis: &RedisConnection,
     fsm: &FsmArgs,
 ) -> Result<Dispatcher, RunError> {
     let dispatcher = if !dispatcher.has_fsm() && dispatcher.needs_fsm() {

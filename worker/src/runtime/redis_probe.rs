@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use tgpipe_bot::RedisConnection;
 use tokio::sync::watch;
 
 use tgpipe::HandlerError;
@@ -29,13 +29,13 @@ const PROBE_KEY: &str = "tgpipe:probe";
 /// One per pod. After a failure, one task `PING`s until Redis answers, then counts a
 /// recovery, which wakes every update waiting for one.
 pub(crate) struct RedisProbe {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     recoveries: watch::Sender<u64>,
     probing: AtomicBool,
 }
 
 impl RedisProbe {
-    pub(crate) fn new(conn: ConnectionManager) -> Arc<RedisProbe> {
+    pub(crate) fn new(conn: RedisConnection) -> Arc<RedisProbe> {
         Arc::new(RedisProbe {
             conn,
             recoveries: watch::Sender::new(0),

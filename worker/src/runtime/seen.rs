@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
+use tgpipe_bot::RedisConnection;
 use tgpipe_shared::BotId;
 
 use tgpipe::fsm::OwnerFence;
@@ -42,7 +42,7 @@ const PATIENCE: Duration = Duration::from_millis(500);
 /// The memory of finished updates.
 #[derive(Clone)]
 pub(super) struct Seen {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     cap: u32,
     ttl: Duration,
     insert: std::sync::Arc<Script>,
@@ -64,7 +64,7 @@ pub(super) fn key(bot: BotId, chat: i64) -> String {
 
 impl Seen {
     /// A memory of the last `cap` updates per chat (`cap` > 0).
-    pub(super) fn new(redis: ConnectionManager, cap: u32, ttl: Duration) -> Seen {
+    pub(super) fn new(redis: RedisConnection, cap: u32, ttl: Duration) -> Seen {
         Seen {
             redis,
             cap,
@@ -143,7 +143,7 @@ mod tests {
             .get_connection_manager()
             .await
             .unwrap();
-        let seen = Seen::new(redis, 64, Duration::from_secs(60));
+        let seen = Seen::new(redis.into(), 64, Duration::from_secs(60));
         let (new, old) = (
             OwnerFence::new("chat", 1, 30),
             OwnerFence::new("chat", 1, 12),
