@@ -3,14 +3,12 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-/// Whether an error is transient, as a link of a `source()` chain.
+/// Whether an error is transient: what [`BotError::class`](crate::BotError::class) and
+/// the framework's errors' `class()` return.
 ///
-/// [`BotError`](crate::BotError)'s `source()` is one of these (or a
-/// [`ForbiddenReason`](crate::ForbiddenReason), permanent), so its classification
-/// survives an application error that wraps it with `#[error(transparent)]`: thiserror's
-/// `transparent` forwards `source()` to the wrapped error's own source, hiding the
-/// wrapped error itself. An application error can use it the same way
-/// (`#[source] ErrorClass`, or return it from a hand-written `source()`).
+/// It is an error type too, so that an application error with no other cause can name
+/// its class as its source (`#[source] ErrorClass`); the framework's own errors keep
+/// their real cause there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
     /// A later retry of the update may succeed.

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 /// A failed Bot API call.
 ///
-/// Each variant knows whether it is transient ([`BotError::is_transient`]): the worker
-/// runtime naks an update whose handler failed transiently (it is retried later) and
-/// dead-letters one that failed for good.
+/// Each variant knows its class ([`BotError::class`]): the worker runtime naks an
+/// update whose handler failed transiently (it is retried later) and dead-letters one
+/// that failed for good.
 ///
-/// Its `source()` says the classification even through an application error that wraps
-/// it with `#[error(transparent)]` (which forwards `source()` and hides the wrapped
-/// error's type): [`ErrorClass`](crate::ErrorClass) for most variants, the
-/// [`ForbiddenReason`] for a 403.
+/// Its variants hold Telegram's answer (a code, a description), not another error, so
+/// its `source()` is `None`. An application error that wraps it keeps its class only
+/// while the `BotError` itself is in the chain: `#[error(transparent)]` hides it (see
+/// `tgpipe::error::Transient`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BotError {
     /// 429: flood control; the whole bot must wait this long.
@@ -82,22 +82,27 @@ impl std::fmt::Display for BotError {
     }
 }
 
-impl std::error::Error for BotError {
-    /// The classification, as a link of the chain (see the type's docs).
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        use crate::ErrorClass;
-        if let Some(reason) = self.forbidden_reason() {
-            return Some(reason.as_static());
-        }
-        Some(if self.is_transient() {
-            &ErrorClass::Transient
-        } else {
-            &ErrorClass::Permanent
-        })
-    }
-}
+/// No `source()`: the variants hold Telegram's answer, not another error.
+impl std::error::Error for BotError {}
 
 impl BotError {
+    /// Transient for flood control, server and network errors (a later retry may
+    /// succeed); permanent for everything else.
+    ///
+    /// ```
+    /// use tgpipe_bot::{BotError, ErrorClass};
+    ///
+    /// assert_eq!(BotError::Server(502).class(), ErrorClass::Transient);
+    /// assert_eq!(BotError::Unauthorized.class(), ErrorClass::Permanent);
+    /// ```
+    pub fn class(&self) -> crate::ErrorClass {
+        if self.is_transient() {
+            crate::ErrorClass::Transient
+        } else {
+            crate::ErrorClass::Permanent
+        }
+    }
+
     /// Whether retrying later could succeed: flood control, server errors and network
     /// errors. Everything else would fail the same way again.
     ///
@@ -245,17 +250,6 @@ impl ForbiddenReason {
         !matches!(self, ForbiddenReason::Other)
     }
 
-    /// The same reason, borrowed for as long as needed (a `source()` must borrow).
-    fn as_static(self) -> &'static ForbiddenReason {
-        match self {
-            ForbiddenReason::BlockedByUser => &ForbiddenReason::BlockedByUser,
-            ForbiddenReason::UserDeactivated => &ForbiddenReason::UserDeactivated,
-            ForbiddenReason::Kicked => &ForbiddenReason::Kicked,
-            ForbiddenReason::CannotInitiate => &ForbiddenReason::CannotInitiate,
-            ForbiddenReason::Other => &ForbiddenReason::Other,
-        }
-    }
-
     /// A short label for metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -280,7 +274,7 @@ impl std::fmt::Display for ForbiddenReason {
     }
 }
 
-/// A link of [`BotError`]'s `source()` chain: a 403's reason (permanent).
+/// An error of its own, for an application that fails with the reason.
 impl std::error::Error for ForbiddenReason {}
 
 /// A token that is not `<bot_id>:<secret>`.

@@ -47,7 +47,7 @@ fn bench(c: &mut Criterion) {
     let parsed = Update::parse(bot.id(), raw.clone()).expect("update");
     assert!(matches!(
         rt.block_on(dp.feed_raw(&bot, raw.clone())),
-        tgpipe::DispatchOutcome::Handled
+        Ok(tgpipe::Outcome::Handled)
     ));
     c.bench_function("dispatch 50 handlers, 3 middleware (parsed update)", |b| {
         b.to_async(&rt)

@@ -17,7 +17,7 @@ use tgpipe::fsm::{
     DataUpdate, Fsm, FsmContext, FsmError, FsmKey, FsmStorage, Isolation, LockGrant, MemoryStorage,
     RedisStorage,
 };
-use tgpipe::{Bot, DispatchOutcome, Dispatcher, Router, Update};
+use tgpipe::{Bot, Dispatcher, Outcome, Router, Update};
 use tgpipe_testkit::RedisServer;
 
 #[derive(Default, Serialize, Deserialize)]
@@ -150,7 +150,7 @@ fn bench(c: &mut Criterion) {
         ));
         for _ in 0..100 {
             let outcome = rt.block_on(dp.feed_update(&bot, update.clone()));
-            assert!(matches!(outcome, DispatchOutcome::Handled), "{outcome:?}");
+            assert!(matches!(outcome, Ok(Outcome::Handled)), "{outcome:?}");
         }
         let calls = counting.calls.load(Ordering::Relaxed) as f64 / 100.0;
         eprintln!("redis round trips per update ({label}): {calls}");

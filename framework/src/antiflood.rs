@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::context::Context;
 use crate::handler::BoxFuture;
-use crate::middleware::{Handled, MiddlewareResult, Next, chain};
+use crate::middleware::{MiddlewareResult, Next, Outcome, chain};
 
 /// Whose updates are counted together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +186,7 @@ impl chain::Middleware<Context, MiddlewareResult> for AntiFlood {
             {
                 cx.bot().send_text(chat, text).await?;
             }
-            Ok(Handled::Yes)
+            Ok(Outcome::Handled)
         })
     }
 }

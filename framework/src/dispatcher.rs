@@ -9,16 +9,14 @@ use tgpipe_shared::{Envelope, UpdateKind};
 use crate::bot::Bot;
 use crate::context::{Context, Extensions};
 use crate::error::ErrorEvent;
-use crate::error::{
-    BuildError, Classifier, DispatchOutcome, HandlerError, Transient, classifier_of,
-};
+use crate::error::{BuildError, Classifier, HandlerError, Transient, classifier_of};
 use crate::filter::Filter;
 #[cfg(doc)]
 use crate::fsm::Prefetched;
 use crate::fsm::{Fsm, FsmInstalled};
-use crate::handler::{BoxFuture, ErasedHandler, Flow};
+use crate::handler::{BoxFuture, ErasedHandler};
 use crate::middleware::{
-    DynMiddleware, Endpoint, Handled, Middleware, MiddlewareResult, Next, chain,
+    DynMiddleware, Endpoint, Middleware, MiddlewareResult, Next, Outcome, chain,
 };
 use crate::router::{ObserverKey, Router};
 use crate::update::{Event, RawReason, UnreadableUpdate, Update};
@@ -113,17 +111,9 @@ impl Node {
     }
 }
 
-/// The endpoint of an inner chain: the handler, its flow as the chain's result.
+/// The endpoint of an inner chain: the handler, its outcome the chain's result.
 fn handler_endpoint(handler: ErasedHandler) -> Endpoint {
-    Arc::new(move |cx: Context| -> BoxFuture<'static, MiddlewareResult> {
-        let call = handler.call(cx);
-        Box::pin(async move {
-            match call.await? {
-                Flow::Handled => Ok(Handled::Yes),
-                Flow::Skip => Ok(Handled::No),
-            }
-        })
-    })
+    Arc::new(move |cx: Context| -> BoxFuture<'static, MiddlewareResult> { handler.call(cx) })
 }
 
 impl Here {
@@ -134,7 +124,7 @@ impl Here {
         if !self.filters.is_empty() {
             match run_filters(&self.filters, &cx).await {
                 Some(fcx) => cx = fcx,
-                None => return Ok(Handled::No),
+                None => return Ok(Outcome::Skipped),
             }
         }
         for step in &self.steps {
@@ -148,16 +138,16 @@ impl Here {
                     .run(hcx)
                     .await?
             };
-            if handled == Handled::Yes {
-                return Ok(Handled::Yes);
+            if handled == Outcome::Handled {
+                return Ok(Outcome::Handled);
             }
         }
         for child in &self.children {
-            if child(cx.clone()).await? == Handled::Yes {
-                return Ok(Handled::Yes);
+            if child(cx.clone()).await? == Outcome::Handled {
+                return Ok(Outcome::Handled);
             }
         }
-        Ok(Handled::No)
+        Ok(Outcome::Skipped)
     }
 }
 
@@ -303,7 +293,7 @@ impl DispatcherBuilder {
 /// ```
 /// use std::sync::Arc;
 /// use frankenstein::types::Message;
-/// use tgpipe::{Bot, Dispatcher, DispatchOutcome, Router};
+/// use tgpipe::{Bot, Dispatcher, Outcome, Router};
 ///
 /// # tokio_test();
 /// # fn tokio_test() { tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -315,7 +305,7 @@ impl DispatcherBuilder {
 /// let bot = Bot::new("123:TEST").unwrap();
 /// let update = br#"{"update_id":1,"message":{"message_id":1,"date":0,"chat":{"id":5,"type":"private"},"text":"hi"}}"#;
 /// let outcome = dispatcher.feed_raw(&bot, bytes::Bytes::from_static(update)).await;
-/// assert!(matches!(outcome, DispatchOutcome::Handled));
+/// assert_eq!(outcome.unwrap(), Outcome::Handled);
 /// # }) }
 /// ```
 #[derive(Clone)]
@@ -383,16 +373,16 @@ impl Dispatcher {
 
     /// Dispatches an update read from the stream: its keys from the envelope, its body
     /// parsed once into the typed event.
-    pub async fn feed_envelope(&self, bot: &Bot, env: &Envelope) -> DispatchOutcome {
+    pub async fn feed_envelope(&self, bot: &Bot, env: &Envelope) -> Result<Outcome, HandlerError> {
         self.feed_update(bot, Update::from_envelope(env)).await
     }
 
     /// Dispatches an update given as raw bytes (what the stream stores). A body that is
     /// not an update fails permanently.
-    pub async fn feed_raw(&self, bot: &Bot, raw: Bytes) -> DispatchOutcome {
+    pub async fn feed_raw(&self, bot: &Bot, raw: Bytes) -> Result<Outcome, HandlerError> {
         match Update::parse(bot.id(), raw) {
             Ok(update) => self.feed_update(bot, update).await,
-            Err(e) => DispatchOutcome::Failed(Arc::new(HandlerError::permanent(e))),
+            Err(e) => Err(HandlerError::permanent(e)),
         }
     }
 
@@ -403,7 +393,7 @@ impl Dispatcher {
     /// storage is unreachable, the key stays locked), nothing runs and the update fails
     /// with a transient error, without passing through `errors` handlers: only a retry
     /// can handle it.
-    pub async fn feed_update(&self, bot: &Bot, update: Update) -> DispatchOutcome {
+    pub async fn feed_update(&self, bot: &Bot, update: Update) -> Result<Outcome, HandlerError> {
         let cx = Context::new(Arc::new(update), bot.clone(), Arc::clone(&self.state));
         self.dispatch(cx).await
     }
@@ -422,7 +412,7 @@ impl Dispatcher {
         bot: &Bot,
         update: Update,
         values: Extensions,
-    ) -> DispatchOutcome {
+    ) -> Result<Outcome, HandlerError> {
         let cx = Context::with_values(
             Arc::new(update),
             bot.clone(),
@@ -432,7 +422,7 @@ impl Dispatcher {
         self.dispatch(cx).await
     }
 
-    async fn dispatch(&self, cx: Context) -> DispatchOutcome {
+    async fn dispatch(&self, cx: Context) -> Result<Outcome, HandlerError> {
         let key = match cx.event() {
             Event::Raw(_) => ObserverKey::Raw,
             _ => ObserverKey::Kind(cx.update().kind.clone()),
@@ -444,30 +434,27 @@ impl Dispatcher {
         // The update's bot is current for the whole chain: calls bound to the event
         // (`message.answer(..)`) take it from there.
         let bot = cx.bot().clone();
-        match crate::calls::with_bot(bot, entry(cx)).await {
-            Ok(Handled::Yes) => DispatchOutcome::Handled,
-            Ok(Handled::No) => unhandled_update(&update),
-            Err(e) => DispatchOutcome::Failed(Arc::new(e)),
+        match crate::calls::with_bot(bot, entry(cx)).await? {
+            Outcome::Handled => Ok(Outcome::Handled),
+            Outcome::Skipped => unhandled_update(&update),
         }
     }
 }
 
 /// An update nothing handled.
-fn unhandled(cx: &Context) -> DispatchOutcome {
+fn unhandled(cx: &Context) -> Result<Outcome, HandlerError> {
     unhandled_update(cx.update())
 }
 
 /// An update nothing handled: acknowledged unseen, unless Telegram sent something the
 /// types cannot read, which fails for good (and is dead-lettered, kept).
-fn unhandled_update(update: &Update) -> DispatchOutcome {
+fn unhandled_update(update: &Update) -> Result<Outcome, HandlerError> {
     match &update.event {
-        Event::Raw(RawReason::Unparsed(why)) => {
-            DispatchOutcome::Failed(Arc::new(HandlerError::permanent(UnreadableUpdate {
-                kind: update.kind.clone(),
-                why: why.clone(),
-            })))
-        }
-        _ => DispatchOutcome::Unhandled,
+        Event::Raw(RawReason::Unparsed(why)) => Err(HandlerError::permanent(UnreadableUpdate {
+            kind: update.kind.clone(),
+            why: why.clone(),
+        })),
+        _ => Ok(Outcome::Skipped),
     }
 }
 
@@ -496,11 +483,11 @@ impl chain::Middleware<Context, MiddlewareResult> for ErrorsStage {
             ecx.insert(ErrorEvent(Arc::clone(&e)));
             let handled = match route {
                 Some(route) => route(ecx.clone()).await,
-                None => Ok(Handled::No),
+                None => Ok(Outcome::Skipped),
             };
             // An error handler that fails leaves the original error standing.
-            if let Ok(Handled::Yes) = handled {
-                return Ok(Handled::Yes);
+            if let Ok(Outcome::Handled) = handled {
+                return Ok(Outcome::Handled);
             }
             let update = ecx.update_arc();
             drop(ecx);
@@ -514,12 +501,8 @@ impl chain::Middleware<Context, MiddlewareResult> for ErrorsStage {
 /// started it) is an everyday event, not a failure: counted, logged at INFO, handled.
 /// Everything else fails.
 fn default_error_policy(update: &Update, e: Arc<HandlerError>) -> MiddlewareResult {
-    // The reason is a link of the Bot API error's source chain, so it is found through
-    // application errors that wrap the `BotError`, `transparent` ones included.
-    let gone = e
-        .find::<crate::bot::ForbiddenReason>()
-        .copied()
-        .filter(|r| r.recipient_gone());
+    // Found through application errors that wrap the `BotError` as their cause.
+    let gone = e.forbidden_reason().filter(|r| r.recipient_gone());
     match gone {
         Some(reason) => {
             metrics::counter!("tgpipe_bot_api_forbidden_total", "reason" => reason.label())
@@ -529,10 +512,10 @@ fn default_error_policy(update: &Update, e: Arc<HandlerError>) -> MiddlewareResu
                 update_id = update.update_id,
                 chat_id = update.chat_id,
                 reason = reason.label(),
-                error = %e,
+                error = %format_args!("{e:#}"),
                 "the Bot API refused: the recipient is gone; the update counts as handled"
             );
-            Ok(Handled::Yes)
+            Ok(Outcome::Handled)
         }
         None => Err(HandlerError::shared(e)),
     }

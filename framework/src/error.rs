@@ -23,16 +23,20 @@ pub type Result<T = (), E = HandlerError> = std::result::Result<T, E>;
 /// An error type of the application that knows whether it is transient.
 ///
 /// Errors are classified when a handler's error becomes a [`HandlerError`]: the error
-/// and then each of its [`source`](StdError::source)s in turn, the first one that knows
-/// decides. The framework's own errors know ([`crate::BotError`], [`crate::FsmError`],
-/// [`crate::extract::ExtractError`], Redis and I/O errors), so an application error that
-/// wraps one (`Api(#[from] BotError)`) is as transient as what it wraps. An application
-/// type that wants to decide for itself implements `Transient` and is registered with
+/// and then each of its [`source`](StdError::source)s (its causes) in turn, the first
+/// one whose type knows decides. The framework's own errors know ([`crate::BotError`],
+/// [`crate::FsmError`], [`crate::extract::ExtractError`], Redis and I/O errors), so an
+/// application error that wraps one as its cause (`#[error("sending the reply")]
+/// Api(#[from] BotError)`) is as transient as what it wraps. An application type that
+/// wants to decide for itself implements `Transient` and is registered with
 /// [`DispatcherBuilder::transient_errors`](crate::DispatcherBuilder::transient_errors)
-/// (a type cannot be asked for a trait through `dyn Error` without being named once). A
-/// registered type must be visible in the chain: a wrapper with `#[error(transparent)]`
-/// hides it, one with a message (`#[error("paying: {0}")] Pay(#[from] PaymentError)`)
-/// does not.
+/// (a type cannot be asked for a trait through `dyn Error` without being named once).
+///
+/// A wrapper with `#[error(transparent)]` hides the wrapped error: thiserror forwards
+/// its `source()` to the wrapped error's causes, so neither the wrapped type nor its
+/// class is in the chain. Such an enum either implements `Transient` itself (asking
+/// each variant's `class()`) and is registered, or wraps with a message; or the
+/// handler returns [`Result`] and needs no enum.
 ///
 /// ```
 /// use tgpipe::error::Transient;
@@ -54,6 +58,15 @@ pub type Result<T = (), E = HandlerError> = std::result::Result<T, E>;
 pub trait Transient: StdError + Send + Sync + 'static {
     /// Whether a retry of the update could succeed.
     fn is_transient(&self) -> bool;
+
+    /// The class, as [`HandlerError::class`] reports it.
+    fn class(&self) -> ErrorClass {
+        if self.is_transient() {
+            ErrorClass::Transient
+        } else {
+            ErrorClass::Permanent
+        }
+    }
 }
 
 /// Asks one error (not its sources) whether it is transient: `None` when its type does
@@ -79,7 +92,7 @@ pub(crate) fn classifier_of<E: Transient>() -> Classifier {
 ///
 /// #[derive(Debug, thiserror::Error)]
 /// enum Error {
-///     #[error(transparent)]
+///     #[error("sending the reply")]
 ///     Api(#[from] BotError),
 ///     #[error("no such product")]
 ///     NoProduct,
@@ -91,7 +104,7 @@ pub(crate) fn classifier_of<E: Transient>() -> Classifier {
 /// ```
 pub struct HandlerError {
     inner: Box<dyn StdError + Send + Sync + 'static>,
-    transient: bool,
+    class: ErrorClass,
     /// Said outright by the caller: registered classifiers do not override it.
     explicit: bool,
 }
@@ -101,7 +114,7 @@ impl HandlerError {
     pub fn permanent(e: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> HandlerError {
         HandlerError {
             inner: e.into(),
-            transient: false,
+            class: ErrorClass::Permanent,
             explicit: true,
         }
     }
@@ -110,7 +123,7 @@ impl HandlerError {
     pub fn transient(e: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> HandlerError {
         HandlerError {
             inner: e.into(),
-            transient: true,
+            class: ErrorClass::Transient,
             explicit: true,
         }
     }
@@ -126,9 +139,39 @@ impl HandlerError {
         HandlerError::permanent(message.to_string())
     }
 
-    /// Whether a retry could succeed.
+    /// Whether a retry could succeed: the class the runtime acts on (it naks a transient
+    /// failure and dead-letters a permanent one).
+    pub fn class(&self) -> ErrorClass {
+        self.class
+    }
+
+    /// Whether a retry could succeed (`class() == ErrorClass::Transient`).
     pub fn is_transient(&self) -> bool {
-        self.transient
+        self.class == ErrorClass::Transient
+    }
+
+    /// The original error and then its causes, outermost first (anyhow's `chain`).
+    ///
+    /// ```
+    /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    /// let e = tgpipe::HandlerError::from(tgpipe::FsmError::storage(io));
+    /// let chain: Vec<String> = e.chain().map(|e| e.to_string()).collect();
+    /// assert_eq!(chain, ["FSM storage unavailable", "refused"]);
+    /// assert_eq!(format!("{e:#}"), "FSM storage unavailable: refused");
+    /// ```
+    pub fn chain(&self) -> impl Iterator<Item = &(dyn StdError + 'static)> {
+        let inner: &(dyn StdError + 'static) = self.inner();
+        chain(inner).take(MAX_CHAIN)
+    }
+
+    /// Why a 403 in the chain was refused (a user who blocked the bot, ...): the first
+    /// [`crate::BotError`] of the chain says, or a `ForbiddenReason` the application
+    /// failed with.
+    pub fn forbidden_reason(&self) -> Option<crate::bot::ForbiddenReason> {
+        match self.find::<crate::BotError>() {
+            Some(e) => e.forbidden_reason(),
+            None => self.find::<crate::bot::ForbiddenReason>().copied(),
+        }
     }
 
     /// Whether the original error is a `T`.
@@ -144,14 +187,13 @@ impl HandlerError {
     /// The first `T` in the error's `source()` chain, the original error included: finds
     /// the [`crate::BotError`] inside an application error that wraps it.
     pub fn find<T: StdError + 'static>(&self) -> Option<&T> {
-        chain(self.inner()).find_map(|e| e.downcast_ref::<T>())
+        self.chain().find_map(|e| e.downcast_ref::<T>())
     }
 
     /// The wait a Bot API flood control (429) asked for, if a `RetryAfter` is in the
     /// chain: the runtime can redeliver the update after it rather than after its
     /// usual backoff. (Not found through an application error that wraps the
-    /// `BotError` with `#[error(transparent)]`, which hides it; the error is transient
-    /// all the same.)
+    /// `BotError` with `#[error(transparent)]`, which hides it.)
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self.find::<crate::BotError>()? {
             crate::BotError::RetryAfter(wait) => Some(*wait),
@@ -172,7 +214,7 @@ impl HandlerError {
     /// clone, else a handle on the shared one, alike in everything but ownership.
     pub(crate) fn shared(e: Arc<HandlerError>) -> HandlerError {
         Arc::try_unwrap(e).unwrap_or_else(|e| HandlerError {
-            transient: e.transient,
+            class: e.class,
             explicit: true,
             inner: Box::new(Shared(e)),
         })
@@ -182,7 +224,7 @@ impl HandlerError {
     /// the error was made transient or permanent outright).
     pub(crate) fn reclassify(&mut self, extra: &[Classifier]) {
         if !self.explicit && !extra.is_empty() {
-            self.transient = classify(self.inner(), extra);
+            self.class = classify(self.inner(), extra);
         }
     }
 }
@@ -191,14 +233,41 @@ impl fmt::Debug for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HandlerError")
             .field("error", &self.inner)
-            .field("transient", &self.transient)
+            .field("class", &self.class)
             .finish()
     }
 }
 
+/// The original error's message; with `{:#}`, its causes too, joined by `: ` (anyhow's
+/// alternate form), which is what logs and dead letters show.
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self.inner(), f)
+        if !f.alternate() {
+            return fmt::Display::fmt(self.inner(), f);
+        }
+        for (i, e) in self.chain().enumerate() {
+            if i > 0 {
+                f.write_str(": ")?;
+            }
+            fmt::Display::fmt(e, f)?;
+        }
+        Ok(())
+    }
+}
+
+/// The original error, whose `source()` chain is the causes: for a library that
+/// takes a `dyn Error` (`tracing`'s `error = e.as_ref() as &dyn Error`).
+impl AsRef<dyn StdError + Send + Sync + 'static> for HandlerError {
+    fn as_ref(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        self.inner()
+    }
+}
+
+/// Into a boxed error with the same chain, e.g. for `anyhow::Error::from_boxed`, or
+/// for `?` in a function that returns `Box<dyn Error>`.
+impl From<HandlerError> for Box<dyn StdError + Send + Sync + 'static> {
+    fn from(e: HandlerError) -> Self {
+        e.inner
     }
 }
 
@@ -222,10 +291,10 @@ impl StdError for Shared {
 /// anywhere in their `source()` chain; any other error is permanent.
 impl<E: StdError + Send + Sync + 'static> From<E> for HandlerError {
     fn from(e: E) -> HandlerError {
-        let transient = classify(&e, &[]);
+        let class = classify(&e, &[]);
         HandlerError {
             inner: Box::new(e),
-            transient,
+            class,
             explicit: false,
         }
     }
@@ -243,11 +312,16 @@ const MAX_CHAIN: usize = 32;
 
 /// The first error of the chain that knows decides: the application's registered
 /// types, then the framework's own.
-pub(crate) fn classify(e: &(dyn StdError + 'static), extra: &[Classifier]) -> bool {
-    chain(e)
+pub(crate) fn classify(e: &(dyn StdError + 'static), extra: &[Classifier]) -> ErrorClass {
+    let transient = chain(e)
         .take(MAX_CHAIN)
         .find_map(|e| extra.iter().find_map(|c| c(e)).or_else(|| known(e)))
-        .unwrap_or(false)
+        .unwrap_or(false);
+    if transient {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Permanent
+    }
 }
 
 /// The error types of the framework and of the clients it uses: each implements
@@ -336,17 +410,6 @@ impl crate::extract::FromContext for ErrorEvent {
     }
 }
 
-/// What dispatching one update came to.
-#[derive(Debug)]
-pub enum DispatchOutcome {
-    /// A handler (or an `errors` handler) handled it, or a middleware consumed it.
-    Handled,
-    /// No handler took it (the runtime acknowledges it all the same).
-    Unhandled,
-    /// It failed and no `errors` handler took the error.
-    Failed(std::sync::Arc<HandlerError>),
-}
-
 /// Why a dispatcher could not be built.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BuildError {
@@ -387,15 +450,13 @@ mod tests {
     use super::*;
     use crate::BotError;
 
-    /// The pattern docs/fsm.md and the example bot recommend.
+    /// An application error enum that wraps the framework's errors as its causes.
     #[derive(Debug, thiserror::Error)]
     enum AppError {
-        #[error(transparent)]
+        #[error("calling the Bot API")]
         Api(#[from] BotError),
-        #[error(transparent)]
+        #[error("reading the form")]
         Fsm(#[from] crate::FsmError),
-        #[error("Bot API: {0}")]
-        ApiWithContext(#[source] BotError),
         #[error("context: {source}")]
         Context {
             #[source]
@@ -408,13 +469,12 @@ mod tests {
     #[test]
     fn a_wrapped_bot_api_502_is_transient() {
         assert!(HandlerError::from(AppError::Api(BotError::Server(502))).is_transient());
-        let e = AppError::ApiWithContext(BotError::Server(502));
-        assert!(HandlerError::from(e).is_transient());
         // Two levels down.
         let deep = AppError::Context {
             source: Box::new(AppError::Api(BotError::Network("reset".into()))),
         };
-        assert!(HandlerError::from(deep).is_transient());
+        let e = HandlerError::from(deep);
+        assert_eq!(e.class(), ErrorClass::Transient);
     }
 
     #[test]
@@ -426,7 +486,7 @@ mod tests {
     }
 
     #[test]
-    fn transparent_wrapped_fsm_lease_errors_are_transient() {
+    fn wrapped_fsm_lease_errors_are_transient() {
         let key = || "tgpipe:fsm:{4242:1:1}".to_owned();
         #[cfg_attr(not(feature = "redis"), expect(unused_mut))]
         let mut errors = vec![
@@ -467,12 +527,87 @@ mod tests {
         assert!(!HandlerError::from(e).is_transient());
         let e = AppError::Api(BotError::Forbidden("bot was blocked by the user".into()));
         let e = HandlerError::from(e);
-        assert!(!e.is_transient());
+        assert_eq!(e.class(), ErrorClass::Permanent);
         assert_eq!(
-            e.find::<crate::bot::ForbiddenReason>(),
-            Some(&crate::bot::ForbiddenReason::BlockedByUser)
+            e.forbidden_reason(),
+            Some(crate::bot::ForbiddenReason::BlockedByUser)
         );
         assert!(!HandlerError::from(AppError::BadInput).is_transient());
+    }
+
+    /// Regression: `FsmError` wrote its storage error into its message and returned an
+    /// `ErrorClass` from `source()`, so a chain (anyhow's, `{:#}`) ended in
+    /// "transient: a later retry may succeed" and the cause could not be downcast.
+    #[test]
+    fn an_errors_cause_was_flattened_into_a_string() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = HandlerError::from(AppError::Fsm(crate::FsmError::storage(refused)));
+        assert_eq!(
+            format!("{e:#}"),
+            "reading the form: FSM storage unavailable: refused"
+        );
+        let io = e
+            .find::<std::io::Error>()
+            .expect("the cause is in the chain");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert!(e.find::<ErrorClass>().is_none(), "{e:#}");
+        assert_eq!(e.class(), ErrorClass::Transient);
+
+        // anyhow sees the same chain.
+        let any = anyhow::Error::from_boxed(e.into());
+        let links: Vec<String> = any.chain().map(ToString::to_string).collect();
+        assert_eq!(
+            links,
+            ["reading the form", "FSM storage unavailable", "refused"]
+        );
+
+        // A value that JSON cannot hold keeps serde_json's error as its cause.
+        let map = std::collections::BTreeMap::from([((1, 2), 3)]);
+        let json = serde_json::to_value(&map).unwrap_err();
+        let e = crate::FsmError::Encode {
+            type_name: "map",
+            source: json.into(),
+        };
+        assert!(
+            std::error::Error::source(&e)
+                .is_some_and(|c| c.downcast_ref::<serde_json::Error>().is_some())
+        );
+    }
+
+    /// Regression: a Bot API error's `source()` was its class (or a 403's reason), not
+    /// a cause; the class is now its type's.
+    #[test]
+    fn a_bot_errors_source_was_its_class_instead_of_a_cause() {
+        for e in [
+            BotError::Server(502),
+            BotError::BadRequest("x".into()),
+            BotError::Forbidden("bot was blocked by the user".into()),
+        ] {
+            assert!(std::error::Error::source(&e).is_none(), "{e:?}");
+            assert_eq!(HandlerError::from(e.clone()).class(), e.class());
+        }
+    }
+
+    /// `transparent` forwards `source()` past the wrapped error, so its class is not in
+    /// the chain: the enum says it for itself.
+    #[test]
+    fn a_transparent_wrapper_passes_the_class_on_when_it_says_it() {
+        #[derive(Debug, thiserror::Error)]
+        enum Transparent {
+            #[error(transparent)]
+            Api(#[from] BotError),
+        }
+        impl Transient for Transparent {
+            fn is_transient(&self) -> bool {
+                match self {
+                    Transparent::Api(e) => e.is_transient(),
+                }
+            }
+        }
+        let mut e = HandlerError::from(Transparent::Api(BotError::Server(502)));
+        assert_eq!(e.class(), ErrorClass::Permanent, "hidden from the chain");
+        e.reclassify(&[classifier_of::<Transparent>()]);
+        assert_eq!(e.class(), ErrorClass::Transient);
     }
 
     #[derive(Debug, thiserror::Error)]
@@ -506,7 +641,7 @@ mod tests {
 
     #[test]
     fn find_and_retry_after_look_through_the_chain() {
-        let e = HandlerError::from(AppError::ApiWithContext(BotError::RetryAfter(
+        let e = HandlerError::from(AppError::Api(BotError::RetryAfter(
             std::time::Duration::from_secs(7),
         )));
         assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(7)));

@@ -9,9 +9,9 @@
 //!
 //! async fn log_long(cx: Context, next: Next) -> MiddlewareResult {
 //!     let long = Flags::of(&cx).is_set("long");
-//!     let handled = next.run(cx).await;
+//!     let outcome = next.run(cx).await;
 //!     if long { /* record how long it took ... */ }
-//!     handled
+//!     outcome
 //! }
 //!
 //! let mut router = Router::new("main");

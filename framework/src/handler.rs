@@ -6,51 +6,63 @@ use std::sync::Arc;
 use crate::context::Context;
 use crate::error::HandlerError;
 use crate::extract::{ExtractError, FromContext, Requirement};
+use crate::outcome::Outcome;
 
 /// A boxed, sendable future: the one of the middleware chains (`tgpipe_bot::chain`).
 pub use tgpipe_bot::chain::BoxFuture;
 
-/// What a handler says about an update it was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    /// It handled the update; the search stops.
-    Handled,
-    /// It declines: the search goes on with the next handler (aiogram's `SkipHandler`).
-    Skip,
-}
-
-/// What a handler may return: `()`, [`Flow`], or a `Result` of either with any error
-/// that converts into [`HandlerError`].
+/// What a handler may return: `()`, an [`Outcome`], or a `Result` of either with any
+/// error that converts into [`HandlerError`].
+///
+/// Any other return type does not compile, and the error says what a handler returns:
+///
+/// ```compile_fail,E0277
+/// use std::sync::Arc;
+/// use tgpipe::frankenstein::types::Message;
+/// use tgpipe::Router;
+///
+/// async fn greet(message: Arc<Message>) -> String {
+///     "hello".to_owned()
+/// }
+///
+/// let mut router = Router::new("main");
+/// router.message(greet);
+/// ```
+///
+/// ```text
+/// error[E0277]: `std::string::String` cannot be what a handler returns
+///  = note: a handler returns `()`, `Outcome`, or `Result<(), E>`/`Result<Outcome, E>` with `E: Into<HandlerError>` ...
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be what a handler returns",
     label = "the handler's return type",
-    note = "a handler returns `()`, `Flow`, or `Result<(), E>`/`Result<Flow, E>` with `E: Into<HandlerError>` (any `std::error::Error + Send + Sync + 'static` is)"
+    note = "a handler returns `()`, `Outcome`, or `Result<(), E>`/`Result<Outcome, E>` with `E: Into<HandlerError>` (any `std::error::Error + Send + Sync + 'static` is)"
 )]
-pub trait IntoFlow: Send {
+pub trait IntoOutcome: Send {
     /// The result as the dispatcher sees it.
-    fn into_flow(self) -> Result<Flow, HandlerError>;
+    fn into_outcome(self) -> Result<Outcome, HandlerError>;
 }
 
-impl IntoFlow for () {
-    fn into_flow(self) -> Result<Flow, HandlerError> {
-        Ok(Flow::Handled)
+impl IntoOutcome for () {
+    fn into_outcome(self) -> Result<Outcome, HandlerError> {
+        Ok(Outcome::Handled)
     }
 }
 
-impl IntoFlow for Flow {
-    fn into_flow(self) -> Result<Flow, HandlerError> {
+impl IntoOutcome for Outcome {
+    fn into_outcome(self) -> Result<Outcome, HandlerError> {
         Ok(self)
     }
 }
 
-impl<T: IntoFlow, E: Into<HandlerError> + Send> IntoFlow for Result<T, E> {
-    fn into_flow(self) -> Result<Flow, HandlerError> {
-        self.map_err(Into::into).and_then(IntoFlow::into_flow)
+impl<T: IntoOutcome, E: Into<HandlerError> + Send> IntoOutcome for Result<T, E> {
+    fn into_outcome(self) -> Result<Outcome, HandlerError> {
+        self.map_err(Into::into).and_then(IntoOutcome::into_outcome)
     }
 }
 
 /// An `async fn` usable as a handler: a [`HandlerFn`] whose arguments are
-/// [`HandlerArgs`] (each one a [`FromContext`]) and whose output is an [`IntoFlow`].
+/// [`HandlerArgs`] (each one a [`FromContext`]) and whose output is an [`IntoOutcome`].
 ///
 /// It is one blanket implementation over those two traits rather than one per number
 /// of arguments, so that the compiler settles the argument types from the function's
@@ -59,11 +71,11 @@ impl<T: IntoFlow, E: Into<HandlerError> + Send> IntoFlow for Result<T, E> {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a handler",
     label = "not an `async fn` of at most 8 extractor arguments",
-    note = "a handler is an `async fn` (or a closure returning a future) of up to 8 arguments that implement `FromContext`, returning `()`, `Flow`, or `Result<(), E>`/`Result<Flow, E>` with `E: Into<HandlerError>`"
+    note = "a handler is an `async fn` (or a closure returning a future) of up to 8 arguments that implement `FromContext`, returning `()`, `Outcome`, or `Result<(), E>`/`Result<Outcome, E>` with `E: Into<HandlerError>`"
 )]
 pub trait Handler<Args>: Clone + Send + Sync + 'static {
     /// Runs the handler on the context.
-    fn call(&self, cx: Context) -> BoxFuture<'static, Result<Flow, HandlerError>>;
+    fn call(&self, cx: Context) -> BoxFuture<'static, Result<Outcome, HandlerError>>;
     /// What its arguments need provided.
     fn requirements() -> Vec<Requirement>;
 }
@@ -72,15 +84,15 @@ impl<F, Args> Handler<Args> for F
 where
     F: HandlerFn<Args>,
     Args: HandlerArgs,
-    <F::Future as Future>::Output: IntoFlow,
+    <F::Future as Future>::Output: IntoOutcome,
 {
-    fn call(&self, cx: Context) -> BoxFuture<'static, Result<Flow, HandlerError>> {
+    fn call(&self, cx: Context) -> BoxFuture<'static, Result<Outcome, HandlerError>> {
         let args = match Args::from_context(&cx) {
             Ok(args) => args,
             Err(e) => return Box::pin(std::future::ready(Err(HandlerError::from(e)))),
         };
         let fut = self.call_with(args);
-        Box::pin(async move { fut.await.into_flow() })
+        Box::pin(async move { fut.await.into_outcome() })
     }
 
     fn requirements() -> Vec<Requirement> {
@@ -152,7 +164,7 @@ impl_handler!(A1, A2, A3, A4, A5, A6, A7, A8);
 /// A handler with its argument types erased, as routers store them.
 #[derive(Clone)]
 pub(crate) struct ErasedHandler {
-    call: Arc<dyn Fn(Context) -> BoxFuture<'static, Result<Flow, HandlerError>> + Send + Sync>,
+    call: Arc<dyn Fn(Context) -> BoxFuture<'static, Result<Outcome, HandlerError>> + Send + Sync>,
     pub(crate) requirements: Vec<Requirement>,
 }
 
@@ -164,7 +176,7 @@ impl ErasedHandler {
         }
     }
 
-    pub(crate) fn call(&self, cx: Context) -> BoxFuture<'static, Result<Flow, HandlerError>> {
+    pub(crate) fn call(&self, cx: Context) -> BoxFuture<'static, Result<Outcome, HandlerError>> {
         (self.call)(cx)
     }
 }

@@ -17,19 +17,12 @@
 use crate::context::Context;
 use crate::error::HandlerError;
 use crate::handler::BoxFuture;
+pub use crate::outcome::Outcome;
 pub use tgpipe_bot::chain;
 
-/// What a middleware chain or router returns: whether the update was handled.
-pub type MiddlewareResult = Result<Handled, HandlerError>;
-
-/// Whether an update was handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handled {
-    /// A handler took it (or a middleware consumed it).
-    Yes,
-    /// Nothing took it.
-    No,
-}
+/// What a middleware chain or router returns: `Result<Outcome, HandlerError>`, the
+/// type every level returns (see [`Outcome`]).
+pub type MiddlewareResult = Result<Outcome, HandlerError>;
 
 /// An update middleware: a [`chain::Middleware`] of [`Context`]s, the model Bot API
 /// calls use too. Any `Fn(Context, Next) -> impl Future<Output = MiddlewareResult>` is
@@ -46,7 +39,7 @@ pub enum Handled {
 /// impl chain::Middleware<Context, MiddlewareResult> for Mute {
 ///     fn call(&self, cx: Context, next: Next) -> BoxFuture<'static, MiddlewareResult> {
 ///         if cx.update().chat_id == Some(self.0) {
-///             return Box::pin(async { Ok(tgpipe::Handled::Yes) });
+///             return Box::pin(async { Ok(tgpipe::Outcome::Handled) });
 ///         }
 ///         next.run(cx)
 ///     }
@@ -91,7 +84,7 @@ pub type Next = chain::Next<Context, MiddlewareResult>;
 ///     if from.is_some_and(|id| admins.0.contains(&id)) {
 ///         return next.run(cx).await;
 ///     }
-///     Ok(Handled::Yes) // dropped
+///     Ok(Outcome::Handled) // dropped
 /// }
 ///
 /// let mut router = Router::new("admin");

@@ -32,11 +32,11 @@
 //!
 //! async fn log_updates(cx: Context, next: Next) -> MiddlewareResult {
 //!     let update_id = cx.update().update_id;
-//!     let handled = next.run(cx).await?;
-//!     if handled == Handled::No {
+//!     let outcome = next.run(cx).await?;
+//!     if outcome == Outcome::Skipped {
 //!         let _ = update_id; // no handler took it: log it ...
 //!     }
-//!     Ok(handled)
+//!     Ok(outcome)
 //! }
 //!
 //! let mut router = Router::new("main");
@@ -62,7 +62,7 @@ pub use crate::callback_data::CallbackData;
 // The derives, named as their traits (as serde's are).
 pub use crate::context::Context;
 pub use crate::dispatcher::Dispatcher;
-pub use crate::error::{DispatchOutcome, ErrorEvent, HandlerError, Result, Transient};
+pub use crate::error::{ErrorEvent, HandlerError, Result, Transient};
 pub use crate::extract::{Dep, ExtractError, FromContext};
 pub use crate::filter::{
     ChatMemberUpdated, Command, CommandObject, CommandStart, ContentType, ErrorIs, Filter,
@@ -70,9 +70,10 @@ pub use crate::filter::{
 };
 pub use crate::flags::Flags;
 pub use crate::fsm::{Fsm, FsmContext, FsmError, StateFilter, StateName, StatesGroup};
-pub use crate::handler::{BoxFuture, Flow};
+pub use crate::handler::BoxFuture;
 pub use crate::keyboard::{InlineKeyboardBuilder, KeyboardError, ReplyKeyboardBuilder};
-pub use crate::middleware::{Handled, Middleware, MiddlewareResult, Next};
+pub use crate::middleware::{Middleware, MiddlewareResult, Next};
+pub use crate::outcome::Outcome;
 pub use crate::router::Router;
 pub use crate::states;
 pub use crate::update::{Event, Update};

@@ -13,8 +13,7 @@ use frankenstein::types::{CallbackQuery, Message};
 use tgpipe::ErrorEvent;
 use tgpipe::filter::{Command, CommandObject, ErrorIs, FilterExt, from_async, not, text};
 use tgpipe::{
-    Bot, BuildError, Context, Dep, DispatchOutcome, Dispatcher, Flow, Handled, Next, ObserverKey,
-    Router, Update,
+    Bot, BuildError, Context, Dep, Dispatcher, Next, ObserverKey, Outcome, Router, Update,
 };
 use tgpipe_shared::UpdateKind;
 
@@ -22,7 +21,7 @@ fn callback_update() -> Bytes {
     Bytes::from_static(br#"{"update_id":2,"callback_query":{"id":"q1","from":{"id":5,"is_bot":false,"first_name":"A"},"chat_instance":"c","data":"x"}}"#)
 }
 
-async fn run(router: Router, log: &Log, update: Bytes) -> (DispatchOutcome, Vec<String>) {
+async fn run(router: Router, log: &Log, update: Bytes) -> (tgpipe::Result<Outcome>, Vec<String>) {
     let dp = Dispatcher::builder(router)
         .state(log.clone())
         .build()
@@ -47,7 +46,7 @@ async fn registration_order() {
     r.message(named("first"));
     r.message(named("second"));
     let (outcome, got) = run(r, &log, text_update("hi")).await;
-    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert!(matches!(outcome, Ok(Outcome::Handled)));
     assert_eq!(got, ["first"]);
 }
 
@@ -77,11 +76,11 @@ async fn handler_decline_continues_the_search() {
     let mut r = Router::new("r");
     r.message(|Dep(log): Dep<Log>| async move {
         log.push("declined");
-        Flow::Skip
+        Outcome::Skipped
     });
     r.message(named("taken"));
     let (outcome, got) = run(r, &log, text_update("x")).await;
-    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert!(matches!(outcome, Ok(Outcome::Handled)));
     assert_eq!(got, ["declined", "taken"]);
 }
 
@@ -91,7 +90,7 @@ async fn no_handler_is_unhandled() {
     let mut r = Router::new("r");
     r.message(named("never")).filter(text::equals("nope"));
     let (outcome, got) = run(r, &log, text_update("x")).await;
-    assert!(matches!(outcome, DispatchOutcome::Unhandled));
+    assert!(matches!(outcome, Ok(Outcome::Skipped)));
     assert!(got.is_empty());
 }
 
@@ -140,11 +139,11 @@ async fn middleware_drop_stops_the_update() {
     let mut r = Router::new("r");
     r.outer_middleware(UpdateKind::Message, |cx: Context, _next: Next| async move {
         cx.get::<Log>().unwrap().push("dropped");
-        Ok(Handled::Yes)
+        Ok(Outcome::Handled)
     });
     r.message(named("handler"));
     let (outcome, got) = run(r, &log, text_update("x")).await;
-    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert!(matches!(outcome, Ok(Outcome::Handled)));
     assert_eq!(got, ["dropped"]);
 }
 
@@ -158,7 +157,7 @@ async fn post_processing_runs_after_the_handler() {
         .update_middleware(tag_mw("update"))
         .build()
         .unwrap();
-    dp.feed_raw(&bot(), text_update("x")).await;
+    dp.feed_raw(&bot(), text_update("x")).await.unwrap();
     assert_eq!(log.take(), ["update:before", "handler", "update:after"]);
 }
 
@@ -224,7 +223,7 @@ async fn the_ghost_handler_catches_everything() {
     r.message(named("ghost"));
     for t in ["", "/cmd", "anything"] {
         let (outcome, got) = run(r.clone(), &log, text_update(t)).await;
-        assert!(matches!(outcome, DispatchOutcome::Handled));
+        assert!(matches!(outcome, Ok(Outcome::Handled)));
         assert_eq!(got, ["ghost"]);
     }
 }
@@ -253,10 +252,10 @@ async fn errors_observer_with_error_type_filter() {
     )
     .filter(ErrorIs::<QuotaExceeded>::new());
     let (outcome, got) = run(r.clone(), &log, text_update("quota")).await;
-    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert!(matches!(outcome, Ok(Outcome::Handled)));
     assert_eq!(got, ["handled: quota exceeded"]);
     let (outcome, got) = run(r, &log, text_update("other")).await;
-    let DispatchOutcome::Failed(e) = outcome else {
+    let Err(e) = outcome else {
         panic!("unhandled error must fail")
     };
     assert!(e.is::<SomethingElse>() && !e.is_transient());
@@ -325,7 +324,7 @@ async fn extractor_errors_fail_the_update_instead_of_panicking() {
     // A Message argument on the callback query observer.
     r.callback_query(|_m: Arc<Message>| async {});
     let (outcome, _) = run(r, &log, callback_update()).await;
-    let DispatchOutcome::Failed(e) = outcome else {
+    let Err(e) = outcome else {
         panic!("expected a failure")
     };
     assert!(e.to_string().contains("callback_query"), "{e}");
@@ -379,7 +378,7 @@ async fn unknown_kind_is_routed_raw() {
         Bytes::from_static(br#"{"update_id":1,"key":"value"}"#),
     )
     .await;
-    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert!(matches!(outcome, Ok(Outcome::Handled)));
     assert_eq!(got, ["raw key"]);
 }
 
@@ -399,7 +398,7 @@ async fn the_whole_corpus_routes_to_the_right_observer_with_nothing_lost() {
     let corpus = tgpipe_testkit::corpus();
     for line in &corpus {
         let outcome = dp.feed_raw(&bot(), Bytes::from(line.clone())).await;
-        assert!(matches!(outcome, DispatchOutcome::Handled), "{line}");
+        assert!(matches!(outcome, Ok(Outcome::Handled)), "{line}");
     }
     let got = log.take();
     assert_eq!(got.len(), corpus.len(), "every update handled exactly once");
@@ -453,7 +452,7 @@ async fn a_handler_replies_through_the_bot_api() {
     let dp = Dispatcher::builder(r).build().unwrap();
     assert!(matches!(
         dp.feed_raw(&bot, text_update("echo me")).await,
-        DispatchOutcome::Handled
+        Ok(Outcome::Handled)
     ));
     let calls = sink.wait_for_calls(1, Duration::from_secs(10)).await;
     assert_eq!(calls[0].method, "sendMessage");
@@ -485,7 +484,7 @@ async fn bot_api_errors_are_classified_for_the_runtime() {
         Ok::<_, tgpipe::BotError>(())
     });
     let dp = Dispatcher::builder(r).build().unwrap();
-    let DispatchOutcome::Failed(e) = dp.feed_raw(&bot, text_update("x")).await else {
+    let Err(e) = dp.feed_raw(&bot, text_update("x")).await else {
         panic!("429 must fail")
     };
     assert!(e.is_transient(), "429 is retried later");
@@ -499,7 +498,7 @@ async fn bot_api_errors_are_classified_for_the_runtime() {
 #[tokio::test]
 async fn bodies_that_are_not_updates_fail_permanently() {
     let dp = Dispatcher::builder(Router::new("r")).build().unwrap();
-    let DispatchOutcome::Failed(e) = dp.feed_raw(&bot(), Bytes::from_static(b"[1]")).await else {
+    let Err(e) = dp.feed_raw(&bot(), Bytes::from_static(b"[1]")).await else {
         panic!()
     };
     assert!(!e.is_transient());
@@ -544,7 +543,7 @@ async fn start_at_botname_in_a_supergroup_is_handled() {
     for (i, (text, handled)) in outcomes.into_iter().enumerate() {
         let outcome = dp.feed_raw(&bot, supergroup_update(i as i64, text)).await;
         assert_eq!(
-            matches!(outcome, DispatchOutcome::Handled),
+            matches!(outcome, Ok(Outcome::Handled)),
             handled,
             "{text}: {outcome:?}"
         );
@@ -580,7 +579,7 @@ async fn commands_without_a_mention_do_not_call_get_me() {
     r.message(|| async {}).filter(Command::new(["help"]));
     let dp = Dispatcher::builder(r).build().unwrap();
     let outcome = dp.feed_raw(&bot, supergroup_update(1, "/help")).await;
-    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert!(matches!(outcome, Ok(Outcome::Handled)));
     assert!(sink.calls().is_empty());
 }
 
@@ -598,7 +597,7 @@ async fn inner_middleware_is_collected_along_the_router_chain() {
     child.include_router(grandchild);
     root.include_router(child);
     let (outcome, got) = run(root, &log, text_update("x")).await;
-    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert!(matches!(outcome, Ok(Outcome::Handled)));
     assert_eq!(
         got,
         [
@@ -726,7 +725,7 @@ async fn middleware_on_the_raw_and_errors_observers() {
         ]
     );
     let (outcome, got) = run(r, &log, text_update("x")).await;
-    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert!(matches!(outcome, Ok(Outcome::Handled)));
     assert_eq!(
         got,
         [
@@ -782,7 +781,7 @@ async fn a_provided_value_is_declared_and_inserted_in_one_step() {
         .provide(locale)
         .build()
         .unwrap();
-    dp.feed_raw(&bot(), callback_update()).await;
+    dp.feed_raw(&bot(), callback_update()).await.unwrap();
     assert_eq!(log.take(), ["callback en"]);
 
     // From a filter.

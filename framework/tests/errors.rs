@@ -12,7 +12,7 @@ use tgpipe::bot::{ForbiddenReason, RetryPolicy};
 use tgpipe::error::ErrorEvent;
 use tgpipe::error::Transient;
 use tgpipe::filter::forbidden;
-use tgpipe::{Bot, BotError, Dep, DispatchOutcome, Dispatcher, Router};
+use tgpipe::{Bot, BotError, Dep, Dispatcher, Outcome, Router};
 use tgpipe_testkit::sink::{Fault, Sink, SinkConfig, SinkHandle};
 
 use common::{Log, text_update};
@@ -30,14 +30,14 @@ fn bot(sink: &SinkHandle) -> Bot {
         .unwrap()
 }
 
-/// The error enum docs/fsm.md and the example bot recommend, `transparent` included
-/// (which forwards `source()` past the wrapped error).
+/// An application error enum as docs/framework.md shows it: the framework's errors are
+/// its causes (a message, not `transparent`, which would hide them from the chain).
 #[derive(Debug, thiserror::Error)]
 enum Error {
-    #[error(transparent)]
+    #[error("replying")]
     Api(#[from] BotError),
     #[allow(dead_code)]
-    #[error(transparent)]
+    #[error("reading the form")]
     Fsm(#[from] tgpipe::FsmError),
 }
 
@@ -46,9 +46,9 @@ async fn reply(bot: Bot, message: Arc<Message>) -> Result<(), Error> {
     Ok(())
 }
 
-fn failed(outcome: DispatchOutcome) -> Arc<tgpipe::HandlerError> {
+fn failed(outcome: tgpipe::Result<Outcome>) -> tgpipe::HandlerError {
     match outcome {
-        DispatchOutcome::Failed(e) => e,
+        Err(e) => e,
         other => panic!("expected a failure, got {other:?}"),
     }
 }
@@ -135,7 +135,7 @@ fn a_user_who_blocked_the_bot_does_not_fail_the_update() {
             ] {
                 s.push_fault("sendMessage", fault);
                 let outcome = dp.feed_raw(&bot(&s), text_update("hi")).await;
-                assert!(matches!(outcome, DispatchOutcome::Handled), "{outcome:?}");
+                assert!(matches!(outcome, Ok(Outcome::Handled)), "{outcome:?}");
             }
             // A refusal that is the bot's own problem still fails.
             s.push_fault(
@@ -146,7 +146,7 @@ fn a_user_who_blocked_the_bot_does_not_fail_the_update() {
                 ),
             );
             let e = failed(dp.feed_raw(&bot(&s), text_update("hi")).await);
-            assert_eq!(e.find::<ForbiddenReason>(), Some(&ForbiddenReason::Other));
+            assert_eq!(e.forbidden_reason(), Some(ForbiddenReason::Other));
         });
     });
     let text = handle.render();
@@ -174,7 +174,7 @@ async fn an_errors_handler_filtered_on_forbidden_gets_the_reason() {
     let dp = Dispatcher::builder(r).state(log.clone()).build().unwrap();
     s.push_fault("sendMessage", Fault::forbidden());
     let outcome = dp.feed_raw(&bot(&s), text_update("hi")).await;
-    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert!(matches!(outcome, Ok(Outcome::Handled)));
     assert_eq!(log.take(), ["forget: blocked"]);
     // Another reason does not pass the filter (and the default policy handles it).
     s.push_fault(
@@ -182,6 +182,6 @@ async fn an_errors_handler_filtered_on_forbidden_gets_the_reason() {
         Fault::error(403, "Forbidden: user is deactivated"),
     );
     let outcome = dp.feed_raw(&bot(&s), text_update("hi")).await;
-    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert!(matches!(outcome, Ok(Outcome::Handled)));
     assert!(log.take().is_empty());
 }

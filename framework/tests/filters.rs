@@ -15,7 +15,7 @@ use tgpipe::filter::{
     ChatMemberUpdated, CommandObject, CommandStart, ContentType, MemberGroup, MemberStatus,
     Transition, chat_type, content_type, create_start_link, encode_payload,
 };
-use tgpipe::{Bot, Dep, DispatchOutcome, Dispatcher, Router, callback_data};
+use tgpipe::{Bot, Dep, Dispatcher, Outcome, Router, callback_data};
 
 fn message(extra: serde_json::Value) -> Bytes {
     let mut m = json!({"message_id": 1, "date": 0, "chat": {"id": 5, "type": "private", "first_name": "A"},
@@ -26,7 +26,7 @@ fn message(extra: serde_json::Value) -> Bytes {
     Bytes::from(json!({"update_id": 1, "message": m}).to_string())
 }
 
-async fn dispatch(r: Router, log: &Log, update: Bytes) -> (DispatchOutcome, Vec<String>) {
+async fn dispatch(r: Router, log: &Log, update: Bytes) -> (tgpipe::Result<Outcome>, Vec<String>) {
     let dp = Dispatcher::builder(r).state(log.clone()).build().unwrap();
     let o = dp.feed_raw(&bot(), update).await;
     (o, log.take())
@@ -65,7 +65,7 @@ async fn deep_links_plain_and_encoded() {
     r.message(|| async {})
         .filter(CommandStart::new().deep_link().encoded());
     let (o, _) = dispatch(r, &log, message(json!({"text": "/start !!!"}))).await;
-    assert!(matches!(o, DispatchOutcome::Unhandled));
+    assert!(matches!(o, Ok(Outcome::Skipped)));
 
     assert_eq!(
         create_start_link("my_bot", "abc", false).unwrap(),
@@ -278,7 +278,7 @@ async fn callback_data_filter_hands_the_value_to_the_handler() {
     let (_, got) = dispatch(r.clone(), &log, update("menu:sell:3")).await;
     assert_eq!(got, ["sell 3 from 5"]);
     let (o, got) = dispatch(r.clone(), &log, update("menu:sell:x")).await;
-    assert!(matches!(o, DispatchOutcome::Unhandled) && got.is_empty());
+    assert!(matches!(o, Ok(Outcome::Skipped)) && got.is_empty());
     // Taking the value without its filter is a start-up error.
     let mut bad = Router::new("bad");
     bad.callback_query(|_b: MenuButton| async {});

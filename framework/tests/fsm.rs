@@ -18,7 +18,7 @@ use tgpipe::fsm::{
     Fsm, FsmContext, FsmError, FsmKey, FsmStorage, HISTORY_CAP, Isolation, KeyStrategy,
     MemoryStorage, RedisStorage, Scene, SceneContext, Scenes, StateFilter, StatesGroup,
 };
-use tgpipe::{Bot, BuildError, Dep, DispatchOutcome, Dispatcher, Router, Update};
+use tgpipe::{Bot, BuildError, Dep, Dispatcher, Outcome, Router, Update};
 use tgpipe_testkit::sink::{Sink, SinkHandle};
 use tgpipe_testkit::{RedisServer, eventually_some};
 
@@ -346,7 +346,7 @@ async fn the_dispatcher_writes_the_documented_redis_keys() {
             .build()
             .unwrap();
         let outcome = dp.feed_raw(&bot(), topic_message(-100, 7, 3, "x")).await;
-        assert!(matches!(outcome, DispatchOutcome::Handled), "{strategy}");
+        assert!(matches!(outcome, Ok(Outcome::Handled)), "{strategy}");
         let mut keys: Vec<String> = redis::cmd("KEYS")
             .arg("tgpipe:fsm:*")
             .query_async(&mut conn)
@@ -391,7 +391,7 @@ async fn updates_without_a_key_have_no_fsm() {
         .fsm(Fsm::new(MemoryStorage::new()))
         .build()
         .unwrap();
-    let DispatchOutcome::Failed(e) = dp.feed_raw(&bot(), poll()).await else {
+    let Err(e) = dp.feed_raw(&bot(), poll()).await else {
         panic!("FsmContext cannot be extracted")
     };
     assert!(log.take().is_empty(), "the State filter does not match");
@@ -449,7 +449,7 @@ async fn state_filters_route_by_state() {
         (Some("Other:X"), "any"),
     ] {
         storage.set_state(&key, state).await.unwrap();
-        dp.feed_raw(&bot(), message(5, 5, "x")).await;
+        dp.feed_raw(&bot(), message(5, 5, "x")).await.unwrap();
         assert_eq!(log.take(), [expected], "{state:?}");
     }
     assert_eq!(Form::from_name("Form:Age"), Some(Form::Age));
@@ -483,7 +483,7 @@ async fn increments(isolation: Isolation) {
         .collect();
     for t in tasks {
         let outcome = t.await.unwrap();
-        assert!(matches!(outcome, DispatchOutcome::Handled), "{outcome:?}");
+        assert!(matches!(outcome, Ok(Outcome::Handled)), "{outcome:?}");
     }
     let fsm = FsmContext::new(
         Arc::new(redis_storage(&server).await),
@@ -522,7 +522,7 @@ async fn a_crashed_holders_lock_expires_and_is_taken_over() {
         .build()
         .unwrap();
     let outcome = dp.feed_raw(&bot(), message(5, 5, "+1")).await;
-    assert!(matches!(outcome, DispatchOutcome::Handled), "{outcome:?}");
+    assert!(matches!(outcome, Ok(Outcome::Handled)), "{outcome:?}");
     assert!(
         started.elapsed() >= Duration::from_millis(400),
         "waited for the lease to expire, took {:?}",
@@ -542,7 +542,7 @@ async fn a_lock_held_past_the_wait_fails_transiently() {
         .fsm(Fsm::new(storage).isolation(Isolation::default().wait(Duration::from_millis(100))))
         .build()
         .unwrap();
-    let DispatchOutcome::Failed(e) = dp.feed_raw(&bot(), message(5, 5, "+1")).await else {
+    let Err(e) = dp.feed_raw(&bot(), message(5, 5, "+1")).await else {
         panic!("must fail")
     };
     assert!(e.is_transient());
@@ -615,8 +615,8 @@ async fn a_slow_handler_keeps_its_lease() {
     let slow = tokio::spawn(async move { a.feed_raw(&bot(), message(5, 5, "slow")).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let fast = b.feed_raw(&bot(), message(5, 5, "fast")).await;
-    assert!(matches!(fast, DispatchOutcome::Handled));
-    assert!(matches!(slow.await.unwrap(), DispatchOutcome::Handled));
+    assert!(matches!(fast, Ok(Outcome::Handled)));
+    assert!(matches!(slow.await.unwrap(), Ok(Outcome::Handled)));
     assert_eq!(log.take(), ["slow in", "slow out", "fast in", "fast out"]);
 }
 
@@ -650,7 +650,7 @@ async fn a_lost_lease_refuses_further_writes() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let DispatchOutcome::Failed(e) = handling.await.unwrap() else {
+    let Err(e) = handling.await.unwrap() else {
         panic!("the second write must be refused")
     };
     assert!(e.is_transient());
@@ -695,7 +695,7 @@ async fn redis_down_fails_transiently_without_running_the_handler() {
             .unwrap();
         server.stop();
         let started = Instant::now();
-        let DispatchOutcome::Failed(e) = dp.feed_raw(&bot(), message(5, 5, "x")).await else {
+        let Err(e) = dp.feed_raw(&bot(), message(5, 5, "x")).await else {
             panic!("must fail")
         };
         assert!(e.is_transient(), "{e}");
@@ -736,7 +736,7 @@ async fn undecodable_data_is_a_permanent_error_for_the_errors_observer() {
         .build()
         .unwrap();
     let outcome = dp.feed_raw(&bot(), message(5, 5, "+1")).await;
-    assert!(matches!(outcome, DispatchOutcome::Handled));
+    assert!(matches!(outcome, Ok(Outcome::Handled)));
     assert_eq!(log.take(), ["transient=false type=fsm::Counter"]);
 
     // Without an errors handler the update fails for good.
@@ -744,7 +744,7 @@ async fn undecodable_data_is_a_permanent_error_for_the_errors_observer() {
         .fsm(Fsm::new(storage))
         .build()
         .unwrap();
-    let DispatchOutcome::Failed(e) = dp.feed_raw(&bot(), message(5, 5, "+1")).await else {
+    let Err(e) = dp.feed_raw(&bot(), message(5, 5, "+1")).await else {
         panic!("must fail")
     };
     assert!(!e.is_transient());
@@ -762,9 +762,9 @@ async fn reply(bot: &Bot, m: &Message, text: &str) -> Result<(), tgpipe::BotErro
 
 #[derive(Debug, thiserror::Error)]
 enum BotFail {
-    #[error(transparent)]
+    #[error("FSM")]
     Fsm(#[from] FsmError),
-    #[error(transparent)]
+    #[error("Bot API")]
     Api(#[from] tgpipe::BotError),
 }
 
@@ -815,7 +815,7 @@ async fn say(dp: &Dispatcher, bot: &Bot, sink: &SinkHandle, user: i64, text: &st
     sink.clear();
     let outcome = dp.feed_raw(bot, message(user, user, text)).await;
     assert!(
-        matches!(outcome, DispatchOutcome::Handled),
+        matches!(outcome, Ok(Outcome::Handled)),
         "{text}: {outcome:?}"
     );
     let calls = sink.wait_for_calls(1, Duration::from_secs(10)).await;
@@ -837,7 +837,7 @@ async fn classic_form(storage: Arc<dyn FsmStorage>) {
     // Another user's conversation is apart.
     assert!(matches!(
         dp.feed_raw(&bot, message(6, 6, "Bob")).await,
-        DispatchOutcome::Unhandled
+        Ok(Outcome::Skipped)
     ));
     assert_eq!(say(&dp, &bot, &sink, 5, "Alice").await, "How old are you?");
     assert_eq!(
@@ -866,7 +866,7 @@ async fn classic_form(storage: Arc<dyn FsmStorage>) {
     assert_eq!(after.state().await.unwrap(), None);
     assert!(matches!(
         dp.feed_raw(&bot, message(5, 5, "Alice")).await,
-        DispatchOutcome::Unhandled
+        Ok(Outcome::Skipped)
     ));
 }
 
@@ -898,7 +898,7 @@ async fn count_bot(storage: Arc<dyn FsmStorage>) {
         sink.clear();
         // Two members of one group share the chat's counter.
         let outcome = dp.feed_raw(&bot, message(-100, user, "/count")).await;
-        assert!(matches!(outcome, DispatchOutcome::Handled));
+        assert!(matches!(outcome, Ok(Outcome::Handled)));
         let calls = sink.wait_for_calls(1, Duration::from_secs(10)).await;
         assert_eq!(calls[0].params["text"], serde_json::json!(expected));
         assert_eq!(calls[0].params["chat_id"], serde_json::json!(-100));
@@ -1095,13 +1095,10 @@ async fn scene_history_is_written_under_the_partition_fence() {
             dispatcher.feed_raw(&bot, message(7, 7, text)),
         )
     };
-    assert!(matches!(run(20, "menu").await, DispatchOutcome::Handled));
-    assert!(matches!(
-        run(20, "settings").await,
-        DispatchOutcome::Handled
-    ));
+    assert!(matches!(run(20, "menu").await, Ok(Outcome::Handled)));
+    assert!(matches!(run(20, "settings").await, Ok(Outcome::Handled)));
     match run(10, "about").await {
-        DispatchOutcome::Failed(e) => assert!(e.is_transient(), "{e}"),
+        Err(e) => assert!(e.is_transient(), "{e}"),
         other => panic!("the stale owner's scene change went through: {other:?}"),
     }
     let key = FsmKey::new(bot.id().0, 7, 7);
@@ -1148,7 +1145,7 @@ async fn scene_handlers_are_routed_by_scene() {
         .build()
         .unwrap();
     for _ in 0..4 {
-        dp.feed_raw(&bot(), message(5, 5, "x")).await;
+        dp.feed_raw(&bot(), message(5, 5, "x")).await.unwrap();
     }
     assert_eq!(
         log.take(),
@@ -1192,7 +1189,7 @@ async fn scene_hooks_run_on_enter_and_leave() {
         .unwrap();
     for text in ["a", "b", "c", "/exit"] {
         let outcome = dp.feed_raw(&bot(), message(5, 5, text)).await;
-        assert!(matches!(outcome, DispatchOutcome::Handled), "{outcome:?}");
+        assert!(matches!(outcome, Ok(Outcome::Handled)), "{outcome:?}");
     }
     assert_eq!(
         log.take(),
@@ -1262,11 +1259,11 @@ async fn a_worker_that_lost_its_partition_cannot_overwrite_the_new_owners_fsm_st
     // The new owner (epoch 20) writes first ...
     assert!(matches!(
         run(20, "chat", "Form:Age").await,
-        DispatchOutcome::Handled
+        Ok(Outcome::Handled)
     ));
     // ... then the old one (epoch 10), late: refused, transiently (it gives the update up).
     match run(10, "chat", "Form:Name").await {
-        DispatchOutcome::Failed(e) => {
+        Err(e) => {
             assert!(e.is_transient(), "{e}");
             assert!(e.to_string().contains("later owner"), "{e}");
         }
@@ -1282,11 +1279,11 @@ async fn a_worker_that_lost_its_partition_cannot_overwrite_the_new_owners_fsm_st
     // The owner itself and a later one write on; another lane's epochs are its own.
     assert!(matches!(
         run(20, "chat", "Form:Age").await,
-        DispatchOutcome::Handled
+        Ok(Outcome::Handled)
     ));
     assert!(matches!(
         run(5, "buttons", "Form:Name").await,
-        DispatchOutcome::Handled
+        Ok(Outcome::Handled)
     ));
     // No lease was taken for a key inside one chat under ownership.
     let mut conn = redis::Client::open(server.url())
@@ -1423,7 +1420,7 @@ async fn a_lock_holder_whose_lease_lapsed_unnoticed_cannot_overwrite_the_next_ho
         .unwrap();
     // The stale holder goes on with its second write.
     let _ = go.send(());
-    let DispatchOutcome::Failed(e) = handling.await.unwrap() else {
+    let Err(e) = handling.await.unwrap() else {
         panic!("the stale write must be refused")
     };
     assert!(
@@ -1452,7 +1449,7 @@ async fn renewals_failing_for_a_whole_lease_lose_it() {
     let handling = tokio::spawn(async move { dp.feed_raw(&bot(), message(5, 5, "x")).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = go.send(());
-    let DispatchOutcome::Failed(e) = handling.await.unwrap() else {
+    let Err(e) = handling.await.unwrap() else {
         panic!("the write after the lease must be refused")
     };
     assert!(e.is_transient());

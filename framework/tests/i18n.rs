@@ -94,12 +94,20 @@ async fn the_locale_is_the_users_language_else_the_fallback_and_a_chats_choice_w
         .fsm(Fsm::new(storage))
         .build()
         .unwrap();
-    dp.feed_raw(&bot, text_from("hi", Some("de-AT"))).await;
-    dp.feed_raw(&bot, text_from("hi", Some("fr"))).await;
-    dp.feed_raw(&bot, text_from("hi", None)).await;
-    dp.feed_raw(&bot, text_from("/deutsch", Some("en"))).await;
+    dp.feed_raw(&bot, text_from("hi", Some("de-AT")))
+        .await
+        .unwrap();
+    dp.feed_raw(&bot, text_from("hi", Some("fr")))
+        .await
+        .unwrap();
+    dp.feed_raw(&bot, text_from("hi", None)).await.unwrap();
+    dp.feed_raw(&bot, text_from("/deutsch", Some("en")))
+        .await
+        .unwrap();
     // The chat's choice, kept in Redis, beats the user's English from now on.
-    dp.feed_raw(&bot, text_from("hi", Some("en"))).await;
+    dp.feed_raw(&bot, text_from("hi", Some("en")))
+        .await
+        .unwrap();
     let texts: Vec<_> = sink
         .wait_for_calls(5, Duration::from_secs(10))
         .await

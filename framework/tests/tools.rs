@@ -32,8 +32,12 @@ async fn a_handlers_flags_reach_the_inner_middleware_and_the_handler() {
         next.run(cx).await
     });
     let dp = Dispatcher::builder(r).state(log.clone()).build().unwrap();
-    dp.feed_raw(&common::bot(), common::text_update("/a")).await;
-    dp.feed_raw(&common::bot(), common::text_update("b")).await;
+    dp.feed_raw(&common::bot(), common::text_update("/a"))
+        .await
+        .unwrap();
+    dp.feed_raw(&common::bot(), common::text_update("b"))
+        .await
+        .unwrap();
     assert_eq!(
         log.take(),
         ["mw true", "handler Some(\"slow\")", "mw false", "plain"]
@@ -54,7 +58,9 @@ async fn a_chat_action_shows_while_a_flagged_handler_works_and_only_then() {
     r.message(|m: Arc<Message>| async move { m.answer("quick").await });
     r.inner_middleware(UpdateKind::Message, ChatActionMiddleware);
     let dp = Dispatcher::builder(r).build().unwrap();
-    dp.feed_raw(&bot, common::text_update("/report")).await;
+    dp.feed_raw(&bot, common::text_update("/report"))
+        .await
+        .unwrap();
     let calls = sink.wait_for_calls(2, Duration::from_secs(10)).await;
     assert_eq!(calls[0].method, "sendChatAction");
     assert_eq!(
@@ -63,7 +69,9 @@ async fn a_chat_action_shows_while_a_flagged_handler_works_and_only_then() {
     );
     assert_eq!(calls[1].params["text"], json!("report"));
     sink.clear();
-    dp.feed_raw(&bot, common::text_update("hello")).await;
+    dp.feed_raw(&bot, common::text_update("hello"))
+        .await
+        .unwrap();
     sink.wait_for_calls(1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(methods(&sink), ["sendMessage"]);
@@ -95,20 +103,20 @@ async fn callback_queries_are_answered_once_whether_or_not_their_handler_did() {
     r.inner_middleware(UpdateKind::CallbackQuery, CallbackAnswer::new().text("ok"));
     let dp = Dispatcher::builder(r).build().unwrap();
 
-    dp.feed_raw(&bot, callback("silent")).await;
+    dp.feed_raw(&bot, callback("silent")).await.unwrap();
     let calls = sink.wait_for_calls(1, Duration::from_secs(10)).await;
     assert_eq!(
         calls[0].params,
         json!({"callback_query_id": "q1", "text": "ok"})
     );
     sink.clear();
-    dp.feed_raw(&bot, callback("answers")).await;
+    dp.feed_raw(&bot, callback("answers")).await.unwrap();
     let calls = sink.wait_for_calls(1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(sink.calls().len(), 1, "answered once: {calls:?}");
     assert_eq!(calls[0].params["text"], json!("mine"));
     sink.clear();
-    dp.feed_raw(&bot, callback("flagged off")).await;
+    dp.feed_raw(&bot, callback("flagged off")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(sink.calls().is_empty());
 }
@@ -126,7 +134,7 @@ async fn admins_only(
     if from.is_some_and(|id| admins.0.contains(&id)) {
         return next.run(cx).await;
     }
-    Ok(Handled::Yes)
+    Ok(Outcome::Handled)
 }
 
 #[tokio::test]
@@ -146,11 +154,16 @@ async fn middleware_from_fn_takes_extractors_and_passes_updates_it_cannot_read()
     // The text update's sender is user 5.
     build(vec![5])
         .feed_raw(&common::bot(), common::text_update("hi"))
-        .await;
+        .await
+        .unwrap();
     build(vec![6])
         .feed_raw(&common::bot(), common::text_update("hi"))
-        .await;
+        .await
+        .unwrap();
     // A callback query has no message to extract: the middleware lets it by.
-    build(vec![6]).feed_raw(&common::bot(), callback("x")).await;
+    build(vec![6])
+        .feed_raw(&common::bot(), callback("x"))
+        .await
+        .unwrap();
     assert_eq!(log.take(), ["message", "callback"]);
 }

@@ -33,7 +33,6 @@ use tgpipe_shared::{Envelope, KeysError, UpdateKind, extract_keys};
 
 use tgpipe::bot::{ApiRequest, Bot, BotError};
 use tgpipe::dispatcher::Dispatcher;
-use tgpipe::error::DispatchOutcome;
 
 /// `poll`'s arguments.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -140,8 +139,12 @@ impl DispatchSink {
 #[async_trait::async_trait]
 impl UpdateSink for DispatchSink {
     async fn deliver(&self, bot: &Bot, raw: Bytes) -> Result<(), DeliverError> {
-        if let DispatchOutcome::Failed(e) = self.dispatcher.feed_raw(bot, raw).await {
-            tracing::warn!(error = %e, transient = e.is_transient(), "polled update failed");
+        if let Err(e) = self.dispatcher.feed_raw(bot, raw).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                transient = e.is_transient(),
+                "polled update failed"
+            );
         }
         Ok(())
     }

@@ -10,11 +10,16 @@
 //! - every other update, of any kind: acknowledged and counted (`tgpipe_worker_outcomes_total`).
 //!
 //! It runs as any tgpipe worker: `tgpipe-example-bot [run|dlq ...]`, configured by
-//! environment (`TGPIPE_BOT_TOKENS`, `NATS_URL`, `REDIS_URL`, ...).
+//! environment (`TGPIPE_BOT_TOKENS`, `NATS_URL`, `REDIS_URL`, ...). One setting is its
+//! own: `EXAMPLE_ANTIFLOOD=<limit>/<seconds>` (say `5/10`) drops a user's updates over
+//! `limit` per window, counted in Redis at `REDIS_URL`, so that the limit holds for the
+//! sum over every worker. Unset, nothing is dropped.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tgpipe::antiflood::AntiFlood;
 use tgpipe::frankenstein::types::{ChatMemberUpdated as MemberUpdate, ChatType};
 use tgpipe::prelude::*;
 
@@ -154,7 +159,41 @@ fn router() -> Router {
     router
 }
 
+/// The anti-flood `EXAMPLE_ANTIFLOOD` asks for, if set: `<limit>/<seconds>` per user,
+/// shared in Redis at `REDIS_URL` (the FSM's Redis).
+async fn anti_flood() -> std::result::Result<Option<AntiFlood>, String> {
+    let Ok(setting) = std::env::var("EXAMPLE_ANTIFLOOD") else {
+        return Ok(None);
+    };
+    let bad = || format!("EXAMPLE_ANTIFLOOD is `{setting}`, not `<limit>/<seconds>` (say `5/10`)");
+    let (limit, seconds) = setting.split_once('/').ok_or_else(bad)?;
+    let limit: u64 = limit.trim().parse().map_err(|_| bad())?;
+    let seconds: u64 = seconds
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| bad())?;
+    if seconds == 0 {
+        return Err(bad());
+    }
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    AntiFlood::per_user(limit, Duration::from_secs(seconds))
+        .shared(&redis)
+        .await
+        .map(Some)
+        .map_err(|e| format!("EXAMPLE_ANTIFLOOD: Redis at REDIS_URL: {e}"))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tgpipe_worker::run(Dispatcher::builder(router())).await
+    let mut dispatcher = Dispatcher::builder(router());
+    match anti_flood().await {
+        Ok(Some(flood)) => dispatcher = dispatcher.update_middleware(flood),
+        Ok(None) => {}
+        Err(why) => {
+            eprintln!("{why}");
+            return ExitCode::from(64); // a setting is unusable, as the worker's own
+        }
+    }
+    tgpipe_worker::run(dispatcher).await
 }

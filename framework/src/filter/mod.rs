@@ -563,7 +563,7 @@ impl Filter for Forbidden {
     fn check<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, FilterOutcome> {
         let reason = cx
             .get::<ErrorEvent>()
-            .and_then(|e| e.0.find::<crate::bot::ForbiddenReason>().copied())
+            .and_then(|e| e.0.forbidden_reason())
             .filter(|r| self.reasons.as_ref().is_none_or(|rs| rs.contains(r)));
         Box::pin(std::future::ready(reason.map(|r| {
             let mut v = Extensions::new();

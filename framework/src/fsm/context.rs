@@ -355,7 +355,7 @@ impl FsmContext {
         // MessagePack's binary values are the one thing it cannot hold (a decode error).
         let value = serde_json::to_value(&value).map_err(|e| FsmError::Encode {
             type_name: type_name::<T>(),
-            source: rmp_serde::encode::Error::Syntax(e.to_string()),
+            source: e.into(),
         })?;
         self.update_data(|doc: &mut serde_json::Map<String, serde_json::Value>| {
             doc.insert(field.to_owned(), value.clone());
@@ -387,7 +387,7 @@ impl FsmContext {
 fn encode<T: Serialize + ?Sized>(data: &T) -> Result<Vec<u8>, FsmError> {
     rmp_serde::to_vec_named(data).map_err(|source| FsmError::Encode {
         type_name: type_name::<T>(),
-        source,
+        source: source.into(),
     })
 }
 

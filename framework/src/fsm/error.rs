@@ -6,11 +6,10 @@ use crate::error::{ErrorClass, Transient};
 
 /// An FSM storage error.
 ///
-/// Its `source()` is its classification, an [`ErrorClass`], like
-/// [`BotError`](crate::BotError)'s: so an application error that wraps it, even with
-/// `#[error(transparent)]` (which skips the wrapped error itself in the chain), is
-/// still classified by it. The underlying error is part of the message, and
-/// [`FsmError::cause`] gives it.
+/// Its `source()` is its cause, the storage client's, the decoder's or the encoder's
+/// error (not repeated in its message), so `{:#}` of a [`HandlerError`](crate::HandlerError)
+/// and anyhow's chains show it. Its class, transient or permanent, is
+/// [`FsmError::class`].
 #[derive(Debug)]
 pub enum FsmError {
     /// The storage could not be reached or answered with an error (Redis down, a
@@ -31,8 +30,8 @@ pub enum FsmError {
     Encode {
         /// The type.
         type_name: &'static str,
-        /// The encoder's error.
-        source: rmp_serde::encode::Error,
+        /// The encoder's error (MessagePack's, or JSON's for a single field).
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// Another update of the same key held the lock for longer than the isolation's
     /// wait. Transient: the update is retried once that one is done.
@@ -66,17 +65,12 @@ pub enum FsmError {
 impl std::fmt::Display for FsmError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FsmError::Storage(e) => write!(f, "FSM storage unavailable: {e}"),
-            FsmError::Decode {
-                key,
-                type_name,
-                source,
-            } => write!(
-                f,
-                "FSM data of {key} does not decode as `{type_name}`: {source}"
-            ),
-            FsmError::Encode { type_name, source } => {
-                write!(f, "cannot encode `{type_name}` as FSM data: {source}")
+            FsmError::Storage(_) => f.write_str("FSM storage unavailable"),
+            FsmError::Decode { key, type_name, .. } => {
+                write!(f, "FSM data of {key} does not decode as `{type_name}`")
+            }
+            FsmError::Encode { type_name, .. } => {
+                write!(f, "cannot encode `{type_name}` as FSM data")
             }
             FsmError::LockTimeout { key, waited } => {
                 write!(f, "FSM key {key} stayed locked for {waited:?}")
@@ -94,13 +88,10 @@ impl std::fmt::Display for FsmError {
 }
 
 impl std::error::Error for FsmError {
-    /// The classification, as a link of the chain (see the type's docs).
+    /// The cause: the storage client's, the decoder's or the encoder's error.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(if self.is_transient() {
-            &ErrorClass::Transient
-        } else {
-            &ErrorClass::Permanent
-        })
+        let cause: &(dyn std::error::Error + 'static) = self.cause()?;
+        Some(cause)
     }
 }
 
@@ -110,8 +101,18 @@ impl FsmError {
         match self {
             FsmError::Storage(e) => Some(e.as_ref()),
             FsmError::Decode { source, .. } => Some(source),
-            FsmError::Encode { source, .. } => Some(source),
+            FsmError::Encode { source, .. } => Some(source.as_ref()),
             _ => None,
+        }
+    }
+
+    /// Transient for a storage, lease or lock failure (retrying the update may work),
+    /// permanent for data that does not encode or decode.
+    pub fn class(&self) -> ErrorClass {
+        if matches!(self, FsmError::Decode { .. } | FsmError::Encode { .. }) {
+            ErrorClass::Permanent
+        } else {
+            ErrorClass::Transient
         }
     }
 
@@ -125,7 +126,7 @@ impl FsmError {
 /// decoded stays so.
 impl Transient for FsmError {
     fn is_transient(&self) -> bool {
-        !matches!(self, FsmError::Decode { .. } | FsmError::Encode { .. })
+        self.class() == ErrorClass::Transient
     }
 }
 

@@ -123,7 +123,7 @@ fn check<'a>(
             // The dispatcher reads the state before routing, so this only happens
             // with a context built by hand; a filter cannot fail, so it rejects.
             Err(e) => {
-                tracing::warn!(key = %fsm.key(), error = %e, "state filter could not read the FSM state");
+                tracing::warn!(key = %fsm.key(), error = &e as &dyn std::error::Error, "state filter could not read the FSM state");
                 None
             }
         }

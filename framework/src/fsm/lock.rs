@@ -151,7 +151,7 @@ impl Lease {
             Ok(true) => {}
             Ok(false) => tracing::warn!(key = %self.key, "FSM lock had expired before release"),
             Err(e) => {
-                tracing::warn!(key = %self.key, error = %e, "FSM lock release failed; it will expire")
+                tracing::warn!(key = %self.key, error = &e as &dyn std::error::Error, "FSM lock release failed; it will expire")
             }
         }
     }
@@ -201,7 +201,7 @@ async fn renew(
             // two thirds of the lease remain. Renewals that failed for a whole lease
             // lost it: another holder may have it now.
             Err(e) if held_since.elapsed() + period >= lease => {
-                tracing::warn!(key = %key, error = %e, "FSM lock renewals failed for the whole lease; lost");
+                tracing::warn!(key = %key, error = &e as &dyn std::error::Error, "FSM lock renewals failed for the whole lease; lost");
                 lost.store(true, Ordering::Release);
                 return;
             }

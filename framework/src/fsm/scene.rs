@@ -183,7 +183,9 @@ impl SceneContext {
             return Ok(());
         };
         if let Some(hook) = scenes.0.get(scene).and_then(|h| pick(h).as_ref()) {
-            hook.call(cx.clone()).await?;
+            // A hook has no next handler to give control back to: skipped or handled,
+            // the transition goes on.
+            let _outcome = hook.call(cx.clone()).await?;
         }
         Ok(())
     }

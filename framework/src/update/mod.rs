@@ -37,9 +37,10 @@ use frankenstein::updates::UpdateContent;
 use serde::de::DeserializeOwned;
 use tgpipe_shared::{BotId, Envelope, UpdateKind, extract_keys};
 
-/// Why a body cannot be fed to the dispatcher at all (it is not an update).
+/// Why a body cannot be fed to the dispatcher at all (it is not an update); its
+/// `source()` says what is missing or wrong.
 #[derive(Debug, thiserror::Error)]
-#[error("not an update: {0}")]
+#[error("not an update")]
 pub struct NotAnUpdate(#[from] tgpipe_shared::KeysError);
 
 /// A known kind's payload that no repair fitted to the typed model, and that no `raw`

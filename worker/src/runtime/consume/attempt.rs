@@ -11,9 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::AckKind;
 use futures::FutureExt;
+use tgpipe::Outcome;
 use tgpipe::bot::Bot;
 use tgpipe::context::Extensions;
-use tgpipe::error::DispatchOutcome;
 use tgpipe::fsm::Prefetched;
 use tgpipe::update::Update;
 use tgpipe_shared::registry::BotState;
@@ -284,15 +284,16 @@ impl Pod {
         };
         metrics::handler_time(label, started.elapsed());
         match outcome {
-            Ok(Ok(DispatchOutcome::Handled)) => Action::Ack("handled"),
-            Ok(Ok(DispatchOutcome::Unhandled)) => Action::Ack("unhandled"),
-            Ok(Ok(DispatchOutcome::Failed(e))) if e.is_transient() => {
+            Ok(Ok(Ok(Outcome::Handled))) => Action::Ack("handled"),
+            Ok(Ok(Ok(Outcome::Skipped))) => Action::Ack("unhandled"),
+            Ok(Ok(Err(e))) if e.is_transient() => {
                 if needs_redis(&e) {
                     self.me.redis.failed();
                 }
-                Action::Retry(e.to_string(), e.retry_after())
+                // `{:#}`: the message and its causes (a storage error's own words).
+                Action::Retry(format!("{e:#}"), e.retry_after())
             }
-            Ok(Ok(DispatchOutcome::Failed(e))) => Action::DeadLetter(e.to_string()),
+            Ok(Ok(Err(e))) => Action::DeadLetter(format!("{e:#}")),
             // Stuck on an external call: its chat would wait forever.
             Ok(Err(_)) => Action::Retry(
                 format!(
