@@ -41,7 +41,7 @@ pub struct AppState {
 #[derive(Debug)]
 struct Inner {
     bots: Arc<LiveBots>,
-    /// The registry's bucket once opened (where rotations are confirmed).
+    /// The registry's webhooks bucket once opened (where rotations are confirmed).
     registry: Arc<std::sync::OnceLock<async_nats::jetstream::kv::Store>>,
     ip_policy: IpPolicy,
     max_body: usize,
@@ -119,7 +119,8 @@ impl AppState {
     }
 }
 
-/// Watches the bot registry and rebuilds the bot table on every change.
+/// Watches the registry's webhooks bucket (digests and states, no tokens: the ingress's
+/// NATS user need not read the main bucket) and rebuilds the bot table on every change.
 fn watch_registry(
     config: &IngressConfig,
     client: &async_nats::Client,
@@ -129,14 +130,23 @@ fn watch_registry(
     let js = async_nats::jetstream::new(client.clone());
     let settings = config.registry.clone();
     let replicas = usize::from(config.stream.replicas);
-    // The bucket is created like the streams: when provisioning is on, never changed.
+    // The buckets are created like the streams: when provisioning is on, never changed.
+    // Then a new webhooks bucket is also filled from the main one (an upgrade without the
+    // provisioning Job); without provisioning only the webhooks bucket is opened.
     let create = config.provision;
     tgpipe_shared::registry::watch(
         move || {
             let (js, settings, opened) = (js.clone(), settings.clone(), Arc::clone(&opened));
             async move {
-                let store =
-                    tgpipe_shared::registry::bucket(&js, &settings, replicas, create).await?;
+                let store = if create {
+                    tgpipe_shared::registry::Registry::open(&js, &settings, replicas, true)
+                        .await?
+                        .webhooks()
+                        .clone()
+                } else {
+                    tgpipe_shared::registry::webhooks_bucket(&js, &settings, replicas, false)
+                        .await?
+                };
                 let _ = opened.set(store.clone());
                 Ok(store)
             }

@@ -183,11 +183,11 @@ async fn provision(provision: &ProvisionArgs) -> Result<(), RunError> {
         .await
         .map_err(group_error)?;
     if args.registry.registry {
-        tgpipe_shared::registry::bucket(
+        // Both buckets, and the webhooks bucket brought up to date with the main one.
+        tgpipe_shared::registry::Registry::provision(
             &js,
             &args.registry,
             usize::from(args.stream.replicas),
-            true,
         )
         .await
         .map_err(peer)?;
@@ -357,7 +357,7 @@ async fn run_bots(args: config::BotsArgs, dispatcher: &DispatcherBuilder) -> Res
         .await
         .map_err(peer)?;
     let js = jetstream::new(client.clone());
-    let kv = tgpipe_shared::registry::bucket(
+    let kv = tgpipe_shared::registry::Registry::open(
         &js,
         &args.registry,
         usize::from(args.stream.replicas),

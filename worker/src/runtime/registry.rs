@@ -19,10 +19,9 @@ use std::io::Write;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream;
 use serde_json::json;
 use tgpipe_shared::BotId;
-use tgpipe_shared::registry::{self, BotRecord, BotState, BotToken, Records, RegistryError};
+use tgpipe_shared::registry::{BotRecord, BotState, BotToken, Records, Registry, RegistryError};
 
 use tgpipe::bot::{Bot, BotError};
 
@@ -258,11 +257,11 @@ async fn set_webhook(
     Ok(())
 }
 
-/// Runs a `bots` command against the registry `kv` and the Bot API at `api_url`, and
-/// writes a report to `out`. `used_kinds` are the kinds the handlers use (the default
-/// `allowed_updates`).
+/// Runs a `bots` command against the registry (both buckets: every change reaches the
+/// webhooks bucket the ingress reads) and the Bot API at `api_url`, and writes a report
+/// to `out`. `used_kinds` are the kinds the handlers use (the default `allowed_updates`).
 pub async fn run_bots_command(
-    kv: &jetstream::kv::Store,
+    kv: &Registry,
     api_url: &str,
     used_kinds: &[tgpipe_shared::UpdateKind],
     command: BotsCommand,
@@ -290,7 +289,7 @@ pub async fn run_bots_command(
                 crate::set_webhook::allowed_updates(used_kinds, allowed_updates.as_deref());
             let url = webhook_url(&url, id);
             record.webhook_url = Some(url.clone());
-            registry::add(kv, &record).await?;
+            kv.add(&record).await?;
             set_webhook(&bot, &url, &secret, &record.allowed_updates).await?;
             writeln!(
                 out,
@@ -299,7 +298,7 @@ pub async fn run_bots_command(
             )?;
         }
         BotsCommand::List => {
-            let (records, bad) = registry::list(kv).await?;
+            let (records, bad) = kv.list().await?;
             writeln!(
                 out,
                 "{:<14} {:<24} {:<8} {:<10} TOKEN",
@@ -334,12 +333,13 @@ pub async fn run_bots_command(
             } else {
                 BotState::Active
             };
-            let changed = registry::modify(kv, BotId(id), |r| {
-                let change = r.state != state;
-                r.state = state;
-                change
-            })
-            .await?;
+            let changed = kv
+                .modify(BotId(id), |r| {
+                    let change = r.state != state;
+                    r.state = state;
+                    change
+                })
+                .await?;
             writeln!(
                 out,
                 "bot {id}: {state}{}",
@@ -347,17 +347,18 @@ pub async fn run_bots_command(
             )?;
         }
         BotsCommand::Remove { id, keep_webhook } => {
-            let record = registry::modify(kv, BotId(id), |r| {
-                let change = r.state != BotState::Removed;
-                r.state = BotState::Removed;
-                change
-            })
-            .await?;
+            let record = kv
+                .modify(BotId(id), |r| {
+                    let change = r.state != BotState::Removed;
+                    r.state = BotState::Removed;
+                    change
+                })
+                .await?;
             writeln!(out, "bot {id}: removed")?;
             if !keep_webhook {
                 let record = match record {
                     Some(r) => r,
-                    None => registry::get(kv, BotId(id)).await?.0,
+                    None => kv.get(BotId(id)).await?.0,
                 };
                 if let Some(token) = &record.token {
                     let _: bool = bot_of(token.expose())?
@@ -372,19 +373,20 @@ pub async fn run_bots_command(
         }
         BotsCommand::RotateSecret { id, settle } => {
             let id = BotId(id);
-            let (record, _) = registry::get(kv, id).await?;
+            let (record, _) = kv.get(id).await?;
             let token = record.token.clone().ok_or(BotsCommandError::NoToken(id))?;
             let url = record
                 .webhook_url
                 .clone()
                 .ok_or(BotsCommandError::NoUrl(id))?;
             let secret = crate::set_webhook::new_secret_token();
-            let stored = registry::modify(kv, id, |r| {
-                r.rotate(&secret);
-                true
-            })
-            .await?
-            .unwrap_or(record);
+            let stored = kv
+                .modify(id, |r| {
+                    r.rotate(&secret);
+                    true
+                })
+                .await?
+                .unwrap_or(record);
             // Every ingress accepts the new secret before Telegram sends it.
             tokio::time::sleep(settle).await;
             set_webhook(
