@@ -489,6 +489,10 @@ impl NatsArgs {
             // become ready when NATS does, not crash-loop.
             .retry_on_initial_connect()
             .custom_inbox_prefix(&self.inbox_prefix)
+            // A registry watch's first replay pushes messages faster than a busy pod
+            // parses them; past the default 65,536 queued the client drops them ("slow
+            // consumers") and the replay starts over. The queue grows only as needed.
+            .subscription_capacity(1 << 20)
             .event_callback({
                 let servers: Arc<str> = servers.into();
                 let failures = Arc::new(AtomicU64::new(0));

@@ -965,6 +965,8 @@ pub type WebhookRecords = BTreeMap<BotId, WebhookRecord>;
 #[derive(Debug)]
 pub struct Watching {
     synced: Arc<AtomicBool>,
+    /// Entries the watch has taken since it started (a replay in progress moves it).
+    progress: Arc<std::sync::atomic::AtomicU64>,
     started: std::time::Instant,
     task: tokio::task::JoinHandle<()>,
 }
@@ -975,7 +977,8 @@ pub struct Watching {
 pub const SYNC_GRACE: Duration = Duration::from_secs(10);
 
 impl Watching {
-    /// Whether the watch has delivered the bucket's state at least once.
+    /// Whether the watch has delivered the bucket's state at least once (and `on_change`
+    /// has returned: the pod's table holds it).
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
@@ -984,6 +987,29 @@ impl Watching {
     /// read, or [`SYNC_GRACE`] has passed since the watch started.
     pub fn allows_ready(&self) -> bool {
         self.is_synced() || self.started.elapsed() >= SYNC_GRACE
+    }
+
+    /// Waits until the registry was read, or [`SYNC_GRACE`] passed and the watch took
+    /// no entry for a second (a registry this pod cannot read; a long first replay that
+    /// is still moving is waited for). A worker waits so before it pulls: an update of a
+    /// registry bot pulled earlier would fail for want of its token and wait out retry
+    /// delays.
+    pub async fn ready(&self) {
+        let mut last = (
+            self.progress.load(Ordering::Relaxed),
+            std::time::Instant::now(),
+        );
+        while !self.is_synced() {
+            let now = self.progress.load(Ordering::Relaxed);
+            if now != last.0 {
+                last = (now, std::time::Instant::now());
+            } else if self.started.elapsed() >= SYNC_GRACE
+                && last.1.elapsed() >= Duration::from_secs(1)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A shared flag of [`Watching::is_synced`].
@@ -1040,9 +1066,13 @@ where
 {
     let synced = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&synced);
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let moved = Arc::clone(&progress);
     let task = tokio::spawn(async move {
         let mut records = BTreeMap::<BotId, R>::new();
         let mut failing = false;
+        // Logged once, when the first replay is done: how long a pod takes to know its bots.
+        let mut first_read = Some(std::time::Instant::now());
         // Stalls since the last watch that caught up with the bucket.
         let mut stalls = 0u32;
         loop {
@@ -1060,8 +1090,8 @@ where
                     }
                     if !records.is_empty() || !flag.load(Ordering::Acquire) {
                         records.clear();
-                        flag.store(true, Ordering::Release);
                         on_change(&records);
+                        flag.store(true, Ordering::Release);
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
@@ -1101,8 +1131,8 @@ where
             if empty {
                 records.clear();
                 replayed = None;
-                flag.store(true, Ordering::Release);
                 on_change(&records);
+                flag.store(true, Ordering::Release);
             }
             // The watch is an ordered consumer: when the bucket's stream loses its leader
             // it notices only after two missed 5 s heartbeats. Comparing the stream's last
@@ -1162,6 +1192,7 @@ where
                     }
                 };
                 last_revision = last_revision.max(entry.revision);
+                moved.fetch_add(1, Ordering::Relaxed);
                 let caught_up = entry.delta == 0 || entry.seen_current;
                 apply(&mut records, &entry, replayed.as_mut());
                 // Changes come in bursts (a bulk import): take the burst together.
@@ -1176,10 +1207,17 @@ where
                     records.retain(|id, _| seen.contains(id));
                     replayed = None;
                     stalls = 0;
+                    if let Some(started) = first_read.take() {
+                        tracing::info!(
+                            records = records.len(),
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "bot registry read"
+                        );
+                    }
                 }
                 if replayed.is_none() {
-                    flag.store(true, Ordering::Release);
                     on_change(&records);
+                    flag.store(true, Ordering::Release);
                 }
             }
             if !stalled {
@@ -1199,6 +1237,7 @@ where
     });
     Watching {
         synced,
+        progress,
         started: std::time::Instant::now(),
         task,
     }

@@ -441,7 +441,7 @@ pub async fn serve(
     if config.provision {
         provision_streams(&js, &config.stream).await.map_err(peer)?;
     }
-    let _registry_watch =
+    let registry_watch =
         config.registry.registry.then(|| {
             let (js, settings, create) = (js.clone(), config.registry.clone(), config.provision);
             let replicas = usize::from(config.stream.replicas);
@@ -531,6 +531,11 @@ pub async fn serve(
         lane: lane.name().to_owned(),
         fence_scope: format!("{}#{}", lane.name(), config.consumers.partitions),
     });
+    // The registry first (bounded by its grace): an update of a registry bot pulled
+    // before the bot is known fails for want of its token and waits out retry delays.
+    if let Some(registry) = &registry_watch {
+        registry.ready().await;
+    }
     let draining = Arc::clone(&ready);
     let shutdown = async move {
         shutdown.await;

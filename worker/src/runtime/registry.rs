@@ -16,7 +16,8 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::{Arc, RwLock};
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde_json::json;
@@ -38,7 +39,7 @@ pub enum RemovedPolicy {
 #[derive(Debug, Clone)]
 pub(super) struct DirectoryBot {
     /// The Bot API handle.
-    pub bot: Bot,
+    pub bot: BotHandle,
     /// Its state (`active` for static bots).
     pub state: BotState,
     token: Option<BotToken>,
@@ -47,10 +48,46 @@ pub(super) struct DirectoryBot {
 /// Makes a [`Bot`] from a registry token (the API URL, limits and Redis of the pod).
 pub(super) type MakeBot = Box<dyn Fn(&str) -> Option<Bot> + Send + Sync>;
 
+/// A bot's Bot API handle. A registry bot's is built at its first update: a pod that
+/// reads 300,000 records builds the handles of the bots it serves, not all of them
+/// before it can answer one (seconds of CPU, and memory for each).
+#[derive(Clone)]
+pub(super) struct BotHandle(Arc<Handle>);
+
+enum Handle {
+    Built(Bot),
+    Deferred {
+        token: BotToken,
+        make: Arc<MakeBot>,
+        built: OnceLock<Bot>,
+    },
+}
+
+impl std::fmt::Debug for BotHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BotHandle(..)")
+    }
+}
+
+impl Deref for BotHandle {
+    type Target = Bot;
+
+    fn deref(&self) -> &Bot {
+        match &*self.0 {
+            Handle::Built(bot) => bot,
+            Handle::Deferred { token, make, built } => built.get_or_init(|| {
+                // `BotDirectory::update` took only tokens that name their bot, which is
+                // all that building checks (`BotBuilder::build`).
+                make(token.expose()).expect("a token that names its bot builds a Bot")
+            }),
+        }
+    }
+}
+
 /// The bots this worker answers for now, static and registered.
 pub(super) struct BotDirectory {
     statics: HashMap<BotId, Bot>,
-    make: MakeBot,
+    make: Arc<MakeBot>,
     current: RwLock<Arc<HashMap<BotId, DirectoryBot>>>,
 }
 
@@ -71,7 +108,7 @@ impl BotDirectory {
                 (
                     *id,
                     DirectoryBot {
-                        bot: bot.clone(),
+                        bot: BotHandle(Arc::new(Handle::Built(bot.clone()))),
                         state: BotState::Active,
                         token: None,
                     },
@@ -80,7 +117,7 @@ impl BotDirectory {
             .collect();
         BotDirectory {
             statics,
-            make,
+            make: Arc::new(make),
             current: RwLock::new(Arc::new(table)),
         }
     }
@@ -106,7 +143,7 @@ impl BotDirectory {
                 (
                     *id,
                     DirectoryBot {
-                        bot: bot.clone(),
+                        bot: BotHandle(Arc::new(Handle::Built(bot.clone()))),
                         state: BotState::Active,
                         token: None,
                     },
@@ -126,14 +163,24 @@ impl BotDirectory {
                 .get(id)
                 .filter(|b| b.token.as_ref() == Some(token))
                 .map(|b| b.bot.clone());
-            let Some(bot) = reused.or_else(|| (self.make)(token.expose())) else {
-                tracing::warn!(bot = %id, "registry record with a malformed token; skipped");
-                continue;
+            let bot = match reused {
+                Some(bot) => bot,
+                None => match BotId::from_token(token.expose()) {
+                    None => {
+                        tracing::warn!(bot = %id, "registry record with a malformed token; skipped");
+                        continue;
+                    }
+                    Some(named) if named != *id => {
+                        tracing::warn!(bot = %id, "registry record whose token is another bot's; skipped");
+                        continue;
+                    }
+                    Some(_) => BotHandle(Arc::new(Handle::Deferred {
+                        token: token.clone(),
+                        make: Arc::clone(&self.make),
+                        built: OnceLock::new(),
+                    })),
+                },
             };
-            if bot.id() != *id {
-                tracing::warn!(bot = %id, "registry record whose token is another bot's; skipped");
-                continue;
-            }
             table.insert(
                 *id,
                 DirectoryBot {
