@@ -416,3 +416,73 @@ async fn malformed_records_are_skipped_and_other_bots_served_with_unknown_fields
     .await;
     assert_eq!(post(9012).await, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn an_ingress_upgraded_before_provisioning_answered_404_for_every_registry_bot() {
+    // The chart's provisioning Job runs after the new pods start: an ingress that reads
+    // only the webhooks bucket found none and served its static bots only. It reads the
+    // main bucket until the webhooks bucket is made and filled, then switches to it.
+    let nats = tgpipe_testkit::NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    tgpipe_shared::stream::provision_streams(&js, &Default::default())
+        .await
+        .unwrap();
+    let settings = RegistrySettings::default();
+    // What a version without the webhooks bucket left: the main bucket only.
+    let main = tgpipe_shared::registry::bucket(&js, &settings, 1, true)
+        .await
+        .unwrap();
+    tgpipe_shared::registry::add(&main, &BotRecord::new(BotId(9020), "upgrade-secret"))
+        .await
+        .unwrap();
+    let url = nats.url();
+    let config = tgpipe_ingress::IngressConfig::from_flags([
+        "--nats-url",
+        &url,
+        "--allowed-cidrs",
+        "any",
+        "--provision",
+        "false",
+    ])
+    .unwrap();
+    let state =
+        tgpipe_ingress::AppState::new(&config, config.nats.connect("upgrade-test").await.unwrap());
+    let send = |secret: &'static str, id: i64| {
+        let state = state.clone();
+        async move {
+            tower::ServiceExt::oneshot(
+                tgpipe_ingress::app(state),
+                webhook(9020, Some(secret), text_update(id, 1, "x")),
+            )
+            .await
+            .unwrap()
+            .status()
+        }
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the bot of the main bucket is served before provisioning",
+        || async { send("upgrade-secret", 1).await == StatusCode::OK },
+    )
+    .await;
+    // `provision` makes and fills the webhooks bucket; a change made through it (a
+    // pause) reaches the ingress: it reads the webhooks bucket now.
+    let (reg, _) = Registry::provision(&js, &settings, 1).await.unwrap();
+    reg.webhooks()
+        .put(
+            "9020",
+            serde_json::to_vec(&serde_json::json!({"id": 9020, "state": "paused",
+                "secret": serde_json::to_value(tgpipe_shared::registry::SecretDigest::of(b"upgrade-secret")).unwrap()}))
+            .unwrap()
+            .into(),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the ingress switched to the webhooks bucket",
+        || async { send("upgrade-secret", 2).await == StatusCode::SERVICE_UNAVAILABLE },
+    )
+    .await;
+}

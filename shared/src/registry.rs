@@ -1056,8 +1056,24 @@ const MAX_REWATCH_BACKOFF: Duration = Duration::from_secs(4);
 /// A record that does not parse is logged at WARN and skipped: the bot keeps the last
 /// record this pod read for it (none on a fresh pod), the others are unaffected.
 pub fn watch<R, O, F>(
+    open: O,
+    on_change: impl FnMut(&BTreeMap<BotId, R>) + Send + 'static,
+) -> Watching
+where
+    R: StoredRecord,
+    O: FnMut() -> F + Send + 'static,
+    F: Future<Output = Result<kv::Store, RegistryError>> + Send,
+{
+    watch_with(open, on_change, Arc::new(tokio::sync::Notify::new()))
+}
+
+/// [`watch`], which also watches again (calling `open`) whenever `rewatch` is notified:
+/// `open` may then give another bucket (the ingress reads the main bucket until the
+/// webhooks bucket exists).
+pub fn watch_with<R, O, F>(
     mut open: O,
     mut on_change: impl FnMut(&BTreeMap<BotId, R>) + Send + 'static,
+    rewatch: Arc<tokio::sync::Notify>,
 ) -> Watching
 where
     R: StoredRecord,
@@ -1152,6 +1168,10 @@ where
                     // Entries first: a check only runs when none is waiting.
                     biased;
                     next = w.next() => next,
+                    _ = rewatch.notified() => {
+                        tracing::info!("bot registry: watching again (its bucket changed)");
+                        break;
+                    }
                     _ = check.tick() => {
                         let moved = last_revision != seen_at_check;
                         seen_at_check = last_revision;
