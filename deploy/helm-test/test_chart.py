@@ -462,3 +462,17 @@ def yaml_chart():
     import yaml
 
     return yaml.safe_load((CHART / "Chart.yaml").read_text())
+
+
+def test_the_chart_trusted_10_0_0_0_8_as_proxies_by_default(ci_dir):
+    # Any pod in 10.0.0.0/8 could name any client address in X-Forwarded-For and pass
+    # the Telegram-range check. Now nothing is trusted unless the user names a range...
+    ingress = named(render(sets=BOTS), "Deployment", "t-tgpipe-ingress")
+    assert env(ingress["spec"]["template"]["spec"]["containers"][0])["TGPIPE_TRUSTED_PROXIES"] == ""
+    # ... and behind the chart's own Ingress (a controller in front) the range is required.
+    with pytest.raises(RenderError, match="ingress.http.enabled needs ingress.trustedProxies"):
+        render(sets={**BOTS, "ingress.http.enabled": "true"})
+    named_range = render(ci_dir / "existing-secret-tls.yaml")
+    ingress = named(named_range, "Deployment", "t-tgpipe-ingress")
+    assert env(ingress["spec"]["template"]["spec"]["containers"][0])["TGPIPE_TRUSTED_PROXIES"] == "10.244.0.0/16"
+    assert named(named_range, "Ingress", "t-tgpipe")

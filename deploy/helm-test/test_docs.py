@@ -7,6 +7,7 @@ with only host names, ports and paths swapped for local ones (listed beside each
 the Bot API being the stand-in.
 """
 
+import json
 import os
 import re
 import shutil
@@ -216,10 +217,38 @@ def test_webhook_set_with_the_certificate_then_webhook_info(tmp_path, certificat
     assert "certificate:      custom (uploaded with setWebhook)" in info, info
 
 
+def nats_session(port, user, password, lines, wait=2.0):
+    """Speaks the NATS protocol as `user`: sends `lines` after CONNECT, returns what the
+    server answered within `wait` seconds (messages and -ERR lines)."""
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.recv(4096)  # INFO
+        connect = json.dumps({"user": user, "pass": password, "verbose": False, "pedantic": False, "headers": True, "no_responders": True})
+        s.sendall(("CONNECT " + connect + "\r\n" + "".join(l + "\r\n" for l in lines) + "PING\r\n").encode())
+        got, deadline = b"", time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            got += chunk
+        return got.decode("latin-1")
+
+
+def direct_get(bucket, key, inbox):
+    """The lines of a KV read of `key` by direct get, answered on `inbox`."""
+    return [f"SUB {inbox} 1", f"PUB $JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key} {inbox} 0", ""]
+
+
 def test_the_nats_permissions_sketch_lets_each_component_do_its_part(tmp_path, procs):
     """The accounts block of docs/deploy.md, as written (only its store_dir moved here):
     the admin provisions and adds a bot, the worker's user reads the registry and may
-    not change it, the ingress's user serves the registry's bot."""
+    not change it, the ingress's user serves the registry's bot and cannot read a token
+    (the_ingress_could_read_every_bots_token: it watched the bucket of the tokens)."""
     import json
     import urllib.error
     import urllib.request
@@ -241,14 +270,32 @@ def test_the_nats_permissions_sketch_lets_each_component_do_its_part(tmp_path, p
     sh("tgpipe-ingress provision", cwd=tmp_path, env=admin)
     sh("tgpipe-example-bot bots add", cwd=tmp_path, env=dict(admin, TGPIPE_NEW_BOT_TOKEN="5151:doc-test-token", TGPIPE_WEBHOOK_URL="https://hooks.example.com"))
 
-    worker = as_user("tgpipe-worker", "worker-pass")
+    worker = as_user("tgpipe-worker", "worker-pass", TGPIPE_NATS_INBOX_PREFIX="_INBOX_worker")
     assert "5151" in sh("tgpipe-example-bot bots list", cwd=tmp_path, env=worker).stdout
     refused = sh("tgpipe-example-bot bots pause 5151", cwd=tmp_path, env=worker, check=False)
     assert refused.returncode != 0, refused.stdout
     assert "active" in sh("tgpipe-example-bot bots list", cwd=tmp_path, env=admin).stdout
 
+    # The ingress's user reads digests, never a token: by direct get, through a consumer
+    # (what `bots list` does), or by listening to the workers' replies or the bucket's
+    # subjects. The same reads are answered where they are allowed.
+    allowed = nats_session(port, "tgpipe-ingress", "ingress-pass", direct_get("tgpipe_bots_webhooks", "5151", "_INBOX_ingress.t"))
+    assert "sha256:" in allowed and "doc-test-token" not in allowed, allowed
+    assert "doc-test-token" in nats_session(port, "tgpipe-worker", "worker-pass", direct_get("tgpipe_bots", "5151", "_INBOX_worker.t"))
+    for lines, refusal in [
+        (direct_get("tgpipe_bots", "5151", "_INBOX_ingress.t"), "Permissions Violation for Publish"),
+        (["SUB _INBOX.> 1"], "Permissions Violation for Subscription"),
+        (["SUB $KV.tgpipe_bots.> 1"], "Permissions Violation for Subscription"),
+    ]:
+        answer = nats_session(port, "tgpipe-ingress", "ingress-pass", lines)
+        assert refusal in answer and "doc-test-token" not in answer, (lines, answer)
+    ingress_cli = as_user("tgpipe-ingress", "ingress-pass", TGPIPE_NATS_INBOX_PREFIX="_INBOX_ingress")
+    listed = sh("tgpipe-example-bot bots list", cwd=tmp_path, env=ingress_cli, check=False)
+    assert listed.returncode != 0 and "doc-test" not in listed.stdout, listed.stdout
+
     web, ops = free_port(), free_port()
     ingress = as_user("tgpipe-ingress", "ingress-pass", TGPIPE_PROVISION="false", TGPIPE_ALLOWED_CIDRS="any",
+                      TGPIPE_NATS_INBOX_PREFIX="_INBOX_ingress",
                       TGPIPE_LISTEN=f"127.0.0.1:{web}", TGPIPE_OPS_LISTEN=f"127.0.0.1:{ops}")
     i = procs.start("ingress", [str(BIN_DIR / "tgpipe-ingress")], env=ingress)
     wait_until("the ingress under its own NATS user", lambda: http_get(f"http://127.0.0.1:{ops}/readyz")[0] == 200, proc=i, procs=procs)

@@ -10,21 +10,21 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tgpipe_ingress::bots::{Bots, LiveBots, Verdict};
 use tgpipe_shared::BotId;
-use tgpipe_shared::registry::{BotRecord, Records};
+use tgpipe_shared::registry::{BotRecord, WebhookRecord, WebhookRecords};
 
 /// A 64-character secret, as `bots add` makes them.
 fn secret(i: u64) -> String {
     format!("{i:0>64}")
 }
 
-fn registry(n: u64, rotating: bool) -> Records {
+fn registry(n: u64, rotating: bool) -> WebhookRecords {
     (1..=n)
         .map(|i| {
             let mut r = BotRecord::new(BotId(1_000_000 + i), &secret(i));
             if rotating {
                 r.rotate(&secret(i + 1));
             }
-            (r.id, r)
+            (r.id, WebhookRecord::of(&r, None))
         })
         .collect()
 }

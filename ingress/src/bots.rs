@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use subtle::ConstantTimeEq;
 use tgpipe_shared::BotId;
 use tgpipe_shared::config::{BotListError, BotSecrets};
-use tgpipe_shared::registry::{BotState, Records, SecretDigest};
+use tgpipe_shared::registry::{BotState, SecretDigest, WebhookRecords};
 
 /// A webhook secret token: 1 to 256 characters of `A-Z a-z 0-9 _ -` (Telegram's rule).
 #[derive(Clone, PartialEq, Eq)]
@@ -212,16 +212,16 @@ impl BotTable {
     /// ```
     /// use tgpipe_ingress::bots::{BotTable, Bots, Verdict};
     /// use tgpipe_shared::BotId;
-    /// use tgpipe_shared::registry::{BotRecord, Records};
+    /// use tgpipe_shared::registry::{WebhookRecord, WebhookRecords};
     ///
-    /// let mut records = Records::new();
-    /// records.insert(BotId(5), BotRecord::new(BotId(5), "from-registry"));
+    /// let mut records = WebhookRecords::new();
+    /// records.insert(BotId(5), WebhookRecord::new(BotId(5), "from-registry"));
     /// let table = BotTable::build(&Bots::parse("1:static").unwrap(), &records);
     /// assert_eq!(table.get(BotId(5)).unwrap().verify(b"from-registry"), Verdict::Current);
     /// assert_eq!(table.get(BotId(1)).unwrap().verify(b"static"), Verdict::Current);
     /// assert!(table.get(BotId(9)).is_none());
     /// ```
-    pub fn build(statics: &Bots, records: &Records) -> BotTable {
+    pub fn build(statics: &Bots, records: &WebhookRecords) -> BotTable {
         let mut table = HashMap::with_capacity(statics.0.len() + records.len());
         for (id, secret) in &statics.0 {
             table.insert(
@@ -295,7 +295,7 @@ pub struct LiveBots {
 impl LiveBots {
     /// Starts with the static bots only.
     pub fn new(statics: Bots) -> LiveBots {
-        let table = BotTable::build(&statics, &Records::new());
+        let table = BotTable::build(&statics, &WebhookRecords::new());
         LiveBots {
             statics,
             current: RwLock::new(Arc::new(table)),
@@ -308,7 +308,7 @@ impl LiveBots {
     }
 
     /// Rebuilds the table from the registry's records.
-    pub fn update(&self, records: &Records) {
+    pub fn update(&self, records: &WebhookRecords) {
         let table = Arc::new(BotTable::build(&self.statics, records));
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = table;
     }
@@ -317,13 +317,14 @@ impl LiveBots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tgpipe_shared::registry::BotRecord;
+    use tgpipe_shared::registry::{BotRecord, WebhookRecord};
 
     #[test]
     fn rotation_accepts_both_secrets_until_confirmed() {
-        let mut record = BotRecord::new(BotId(5), "old-secret");
-        record.rotate("new-secret");
-        let mut records = Records::new();
+        let mut rotated = BotRecord::new(BotId(5), "old-secret");
+        rotated.rotate("new-secret");
+        let mut record = WebhookRecord::of(&rotated, None);
+        let mut records = WebhookRecords::new();
         records.insert(BotId(5), record.clone());
         let table = BotTable::build(&Bots::default(), &records);
         let bot = table.get(BotId(5)).unwrap();
@@ -343,9 +344,9 @@ mod tests {
 
     #[test]
     fn static_bots_win_and_removed_bots_are_not_served() {
-        let mut records = Records::new();
-        records.insert(BotId(1), BotRecord::new(BotId(1), "registry-secret"));
-        let mut gone = BotRecord::new(BotId(2), "gone");
+        let mut records = WebhookRecords::new();
+        records.insert(BotId(1), WebhookRecord::new(BotId(1), "registry-secret"));
+        let mut gone = WebhookRecord::new(BotId(2), "gone");
         gone.state = BotState::Removed;
         records.insert(BotId(2), gone);
         let table = BotTable::build(&Bots::parse("1:static-secret").unwrap(), &records);
@@ -362,8 +363,8 @@ mod tests {
 
     #[test]
     fn metric_labels_are_capped() {
-        let records: Records = (1..=LABELLED_BOTS as u64 + 5)
-            .map(|i| (BotId(i), BotRecord::new(BotId(i), "s")))
+        let records: WebhookRecords = (1..=LABELLED_BOTS as u64 + 5)
+            .map(|i| (BotId(i), WebhookRecord::new(BotId(i), "s")))
             .collect();
         let table = BotTable::build(&Bots::default(), &records);
         assert_eq!(&**table.get(BotId(1)).unwrap().label(), "1");

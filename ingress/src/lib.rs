@@ -41,7 +41,7 @@ pub struct AppState {
 #[derive(Debug)]
 struct Inner {
     bots: Arc<LiveBots>,
-    /// The registry's bucket once opened (where rotations are confirmed).
+    /// The registry's webhooks bucket once opened (where rotations are confirmed).
     registry: Arc<std::sync::OnceLock<async_nats::jetstream::kv::Store>>,
     ip_policy: IpPolicy,
     max_body: usize,
@@ -119,7 +119,8 @@ impl AppState {
     }
 }
 
-/// Watches the bot registry and rebuilds the bot table on every change.
+/// Watches the registry's webhooks bucket (digests and states, no tokens: the ingress's
+/// NATS user need not read the main bucket) and rebuilds the bot table on every change.
 fn watch_registry(
     config: &IngressConfig,
     client: &async_nats::Client,
@@ -129,14 +130,75 @@ fn watch_registry(
     let js = async_nats::jetstream::new(client.clone());
     let settings = config.registry.clone();
     let replicas = usize::from(config.stream.replicas);
-    // The bucket is created like the streams: when provisioning is on, never changed.
+    // The buckets are created like the streams: when provisioning is on, never changed.
+    // Then a new webhooks bucket is also filled from the main one (an upgrade without the
+    // provisioning Job); without provisioning only the webhooks bucket is opened.
     let create = config.provision;
-    tgpipe_shared::registry::watch(
+    // Set while the main bucket stands in for a webhooks bucket not made yet.
+    let polling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rewatch = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&rewatch);
+    tgpipe_shared::registry::watch_with(
         move || {
             let (js, settings, opened) = (js.clone(), settings.clone(), Arc::clone(&opened));
+            let (polling, notify) = (Arc::clone(&polling), Arc::clone(&notify));
             async move {
-                let store =
-                    tgpipe_shared::registry::bucket(&js, &settings, replicas, create).await?;
+                use tgpipe_shared::registry::{Registry, RegistryError, bucket, webhooks_bucket};
+                let store = if create {
+                    Registry::open(&js, &settings, replicas, true)
+                        .await?
+                        .webhooks()
+                        .clone()
+                } else {
+                    match webhooks_bucket(&js, &settings, replicas, false).await {
+                        Ok(store) => store,
+                        // An upgrade from a version without the webhooks bucket, before
+                        // `provision` (a post-upgrade Job) made it: the main bucket has
+                        // the digests too, where this pod's NATS user may read it.
+                        Err(missing @ RegistryError::Missing(_)) => {
+                            let Ok(main) = bucket(&js, &settings, replicas, false).await else {
+                                return Err(missing);
+                            };
+                            if !polling.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                                tracing::warn!(bucket = %settings.webhooks_bucket(), "reading the main registry bucket until the webhooks bucket exists (`provision` makes it)");
+                                tokio::spawn(async move {
+                                    // Made and filled: an empty one is taken only when the
+                                    // main bucket is empty too.
+                                    loop {
+                                        tokio::time::sleep(Duration::from_secs(2)).await;
+                                        let count = |store: Result<
+                                            async_nats::jetstream::kv::Store,
+                                            RegistryError,
+                                        >| async move {
+                                            match store {
+                                                Ok(s) => {
+                                                    s.status().await.map(|st| st.values()).ok()
+                                                }
+                                                Err(_) => None,
+                                            }
+                                        };
+                                        let hooks = count(
+                                            webhooks_bucket(&js, &settings, replicas, false).await,
+                                        )
+                                        .await;
+                                        let main =
+                                            count(bucket(&js, &settings, replicas, false).await)
+                                                .await;
+                                        if hooks.is_some_and(|h| h > 0 || main == Some(0)) {
+                                            break;
+                                        }
+                                    }
+                                    polling.store(false, std::sync::atomic::Ordering::Release);
+                                    notify.notify_one();
+                                });
+                            }
+                            // Not where rotations are confirmed: both secrets stay
+                            // accepted until the webhooks bucket is read, the safe side.
+                            return Ok(main);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 let _ = opened.set(store.clone());
                 Ok(store)
             }
@@ -145,6 +207,7 @@ fn watch_registry(
             bots.update(records);
             tracing::debug!(bots = records.len(), "bot registry changed");
         },
+        rewatch,
     )
 }
 

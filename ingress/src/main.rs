@@ -29,7 +29,10 @@ fn main() -> anyhow::Result<()> {
             let js = async_nats::jetstream::new(client);
             tgpipe_shared::stream::provision_streams(&js, &args.stream).await?;
             if args.registry.registry {
-                tgpipe_shared::registry::bucket(&js, &args.registry, usize::from(args.stream.replicas), true).await?;
+                // Both buckets, and every webhook record brought up to date with the
+                // main bucket (an upgrade from a version without the webhooks bucket).
+                let (_, backfill) = tgpipe_shared::registry::Registry::provision(&js, &args.registry, usize::from(args.stream.replicas)).await?;
+                tracing::info!(written = backfill.written, deleted = backfill.deleted, bucket = %args.registry.webhooks_bucket(), "webhooks bucket up to date");
             }
             tracing::info!(stream = %args.stream.name, dlq = %args.stream.dlq_name, registry = %args.registry.bucket, "streams ready");
             Ok(())

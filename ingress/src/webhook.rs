@@ -219,7 +219,7 @@ async fn receive(
     Ok(())
 }
 
-/// Drops the previous secret of `bot` in the registry (compare-and-set: a rotation
+/// Drops the previous secret of `bot` in the webhooks bucket (compare-and-set: a rotation
 /// started meanwhile is not confirmed by this). In the background: the request does not
 /// wait on a registry write. Every ingress pod may do it once; all but the first find
 /// nothing to do.
@@ -231,12 +231,12 @@ fn confirm_rotation(state: &AppState, bot: BotId, digest: SecretDigest) {
         // Retried for about a minute (a registry outage); until it succeeds both secrets
         // stay accepted, which is the safe side.
         for attempt in 1..=30u32 {
-            match tgpipe_shared::registry::modify(&store, bot, |r| r.confirm(&digest)).await {
-                Ok(Some(_)) => {
+            match tgpipe_shared::registry::confirm_rotation(&store, bot, &digest).await {
+                Ok(true) => {
                     tracing::info!(bot = %bot, "new webhook secret confirmed; the previous one is refused from now on");
                     return;
                 }
-                Ok(None) => return,
+                Ok(false) => return,
                 Err(e) => {
                     tracing::warn!(bot = %bot, error = %e, attempt, "cannot confirm the new webhook secret yet");
                     tokio::time::sleep(std::time::Duration::from_secs(2)).await;

@@ -1,6 +1,7 @@
 //! The bot registry at the ingress, against a real nats-server: bots added, paused,
-//! removed and rotated in the KV bucket take effect without a restart, and unreadable
-//! records hurt no other bot.
+//! removed and rotated through the registry's writers take effect without a restart,
+//! and unreadable records in the webhooks bucket (the one the ingress reads) hurt no
+//! other bot.
 
 mod common;
 
@@ -8,17 +9,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::kv;
 use axum::http::StatusCode;
 use common::{BOT, Harness, SECRET, harness, text_update, webhook};
 use tgpipe_shared::BotId;
-use tgpipe_shared::registry::{self, BotRecord, BotState, RegistrySettings};
+use tgpipe_shared::registry::{BotRecord, BotState, Registry, RegistrySettings, WebhookRecord};
 use tgpipe_testkit::eventually;
 
-async fn bucket(t: &Harness) -> kv::Store {
-    registry::bucket(&t.js, &RegistrySettings::default(), 1, false)
+async fn bucket(t: &Harness) -> Registry {
+    Registry::open(&t.js, &RegistrySettings::default(), 1, false)
         .await
-        .expect("the ingress created the registry bucket")
+        .expect("the ingress created the registry's buckets")
+}
+
+/// The webhook record of `bot`, as the ingress reads it.
+async fn webhook_record(kv: &Registry, bot: u64) -> Option<WebhookRecord> {
+    let entry = kv.webhooks().get(bot.to_string()).await.ok()??;
+    serde_json::from_slice(&entry).ok()
 }
 
 /// Posts for `bot` with `secret` until stopped, counting each status.
@@ -82,7 +88,7 @@ async fn a_bot_added_at_runtime_is_answered_within_2s_while_others_are_under_loa
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let new_bot = 9001;
-    registry::add(&kv, &BotRecord::new(BotId(new_bot), "added-secret"))
+    kv.add(&BotRecord::new(BotId(new_bot), "added-secret"))
         .await
         .unwrap();
     let added = Instant::now();
@@ -119,7 +125,7 @@ async fn a_secret_rotated_under_load_is_never_refused_and_the_old_one_goes_once_
     let t = harness(&[]).await;
     let kv = bucket(&t).await;
     let bot = 9002;
-    registry::add(&kv, &BotRecord::new(BotId(bot), "old-secret"))
+    kv.add(&BotRecord::new(BotId(bot), "old-secret"))
         .await
         .unwrap();
     eventually(
@@ -135,7 +141,7 @@ async fn a_secret_rotated_under_load_is_never_refused_and_the_old_one_goes_once_
 
     // Telegram keeps signing with the old secret until setWebhook switches it.
     let old = Load::start(&t, bot, "old-secret", 1000);
-    registry::modify(&kv, BotId(bot), |r| {
+    kv.modify(BotId(bot), |r| {
         r.rotate("new-secret");
         true
     })
@@ -157,11 +163,11 @@ async fn a_secret_rotated_under_load_is_never_refused_and_the_old_one_goes_once_
     // The first request with the new secret confirmed it: the old one goes.
     eventually(
         Duration::from_secs(3),
-        "the old secret is dropped from the record",
+        "the old secret is dropped from the webhook record",
         || async {
-            registry::get(&kv, BotId(bot))
+            webhook_record(&kv, bot)
                 .await
-                .is_ok_and(|(r, _)| r.previous_secret.is_none())
+                .is_some_and(|r| r.previous_secret.is_none())
         },
     )
     .await;
@@ -187,7 +193,7 @@ async fn requests_with_the_old_secret_are_accepted_until_the_new_one_is_seen() {
     let t = harness(&[]).await;
     let kv = bucket(&t).await;
     let bot = 9003;
-    registry::add(&kv, &BotRecord::new(BotId(bot), "old-secret"))
+    kv.add(&BotRecord::new(BotId(bot), "old-secret"))
         .await
         .unwrap();
     eventually(
@@ -201,7 +207,7 @@ async fn requests_with_the_old_secret_are_accepted_until_the_new_one_is_seen() {
     )
     .await;
     let load = Load::start(&t, bot, "old-secret", 1000);
-    registry::modify(&kv, BotId(bot), |r| {
+    kv.modify(BotId(bot), |r| {
         r.rotate("new-secret");
         true
     })
@@ -215,10 +221,9 @@ async fn requests_with_the_old_secret_are_accepted_until_the_new_one_is_seen() {
         "zero 401s for the old secret during the rotation"
     );
     assert!(
-        registry::get(&kv, BotId(bot))
+        webhook_record(&kv, bot)
             .await
             .unwrap()
-            .0
             .previous_secret
             .is_some(),
         "not confirmed without a request signed with the new secret"
@@ -230,7 +235,7 @@ async fn a_paused_bot_is_answered_503_and_its_update_is_stored_once_resumed() {
     let t = harness(&[]).await;
     let kv = bucket(&t).await;
     let bot = 9004;
-    registry::add(&kv, &BotRecord::new(BotId(bot), "pause-secret"))
+    kv.add(&BotRecord::new(BotId(bot), "pause-secret"))
         .await
         .unwrap();
     let post = |id: i64| t.send(webhook(bot, Some("pause-secret"), text_update(id, 3, "p")));
@@ -240,7 +245,7 @@ async fn a_paused_bot_is_answered_503_and_its_update_is_stored_once_resumed() {
         || async { post(1).await == StatusCode::OK },
     )
     .await;
-    registry::modify(&kv, BotId(bot), |r| {
+    kv.modify(BotId(bot), |r| {
         r.state = BotState::Paused;
         true
     })
@@ -258,7 +263,7 @@ async fn a_paused_bot_is_answered_503_and_its_update_is_stored_once_resumed() {
             .await,
         StatusCode::UNAUTHORIZED
     );
-    registry::modify(&kv, BotId(bot), |r| {
+    kv.modify(BotId(bot), |r| {
         r.state = BotState::Active;
         true
     })
@@ -285,7 +290,7 @@ async fn a_removed_bot_is_answered_404() {
     let t = harness(&[]).await;
     let kv = bucket(&t).await;
     let bot = 9005;
-    registry::add(&kv, &BotRecord::new(BotId(bot), "gone-secret"))
+    kv.add(&BotRecord::new(BotId(bot), "gone-secret"))
         .await
         .unwrap();
     let post = || t.send(webhook(bot, Some("gone-secret"), text_update(1, 3, "p")));
@@ -295,7 +300,7 @@ async fn a_removed_bot_is_answered_404() {
         || async { post().await == StatusCode::OK },
     )
     .await;
-    registry::modify(&kv, BotId(bot), |r| {
+    kv.modify(BotId(bot), |r| {
         r.state = BotState::Removed;
         true
     })
@@ -308,9 +313,7 @@ async fn a_removed_bot_is_answered_404() {
     )
     .await;
     // A key deleted outright is the same.
-    registry::add(&kv, &BotRecord::new(BotId(9006), "s2"))
-        .await
-        .unwrap();
+    kv.add(&BotRecord::new(BotId(9006), "s2")).await.unwrap();
     let post6 = || t.send(webhook(9006, Some("s2"), text_update(1, 3, "p")));
     eventually(
         Duration::from_secs(5),
@@ -318,7 +321,9 @@ async fn a_removed_bot_is_answered_404() {
         || async { post6().await == StatusCode::OK },
     )
     .await;
-    kv.delete("9006").await.unwrap();
+    // Deleted in the main bucket, then by the writer's next pass over the bot.
+    kv.bots().delete("9006").await.unwrap();
+    assert!(kv.publish(BotId(9006)).await.unwrap());
     eventually(
         Duration::from_secs(2),
         "the deleted bot is answered 404",
@@ -334,8 +339,12 @@ async fn malformed_records_are_skipped_and_other_bots_served_with_unknown_fields
     let good = BotRecord::new(BotId(9012), "good-secret");
     let mut with_extra: serde_json::Value = serde_json::from_slice(&good.to_json()).unwrap();
     with_extra["plan"] = "gold".into();
-    kv.put("9010", "not json".into()).await.unwrap();
-    kv.put(
+    // A newer version's field in the webhook record (what a newer ingress would read).
+    let mut hook_extra = serde_json::to_value(WebhookRecord::of(&good, None)).unwrap();
+    hook_extra["rate"] = 30.into();
+    let hooks = kv.webhooks();
+    hooks.put("9010", "not json".into()).await.unwrap();
+    hooks.put(
         "9011",
         serde_json::to_vec(&serde_json::json!({"id": 9011, "state": "hibernating", "secret": with_extra["secret"]}))
             .unwrap()
@@ -343,8 +352,13 @@ async fn malformed_records_are_skipped_and_other_bots_served_with_unknown_fields
     )
     .await
     .unwrap();
-    kv.put("not-a-bot", "{}".into()).await.unwrap();
-    kv.put("9012", serde_json::to_vec(&with_extra).unwrap().into())
+    hooks.put("not-a-bot", "{}".into()).await.unwrap();
+    kv.bots()
+        .put("9012", serde_json::to_vec(&with_extra).unwrap().into())
+        .await
+        .unwrap();
+    hooks
+        .put("9012", serde_json::to_vec(&hook_extra).unwrap().into())
         .await
         .unwrap();
     let post = |bot: u64| t.send(webhook(bot, Some("good-secret"), text_update(1, 3, "p")));
@@ -359,17 +373,23 @@ async fn malformed_records_are_skipped_and_other_bots_served_with_unknown_fields
     // The static bots are unaffected.
     assert_eq!(t.post(text_update(1, 1, "x")).await, StatusCode::OK);
 
-    // A change through the registry keeps the field this version does not know.
-    registry::modify(&kv, BotId(9012), |r| {
+    // A change through the registry keeps the fields this version does not know, each
+    // in its bucket: the main record's are never copied to what the ingress reads.
+    kv.modify(BotId(9012), |r| {
         r.state = BotState::Paused;
         true
     })
     .await
     .unwrap();
     let stored: serde_json::Value =
-        serde_json::from_slice(&kv.get("9012").await.unwrap().unwrap()).unwrap();
+        serde_json::from_slice(&kv.bots().get("9012").await.unwrap().unwrap()).unwrap();
     assert_eq!(stored["plan"], "gold");
     assert_eq!(stored["state"], "paused");
+    let hook: serde_json::Value =
+        serde_json::from_slice(&hooks.get("9012").await.unwrap().unwrap()).unwrap();
+    assert_eq!(hook["rate"], 30);
+    assert_eq!(hook["state"], "paused");
+    assert!(hook.get("plan").is_none(), "{hook}");
     eventually(
         Duration::from_secs(2),
         "the paused bot is answered 503",
@@ -378,11 +398,12 @@ async fn malformed_records_are_skipped_and_other_bots_served_with_unknown_fields
     .await;
 
     // A readable record overwritten by an unreadable one: the last readable one stays.
-    kv.put("9012", "{\"id\": 9012, \"state\": ".into())
+    hooks
+        .put("9012", "{\"id\": 9012, \"state\": ".into())
         .await
         .unwrap();
     let marker = BotRecord::new(BotId(9013), "marker");
-    registry::add(&kv, &marker).await.unwrap();
+    kv.add(&marker).await.unwrap();
     eventually(
         Duration::from_secs(2),
         "the bot added after the unreadable record is served",
@@ -394,4 +415,74 @@ async fn malformed_records_are_skipped_and_other_bots_served_with_unknown_fields
     )
     .await;
     assert_eq!(post(9012).await, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn an_ingress_upgraded_before_provisioning_answered_404_for_every_registry_bot() {
+    // The chart's provisioning Job runs after the new pods start: an ingress that reads
+    // only the webhooks bucket found none and served its static bots only. It reads the
+    // main bucket until the webhooks bucket is made and filled, then switches to it.
+    let nats = tgpipe_testkit::NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    tgpipe_shared::stream::provision_streams(&js, &Default::default())
+        .await
+        .unwrap();
+    let settings = RegistrySettings::default();
+    // What a version without the webhooks bucket left: the main bucket only.
+    let main = tgpipe_shared::registry::bucket(&js, &settings, 1, true)
+        .await
+        .unwrap();
+    tgpipe_shared::registry::add(&main, &BotRecord::new(BotId(9020), "upgrade-secret"))
+        .await
+        .unwrap();
+    let url = nats.url();
+    let config = tgpipe_ingress::IngressConfig::from_flags([
+        "--nats-url",
+        &url,
+        "--allowed-cidrs",
+        "any",
+        "--provision",
+        "false",
+    ])
+    .unwrap();
+    let state =
+        tgpipe_ingress::AppState::new(&config, config.nats.connect("upgrade-test").await.unwrap());
+    let send = |secret: &'static str, id: i64| {
+        let state = state.clone();
+        async move {
+            tower::ServiceExt::oneshot(
+                tgpipe_ingress::app(state),
+                webhook(9020, Some(secret), text_update(id, 1, "x")),
+            )
+            .await
+            .unwrap()
+            .status()
+        }
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the bot of the main bucket is served before provisioning",
+        || async { send("upgrade-secret", 1).await == StatusCode::OK },
+    )
+    .await;
+    // `provision` makes and fills the webhooks bucket; a change made through it (a
+    // pause) reaches the ingress: it reads the webhooks bucket now.
+    let (reg, _) = Registry::provision(&js, &settings, 1).await.unwrap();
+    reg.webhooks()
+        .put(
+            "9020",
+            serde_json::to_vec(&serde_json::json!({"id": 9020, "state": "paused",
+                "secret": serde_json::to_value(tgpipe_shared::registry::SecretDigest::of(b"upgrade-secret")).unwrap()}))
+            .unwrap()
+            .into(),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the ingress switched to the webhooks bucket",
+        || async { send("upgrade-secret", 2).await == StatusCode::SERVICE_UNAVAILABLE },
+    )
+    .await;
 }

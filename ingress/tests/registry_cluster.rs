@@ -44,15 +44,15 @@ async fn the_registry_watch_survives_the_loss_of_the_bucket_leader() {
     })
     .await;
     let js = async_nats::jetstream::new(client);
-    let kv = registry::bucket(&js, &RegistrySettings::default(), 3, false)
+    let kv = registry::Registry::open(&js, &RegistrySettings::default(), 3, false)
         .await
-        .expect("the ingress created the bucket");
+        .expect("the ingress created the buckets");
     // A new replicated bucket may take a moment to answer.
     eventually(
         Duration::from_secs(10),
         "the new bucket takes a write",
         || async {
-            registry::add(&kv, &BotRecord::new(BotId(41), "first-secret"))
+            kv.add(&BotRecord::new(BotId(41), "first-secret"))
                 .await
                 .is_ok()
         },
@@ -65,7 +65,7 @@ async fn the_registry_watch_survives_the_loss_of_the_bucket_leader() {
     )
     .await;
 
-    let (leader, node) = cluster.leader_of(&js, "KV_tgpipe_bots").await;
+    let (leader, node) = cluster.leader_of(&js, "KV_tgpipe_bots_webhooks").await;
     cluster.kill(node);
     let killed = Instant::now();
 
@@ -74,7 +74,7 @@ async fn the_registry_watch_survives_the_loss_of_the_bucket_leader() {
         Duration::from_secs(30),
         "the bucket takes writes again",
         || async {
-            match registry::add(&kv, &BotRecord::new(BotId(42), "second-secret")).await {
+            match kv.add(&BotRecord::new(BotId(42), "second-secret")).await {
                 Ok(_) | Err(registry::RegistryError::Exists(_)) => Some(Instant::now()),
                 Err(_) => {
                     // Writes are retried every 200 ms, as before this wait used the

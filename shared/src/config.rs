@@ -452,6 +452,15 @@ pub struct NatsArgs {
     /// Path of a NATS credentials file (JWT + nkey), if the server requires one.
     #[arg(long = "nats-creds", env = "NATS_CREDS")]
     pub creds: Option<std::path::PathBuf>,
+    /// Prefix of the subjects the replies and a watch's deliveries come back on. A user
+    /// allowed to subscribe to another user's prefix reads what that user reads (the
+    /// workers' watch delivers the tokens): give each NATS user its own prefix.
+    #[arg(
+        long = "nats-inbox-prefix",
+        env = "TGPIPE_NATS_INBOX_PREFIX",
+        default_value = "_INBOX"
+    )]
+    pub inbox_prefix: String,
 }
 
 impl std::fmt::Debug for NatsArgs {
@@ -460,6 +469,7 @@ impl std::fmt::Debug for NatsArgs {
         f.debug_struct("NatsArgs")
             .field("url", &urls.join(","))
             .field("creds", &self.creds)
+            .field("inbox_prefix", &self.inbox_prefix)
             .finish()
     }
 }
@@ -478,6 +488,11 @@ impl NatsArgs {
             // Keep retrying in the background: a pod that starts before NATS should
             // become ready when NATS does, not crash-loop.
             .retry_on_initial_connect()
+            .custom_inbox_prefix(&self.inbox_prefix)
+            // A registry watch's first replay pushes messages faster than a busy pod
+            // parses them; past the default 65,536 queued the client drops them ("slow
+            // consumers") and the replay starts over. The queue grows only as needed.
+            .subscription_capacity(1 << 20)
             .event_callback({
                 let servers: Arc<str> = servers.into();
                 let failures = Arc::new(AtomicU64::new(0));

@@ -8,13 +8,18 @@
 //! asked of Telegram, and a [`BotState`]. During a secret rotation the record holds the
 //! previous digest too, accepted until a request signed with the new secret arrives.
 //!
+//! A second bucket, `<bucket>_webhooks`, holds what the ingress reads and nothing more:
+//! a [`WebhookRecord`] per bot (state and digests, no token). Every writer ([`Registry`])
+//! writes the main record first, then the webhook record made from it, so the ingress's
+//! NATS user needs no access to the tokens. The ingress confirms a rotation there.
+//!
 //! A record this version cannot read (bad JSON, an unknown state) is skipped with a WARN
 //! and the other bots are unaffected; fields this version does not know are kept
 //! ([`BotRecord::extra`]) and written back by every change, so an older pod or CLI never
 //! erases what a newer one stored.
 //!
-//! Who can read the bucket can read the tokens: see `docs/deploy.md` for the NATS
-//! permissions that keep it to tgpipe's own users.
+//! Who can read the main bucket can read the tokens: see `docs/deploy.md` for the NATS
+//! permissions that keep it to the workers and the operators.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -25,6 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -33,6 +39,10 @@ use crate::BotId;
 
 /// Default name of the registry bucket.
 pub const DEFAULT_BUCKET: &str = "tgpipe_bots";
+
+/// What the webhooks bucket's name adds to the registry bucket's: `tgpipe_bots` ->
+/// `tgpipe_bots_webhooks`.
+pub const WEBHOOKS_SUFFIX: &str = "_webhooks";
 
 /// The registry settings every binary shares.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,6 +54,19 @@ pub struct RegistrySettings {
     /// Name of the registry's KV bucket (one per installation).
     #[arg(long = "registry-bucket", env = "TGPIPE_REGISTRY_BUCKET", default_value = DEFAULT_BUCKET)]
     pub bucket: String,
+}
+
+impl RegistrySettings {
+    /// The name of the bucket the ingress reads: the registry bucket's name with
+    /// [`WEBHOOKS_SUFFIX`].
+    ///
+    /// ```
+    /// use tgpipe_shared::registry::RegistrySettings;
+    /// assert_eq!(RegistrySettings::default().webhooks_bucket(), "tgpipe_bots_webhooks");
+    /// ```
+    pub fn webhooks_bucket(&self) -> String {
+        format!("{}{WEBHOOKS_SUFFIX}", self.bucket)
+    }
 }
 
 impl Default for RegistrySettings {
@@ -253,6 +276,109 @@ impl BotRecord {
     }
 }
 
+/// What the ingress reads of a bot, stored under its id in the webhooks bucket: no token,
+/// no URL, nothing the ingress does not compare or route by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookRecord {
+    /// The bot's id (also the key).
+    pub id: BotId,
+    /// What it does now.
+    pub state: BotState,
+    /// The digest of the webhook secret Telegram sends.
+    pub secret: SecretDigest,
+    /// During a rotation: the digest of the secret before, accepted until confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<SecretDigest>,
+    /// When the record last changed (unix milliseconds).
+    #[serde(default)]
+    pub updated_at: u64,
+    /// Fields this version does not know, kept as they are. They are never copied from
+    /// [`BotRecord::extra`]: a newer version's field there may be as secret as a token.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl WebhookRecord {
+    /// A new active bot with `secret` (tests and benchmarks; writers use
+    /// [`WebhookRecord::of`]).
+    pub fn new(id: BotId, secret: &str) -> WebhookRecord {
+        WebhookRecord::of(&BotRecord::new(id, secret), None)
+    }
+
+    /// The webhook record of `record`, over what the webhooks bucket holds now
+    /// (`stored`): its unknown fields are kept, and a rotation it confirmed stays
+    /// confirmed even while the main record still lists the previous secret (an
+    /// ingress confirms here, where it may write; the next change of the main record
+    /// folds the confirmation in).
+    pub fn of(record: &BotRecord, stored: Option<&WebhookRecord>) -> WebhookRecord {
+        let confirmed = stored.is_some_and(|w| w.confirmed(record));
+        WebhookRecord {
+            id: record.id,
+            state: record.state,
+            secret: record.secret,
+            previous_secret: record.previous_secret.filter(|_| !confirmed),
+            updated_at: record.updated_at,
+            extra: stored.map(|w| w.extra.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Whether this record confirmed the rotation `record` is in: same current secret,
+    /// no previous one, where `record` still has one.
+    pub fn confirmed(&self, record: &BotRecord) -> bool {
+        record.previous_secret.is_some()
+            && self.previous_secret.is_none()
+            && self.secret.matches(&record.secret)
+    }
+
+    /// Ends a rotation, as [`BotRecord::confirm`].
+    pub fn confirm(&mut self, confirmed: &SecretDigest) -> bool {
+        if self.previous_secret.is_none() || !self.secret.matches(confirmed) {
+            return false;
+        }
+        self.previous_secret = None;
+        true
+    }
+
+    /// Whether the two say the same, whenever they were written.
+    fn same_as(&self, other: &WebhookRecord) -> bool {
+        WebhookRecord {
+            updated_at: other.updated_at,
+            ..self.clone()
+        } == *other
+    }
+}
+
+/// A record one of the registry's buckets holds: [`BotRecord`] or [`WebhookRecord`].
+pub trait StoredRecord: Serialize + DeserializeOwned + Clone + Send + 'static {
+    /// The bot it is about (the key it must be stored under).
+    fn bot(&self) -> BotId;
+    /// Marks it changed now.
+    fn touch(&mut self);
+    /// The record as stored.
+    fn to_json(&self) -> Bytes {
+        // Serialising plain data into a Vec cannot fail.
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+impl StoredRecord for BotRecord {
+    fn bot(&self) -> BotId {
+        self.id
+    }
+    fn touch(&mut self) {
+        self.updated_at = now_ms();
+    }
+}
+
+impl StoredRecord for WebhookRecord {
+    fn bot(&self) -> BotId {
+        self.id
+    }
+    fn touch(&mut self) {
+        self.updated_at = now_ms();
+    }
+}
+
 /// The KV key of a bot.
 pub fn key(bot: BotId) -> String {
     bot.0.to_string()
@@ -288,19 +414,24 @@ pub enum RecordError {
     },
 }
 
-/// Parses a stored record.
+/// Parses a stored record of the main bucket.
 pub fn parse_record(key: &str, value: &[u8]) -> Result<BotRecord, RecordError> {
+    parse(key, value)
+}
+
+/// Parses a stored record of either bucket.
+pub fn parse<R: StoredRecord>(key: &str, value: &[u8]) -> Result<R, RecordError> {
     let bot = BotId::parse(key).ok_or_else(|| RecordError::BadKey(key.to_owned()))?;
-    let record: BotRecord = serde_json::from_slice(value).map_err(|e| RecordError::BadRecord {
+    let record: R = serde_json::from_slice(value).map_err(|e| RecordError::BadRecord {
         bot,
         // serde_json's messages quote unknown variants and types, never whole values;
         // cut anyway, so a token in a wrong place cannot reach a log in full.
         reason: e.to_string().chars().take(120).collect(),
     })?;
-    if record.id != bot {
+    if record.bot() != bot {
         return Err(RecordError::WrongId {
             key: bot,
-            id: record.id,
+            id: record.bot(),
         });
     }
     Ok(record)
@@ -342,28 +473,62 @@ pub async fn bucket(
     replicas: usize,
     create: bool,
 ) -> Result<kv::Store, RegistryError> {
+    open_bucket(
+        js,
+        &settings.bucket,
+        "tgpipe: bot registry (tokens and secret digests)",
+        replicas,
+        create,
+    )
+    .await
+}
+
+/// Opens the webhooks bucket (what the ingress reads), as [`bucket`] the main one.
+pub async fn webhooks_bucket(
+    js: &jetstream::Context,
+    settings: &RegistrySettings,
+    replicas: usize,
+    create: bool,
+) -> Result<kv::Store, RegistryError> {
+    open_bucket(
+        js,
+        &settings.webhooks_bucket(),
+        "tgpipe: what the ingress reads of the bot registry (states and secret digests, no tokens)",
+        replicas,
+        create,
+    )
+    .await
+}
+
+async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    replicas: usize,
+    create: bool,
+) -> Result<kv::Store, RegistryError> {
     let err = |e: crate::BoxError| RegistryError::Bucket {
-        bucket: settings.bucket.clone(),
+        bucket: name.to_owned(),
         source: e,
     };
-    match js.get_key_value(&settings.bucket).await {
+    match js.get_key_value(name).await {
         Ok(store) => Ok(store),
         Err(e) if !create => {
             let missing = matches!(
-                js.get_stream(format!("KV_{}", settings.bucket)).await,
+                js.get_stream(format!("KV_{name}")).await,
                 Err(ref ge) if matches!(ge.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref je)
                     if je.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
             );
             if missing {
-                Err(RegistryError::Missing(settings.bucket.clone()))
+                Err(RegistryError::Missing(name.to_owned()))
             } else {
                 Err(err(e.into()))
             }
         }
         Err(_) => js
             .create_key_value(kv::Config {
-                bucket: settings.bucket.clone(),
-                description: "tgpipe: bot registry (tokens and secret digests)".to_owned(),
+                bucket: name.to_owned(),
+                description: description.to_owned(),
                 // A few versions back, to see what a change replaced.
                 history: 5,
                 storage: jetstream::stream::StorageType::File,
@@ -377,16 +542,25 @@ pub async fn bucket(
 
 /// Reads one bot's record.
 pub async fn get(store: &kv::Store, bot: BotId) -> Result<(BotRecord, u64), RegistryError> {
+    get_stored(store, bot).await
+}
+
+/// Reads one bot's record from either bucket, with its revision.
+async fn get_stored<R: StoredRecord>(
+    store: &kv::Store,
+    bot: BotId,
+) -> Result<(R, u64), RegistryError> {
     let entry = store
         .entry(key(bot))
         .await
         .map_err(|e| RegistryError::Kv(e.into()))?
         .filter(|e| e.operation == kv::Operation::Put)
         .ok_or(RegistryError::NotFound(bot))?;
-    Ok((parse_record(&entry.key, &entry.value)?, entry.revision))
+    Ok((parse(&entry.key, &entry.value)?, entry.revision))
 }
 
 /// Stores a new bot; fails with [`RegistryError::Exists`] when its key holds a record.
+/// Writes the main bucket only: writers use [`Registry::add`].
 pub async fn add(store: &kv::Store, record: &BotRecord) -> Result<u64, RegistryError> {
     match store.create(key(record.id), record.to_json()).await {
         Ok(rev) => Ok(rev),
@@ -399,18 +573,19 @@ pub async fn add(store: &kv::Store, record: &BotRecord) -> Result<u64, RegistryE
 
 /// Changes a bot's record with `change` (compare-and-set on its revision, retried when
 /// another writer came first). `change` returns `false` to leave the record as it is.
-/// Returns the record as stored, or `None` when nothing was written.
-pub async fn modify(
+/// Returns the record as stored, or `None` when nothing was written. Works on either
+/// bucket; writers of the main one use [`Registry::modify`], which updates both.
+pub async fn modify<R: StoredRecord>(
     store: &kv::Store,
     bot: BotId,
-    mut change: impl FnMut(&mut BotRecord) -> bool,
-) -> Result<Option<BotRecord>, RegistryError> {
+    mut change: impl FnMut(&mut R) -> bool,
+) -> Result<Option<R>, RegistryError> {
     for _ in 0..10 {
-        let (mut record, revision) = get(store, bot).await?;
+        let (mut record, revision) = get_stored::<R>(store, bot).await?;
         if !change(&mut record) {
             return Ok(None);
         }
-        record.updated_at = now_ms();
+        record.touch();
         match store.update(key(bot), record.to_json(), revision).await {
             Ok(_) => return Ok(Some(record)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
@@ -422,8 +597,29 @@ pub async fn modify(
     ))
 }
 
+/// Drops the previous secret of `bot` in the webhooks bucket once a request signed with
+/// `confirmed` arrived (what an ingress does). `false` when there was nothing to
+/// confirm or the bot was rotated again meanwhile.
+pub async fn confirm_rotation(
+    webhooks: &kv::Store,
+    bot: BotId,
+    confirmed: &SecretDigest,
+) -> Result<bool, RegistryError> {
+    Ok(
+        modify::<WebhookRecord>(webhooks, bot, |r| r.confirm(confirmed))
+            .await?
+            .is_some(),
+    )
+}
+
 /// Every readable record, by id; unreadable ones are returned apart.
 pub async fn list(store: &kv::Store) -> Result<(Vec<BotRecord>, Vec<RecordError>), RegistryError> {
+    list_stored(store).await
+}
+
+async fn list_stored<R: StoredRecord>(
+    store: &kv::Store,
+) -> Result<(Vec<R>, Vec<RecordError>), RegistryError> {
     let mut keys = store
         .keys()
         .await
@@ -437,23 +633,340 @@ pub async fn list(store: &kv::Store) -> Result<(Vec<BotRecord>, Vec<RecordError>
         if let Ok(Some(entry)) = store.entry(&k).await
             && entry.operation == kv::Operation::Put
         {
-            match parse_record(&entry.key, &entry.value) {
+            match parse::<R>(&entry.key, &entry.value) {
                 Ok(r) => good.push(r),
                 Err(e) => bad.push(e),
             }
         }
     }
-    good.sort_by_key(|r| r.id);
+    good.sort_by_key(|r| r.bot());
     Ok((good, bad))
+}
+
+/// Every key's last entry of a bucket (deleted keys included, as delete markers), read
+/// with one ordered consumer: a bucket of 100,000 records in about a second, where a
+/// `get` per key takes a round trip each.
+async fn read_all(store: &kv::Store) -> Result<Vec<kv::Entry>, RegistryError> {
+    let info = bounded(store.stream.get_info()).await?;
+    if info.state.messages == 0 {
+        return Ok(Vec::new());
+    }
+    let mut w = store
+        .watch_with_history(">")
+        .await
+        .map_err(|e| RegistryError::Kv(e.into()))?;
+    let mut out = Vec::new();
+    loop {
+        // A replay that stops for this long is not coming back: fail, a rerun retries.
+        let next = tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .map_err(|_| RegistryError::Kv("reading the bucket timed out".into()))?;
+        let entry = match next {
+            Some(Ok(entry)) => entry,
+            Some(Err(e)) => return Err(RegistryError::Kv(e.into())),
+            None => return Err(RegistryError::Kv("the bucket's replay ended early".into())),
+        };
+        let done = entry.delta == 0;
+        out.push(entry);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// What [`Registry::backfill`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backfill {
+    /// Webhook records written (missing or different from the main bucket's).
+    pub written: usize,
+    /// Webhook records deleted (their bot is gone from the main bucket).
+    pub deleted: usize,
+}
+
+/// The registry as its writers (`bots` commands, provisioning) see it: the main bucket
+/// and the webhooks bucket. Every change writes the main record first, then the webhook
+/// record made from it. A writer that dies between the two leaves the webhooks bucket
+/// behind; any later change of the bot, or [`Registry::backfill`] (`provision`), brings
+/// it up to date. An ingress of an older version watches the main bucket, which keeps
+/// the digests too.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    bots: kv::Store,
+    webhooks: kv::Store,
+}
+
+impl Registry {
+    /// Opens both buckets; with `create`, creates the missing ones, and fills a new (or
+    /// empty) webhooks bucket from the main one, so an upgrade keeps serving the bots
+    /// already registered.
+    pub async fn open(
+        js: &jetstream::Context,
+        settings: &RegistrySettings,
+        replicas: usize,
+        create: bool,
+    ) -> Result<Registry, RegistryError> {
+        let registry = Registry::open_buckets(js, settings, replicas, create).await?;
+        if create && registry.webhooks_empty().await? {
+            registry.backfill().await?;
+        }
+        Ok(registry)
+    }
+
+    /// Creates both buckets when missing and brings every webhook record up to date
+    /// with the main bucket (what `provision` does at each install and upgrade).
+    pub async fn provision(
+        js: &jetstream::Context,
+        settings: &RegistrySettings,
+        replicas: usize,
+    ) -> Result<(Registry, Backfill), RegistryError> {
+        let registry = Registry::open_buckets(js, settings, replicas, true).await?;
+        let done = registry.backfill().await?;
+        Ok((registry, done))
+    }
+
+    async fn open_buckets(
+        js: &jetstream::Context,
+        settings: &RegistrySettings,
+        replicas: usize,
+        create: bool,
+    ) -> Result<Registry, RegistryError> {
+        Ok(Registry {
+            bots: bucket(js, settings, replicas, create).await?,
+            webhooks: webhooks_bucket(js, settings, replicas, create).await?,
+        })
+    }
+
+    async fn webhooks_empty(&self) -> Result<bool, RegistryError> {
+        Ok(bounded(self.webhooks.stream.get_info())
+            .await?
+            .state
+            .messages
+            == 0)
+    }
+
+    /// The main bucket (tokens included).
+    pub fn bots(&self) -> &kv::Store {
+        &self.bots
+    }
+
+    /// The webhooks bucket (what the ingress reads).
+    pub fn webhooks(&self) -> &kv::Store {
+        &self.webhooks
+    }
+
+    /// Reads one bot's record (from the main bucket).
+    pub async fn get(&self, bot: BotId) -> Result<(BotRecord, u64), RegistryError> {
+        get(&self.bots, bot).await
+    }
+
+    /// Every readable record of the main bucket, with the rotations the ingress
+    /// confirmed in the webhooks bucket shown as confirmed (read only: the next change
+    /// of the bot writes it).
+    pub async fn list(&self) -> Result<(Vec<BotRecord>, Vec<RecordError>), RegistryError> {
+        let (mut records, bad) = list(&self.bots).await?;
+        let (hooks, _) = list_stored::<WebhookRecord>(&self.webhooks).await?;
+        let hooks: std::collections::HashMap<BotId, WebhookRecord> =
+            hooks.into_iter().map(|h| (h.id, h)).collect();
+        for r in &mut records {
+            if hooks.get(&r.id).is_some_and(|h| h.confirmed(r)) {
+                r.previous_secret = None;
+            }
+        }
+        Ok((records, bad))
+    }
+
+    /// Stores a new bot in both buckets. When the bot is there already, fails with
+    /// [`RegistryError::Exists`] after bringing its webhook record up to date (a rerun
+    /// of an `add` that died between the two writes).
+    pub async fn add(&self, record: &BotRecord) -> Result<u64, RegistryError> {
+        let added = add(&self.bots, record).await;
+        if matches!(added, Ok(_) | Err(RegistryError::Exists(_))) {
+            self.publish(record.id).await?;
+        }
+        added
+    }
+
+    /// Changes a bot's record as [`modify`] does, then its webhook record. A rotation
+    /// the ingress confirmed in the webhooks bucket is folded into the main record
+    /// first, so a new rotation keeps the secret Telegram sends now as the previous one.
+    /// `None` when `change` changed nothing.
+    pub async fn modify(
+        &self,
+        bot: BotId,
+        mut change: impl FnMut(&mut BotRecord) -> bool,
+    ) -> Result<Option<BotRecord>, RegistryError> {
+        let hook = match get_stored::<WebhookRecord>(&self.webhooks, bot).await {
+            Ok((hook, _)) => Some(hook),
+            // Missing or unreadable: nothing to fold; `publish` rewrites it.
+            Err(RegistryError::NotFound(_) | RegistryError::Record(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let mut changed = false;
+        let stored = modify(&self.bots, bot, |r: &mut BotRecord| {
+            let fold = hook.as_ref().is_some_and(|h| h.confirmed(r));
+            if fold {
+                r.previous_secret = None;
+            }
+            changed = change(r);
+            changed || fold
+        })
+        .await?;
+        self.publish(bot).await?;
+        Ok(stored.filter(|_| changed))
+    }
+
+    /// Writes the webhook record of `bot` from its main record (deletes it when the
+    /// bot is not in the main bucket). `true` when something was written.
+    pub async fn publish(&self, bot: BotId) -> Result<bool, RegistryError> {
+        for _ in 0..10 {
+            let record = match get(&self.bots, bot).await {
+                Ok((record, _)) => Some(record),
+                Err(RegistryError::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            };
+            let current = self
+                .webhooks
+                .entry(key(bot))
+                .await
+                .map_err(|e| RegistryError::Kv(e.into()))?;
+            let (stored, revision) = match &current {
+                Some(e) if e.operation == kv::Operation::Put => (
+                    parse::<WebhookRecord>(&e.key, &e.value).ok(),
+                    Some(e.revision),
+                ),
+                Some(e) => (None, Some(e.revision)),
+                None => (None, None),
+            };
+            let written = match (record, revision) {
+                (None, None) => return Ok(false),
+                (None, Some(_)) if stored.is_none() => return Ok(false),
+                (None, Some(rev)) => self
+                    .webhooks
+                    .delete_expect_revision(key(bot), Some(rev))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (e.kind() == kv::DeleteErrorKind::WrongLastRevision, e.into())),
+                (Some(record), revision) => {
+                    let next = WebhookRecord::of(&record, stored.as_ref());
+                    if stored.as_ref().is_some_and(|s| s.same_as(&next)) {
+                        return Ok(false);
+                    }
+                    self.write_webhook(&next, revision).await
+                }
+            };
+            match written {
+                Ok(()) => return Ok(true),
+                // Another writer (or an ingress confirming) came first: read again.
+                Err((true, _)) => continue,
+                Err((false, e)) => return Err(RegistryError::Kv(e)),
+            }
+        }
+        Err(RegistryError::Kv(
+            format!("bot {bot}: the webhook record kept changing under ten attempts to update it")
+                .into(),
+        ))
+    }
+
+    /// Writes `record` over `revision` (none: a new key). `Err((true, _))` when another
+    /// writer came first.
+    async fn write_webhook(
+        &self,
+        record: &WebhookRecord,
+        revision: Option<u64>,
+    ) -> Result<(), (bool, crate::BoxError)> {
+        match revision {
+            Some(rev) => self
+                .webhooks
+                .update(key(record.id), record.to_json(), rev)
+                .await
+                .map(|_| ())
+                .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.into())),
+            None => self
+                .webhooks
+                .create(key(record.id), record.to_json())
+                .await
+                .map(|_| ())
+                .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.into())),
+        }
+    }
+
+    /// Brings every webhook record up to date with the main bucket: writes the missing
+    /// and different ones, deletes those of bots the main bucket no longer has. Safe to
+    /// run again at any time; a run cut short is finished by the next.
+    pub async fn backfill(&self) -> Result<Backfill, RegistryError> {
+        let bots = read_all(&self.bots).await?;
+        let hooks: std::collections::HashMap<String, kv::Entry> = read_all(&self.webhooks)
+            .await?
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        let mut done = Backfill::default();
+        let mut present = HashSet::new();
+        let mut writes = Vec::new();
+        for entry in &bots {
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            // Unreadable here is still present: its webhook record is left as it is.
+            present.insert(entry.key.clone());
+            let record = match parse_record(&entry.key, &entry.value) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bot registry: unreadable record not copied to the webhooks bucket");
+                    continue;
+                }
+            };
+            let hook = hooks.get(&entry.key);
+            let stored = hook
+                .filter(|h| h.operation == kv::Operation::Put)
+                .and_then(|h| parse::<WebhookRecord>(&h.key, &h.value).ok());
+            let next = WebhookRecord::of(&record, stored.as_ref());
+            if stored.as_ref().is_some_and(|s| s.same_as(&next)) {
+                continue;
+            }
+            writes.push((next, hook.map(|h| h.revision)));
+        }
+        // Many writes in flight: an upgrade of 100,000 bots takes seconds, not minutes.
+        let mut results = futures::stream::iter(writes)
+            .map(|(next, revision)| async move {
+                match self.write_webhook(&next, revision).await {
+                    // Changed meanwhile: the one-bot path reads again.
+                    Err((true, _)) => self.publish(next.id).await.map(|_| ()),
+                    Err((false, e)) => Err(RegistryError::Kv(e)),
+                    Ok(()) => Ok(()),
+                }
+            })
+            .buffer_unordered(64);
+        while let Some(result) = results.next().await {
+            result?;
+            done.written += 1;
+        }
+        drop(results);
+        for (k, hook) in &hooks {
+            if hook.operation == kv::Operation::Put
+                && !present.contains(k)
+                && let Some(bot) = BotId::parse(k)
+                && self.publish(bot).await?
+            {
+                done.deleted += 1;
+            }
+        }
+        Ok(done)
+    }
 }
 
 /// The registry as one pod sees it: every readable record by bot id.
 pub type Records = BTreeMap<BotId, BotRecord>;
 
+/// The webhooks bucket as an ingress sees it: every readable record by bot id.
+pub type WebhookRecords = BTreeMap<BotId, WebhookRecord>;
+
 /// A running watch of the registry (see [`watch`]); the task stops when this is dropped.
 #[derive(Debug)]
 pub struct Watching {
     synced: Arc<AtomicBool>,
+    /// Entries the watch has taken since it started (a replay in progress moves it).
+    progress: Arc<std::sync::atomic::AtomicU64>,
     started: std::time::Instant,
     task: tokio::task::JoinHandle<()>,
 }
@@ -464,7 +977,8 @@ pub struct Watching {
 pub const SYNC_GRACE: Duration = Duration::from_secs(10);
 
 impl Watching {
-    /// Whether the watch has delivered the bucket's state at least once.
+    /// Whether the watch has delivered the bucket's state at least once (and `on_change`
+    /// has returned: the pod's table holds it).
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
@@ -473,6 +987,29 @@ impl Watching {
     /// read, or [`SYNC_GRACE`] has passed since the watch started.
     pub fn allows_ready(&self) -> bool {
         self.is_synced() || self.started.elapsed() >= SYNC_GRACE
+    }
+
+    /// Waits until the registry was read, or [`SYNC_GRACE`] passed and the watch took
+    /// no entry for a second (a registry this pod cannot read; a long first replay that
+    /// is still moving is waited for). A worker waits so before it pulls: an update of a
+    /// registry bot pulled earlier would fail for want of its token and wait out retry
+    /// delays.
+    pub async fn ready(&self) {
+        let mut last = (
+            self.progress.load(Ordering::Relaxed),
+            std::time::Instant::now(),
+        );
+        while !self.is_synced() {
+            let now = self.progress.load(Ordering::Relaxed);
+            if now != last.0 {
+                last = (now, std::time::Instant::now());
+            } else if self.started.elapsed() >= SYNC_GRACE
+                && last.1.elapsed() >= Duration::from_secs(1)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A shared flag of [`Watching::is_synced`].
@@ -510,23 +1047,48 @@ const STALLED_CHECKS_REPLAYING: u32 = 16;
 /// waits twice as long as the last, from [`REWATCH_DELAY`].
 const MAX_REWATCH_BACKOFF: Duration = Duration::from_secs(4);
 
-/// Watches the registry and calls `on_change` with every readable record each time the
-/// registry changed (and once when the bucket's state has been read). `open` gives the
-/// bucket; it is called again whenever the watch has to be re-created (the connection
+/// Watches a registry bucket and calls `on_change` with every readable record each time
+/// it changed (and once when the bucket's state has been read): the workers watch the
+/// main bucket ([`BotRecord`]s), the ingress the webhooks bucket ([`WebhookRecord`]s).
+/// `open` gives the bucket; it is called again whenever the watch has to be re-created (the connection
 /// was lost, the bucket's stream moved to another leader, the bucket did not exist yet).
 ///
 /// A record that does not parse is logged at WARN and skipped: the bot keeps the last
 /// record this pod read for it (none on a fresh pod), the others are unaffected.
-pub fn watch<O, F>(mut open: O, mut on_change: impl FnMut(&Records) + Send + 'static) -> Watching
+pub fn watch<R, O, F>(
+    open: O,
+    on_change: impl FnMut(&BTreeMap<BotId, R>) + Send + 'static,
+) -> Watching
 where
+    R: StoredRecord,
+    O: FnMut() -> F + Send + 'static,
+    F: Future<Output = Result<kv::Store, RegistryError>> + Send,
+{
+    watch_with(open, on_change, Arc::new(tokio::sync::Notify::new()))
+}
+
+/// [`watch`], which also watches again (calling `open`) whenever `rewatch` is notified:
+/// `open` may then give another bucket (the ingress reads the main bucket until the
+/// webhooks bucket exists).
+pub fn watch_with<R, O, F>(
+    mut open: O,
+    mut on_change: impl FnMut(&BTreeMap<BotId, R>) + Send + 'static,
+    rewatch: Arc<tokio::sync::Notify>,
+) -> Watching
+where
+    R: StoredRecord,
     O: FnMut() -> F + Send + 'static,
     F: Future<Output = Result<kv::Store, RegistryError>> + Send,
 {
     let synced = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&synced);
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let moved = Arc::clone(&progress);
     let task = tokio::spawn(async move {
-        let mut records = Records::new();
+        let mut records = BTreeMap::<BotId, R>::new();
         let mut failing = false;
+        // Logged once, when the first replay is done: how long a pod takes to know its bots.
+        let mut first_read = Some(std::time::Instant::now());
         // Stalls since the last watch that caught up with the bucket.
         let mut stalls = 0u32;
         loop {
@@ -544,8 +1106,8 @@ where
                     }
                     if !records.is_empty() || !flag.load(Ordering::Acquire) {
                         records.clear();
-                        flag.store(true, Ordering::Release);
                         on_change(&records);
+                        flag.store(true, Ordering::Release);
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
@@ -585,8 +1147,8 @@ where
             if empty {
                 records.clear();
                 replayed = None;
-                flag.store(true, Ordering::Release);
                 on_change(&records);
+                flag.store(true, Ordering::Release);
             }
             // The watch is an ordered consumer: when the bucket's stream loses its leader
             // it notices only after two missed 5 s heartbeats. Comparing the stream's last
@@ -606,6 +1168,10 @@ where
                     // Entries first: a check only runs when none is waiting.
                     biased;
                     next = w.next() => next,
+                    _ = rewatch.notified() => {
+                        tracing::info!("bot registry: watching again (its bucket changed)");
+                        break;
+                    }
                     _ = check.tick() => {
                         let moved = last_revision != seen_at_check;
                         seen_at_check = last_revision;
@@ -646,6 +1212,7 @@ where
                     }
                 };
                 last_revision = last_revision.max(entry.revision);
+                moved.fetch_add(1, Ordering::Relaxed);
                 let caught_up = entry.delta == 0 || entry.seen_current;
                 apply(&mut records, &entry, replayed.as_mut());
                 // Changes come in bursts (a bulk import): take the burst together.
@@ -660,10 +1227,17 @@ where
                     records.retain(|id, _| seen.contains(id));
                     replayed = None;
                     stalls = 0;
+                    if let Some(started) = first_read.take() {
+                        tracing::info!(
+                            records = records.len(),
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "bot registry read"
+                        );
+                    }
                 }
                 if replayed.is_none() {
-                    flag.store(true, Ordering::Release);
                     on_change(&records);
+                    flag.store(true, Ordering::Release);
                 }
             }
             if !stalled {
@@ -683,6 +1257,7 @@ where
     });
     Watching {
         synced,
+        progress,
         started: std::time::Instant::now(),
         task,
     }
@@ -703,7 +1278,11 @@ where
     }
 }
 
-fn apply(records: &mut Records, entry: &kv::Entry, replayed: Option<&mut HashSet<BotId>>) {
+fn apply<R: StoredRecord>(
+    records: &mut BTreeMap<BotId, R>,
+    entry: &kv::Entry,
+    replayed: Option<&mut HashSet<BotId>>,
+) {
     let Some(bot) = BotId::parse(&entry.key) else {
         tracing::warn!(key = %entry.key, "bot registry: a key that is not a bot id; skipped");
         return;
@@ -715,7 +1294,7 @@ fn apply(records: &mut Records, entry: &kv::Entry, replayed: Option<&mut HashSet
         records.remove(&bot);
         return;
     }
-    match parse_record(&entry.key, &entry.value) {
+    match parse::<R>(&entry.key, &entry.value) {
         Ok(record) => {
             records.insert(bot, record);
         }

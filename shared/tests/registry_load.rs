@@ -59,7 +59,7 @@ async fn load(n: u64, busy: bool) -> (Duration, u32) {
                 let js = js.clone();
                 async move { registry::bucket(&js, &RegistrySettings::default(), 1, false).await }
             },
-            move |records| loaded.store(records.len(), Ordering::SeqCst),
+            move |records: &registry::Records| loaded.store(records.len(), Ordering::SeqCst),
         )
     };
     while loaded.load(Ordering::SeqCst) < n as usize {

@@ -8,17 +8,17 @@ use std::time::{Duration, Instant};
 
 use stack::{Stack, header, text, text_of};
 use tgpipe_shared::BotId;
-use tgpipe_shared::registry::{self, BotState, RegistrySettings};
+use tgpipe_shared::registry::{BotState, Registry, RegistrySettings};
 use tgpipe_testkit::{eventually, eventually_ok, eventually_some};
 use tgpipe_worker::runtime::{BotsCommand, run_bots_command};
 
 const NEW_BOT: u64 = 5151;
 const NEW_TOKEN: &str = "5151:registry-token-AAAAAAAAAAAAAAAA";
 
-async fn kv(s: &Stack) -> async_nats::jetstream::kv::Store {
-    registry::bucket(&s.js, &RegistrySettings::default(), 1, false)
+async fn kv(s: &Stack) -> Registry {
+    Registry::open(&s.js, &RegistrySettings::default(), 1, false)
         .await
-        .expect("the ingress created the registry bucket")
+        .expect("the ingress created the registry's buckets")
 }
 
 async fn bots(s: &Stack, command: BotsCommand) -> String {
@@ -187,7 +187,7 @@ async fn a_removed_bots_stored_updates_are_dead_lettered_with_the_reason() {
             .all(|c| c.bot_id != Some(NEW_BOT)),
         "nothing answered for the removed bot"
     );
-    let (record, _) = registry::get(&kv(&s).await, BotId(NEW_BOT)).await.unwrap();
+    let (record, _) = kv(&s).await.get(BotId(NEW_BOT)).await.unwrap();
     assert_eq!(record.state, BotState::Removed);
 }
 

@@ -186,11 +186,11 @@ async fn provision(provision: &ProvisionArgs) -> Result<(), RunError> {
         .await
         .map_err(group_error)?;
     if args.registry.registry {
-        tgpipe_shared::registry::bucket(
+        // Both buckets, and the webhooks bucket brought up to date with the main one.
+        tgpipe_shared::registry::Registry::provision(
             &js,
             &args.registry,
             usize::from(args.stream.replicas),
-            true,
         )
         .await
         .map_err(peer)?;
@@ -363,7 +363,7 @@ async fn run_bots(args: config::BotsArgs, dispatcher: &DispatcherBuilder) -> Res
         .await
         .map_err(peer)?;
     let js = jetstream::new(client.clone());
-    let kv = tgpipe_shared::registry::bucket(
+    let kv = tgpipe_shared::registry::Registry::open(
         &js,
         &args.registry,
         usize::from(args.stream.replicas),
@@ -447,7 +447,7 @@ pub async fn serve(
     if config.provision {
         provision_streams(&js, &config.stream).await.map_err(peer)?;
     }
-    let _registry_watch =
+    let registry_watch =
         config.registry.registry.then(|| {
             let (js, settings, create) = (js.clone(), config.registry.clone(), config.provision);
             let replicas = usize::from(config.stream.replicas);
@@ -557,6 +557,11 @@ pub async fn serve(
         lane: lane.name().to_owned(),
         fence_scope: format!("{}#{}", lane.name(), config.consumers.partitions),
     });
+    // The registry first (bounded by its grace): an update of a registry bot pulled
+    // before the bot is known fails for want of its token and waits out retry delays.
+    if let Some(registry) = &registry_watch {
+        registry.ready().await;
+    }
     let draining = Arc::clone(&ready);
     let shutdown = async move {
         shutdown.await;

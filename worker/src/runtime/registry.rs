@@ -16,13 +16,13 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::{Arc, RwLock};
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream;
 use serde_json::json;
 use tgpipe_shared::BotId;
-use tgpipe_shared::registry::{self, BotRecord, BotState, BotToken, Records, RegistryError};
+use tgpipe_shared::registry::{BotRecord, BotState, BotToken, Records, Registry, RegistryError};
 
 use tgpipe::bot::{Bot, BotError};
 
@@ -39,7 +39,7 @@ pub enum RemovedPolicy {
 #[derive(Debug, Clone)]
 pub(super) struct DirectoryBot {
     /// The Bot API handle.
-    pub bot: Bot,
+    pub bot: BotHandle,
     /// Its state (`active` for static bots).
     pub state: BotState,
     token: Option<BotToken>,
@@ -64,10 +64,60 @@ impl DirectoryBot {
 /// Makes a [`Bot`] from a registry token (the API URL, limits and Redis of the pod).
 pub(super) type MakeBot = Box<dyn Fn(&str) -> Option<Bot> + Send + Sync>;
 
+/// A bot's Bot API handle. A registry bot's is built at its first update: a pod that
+/// reads 300,000 records builds the handles of the bots it serves, not all of them
+/// before it can answer one (seconds of CPU, and memory for each).
+#[derive(Clone)]
+pub(super) struct BotHandle(Arc<Handle>);
+
+enum Handle {
+    Built(Bot),
+    Deferred {
+        token: BotToken,
+        make: Arc<MakeBot>,
+        built: OnceLock<Bot>,
+    },
+}
+
+impl std::fmt::Debug for BotHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BotHandle(..)")
+    }
+}
+
+impl BotHandle {
+    /// The bot, without keeping it built: a registry bot that has had no update yet stays
+    /// unbuilt (the webhook watchdog visits every bot, and most never get an update on
+    /// this pod). `None` for a token that builds no bot.
+    pub(super) fn transient(&self) -> Option<Bot> {
+        match &*self.0 {
+            Handle::Built(bot) => Some(bot.clone()),
+            Handle::Deferred { token, make, built } => {
+                built.get().cloned().or_else(|| make(token.expose()))
+            }
+        }
+    }
+}
+
+impl Deref for BotHandle {
+    type Target = Bot;
+
+    fn deref(&self) -> &Bot {
+        match &*self.0 {
+            Handle::Built(bot) => bot,
+            Handle::Deferred { token, make, built } => built.get_or_init(|| {
+                // `BotDirectory::update` took only tokens that name their bot, which is
+                // all that building checks (`BotBuilder::build`).
+                make(token.expose()).expect("a token that names its bot builds a Bot")
+            }),
+        }
+    }
+}
+
 /// The bots this worker answers for now, static and registered.
 pub(super) struct BotDirectory {
     statics: HashMap<BotId, Bot>,
-    make: MakeBot,
+    make: Arc<MakeBot>,
     current: RwLock<Arc<HashMap<BotId, DirectoryBot>>>,
 }
 
@@ -88,7 +138,7 @@ impl BotDirectory {
                 (
                     *id,
                     DirectoryBot {
-                        bot: bot.clone(),
+                        bot: BotHandle(Arc::new(Handle::Built(bot.clone()))),
                         state: BotState::Active,
                         token: None,
                         webhook: None,
@@ -98,7 +148,7 @@ impl BotDirectory {
             .collect();
         BotDirectory {
             statics,
-            make,
+            make: Arc::new(make),
             current: RwLock::new(Arc::new(table)),
         }
     }
@@ -124,7 +174,7 @@ impl BotDirectory {
                 (
                     *id,
                     DirectoryBot {
-                        bot: bot.clone(),
+                        bot: BotHandle(Arc::new(Handle::Built(bot.clone()))),
                         state: BotState::Active,
                         token: None,
                         webhook: None,
@@ -145,14 +195,24 @@ impl BotDirectory {
                 .get(id)
                 .filter(|b| b.token.as_ref() == Some(token))
                 .map(|b| b.bot.clone());
-            let Some(bot) = reused.or_else(|| (self.make)(token.expose())) else {
-                tracing::warn!(bot = %id, "registry record with a malformed token; skipped");
-                continue;
+            let bot = match reused {
+                Some(bot) => bot,
+                None => match BotId::from_token(token.expose()) {
+                    None => {
+                        tracing::warn!(bot = %id, "registry record with a malformed token; skipped");
+                        continue;
+                    }
+                    Some(named) if named != *id => {
+                        tracing::warn!(bot = %id, "registry record whose token is another bot's; skipped");
+                        continue;
+                    }
+                    Some(_) => BotHandle(Arc::new(Handle::Deferred {
+                        token: token.clone(),
+                        make: Arc::clone(&self.make),
+                        built: OnceLock::new(),
+                    })),
+                },
             };
-            if bot.id() != *id {
-                tracing::warn!(bot = %id, "registry record whose token is another bot's; skipped");
-                continue;
-            }
             table.insert(
                 *id,
                 DirectoryBot {
@@ -283,38 +343,39 @@ pub(super) async fn set_webhook(
 
 /// Gives registry bot `id` a new webhook secret with no gap, and sets its webhook (its
 /// stored URL and update kinds) with it through `bot`: the secret is stored next to the
-/// old one, `settle` gives every ingress the time to see it, then `setWebhook`. The old
+/// old one (in both buckets), `settle` gives every ingress the time to see it, then `setWebhook`. The old
 /// secret is refused once the ingress has seen a request signed with the new one.
 /// Returns the URL set.
 pub(super) async fn rotate_secret(
-    kv: &jetstream::kv::Store,
+    kv: &Registry,
     bot: &Bot,
     id: BotId,
     settle: Duration,
 ) -> Result<String, BotsCommandError> {
-    let (record, _) = registry::get(kv, id).await?;
+    let (record, _) = kv.get(id).await?;
     let url = record
         .webhook_url
         .clone()
         .ok_or(BotsCommandError::NoUrl(id))?;
     let secret = crate::set_webhook::new_secret_token();
-    let stored = registry::modify(kv, id, |r| {
-        r.rotate(&secret);
-        true
-    })
-    .await?
-    .unwrap_or(record);
+    let stored = kv
+        .modify(id, |r| {
+            r.rotate(&secret);
+            true
+        })
+        .await?
+        .unwrap_or(record);
     // Every ingress accepts the new secret before Telegram sends it.
     tokio::time::sleep(settle).await;
     set_webhook(bot, &url, &secret, &stored.allowed_updates).await?;
     Ok(url)
 }
 
-/// Runs a `bots` command against the registry `kv` and the Bot API at `api_url`, and
-/// writes a report to `out`. `used_kinds` are the kinds the handlers use (the default
-/// `allowed_updates`).
+/// Runs a `bots` command against the registry (both buckets: every change reaches the
+/// webhooks bucket the ingress reads) and the Bot API at `api_url`, and writes a report
+/// to `out`. `used_kinds` are the kinds the handlers use (the default `allowed_updates`).
 pub async fn run_bots_command(
-    kv: &jetstream::kv::Store,
+    kv: &Registry,
     api_url: &str,
     used_kinds: &[tgpipe_shared::UpdateKind],
     command: BotsCommand,
@@ -342,7 +403,7 @@ pub async fn run_bots_command(
                 crate::set_webhook::allowed_updates(used_kinds, allowed_updates.as_deref());
             let url = webhook_url(&url, id);
             record.webhook_url = Some(url.clone());
-            registry::add(kv, &record).await?;
+            kv.add(&record).await?;
             set_webhook(&bot, &url, &secret, &record.allowed_updates).await?;
             writeln!(
                 out,
@@ -351,7 +412,7 @@ pub async fn run_bots_command(
             )?;
         }
         BotsCommand::List => {
-            let (records, bad) = registry::list(kv).await?;
+            let (records, bad) = kv.list().await?;
             writeln!(
                 out,
                 "{:<14} {:<24} {:<8} {:<10} TOKEN",
@@ -386,12 +447,13 @@ pub async fn run_bots_command(
             } else {
                 BotState::Active
             };
-            let changed = registry::modify(kv, BotId(id), |r| {
-                let change = r.state != state;
-                r.state = state;
-                change
-            })
-            .await?;
+            let changed = kv
+                .modify(BotId(id), |r| {
+                    let change = r.state != state;
+                    r.state = state;
+                    change
+                })
+                .await?;
             writeln!(
                 out,
                 "bot {id}: {state}{}",
@@ -399,17 +461,18 @@ pub async fn run_bots_command(
             )?;
         }
         BotsCommand::Remove { id, keep_webhook } => {
-            let record = registry::modify(kv, BotId(id), |r| {
-                let change = r.state != BotState::Removed;
-                r.state = BotState::Removed;
-                change
-            })
-            .await?;
+            let record = kv
+                .modify(BotId(id), |r| {
+                    let change = r.state != BotState::Removed;
+                    r.state = BotState::Removed;
+                    change
+                })
+                .await?;
             writeln!(out, "bot {id}: removed")?;
             if !keep_webhook {
                 let record = match record {
                     Some(r) => r,
-                    None => registry::get(kv, BotId(id)).await?.0,
+                    None => kv.get(BotId(id)).await?.0,
                 };
                 if let Some(token) = &record.token {
                     let _: bool = bot_of(token.expose())?
@@ -424,7 +487,7 @@ pub async fn run_bots_command(
         }
         BotsCommand::RotateSecret { id, settle } => {
             let id = BotId(id);
-            let (record, _) = registry::get(kv, id).await?;
+            let (record, _) = kv.get(id).await?;
             let token = record.token.clone().ok_or(BotsCommandError::NoToken(id))?;
             rotate_secret(kv, &bot_of(token.expose())?, id, settle).await?;
             writeln!(

@@ -11,7 +11,9 @@
 //! while it lives; when it stops, the key expires and another pod takes it. A round that
 //! outlives the lease is cancelled, so two pods never watch at once for long.
 //!
-//! Each round asks `getWebhookInfo` of every active bot and exports what Telegram says
+//! Each round asks `getWebhookInfo` of every active bot, one after another (so a large
+//! registry paces itself: 10,000 bots at 50 ms a call make a round of about 8 minutes),
+//! and exports what Telegram says
 //! (`tgpipe_webhook_*` gauges, per bot). A webhook whose URL or update kinds differ from
 //! what the bot should have is set again: a registry bot's by rotating its secret (the
 //! ingress keeps accepting the old one until Telegram uses the new one, as `bots
@@ -152,9 +154,13 @@ impl WebhookWatch {
             if b.state != BotState::Active {
                 continue;
             }
+            // Not kept built: with a large registry most bots have no handle on this pod.
+            let Some(bot) = b.bot.transient() else {
+                continue;
+            };
             let info = match tokio::time::timeout(
                 CALL_TIMEOUT,
-                b.bot.call::<_, WebhookInfo>("getWebhookInfo", &json!({})),
+                bot.call::<_, WebhookInfo>("getWebhookInfo", &json!({})),
             )
             .await
             {
@@ -183,7 +189,7 @@ impl WebhookWatch {
             }
             tracing::warn!(bot = %id, set = %info.url, want = %url, "the webhook drifted");
             if self.settings.repair {
-                self.repair(*id, b, &url, &allowed).await;
+                self.repair(*id, b, &bot, &url, &allowed).await;
             }
         }
     }
@@ -224,23 +230,32 @@ impl WebhookWatch {
     }
 
     /// Sets a drifted webhook again.
-    async fn repair(&self, id: BotId, b: &DirectoryBot, url: &str, allowed: &[String]) {
+    async fn repair(
+        &self,
+        id: BotId,
+        b: &DirectoryBot,
+        bot: &tgpipe::bot::Bot,
+        url: &str,
+        allowed: &[String],
+    ) {
         let result = if b.is_static() {
             let Some(secret) = self.settings.statics.secrets.get(&id) else {
                 tracing::warn!(bot = %id, "cannot set the webhook again: the worker has no TGPIPE_BOTS secret for this static bot");
                 metrics::counter!("tgpipe_webhook_repairs_total", "bot" => id.to_string(), "result" => "no_secret").increment(1);
                 return;
             };
-            set_webhook(&b.bot, url, secret, allowed)
+            set_webhook(bot, url, secret, allowed)
                 .await
                 .map_err(|e| e.to_string())
         } else {
             match &self.registry {
                 Some((settings, replicas)) => {
-                    match tgpipe_shared::registry::bucket(&self.js, settings, *replicas, false)
-                        .await
+                    match tgpipe_shared::registry::Registry::open(
+                        &self.js, settings, *replicas, false,
+                    )
+                    .await
                     {
-                        Ok(kv) => rotate_secret(&kv, &b.bot, id, SETTLE)
+                        Ok(kv) => rotate_secret(&kv, bot, id, SETTLE)
                             .await
                             .map(|_| ())
                             .map_err(|e| e.to_string()),
