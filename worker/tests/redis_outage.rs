@@ -28,40 +28,9 @@ async fn a_60s_redis_outage_under_load_loses_nothing_and_resumes_within_2s() {
             ("RUST_LOG", "error,tgpipe_worker::runtime::redis_probe=info"),
         ])
         .await;
-    let s_http = Arc::new(reqwest::Client::new());
-    let ingress = s.ingress;
     let stop = Arc::new(AtomicBool::new(false));
     // Each chat sends an update every 250 ms, the next only once the ingress answered.
-    let posters: Vec<_> = (0..CHATS)
-        .map(|chat| {
-            let (http, stop) = (Arc::clone(&s_http), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let mut sent = Vec::new();
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let body = text(
-                        1_000_000 + i * CHATS + chat,
-                        70_000 + chat,
-                        &format!("r{chat}-{i}"),
-                    );
-                    let status = http
-                        .post(format!("http://{ingress}/webhook/{}", stack::BOT))
-                        .header("X-Telegram-Bot-Api-Secret-Token", stack::SECRET)
-                        .header("Content-Type", "application/json")
-                        .body(body.to_string())
-                        .send()
-                        .await
-                        .expect("ingress answers")
-                        .status();
-                    assert_eq!(status, 200, "the ingress does not need Redis");
-                    sent.push((SystemTime::now(), format!("r{chat}-{i}")));
-                    i += 1;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                sent
-            })
-        })
-        .collect();
+    let posters = post_every_250ms(s.ingress, CHATS, &stop);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     s.redis.pause();
@@ -71,10 +40,7 @@ async fn a_60s_redis_outage_under_load_loses_nothing_and_resumes_within_2s() {
     let resumed_at = SystemTime::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut sent: BTreeMap<i64, Vec<(SystemTime, String)>> = BTreeMap::new();
-    for (chat, p) in posters.into_iter().enumerate() {
-        sent.insert(70_000 + chat as i64, p.await.unwrap());
-    }
+    let sent = collect(posters).await;
     let total: usize = sent.values().map(Vec::len).sum();
     let during: usize = sent
         .values()
@@ -87,29 +53,7 @@ async fn a_60s_redis_outage_under_load_loses_nothing_and_resumes_within_2s() {
     );
 
     // Everything is answered once, in order, and nothing went to the DLQ.
-    let replies = eventually_ok(
-        Duration::from_secs(60),
-        "every update is answered after Redis came back",
-        || {
-            let mut per_chat: BTreeMap<i64, Vec<(SystemTime, String)>> = BTreeMap::new();
-            for call in s.calls_of("sendMessage") {
-                let text = text_of(&call);
-                if text.starts_with('r') {
-                    per_chat
-                        .entry(chat_of(&call))
-                        .or_default()
-                        .push((call.at, text));
-                }
-            }
-            let answered: usize = per_chat.values().map(Vec::len).sum();
-            std::future::ready(if answered >= total {
-                Ok(per_chat)
-            } else {
-                Err(format!("{answered} of {total} answered"))
-            })
-        },
-    )
-    .await;
+    let replies = all_answered(&s, total, Duration::from_secs(60)).await;
     for (chat, sent) in &sent {
         let want: Vec<&str> = sent.iter().map(|(_, t)| t.as_str()).collect();
         let got: Vec<&str> = replies[chat].iter().map(|(_, t)| t.as_str()).collect();
