@@ -8,13 +8,10 @@
 mod stack;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use stack::{Stack, Worker, chat_of, text, text_of};
-use tgpipe_shared::OrderingKey;
-use tgpipe_shared::subject::Shard;
+use stack::{Stack, Worker, chat_of, partition_of, text, text_of};
 use tgpipe_testkit::sink::RecordedCall;
 use tgpipe_testkit::{eventually, eventually_ok};
 
@@ -145,11 +142,6 @@ async fn join(posts: Vec<tokio::task::JoinHandle<()>>) {
     for p in posts {
         p.await.unwrap();
     }
-}
-
-/// The partition of a chat with the default 64 shards and 16 partitions.
-fn partition_of(chat: i64) -> u16 {
-    Shard::of(OrderingKey::Chat(chat), NonZeroU16::new(64).unwrap()).0 % 16
 }
 
 /// Which member holds each partition now, from the ownership bucket.

@@ -474,6 +474,15 @@ fn private(id: i64, name: &str) -> Value {
 /// A text message from Ann in her private chat (the test kit's builder).
 pub use tgpipe_testkit::text_update as text;
 
+/// The partition of a chat with the default 64 shards and 16 partitions.
+pub fn partition_of(chat: i64) -> u16 {
+    tgpipe_shared::subject::Shard::of(
+        tgpipe_shared::OrderingKey::Chat(chat),
+        std::num::NonZeroU16::new(64).unwrap(),
+    )
+    .0 % 16
+}
+
 /// A press of an inline button under message 77 of a private chat.
 pub fn callback(update_id: i64, chat: i64, data: &str) -> Value {
     json!({"update_id": update_id, "callback_query": {
