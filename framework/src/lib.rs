@@ -53,6 +53,7 @@ pub mod middleware;
 pub mod outcome;
 pub mod prelude;
 pub mod router;
+pub mod timer;
 pub mod update;
 
 pub use bot::{Bot, BotError};

@@ -49,6 +49,8 @@ pub(crate) struct Observer {
 pub enum ObserverKey {
     /// Updates of this kind.
     Kind(UpdateKind),
+    /// Durable timers that fired (see [`crate::timer`]).
+    Timer,
     /// Unknown kinds and payloads the typed model could not read.
     Raw,
     /// Errors of handlers below the dispatcher.
@@ -65,6 +67,7 @@ impl std::fmt::Display for ObserverKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ObserverKey::Kind(k) => f.write_str(k.as_str()),
+            ObserverKey::Timer => f.write_str(tgpipe_shared::timer::TIMER_KIND),
             ObserverKey::Raw => f.write_str("raw"),
             ObserverKey::Errors => f.write_str("errors"),
         }
@@ -193,6 +196,12 @@ impl Router {
     /// model could not read (take `Arc<Update>` to get the raw JSON).
     pub fn raw<H: Handler<A>, A: 'static>(&mut self, handler: H) -> RegistrationRef<'_> {
         self.register(ObserverKey::Raw, handler)
+    }
+
+    /// Registers a handler for durable timers that fired (take `Arc<Timer>`; filter by
+    /// name with [`crate::timer::named`]). See [`crate::timer`].
+    pub fn timer<H: Handler<A>, A: 'static>(&mut self, handler: H) -> RegistrationRef<'_> {
+        self.register(ObserverKey::Timer, handler)
     }
 
     /// Registers an `errors` handler (take [`crate::error::ErrorEvent`]; filter with
