@@ -174,6 +174,16 @@ pub enum TimerError {
     /// The name is empty or longer than 256 bytes.
     #[error("a timer's name is 1 to 256 bytes, not {0}")]
     Name(usize),
+    /// The timer is due later than the store keeps messages.
+    #[error(
+        "a timer can be due at most {max:?} ahead (the update stream's TGPIPE_MAX_AGE), not {wait:?}"
+    )]
+    TooFar {
+        /// How far ahead it was asked for.
+        wait: Duration,
+        /// The furthest allowed.
+        max: Duration,
+    },
     /// Timers cannot work here (the server has no message schedules, or the update
     /// stream does not source the timers stream): the reason says what to do.
     #[error("timers are unavailable: {0}")]

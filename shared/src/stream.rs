@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, stream};
 use clap::{Args, ValueEnum};
 
 use crate::subject::{DLQ_SUBJECT_PREFIX, SUBJECT_PREFIX};
-use crate::timer::{DEFAULT_TIMERS_STREAM, DUE_TRANSFORM, TIMER_SUBJECT_PREFIX};
+use crate::timer::TIMER_SUBJECT_PREFIX;
 
 /// Default name of the update stream.
 pub const DEFAULT_STREAM: &str = "TG_UPDATES";
@@ -76,10 +76,11 @@ pub struct StreamSettings {
     /// refused (the ingress answers 503 and Telegram retries) rather than old updates dropped.
     #[arg(long, env = "TGPIPE_STREAM_MAX_BYTES", default_value_t = -1, allow_hyphen_values = true)]
     pub max_bytes: i64,
-    /// Name of the stream that keeps durable timers until they fire (nats-server 2.12+).
-    /// The update stream sources the fired ones. Empty: no timers stream, no source.
-    #[arg(long = "timers-stream", env = "TGPIPE_TIMERS_STREAM", default_value = DEFAULT_TIMERS_STREAM)]
-    pub timers_name: String,
+    /// Durable timers (nats-server 2.12+): the update stream keeps each timer until
+    /// JetStream fires it into its chat's shard. Needs a stream without a size limit
+    /// (`TGPIPE_STREAM_MAX_BYTES=-1`): message schedules cannot refuse writes when full.
+    #[arg(long, env = "TGPIPE_TIMERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub timers: bool,
 }
 
 impl Default for StreamSettings {
@@ -93,7 +94,7 @@ impl Default for StreamSettings {
             retention: Retention::WorkQueue,
             replicas: 1,
             max_bytes: -1,
-            timers_name: DEFAULT_TIMERS_STREAM.to_owned(),
+            timers: true,
         }
     }
 }
@@ -105,17 +106,16 @@ impl StreamSettings {
         StreamSettings {
             name: name.to_owned(),
             dlq_name: format!("{name}_DLQ"),
-            timers_name: format!("{name}_TIMERS"),
             ..StreamSettings::default()
         }
     }
 
     /// The JetStream configuration of the update stream.
     pub fn updates_config(&self) -> stream::Config {
-        stream::Config {
+        let mut config = stream::Config {
             name: self.name.clone(),
             description: Some(
-                "tgpipe: raw Telegram updates, tg.<bot_id>.<update_type>.<shard>".into(),
+                "tgpipe: raw Telegram updates, tg.<bot_id>.<update_type>.<shard>; durable timers, tgtimer.at.<bot_id>.<shard>.<slot>".into(),
             ),
             subjects: vec![format!("{SUBJECT_PREFIX}.>")],
             retention: self.retention.into(),
@@ -126,50 +126,28 @@ impl StreamSettings {
             num_replicas: usize::from(self.replicas),
             // When the stream is full, refuse new writes: the ingress answers 503 and
             // Telegram retries later, instead of silently dropping the oldest updates.
-            discard: stream::DiscardPolicy::New,
-            // Fired timers come in as updates of kind `timer` in their chat's shard.
-            sources: self.timers().map(|timers| {
-                vec![stream::Source {
-                    name: timers.to_owned(),
-                    // The transform's source is the filter (the server refuses both).
-                    subject_transforms: vec![stream::SubjectTransform {
-                        source: DUE_TRANSFORM.0.to_owned(),
-                        destination: DUE_TRANSFORM.1.to_owned(),
-                    }],
-                    ..Default::default()
-                }]
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// The timers stream's name, unless timers are off (`TGPIPE_TIMERS_STREAM=""`).
-    pub fn timers(&self) -> Option<&str> {
-        Some(self.timers_name.as_str()).filter(|n| !n.is_empty())
-    }
-
-    /// The JetStream configuration of the timers stream: JetStream fires each timer at its
-    /// time (message schedules, nats-server 2.12+); a fired timer stays a day, for the
-    /// update stream's source to copy (see [`crate::timer`]).
-    pub fn timers_config(&self) -> Option<stream::Config> {
-        let name = self.timers()?;
-        Some(stream::Config {
-            name: name.to_owned(),
-            description: Some(
-                "tgpipe: durable timers, tgtimer.at.<bot_id>.<shard>.<slot> until they fire to tgtimer.due.<bot_id>.<shard>".into(),
-            ),
-            subjects: vec![format!("{TIMER_SUBJECT_PREFIX}.>")],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            num_replicas: usize::from(self.replicas),
-            // Message schedules refuse `discard: new`; nothing here has a size limit.
-            discard: stream::DiscardPolicy::Old,
-            allow_message_schedules: true,
-            allow_message_ttl: true,
+            // Without a size limit nothing is ever discarded, and message schedules
+            // (which refuse `new`) can be allowed.
+            discard: if self.timers_in_stream() {
+                stream::DiscardPolicy::Old
+            } else {
+                stream::DiscardPolicy::New
+            },
+            allow_message_schedules: self.timers_in_stream(),
             // A waiting timer replaced by one of the same name rolls the old one up.
-            allow_rollup: true,
+            allow_rollup: self.timers_in_stream(),
             ..Default::default()
-        })
+        };
+        if self.timers_in_stream() {
+            config.subjects.push(format!("{TIMER_SUBJECT_PREFIX}.>"));
+        }
+        config
+    }
+
+    /// Whether the update stream keeps durable timers: they are on and the stream has no
+    /// size limit.
+    pub fn timers_in_stream(&self) -> bool {
+        self.timers && self.max_bytes < 0
     }
 
     /// The JetStream configuration of the dead-letter stream.
@@ -234,19 +212,12 @@ pub fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<S
         max_bytes,
         duplicate_window,
         discard,
-        allow_direct,
-        allow_message_schedules,
-        allow_message_ttl
+        allow_direct
     );
-    // A source the stream has that we do not ask for is the operator's; only ours count.
-    for source in want.sources.iter().flatten() {
-        let have_it =
-            have.sources.iter().flatten().any(|s| {
-                s.name == source.name && s.subject_transforms == source.subject_transforms
-            });
-        if !have_it {
-            out.push(format!("sources: add {} (fired timers)", source.name));
-        }
+    // Schedules cannot be turned off again: a stream that has them and is not asked for
+    // them is no difference.
+    if want.allow_message_schedules && !have.allow_message_schedules {
+        out.push("allow_message_schedules: false -> true".to_owned());
     }
     out
 }
@@ -270,12 +241,7 @@ pub async fn provision_streams_with(
     settings: &StreamSettings,
     changes: Changes,
 ) -> Result<(), ProvisionError> {
-    // The timers stream first: the update stream sources it.
-    let configs = settings
-        .timers_config()
-        .into_iter()
-        .chain([settings.updates_config(), settings.dlq_config()]);
-    for config in configs {
+    for config in [settings.updates_config(), settings.dlq_config()] {
         let name = config.name.clone();
         let err = |e: Box<dyn std::error::Error + Send + Sync>| ProvisionError {
             stream: name.clone(),
@@ -290,16 +256,6 @@ pub async fn provision_streams_with(
                 match changes {
                     Changes::Apply => {
                         tracing::info!(stream = %name, changes = ?diff, "updating stream");
-                        let mut config = config;
-                        // The operator's own sources stay.
-                        if let Some(theirs) = &existing.cached_info().config.sources {
-                            let ours = config.sources.get_or_insert_with(Vec::new);
-                            for s in theirs {
-                                if !ours.iter().any(|o| o.name == s.name) {
-                                    ours.push(s.clone());
-                                }
-                            }
-                        }
                         js.update_stream(config)
                             .await
                             .map_err(|e| err(Box::new(e)))?;

@@ -1,14 +1,13 @@
 //! Durable timers on the wire: where a timer waits, where it fires, and what it carries.
 //!
-//! A timer is a message in the timers stream (`TG_TIMERS`) that JetStream itself fires
-//! at its time (message schedules, nats-server 2.12+). It waits on its own subject
-//! `tgtimer.at.<bot_id>.<shard>.<slot>`: the slot is a hash of the chat, user, thread and
-//! the timer's name, so scheduling a timer of the same name again replaces the waiting
-//! one (the schedule's subject keeps only its last message). At its time the server
-//! publishes it to `tgtimer.due.<bot_id>.<shard>`, and the update stream sources that
-//! subject as `tg.<bot_id>.timer.<shard>`: from there a fired timer is an update of the
-//! kind `timer` in its chat's shard, run by the partition's owner in the chat's order,
-//! deduplicated like any update.
+//! A timer is a message in the update stream that JetStream itself fires at its time
+//! (message schedules, nats-server 2.12+). It waits on its own subject
+//! `tgtimer.at.<bot_id>.<shard>.<slot>`, which no lane consumes: the slot is a hash of
+//! the chat, user, thread and the timer's name, so scheduling a timer of the same name
+//! again replaces the waiting one (the schedule's subject keeps only its last message).
+//! At its time the server publishes it to `tg.<bot_id>.timer.<shard>`: from there a
+//! fired timer is an update of the kind `timer` in its chat's shard, run by the
+//! partition's owner in the chat's order, deduplicated like any update.
 //!
 //! The body is an update of kind `timer`, so the keys are found where they are for any
 //! kind (`timer.chat.id`, `timer.from.id`, `timer.message_thread_id`):
@@ -30,19 +29,8 @@ use crate::subject::{BotId, SUBJECT_PREFIX, Shard, fnv1a64};
 
 /// Prefix of every timer subject.
 pub const TIMER_SUBJECT_PREFIX: &str = "tgtimer";
-/// Default name of the timers stream.
-pub const DEFAULT_TIMERS_STREAM: &str = "TG_TIMERS";
 /// The update kind of a fired timer, in its subject and body.
 pub const TIMER_KIND: &str = "timer";
-/// How a fired timer's subject becomes an update subject: the update stream's source of
-/// the timers stream takes these subjects only, transformed.
-pub const DUE_TRANSFORM: (&str, &str) = (
-    "tgtimer.due.*.*",
-    "tg.{{wildcard(1)}}.timer.{{wildcard(2)}}",
-);
-/// How long a fired timer stays in the timers stream after its time (the update
-/// stream's source reads it long before; this bounds what an outage may leave).
-pub const FIRED_TTL: &str = "24h";
 
 /// The subject a timer waits on: `tgtimer.at.<bot_id>.<shard>.<slot>`.
 ///
@@ -58,12 +46,7 @@ pub fn schedule_subject(bot: BotId, shard: Shard, slot: u64) -> String {
     s
 }
 
-/// The subject a timer fires to: `tgtimer.due.<bot_id>.<shard>`.
-pub fn due_subject(bot: BotId, shard: Shard) -> String {
-    format!("{TIMER_SUBJECT_PREFIX}.due.{bot}.{shard}")
-}
-
-/// The update subject a fired timer is sourced as: `tg.<bot_id>.timer.<shard>`.
+/// The update subject a timer fires to: `tg.<bot_id>.timer.<shard>`.
 pub fn fired_subject(bot: BotId, shard: Shard) -> String {
     format!("{SUBJECT_PREFIX}.{bot}.{TIMER_KIND}.{shard}")
 }

@@ -1,10 +1,10 @@
-//! The worker's durable timers: JetStream message schedules in the timers stream.
+//! The worker's durable timers: JetStream message schedules in the update stream.
 //!
 //! A timer is published to `tgtimer.at.<bot>.<shard>.<slot>` with `Nats-Schedule: @at
-//! <time>`; the server fires it to `tgtimer.due.<bot>.<shard>`, and the update stream
-//! sources that as `tg.<bot>.timer.<shard>` (see [`tgpipe_shared::timer`]). From there
-//! it is an update of its chat's shard: the partition's owner runs it in the chat's
-//! order, deduplicated like any update. Nothing of a timer lives in a pod.
+//! <time>`; at that time the stream's leader publishes it to `tg.<bot>.timer.<shard>`
+//! (see [`tgpipe_shared::timer`]). From there it is an update of its chat's shard: the
+//! partition's owner runs it in the chat's order, deduplicated like any update. Nothing
+//! of a timer lives in a pod.
 
 use std::num::NonZeroU16;
 use std::sync::{Arc, OnceLock};
@@ -14,7 +14,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream::Stream};
 use tgpipe::handler::BoxFuture;
 use tgpipe::timer::{TimerBackend, TimerError, TimerRequest, TimerScope, TimerService};
-use tgpipe_shared::timer::{FIRED_TTL, TimerBody, due_subject, schedule_subject};
+use tgpipe_shared::timer::{TIMER_SUBJECT_PREFIX, TimerBody, fired_subject, schedule_subject};
 use tgpipe_shared::{OrderingKey, Shard, headers};
 
 use super::metrics;
@@ -22,14 +22,25 @@ use super::metrics;
 /// How long a schedule or cancel may wait for JetStream.
 const PATIENCE: Duration = Duration::from_secs(5);
 
+/// How far within the stream's `max_age` a timer must be due.
+const MARGIN: Duration = Duration::from_secs(60);
+
 /// The timers of a worker, usable once it is connected and has checked the streams.
 #[derive(Clone)]
 pub(crate) struct NatsTimers(Arc<Inner>);
 
 struct Inner {
     shards: NonZeroU16,
-    /// The connection and the timers stream, or why timers cannot work.
-    ready: OnceLock<Result<(jetstream::Context, Stream), String>>,
+    /// The connection and the update stream, or why timers cannot work.
+    ready: OnceLock<Result<Ready, String>>,
+}
+
+#[derive(Clone)]
+struct Ready {
+    js: jetstream::Context,
+    stream: Stream,
+    /// The stream's `max_age`: a timer waiting longer would be removed unfired.
+    max_age: Duration,
 }
 
 impl NatsTimers {
@@ -62,7 +73,7 @@ impl NatsTimers {
     ) {
         let ready = check(js, settings).await;
         match &ready {
-            Ok(_) => tracing::info!(stream = %settings.timers_name, "durable timers ready"),
+            Ok(_) => tracing::info!(stream = %settings.name, "durable timers ready"),
             Err(why) => {
                 tracing::error!(%why, "durable timers are unavailable; handlers that schedule one fail")
             }
@@ -70,9 +81,9 @@ impl NatsTimers {
         let _ = self.0.ready.set(ready);
     }
 
-    fn ready(&self) -> Result<(jetstream::Context, Stream), TimerError> {
+    fn ready(&self) -> Result<Ready, TimerError> {
         match self.0.ready.get() {
-            Some(Ok((js, stream))) => Ok((js.clone(), stream.clone())),
+            Some(Ok(ready)) => Ok(ready.clone()),
             Some(Err(why)) => Err(TimerError::Unavailable(why.clone())),
             None => Err(TimerError::Unavailable(
                 "the worker has not connected to NATS yet".into(),
@@ -90,49 +101,42 @@ impl NatsTimers {
     }
 }
 
-/// Whether the streams can carry timers: the timers stream exists with message
-/// schedules, and the update stream sources it.
+/// Whether the update stream can carry timers: message schedules allowed, and the
+/// timers' subjects in the stream.
 async fn check(
     js: &jetstream::Context,
     settings: &tgpipe_shared::stream::StreamSettings,
-) -> Result<(jetstream::Context, Stream), String> {
-    let Some(name) = settings.timers() else {
-        return Err("TGPIPE_TIMERS_STREAM is empty: timers are off".into());
-    };
-    let mut stream = js.get_stream(name).await.map_err(|e| {
-        format!(
-            "the timers stream `{name}`: {e} (run `provision --apply`, or let the worker provision)"
-        )
-    })?;
+) -> Result<Ready, String> {
+    let name = &settings.name;
+    if !settings.timers {
+        return Err("TGPIPE_TIMERS=false".into());
+    }
+    let mut stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| format!("the update stream `{name}`: {e}"))?;
     let config = stream
         .info()
         .await
-        .map_err(|e| format!("the timers stream `{name}`: {e}"))?
+        .map_err(|e| format!("the update stream `{name}`: {e}"))?
         .config
         .clone();
-    if !config.allow_message_schedules {
+    let subjects = format!("{TIMER_SUBJECT_PREFIX}.>");
+    if !config.allow_message_schedules || !config.subjects.contains(&subjects) {
+        let why = if config.max_bytes >= 0 {
+            "it has a size limit (TGPIPE_STREAM_MAX_BYTES), and message schedules cannot refuse writes when full"
+        } else {
+            "it was created before timers, or on nats-server older than 2.12: run `tgpipe-worker provision --apply`"
+        };
         return Err(format!(
-            "the timers stream `{name}` has no message schedules: nats-server 2.12 or later is needed (then `provision --apply`)"
+            "the update stream `{name}` does not keep timers (message schedules on {subjects}): {why}"
         ));
     }
-    let updates = js
-        .get_stream(&settings.name)
-        .await
-        .map_err(|e| format!("the update stream `{}`: {e}", settings.name))?;
-    let sourced = updates
-        .cached_info()
-        .config
-        .sources
-        .iter()
-        .flatten()
-        .any(|s| s.name == name);
-    if !sourced {
-        return Err(format!(
-            "the update stream `{}` does not source `{name}`, so fired timers would not reach the workers: run `tgpipe-worker provision --apply`",
-            settings.name
-        ));
-    }
-    Ok((js.clone(), stream))
+    Ok(Ready {
+        js: js.clone(),
+        stream,
+        max_age: config.max_age,
+    })
 }
 
 impl TimerBackend for NatsTimers {
@@ -169,7 +173,18 @@ fn result_label(r: &Result<(), TimerError>) -> &'static str {
 
 impl NatsTimers {
     async fn publish(&self, timer: TimerRequest) -> Result<(), TimerError> {
-        let (js, _) = self.ready()?;
+        let ready = self.ready()?;
+        let wait = timer
+            .due_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        // The stream removes a message older than its max_age, fired or not.
+        if !ready.max_age.is_zero() && wait + MARGIN >= ready.max_age {
+            return Err(TimerError::TooFar {
+                wait,
+                max: ready.max_age.saturating_sub(MARGIN),
+            });
+        }
         let shard = self.shard(&timer.scope);
         let due_ms = unix_ms(timer.due_at);
         let id = -(rand::random_range(1..(1i64 << 52)));
@@ -184,14 +199,17 @@ impl NatsTimers {
         let body = serde_json::to_vec(&body).map_err(TimerError::Payload)?;
         let mut h = HeaderMap::new();
         h.insert("Nats-Schedule", format!("@at {}", rfc3339_ms(due_ms)));
-        h.insert("Nats-Schedule-Target", due_subject(timer.scope.bot, shard));
-        h.insert("Nats-Schedule-TTL", FIRED_TTL);
+        h.insert(
+            "Nats-Schedule-Target",
+            fired_subject(timer.scope.bot, shard),
+        );
         // The waiting timer of the same name (the same subject) goes.
         h.insert("Nats-Rollup", "sub");
         // Kept on the fired copy: its lateness is measured from here.
         h.insert(headers::RECEIVED_AT, due_ms.to_string());
         let subject = schedule_subject(timer.scope.bot, shard, timer.scope.slot(&timer.name));
-        let ack = js
+        let ack = ready
+            .js
             .publish_with_headers(subject, h, body.into())
             .await
             .map_err(|e| TimerError::Store(Box::new(e)))?;
@@ -199,18 +217,18 @@ impl NatsTimers {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(classify(e)),
             Err(_) => Err(TimerError::Store(
-                "no acknowledgement from the timers stream".into(),
+                "no acknowledgement from the update stream".into(),
             )),
         }
     }
 
     async fn purge(&self, scope: TimerScope, name: &str) -> Result<(), TimerError> {
-        let (_, stream) = self.ready()?;
+        let ready = self.ready()?;
         let subject = schedule_subject(scope.bot, self.shard(&scope), scope.slot(name));
-        match tokio::time::timeout(PATIENCE, stream.purge().filter(subject)).await {
+        match tokio::time::timeout(PATIENCE, ready.stream.purge().filter(subject)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(TimerError::Store(Box::new(e))),
-            Err(_) => Err(TimerError::Store("no answer from the timers stream".into())),
+            Err(_) => Err(TimerError::Store("no answer from the update stream".into())),
         }
     }
 }
