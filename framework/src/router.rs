@@ -340,8 +340,11 @@ impl Router {
     pub(crate) fn observers_needing(&self, id: TypeId, out: &mut Vec<(String, UpdateKind)>) {
         for (key, obs) in &self.observers {
             let needs = |f: &Arc<dyn Filter>| f.requires().iter().any(|r| r.type_id == id);
-            let ObserverKey::Kind(kind) = key else {
-                continue;
+            // Fired timers are updates of kind `timer` to the runtime's lanes.
+            let kind = match key {
+                ObserverKey::Kind(kind) => kind.clone(),
+                ObserverKey::Timer => UpdateKind::from_field(tgpipe_shared::timer::TIMER_KIND),
+                ObserverKey::Raw | ObserverKey::Errors => continue,
             };
             if obs.filters.iter().any(needs)
                 || obs.handlers.iter().any(|reg| {
@@ -349,7 +352,7 @@ impl Router {
                         || reg.filters.iter().any(needs)
                 })
             {
-                out.push((self.name.clone(), kind.clone()));
+                out.push((self.name.clone(), kind));
             }
         }
         for c in &self.children {
