@@ -41,6 +41,7 @@ pub mod chat_action;
 pub mod context;
 pub mod dispatcher;
 pub mod error;
+pub mod expired;
 pub mod extract;
 pub mod filter;
 pub mod flags;

@@ -51,6 +51,8 @@ pub enum ObserverKey {
     Kind(UpdateKind),
     /// Durable timers that fired (see [`crate::timer`]).
     Timer,
+    /// Updates of any kind past their kind's deadline (see [`crate::expired`]).
+    Expired,
     /// Unknown kinds and payloads the typed model could not read.
     Raw,
     /// Errors of handlers below the dispatcher.
@@ -68,6 +70,7 @@ impl std::fmt::Display for ObserverKey {
         match self {
             ObserverKey::Kind(k) => f.write_str(k.as_str()),
             ObserverKey::Timer => f.write_str(tgpipe_shared::timer::TIMER_KIND),
+            ObserverKey::Expired => f.write_str("expired"),
             ObserverKey::Raw => f.write_str("raw"),
             ObserverKey::Errors => f.write_str("errors"),
         }
@@ -202,6 +205,13 @@ impl Router {
     /// name with [`crate::timer::named`]). See [`crate::timer`].
     pub fn timer<H: Handler<A>, A: 'static>(&mut self, handler: H) -> RegistrationRef<'_> {
         self.register(ObserverKey::Timer, handler)
+    }
+
+    /// Registers a handler for updates that expired before their turn (a callback query
+    /// past its deadline after a backlog): it runs instead of the kind's handlers. Take
+    /// the event as usual and [`crate::expired::Expired`]. See [`crate::expired`].
+    pub fn expired<H: Handler<A>, A: 'static>(&mut self, handler: H) -> RegistrationRef<'_> {
+        self.register(ObserverKey::Expired, handler)
     }
 
     /// Registers an `errors` handler (take [`crate::error::ErrorEvent`]; filter with
@@ -344,7 +354,7 @@ impl Router {
             let kind = match key {
                 ObserverKey::Kind(kind) => kind.clone(),
                 ObserverKey::Timer => UpdateKind::from_field(tgpipe_shared::timer::TIMER_KIND),
-                ObserverKey::Raw | ObserverKey::Errors => continue,
+                ObserverKey::Raw | ObserverKey::Errors | ObserverKey::Expired => continue,
             };
             if obs.filters.iter().any(needs)
                 || obs.handlers.iter().any(|reg| {

@@ -140,9 +140,18 @@ impl Pod {
                 // Checked before every attempt: a callback query that waited out a
                 // backlog, or kept failing, past the time Telegram takes its answer is
                 // not run (its answer would fail) and does not hold the chat.
+                // The tree's `expired` handlers, if it has some, run instead.
+                let mut expired = None;
                 if let Some(late) = me.acks.deadlines.overdue(&kind, env.received_at_ms, SystemTime::now()) {
                     tracing::info!(?late, "expired: past its kind's deadline (TGPIPE_DEADLINES); not run");
-                    return Action::Ack("expired");
+                    if !me.dispatcher.handles_expired() {
+                        return Action::Ack("expired");
+                    }
+                    let deadline = me.acks.deadlines.of(kind.as_str()).unwrap_or_default();
+                    expired = Some(tgpipe::expired::Expired {
+                        age: deadline + late,
+                        deadline,
+                    });
                 }
                 let recoveries = me.redis.recoveries();
                 // Taken per attempt: a bot added while its update waits is found.
@@ -174,9 +183,12 @@ impl Pod {
                         let update = update.clone();
                         let dispatch = effects::scope(
                             calls.clone(),
-                            self.dispatch(&b.bot, update, prefetched.take(), &job, &part, label),
+                            self.dispatch(&b.bot, update, prefetched.take(), expired, &job, &part, label),
                         );
-                        tgpipe::bot::idle::with_idle_hook(holder, dispatch).await
+                        match tgpipe::bot::idle::with_idle_hook(holder, dispatch).await {
+                            Action::Ack(_) if expired.is_some() => Action::Ack("expired"),
+                            action => action,
+                        }
                     }
                 };
                 // A partition this pod no longer owns is the new owner's to finish or
@@ -251,6 +263,7 @@ impl Pod {
         bot: &Bot,
         update: Update,
         prefetched: Option<Prefetched>,
+        expired: Option<tgpipe::expired::Expired>,
         job: &Job,
         part: &Arc<Owned>,
         label: &'static str,
@@ -264,10 +277,17 @@ impl Pod {
         // A panicking handler fails this update, not the pod.
         let dispatch = std::panic::AssertUnwindSafe(tgpipe::fsm::with_owner_fence(
             part.fence.clone(),
-            tokio::time::timeout(
-                self.me.acks.handler_timeout,
-                self.me.dispatcher.feed_with(bot, update, values),
-            ),
+            tokio::time::timeout(self.me.acks.handler_timeout, async {
+                match expired {
+                    Some(expired) => {
+                        self.me
+                            .dispatcher
+                            .feed_expired(bot, update, expired, values)
+                            .await
+                    }
+                    None => self.me.dispatcher.feed_with(bot, update, values).await,
+                }
+            }),
         ))
         .catch_unwind();
         // The handlers' span, only for a trace (each Bot API call is its child): without
