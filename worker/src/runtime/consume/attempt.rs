@@ -28,6 +28,14 @@ use crate::runtime::effects::{self, UpdateCalls};
 use crate::runtime::redis_probe::needs_redis;
 use crate::runtime::registry::RemovedPolicy;
 
+/// How an attempt feeds the dispatcher.
+struct Feed {
+    /// The FSM state read ahead, for the FSM middleware.
+    prefetched: Option<Prefetched>,
+    /// Past its kind's deadline: to the `expired` handlers.
+    expired: Option<tgpipe::expired::Expired>,
+}
+
 impl Pod {
     /// Handles one held update to its end: acknowledged, dead-lettered, or (when its
     /// partition stopped first) returned to the stream for the next owner.
@@ -183,7 +191,14 @@ impl Pod {
                         let update = update.clone();
                         let dispatch = effects::scope(
                             calls.clone(),
-                            self.dispatch(&b.bot, update, prefetched.take(), expired, &job, &part, label),
+                            self.dispatch(
+                                &b.bot,
+                                update,
+                                Feed { prefetched: prefetched.take(), expired },
+                                &job,
+                                &part,
+                                label,
+                            ),
                         );
                         match tgpipe::bot::idle::with_idle_hook(holder, dispatch).await {
                             Action::Ack(_) if expired.is_some() => Action::Ack("expired"),
@@ -262,8 +277,10 @@ impl Pod {
         &self,
         bot: &Bot,
         update: Update,
-        prefetched: Option<Prefetched>,
-        expired: Option<tgpipe::expired::Expired>,
+        Feed {
+            prefetched,
+            expired,
+        }: Feed,
         job: &Job,
         part: &Arc<Owned>,
         label: &'static str,
