@@ -504,7 +504,7 @@ async fn two_lanes_split_the_kinds_and_overlapping_lanes_are_refused() {
     // A third lane that also takes messages does not start: exit code 64, and says why.
     let out = s.run_to_exit(&[
         ("TGPIPE_LANE", "greedy"),
-        ("TGPIPE_LANE_KINDS", "message,inline_query"),
+        ("TGPIPE_LANE_KINDS", "message,timer,inline_query"),
     ]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -163,12 +163,13 @@ float64, and `quote`/`%v` print one of a million or more in exponent form
 {{- end -}}
 
 {{/*
-Lane validation: names are DNS labels and unique; kinds are Bot API kinds; no kind is in
+Lane validation: names are DNS labels and unique; kinds are Bot API kinds (or `timer`,
+the kind of fired durable timers); no kind is in
 two lanes; a catch-all lane (no kinds) is alone. With work-queue retention JetStream
 refuses overlapping consumers, so an overlap would only show up as a crash-looping pod.
 */}}
 {{- define "tgpipe.validateLanes" -}}
-{{- $known := list "message" "edited_message" "channel_post" "edited_channel_post" "business_connection" "business_message" "edited_business_message" "deleted_business_messages" "message_reaction" "message_reaction_count" "inline_query" "chosen_inline_result" "callback_query" "shipping_query" "pre_checkout_query" "purchased_paid_media" "poll" "poll_answer" "my_chat_member" "chat_member" "chat_join_request" "chat_boost" "removed_chat_boost" "managed_bot" "guest_message" "stopped_message_generation" "subscription" -}}
+{{- $known := list "message" "edited_message" "channel_post" "edited_channel_post" "business_connection" "business_message" "edited_business_message" "deleted_business_messages" "message_reaction" "message_reaction_count" "inline_query" "chosen_inline_result" "callback_query" "shipping_query" "pre_checkout_query" "purchased_paid_media" "poll" "poll_answer" "my_chat_member" "chat_member" "chat_join_request" "chat_boost" "removed_chat_boost" "managed_bot" "guest_message" "stopped_message_generation" "subscription" "timer" -}}
 {{- $seenNames := dict -}}
 {{- $seenKinds := dict -}}
 {{- $lanes := .Values.worker.lanes -}}
@@ -184,7 +185,7 @@ refuses overlapping consumers, so an overlap would only show up as a crash-loopi
 {{- end -}}
 {{- $lane := .name -}}
 {{- range .updateTypes -}}
-{{- if not (has . $known) -}}{{- fail (printf "worker.lanes: lane %q lists %q, which is not a Bot API update type" $lane .) -}}{{- end -}}
+{{- if not (has . $known) -}}{{- fail (printf "worker.lanes: lane %q lists %q, which is not a Bot API update type (or timer)" $lane .) -}}{{- end -}}
 {{- if hasKey $seenKinds . -}}
 {{- fail (printf "worker.lanes: update type %q is in lanes %q and %q; lanes must not overlap" . (get $seenKinds .) $lane) -}}
 {{- end -}}
