@@ -139,7 +139,8 @@ async fn welcome(update: Arc<MemberUpdate>) -> Result {
 
 async fn album(album: Album, message: Arc<Message>) -> Result {
     let ids: Vec<String> = album.iter().map(|m| m.message_id.to_string()).collect();
-    let text = format!("album of {} parts: {}", album.len(), ids.join(","));
+    let parts = if album.len() == 1 { "part" } else { "parts" };
+    let text = format!("album of {} {parts}: {}", album.len(), ids.join(","));
     message.answer(text).await
 }
 

@@ -83,12 +83,13 @@ impl Pod {
         let quiet = self.me.acks.album_quiet;
         let every = (self.me.acks.ack_wait / 3).max(Duration::from_millis(100));
         let wake = self.scheduler.watch(key);
+        let mut parts = Vec::new();
         tracing::debug!(media_group_id = %group.id, chat = key.1, "collecting an album");
         metrics::album_part_collected();
         let mut quiet_until = tokio::time::Instant::now() + quiet;
         let mut progress_at = tokio::time::Instant::now() + every;
         let mut after = None;
-        while first.album.len() + 1 < MAX_PARTS && !first.part.stopped() {
+        while parts.len() + 1 < MAX_PARTS && !first.part.stopped() {
             let next = match self.scheduler.take(key) {
                 Some(Next::Job(job)) => Some(job),
                 Some(Next::Parked(parked)) => match self.unpark(parked).await {
@@ -102,7 +103,7 @@ impl Pod {
                 if Arc::ptr_eq(&job.part, &first.part)
                     && media_group_of(&job).as_ref() == Some(&group)
                 {
-                    first.album.push(job);
+                    parts.push(job);
                     metrics::album_part_collected();
                     quiet_until = tokio::time::Instant::now() + quiet;
                     continue;
@@ -118,18 +119,19 @@ impl Pod {
                 // The parts taken out of the queue are no longer in the pod's
                 // in-progress acks: they get their own.
                 () = tokio::time::sleep_until(progress_at) => {
-                    self.progress(&first).await;
+                    self.progress(std::iter::once(&first).chain(&parts)).await;
                     progress_at += every;
                 }
             }
         }
         self.scheduler.unwatch(key);
+        first.album = Some(parts);
         (first, after)
     }
 
-    /// An in-progress ack for each delivered part of `job`.
-    pub(super) async fn progress(&self, job: &Job) {
-        for reply in job.parts().filter_map(|j| j.src.reply()) {
+    /// An in-progress ack for each of `jobs` that was delivered.
+    pub(super) async fn progress(&self, jobs: impl Iterator<Item = &Job>) {
+        for reply in jobs.filter_map(|j| j.src.reply()) {
             if let Err(e) = self
                 .me
                 .client

@@ -257,14 +257,14 @@ impl Pod {
         }
         // A panicking handler fails this update, not the pod.
         let feed = async {
-            if job.album.is_empty() {
+            let Some(album) = &job.album else {
                 return self.me.dispatcher.feed_with(bot, update, values).await;
-            }
+            };
             // An album: its parts together, the first (whose keys the update has) first.
-            let mut parts = Vec::with_capacity(1 + job.album.len());
+            let mut parts = Vec::with_capacity(1 + album.len());
             parts.push(update);
             parts.extend(
-                job.album
+                album
                     .iter()
                     .filter_map(|j| j.env.as_ref().ok())
                     .map(Update::from_envelope),
@@ -330,7 +330,7 @@ impl Pod {
         loop {
             match tokio::time::timeout(every, &mut work).await {
                 Ok(done) => return done,
-                Err(_) => self.progress(job).await,
+                Err(_) => self.progress(job.parts()).await,
             }
         }
     }

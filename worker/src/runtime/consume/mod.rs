@@ -273,9 +273,9 @@ struct Job {
     /// Its place in the pod's memory budget (none for an update read back from parking:
     /// a chat reads one only when it is about to run it).
     permit: Option<OwnedSemaphorePermit>,
-    /// The album's other parts, when this update is an album's first (see [`album`]);
-    /// they settle with it.
-    album: Vec<Job>,
+    /// When this update begins an album (see [`album`]), the album's other parts (none
+    /// for an album of one); they settle with it.
+    album: Option<Vec<Job>>,
 }
 
 impl Job {
@@ -288,13 +288,13 @@ impl Job {
             part: Arc::clone(part),
             held_since,
             permit: None,
-            album: Vec::new(),
+            album: None,
         }
     }
 
     /// This update and the album parts that settle with it.
     fn parts(&self) -> impl Iterator<Item = &Job> {
-        std::iter::once(self).chain(&self.album)
+        std::iter::once(self).chain(self.album.iter().flatten())
     }
 }
 

@@ -84,14 +84,14 @@ impl Pod {
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", error.as_str());
         }
-        if !job.album.is_empty() {
+        if let Some(album) = &job.album {
             let outcome = match &action {
                 Action::Ack(outcome) => outcome,
                 Action::Duplicate => "duplicate",
                 Action::GiveBack | Action::Retry(..) => "given_back",
                 Action::DeadLetter(_) => "dead_lettered",
             };
-            let parts = job.album.len() + 1;
+            let parts = album.len() + 1;
             metrics::album(outcome, parts);
             tracing::info!(parts, outcome, "album settled");
         }
