@@ -106,7 +106,7 @@ async fn an_album_whose_owner_was_killed_mid_album_is_handled_once_by_the_next_o
             ("TGPIPE_LEASE_TTL", "5s"),
         ]
     };
-    let mut workers = vec![s.worker(&env("a")).await, s.worker(&env("b")).await];
+    let mut workers = [s.worker(&env("a")).await, s.worker(&env("b")).await];
     let owners = balanced(&s, &["a", "b"]).await;
     let chat = 8202;
     let owner = &owners[&partition_of(chat)];
@@ -277,4 +277,69 @@ async fn an_album_whose_handler_failed_for_good_is_dead_lettered_part_by_part() 
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(s.dead_letters().await, 3);
     assert_eq!(s.lane_info("default").await.num_ack_pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_album_delivered_again_after_it_was_handled_is_acknowledged_as_a_duplicate() {
+    use std::num::NonZeroU16;
+    use tgpipe_shared::{BotId, Envelope};
+
+    let s = Stack::start().await;
+    let w = s.worker(&[]).await;
+    let chat = 8808;
+    let parts: Vec<Value> = (801..=803).map(|id| photo(id, chat, "album-8")).collect();
+    for p in &parts {
+        assert_eq!(s.post(p).await, 200);
+    }
+    assert_eq!(
+        settled_replies(&s, chat, 1).await,
+        [answer(&[801, 802, 803])]
+    );
+    // The same parts again, past the stream's dedupe window (other message ids).
+    for p in &parts {
+        let env = Envelope::from_body(
+            BotId(stack::BOT),
+            p.to_string().into_bytes().into(),
+            NonZeroU16::new(64).unwrap(),
+            0,
+        )
+        .unwrap();
+        // As a process other than the ingress would store it: the body is read again.
+        let (subject, _, body) = env.into_message();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("4242:{}-after-the-window", p["update_id"]),
+        );
+        s.js.publish_with_headers(subject, headers, body)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    eventually(
+        Duration::from_secs(20),
+        "the album found finished",
+        || async {
+            gauge(
+                &w.metrics().await,
+                r#"tgpipe_worker_albums_total{outcome="duplicate"}"#,
+            ) >= 1.0
+        },
+    )
+    .await;
+    let m = w.metrics().await;
+    assert_eq!(
+        gauge(
+            &m,
+            r#"tgpipe_worker_album_parts_total{outcome="duplicate"}"#
+        ),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        sent_to(&s, chat),
+        [answer(&[801, 802, 803])],
+        "answered once"
+    );
 }

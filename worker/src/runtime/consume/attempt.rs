@@ -293,7 +293,7 @@ impl Pod {
                 metrics::handler_time(label, started.elapsed());
                 return Action::GiveBack;
             }
-            outcome = self.keep_in_progress(&job, dispatch).instrument(span) => outcome,
+            outcome = self.keep_in_progress(job, dispatch).instrument(span) => outcome,
         };
         metrics::handler_time(label, started.elapsed());
         match outcome {
