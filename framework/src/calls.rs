@@ -280,7 +280,7 @@ impl AnswerCallbackQuery {
 
 /// `sendMessage` into `chat_id`, in the same forum topic and business connection as
 /// `like` when it has them.
-fn send_message(chat_id: i64, like: Option<&Message>, text: String) -> SendMessage {
+pub(crate) fn send_message(chat_id: i64, like: Option<&Message>, text: String) -> SendMessage {
     let mut params = json!({ "chat_id": chat_id, "text": text });
     if let Some(m) = like {
         // Only a topic message has a topic: in an ordinary group the thread id is a reply

@@ -519,6 +519,7 @@ impl Dispatcher {
     async fn dispatch(&self, cx: Context) -> Result<Outcome, HandlerError> {
         let key = match cx.event() {
             Event::Raw(_) => ObserverKey::Raw,
+            Event::Timer(_) => ObserverKey::Timer,
             _ => ObserverKey::Kind(cx.update().kind.clone()),
         };
         let Some(entry) = self.entries.get(&key) else {

@@ -332,6 +332,7 @@ const BUILT_IN: &[Classifier] = &[
     ask::<crate::bot::BotError>,
     ask::<crate::extract::ExtractError>,
     ask::<crate::fsm::FsmError>,
+    ask::<crate::timer::TimerError>,
     #[cfg(feature = "redis")]
     ask::<redis::RedisError>,
     ask::<std::io::Error>,

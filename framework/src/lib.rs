@@ -54,6 +54,7 @@ pub mod middleware;
 pub mod outcome;
 pub mod prelude;
 pub mod router;
+pub mod timer;
 pub mod update;
 
 pub use album::Album;

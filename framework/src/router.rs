@@ -51,6 +51,8 @@ pub enum ObserverKey {
     Kind(UpdateKind),
     /// Albums: the parts of one media group, together (see [`Router::media_group`]).
     MediaGroup,
+    /// Durable timers that fired (see [`crate::timer`]).
+    Timer,
     /// Unknown kinds and payloads the typed model could not read.
     Raw,
     /// Errors of handlers below the dispatcher.
@@ -68,6 +70,7 @@ impl std::fmt::Display for ObserverKey {
         match self {
             ObserverKey::Kind(k) => f.write_str(k.as_str()),
             ObserverKey::MediaGroup => f.write_str("media_group"),
+            ObserverKey::Timer => f.write_str(tgpipe_shared::timer::TIMER_KIND),
             ObserverKey::Raw => f.write_str("raw"),
             ObserverKey::Errors => f.write_str("errors"),
         }
@@ -218,6 +221,12 @@ impl Router {
     /// model could not read (take `Arc<Update>` to get the raw JSON).
     pub fn raw<H: Handler<A>, A: 'static>(&mut self, handler: H) -> RegistrationRef<'_> {
         self.register(ObserverKey::Raw, handler)
+    }
+
+    /// Registers a handler for durable timers that fired (take `Arc<Timer>`; filter by
+    /// name with [`crate::timer::named`]). See [`crate::timer`].
+    pub fn timer<H: Handler<A>, A: 'static>(&mut self, handler: H) -> RegistrationRef<'_> {
+        self.register(ObserverKey::Timer, handler)
     }
 
     /// Registers an `errors` handler (take [`crate::error::ErrorEvent`]; filter with
@@ -376,7 +385,7 @@ impl Router {
                 ObserverKey::Kind(kind) => kind,
                 // Albums are messages to the lanes.
                 ObserverKey::MediaGroup => &UpdateKind::Message,
-                ObserverKey::Raw | ObserverKey::Errors => continue,
+                ObserverKey::Raw | ObserverKey::Errors | ObserverKey::Timer => continue,
             };
             if obs.filters.iter().any(needs)
                 || obs.handlers.iter().any(|reg| {

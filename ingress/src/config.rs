@@ -41,7 +41,7 @@ pub enum Command {
     /// Serve the webhook (the default).
     Serve(Box<ServeArgs>),
     /// Create or update the JetStream streams, then exit.
-    Provision(BrokerArgs),
+    Provision(Box<BrokerArgs>),
     /// Write a self-signed certificate and key for this host, for `setWebhook`.
     Cert(CertArgs),
 }

@@ -45,6 +45,7 @@ pub mod stream;
 pub mod subject;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+pub mod timer;
 
 /// A boxed error: the `source` of the errors that wrap a client's error (NATS, OTLP,
 /// hyper), kept whole instead of flattened into a string.

@@ -11,6 +11,7 @@ use async_nats::jetstream::{self, stream};
 use clap::{Args, ValueEnum};
 
 use crate::subject::{DLQ_SUBJECT_PREFIX, SUBJECT_PREFIX};
+use crate::timer::TIMER_SUBJECT_PREFIX;
 
 /// Default name of the update stream.
 pub const DEFAULT_STREAM: &str = "TG_UPDATES";
@@ -75,6 +76,11 @@ pub struct StreamSettings {
     /// refused (the ingress answers 503 and Telegram retries) rather than old updates dropped.
     #[arg(long, env = "TGPIPE_STREAM_MAX_BYTES", default_value_t = -1, allow_hyphen_values = true)]
     pub max_bytes: i64,
+    /// Durable timers (nats-server 2.12+): the update stream keeps each timer until
+    /// JetStream fires it into its chat's shard. Needs a stream without a size limit
+    /// (`TGPIPE_STREAM_MAX_BYTES=-1`): message schedules cannot refuse writes when full.
+    #[arg(long, env = "TGPIPE_TIMERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub timers: bool,
 }
 
 impl Default for StreamSettings {
@@ -88,6 +94,7 @@ impl Default for StreamSettings {
             retention: Retention::WorkQueue,
             replicas: 1,
             max_bytes: -1,
+            timers: true,
         }
     }
 }
@@ -105,10 +112,10 @@ impl StreamSettings {
 
     /// The JetStream configuration of the update stream.
     pub fn updates_config(&self) -> stream::Config {
-        stream::Config {
+        let mut config = stream::Config {
             name: self.name.clone(),
             description: Some(
-                "tgpipe: raw Telegram updates, tg.<bot_id>.<update_type>.<shard>".into(),
+                "tgpipe: raw Telegram updates, tg.<bot_id>.<update_type>.<shard>; durable timers, tgtimer.at.<bot_id>.<shard>.<slot>".into(),
             ),
             subjects: vec![format!("{SUBJECT_PREFIX}.>")],
             retention: self.retention.into(),
@@ -119,9 +126,28 @@ impl StreamSettings {
             num_replicas: usize::from(self.replicas),
             // When the stream is full, refuse new writes: the ingress answers 503 and
             // Telegram retries later, instead of silently dropping the oldest updates.
-            discard: stream::DiscardPolicy::New,
+            // Without a size limit nothing is ever discarded, and message schedules
+            // (which refuse `new`) can be allowed.
+            discard: if self.timers_in_stream() {
+                stream::DiscardPolicy::Old
+            } else {
+                stream::DiscardPolicy::New
+            },
+            allow_message_schedules: self.timers_in_stream(),
+            // A waiting timer replaced by one of the same name rolls the old one up.
+            allow_rollup: self.timers_in_stream(),
             ..Default::default()
+        };
+        if self.timers_in_stream() {
+            config.subjects.push(format!("{TIMER_SUBJECT_PREFIX}.>"));
         }
+        config
+    }
+
+    /// Whether the update stream keeps durable timers: they are on and the stream has no
+    /// size limit.
+    pub fn timers_in_stream(&self) -> bool {
+        self.timers && self.max_bytes < 0
     }
 
     /// The JetStream configuration of the dead-letter stream.
@@ -188,6 +214,11 @@ pub fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<S
         discard,
         allow_direct
     );
+    // Schedules cannot be turned off again: a stream that has them and is not asked for
+    // them is no difference.
+    if want.allow_message_schedules && !have.allow_message_schedules {
+        out.push("allow_message_schedules: false -> true".to_owned());
+    }
     out
 }
 

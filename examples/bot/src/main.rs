@@ -3,7 +3,11 @@
 //! - a private text that is not a command, with no conversation going on: echoed back;
 //! - `/start` greets by first name, `/start <payload>` also shows the payload;
 //! - `/form` asks for a name, then an age (until it gets a number), then sums up and
-//!   forgets; `/cancel` leaves the form at any step;
+//!   forgets; `/cancel` leaves the form at any step; a form left silent for
+//!   `EXAMPLE_FORM_TIMEOUT` seconds (default 600) ends with "The form timed out." (a
+//!   durable timer: it holds through restarts and rollouts);
+//! - `/remind <seconds> <text>` sends the text back after that many seconds (a durable
+//!   timer, fired by whichever pod owns the chat then);
 //! - `/count` increments a counter kept in the chat's FSM data and replies `count: N`;
 //! - `/menu` shows an inline keyboard; a press answers the callback and edits the message;
 //! - a user joining a group the bot is in is welcomed;
@@ -15,7 +19,8 @@
 //! environment (`TGPIPE_BOT_TOKENS`, `NATS_URL`, `REDIS_URL`, ...). One setting is its
 //! own: `EXAMPLE_ANTIFLOOD=<limit>/<seconds>` (say `5/10`) drops a user's updates over
 //! `limit` per window, counted in Redis at `REDIS_URL`, so that the limit holds for the
-//! sum over every worker. Unset, nothing is dropped.
+//! sum over every worker. Unset, nothing is dropped. `EXAMPLE_FORM_TIMEOUT` sets the
+//! form's timeout in seconds.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tgpipe::antiflood::AntiFlood;
 use tgpipe::frankenstein::types::{ChatMemberUpdated as MemberUpdate, ChatType};
 use tgpipe::prelude::*;
+use tgpipe::timer::{self, Timer, Timers};
 
 /// A button of `/menu`: packed as `menu:<choice>`.
 #[derive(Debug, Clone, CallbackData)]
@@ -70,19 +76,42 @@ async fn start(message: Arc<Message>, command: CommandObject) -> Result {
     message.answer(greeting).await
 }
 
-async fn form(message: Arc<Message>, fsm: FsmContext) -> Result {
+/// How long the form waits for an answer (`EXAMPLE_FORM_TIMEOUT`, seconds).
+#[derive(Debug, Clone, Copy)]
+struct FormTimeout(Duration);
+
+async fn form(
+    message: Arc<Message>,
+    fsm: FsmContext,
+    timers: Timers,
+    Dep(timeout): Dep<FormTimeout>,
+) -> Result {
     fsm.set_state(Form::Name).await?;
+    timers.state_timeout(&fsm, timeout.0).await?;
     message.answer("What is your name?").await
 }
 
-async fn form_name(message: Arc<Message>, fsm: FsmContext) -> Result {
+async fn form_name(
+    message: Arc<Message>,
+    fsm: FsmContext,
+    timers: Timers,
+    Dep(timeout): Dep<FormTimeout>,
+) -> Result {
     fsm.set_value("name", message.text_or_caption()).await?;
     fsm.set_state(Form::Age).await?;
+    // The silence counts from the last answer: the waiting timeout is replaced.
+    timers.state_timeout(&fsm, timeout.0).await?;
     message.answer("How old are you?").await
 }
 
-async fn form_age(message: Arc<Message>, fsm: FsmContext) -> Result {
+async fn form_age(
+    message: Arc<Message>,
+    fsm: FsmContext,
+    timers: Timers,
+    Dep(timeout): Dep<FormTimeout>,
+) -> Result {
     let Ok(age) = message.text_or_caption().trim().parse::<u8>() else {
+        timers.state_timeout(&fsm, timeout.0).await?;
         let again = "That is not an age; please send a number. How old are you?";
         message.reply(again).await?;
         return Ok(());
@@ -92,6 +121,36 @@ async fn form_age(message: Arc<Message>, fsm: FsmContext) -> Result {
     message
         .answer(format!("Thank you, {name}: you are {age}."))
         .await
+}
+
+/// The form's timeout came and the form had not moved since: it ends.
+async fn form_timed_out(timer: Arc<Timer>, fsm: FsmContext) -> Result {
+    fsm.clear().await?;
+    timer.answer("The form timed out.").await
+}
+
+/// `/remind <seconds> <text>`.
+async fn remind(message: Arc<Message>, command: CommandObject, timers: Timers) -> Result {
+    let args = command.args.as_deref().unwrap_or_default();
+    let parsed = args
+        .split_once(' ')
+        .and_then(|(secs, what)| Some((secs.parse::<u64>().ok()?, what.trim())))
+        .filter(|(secs, what)| *secs <= 366 * 86_400 && !what.is_empty());
+    let Some((secs, what)) = parsed else {
+        return message.answer("Usage: /remind <seconds> <text>").await;
+    };
+    // Named after the command's message, so that reminders do not replace each other.
+    let name = format!("remind:{}", message.message_id);
+    timers.after(&name, Duration::from_secs(secs), what).await?;
+    message
+        .answer(format!("I will remind you in {secs} s."))
+        .await
+}
+
+/// A reminder's time came.
+async fn reminded(timer: Arc<Timer>) -> Result {
+    let what: String = timer.payload().map_err(HandlerError::permanent)?;
+    timer.answer(format!("Reminder: {what}")).await
 }
 
 async fn cancel(message: Arc<Message>, fsm: FsmContext) -> Result {
@@ -152,6 +211,7 @@ fn router() -> Router {
     router.message(form).filter(Command::new("form"));
     router.message(count).filter(Command::new("count"));
     router.message(menu).filter(Command::new("menu"));
+    router.message(remind).filter(Command::new("remind"));
     router
         .message(form_name)
         .filter((Form::Name, text::plain()));
@@ -166,7 +226,24 @@ fn router() -> Router {
     router.chat_member(welcome).filter(ChatMemberUpdated::new(
         MemberGroup::IS_NOT_MEMBER >> MemberGroup::IS_MEMBER,
     ));
+    router.timer(reminded).filter(timer::prefixed("remind:"));
     router
+        .timer(form_timed_out)
+        .filter(timer::state_timed_out());
+    router
+}
+
+/// The form's timeout `EXAMPLE_FORM_TIMEOUT` asks for (seconds), else 10 minutes.
+fn form_timeout() -> std::result::Result<FormTimeout, String> {
+    match std::env::var("EXAMPLE_FORM_TIMEOUT") {
+        Err(_) => Ok(FormTimeout(Duration::from_secs(600))),
+        Ok(s) => match s.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Ok(FormTimeout(Duration::from_secs(secs))),
+            _ => Err(format!(
+                "EXAMPLE_FORM_TIMEOUT is `{s}`, not a number of seconds above 0"
+            )),
+        },
+    }
 }
 
 /// The anti-flood `EXAMPLE_ANTIFLOOD` asks for, if set: `<limit>/<seconds>` per user,
@@ -196,7 +273,14 @@ async fn anti_flood() -> std::result::Result<Option<AntiFlood>, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mut dispatcher = Dispatcher::builder(router());
+    let timeout = match form_timeout() {
+        Ok(timeout) => timeout,
+        Err(why) => {
+            eprintln!("{why}");
+            return ExitCode::from(64);
+        }
+    };
+    let mut dispatcher = Dispatcher::builder(router()).state(timeout);
     match anti_flood().await {
         Ok(Some(flood)) => dispatcher = dispatcher.update_middleware(flood),
         Ok(None) => {}

@@ -133,6 +133,8 @@ macro_rules! events {
                 #[doc = concat!("A `", stringify!($variant), "` update.")]
                 $variant(Arc<$ty>),
             )+
+            /// A durable timer that fired (see [`crate::timer`]).
+            Timer(Arc<crate::timer::Timer>),
             /// An unknown kind, or a payload the typed model could not read.
             Raw(RawReason),
         }
@@ -275,7 +277,14 @@ impl Update {
         thread_id: Option<i64>,
         raw: Bytes,
     ) -> Update {
-        let (event, repairs) = parse_event(&kind, &raw);
+        let (event, repairs) = if kind.as_str() == tgpipe_shared::timer::TIMER_KIND {
+            match crate::timer::Timer::from_body(&raw) {
+                Ok(timer) => (Event::Timer(Arc::new(timer)), Vec::new()),
+                Err(e) => (Event::Raw(RawReason::Unparsed(e.to_string())), Vec::new()),
+            }
+        } else {
+            parse_event(&kind, &raw)
+        };
         if !repairs.is_empty() {
             for r in &repairs {
                 metrics::counter!("tgpipe_update_repairs_total", "kind" => kind.to_string(), "field" => r.field())

@@ -560,7 +560,8 @@ impl RunArgs {
                     return Err(LaneError::BadKind(k.to_owned()));
                 }
                 let kind = UpdateKind::from_field(k);
-                if !custom && !kind.is_known() {
+                // Fired durable timers are a kind of their own (`timer`).
+                if !custom && !kind.is_known() && k != tgpipe_shared::timer::TIMER_KIND {
                     return Err(LaneError::UnknownKind(k.to_owned()));
                 }
                 if !kinds.contains(&kind) {

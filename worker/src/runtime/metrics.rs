@@ -41,10 +41,24 @@ pub(super) fn install() -> Option<PrometheusHandle> {
 }
 
 pub(crate) fn kind_label(kind: &UpdateKind) -> &'static str {
+    if kind.as_str() == tgpipe_shared::timer::TIMER_KIND {
+        return tgpipe_shared::timer::TIMER_KIND;
+    }
     UpdateKind::ALL
         .iter()
         .find(|k| *k == kind)
         .map_or("unknown", UpdateKind::as_str)
+}
+
+/// A timer scheduled or cancelled, by result (`ok`, `unavailable`, `failed`).
+pub(crate) fn timer_call(op: &'static str, result: &'static str) {
+    metrics::counter!("tgpipe_worker_timer_calls_total", "op" => op, "result" => result)
+        .increment(1);
+}
+
+/// How late a fired timer started, after its time.
+pub(crate) fn timer_lateness(late: Duration) {
+    metrics::histogram!("tgpipe_worker_timer_lateness_seconds").record(late.as_secs_f64());
 }
 
 pub(crate) fn consumed(kind: &'static str, redelivered: bool) {

@@ -20,6 +20,7 @@ mod metrics;
 mod redis_probe;
 mod registry;
 mod seen;
+mod timers;
 mod webhook_watch;
 
 // The runtime's public surface: the command line and its argument groups, the validated
@@ -277,7 +278,10 @@ async fn poll(args: PollCommandArgs, dispatcher: DispatcherBuilder) -> Result<()
         crate::poll::poll(&bot, &sink, &config, shutdown).await
     } else {
         let redis = connect_redis(&args.redis.redis_url).await?;
-        let dispatcher = prepare(dispatcher, &redis, &args.fsm)?;
+        let timers = timers::NatsTimers::unavailable(
+            "polling straight into the handlers keeps no timers: poll with --publish and run workers",
+        );
+        let dispatcher = prepare(dispatcher, &redis, &args.fsm, timers)?;
         let sink = crate::poll::DispatchSink::new(dispatcher);
         crate::poll::poll(&bot, &sink, &config, shutdown).await
     }
@@ -333,12 +337,15 @@ fn redis_timeouts() -> redis::aio::ConnectionManagerConfig {
 /// How long any one Redis call of the worker may take.
 const REDIS_PATIENCE: Duration = Duration::from_millis(500);
 
-/// Gives a dispatcher that needs the FSM and has none a Redis FSM, and builds it.
+/// Gives a dispatcher that needs the FSM and has none a Redis FSM, gives it the
+/// worker's durable timers, and builds it.
 fn prepare(
     dispatcher: DispatcherBuilder,
     redis: &RedisConnection,
     fsm: &FsmArgs,
+    timers: tgpipe::timer::TimerService,
 ) -> Result<Dispatcher, RunError> {
+    let dispatcher = dispatcher.state(timers);
     let dispatcher = if !dispatcher.has_fsm() && dispatcher.needs_fsm() {
         let ttl = (!fsm.fsm_ttl.is_zero()).then_some(fsm.fsm_ttl);
         let storage = RedisStorage::new(redis.clone()).ttl(ttl);
@@ -427,7 +434,10 @@ pub async fn serve(
         Box::new(move |token: &str| settings.build(token, Some(&redis)))
     };
     let bots = Arc::new(registry::BotDirectory::new(statics, make_bot));
-    let dispatcher = prepare(dispatcher, &redis, &config.fsm)?;
+    let timers = timers::NatsTimers::new(
+        std::num::NonZeroU16::new(config.consumers.shards).unwrap_or(std::num::NonZeroU16::MIN),
+    );
+    let dispatcher = prepare(dispatcher, &redis, &config.fsm, timers.service())?;
     let checks = LaneChecks {
         nats: Check::new("NATS disconnected"),
         consumers: Check::new("the lane's consumers do not answer"),
@@ -447,6 +457,7 @@ pub async fn serve(
     if config.provision {
         provision_streams(&js, &config.stream).await.map_err(peer)?;
     }
+    timers.start(&js, &config.stream).await;
     let registry_watch =
         config.registry.registry.then(|| {
             let (js, settings, create) = (js.clone(), config.registry.clone(), config.provision);

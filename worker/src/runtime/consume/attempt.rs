@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use tgpipe::Outcome;
@@ -59,6 +59,13 @@ impl Pod {
         let label = metrics::kind_label(&kind);
         for _ in job.parts() {
             metrics::consumed(label, delivered > 1);
+        }
+        // A fired timer carries its time as when it was received.
+        if label == tgpipe_shared::timer::TIMER_KIND
+            && let Ok(env) = &job.env
+        {
+            let due = UNIX_EPOCH + Duration::from_millis(env.received_at_ms);
+            metrics::timer_lateness(SystemTime::now().duration_since(due).unwrap_or_default());
         }
         let span = tracing::info_span!(
             "update",
