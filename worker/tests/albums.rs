@@ -64,8 +64,17 @@ async fn an_album_over_two_ingresses_is_handled_once_with_every_part_in_order() 
         async move { ingress.post(&photo(*id, chat, "album-1")).await }
     });
     let statuses = futures::future::join_all(posts).await;
+    let posted = std::time::Instant::now();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 
+    eventually(Duration::from_secs(20), "the album's answer", || async {
+        !sent_to(&s, chat).is_empty()
+    })
+    .await;
+    // Ten parts, Telegram's most, complete the album: no quiet time to wait out.
+    let took = posted.elapsed();
+    eprintln!("the album was answered {took:?} after its last part was stored (quiet 2 s)");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
     let replies = settled_replies(&s, chat, 1).await;
     let ids: Vec<i64> = (101..=110).collect();
     assert_eq!(
@@ -190,6 +199,18 @@ async fn a_part_that_comes_after_the_quiet_time_is_an_album_of_its_own() {
     for id in [402, 401] {
         assert_eq!(s.post(&photo(id, chat, "album-4")).await, 200);
     }
+    // Two parts: the album waits out the quiet time (1 s) for a third.
+    let posted = std::time::Instant::now();
+    eventually(Duration::from_secs(20), "the album's answer", || async {
+        !sent_to(&s, chat).is_empty()
+    })
+    .await;
+    let took = posted.elapsed();
+    eprintln!("the album was answered {took:?} after its last part was stored (quiet 1 s)");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     assert_eq!(settled_replies(&s, chat, 1).await, [answer(&[401, 402])]);
     // A straggler of the same album, after its handler ran.
     assert_eq!(s.post(&photo(403, chat, "album-4")).await, 200);
