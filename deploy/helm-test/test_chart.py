@@ -17,7 +17,7 @@ def test_two_lanes_become_two_deployments_with_their_replicas_and_kinds(ci_dir):
     assert "replicas" not in messages["spec"] and "replicas" not in inline["spec"]
     e = env(messages["spec"]["template"]["spec"]["containers"][0])
     assert e["TGPIPE_LANE"] == "messages"
-    assert e["TGPIPE_LANE_KINDS"] == "message,edited_message,callback_query"
+    assert e["TGPIPE_LANE_KINDS"] == "message,edited_message,callback_query,timer"
     assert e["TGPIPE_CONCURRENCY"] == "128"
     assert env(inline["spec"]["template"]["spec"]["containers"][0])["TGPIPE_LANE_KINDS"] == "inline_query"
     # Each lane's pods are selected by its own label, so the Deployments never fight.
@@ -464,9 +464,10 @@ def test_default_lanes_split_message_and_callback_query_no_more():
     objs = render(sets=BOTS)
     lanes = {env(c)["TGPIPE_LANE"]: env(c)["TGPIPE_LANE_KINDS"].split(",") for d in by_kind(objs, "Deployment")
              for c in containers(d) if "TGPIPE_LANE" in env(c)}
-    holding = [lane for lane, kinds in lanes.items() if {"message", "callback_query"} & set(kinds)]
+    holding = [lane for lane, kinds in lanes.items() if {"message", "callback_query", "timer"} & set(kinds)]
     assert len(holding) == 1, lanes
-    assert {"message", "callback_query"} <= set(lanes[holding[0]])
+    # Durable timers fire beside the conversations that schedule them (a form's timeout).
+    assert {"message", "callback_query", "timer"} <= set(lanes[holding[0]])
 
 
 def yaml_chart():

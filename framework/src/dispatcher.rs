@@ -516,6 +516,34 @@ impl Dispatcher {
         Ok(outcome)
     }
 
+    /// Whether some router has an `expired` handler (see [`Router::expired`]).
+    pub fn handles_expired(&self) -> bool {
+        self.entries.contains_key(&ObserverKey::Expired)
+    }
+
+    /// Offers an update that expired before its turn to the `expired` handlers, with
+    /// `expired` in its context: what the runtime does instead of dispatching it. An
+    /// update no `expired` handler takes is [`Outcome::Skipped`].
+    pub async fn feed_expired(
+        &self,
+        bot: &Bot,
+        update: Update,
+        expired: crate::expired::Expired,
+        mut values: Extensions,
+    ) -> Result<Outcome, HandlerError> {
+        values.insert(expired);
+        let cx = Context::with_values(
+            Arc::new(update),
+            bot.clone(),
+            Arc::clone(&self.state),
+            values,
+        );
+        let Some(entry) = self.entries.get(&ObserverKey::Expired) else {
+            return Ok(Outcome::Skipped);
+        };
+        crate::calls::with_bot(bot.clone(), entry(cx)).await
+    }
+
     async fn dispatch(&self, cx: Context) -> Result<Outcome, HandlerError> {
         let key = match cx.event() {
             Event::Raw(_) => ObserverKey::Raw,

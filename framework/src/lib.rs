@@ -42,6 +42,7 @@ pub mod chat_action;
 pub mod context;
 pub mod dispatcher;
 pub mod error;
+pub mod expired;
 pub mod extract;
 pub mod filter;
 pub mod flags;

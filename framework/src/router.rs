@@ -53,6 +53,8 @@ pub enum ObserverKey {
     MediaGroup,
     /// Durable timers that fired (see [`crate::timer`]).
     Timer,
+    /// Updates of any kind past their kind's deadline (see [`crate::expired`]).
+    Expired,
     /// Unknown kinds and payloads the typed model could not read.
     Raw,
     /// Errors of handlers below the dispatcher.
@@ -71,6 +73,7 @@ impl std::fmt::Display for ObserverKey {
             ObserverKey::Kind(k) => f.write_str(k.as_str()),
             ObserverKey::MediaGroup => f.write_str("media_group"),
             ObserverKey::Timer => f.write_str(tgpipe_shared::timer::TIMER_KIND),
+            ObserverKey::Expired => f.write_str("expired"),
             ObserverKey::Raw => f.write_str("raw"),
             ObserverKey::Errors => f.write_str("errors"),
         }
@@ -229,6 +232,13 @@ impl Router {
         self.register(ObserverKey::Timer, handler)
     }
 
+    /// Registers a handler for updates that expired before their turn (a callback query
+    /// past its deadline after a backlog): it runs instead of the kind's handlers. Take
+    /// the event as usual and [`crate::expired::Expired`]. See [`crate::expired`].
+    pub fn expired<H: Handler<A>, A: 'static>(&mut self, handler: H) -> RegistrationRef<'_> {
+        self.register(ObserverKey::Expired, handler)
+    }
+
     /// Registers an `errors` handler (take [`crate::error::ErrorEvent`]; filter with
     /// [`crate::filter::ErrorIs`]).
     pub fn errors<H: Handler<A>, A: 'static>(&mut self, handler: H) -> RegistrationRef<'_> {
@@ -381,11 +391,13 @@ impl Router {
     pub(crate) fn observers_needing(&self, id: TypeId, out: &mut Vec<(String, UpdateKind)>) {
         for (key, obs) in &self.observers {
             let needs = |f: &Arc<dyn Filter>| f.requires().iter().any(|r| r.type_id == id);
+            // Fired timers are updates of kind `timer` to the runtime's lanes; albums are
+            // messages.
             let kind = match key {
-                ObserverKey::Kind(kind) => kind,
-                // Albums are messages to the lanes.
-                ObserverKey::MediaGroup => &UpdateKind::Message,
-                ObserverKey::Raw | ObserverKey::Errors | ObserverKey::Timer => continue,
+                ObserverKey::Kind(kind) => kind.clone(),
+                ObserverKey::Timer => UpdateKind::from_field(tgpipe_shared::timer::TIMER_KIND),
+                ObserverKey::MediaGroup => UpdateKind::Message,
+                ObserverKey::Raw | ObserverKey::Errors | ObserverKey::Expired => continue,
             };
             if obs.filters.iter().any(needs)
                 || obs.handlers.iter().any(|reg| {
@@ -393,7 +405,7 @@ impl Router {
                         || reg.filters.iter().any(needs)
                 })
             {
-                out.push((self.name.clone(), kind.clone()));
+                out.push((self.name.clone(), kind));
             }
         }
         for c in &self.children {

@@ -797,3 +797,58 @@ async fn a_provided_value_is_declared_and_inserted_in_one_step() {
     let (_, got) = run(r, &log, text_update("de")).await;
     assert_eq!(got, ["filter de"]);
 }
+
+#[tokio::test]
+async fn an_expired_update_reaches_only_expired_handlers_with_how_late_it_is() {
+    use tgpipe::expired::Expired;
+    async fn stale(q: Arc<frankenstein::types::CallbackQuery>, e: Expired, Dep(log): Dep<Log>) {
+        log.push(format!(
+            "expired {} {}s/{}s",
+            q.id,
+            e.age.as_secs(),
+            e.deadline.as_secs()
+        ));
+    }
+    async fn press(Dep(log): Dep<Log>) {
+        log.push("pressed");
+    }
+    let log = Log::default();
+    let mut router = Router::new("main");
+    router.callback_query(press);
+    router.expired(stale);
+    let dp = Dispatcher::builder(router)
+        .state(log.clone())
+        .build()
+        .unwrap();
+    assert!(dp.handles_expired());
+    let body = br#"{"update_id":9,"callback_query":{"id":"cq9","from":{"id":5,"is_bot":false,"first_name":"A"},"chat_instance":"c","data":"x"}}"#;
+    let update =
+        tgpipe::Update::parse(tgpipe_shared::BotId(123), Bytes::from_static(body)).unwrap();
+    let expired = Expired {
+        age: Duration::from_secs(212),
+        deadline: Duration::from_secs(150),
+    };
+    let outcome = dp
+        .feed_expired(&bot(), update.clone(), expired, tgpipe::Extensions::new())
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Handled);
+    assert_eq!(log.take(), ["expired cq9 212s/150s"]);
+    // Fed as usual, it reaches the kind's handlers.
+    dp.feed_update(&bot(), update.clone()).await.unwrap();
+    assert_eq!(log.take(), ["pressed"]);
+    // A tree without `expired` handlers skips it.
+    let mut plain = Router::new("plain");
+    plain.callback_query(press);
+    let dp = Dispatcher::builder(plain)
+        .state(log.clone())
+        .build()
+        .unwrap();
+    assert!(!dp.handles_expired());
+    let outcome = dp
+        .feed_expired(&bot(), update, expired, tgpipe::Extensions::new())
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Skipped);
+    assert!(log.take().is_empty());
+}

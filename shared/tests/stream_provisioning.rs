@@ -16,10 +16,16 @@ async fn provisioning_creates_both_streams_and_changes_them_only_when_told() {
     provision_streams(&js, &settings).await.unwrap();
     let mut updates = js.get_stream("TG_UPDATES").await.unwrap();
     let info = updates.info().await.unwrap();
-    assert_eq!(info.config.subjects, vec!["tg.>".to_owned()]);
+    // Updates, and the durable timers waiting to fire into them.
+    assert_eq!(
+        info.config.subjects,
+        vec!["tg.>".to_owned(), "tgtimer.>".to_owned()]
+    );
     assert_eq!(info.config.retention, RetentionPolicy::WorkQueue);
     assert_eq!(info.config.storage, StorageType::File);
-    assert_eq!(info.config.discard, DiscardPolicy::New);
+    // No size limit: nothing is discarded either way, and schedules refuse `new`.
+    assert_eq!(info.config.discard, DiscardPolicy::Old);
+    assert!(info.config.allow_message_schedules);
     assert_eq!(info.config.duplicate_window, Duration::from_secs(120));
     let dlq = js
         .get_stream("TG_DLQ")
@@ -59,4 +65,23 @@ async fn a_change_jetstream_refuses_names_the_stream() {
         .await
         .unwrap_err();
     assert_eq!(err.stream, "TG_UPDATES");
+}
+
+/// A stream with a size limit refuses writes when full (the ingress answers 503):
+/// message schedules cannot, so it keeps no timers.
+#[tokio::test]
+async fn a_size_limited_stream_refuses_writes_when_full_and_keeps_no_timers() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let settings = StreamSettings {
+        max_bytes: 1 << 20,
+        ..StreamSettings::default()
+    };
+    assert!(!settings.timers_in_stream());
+    provision_streams(&js, &settings).await.unwrap();
+    let mut updates = js.get_stream("TG_UPDATES").await.unwrap();
+    let info = updates.info().await.unwrap();
+    assert_eq!(info.config.discard, DiscardPolicy::New);
+    assert!(!info.config.allow_message_schedules);
+    assert_eq!(info.config.subjects, vec!["tg.>".to_owned()]);
 }

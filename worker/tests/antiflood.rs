@@ -39,7 +39,7 @@ async fn one_users_updates_on_two_workers_are_limited_for_their_sum() {
     let chat = s
         .worker(&[
             ("TGPIPE_LANE", "chat"),
-            ("TGPIPE_LANE_KINDS", "message"),
+            ("TGPIPE_LANE_KINDS", "message,timer"),
             flood,
         ])
         .await;

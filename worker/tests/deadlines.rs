@@ -56,8 +56,24 @@ async fn callback_queries_from_a_200s_backlog_were_run_and_every_answer_failed()
     let answered = s
         .wait_for("answerCallbackQuery", 4, Duration::from_secs(20))
         .await;
-    let replies = s.wait_for("sendMessage", 4, Duration::from_secs(20)).await;
+    // 20 chats told that their stale button must be pressed again, 4 echoes.
+    s.wait_for("sendMessage", 24, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let (stale, replies): (Vec<_>, Vec<_>) = s
+        .calls_of("sendMessage")
+        .into_iter()
+        .partition(|c| text_of(c).starts_with("That button waited"));
+    assert_eq!(stale.len(), 20);
+    for call in &stale {
+        let waited: u64 = text_of(call)
+            .trim_start_matches("That button waited ")
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((200..230).contains(&waited), "{}", text_of(call));
+    }
     let mut ids: Vec<String> = s
         .calls_of("answerCallbackQuery")
         .iter()
@@ -95,8 +111,15 @@ async fn a_deadline_set_in_tgpipe_deadlines_counts_from_the_ingress() {
     let w = s
         .worker(&[("TGPIPE_DEADLINES", "callback_query=2s,message=1h")])
         .await;
-    s.wait_for("sendMessage", 1, Duration::from_secs(20)).await;
-    // Once the message is answered the press before it was settled.
+    // The chat is told its button went stale, then its message is answered: by then
+    // the press before it was settled.
+    let sent = s.wait_for("sendMessage", 2, Duration::from_secs(20)).await;
+    assert!(
+        text_of(&sent[0]).starts_with("That button waited 2 s"),
+        "{}",
+        text_of(&sent[0])
+    );
+    assert_eq!(text_of(&sent[1]), "hello");
     assert!(s.calls_of("answerCallbackQuery").is_empty());
     let metrics = w.metrics().await;
     assert!(

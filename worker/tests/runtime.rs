@@ -473,7 +473,10 @@ async fn every_corpus_kind_and_an_unknown_kind_are_consumed_without_dead_letters
 async fn two_lanes_split_the_kinds_and_overlapping_lanes_are_refused() {
     let s = Stack::start().await;
     let chat = s
-        .worker(&[("TGPIPE_LANE", "chat"), ("TGPIPE_LANE_KINDS", "message")])
+        .worker(&[
+            ("TGPIPE_LANE", "chat"),
+            ("TGPIPE_LANE_KINDS", "message,timer"),
+        ])
         .await;
     let buttons = s
         .worker(&[

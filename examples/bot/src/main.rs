@@ -13,6 +13,8 @@
 //! - a user joining a group the bot is in is welcomed;
 //! - an album (photos sent together) is answered once, with its parts' message ids in
 //!   album order: `album of 3 parts: 101,102,103`;
+//! - a button pressed so long ago that Telegram no longer takes its answer (a backlog
+//!   after an outage) is not run: the chat is told to press it again;
 //! - every other update, of any kind: acknowledged and counted (`tgpipe_worker_outcomes_total`).
 //!
 //! It runs as any tgpipe worker: `tgpipe-example-bot [run|dlq ...]`, configured by
@@ -27,6 +29,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tgpipe::antiflood::AntiFlood;
+use tgpipe::expired::Expired;
 use tgpipe::frankenstein::types::{ChatMemberUpdated as MemberUpdate, ChatType};
 use tgpipe::prelude::*;
 use tgpipe::timer::{self, Timer, Timers};
@@ -147,6 +150,17 @@ async fn remind(message: Arc<Message>, command: CommandObject, timers: Timers) -
         .await
 }
 
+/// A press that waited past Telegram's deadline (`TGPIPE_DEADLINES`): its answer would
+/// fail, so the chat is asked to press again.
+async fn stale_button(query: Arc<CallbackQuery>, expired: Expired) -> Result {
+    let waited = expired.age.as_secs();
+    query
+        .answer_in_chat(format!(
+            "That button waited {waited} s; please press it again."
+        ))
+        .await
+}
+
 /// A reminder's time came.
 async fn reminded(timer: Arc<Timer>) -> Result {
     let what: String = timer.payload().map_err(HandlerError::permanent)?;
@@ -227,6 +241,7 @@ fn router() -> Router {
         MemberGroup::IS_NOT_MEMBER >> MemberGroup::IS_MEMBER,
     ));
     router.timer(reminded).filter(timer::prefixed("remind:"));
+    router.expired(stale_button);
     router
         .timer(form_timed_out)
         .filter(timer::state_timed_out());

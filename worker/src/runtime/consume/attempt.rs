@@ -27,6 +27,14 @@ use crate::runtime::effects::{self, UpdateCalls};
 use crate::runtime::redis_probe::needs_redis;
 use crate::runtime::registry::RemovedPolicy;
 
+/// How an attempt feeds the dispatcher.
+struct Feed {
+    /// The FSM state read ahead, for the FSM middleware.
+    prefetched: Option<Prefetched>,
+    /// Past its kind's deadline: to the `expired` handlers.
+    expired: Option<tgpipe::expired::Expired>,
+}
+
 impl Pod {
     /// Handles one held update to its end: acknowledged, dead-lettered, or (when its
     /// partition stopped first) returned to the stream for the next owner.
@@ -141,9 +149,18 @@ impl Pod {
                 // Checked before every attempt: a callback query that waited out a
                 // backlog, or kept failing, past the time Telegram takes its answer is
                 // not run (its answer would fail) and does not hold the chat.
+                // The tree's `expired` handlers, if it has some, run instead.
+                let mut expired = None;
                 if let Some(late) = me.acks.deadlines.overdue(&kind, env.received_at_ms, SystemTime::now()) {
                     tracing::info!(?late, "expired: past its kind's deadline (TGPIPE_DEADLINES); not run");
-                    return Action::Ack("expired");
+                    if !me.dispatcher.handles_expired() {
+                        return Action::Ack("expired");
+                    }
+                    let deadline = me.acks.deadlines.of(kind.as_str()).unwrap_or_default();
+                    expired = Some(tgpipe::expired::Expired {
+                        age: deadline + late,
+                        deadline,
+                    });
                 }
                 let recoveries = me.redis.recoveries();
                 // Taken per attempt: a bot added while its update waits is found.
@@ -175,9 +192,19 @@ impl Pod {
                         let update = update.clone();
                         let dispatch = effects::scope(
                             calls.clone(),
-                            self.dispatch(&b.bot, update, prefetched.take(), &job, &part, label),
+                            self.dispatch(
+                                &b.bot,
+                                update,
+                                Feed { prefetched: prefetched.take(), expired },
+                                &job,
+                                &part,
+                                label,
+                            ),
                         );
-                        tgpipe::bot::idle::with_idle_hook(holder, dispatch).await
+                        match tgpipe::bot::idle::with_idle_hook(holder, dispatch).await {
+                            Action::Ack(_) if expired.is_some() => Action::Ack("expired"),
+                            action => action,
+                        }
                     }
                 };
                 // A partition this pod no longer owns is the new owner's to finish or
@@ -251,7 +278,10 @@ impl Pod {
         &self,
         bot: &Bot,
         update: Update,
-        prefetched: Option<Prefetched>,
+        Feed {
+            prefetched,
+            expired,
+        }: Feed,
         job: &Job,
         part: &Arc<Owned>,
         label: &'static str,
@@ -264,6 +294,13 @@ impl Pod {
         }
         // A panicking handler fails this update, not the pod.
         let feed = async {
+            if let Some(expired) = expired {
+                return self
+                    .me
+                    .dispatcher
+                    .feed_expired(bot, update, expired, values)
+                    .await;
+            }
             let Some(album) = &job.album else {
                 return self.me.dispatcher.feed_with(bot, update, values).await;
             };
