@@ -29,17 +29,22 @@ pub(super) struct MediaGroup {
     id: String,
 }
 
-/// The album `job` is a part of, if it is one: a message, channel post or business
-/// message whose body names a `media_group_id`. Other bodies cost one byte search.
+/// The album `job` is a part of, if it is one (see [`media_group_in`]).
 pub(super) fn media_group_of(job: &Job) -> Option<MediaGroup> {
     let env = job.env.as_ref().ok()?;
+    media_group_in(&env.kind, job.src.payload())
+}
+
+/// The album an update of `kind` with this body is a part of: a message, channel post
+/// or business message whose body names a `media_group_id`. Other bodies cost one byte
+/// search; only a body that names one is parsed.
+fn media_group_in(kind: &UpdateKind, body: &[u8]) -> Option<MediaGroup> {
     if !matches!(
-        env.kind,
+        kind,
         UpdateKind::Message | UpdateKind::ChannelPost | UpdateKind::BusinessMessage
     ) {
         return None;
     }
-    let body = job.src.payload();
     const NEEDLE: &[u8] = b"\"media_group_id\"";
     if !body.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
         return None;
@@ -59,13 +64,13 @@ pub(super) fn media_group_of(job: &Job) -> Option<MediaGroup> {
         business_message: Option<Part<'a>>,
     }
     let parsed: Body<'_> = serde_json::from_slice(body).ok()?;
-    let part = match env.kind {
+    let part = match kind {
         UpdateKind::Message => parsed.message,
         UpdateKind::ChannelPost => parsed.channel_post,
         _ => parsed.business_message,
     };
     Some(MediaGroup {
-        kind: env.kind.clone(),
+        kind: kind.clone(),
         id: part?.media_group_id?.into_owned(),
     })
 }
@@ -141,5 +146,54 @@ impl Pod {
                 tracing::debug!(error = %e, "in-progress ack");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(kind: UpdateKind, id: &str) -> Option<MediaGroup> {
+        Some(MediaGroup {
+            kind,
+            id: id.to_owned(),
+        })
+    }
+
+    #[test]
+    fn the_parts_of_albums_are_found_by_their_kind_and_media_group_id() {
+        let photo =
+            br#"{"update_id":1,"message":{"message_id":1,"media_group_id":"g\u00e9","photo":[]}}"#;
+        assert_eq!(
+            media_group_in(&UpdateKind::Message, photo),
+            group(UpdateKind::Message, "g\u{e9}")
+        );
+        let post = br#"{"update_id":2,"channel_post":{"message_id":2,"media_group_id":"c1"}}"#;
+        assert_eq!(
+            media_group_in(&UpdateKind::ChannelPost, post),
+            group(UpdateKind::ChannelPost, "c1")
+        );
+        let business =
+            br#"{"update_id":3,"business_message":{"message_id":3,"media_group_id":"b1"}}"#;
+        assert_eq!(
+            media_group_in(&UpdateKind::BusinessMessage, business),
+            group(UpdateKind::BusinessMessage, "b1")
+        );
+    }
+
+    #[test]
+    fn other_updates_are_not_parts() {
+        // A text that only mentions the field.
+        let text =
+            br#"{"update_id":1,"message":{"message_id":1,"text":"what is \"media_group_id\"?"}}"#;
+        assert_eq!(media_group_in(&UpdateKind::Message, text), None);
+        // An edited part of an album is an edit, not a part.
+        let edit = br#"{"update_id":2,"edited_message":{"message_id":1,"media_group_id":"g1"}}"#;
+        assert_eq!(media_group_in(&UpdateKind::EditedMessage, edit), None);
+        // Not JSON after all.
+        assert_eq!(
+            media_group_in(&UpdateKind::Message, br#"{"media_group_id": "#),
+            None
+        );
     }
 }
