@@ -442,8 +442,9 @@ impl Dispatcher {
     /// order): through the `media_group` observers, with an [`Album`] of every part
     /// sorted by `message_id` and the first part as the context's update. An album no
     /// album handler takes (or parts that are not one album) reaches the message
-    /// handlers part by part, in album order. `values` go to the first dispatch. The
-    /// outcome is `Handled` if anything handled; the first error ends the dispatch.
+    /// handlers part by part, in album order. `values` go to the first dispatch. A part
+    /// given twice (the same `update_id`) counts once. The outcome is `Handled` if
+    /// anything handled; the first error ends the dispatch.
     ///
     /// ```
     /// use tgpipe::prelude::*;
@@ -474,6 +475,10 @@ impl Dispatcher {
         parts: Vec<Update>,
         values: Extensions,
     ) -> Result<Outcome, HandlerError> {
+        // A part delivered twice counts once.
+        let mut parts = parts;
+        let mut ids = std::collections::HashSet::with_capacity(parts.len());
+        parts.retain(|u| ids.insert(u.update_id));
         let mut values = Some(values);
         let (album, mut parts) = match self.entries.get(&ObserverKey::MediaGroup) {
             Some(entry) => match Album::new(parts.clone()) {

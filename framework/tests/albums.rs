@@ -221,3 +221,15 @@ async fn an_album_handler_shares_the_first_parts_fsm_key() {
     let data: std::collections::HashMap<String, usize> = rmp_serde::from_slice(&data).unwrap();
     assert_eq!(data["parts"], 2);
 }
+
+#[tokio::test]
+async fn a_part_given_twice_counts_once() {
+    let log = Log::default();
+    let mut r = Router::new("r");
+    r.media_group(album_ids);
+    let dp = dispatcher(r, &log);
+    let parts = vec![part(2), part(1), part(2), part(1)];
+    let outcome = dp.feed_album(&bot(), parts, Extensions::new()).await;
+    assert_eq!(outcome.unwrap(), Outcome::Handled);
+    assert_eq!(log.take(), ["album g1 of 2: 1,2 (first 1)"]);
+}

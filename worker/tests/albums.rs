@@ -364,3 +364,25 @@ async fn an_album_delivered_again_after_it_was_handled_is_acknowledged_as_a_dupl
         "answered once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_album_collected_longer_than_the_ack_wait_keeps_its_parts() {
+    let s = Stack::start().await;
+    // Without in-progress acks the server would redeliver the parts after 1 s, while
+    // the album waits 3 s for a third part.
+    let _w = s
+        .worker(&[("TGPIPE_ACK_WAIT", "1s"), ("TGPIPE_ALBUM_QUIET", "3s")])
+        .await;
+    let chat = 8909;
+    for id in [901, 902] {
+        assert_eq!(s.post(&photo(id, chat, "album-9")).await, 200);
+    }
+    // Twice the ack wait into the collection.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let info = s.lane_info("default").await;
+    assert!(sent_to(&s, chat).is_empty(), "still collecting");
+    assert_eq!(info.num_ack_pending, 2, "{info:?}");
+    assert_eq!(info.num_redelivered, 0, "{info:?}");
+    assert_eq!(settled_replies(&s, chat, 1).await, [answer(&[901, 902])]);
+    assert_eq!(s.lane_info("default").await.num_ack_pending, 0);
+}

@@ -29,6 +29,10 @@ pub(super) struct MediaGroup {
     id: String,
 }
 
+fn update_id(job: &Job) -> Option<i64> {
+    job.env.as_ref().ok().map(|env| env.update_id)
+}
+
 /// The album `job` is a part of, if it is one (see [`media_group_in`]).
 pub(super) fn media_group_of(job: &Job) -> Option<MediaGroup> {
     let env = job.env.as_ref().ok()?;
@@ -88,13 +92,15 @@ impl Pod {
         let quiet = self.me.acks.album_quiet;
         let every = (self.me.acks.ack_wait / 3).max(Duration::from_millis(100));
         let wake = self.scheduler.watch(key);
-        let mut parts = Vec::new();
+        let mut parts: Vec<Job> = Vec::new();
+        // Distinct parts: a copy of one delivered again settles with the album, once.
+        let mut ids = vec![update_id(&first)];
         tracing::debug!(media_group_id = %group.id, chat = key.1, "collecting an album");
         metrics::album_part_collected();
         let mut quiet_until = tokio::time::Instant::now() + quiet;
         let mut progress_at = tokio::time::Instant::now() + every;
         let mut after = None;
-        while parts.len() + 1 < MAX_PARTS && !first.part.stopped() {
+        while ids.len() < MAX_PARTS && !first.part.stopped() {
             let next = match self.scheduler.take(key) {
                 Some(Next::Job(job)) => Some(job),
                 Some(Next::Parked(parked)) => match self.unpark(parked).await {
@@ -108,9 +114,13 @@ impl Pod {
                 if Arc::ptr_eq(&job.part, &first.part)
                     && media_group_of(&job).as_ref() == Some(&group)
                 {
+                    let id = update_id(&job);
                     parts.push(job);
-                    metrics::album_part_collected();
-                    quiet_until = tokio::time::Instant::now() + quiet;
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                        metrics::album_part_collected();
+                        quiet_until = tokio::time::Instant::now() + quiet;
+                    }
                     continue;
                 }
                 after = Some(job);
