@@ -148,6 +148,17 @@ def test_worker_termination_grace_covers_the_handler_timeout_and_the_drain():
         render(sets=dict(BOTS, **{"worker.handlerTimeoutSeconds": "60", "worker.shutdownGraceSeconds": "25"}))
 
 
+def test_the_album_quiet_time_reaches_every_lane_and_a_malformed_one_is_refused():
+    objs = render(sets=BOTS)
+    e = env(named(objs, "Deployment", "t-tgpipe-worker-messages")["spec"]["template"]["spec"]["containers"][0])
+    assert e["TGPIPE_ALBUM_QUIET"] == "1s"
+    objs = render(sets=dict(BOTS, **{"worker.albumQuiet": "250ms"}))
+    e = env(named(objs, "Deployment", "t-tgpipe-worker-messages")["spec"]["template"]["spec"]["containers"][0])
+    assert e["TGPIPE_ALBUM_QUIET"] == "250ms"
+    with pytest.raises(RenderError, match="albumQuiet"):
+        render(sets=dict(BOTS, **{"worker.albumQuiet": "a second"}))
+
+
 def test_the_webhook_watchdog_gets_the_static_bots_url_and_secrets_when_there_is_a_public_url():
     objs = render(sets=BOTS)
     d = named(objs, "Deployment", "t-tgpipe-worker-messages")

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tgpipe_shared::{Envelope, UpdateKind};
 
+use crate::album::Album;
 use crate::bot::Bot;
 use crate::context::{Context, Extensions};
 use crate::error::ErrorEvent;
@@ -212,6 +213,12 @@ impl DispatcherBuilder {
         self.router.used_update_kinds()
     }
 
+    /// Whether some router has a `media_group` handler (see
+    /// [`Dispatcher::wants_albums`]).
+    pub fn wants_albums(&self) -> bool {
+        self.router.wants_albums()
+    }
+
     /// Whether an FSM was given with [`DispatcherBuilder::fsm`].
     pub fn has_fsm(&self) -> bool {
         self.fsm.is_some()
@@ -248,6 +255,7 @@ impl DispatcherBuilder {
             &mut HashSet::new(),
         )?;
         let kinds = Arc::new(self.router.used_update_kinds());
+        let wants_albums = self.router.wants_albums();
         let mut fsm_observers = Vec::new();
         self.router
             .observers_needing(std::any::TypeId::of::<FsmInstalled>(), &mut fsm_observers);
@@ -280,6 +288,7 @@ impl DispatcherBuilder {
             .collect();
         Ok(Dispatcher {
             kinds,
+            wants_albums,
             fsm_observers: fsm_observers.into(),
             entries: Arc::new(entries),
             state: Arc::new(self.state),
@@ -314,6 +323,7 @@ pub struct Dispatcher {
     entries: Arc<BTreeMap<ObserverKey, Route>>,
     state: Arc<Extensions>,
     kinds: Arc<Vec<UpdateKind>>,
+    wants_albums: bool,
     fsm_observers: Arc<[(String, UpdateKind)]>,
     fsm: Option<Fsm>,
 }
@@ -342,6 +352,12 @@ impl Dispatcher {
     /// The kinds the registered handlers can receive (for `allowed_updates`).
     pub fn used_update_kinds(&self) -> Vec<UpdateKind> {
         self.kinds.as_ref().clone()
+    }
+
+    /// Whether some router has a `media_group` handler: the runtime collects albums only
+    /// for a dispatcher that wants them.
+    pub fn wants_albums(&self) -> bool {
+        self.wants_albums
     }
 
     /// The observers whose handlers or filters use FSM state (take `FsmContext` or
@@ -420,6 +436,89 @@ impl Dispatcher {
             values,
         );
         self.dispatch(cx).await
+    }
+
+    /// Dispatches the parts of one album (updates with the same `media_group_id`, in any
+    /// order): through the `media_group` observers, with an [`Album`] of every part
+    /// sorted by `message_id` and the first part as the context's update. An album no
+    /// album handler takes (or parts that are not one album) reaches the message
+    /// handlers part by part, in album order. `values` go to the first dispatch. A part
+    /// given twice (the same `update_id`) counts once. The outcome is `Handled` if
+    /// anything handled; the first error ends the dispatch.
+    ///
+    /// ```
+    /// use tgpipe::prelude::*;
+    /// use tgpipe::{Album, Extensions};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// async fn album(album: Album) {
+    ///     assert_eq!(album.len(), 2);
+    ///     assert_eq!(album.messages()[0].message_id, 11);
+    /// }
+    ///
+    /// let mut router = Router::new("main");
+    /// router.media_group(album);
+    /// let dispatcher = Dispatcher::builder(router).build().unwrap();
+    /// let bot = Bot::new("123:TEST").unwrap();
+    /// let part = |id: i64| {
+    ///     let raw = format!(r#"{{"update_id":{id},"message":{{"message_id":{id},"date":0,"chat":{{"id":5,"type":"private"}},"media_group_id":"g1","photo":[]}}}}"#);
+    ///     Update::parse(bot.id(), raw.into()).unwrap()
+    /// };
+    /// let parts = vec![part(12), part(11)];
+    /// let outcome = dispatcher.feed_album(&bot, parts, Extensions::new()).await;
+    /// assert_eq!(outcome.unwrap(), Outcome::Handled);
+    /// # })
+    /// ```
+    pub async fn feed_album(
+        &self,
+        bot: &Bot,
+        parts: Vec<Update>,
+        values: Extensions,
+    ) -> Result<Outcome, HandlerError> {
+        // A part delivered twice counts once.
+        let mut parts = parts;
+        let mut ids = std::collections::HashSet::with_capacity(parts.len());
+        parts.retain(|u| ids.insert(u.update_id));
+        let mut values = Some(values);
+        let (album, mut parts) = match self.entries.get(&ObserverKey::MediaGroup) {
+            Some(entry) => match Album::new(parts.clone()) {
+                Some(album) => {
+                    let mut cx = Context::with_values(
+                        album.first(),
+                        bot.clone(),
+                        Arc::clone(&self.state),
+                        values.take().unwrap_or_default(),
+                    );
+                    cx.insert(album.clone());
+                    let bot = cx.bot().clone();
+                    if crate::calls::with_bot(bot, entry(cx)).await? == Outcome::Handled {
+                        return Ok(Outcome::Handled);
+                    }
+                    (Some(album), Vec::new())
+                }
+                None => (None, parts),
+            },
+            None => (None, parts),
+        };
+        // Part by part, in album order.
+        if let Some(album) = album {
+            parts = album.updates().iter().map(|u| Update::clone(u)).collect();
+        } else {
+            parts.sort_by_key(|u| u.event.message().map(|m| m.message_id));
+        }
+        let mut outcome = Outcome::Skipped;
+        for update in parts {
+            let cx = Context::with_values(
+                Arc::new(update),
+                bot.clone(),
+                Arc::clone(&self.state),
+                values.take().unwrap_or_default(),
+            );
+            if self.dispatch(cx).await? == Outcome::Handled {
+                outcome = Outcome::Handled;
+            }
+        }
+        Ok(outcome)
     }
 
     /// Whether some router has an `expired` handler (see [`Router::expired`]).

@@ -33,6 +33,7 @@
 /// The Bot API client: the `tgpipe-bot` crate.
 pub use tgpipe_bot as bot;
 
+pub mod album;
 pub mod antiflood;
 pub mod callback_answer;
 pub mod callback_data;
@@ -57,6 +58,7 @@ pub mod router;
 pub mod timer;
 pub mod update;
 
+pub use album::Album;
 pub use bot::{Bot, BotError};
 pub use context::{Context, Extensions};
 pub use dispatcher::{Dispatcher, DispatcherBuilder};

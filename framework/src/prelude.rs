@@ -54,6 +54,7 @@ pub use frankenstein::AsyncTelegramApi;
 pub use frankenstein::types::{CallbackQuery, Message, ReplyMarkup};
 pub use tgpipe_shared::UpdateKind;
 
+pub use crate::album::Album;
 pub use crate::bot::{Bot, BotError};
 pub use crate::calls::{CallbackQueryCalls, ChatMemberUpdatedCalls, ChatMemberUser, MessageCalls};
 // The `callback_data!` macro (and its module, which shares the name).

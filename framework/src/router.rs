@@ -49,6 +49,8 @@ pub(crate) struct Observer {
 pub enum ObserverKey {
     /// Updates of this kind.
     Kind(UpdateKind),
+    /// Albums: the parts of one media group, together (see [`Router::media_group`]).
+    MediaGroup,
     /// Durable timers that fired (see [`crate::timer`]).
     Timer,
     /// Updates of any kind past their kind's deadline (see [`crate::expired`]).
@@ -69,6 +71,7 @@ impl std::fmt::Display for ObserverKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ObserverKey::Kind(k) => f.write_str(k.as_str()),
+            ObserverKey::MediaGroup => f.write_str("media_group"),
             ObserverKey::Timer => f.write_str(tgpipe_shared::timer::TIMER_KIND),
             ObserverKey::Expired => f.write_str("expired"),
             ObserverKey::Raw => f.write_str("raw"),
@@ -193,6 +196,28 @@ impl Router {
         guest_message => GuestMessage,
         stopped_message_generation => StoppedMessageGeneration,
         subscription => Subscription,
+    }
+
+    /// Registers an album handler: it takes an [`crate::Album`], every part of one media
+    /// group (up to 10 photos, videos, documents or audio files sent together) in
+    /// album order, in one call. Its context's update is the album's first part, so
+    /// `Arc<Message>`, filters on the chat and the FSM work as for a message. An album
+    /// no album handler takes reaches the message handlers part by part.
+    ///
+    /// ```
+    /// use tgpipe::prelude::*;
+    ///
+    /// async fn album(album: Album, message: Arc<Message>) -> Result {
+    ///     message.answer(format!("album of {} parts", album.len())).await
+    /// }
+    ///
+    /// let mut router = Router::new("main");
+    /// router.media_group(album);
+    /// let dispatcher = Dispatcher::builder(router).build().unwrap();
+    /// assert!(dispatcher.wants_albums());
+    /// ```
+    pub fn media_group<H: Handler<A>, A: 'static>(&mut self, handler: H) -> RegistrationRef<'_> {
+        self.register(ObserverKey::MediaGroup, handler)
     }
 
     /// Registers a handler for updates whose kind is unknown or whose payload the typed
@@ -340,9 +365,25 @@ impl Router {
                 kinds.insert(k.clone());
             }
         }
+        // Albums come as messages (and as the channel posts and business messages the
+        // tree asks for anyway).
+        if self.has_media_group_handler() {
+            kinds.insert(UpdateKind::Message);
+        }
         for c in &self.children {
             c.collect_kinds(kinds);
         }
+    }
+
+    fn has_media_group_handler(&self) -> bool {
+        self.observers
+            .get(&ObserverKey::MediaGroup)
+            .is_some_and(|obs| !obs.handlers.is_empty())
+    }
+
+    /// Whether some router of the tree has a `media_group` handler.
+    pub(crate) fn wants_albums(&self) -> bool {
+        self.has_media_group_handler() || self.children.iter().any(Router::wants_albums)
     }
 
     /// The `(router, kind)` observers of the tree where a handler or filter needs a value
@@ -350,10 +391,12 @@ impl Router {
     pub(crate) fn observers_needing(&self, id: TypeId, out: &mut Vec<(String, UpdateKind)>) {
         for (key, obs) in &self.observers {
             let needs = |f: &Arc<dyn Filter>| f.requires().iter().any(|r| r.type_id == id);
-            // Fired timers are updates of kind `timer` to the runtime's lanes.
+            // Fired timers are updates of kind `timer` to the runtime's lanes; albums are
+            // messages.
             let kind = match key {
                 ObserverKey::Kind(kind) => kind.clone(),
                 ObserverKey::Timer => UpdateKind::from_field(tgpipe_shared::timer::TIMER_KIND),
+                ObserverKey::MediaGroup => UpdateKind::Message,
                 ObserverKey::Raw | ObserverKey::Errors | ObserverKey::Expired => continue,
             };
             if obs.filters.iter().any(needs)
@@ -423,7 +466,9 @@ impl Router {
                         || on.contains(&req.type_id)
                         || from_filters.contains(&req.type_id)
                         // The error observer always provides the error.
-                        || (*key == ObserverKey::Errors && req.type_id == TypeId::of::<crate::error::ErrorEvent>());
+                        || (*key == ObserverKey::Errors && req.type_id == TypeId::of::<crate::error::ErrorEvent>())
+                        // The album observer always provides the album.
+                        || (*key == ObserverKey::MediaGroup && req.type_id == TypeId::of::<crate::album::Album>());
                     if !ok && req.type_id == TypeId::of::<crate::fsm::FsmInstalled>() {
                         return Err(BuildError::FsmNotConfigured {
                             router: self.name.clone(),

@@ -7,11 +7,11 @@
 
 mod stack;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use stack::{Stack, Worker, chat_of, partition_of, text, text_of};
+use stack::{Stack, Worker, balanced, chat_of, gauge, owners, partition_of, text, text_of};
 use tgpipe_testkit::sink::RecordedCall;
 use tgpipe_testkit::{eventually, eventually_ok};
 
@@ -142,54 +142,6 @@ async fn join(posts: Vec<tokio::task::JoinHandle<()>>) {
     for p in posts {
         p.await.unwrap();
     }
-}
-
-/// Which member holds each partition now, from the ownership bucket.
-async fn owners(s: &Stack) -> BTreeMap<u16, String> {
-    use futures::StreamExt;
-    let kv = s.js.get_key_value("tgpipe_groups").await.expect("bucket");
-    let mut keys = kv.keys().await.expect("keys");
-    let mut out = BTreeMap::new();
-    while let Some(Ok(key)) = keys.next().await {
-        if let Some(p) = key.strip_prefix("TG_UPDATES.default.owners.")
-            && let Ok(Some(v)) = kv.get(&key).await
-        {
-            out.insert(p.parse().unwrap(), String::from_utf8_lossy(&v).into_owned());
-        }
-    }
-    out
-}
-
-/// Waits until the 16 partitions are held by the members named `names`, evenly (loads
-/// differ by one at most).
-async fn balanced(s: &Stack, names: &[&str]) -> BTreeMap<u16, String> {
-    let what = format!("the partitions are balanced over {names:?}");
-    eventually_ok(Duration::from_secs(30), &what, || async {
-        let o = owners(s).await;
-        let holders: BTreeSet<&str> = o.values().map(String::as_str).collect();
-        let every = names
-            .iter()
-            .all(|n| holders.iter().any(|h| h.starts_with(&format!("{n}-"))));
-        let (lo, hi) = (16 / names.len(), 16usize.div_ceil(names.len()));
-        let even = holders
-            .iter()
-            .all(|h| (lo..=hi).contains(&o.values().filter(|m| m == h).count()));
-        if o.len() == 16 && every && holders.len() == names.len() && even {
-            Ok(o)
-        } else {
-            Err(format!("{o:?}"))
-        }
-    })
-    .await
-}
-
-fn gauge(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// The longest pause between consecutive replies of one chat, over `chats`, counted

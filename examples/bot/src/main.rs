@@ -11,6 +11,8 @@
 //! - `/count` increments a counter kept in the chat's FSM data and replies `count: N`;
 //! - `/menu` shows an inline keyboard; a press answers the callback and edits the message;
 //! - a user joining a group the bot is in is welcomed;
+//! - an album (photos sent together) is answered once, with its parts' message ids in
+//!   album order: `album of 3 parts: 101,102,103`;
 //! - a button pressed so long ago that Telegram no longer takes its answer (a backlog
 //!   after an outage) is not run: the chat is told to press it again;
 //! - every other update, of any kind: acknowledged and counted (`tgpipe_worker_outcomes_total`).
@@ -208,6 +210,13 @@ async fn welcome(update: Arc<MemberUpdate>) -> Result {
     update.answer(format!("Welcome to {title}, {name}!")).await
 }
 
+async fn album(album: Album, message: Arc<Message>) -> Result {
+    let ids: Vec<String> = album.iter().map(|m| m.message_id.to_string()).collect();
+    let parts = if album.len() == 1 { "part" } else { "parts" };
+    let text = format!("album of {} {parts}: {}", album.len(), ids.join(","));
+    message.answer(text).await
+}
+
 /// The bot's handlers, commands first so they work in the middle of the form.
 fn router() -> Router {
     let mut router = Router::new("example");
@@ -226,6 +235,7 @@ fn router() -> Router {
         .filter(chat_type(&[ChatType::Private]))
         .filter(StateFilter::none())
         .filter(text::plain());
+    router.media_group(album);
     router.callback_query(chosen).filter(MenuChoice::filter());
     router.chat_member(welcome).filter(ChatMemberUpdated::new(
         MemberGroup::IS_NOT_MEMBER >> MemberGroup::IS_MEMBER,

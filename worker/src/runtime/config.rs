@@ -485,6 +485,12 @@ pub struct RunArgs {
     /// for a run slot. Each chat keeps its order either way.
     #[arg(long, env = "TGPIPE_INTERACTIVE_FIRST", default_value_t = false, action = clap::ArgAction::Set)]
     pub interactive_first: bool,
+    /// How long an album (a media group) waits for its next part before its
+    /// `media_group` handler runs with the parts it has; 0 turns collection off (the
+    /// parts reach the message handlers one by one). Only for a bot with an album
+    /// handler.
+    #[arg(long, env = "TGPIPE_ALBUM_QUIET", default_value = "1s", value_parser = parse_duration)]
+    pub album_quiet: Duration,
     /// Attempts at a failing update before it is dead-lettered (once the retry budget is
     /// spent too).
     #[arg(long, env = "TGPIPE_MAX_DELIVER", default_value_t = 5,
@@ -695,6 +701,7 @@ impl RunArgs {
                 handler_timeout: self.handler_timeout,
                 deadlines: self.deadlines,
                 interactive_first: self.interactive_first,
+                album_quiet: self.album_quiet,
             },
             webhook_watch,
             seen: (self.seen_cap > 0).then_some((self.seen_cap, self.seen_ttl)),

@@ -19,6 +19,9 @@
 //! | `tgpipe_worker_bot_waiting` | gauge | `lane`, `bot`: a bot's dispatches waiting for a run slot |
 //! | `tgpipe_worker_chat_queue_depth_max` | gauge | `lane`: the deepest chat queue in the pod |
 //! | `tgpipe_worker_oldest_held_seconds` | gauge | `lane`: age of the oldest held update that has not started |
+//! | `tgpipe_worker_albums_total` | counter | `outcome` (as `tgpipe_worker_outcomes_total`, `given_back`): albums settled, each once with all its parts |
+//! | `tgpipe_worker_album_parts_total` | counter | `outcome`: the parts of those albums |
+//! | `tgpipe_worker_album_parts_collected_total` | counter | parts taken into an album being collected (a part given back and collected again counts again) |
 //! | `tgpipe_worker_seen_unavailable_total` | counter | the memory of finished updates could not be read or written (fails open) |
 //!
 //! The webhook watchdog's `tgpipe_webhook_*` metrics are set in `webhook_watch`.
@@ -68,6 +71,16 @@ pub(crate) fn consumed(kind: &'static str, redelivered: bool) {
 pub(crate) fn outcome(kind: &'static str, outcome: &'static str) {
     metrics::counter!("tgpipe_worker_outcomes_total", "kind" => kind, "outcome" => outcome)
         .increment(1);
+}
+
+pub(crate) fn album(outcome: &'static str, parts: usize) {
+    metrics::counter!("tgpipe_worker_albums_total", "outcome" => outcome).increment(1);
+    metrics::counter!("tgpipe_worker_album_parts_total", "outcome" => outcome)
+        .increment(parts as u64);
+}
+
+pub(crate) fn album_part_collected() {
+    metrics::counter!("tgpipe_worker_album_parts_collected_total").increment(1);
 }
 
 pub(crate) fn handler_time(kind: &'static str, took: Duration) {

@@ -75,6 +75,8 @@ pub struct Stack {
     stop_ingress: Option<tokio::sync::oneshot::Sender<()>>,
     /// `TGPIPE_BOT_TOKENS` of its workers.
     tokens: String,
+    /// `TGPIPE_BOTS` of its ingress.
+    bots: String,
 }
 
 impl Stack {
@@ -183,6 +185,7 @@ impl Stack {
             http: reqwest::Client::new(),
             stop_ingress: Some(tx),
             tokens,
+            bots,
         }
     }
 
@@ -228,6 +231,43 @@ impl Stack {
             .expect("ingress answers")
             .status()
             .as_u16()
+    }
+
+    /// Starts another ingress, as a process of its own (`tgpipe-ingress`), once ready.
+    pub async fn ingress_process(&self) -> IngressProcess {
+        let (web, ops) = (free_port(), free_port());
+        let child = Command::new(tgpipe_testkit::workspace_bin(
+            "tgpipe-ingress",
+            "tgpipe-ingress",
+        ))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs([
+            ("TGPIPE_BOTS", self.bots.clone()),
+            ("NATS_URL", self.nats.url()),
+            ("TGPIPE_ALLOWED_CIDRS", "any".to_owned()),
+            ("TGPIPE_LISTEN", format!("127.0.0.1:{web}")),
+            ("TGPIPE_OPS_LISTEN", format!("127.0.0.1:{ops}")),
+            ("TGPIPE_STREAM_REPLICAS", self.nats.replicas().to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ])
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the ingress");
+        let ingress = IngressProcess {
+            child,
+            web: SocketAddr::from(([127, 0, 0, 1], web)),
+            http: reqwest::Client::new(),
+        };
+        let readyz = format!("http://127.0.0.1:{ops}/readyz");
+        eventually(
+            Duration::from_secs(30),
+            "the ingress process is ready",
+            || async { reqwest::get(&readyz).await.is_ok_and(|r| r.status() == 200) },
+        )
+        .await;
+        ingress
     }
 
     /// The environment of a worker process on this stack.
@@ -385,6 +425,88 @@ impl Drop for Stack {
             let _ = tx.send(());
         }
     }
+}
+
+/// An ingress process ([`Stack::ingress_process`]); killed when dropped.
+pub struct IngressProcess {
+    child: Child,
+    pub web: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl IngressProcess {
+    /// Posts an update as Telegram does for [`BOT`]; returns the HTTP status.
+    pub async fn post(&self, update: &Value) -> u16 {
+        self.http
+            .post(format!("http://{}/webhook/{BOT}", self.web))
+            .header("X-Telegram-Bot-Api-Secret-Token", SECRET)
+            .header("Content-Type", "application/json")
+            .body(update.to_string())
+            .send()
+            .await
+            .expect("the ingress answers")
+            .status()
+            .as_u16()
+    }
+}
+
+impl Drop for IngressProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which member holds each partition of the default lane now, from the ownership
+/// bucket.
+pub async fn owners(s: &Stack) -> std::collections::BTreeMap<u16, String> {
+    use futures::StreamExt;
+    let kv = s.js.get_key_value("tgpipe_groups").await.expect("bucket");
+    let mut keys = kv.keys().await.expect("keys");
+    let mut out = std::collections::BTreeMap::new();
+    while let Some(Ok(key)) = keys.next().await {
+        if let Some(p) = key.strip_prefix("TG_UPDATES.default.owners.")
+            && let Ok(Some(v)) = kv.get(&key).await
+        {
+            out.insert(p.parse().unwrap(), String::from_utf8_lossy(&v).into_owned());
+        }
+    }
+    out
+}
+
+/// Waits until the 16 partitions are held by the members named `names`, evenly (loads
+/// differ by one at most).
+pub async fn balanced(s: &Stack, names: &[&str]) -> std::collections::BTreeMap<u16, String> {
+    use std::collections::BTreeSet;
+    let what = format!("the partitions are balanced over {names:?}");
+    tgpipe_testkit::eventually_ok(Duration::from_secs(30), &what, || async {
+        let o = owners(s).await;
+        let holders: BTreeSet<&str> = o.values().map(String::as_str).collect();
+        let every = names
+            .iter()
+            .all(|n| holders.iter().any(|h| h.starts_with(&format!("{n}-"))));
+        let (lo, hi) = (16 / names.len(), 16usize.div_ceil(names.len()));
+        let even = holders
+            .iter()
+            .all(|h| (lo..=hi).contains(&o.values().filter(|m| m == h).count()));
+        if o.len() == 16 && every && holders.len() == names.len() && even {
+            Ok(o)
+        } else {
+            Err(format!("{o:?}"))
+        }
+    })
+    .await
+}
+
+/// The value of the first sample of `name` (a metric name with its labels, as the
+/// exposition writes it) in a Prometheus text, 0 when absent.
+pub fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A worker process.

@@ -151,6 +151,8 @@ float64, and `quote`/`%v` print one of a million or more in exponent form
 {{- end }}
 - name: TGPIPE_WEBHOOK_CHECK_INTERVAL
   value: {{ printf "%ss" (include "tgpipe.int" $v.worker.webhookCheckSeconds) | quote }}
+- name: TGPIPE_ALBUM_QUIET
+  value: {{ $v.worker.albumQuiet | quote }}
 {{- with $v.provision.publicUrl }}
 # The static bots' webhook URL and secrets: the watchdog checks them and sets them again.
 - name: TGPIPE_WEBHOOK_URL

@@ -9,7 +9,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::AckKind;
 use futures::FutureExt;
 use tgpipe::Outcome;
 use tgpipe::bot::Bot;
@@ -23,7 +22,7 @@ use tracing::Instrument;
 
 use super::settle::{Action, Settle, panic_message};
 use super::slots::Holder;
-use super::{Job, Owned, Pod, Source, metrics};
+use super::{Job, Owned, Pod, metrics};
 use crate::runtime::effects::{self, UpdateCalls};
 use crate::runtime::redis_probe::needs_redis;
 use crate::runtime::registry::RemovedPolicy;
@@ -66,7 +65,9 @@ impl Pod {
             },
         };
         let label = metrics::kind_label(&kind);
-        metrics::consumed(label, delivered > 1);
+        for _ in job.parts() {
+            metrics::consumed(label, delivered > 1);
+        }
         // A fired timer carries its time as when it was received.
         if label == tgpipe_shared::timer::TIMER_KIND
             && let Ok(env) = &job.env
@@ -185,7 +186,7 @@ impl Pod {
                         let slot = tokio::select! {
                             biased;
                             () = part.own.released() => return Action::GiveBack,
-                            slot = self.keep_in_progress(&job.src, self.slots.acquire(bot_id, urgent)) => slot,
+                            slot = self.keep_in_progress(&job, self.slots.acquire(bot_id, urgent)) => slot,
                         };
                         let holder = Holder::new(&self.slots, slot);
                         let update = update.clone();
@@ -233,7 +234,7 @@ impl Pod {
                     .max(asked.unwrap_or_default());
                 tracing::warn!(%error, ?delay, "failed transiently; will retry");
                 metrics::outcome(label, "retried");
-                let wait = self.keep_in_progress(&job.src, async {
+                let wait = self.keep_in_progress(&job, async {
                     tokio::select! {
                         () = tokio::time::sleep(delay) => false,
                         () = part.own.released() => true,
@@ -292,19 +293,31 @@ impl Pod {
             values.insert(p);
         }
         // A panicking handler fails this update, not the pod.
+        let feed = async {
+            if let Some(expired) = expired {
+                return self
+                    .me
+                    .dispatcher
+                    .feed_expired(bot, update, expired, values)
+                    .await;
+            }
+            let Some(album) = &job.album else {
+                return self.me.dispatcher.feed_with(bot, update, values).await;
+            };
+            // An album: its parts together, the first (whose keys the update has) first.
+            let mut parts = Vec::with_capacity(1 + album.len());
+            parts.push(update);
+            parts.extend(
+                album
+                    .iter()
+                    .filter_map(|j| j.env.as_ref().ok())
+                    .map(Update::from_envelope),
+            );
+            self.me.dispatcher.feed_album(bot, parts, values).await
+        };
         let dispatch = std::panic::AssertUnwindSafe(tgpipe::fsm::with_owner_fence(
             part.fence.clone(),
-            tokio::time::timeout(self.me.acks.handler_timeout, async {
-                match expired {
-                    Some(expired) => {
-                        self.me
-                            .dispatcher
-                            .feed_expired(bot, update, expired, values)
-                            .await
-                    }
-                    None => self.me.dispatcher.feed_with(bot, update, values).await,
-                }
-            }),
+            tokio::time::timeout(self.me.acks.handler_timeout, feed),
         ))
         .catch_unwind();
         // The handlers' span, only for a trace (each Bot API call is its child): without
@@ -324,7 +337,7 @@ impl Pod {
                 metrics::handler_time(label, started.elapsed());
                 return Action::GiveBack;
             }
-            outcome = self.keep_in_progress(&job.src, dispatch).instrument(span) => outcome,
+            outcome = self.keep_in_progress(job, dispatch).instrument(span) => outcome,
         };
         metrics::handler_time(label, started.elapsed());
         match outcome {
@@ -353,30 +366,15 @@ impl Pod {
         }
     }
 
-    /// Returns a held update of a stopped partition: a delivered one is nak'ed so the
-    /// next owner gets it at once (it is in its takeover window too); a replayed one is
-    /// still pending at the consumer, so there is nothing to do.
-    pub(super) async fn keep_in_progress<T>(
-        &self,
-        src: &Source,
-        work: impl Future<Output = T>,
-    ) -> T {
+    /// Runs `work`, keeping the update (and its album's parts) from redelivery with an
+    /// in-progress ack every third of the ack wait.
+    pub(super) async fn keep_in_progress<T>(&self, job: &Job, work: impl Future<Output = T>) -> T {
         let every = (self.me.acks.ack_wait / 3).max(Duration::from_millis(100));
         tokio::pin!(work);
         loop {
             match tokio::time::timeout(every, &mut work).await {
                 Ok(done) => return done,
-                Err(_) => {
-                    if let Some(reply) = src.reply()
-                        && let Err(e) = self
-                            .me
-                            .client
-                            .publish(reply.clone(), AckKind::Progress.into())
-                            .await
-                    {
-                        tracing::debug!(error = %e, "in-progress ack");
-                    }
-                }
+                Err(_) => self.progress(job.parts()).await,
             }
         }
     }

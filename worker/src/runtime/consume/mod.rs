@@ -14,6 +14,7 @@
 //!
 //! `docs/architecture.md` ("Isolation") explains the design and its limits.
 
+mod album;
 mod attempt;
 mod schedule;
 mod settle;
@@ -67,6 +68,8 @@ pub(crate) struct AckSettings {
     pub deadlines: super::Deadlines,
     /// Whether the kinds with a deadline take run slots before the bot's other kinds.
     pub interactive_first: bool,
+    /// How long an album waits for its next part (zero: albums are not collected).
+    pub album_quiet: Duration,
 }
 
 impl AckSettings {
@@ -270,6 +273,9 @@ struct Job {
     /// Its place in the pod's memory budget (none for an update read back from parking:
     /// a chat reads one only when it is about to run it).
     permit: Option<OwnedSemaphorePermit>,
+    /// When this update begins an album (see [`album`]), the album's other parts (none
+    /// for an album of one); they settle with it.
+    album: Option<Vec<Job>>,
 }
 
 impl Job {
@@ -282,7 +288,13 @@ impl Job {
             part: Arc::clone(part),
             held_since,
             permit: None,
+            album: None,
         }
+    }
+
+    /// This update and the album parts that settle with it.
+    fn parts(&self) -> impl Iterator<Item = &Job> {
+        std::iter::once(self).chain(self.album.iter().flatten())
     }
 }
 
@@ -629,17 +641,30 @@ impl Pod {
         }
     }
 
-    /// Runs a chat's queue, one update at a time.
+    /// Runs a chat's queue, one update at a time (an album's parts together).
     async fn run_chat(self: Arc<Self>, key: OrderKey) {
+        let albums = self.me.dispatcher.wants_albums() && !self.me.acks.album_quiet.is_zero();
+        // The update taken while an album was collected: it runs next.
+        let mut after = None;
         loop {
-            match self.scheduler.next(key) {
-                Next::Job(job) => self.process(job).await,
-                Next::Parked(parked) => {
-                    if let Some(job) = self.unpark(parked).await {
-                        self.process(job).await;
-                    }
+            let job = match after.take() {
+                Some(job) => job,
+                None => match self.scheduler.next(key) {
+                    Next::Job(job) => job,
+                    Next::Parked(parked) => match self.unpark(parked).await {
+                        Some(job) => job,
+                        None => continue,
+                    },
+                    Next::Done => return,
+                },
+            };
+            match albums.then(|| album::media_group_of(&job)).flatten() {
+                Some(group) => {
+                    let (album, next) = self.collect_album(key, job, group).await;
+                    after = next;
+                    self.process(album).await;
                 }
-                Next::Done => return,
+                None => self.process(job).await,
             }
         }
     }
@@ -705,6 +730,7 @@ mod tests {
             handler_timeout: Duration::from_secs(60),
             deadlines: super::super::Deadlines::default(),
             interactive_first: false,
+            album_quiet: Duration::from_secs(1),
         };
         let delays: Vec<u64> = (1..=6).map(|d| acks.retry_delay(d).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 10, 10]);

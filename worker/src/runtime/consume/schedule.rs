@@ -7,16 +7,18 @@
 //! held, so order is kept; the partition goes on pulling for its other chats.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use super::{Job, OrderKey, Parked, Source};
 
 struct ChatQueue {
     jobs: VecDeque<Job>,
     parked: VecDeque<Parked>,
+    /// Woken when an update is queued, while the chat's task collects an album.
+    waker: Option<Arc<Notify>>,
 }
 
 /// What a chat's task does next.
@@ -74,6 +76,7 @@ impl Scheduler {
                 queues.entry(key).or_insert_with(|| ChatQueue {
                     jobs: VecDeque::new(),
                     parked: VecDeque::new(),
+                    waker: None,
                 }),
                 true,
             ),
@@ -85,7 +88,40 @@ impl Scheduler {
             }
             _ => q.parked.push_back(Parked::from_job(job)),
         }
+        if let Some(waker) = &q.waker {
+            waker.notify_one();
+        }
         new
+    }
+
+    /// The key's next update, if one is queued; unlike [`Scheduler::next`], an empty
+    /// queue keeps its key (its task goes on: it collects an album).
+    pub(super) fn take(&self, key: OrderKey) -> Option<Next> {
+        let mut queues = self.lock();
+        let q = queues.get_mut(&key)?;
+        if let Some(job) = q.jobs.pop_front() {
+            return Some(Next::Job(job));
+        }
+        q.parked.pop_front().map(Next::Parked)
+    }
+
+    /// A notification of every update queued for `key` from now until
+    /// [`Scheduler::unwatch`] (made only for a chat that collects an album).
+    pub(super) fn watch(&self, key: OrderKey) -> Arc<Notify> {
+        let mut queues = self.lock();
+        let q = queues.entry(key).or_insert_with(|| ChatQueue {
+            jobs: VecDeque::new(),
+            parked: VecDeque::new(),
+            waker: None,
+        });
+        Arc::clone(q.waker.get_or_insert_with(Default::default))
+    }
+
+    /// Ends [`Scheduler::watch`].
+    pub(super) fn unwatch(&self, key: OrderKey) {
+        if let Some(q) = self.lock().get_mut(&key) {
+            q.waker = None;
+        }
     }
 
     /// The key's next update, or [`Next::Done`] (and the key is released) when its

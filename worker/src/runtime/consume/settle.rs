@@ -14,17 +14,27 @@ impl Pod {
     /// Returns a held update of a stopped partition: a delivered one is nak'ed so the
     /// next owner gets it at once (it is in its takeover window too); a replayed one is
     /// still pending at the consumer, so there is nothing to do.
+    /// An album's parts go back with it.
     pub(super) async fn give_back(&self, job: &Job) {
-        if let Some(reply) = job.src.reply()
-            && !job.part.own.is_lost()
-        {
-            ack_subject(&self.me.client, reply, AckKind::Nak(None)).await;
+        for job in job.parts() {
+            if let Some(reply) = job.src.reply()
+                && !job.part.own.is_lost()
+            {
+                ack_subject(&self.me.client, reply, AckKind::Nak(None)).await;
+            }
         }
     }
 
-    /// Acknowledges the update as `kind`: through the consumer when it was delivered;
-    /// for a replayed one, its delivered copy now or when it arrives.
+    /// Acknowledges the update (and its album's parts) as `kind`.
     async fn finish(&self, job: &Job, kind: AckKind) {
+        for job in job.parts() {
+            self.finish_one(job, kind).await;
+        }
+    }
+
+    /// Acknowledges one update as `kind`: through the consumer when it was delivered;
+    /// for a replayed one, its delivered copy now or when it arrives.
+    async fn finish_one(&self, job: &Job, kind: AckKind) {
         match &job.src {
             Source::Delivered(m) => ack(m, kind).await,
             Source::Unparked(_, reply, _) => ack_subject(&self.me.client, reply, kind).await,
@@ -74,50 +84,84 @@ impl Pod {
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", error.as_str());
         }
+        if let Some(album) = &job.album {
+            let outcome = match &action {
+                Action::Ack(outcome) => outcome,
+                Action::Duplicate => "duplicate",
+                Action::GiveBack | Action::Retry(..) => "given_back",
+                Action::DeadLetter(_) => "dead_lettered",
+            };
+            let parts = album.len() + 1;
+            metrics::album(outcome, parts);
+            tracing::info!(parts, outcome, "album settled");
+        }
         match action {
             Action::Ack(outcome) => {
                 // Remembered before the ack: an update whose ack is lost (a leader
                 // election) and that a new owner replays must be found finished, or it
                 // would run again after the chat's later updates.
-                if let (Some(seen), Some((chat, update_id))) = (&self.me.seen, chat) {
-                    match seen
-                        .insert(bot_id, chat, update_id, Some(&job.part.fence))
-                        .await
-                    {
-                        Ok(true) => {}
-                        Ok(false) => tracing::warn!(
-                            "the partition has a newer owner; its memory of finished updates wins"
-                        ),
-                        // The update is done; a lost memory only weakens duplicate detection.
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot remember the finished update");
-                            metrics::seen_unavailable();
-                            self.me.redis.failed();
+                // Every part of an album: a redelivered one is a duplicate.
+                if let (Some(seen), Some((chat, _))) = (&self.me.seen, chat) {
+                    for env in job.parts().filter_map(|j| j.env.as_ref().ok()) {
+                        match seen
+                            .insert(bot_id, chat, env.update_id, Some(&job.part.fence))
+                            .await
+                        {
+                            Ok(true) => {}
+                            Ok(false) => tracing::warn!(
+                                "the partition has a newer owner; its memory of finished updates wins"
+                            ),
+                            // The update is done; a lost memory only weakens duplicate
+                            // detection.
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot remember the finished update");
+                                metrics::seen_unavailable();
+                                self.me.redis.failed();
+                            }
                         }
                     }
                 }
-                metrics::outcome(label, outcome);
+                for _ in job.parts() {
+                    metrics::outcome(label, outcome);
+                }
                 self.finish(job, AckKind::Ack).await;
             }
             Action::Duplicate => {
                 tracing::info!(
                     "skipped: finished before (a duplicate older than the dedupe window)"
                 );
-                metrics::outcome(label, "duplicate");
+                for _ in job.parts() {
+                    metrics::outcome(label, "duplicate");
+                }
                 self.finish(job, AckKind::Ack).await;
             }
             Action::GiveBack | Action::Retry(..) => self.give_back(job).await,
             Action::DeadLetter(error) => {
                 let mut attempt = 1;
                 loop {
-                    match self
-                        .dead_letter(&job.src, bot_id, kind, stream_seq, delivered, &error)
-                        .await
-                    {
+                    // Each part of an album with the same error; a retry writes again
+                    // the ones written (the dead-letter stream's dedupe collapses them).
+                    let mut written = Ok(());
+                    for part in job.parts() {
+                        let seq = if std::ptr::eq(part, job) {
+                            stream_seq
+                        } else {
+                            part.src.position().0
+                        };
+                        written = self
+                            .dead_letter(&part.src, bot_id, kind, seq, delivered, &error)
+                            .await;
+                        if written.is_err() {
+                            break;
+                        }
+                    }
+                    match written {
                         Ok(()) => {
                             tracing::error!(%error, "dead-lettered");
-                            metrics::outcome(label, "dead_lettered");
-                            metrics::dead_letter(label);
+                            for _ in job.parts() {
+                                metrics::outcome(label, "dead_lettered");
+                                metrics::dead_letter(label);
+                            }
                             self.finish(job, AckKind::Term).await;
                             return;
                         }
@@ -126,7 +170,7 @@ impl Pod {
                             let delay = self.me.acks.retry_delay(attempt);
                             tracing::error!(%error, dlq_error = %e, ?delay, "cannot dead-letter; will retry");
                             let stopped = self
-                                .keep_in_progress(&job.src, async {
+                                .keep_in_progress(job, async {
                                     tokio::select! {
                                         () = tokio::time::sleep(delay) => false,
                                         () = job.part.own.released() => true,
