@@ -7,13 +7,14 @@
 //! of a timer lives in a pod.
 
 use std::num::NonZeroU16;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream::Stream};
 use tgpipe::handler::BoxFuture;
 use tgpipe::timer::{TimerBackend, TimerError, TimerRequest, TimerScope, TimerService};
+use tgpipe_shared::stream::StreamSettings;
 use tgpipe_shared::timer::{TIMER_SUBJECT_PREFIX, TimerBody, fired_subject, schedule_subject};
 use tgpipe_shared::{OrderingKey, Shard, headers};
 
@@ -25,14 +26,25 @@ const PATIENCE: Duration = Duration::from_secs(5);
 /// How far within the stream's `max_age` a timer must be due.
 const MARGIN: Duration = Duration::from_secs(60);
 
+/// How often a worker whose stream cannot keep timers looks again, when asked for one:
+/// after `provision --apply` timers work without a restart.
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// The timers of a worker, usable once it is connected and has checked the streams.
 #[derive(Clone)]
 pub(crate) struct NatsTimers(Arc<Inner>);
 
 struct Inner {
     shards: NonZeroU16,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
     /// The connection and the update stream, or why timers cannot work.
-    ready: OnceLock<Result<Ready, String>>,
+    ready: Option<Result<Ready, String>>,
+    /// Where to look again while they cannot, and when it was last looked at.
+    recheck: Option<(jetstream::Context, StreamSettings, Instant)>,
 }
 
 #[derive(Clone)]
@@ -47,8 +59,12 @@ impl NatsTimers {
     pub(crate) fn new(shards: NonZeroU16) -> NatsTimers {
         NatsTimers(Arc::new(Inner {
             shards,
-            ready: OnceLock::new(),
+            state: Mutex::new(State::default()),
         }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The dispatcher's view of them.
@@ -60,17 +76,14 @@ impl NatsTimers {
     /// straight into the handlers).
     pub(crate) fn unavailable(why: &str) -> TimerService {
         let t = NatsTimers::new(NonZeroU16::MIN);
-        let _ = t.0.ready.set(Err(why.to_owned()));
+        t.state().ready = Some(Err(why.to_owned()));
         t.service()
     }
 
     /// Checks that timers can work with these streams and makes them usable; otherwise
-    /// logs why at ERROR (once), and every schedule fails with that reason.
-    pub(crate) async fn start(
-        &self,
-        js: &jetstream::Context,
-        settings: &tgpipe_shared::stream::StreamSettings,
-    ) {
+    /// logs why at ERROR, and a schedule fails with that reason (looking again, at most
+    /// once a second, whether the stream keeps timers now).
+    pub(crate) async fn start(&self, js: &jetstream::Context, settings: &StreamSettings) {
         let ready = check(js, settings).await;
         match &ready {
             Ok(_) => tracing::info!(stream = %settings.name, "durable timers ready"),
@@ -78,17 +91,37 @@ impl NatsTimers {
                 tracing::error!(%why, "durable timers are unavailable; handlers that schedule one fail")
             }
         }
-        let _ = self.0.ready.set(ready);
+        let mut state = self.state();
+        state.recheck = Some((js.clone(), settings.clone(), Instant::now()));
+        state.ready = Some(ready);
     }
 
-    fn ready(&self) -> Result<Ready, TimerError> {
-        match self.0.ready.get() {
-            Some(Ok(ready)) => Ok(ready.clone()),
-            Some(Err(why)) => Err(TimerError::Unavailable(why.clone())),
-            None => Err(TimerError::Unavailable(
-                "the worker has not connected to NATS yet".into(),
-            )),
+    async fn ready(&self) -> Result<Ready, TimerError> {
+        let (js, settings) = {
+            let mut state = self.state();
+            let why = match &state.ready {
+                Some(Ok(ready)) => return Ok(ready.clone()),
+                Some(Err(why)) => why.clone(),
+                None => {
+                    return Err(TimerError::Unavailable(
+                        "the worker has not connected to NATS yet".into(),
+                    ));
+                }
+            };
+            match &mut state.recheck {
+                Some((js, settings, at)) if at.elapsed() >= RECHECK => {
+                    *at = Instant::now();
+                    (js.clone(), settings.clone())
+                }
+                _ => return Err(TimerError::Unavailable(why)),
+            }
+        };
+        let ready = check(&js, &settings).await;
+        if ready.is_ok() {
+            tracing::info!(stream = %settings.name, "durable timers ready: the update stream keeps them now");
         }
+        self.state().ready = Some(ready.clone());
+        ready.map_err(TimerError::Unavailable)
     }
 
     fn shard(&self, scope: &TimerScope) -> Shard {
@@ -103,10 +136,7 @@ impl NatsTimers {
 
 /// Whether the update stream can carry timers: message schedules allowed, and the
 /// timers' subjects in the stream.
-async fn check(
-    js: &jetstream::Context,
-    settings: &tgpipe_shared::stream::StreamSettings,
-) -> Result<Ready, String> {
+async fn check(js: &jetstream::Context, settings: &StreamSettings) -> Result<Ready, String> {
     let name = &settings.name;
     if !settings.timers {
         return Err("TGPIPE_TIMERS=false".into());
@@ -173,7 +203,7 @@ fn result_label(r: &Result<(), TimerError>) -> &'static str {
 
 impl NatsTimers {
     async fn publish(&self, timer: TimerRequest) -> Result<(), TimerError> {
-        let ready = self.ready()?;
+        let ready = self.ready().await?;
         let wait = timer
             .due_at
             .duration_since(SystemTime::now())
@@ -223,7 +253,7 @@ impl NatsTimers {
     }
 
     async fn purge(&self, scope: TimerScope, name: &str) -> Result<(), TimerError> {
-        let ready = self.ready()?;
+        let ready = self.ready().await?;
         let subject = schedule_subject(scope.bot, self.shard(&scope), scope.slot(name));
         match tokio::time::timeout(PATIENCE, ready.stream.purge().filter(subject)).await {
             Ok(Ok(_)) => Ok(()),
