@@ -418,15 +418,7 @@ async fn a_worker_started_without_replicas_leaves_r3_streams_at_r3() {
         "consumer left as it was"
     );
     // `provision --apply` is how an operator changes them.
-    let out = std::process::Command::new(tgpipe_testkit::workspace_bin(
-        "tgpipe-example-bot",
-        "tgpipe-example-bot",
-    ))
-    .envs(s.worker_env())
-    .env("TGPIPE_ACK_WAIT", "9s")
-    .args(["provision", "--apply"])
-    .output()
-    .unwrap();
+    let out = s.run_command(&["provision", "--apply"], &[("TGPIPE_ACK_WAIT", "9s")]);
     assert!(
         out.status.success(),
         "{}",

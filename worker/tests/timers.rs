@@ -165,14 +165,7 @@ async fn a_stream_from_before_timers_refuses_them_until_provision_apply() {
         "{error}"
     );
 
-    let out = std::process::Command::new(tgpipe_testkit::workspace_bin(
-        "tgpipe-example-bot",
-        "tgpipe-example-bot",
-    ))
-    .envs(s.worker_env())
-    .args(["provision", "--apply"])
-    .output()
-    .unwrap();
+    let out = s.run_command(&["provision", "--apply"], &[]);
     assert!(
         out.status.success(),
         "{}",

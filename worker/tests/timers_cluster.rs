@@ -8,22 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use stack::{Stack, chat_of, text, text_of};
+use stack::{Stack, chat_of, gauge, text, text_of};
 use tgpipe_testkit::eventually;
 
 /// The delay of chat `i`'s reminder, in seconds: spread so that they fire over 5 s.
 fn delay_of(i: i64) -> u64 {
     20 + (i % 5) as u64
-}
-
-/// A gauge's value in a worker's metrics.
-fn gauge(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Signed milliseconds from `a` to `b`.

@@ -298,6 +298,12 @@ impl Stack {
     /// Runs a `tgpipe-example-bot` worker with extra environment to its exit (one that
     /// refuses its settings): its status and output.
     pub fn run_to_exit(&self, extra: &[(&str, &str)]) -> std::process::Output {
+        self.run_command(&[], extra)
+    }
+
+    /// Runs `tgpipe-example-bot <args>` with the stack's worker environment and `extra`
+    /// to its exit: its status and output.
+    pub fn run_command(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
         Command::new(tgpipe_testkit::workspace_bin(
             "tgpipe-example-bot",
             "tgpipe-example-bot",
@@ -305,6 +311,7 @@ impl Stack {
         .envs(self.worker_env())
         .env("TGPIPE_LISTEN", "127.0.0.1:0")
         .envs(extra.iter().map(|(k, v)| (*k, *v)))
+        .args(args)
         .output()
         .expect("run the example bot")
     }
