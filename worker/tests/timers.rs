@@ -186,3 +186,49 @@ async fn a_stream_from_before_timers_refuses_them_until_provision_apply() {
     assert_eq!(s.post(&text(2, 504, "/remind 1 coffee")).await, 200);
     wait_said(&s, 504, "Reminder: coffee", Duration::from_secs(10)).await;
 }
+
+/// Messages in the update stream: with every update handled, the timers that wait.
+async fn waiting(s: &Stack) -> u64 {
+    let mut stream = s.js.get_stream("TG_UPDATES").await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+async fn wait_waiting(s: &Stack, n: u64) {
+    tgpipe_testkit::eventually(
+        Duration::from_secs(10),
+        &format!("{n} timers waiting"),
+        || async { waiting(s).await == n },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_timeout_is_replaced_at_each_step_and_cancelled_with_the_form() {
+    let s = Stack::start().await;
+    let _w = s.worker(&[("EXAMPLE_FORM_TIMEOUT", "60")]).await;
+    assert_eq!(s.post(&text(1, 605, "/form")).await, 200);
+    wait_said(&s, 605, "What is your name?", Duration::from_secs(10)).await;
+    wait_waiting(&s, 1).await;
+    // Each answer schedules the timeout again: it replaces the one that waits.
+    assert_eq!(s.post(&text(2, 605, "Ann")).await, 200);
+    wait_said(&s, 605, "How old are you?", Duration::from_secs(10)).await;
+    assert_eq!(s.post(&text(3, 605, "old enough")).await, 200);
+    wait_said(&s, 605, "That is not an age", Duration::from_secs(10)).await;
+    wait_waiting(&s, 1).await;
+    // Leaving the form cancels it.
+    assert_eq!(s.post(&text(4, 605, "/cancel")).await, 200);
+    wait_said(&s, 605, "Cancelled.", Duration::from_secs(10)).await;
+    wait_waiting(&s, 0).await;
+    // So does finishing it.
+    for (i, t) in [(5, "/form"), (6, "Bob"), (7, "33")] {
+        assert_eq!(s.post(&text(i, 606, t)).await, 200);
+    }
+    wait_said(
+        &s,
+        606,
+        "Thank you, Bob: you are 33.",
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_waiting(&s, 0).await;
+}

@@ -121,6 +121,8 @@ async fn form_age(
     };
     let name: String = fsm.get_value("name").await?.unwrap_or_default();
     fsm.clear().await?;
+    // Done: its timeout need not wait (it would find the form over anyway).
+    timers.cancel(timer::STATE_TIMEOUT).await?;
     message
         .answer(format!("Thank you, {name}: you are {age}."))
         .await
@@ -167,8 +169,9 @@ async fn reminded(timer: Arc<Timer>) -> Result {
     timer.answer(format!("Reminder: {what}")).await
 }
 
-async fn cancel(message: Arc<Message>, fsm: FsmContext) -> Result {
+async fn cancel(message: Arc<Message>, fsm: FsmContext, timers: Timers) -> Result {
     fsm.clear().await?;
+    timers.cancel(timer::STATE_TIMEOUT).await?;
     message.answer("Cancelled.").await
 }
 
