@@ -104,10 +104,21 @@ async fn an_album_over_two_ingresses_is_handled_once_with_every_part_in_order() 
     assert_eq!(info.num_ack_pending, 0, "every part is acknowledged");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_album_whose_owner_was_killed_mid_album_is_handled_once_by_the_next_owner() {
+/// How the album's owner goes away mid-album.
+#[derive(Clone, Copy, Debug)]
+enum Gone {
+    /// `kill -9`: its leases lapse, and the next owner replays the parts it held.
+    Killed,
+    /// SIGTERM: it hands the partition over and returns the parts it held.
+    Stopped,
+}
+
+/// Parts 1-5 of an album reach its owner through one ingress, the owner goes, and parts
+/// 6-10 come through another ingress process: the next owner answers once, with all 10.
+async fn album_through_a_lost_owner(gone: Gone, chat: i64, first_id: i64) {
     let s = Stack::start().await;
-    // A quiet time long enough for the kill to come while the owner collects.
+    let other_ingress = s.ingress_process().await;
+    // A quiet time long enough for the owner to go while it collects.
     let env = |name| {
         [
             ("TGPIPE_MEMBER", name),
@@ -117,16 +128,15 @@ async fn an_album_whose_owner_was_killed_mid_album_is_handled_once_by_the_next_o
     };
     let mut workers = [s.worker(&env("a")).await, s.worker(&env("b")).await];
     let owners = balanced(&s, &["a", "b"]).await;
-    let chat = 8202;
     let owner = &owners[&partition_of(chat)];
     let (dying, next) = if owner.starts_with("a-") {
         (0, 1)
     } else {
         (1, 0)
     };
-
-    for id in 201..=205 {
-        assert_eq!(s.post(&photo(id, chat, "album-2")).await, 200);
+    let group = format!("album-{chat}");
+    for id in first_id..first_id + 5 {
+        assert_eq!(s.post(&photo(id, chat, &group)).await, 200);
     }
     // The owner holds parts 1-5, collecting.
     let collecting = &workers[dying];
@@ -145,23 +155,40 @@ async fn an_album_whose_owner_was_killed_mid_album_is_handled_once_by_the_next_o
         sent_to(&s, chat).is_empty(),
         "the album is not complete yet"
     );
-    workers[dying].kill9();
-    let posts = (206..=210).map(|id| {
-        let s = &s;
-        async move { s.post(&photo(id, chat, "album-2")).await }
+    match gone {
+        Gone::Killed => workers[dying].kill9(),
+        Gone::Stopped => workers[dying].sigterm(),
+    }
+    let posts = (first_id + 5..first_id + 10).map(|id| {
+        let (ingress, group) = (&other_ingress, &group);
+        async move { ingress.post(&photo(id, chat, group)).await }
     });
     let statuses = futures::future::join_all(posts).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 
     let replies = settled_replies(&s, chat, 1).await;
-    let ids: Vec<i64> = (201..=210).collect();
-    assert_eq!(replies, [answer(&ids)], "one answer, by the next owner");
+    let ids: Vec<i64> = (first_id..first_id + 10).collect();
+    assert_eq!(
+        replies,
+        [answer(&ids)],
+        "one answer, by the next owner ({gone:?})"
+    );
     let m = workers[next].metrics().await;
     assert_eq!(
         gauge(&m, r#"tgpipe_worker_albums_total{outcome="handled"}"#),
         1.0,
         "{m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_album_whose_owner_was_killed_mid_album_is_handled_once_by_the_next_owner() {
+    album_through_a_lost_owner(Gone::Killed, 8202, 201).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_album_whose_owner_handed_over_mid_album_is_handled_once_by_the_next_owner() {
+    album_through_a_lost_owner(Gone::Stopped, 8212, 211).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
