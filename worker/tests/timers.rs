@@ -232,3 +232,39 @@ async fn a_form_timeout_is_replaced_at_each_step_and_cancelled_with_the_form() {
     .await;
     wait_waiting(&s, 0).await;
 }
+
+/// A timer fired twice (a new stream leader fires what the old one fired just before
+/// it was lost) carries the same `update_id`: the second copy is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_fired_twice_runs_once() {
+    use tgpipe_shared::timer::{TimerBody, TimerScope, fired_subject};
+    use tgpipe_shared::{BotId, OrderingKey, Shard};
+    let s = Stack::start().await;
+    let _w = s.worker(&[]).await;
+    let scope = TimerScope {
+        bot: BotId(stack::BOT),
+        chat_id: Some(507),
+        user_id: Some(507),
+        thread_id: None,
+    };
+    let body = TimerBody::new(-4_242, &scope, "remind:1", 0, 0, serde_json::json!("twice"));
+    let shard = Shard::of(
+        OrderingKey::Chat(507),
+        std::num::NonZeroU16::new(64).unwrap(),
+    );
+    // As the scheduler publishes it: no message id (it strips `Nats-Msg-Id`).
+    for _ in 0..2 {
+        s.js.publish(
+            fired_subject(BotId(stack::BOT), shard),
+            serde_json::to_vec(&body).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    wait_said(&s, 507, "Reminder: twice", Duration::from_secs(10)).await;
+    wait_waiting(&s, 0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(said(&s, 507, "Reminder: twice").len(), 1);
+}

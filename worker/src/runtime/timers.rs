@@ -245,7 +245,9 @@ impl NatsTimers {
             .map_err(|e| TimerError::Store(Box::new(e)))?;
         match tokio::time::timeout(PATIENCE, ack).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(classify(e)),
+            // Retried like any store failure: a leader election answers with an error
+            // too, and a stream that cannot keep timers was found before the publish.
+            Ok(Err(e)) => Err(TimerError::Store(Box::new(e))),
             Err(_) => Err(TimerError::Store(
                 "no acknowledgement from the update stream".into(),
             )),
@@ -260,15 +262,6 @@ impl NatsTimers {
             Ok(Err(e)) => Err(TimerError::Store(Box::new(e))),
             Err(_) => Err(TimerError::Store("no answer from the update stream".into())),
         }
-    }
-}
-
-/// A refusal of the schedule itself is for good; anything else is worth retrying.
-fn classify(e: jetstream::context::PublishError) -> TimerError {
-    use jetstream::context::PublishErrorKind;
-    match e.kind() {
-        PublishErrorKind::Other => TimerError::Unavailable(e.to_string()),
-        _ => TimerError::Store(Box::new(e)),
     }
 }
 
