@@ -445,10 +445,11 @@ pub struct RunArgs {
     pub max_ack_pending: u32,
     /// Partitions of the lane: the units of ownership that are balanced over its pods
     /// (shard `s` is in partition `s % partitions`). At most `TGPIPE_SHARDS` and 256;
-    /// more partitions than pods, so that added pods get some.
-    #[arg(long, env = "TGPIPE_PARTITIONS", default_value_t = 16,
+    /// by default one per shard, so that any pod count up to the shard count gets an
+    /// even share. A running lane moves to a new count once every pod asks for it.
+    #[arg(long, env = "TGPIPE_PARTITIONS",
         value_parser = clap::value_parser!(u16).range(1..=i64::from(super::lane::MAX_PARTITIONS)))]
-    pub partitions: u16,
+    pub partitions: Option<u16>,
     /// How long a pod that stopped heartbeating (killed, partitioned away) keeps its
     /// partitions; after it they move to the live pods.
     #[arg(long, env = "TGPIPE_LEASE_TTL", default_value = "5s", value_parser = parse_duration)]
@@ -620,11 +621,17 @@ impl RunArgs {
         }
     }
 
+    /// The lane's partition count: `TGPIPE_PARTITIONS`, else one per shard.
+    pub fn partitions(&self) -> u16 {
+        self.partitions
+            .unwrap_or_else(|| self.shards.count().get().min(super::lane::MAX_PARTITIONS))
+    }
+
     /// How the lane's partition consumers are set up.
     pub fn consumer_settings(&self) -> Result<ConsumerSettings, ConfigError> {
-        if self.partitions > self.shards.count().get() {
+        if self.partitions() > self.shards.count().get() {
             return Err(ConfigError::PartitionsOverShards {
-                partitions: self.partitions,
+                partitions: self.partitions(),
                 shards: self.shards.count().get(),
             });
         }
@@ -633,7 +640,7 @@ impl RunArgs {
         }
         Ok(ConsumerSettings {
             shards: self.shards.count().get(),
-            partitions: self.partitions,
+            partitions: self.partitions(),
             max_ack_pending: self.max_ack_pending(),
             ack_wait: self.ack_wait,
             pin_timeout: self.lease_ttl,
@@ -646,7 +653,7 @@ impl RunArgs {
             bucket: self.group_bucket.clone(),
             lease_ttl: self.lease_ttl,
             replicas: usize::from(self.stream.replicas),
-            partitions: self.partitions,
+            partitions: self.partitions(),
         }
     }
 
@@ -1224,7 +1231,12 @@ mod tests {
             .validate()
             .unwrap();
         assert_eq!(config.bots.tokens.ids().collect::<Vec<_>>(), [BotId(12)]);
-        assert_eq!(config.consumers.partitions, 16);
+        assert_eq!(config.consumers.partitions, 64);
+        let config = run_args(&["--bot-tokens", "12:AAA", "--shards", "16"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(config.consumers.partitions, 16, "one per shard");
         assert_eq!(config.limits.concurrency, 128);
         assert_eq!(config.seen, None);
         assert!(config.bots.share_limits);

@@ -33,7 +33,10 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::lane::{Lane, Partition};
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::stream::Stream;
+
+use super::lane::{ConsumerSettings, Lane, Layout, Partition};
 
 /// How often the ownership view is read from the bucket again, besides the watch.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -50,7 +53,8 @@ pub struct GroupSettings {
     pub lease_ttl: Duration,
     /// Replicas of the bucket (as the streams').
     pub replicas: usize,
-    /// Partitions of the lane.
+    /// Partitions this pod wants the lane to have (`TGPIPE_PARTITIONS`). The lane runs
+    /// with the count its consumers are laid out for until every pod wants another.
     pub partitions: u16,
 }
 
@@ -197,6 +201,8 @@ const LOSS_MARGIN: Duration = Duration::from_millis(1000);
 pub(super) struct Ownership {
     /// The partition.
     pub partition: Partition,
+    /// The lane's partition count when it was taken (part of the fence's scope).
+    pub partitions: u16,
     /// The lease's creation time at the server, in microseconds: larger for every later
     /// owner, also across a recreated bucket or a new NATS cluster.
     pub epoch: u64,
@@ -240,12 +246,14 @@ impl Ownership {
     /// A stand-alone ownership whose lease is good for `ttl` from `since`.
     pub(super) fn new(
         partition: Partition,
+        partitions: u16,
         epoch: u64,
         since: Instant,
         ttl: Duration,
     ) -> Ownership {
         Ownership {
             partition,
+            partitions,
             epoch,
             lost: AtomicBool::new(false),
             alive: Arc::new(AtomicBool::new(true)),
@@ -302,6 +310,9 @@ pub(super) enum GroupEvent {
     /// This pod must give the partition up: stop, finish, then call
     /// [`Released::done`].
     Release(Arc<Ownership>, Released),
+    /// The lane now has this many partitions, with these consumers (by partition). Sent
+    /// only when the pod holds none: every partition of the old count was given up.
+    Layout(u16, Vec<PullConsumer>),
 }
 
 /// Completes a handover: deletes the lease once the consuming side has finished.
@@ -324,6 +335,65 @@ struct Held {
     gone: Arc<AtomicBool>,
 }
 
+/// Where the lane's consumers live, to change their layout.
+pub(super) struct Consumers {
+    /// The update stream.
+    pub stream: Stream,
+    /// The lane.
+    pub lane: Lane,
+    /// How its consumers are set up (the partition count is the layout's).
+    pub settings: ConsumerSettings,
+}
+
+/// What a member says of itself in its key: the partition count it runs with, and the
+/// one it wants (`partitions=16 want=64`; just `partitions=16` when they are the same,
+/// as before partition counts could change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MemberView {
+    runs: u16,
+    wants: u16,
+}
+
+impl MemberView {
+    fn parse(value: &[u8]) -> MemberView {
+        let text = std::str::from_utf8(value).unwrap_or("");
+        let field = |name: &str| {
+            text.split_whitespace()
+                .find_map(|f| f.strip_prefix(name)?.parse::<u16>().ok())
+        };
+        let runs = field("partitions=").unwrap_or(0);
+        MemberView {
+            runs,
+            wants: field("want=").unwrap_or(runs),
+        }
+    }
+
+    fn value(&self) -> String {
+        if self.runs == self.wants {
+            format!("partitions={}", self.runs)
+        } else {
+            format!("partitions={} want={}", self.runs, self.wants)
+        }
+    }
+}
+
+/// Where a pod is in a change of the lane's partition count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Consuming with the count in force.
+    Steady,
+    /// Every member wants `to` partitions: give every partition up, then (one pod, under
+    /// the layout key) lay the consumers out again.
+    Switching { to: u16 },
+}
+
+/// The count every member wants, when it is the same for all and differs from `runs`.
+fn switch_target(members: &BTreeMap<String, MemberView>, runs: u16) -> Option<u16> {
+    let mut wants = members.values().map(|m| m.wants);
+    let first = wants.next()?;
+    (first != 0 && first != runs && wants.all(|w| w == first)).then_some(first)
+}
+
 /// This pod's membership of a lane's group.
 pub(super) struct Group {
     kv: kv::Store,
@@ -333,6 +403,9 @@ pub(super) struct Group {
     prefix: String,
     member: String,
     settings: GroupSettings,
+    consumers: Consumers,
+    /// The partition count in force (0: a change was under way at start).
+    runs: u16,
 }
 
 impl std::fmt::Debug for Group {
@@ -350,19 +423,140 @@ impl Group {
         kv: kv::Store,
         js: jetstream::Context,
         stream: &str,
-        lane: &Lane,
+        consumers: Consumers,
+        runs: u16,
         member: String,
         settings: GroupSettings,
     ) -> Group {
         let stream: String = key_safe(stream, '_').collect();
+        let lane = consumers.lane.name().to_owned();
         Group {
             kv,
             js,
-            lane: lane.name().to_owned(),
-            prefix: format!("{stream}.{}", lane.name()),
+            prefix: format!("{stream}.{lane}"),
+            lane,
             member,
             settings,
+            consumers,
+            runs,
         }
+    }
+
+    fn layout_key(&self) -> String {
+        format!("{}.layout", self.prefix)
+    }
+
+    /// The consumers of `partitions`, created where missing; `None` (logged) when the
+    /// stream cannot be reached.
+    async fn consumers_for(&self, partitions: u16) -> Option<Vec<PullConsumer>> {
+        let settings = ConsumerSettings {
+            partitions,
+            ..self.consumers.settings
+        };
+        match super::lane::ensure_consumers(
+            &self.consumers.stream,
+            &self.consumers.lane,
+            &settings,
+            super::lane::Changes::Keep,
+        )
+        .await
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the lane's consumers");
+                None
+            }
+        }
+    }
+
+    /// One step of a change to `to` partitions, once this pod holds nothing and no lease
+    /// is left: adopts a layout another pod made, or takes the layout key and makes it.
+    /// Returns the count and consumers to run with when the change is complete.
+    async fn switch_step(
+        &self,
+        to: u16,
+        wanted: bool,
+        no_lease: bool,
+        me: MemberView,
+    ) -> Option<(u16, Vec<PullConsumer>)> {
+        let layout = match super::lane::layout_in_force(
+            &self.consumers.stream,
+            &self.consumers.lane,
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the lane's layout");
+                return None;
+            }
+        };
+        match layout {
+            // Laid out by another pod (or, when the change was called off, still the old
+            // count): run with it.
+            Layout::Complete(n) if n != self.runs || !wanted => {
+                let consumers = self.consumers_for(n).await?;
+                return Some((n, consumers));
+            }
+            _ if !no_lease => return None,
+            _ => {}
+        }
+        // One pod lays the consumers out: the one that creates the layout key. It expires
+        // with the bucket's TTL, so a pod that dies doing it does not block the others;
+        // the work is safe to repeat.
+        let key = self.layout_key();
+        let Ok(rev) = self.kv.create(&key, Bytes::from(to.to_string())).await else {
+            return None;
+        };
+        // No lease may be left: read the bucket itself, not the watch's view.
+        let leases = async {
+            let owners = format!("{}.owners.", self.prefix);
+            let mut keys = self.kv.keys().await.ok()?;
+            let mut any = false;
+            while let Some(key) = keys.next().await {
+                any |= key.ok()?.starts_with(&owners);
+            }
+            Some(any)
+        };
+        let result = if leases.await == Some(false) {
+            let settings = ConsumerSettings {
+                partitions: to,
+                ..self.consumers.settings
+            };
+            let started = Instant::now();
+            let change =
+                super::lane::change_layout(&self.consumers.stream, &self.consumers.lane, &settings);
+            tokio::pin!(change);
+            // The membership and the layout key stay alive while it takes.
+            let beat = self.settings.lease_ttl / 3;
+            let mut rev = rev;
+            let changed = loop {
+                tokio::select! {
+                    changed = &mut change => break changed,
+                    () = tokio::time::sleep(beat) => {
+                        let member = self.member_key(&self.member);
+                        let _ = self.kv.put(member, Bytes::from(me.value())).await;
+                        if let Ok(r) = self.kv.update(&key, Bytes::from(to.to_string()), rev).await {
+                            rev = r;
+                        }
+                    }
+                }
+            };
+            match changed {
+                Ok(consumers) => {
+                    tracing::info!(lane = %self.lane, from = self.runs, to, took = ?started.elapsed(), "laid the lane's consumers out for a new partition count");
+                    Some((to, consumers))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, to, "changing the lane's partition count");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let _ = self.kv.delete_expect_revision(&key, Some(rev)).await;
+        result
     }
 
     fn member_key(&self, m: &str) -> String {
@@ -381,7 +575,7 @@ impl Group {
         members_prefix: &str,
         owners_prefix: &str,
         limit: Duration,
-    ) -> Result<(kv::Watch, BTreeSet<String>, BTreeMap<u16, String>), String> {
+    ) -> Result<View, String> {
         let read = async {
             let watch = self
                 .kv
@@ -389,11 +583,18 @@ impl Group {
                 .await
                 .map_err(|e| e.to_string())?;
             let mut keys = self.kv.keys().await.map_err(|e| e.to_string())?;
-            let (mut members, mut owners) = (BTreeSet::new(), BTreeMap::new());
+            let (mut members, mut owners) = (BTreeMap::new(), BTreeMap::new());
+            let mut laying_out = false;
+            let layout_key = self.layout_key();
             while let Some(key) = keys.next().await {
                 let key = key.map_err(|e| e.to_string())?;
                 if let Some(m) = key.strip_prefix(members_prefix) {
-                    members.insert(m.to_owned());
+                    let value = self.kv.get(&key).await.map_err(|e| e.to_string())?;
+                    if let Some(value) = value {
+                        members.insert(m.to_owned(), MemberView::parse(&value));
+                    }
+                } else if key == layout_key {
+                    laying_out = true;
                 } else if let Some(p) = key
                     .strip_prefix(owners_prefix)
                     .and_then(|p| p.parse::<u16>().ok())
@@ -402,7 +603,12 @@ impl Group {
                     owners.insert(p, String::from_utf8_lossy(&holder).into_owned());
                 }
             }
-            Ok((watch, members, owners))
+            Ok(View {
+                watch,
+                members,
+                owners,
+                laying_out,
+            })
         };
         tokio::time::timeout(limit, read)
             .await
@@ -426,9 +632,19 @@ impl Group {
         let heartbeat = ttl / 3;
         let members_prefix = format!("{}.members.", self.prefix);
         let owners_prefix = format!("{}.owners.", self.prefix);
-        let me_value = format!("partitions={}", self.settings.partitions);
-        let mut members: BTreeSet<String> = BTreeSet::new();
+        let layout_key = self.layout_key();
+        let wants = self.settings.partitions;
+        let mut members: BTreeMap<String, MemberView> = BTreeMap::new();
         let mut warned: BTreeSet<String> = BTreeSet::new();
+        // A change of the partition count under way at start is finished first.
+        let mut phase = if self.runs == 0 {
+            Phase::Switching { to: wants }
+        } else {
+            Phase::Steady
+        };
+        // A pod holds the layout key: nothing is claimed meanwhile.
+        let mut laying_out = false;
+        let mut check_layout_at = Instant::now() + RESYNC;
         // Partitions whose lease key exists, by holder.
         let mut owners: BTreeMap<u16, String> = BTreeMap::new();
         let mut held: BTreeMap<u16, Held> = BTreeMap::new();
@@ -458,9 +674,10 @@ impl Group {
                     read = self.resync(&members_prefix, &owners_prefix, ttl) => read,
                 };
                 match read {
-                    Ok((w, m, o)) => {
-                        watch = Some(w);
-                        (members, owners) = (m, o);
+                    Ok(view) => {
+                        watch = Some(view.watch);
+                        (members, owners, laying_out) =
+                            (view.members, view.owners, view.laying_out);
                         // What this pod holds stays in the view until its renewal says
                         // otherwise (a read racing a renewal must not free it).
                         for p in held.keys() {
@@ -510,27 +727,29 @@ impl Group {
                     }
                 } => match entry {
                     Some(Ok(entry)) => {
+                        let runs = self.runs;
                         let mut apply = |entry: kv::Entry| {
                             let live = entry.operation == kv::Operation::Put;
                             if let Some(m) = entry.key.strip_prefix(&members_prefix) {
                                 if live {
-                                    // A pod with another partition count splits shards
-                                    // differently: two owners could serve one chat.
-                                    if entry.value.starts_with(b"partitions=")
-                                        && entry.value[..] != *me_value.as_bytes()
-                                        && warned.insert(m.to_owned())
-                                    {
-                                        tracing::error!(
+                                    let theirs = MemberView::parse(&entry.value);
+                                    // A pod that wants another count keeps the lane on
+                                    // the one in force until every pod wants the same.
+                                    if theirs.wants != wants && warned.insert(m.to_owned()) {
+                                        tracing::warn!(
                                             member = m,
-                                            theirs = %String::from_utf8_lossy(&entry.value),
-                                            ours = %me_value,
-                                            "a pod of this lane runs with another TGPIPE_PARTITIONS: give every pod of a lane the same value"
+                                            theirs = theirs.wants,
+                                            ours = wants,
+                                            runs,
+                                            "a pod of this lane wants another TGPIPE_PARTITIONS: the lane keeps the count in force until every pod wants the same"
                                         );
                                     }
-                                    members.insert(m.to_owned());
+                                    members.insert(m.to_owned(), theirs);
                                 } else {
                                     members.remove(m);
                                 }
+                            } else if entry.key == layout_key {
+                                laying_out = live;
                             } else if let Some(p) = entry
                                 .key
                                 .strip_prefix(&owners_prefix)
@@ -562,6 +781,9 @@ impl Group {
 
                 },
                 _ = tick.tick() => {}
+                // A change of the partition count is followed closely: the lane is paused.
+                () = tokio::time::sleep(Duration::from_millis(200)),
+                    if matches!(phase, Phase::Switching { .. }) => {}
                 Some(done) = handovers.join_next(), if !handovers.is_empty() => {
                     if let Ok(p) = done { held.remove(&p); }
                 }
@@ -570,9 +792,13 @@ impl Group {
             synced |= now.duration_since(started) >= ttl;
             // Heartbeat.
             if last_beat.is_none_or(|b| now.duration_since(b) >= heartbeat) {
+                let me_view = MemberView {
+                    runs: self.runs,
+                    wants,
+                };
                 let put = self
                     .kv
-                    .put(self.member_key(&self.member), Bytes::from(me_value.clone()));
+                    .put(self.member_key(&self.member), Bytes::from(me_view.value()));
                 let put = tokio::select! {
                     biased;
                     () = stop.cancelled() => break,
@@ -581,7 +807,7 @@ impl Group {
                 match put {
                     Ok(Ok(_)) => {
                         last_beat = Some(now);
-                        members.insert(self.member.clone());
+                        members.insert(self.member.clone(), me_view);
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "membership heartbeat");
@@ -612,11 +838,78 @@ impl Group {
                 }
             }
             held.retain(|_, h| !h.own.is_lost() || h.releasing);
-            let list: Vec<String> = members.iter().cloned().collect();
+            // A change of the partition count: when every member wants the same other
+            // count, every pod gives all its partitions up; once no lease is left, one pod
+            // lays the consumers out again and every pod runs with the new count.
+            let target = switch_target(&members, self.runs);
+            if synced && phase == Phase::Steady {
+                if let Some(to) = target {
+                    tracing::info!(lane = %self.lane, from = self.runs, to, "every pod of the lane wants another partition count; handing every partition over to change it");
+                    phase = Phase::Switching { to };
+                } else if laying_out || now >= check_layout_at {
+                    // Another pod is laying the consumers out, or a slow check that they
+                    // are still the ones this pod runs with.
+                    check_layout_at = now + RESYNC;
+                    let layout = tokio::select! {
+                        biased;
+                        () = stop.cancelled() => break,
+                        l = super::lane::layout_in_force(&self.consumers.stream, &self.consumers.lane) => l,
+                    };
+                    if let Ok(layout) = layout
+                        && layout != Layout::Complete(self.runs)
+                    {
+                        tracing::warn!(lane = %self.lane, runs = self.runs, ?layout, "the lane's consumers were laid out again; handing every partition over");
+                        phase = Phase::Switching { to: wants };
+                    }
+                }
+            }
+            if let Phase::Switching { to } = phase {
+                for (p, h) in held.iter_mut() {
+                    if h.releasing || h.own.is_lost() {
+                        continue;
+                    }
+                    let until = tokio::time::Instant::now() + finish_within;
+                    let (event, handover) = self.release(*p, h, until);
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
+                    handovers.spawn(handover);
+                }
+                // A pod that holds nothing follows a layout another pod made; the layout
+                // is made only once no lease of the old count is left.
+                if held.is_empty() && synced {
+                    let me_view = MemberView {
+                        runs: self.runs,
+                        wants,
+                    };
+                    let no_lease = owners.is_empty();
+                    let step = tokio::select! {
+                        biased;
+                        () = stop.cancelled() => break,
+                        step = self.switch_step(to, target == Some(to), no_lease, me_view) => step,
+                    };
+                    if let Some((n, consumers)) = step {
+                        tracing::info!(lane = %self.lane, from = self.runs, partitions = n, "the lane runs with a new partition count");
+                        self.runs = n;
+                        phase = Phase::Steady;
+                        check_layout_at = Instant::now() + RESYNC;
+                        // Members learn the count this pod runs with at once.
+                        last_beat = None;
+                        if events.send(GroupEvent::Layout(n, consumers)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if phase != Phase::Steady {
+                    super::metrics::partitions_owned(&self.lane, 0);
+                    continue;
+                }
+            }
+            let list: Vec<String> = members.keys().cloned().collect();
             let me = list.iter().position(|m| *m == self.member);
-            let assignment = assign(self.settings.partitions, &list);
+            let assignment = assign(self.runs, &list);
             let mut claims = Vec::new();
-            for p in 0..self.settings.partitions {
+            for p in 0..self.runs {
                 let mine = me.is_some() && assignment[usize::from(p)] == me;
                 match held.get_mut(&p) {
                     Some(h) if !mine && !h.releasing => {
@@ -627,7 +920,9 @@ impl Group {
                         }
                         handovers.spawn(handover);
                     }
-                    None if mine && !owners.contains_key(&p) && synced => claims.push(p),
+                    None if mine && !owners.contains_key(&p) && synced && !laying_out => {
+                        claims.push(p)
+                    }
                     _ => {}
                 }
             }
@@ -652,7 +947,7 @@ impl Group {
                 let (Ok(rev), Some(epoch)) = (rev, epoch) else {
                     continue;
                 };
-                let own = Arc::new(Ownership::new(Partition(p), epoch, sent, ttl));
+                let own = Arc::new(Ownership::new(Partition(p), self.runs, epoch, sent, ttl));
                 tokio::spawn(Arc::clone(&own).watchdog(self.lane.clone()));
                 owners.insert(p, self.member.clone());
                 held.insert(
@@ -895,6 +1190,15 @@ impl Group {
     }
 }
 
+/// The group's keys as read from the bucket, and the watch that follows them.
+struct View {
+    watch: kv::Watch,
+    members: BTreeMap<String, MemberView>,
+    owners: BTreeMap<u16, String>,
+    /// A pod holds the layout key: it is changing the lane's partition count.
+    laying_out: bool,
+}
+
 /// What one lease renewal found.
 enum Renewal {
     Renewed,
@@ -947,6 +1251,58 @@ mod tests {
             .count();
         // A perfect move is 4 (16/4); round-robin would move 12.
         assert!(moved <= 8, "moved {moved}");
+    }
+
+    #[test]
+    fn member_keys_say_the_count_run_and_the_count_wanted() {
+        let same = MemberView {
+            runs: 16,
+            wants: 16,
+        };
+        assert_eq!(
+            same.value(),
+            "partitions=16",
+            "as before counts could change"
+        );
+        let moving = MemberView {
+            runs: 16,
+            wants: 64,
+        };
+        assert_eq!(moving.value(), "partitions=16 want=64");
+        assert_eq!(MemberView::parse(b"partitions=16 want=64"), moving);
+        assert_eq!(MemberView::parse(b"partitions=16"), same);
+        assert_eq!(
+            MemberView::parse(b"\xff junk"),
+            MemberView { runs: 0, wants: 0 }
+        );
+    }
+
+    #[test]
+    fn the_count_changes_only_when_every_member_wants_the_same_other_one() {
+        let view = |pairs: &[(u16, u16)]| -> BTreeMap<String, MemberView> {
+            pairs
+                .iter()
+                .enumerate()
+                .map(|(i, (runs, wants))| {
+                    (
+                        format!("m{i}"),
+                        MemberView {
+                            runs: *runs,
+                            wants: *wants,
+                        },
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(switch_target(&view(&[(16, 64), (16, 64)]), 16), Some(64));
+        // An older pod (or one set to the old count) keeps the lane where it is.
+        assert_eq!(switch_target(&view(&[(16, 64), (16, 16)]), 16), None);
+        // Two new counts asked for: none wins.
+        assert_eq!(switch_target(&view(&[(16, 64), (16, 32)]), 16), None);
+        assert_eq!(switch_target(&view(&[(64, 64), (16, 64)]), 64), None);
+        // A member whose key says nothing readable blocks a change.
+        assert_eq!(switch_target(&view(&[(16, 64), (0, 0)]), 16), None);
+        assert_eq!(switch_target(&BTreeMap::new(), 16), None);
     }
 
     #[test]

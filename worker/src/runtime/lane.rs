@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PriorityPolicy, pull};
 use async_nats::jetstream::stream::Stream;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tgpipe_shared::UpdateKind;
 use tgpipe_shared::subject::{SUBJECT_PREFIX, kind_filter};
 
@@ -19,6 +19,9 @@ pub(super) const CONSUMER_PREFIX: &str = "tgpipe-lane-";
 
 /// The priority group every partition consumer pins one client in.
 pub(super) const PRIORITY_GROUP: &str = "owner";
+
+/// The consumer metadata that holds the partition count a consumer was laid out for.
+pub(super) const LAYOUT_KEY: &str = "tgpipe.partitions";
 
 /// The most partitions a lane may have (three digits in the consumer's name).
 pub(super) const MAX_PARTITIONS: u16 = 256;
@@ -129,6 +132,14 @@ impl Lane {
         format!("{CONSUMER_PREFIX}{}-{partition}", self.name)
     }
 
+    /// Whether `name` is one of this lane's partition consumers (of any count).
+    pub(super) fn owns_partition_consumer(&self, name: &str) -> bool {
+        name.strip_prefix(CONSUMER_PREFIX)
+            .and_then(|rest| rest.strip_prefix(self.name.as_str()))
+            .and_then(|rest| rest.strip_prefix("-p"))
+            .is_some_and(|n| n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+
     /// The lane's subjects, every partition together.
     pub fn filter_subjects(&self) -> Vec<String> {
         match &self.kinds {
@@ -193,6 +204,7 @@ impl Lane {
             metadata: [
                 ("tgpipe.lane".to_owned(), self.name.clone()),
                 ("tgpipe.partition".to_owned(), partition.0.to_string()),
+                (LAYOUT_KEY.to_owned(), settings.partitions.to_string()),
             ]
             .into_iter()
             .collect(),
@@ -346,33 +358,132 @@ pub(super) async fn ensure_consumers(
             return Err(e.into());
         }
     }
-    let mut out = Vec::with_capacity(usize::from(settings.partitions));
-    for p in 0..settings.partitions {
-        let partition = Partition(p);
-        let config = lane.consumer_config(partition, settings);
-        let name = lane.consumer_name(partition);
-        let consumer = match existing.get(&name) {
-            None => stream.create_consumer(config).await.map_err(jserr)?,
-            Some(have) => {
-                let diff = consumer_differences(have, &config);
-                if diff.is_empty() {
-                    stream.get_consumer(&name).await.map_err(jserr)?
-                } else if changes == Changes::Apply {
-                    tracing::info!(consumer = %name, changes = ?diff, "updating consumer");
-                    stream.update_consumer(config).await.map_err(jserr)?
-                } else {
-                    tracing::warn!(
-                        consumer = %name,
-                        differences = ?diff,
-                        "consumer exists with other settings; left as it is (`provision --apply` changes it)"
-                    );
-                    stream.get_consumer(&name).await.map_err(jserr)?
+    // Several at a time: each is a Raft group of its own on a replicated stream.
+    let existing = &existing;
+    futures::stream::iter(0..settings.partitions)
+        .map(|p| async move {
+            let partition = Partition(p);
+            let config = lane.consumer_config(partition, settings);
+            let name = lane.consumer_name(partition);
+            Ok(match existing.get(&name) {
+                None => stream.create_consumer(config).await.map_err(jserr)?,
+                Some(have) => {
+                    let diff = consumer_differences(have, &config);
+                    if diff.is_empty() {
+                        stream.get_consumer(&name).await.map_err(jserr)?
+                    } else if changes == Changes::Apply {
+                        tracing::info!(consumer = %name, changes = ?diff, "updating consumer");
+                        stream.update_consumer(config).await.map_err(jserr)?
+                    } else {
+                        tracing::warn!(
+                            consumer = %name,
+                            differences = ?diff,
+                            "consumer exists with other settings; left as it is (`provision --apply` changes it)"
+                        );
+                        stream.get_consumer(&name).await.map_err(jserr)?
+                    }
                 }
-            }
-        };
-        out.push(consumer);
+            })
+        })
+        .buffered(16)
+        .try_collect()
+        .await
+}
+
+/// The partition count a lane's consumers are laid out for: what the stream holds, not
+/// what a pod was started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// The lane has no partition consumers yet.
+    Empty,
+    /// Every partition consumer of one count exists, and no other.
+    Complete(u16),
+    /// A change of the count is under way (or was interrupted): consumers of several
+    /// counts, or some missing.
+    Changing,
+}
+
+/// The partition count of one of the lane's consumers: its `tgpipe.partitions` metadata,
+/// or, for consumers made before it existed, the count at the end of its description
+/// ("partition 3 of 16").
+fn layout_of(config: &consumer::Config) -> Option<u16> {
+    if let Some(n) = config.metadata.get(LAYOUT_KEY) {
+        return n.parse().ok();
     }
-    Ok(out)
+    config
+        .description
+        .as_deref()?
+        .rsplit_once(" of ")
+        .and_then(|(_, n)| n.trim().parse().ok())
+}
+
+/// Reads the layout of `lane`'s partition consumers from the stream.
+pub(super) async fn layout_in_force(
+    stream: &Stream,
+    lane: &Lane,
+) -> Result<Layout, ConsumerSetupError> {
+    let mut counts: std::collections::BTreeMap<Option<u16>, usize> = Default::default();
+    let mut consumers = stream.consumers();
+    while let Some(info) = consumers
+        .try_next()
+        .await
+        .map_err(|e| ConsumerSetupError::JetStream(e.into()))?
+    {
+        if lane.owns_partition_consumer(&info.name) {
+            *counts.entry(layout_of(&info.config)).or_default() += 1;
+        }
+    }
+    Ok(match counts.len() {
+        0 => Layout::Empty,
+        1 => match counts.into_iter().next() {
+            Some((Some(n), have)) if have == usize::from(n) => Layout::Complete(n),
+            _ => Layout::Changing,
+        },
+        _ => Layout::Changing,
+    })
+}
+
+/// Lays `lane` out for `settings.partitions`: deletes its partition consumers of any other
+/// count, then creates the missing ones. The unacknowledged updates of a deleted
+/// consumer stay in the work-queue stream, and the new consumers deliver them from the
+/// start, in stream order. Only safe while no pod consumes the lane; repeating it is
+/// harmless.
+pub(super) async fn change_layout(
+    stream: &Stream,
+    lane: &Lane,
+    settings: &ConsumerSettings,
+) -> Result<Vec<consumer::Consumer<pull::Config>>, ConsumerSetupError> {
+    let mut old = Vec::new();
+    let mut consumers = stream.consumers();
+    while let Some(info) = consumers
+        .try_next()
+        .await
+        .map_err(|e| ConsumerSetupError::JetStream(e.into()))?
+    {
+        if lane.owns_partition_consumer(&info.name)
+            && layout_of(&info.config) != Some(settings.partitions)
+        {
+            old.push(info.name.clone());
+        }
+    }
+    let deleted =
+        futures::future::join_all(old.iter().map(|name| stream.delete_consumer(name))).await;
+    for (name, result) in old.iter().zip(deleted) {
+        match result {
+            Ok(_) => {
+                tracing::info!(consumer = %name, "deleted a consumer of the lane's previous partition count")
+            }
+            // Deleted by another pod meanwhile.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::stream::ConsumerErrorKind::JetStream(ref j)
+                        if j.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND
+                ) => {}
+            Err(e) => return Err(ConsumerSetupError::JetStream(e.into())),
+        }
+    }
+    ensure_consumers(stream, lane, settings, Changes::Keep).await
 }
 
 /// A partition filter `tg.*.<kind>.<shard>` as the lane filter `tg.*.<kind>.*` it is part
@@ -407,6 +518,36 @@ mod tests {
             ["tg.*.message.*", "tg.*.edited_message.*"]
         );
         assert_eq!(Lane::new("all", None).unwrap().filter_subjects(), ["tg.>"]);
+    }
+
+    #[test]
+    fn a_consumer_says_its_partition_count_in_metadata_or_description() {
+        let settings = ConsumerSettings {
+            shards: 64,
+            partitions: 32,
+            max_ack_pending: 100,
+            ack_wait: Duration::from_secs(30),
+            pin_timeout: Duration::from_secs(5),
+        };
+        let l = Lane::new("all", None).unwrap();
+        let made = l.consumer_config(Partition(3), &settings);
+        let config = consumer::Config {
+            metadata: made.metadata.clone(),
+            description: made.description.clone(),
+            ..Default::default()
+        };
+        assert_eq!(layout_of(&config), Some(32));
+        // Consumers from before the metadata: the description's count.
+        let old = consumer::Config {
+            description: Some("tgpipe lane `all`, partition 3 of 16".into()),
+            ..Default::default()
+        };
+        assert_eq!(layout_of(&old), Some(16));
+        assert_eq!(layout_of(&consumer::Config::default()), None);
+        assert!(l.owns_partition_consumer("tgpipe-lane-all-p003"));
+        assert!(!l.owns_partition_consumer("tgpipe-lane-all"));
+        assert!(!l.owns_partition_consumer("tgpipe-lane-allx-p003"));
+        assert!(!l.owns_partition_consumer("tgpipe-lane-all-p03"));
     }
 
     #[test]

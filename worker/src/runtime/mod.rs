@@ -197,18 +197,42 @@ async fn provision(provision: &ProvisionArgs) -> Result<(), RunError> {
         .map_err(peer)?;
     }
     let stream = js.get_stream(&args.stream.name).await.map_err(peer)?;
-    ensure_consumers(&stream, &lane, &settings, consumers)
+    // A lane laid out for another partition count keeps it: its running pods change it
+    // when every one of them asks for the new count, keeping each chat's order.
+    let runs = match lane::layout_in_force(&stream, &lane)
         .await
-        .map_err(setup_error)?;
+        .map_err(setup_error)?
+    {
+        lane::Layout::Complete(n) => Some(n),
+        lane::Layout::Empty => Some(settings.partitions),
+        lane::Layout::Changing => None,
+    };
+    if let Some(runs) = runs {
+        let in_force = lane::ConsumerSettings {
+            partitions: runs,
+            ..settings
+        };
+        ensure_consumers(&stream, &lane, &in_force, consumers)
+            .await
+            .map_err(setup_error)?;
+    }
     println!(
         "streams `{}` and `{}` ready; lane `{}` consumes {} in {} partitions ({}-p000 ...)",
         args.stream.name,
         args.stream.dlq_name,
         lane.name(),
         lane.filter_subjects().join(", "),
-        settings.partitions,
+        runs.map_or_else(|| "changing".to_owned(), |n| n.to_string()),
         lane::CONSUMER_PREFIX.to_owned() + lane.name(),
     );
+    if runs.is_some_and(|n| n != settings.partitions) || runs.is_none() {
+        println!(
+            "lane `{}` moves to {} partitions once every pod of it runs with TGPIPE_PARTITIONS={}",
+            lane.name(),
+            settings.partitions,
+            settings.partitions,
+        );
+    }
     Ok(())
 }
 
@@ -484,9 +508,36 @@ pub async fn serve(
             stream: config.stream.name.clone(),
         }));
     }
-    let consumers = ensure_consumers(&stream, lane, &config.consumers, Changes::Keep)
+    // The lane runs with the partition count its consumers are laid out for; a pod
+    // started with another count asks for it (see `group`).
+    let (runs, consumers) = match lane::layout_in_force(&stream, lane)
         .await
-        .map_err(setup_error)?;
+        .map_err(setup_error)?
+    {
+        lane::Layout::Changing => (0, Vec::new()),
+        layout => {
+            let runs = match layout {
+                lane::Layout::Complete(n) => n,
+                _ => config.consumers.partitions,
+            };
+            let settings = lane::ConsumerSettings {
+                partitions: runs,
+                ..config.consumers
+            };
+            let consumers = ensure_consumers(&stream, lane, &settings, Changes::Keep)
+                .await
+                .map_err(setup_error)?;
+            (runs, consumers)
+        }
+    };
+    if runs != 0 && runs != config.consumers.partitions {
+        tracing::warn!(
+            lane = %lane.name(),
+            runs,
+            wants = config.consumers.partitions,
+            "the lane's consumers are laid out for another partition count: running with it until every pod of the lane asks for the new one"
+        );
+    }
     let base = config.member.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME")
             .ok()
@@ -518,7 +569,12 @@ pub async fn serve(
         bucket,
         js.clone(),
         &config.stream.name,
-        lane,
+        group::Consumers {
+            stream: stream.clone(),
+            lane: lane.clone(),
+            settings: config.consumers,
+        },
+        runs,
         member.clone(),
         config.group.clone(),
     );
@@ -529,7 +585,8 @@ pub async fn serve(
         lane = %lane.name(),
         kinds = ?lane.kinds().map(|k| k.iter().map(|k| k.as_str().to_owned()).collect::<Vec<_>>()),
         concurrency = config.limits.concurrency,
-        partitions = config.consumers.partitions,
+        partitions = runs,
+        wants = config.consumers.partitions,
         %member,
         static_bots = bots.statics().count(),
         registry = config.registry.registry,
@@ -547,8 +604,9 @@ pub async fn serve(
         });
     }
     let owned = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let lane_consumers = Arc::new(std::sync::Mutex::new(consumers.clone()));
     let lag_task = tokio::spawn(watch_lag(
-        consumers.clone(),
+        Arc::clone(&lane_consumers),
         Arc::clone(&owned),
         client.clone(),
         lane.name().to_owned(),
@@ -566,7 +624,7 @@ pub async fn serve(
         seen,
         redis: redis_probe::RedisProbe::new(redis.clone()),
         lane: lane.name().to_owned(),
-        fence_scope: format!("{}#{}", lane.name(), config.consumers.partitions),
+        lane_consumers,
     });
     // The registry first (bounded by its grace): an update of a registry bot pulled
     // before the bot is known fails for want of its token and waits out retry delays.
@@ -612,7 +670,7 @@ struct LaneChecks {
 /// Reports the lag of the partitions this pod owns (summed over the pods, the lane's
 /// lag) and keeps readiness: NATS connected and the lane's consumers answering.
 async fn watch_lag(
-    mut consumers: Vec<jetstream::consumer::PullConsumer>,
+    consumers: Arc<std::sync::Mutex<Vec<jetstream::consumer::PullConsumer>>>,
     owned: Arc<std::sync::Mutex<std::collections::BTreeSet<u16>>>,
     client: async_nats::Client,
     lane: String,
@@ -629,18 +687,25 @@ async fn watch_lag(
         checks.nats.set(connected);
         let mut ok = connected;
         let (mut pending, mut ack_pending) = (0u64, 0usize);
-        if ok && mine.is_empty() {
+        let consumer = |p: usize| {
+            consumers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(p)
+                .cloned()
+        };
+        if ok
+            && mine.is_empty()
+            && let Some(mut c) = consumer(0)
+            && let Err(e) = c.info().await
+        {
             // Owning nothing (more pods than partitions, or before the first
             // assignment) is ready; the first consumer says whether the lane exists.
-            if let Some(c) = consumers.first_mut()
-                && let Err(e) = c.info().await
-            {
-                tracing::warn!(error = %e, "consumer info");
-                ok = false;
-            }
+            tracing::warn!(error = %e, "consumer info");
+            ok = false;
         }
         for p in mine {
-            let Some(c) = consumers.get_mut(usize::from(p)) else {
+            let Some(mut c) = consumer(usize::from(p)) else {
                 continue;
             };
             match c.info().await {

@@ -107,11 +107,12 @@ pub(super) struct Consumer {
     /// Wakes the updates waiting to retry when Redis answers again.
     pub(crate) redis: Arc<RedisProbe>,
     pub(crate) lane: String,
-    /// The fencing scope of the lane's owners: the lane and its partition count.
-    pub(crate) fence_scope: String,
     pub(crate) limits: Limits,
     /// The partitions this pod consumes now (for the lag it reports).
     pub(crate) owned: Arc<Mutex<BTreeSet<u16>>>,
+    /// The lane's consumers by partition, for the lag (replaced when the partition count
+    /// changes).
+    pub(crate) lane_consumers: Arc<Mutex<Vec<PullConsumer>>>,
 }
 
 type OrderKey = (BotId, i64);
@@ -361,7 +362,7 @@ impl Consumer {
     pub(super) async fn run(
         self: Arc<Self>,
         stream: Stream,
-        consumers: Vec<PullConsumer>,
+        mut consumers: Vec<PullConsumer>,
         group: Group,
         grace: Duration,
         shutdown: impl Future<Output = ()>,
@@ -413,6 +414,14 @@ impl Consumer {
                     let task =
                         tokio::spawn(Arc::clone(&pod).consume_partition(own, consumer, previous));
                     partitions.insert(p, task);
+                }
+                Some(GroupEvent::Layout(partitions, laid_out)) => {
+                    tracing::info!(partitions, "consuming with a new partition count");
+                    consumers = laid_out;
+                    *self
+                        .lane_consumers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = consumers.clone();
                 }
                 Some(GroupEvent::Release(own, done)) => {
                     let task = partitions.remove(&own.partition);
@@ -487,7 +496,13 @@ impl Pod {
         let started = Instant::now();
         let p = own.partition;
         let part = Arc::new(Owned {
-            fence: OwnerFence::new(&self.me.fence_scope, p.0, own.epoch).with_liveness(own.alive()),
+            // The fence's scope is the lane and its partition count.
+            fence: OwnerFence::new(
+                &format!("{}#{}", self.me.lane, own.partitions),
+                p.0,
+                own.epoch,
+            )
+            .with_liveness(own.alive()),
             own,
             held: AtomicUsize::new(0),
             idle: Notify::new(),
