@@ -32,12 +32,13 @@ log "framework without the runtime (cargo features)"
 bash deploy/local/features.sh
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  # The tests that measure times (failover and handover on a 3-node NATS cluster, timers
+  # The tests that measure times (failover and handover on a 3-node NATS cluster, a
+  # rolling change of the partition count there, timers
   # firing on time through a pod kill and a leader loss there, the
   # registry watch under leader loss, the resumption after a Redis outage, isolation
   # between chats and bots, the load of a 300,000-record registry, alone and by the binaries) run after the others,
   # one at a time, so that other tests do not stretch them.
-  timed='binary(partitions) | binary(timers_cluster) | binary(registry_cluster) | binary(redis_outage) | binary(isolation) | binary(registry_load) | binary(registry_scale)'
+  timed='binary(partitions) | binary(repartition) | binary(timers_cluster) | binary(registry_cluster) | binary(redis_outage) | binary(isolation) | binary(registry_load) | binary(registry_scale)'
   cargo nextest run --workspace --locked --profile ci -E "not ($timed)"
   log "tests: timed (3-node NATS cluster: partitions, registry watch; a Redis outage; isolation; a large registry)"
   cargo nextest run --workspace --locked --profile ci -E "$timed"

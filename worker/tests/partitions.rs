@@ -356,7 +356,7 @@ async fn a_pod_whose_leases_lapsed_in_a_leader_election_takes_them_back() {
     eprintln!("ownership bucket leader {leader} killed: {v:?}");
     // Every partition has an owner again.
     let owned = owners(&s).await;
-    assert_eq!(owned.len(), 16, "{owned:?}");
+    assert_eq!(owned.len(), usize::from(stack::PARTITIONS), "{owned:?}");
     assert_eq!(s.dead_letters().await, 0);
 }
 

@@ -105,7 +105,7 @@ async fn a_thousand_timers_over_three_pods_fire_once_on_time_through_a_pod_kill_
             for pod in &pods[1..] {
                 owned += gauge(&pod.metrics().await, "tgpipe_worker_partitions_owned");
             }
-            owned == 16.0
+            owned == f64::from(stack::PARTITIONS)
         },
     )
     .await;

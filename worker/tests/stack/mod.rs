@@ -481,9 +481,18 @@ pub async fn owners(s: &Stack) -> std::collections::BTreeMap<u16, String> {
     out
 }
 
-/// Waits until the 16 partitions are held by the members named `names`, evenly (loads
+/// Waits until the partitions are held by the members named `names`, evenly (loads
 /// differ by one at most).
 pub async fn balanced(s: &Stack, names: &[&str]) -> std::collections::BTreeMap<u16, String> {
+    balanced_over(s, names, PARTITIONS).await
+}
+
+/// As [`balanced`], for a lane of `partitions` partitions.
+pub async fn balanced_over(
+    s: &Stack,
+    names: &[&str],
+    partitions: u16,
+) -> std::collections::BTreeMap<u16, String> {
     use std::collections::BTreeSet;
     let what = format!("the partitions are balanced over {names:?}");
     tgpipe_testkit::eventually_ok(Duration::from_secs(30), &what, || async {
@@ -492,11 +501,12 @@ pub async fn balanced(s: &Stack, names: &[&str]) -> std::collections::BTreeMap<u
         let every = names
             .iter()
             .all(|n| holders.iter().any(|h| h.starts_with(&format!("{n}-"))));
-        let (lo, hi) = (16 / names.len(), 16usize.div_ceil(names.len()));
+        let all = usize::from(partitions);
+        let (lo, hi) = (all / names.len(), all.div_ceil(names.len()));
         let even = holders
             .iter()
             .all(|h| (lo..=hi).contains(&o.values().filter(|m| m == h).count()));
-        if o.len() == 16 && every && holders.len() == names.len() && even {
+        if o.len() == all && every && holders.len() == names.len() && even {
             Ok(o)
         } else {
             Err(format!("{o:?}"))
@@ -603,13 +613,16 @@ fn private(id: i64, name: &str) -> Value {
 /// A text message from Ann in her private chat (the test kit's builder).
 pub use tgpipe_testkit::text_update as text;
 
-/// The partition of a chat with the default 64 shards and 16 partitions.
+/// The partitions of the default lane by default: one per shard.
+pub const PARTITIONS: u16 = 64;
+
+/// The partition of a chat with the default 64 shards and partitions.
 pub fn partition_of(chat: i64) -> u16 {
     tgpipe_shared::subject::Shard::of(
         tgpipe_shared::OrderingKey::Chat(chat),
         std::num::NonZeroU16::new(64).unwrap(),
     )
-    .0 % 16
+    .0 % PARTITIONS
 }
 
 /// A press of an inline button under message 77 of a private chat.
