@@ -422,6 +422,11 @@ def test_workers_get_the_ingress_shard_count_and_their_partitions(tmp_path):
     assert (b["TGPIPE_SHARDS"], b["TGPIPE_PARTITIONS"]) == ("32", "4")
     job = pod_spec(named(objs, "Job", "t-tgpipe-provision"))
     assert env([c for c in job["containers"] if c["name"] == "consumer-a"][0])["TGPIPE_PARTITIONS"] == "8"
+    # By default, one partition per shard.
+    values.write_text(json.dumps({"ingress": {"shards": 32}, "worker": {"lanes": [{"name": "a", "updateTypes": []}]}}))
+    assert env(named(render(values, sets=BOTS), "Deployment", "t-tgpipe-worker-a")["spec"]["template"]["spec"]["containers"][0])["TGPIPE_PARTITIONS"] == "32"
+    values.write_text(json.dumps({"worker": {"lanes": [{"name": "a", "updateTypes": []}]}}))
+    assert env(named(render(values, sets=BOTS), "Deployment", "t-tgpipe-worker-a")["spec"]["template"]["spec"]["containers"][0])["TGPIPE_PARTITIONS"] == "64"
     with pytest.raises(RenderError, match="lane \"a\" has 64 partitions but there are only 32 shards"):
         values.write_text(json.dumps({"ingress": {"shards": 32}, "worker": {"partitions": 64, "lanes": [{"name": "a", "updateTypes": []}]}}))
         render(values, sets=BOTS)

@@ -130,7 +130,7 @@ float64, and `quote`/`%v` print one of a million or more in exponent form
 # ingress's, or partitions would miss shards.
 - name: TGPIPE_SHARDS
   value: {{ include "tgpipe.int" $v.ingress.shards | quote }}
-{{- $partitions := .lane.partitions | default $v.worker.partitions }}
+{{- $partitions := .lane.partitions | default $v.worker.partitions | default (min (int $v.ingress.shards) 256) }}
 {{- if gt (int $partitions) (int $v.ingress.shards) }}
 {{- fail (printf "worker.lanes: lane %q has %d partitions but there are only %d shards (ingress.shards)" .lane.name (int $partitions) (int $v.ingress.shards)) }}
 {{- end }}
