@@ -413,6 +413,8 @@ async fn a_rolling_change_from_16_to_64_partitions_under_load_keeps_every_chat_i
         posted.values().sum::<usize>(),
         chats.len()
     );
+    // About 3 s measured on a quiet machine; 6 s with the machine busy.
+    assert!(gap < Duration::from_secs(12), "a chat paused {gap:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,6 +458,8 @@ async fn a_pod_killed_during_a_rolling_change_of_partitions_loses_nothing() {
          longest pause of a chat from the kill on: {gap:?}",
         posted.values().sum::<usize>()
     );
+    // The dead pod's membership and leases expire first (5 s); then the switch.
+    assert!(gap < Duration::from_secs(25), "a chat paused {gap:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -387,6 +387,22 @@ enum Phase {
     Switching { to: u16 },
 }
 
+/// What one step of a change of the partition count knows.
+struct SwitchStep {
+    /// The count every member wants.
+    to: u16,
+    /// Every member still wants it (else the change is called off if nothing changed yet).
+    wanted: bool,
+    /// No lease is left in this pod's view.
+    no_lease: bool,
+    /// A member runs with `to` already.
+    done_by_peer: bool,
+    /// Read the layout from the stream (now and then, not at every step).
+    look: bool,
+    /// This pod's member value, heartbeated while it lays the consumers out.
+    me: MemberView,
+}
+
 /// The count every member wants, when it is the same for all and differs from `runs`.
 fn switch_target(members: &BTreeMap<String, MemberView>, runs: u16) -> Option<u16> {
     let mut wants = members.values().map(|m| m.wants);
@@ -469,45 +485,80 @@ impl Group {
         }
     }
 
+    /// The layout of the lane's consumers on the stream; `None` (logged) when it cannot be
+    /// read.
+    async fn layout_now(&self) -> Option<Layout> {
+        match super::lane::layout_in_force(&self.consumers.stream, &self.consumers.lane).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the lane's layout");
+                None
+            }
+        }
+    }
+
     /// One step of a change to `to` partitions, once this pod holds nothing and no lease
     /// is left: adopts a layout another pod made, or takes the layout key and makes it.
     /// Returns the count and consumers to run with when the change is complete.
-    async fn switch_step(
-        &self,
-        to: u16,
-        wanted: bool,
-        no_lease: bool,
-        me: MemberView,
-    ) -> Option<(u16, Vec<PullConsumer>)> {
-        let layout = match super::lane::layout_in_force(
-            &self.consumers.stream,
-            &self.consumers.lane,
-        )
-        .await
-        {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the lane's layout");
-                return None;
-            }
-        };
-        match layout {
-            // Laid out by another pod (or, when the change was called off, still the old
-            // count): run with it.
+    async fn switch_step(&self, step: SwitchStep) -> Option<(u16, Vec<PullConsumer>)> {
+        let SwitchStep {
+            to,
+            wanted,
+            no_lease,
+            done_by_peer,
+            look,
+            me,
+        } = step;
+        // A member runs with the new count already: the consumers are laid out. (Listing
+        // them right after they were made can wait seconds for their Raft groups.)
+        if done_by_peer {
+            return match super::lane::partition_consumers(
+                &self.consumers.stream,
+                &self.consumers.lane,
+                to,
+            )
+            .await
+            {
+                Ok(consumers) => Some((to, consumers)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the lane's new consumers");
+                    None
+                }
+            };
+        }
+        // Laid out by another pod (or, when the change was called off, still the old
+        // count): run with it.
+        let adopt = async |layout: Layout| match layout {
             Layout::Complete(n) if n != self.runs || !wanted => {
-                let consumers = self.consumers_for(n).await?;
-                return Some((n, consumers));
+                Some((n, self.consumers_for(n).await?))
             }
-            _ if !no_lease => return None,
-            _ => {}
+            _ => None,
+        };
+        if (look || !wanted)
+            && let Some(layout) = self.layout_now().await
+            && let Some(adopted) = adopt(layout).await
+        {
+            return Some(adopted);
+        }
+        if !no_lease {
+            return None;
         }
         // One pod lays the consumers out: the one that creates the layout key. It expires
         // with the bucket's TTL, so a pod that dies doing it does not block the others;
         // the work is safe to repeat.
         let key = self.layout_key();
-        let Ok(rev) = self.kv.create(&key, Bytes::from(to.to_string())).await else {
+        let Ok(mut rev) = self.kv.create(&key, Bytes::from(to.to_string())).await else {
             return None;
         };
+        // The layout as it is now that no other pod changes it.
+        let Some(layout) = self.layout_now().await else {
+            let _ = self.kv.delete_expect_revision(&key, Some(rev)).await;
+            return None;
+        };
+        if let Some(adopted) = adopt(layout).await {
+            let _ = self.kv.delete_expect_revision(&key, Some(rev)).await;
+            return Some(adopted);
+        }
         // No lease may be left: read the bucket itself, not the watch's view.
         let leases = async {
             let owners = format!("{}.owners.", self.prefix);
@@ -529,7 +580,6 @@ impl Group {
             tokio::pin!(change);
             // The membership and the layout key stay alive while it takes.
             let beat = self.settings.lease_ttl / 3;
-            let mut rev = rev;
             let changed = loop {
                 tokio::select! {
                     changed = &mut change => break changed,
@@ -645,6 +695,8 @@ impl Group {
         // A pod holds the layout key: nothing is claimed meanwhile.
         let mut laying_out = false;
         let mut check_layout_at = Instant::now() + RESYNC;
+        // While switching: when the layout is next read from the stream.
+        let mut look_at = Instant::now();
         // Partitions whose lease key exists, by holder.
         let mut owners: BTreeMap<u16, String> = BTreeMap::new();
         let mut held: BTreeMap<u16, Held> = BTreeMap::new();
@@ -882,11 +934,24 @@ impl Group {
                         runs: self.runs,
                         wants,
                     };
-                    let no_lease = owners.is_empty();
+                    // Not while a pod lays the consumers out: listing them as they are
+                    // made waits for their Raft groups. Its member key says when it is done.
+                    let look = now >= look_at && !laying_out;
+                    if look {
+                        look_at = now + Duration::from_secs(2);
+                    }
+                    let step = SwitchStep {
+                        to,
+                        wanted: target == Some(to),
+                        no_lease: owners.is_empty(),
+                        done_by_peer: members.values().any(|m| m.runs == to),
+                        look,
+                        me: me_view,
+                    };
                     let step = tokio::select! {
                         biased;
                         () = stop.cancelled() => break,
-                        step = self.switch_step(to, target == Some(to), no_lease, me_view) => step,
+                        step = self.switch_step(step) => step,
                     };
                     if let Some((n, consumers)) = step {
                         tracing::info!(lane = %self.lane, from = self.runs, partitions = n, "the lane runs with a new partition count");
@@ -1089,9 +1154,18 @@ impl Group {
     /// The epoch of a lease created at `revision`: its creation time at the server, in
     /// microseconds. Read back from the bucket; this pod's clock if that read fails.
     async fn epoch_of(&self, key: &str, revision: u64) -> u64 {
-        let created = match self.kv.entry_for_revision(key, revision).await {
-            Ok(Some(entry)) => entry.created.unix_timestamp_nanos() / 1000,
-            _ => {
+        // A read may reach a replica that has not applied the write yet: asked again.
+        let mut read = None;
+        for attempt in 0..4u32 {
+            if let Ok(Some(entry)) = self.kv.entry_for_revision(key, revision).await {
+                read = Some(entry);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
+        }
+        let created = match read {
+            Some(entry) => entry.created.unix_timestamp_nanos() / 1000,
+            None => {
                 tracing::warn!(
                     key,
                     "cannot read the lease back; its epoch is this pod's clock"

@@ -385,7 +385,7 @@ pub(super) async fn ensure_consumers(
                 }
             })
         })
-        .buffered(16)
+        .buffered(32)
         .try_collect()
         .await
 }
@@ -441,6 +441,25 @@ pub(super) async fn layout_in_force(
         },
         _ => Layout::Changing,
     })
+}
+
+/// The consumers of `lane`'s `partitions` partitions, which exist (read by name, 16 at
+/// a time, without listing the stream's consumers).
+pub(super) async fn partition_consumers(
+    stream: &Stream,
+    lane: &Lane,
+    partitions: u16,
+) -> Result<Vec<consumer::Consumer<pull::Config>>, ConsumerSetupError> {
+    futures::stream::iter(0..partitions)
+        .map(|p| async move {
+            stream
+                .get_consumer(&lane.consumer_name(Partition(p)))
+                .await
+                .map_err(ConsumerSetupError::JetStream)
+        })
+        .buffered(16)
+        .try_collect()
+        .await
 }
 
 /// Lays `lane` out for `settings.partitions`: deletes its partition consumers of any other
