@@ -68,7 +68,7 @@ wait_settled() { # partitions, ops port...
   local p=$1 o sum ok owned=()
   shift
   local lo=$((p / $#)) hi=$(((p + $# - 1) / $#))
-  for _ in $(seq $((SETTLE_TIMEOUT * 5))); do
+  for _ in $(seq $((SETTLE_TIMEOUT * 5 + 1))); do
     owned=() sum=0 ok=1
     for port in "$@"; do
       o=$(metric_sum "http://127.0.0.1:$port/metrics" tgpipe_worker_partitions_owned)

@@ -9,7 +9,9 @@
 # previous one, at most CONNECTIONS requests in flight) and matches every reply at the
 # stand-in: replies/s, lost, duplicates, and updates answered out of order in their chat.
 # After the load, each worker's /metrics gives the updates it handled and the partitions
-# it owned.
+# it owned. A row per partition count and worker count: replies/s, and over the first
+# row of its partition count (the fewest workers); each worker's share, and how far the
+# busiest and the least busy worker are from an even share.
 #
 #   ./loadtest/bench/scale.sh                          # 6000 updates, 300 chats, 1 2 3 workers
 #   WORKERS="1 3" UPDATES=12000 ./loadtest/bench/scale.sh
@@ -96,7 +98,7 @@ wait_settled() { # partitions, ops port...
   local p=$1 o sum ok owned=()
   shift
   local lo=$(($p / $#)) hi=$((($p + $# - 1) / $#))
-  for _ in $(seq $((SETTLE_TIMEOUT * 5))); do
+  for _ in $(seq $((SETTLE_TIMEOUT * 5 + 1))); do
     owned=() sum=0 ok=1
     for port in "$@"; do
       o=$(metric_sum "http://127.0.0.1:$port/metrics" tgpipe_worker_partitions_owned)
@@ -183,7 +185,7 @@ pass() { # workers, partitions, round
 }
 
 log "scale-out ($MODE): $UPDATES updates over $CHATS chats, $CONNECTIONS connections, stand-in at ${LATENCY_MS} ms, $CONCURRENCY run slots a worker, workers: $WORKERS, partitions: $PARTITIONS"
-printf '%s\n' "| partitions | workers | replies/s | vs first | accepted/s | lost | duplicates | out of order | p50 ms | p99 ms | handled per worker (share, partitions owned) | worst share vs mean | load avg |"
+printf '%s\n' "| partitions | workers | replies/s | vs first row | accepted/s | lost | duplicates | out of order | p50 ms | p99 ms | handled per worker (share, partitions owned) | share vs mean, busiest / least | load avg |"
 printf '%s\n' "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
 for parts in $PARTITIONS; do
   first=
@@ -208,12 +210,14 @@ rounds.sort(key=lambda r: r["reply_per_s"])
 r = rounds[len(rounds) // 2]
 total = sum(h for h, _ in r["pods"]) or 1
 shares = [h / total for h, _ in r["pods"]]
-worst = max(abs(s - 1 / n) * n for s in shares)
+# The busiest worker sets the pass's end; the least busy one leaves slots idle.
+most, least = max(shares) * n - 1, min(shares) * n - 1
 pods = " / ".join(f"{h} ({100 * s:.1f}%, {o})" for (h, o), s in zip(r["pods"], shares))
 ratio = f"{r['reply_per_s'] / first:.2f}x" if first else "1.00x"
-print(r["reply_per_s"], "| %d | %d | %.0f | %s | %.0f | %d | %d | %d | %.1f | %.1f | %s | %.1f%% | %s |" % (
+print(r["reply_per_s"], "| %d | %d | %.0f | %s | %.0f | %d | %d | %d | %.1f | %.1f | %s | %+.1f%% / %+.1f%% | %s |" % (
     parts, n, r["reply_per_s"], ratio, r["accept_per_s"], r["lost"], r["duplicates"],
-    r["out_of_order"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], pods, 100 * worst, r["load"]))
+    r["out_of_order"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], pods, 100 * most,
+    100 * least, r["load"]))
 PY
 )
     first=${first:-${line%% *}}
