@@ -97,7 +97,7 @@ metric_sum() { # url, name, [label text]
 wait_settled() { # partitions, ops port...
   local p=$1 o sum ok owned=()
   shift
-  local lo=$(($p / $#)) hi=$((($p + $# - 1) / $#))
+  local lo=$((p / $#)) hi=$(((p + $# - 1) / $#))
   for _ in $(seq $((SETTLE_TIMEOUT * 5 + 1))); do
     owned=() sum=0 ok=1
     for port in "$@"; do
