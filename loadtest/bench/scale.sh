@@ -26,9 +26,9 @@
 # Environment (defaults: throughput / latency): UPDATES (6000 / 3000), CHATS (300),
 # CONNECTIONS (100, Telegram's maximum), LATENCY_MS (50 / 200), WORKERS ("1 2 3" /
 # "1 2 3 5"), TGPIPE_CONCURRENCY (the workers' run slots, 128 / 16), PARTITIONS (the
-# workers' TGPIPE_PARTITIONS, one pass of every worker count for each value listed; the
-# workers' default when unset), ROUNDS (1; with more, each pass's median round is
-# reported), SETTLE_TIMEOUT (60: seconds to wait for partition ownership to settle).
+# workers' TGPIPE_PARTITIONS, one pass of every worker count for each value listed;
+# unset, their default: one per shard, 64), ROUNDS (1; with more, each pass's median
+# round is reported), SETTLE_TIMEOUT (60: seconds to wait for ownership to settle).
 # Every pass gets a fresh cluster, Redis and stand-in record.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -47,9 +47,9 @@ LATENCY_MS=${LATENCY_MS:-$d_latency}
 WORKERS=${WORKERS:-$d_workers}
 ROUNDS=${ROUNDS:-1}
 CONCURRENCY=${TGPIPE_CONCURRENCY:-$d_concurrency}
-PARTITIONS=${PARTITIONS:-${TGPIPE_PARTITIONS:-}}
+# The workers' default: one partition per shard.
+PARTITIONS=${PARTITIONS:-${TGPIPE_PARTITIONS:-${TGPIPE_SHARDS:-64}}}
 SETTLE_TIMEOUT=${SETTLE_TIMEOUT:-60}
-unset TGPIPE_PARTITIONS
 BOT_ID=123456
 SECRET=scale-secret
 TOKEN=$BOT_ID:scale-token
@@ -76,13 +76,6 @@ stop_all() {
   wait 2>/dev/null || true
   PIDS=()
 }
-
-# Without PARTITIONS the workers run with their own default, read from their --help.
-if [ -z "$PARTITIONS" ]; then
-  PARTITIONS=$("$B/tgpipe-example-bot" run --help | tr '\n' ' ' |
-    sed -n 's/.*\[env: TGPIPE_PARTITIONS=\] *\[default: \([0-9]*\)\].*/\1/p')
-  [ -n "$PARTITIONS" ] || { echo "error: cannot read the workers' default TGPIPE_PARTITIONS from their --help; set PARTITIONS" >&2; exit 1; }
-fi
 
 # The sum of a metric's samples (every label set) on a Prometheus page; 0 when the page
 # cannot be read. With a third argument, only the samples whose labels contain it.
