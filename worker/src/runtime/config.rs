@@ -1232,11 +1232,11 @@ mod tests {
             .unwrap();
         assert_eq!(config.bots.tokens.ids().collect::<Vec<_>>(), [BotId(12)]);
         assert_eq!(config.consumers.partitions, 64);
-        let config = run_args(&["--bot-tokens", "12:AAA", "--shards", "16"])
+        let by_shard = run_args(&["--bot-tokens", "12:AAA", "--shards", "16"])
             .unwrap()
             .validate()
             .unwrap();
-        assert_eq!(config.consumers.partitions, 16, "one per shard");
+        assert_eq!(by_shard.consumers.partitions, 16, "one per shard");
         assert_eq!(config.limits.concurrency, 128);
         assert_eq!(config.seen, None);
         assert!(config.bots.share_limits);
