@@ -502,3 +502,80 @@ async fn a_pod_with_the_old_count_keeps_the_lane_on_it_until_it_leaves() {
     assert_eq!(v.duplicates, 0, "a graceful switch repeats nothing");
     assert_eq!(s.dead_letters().await, 0);
 }
+
+/// The configuration a worker gives partition `p` of the default lane (every kind) laid
+/// out for `partitions`.
+fn partition_consumer(p: u16, partitions: u16) -> async_nats::jetstream::consumer::pull::Config {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PriorityPolicy};
+    let name = format!("{CONSUMER_PREFIX}{p:03}");
+    async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        name: Some(name),
+        description: Some(format!(
+            "tgpipe lane `default`, partition {p} of {partitions}"
+        )),
+        filter_subjects: (p..SHARDS)
+            .step_by(usize::from(partitions))
+            .map(|shard| format!("tg.*.*.{shard}"))
+            .collect(),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait: Duration::from_secs(30),
+        max_deliver: -1,
+        max_ack_pending: 32_768,
+        priority_policy: PriorityPolicy::PinnedClient,
+        priority_groups: vec!["owner".to_owned()],
+        priority_timeout: Duration::from_secs(5),
+        metadata: [
+            ("tgpipe.lane".to_owned(), "default".to_owned()),
+            ("tgpipe.partition".to_owned(), p.to_string()),
+            ("tgpipe.partitions".to_owned(), partitions.to_string()),
+        ]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_on_a_half_laid_out_lane_finishes_the_change() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Stack::start().await;
+    // Updates wait in the stream before any consumer exists.
+    let chats = 60_000..60_060;
+    let per_chat = 5;
+    for i in 0..per_chat {
+        for chat in chats.clone() {
+            let id = 6_000_000 + i as i64 * 100 + (chat - chats.start);
+            assert_eq!(s.post(&text(id, chat, &msg("h", chat, i))).await, 200);
+        }
+    }
+    // A change from 16 to 64 that stopped halfway, its layout key long expired: the
+    // first half of the old consumers deleted, their shards' new ones made (shards 0
+    // to 7, beside the old consumers of shards 8, 24, 40, 56 and so on).
+    let stream = s.js.get_stream(STREAM).await.unwrap();
+    for p in 8..16 {
+        stream
+            .create_consumer(partition_consumer(p, OLD))
+            .await
+            .unwrap();
+    }
+    for p in 0..8 {
+        stream
+            .create_consumer(partition_consumer(p, NEW))
+            .await
+            .unwrap();
+    }
+    assert!(laid_out_for(&s, OLD).await.is_err() && laid_out_for(&s, NEW).await.is_err());
+    let started = Instant::now();
+    let w = worker(&s, "w", NEW).await;
+    let at = switched(&s, &[&w], NEW).await;
+    eprintln!(
+        "a half laid-out lane finished by a new worker; laid out and owned {:?} after the worker started",
+        at - started
+    );
+    let posted: BTreeMap<i64, usize> = chats.map(|c| (c, per_chat)).collect();
+    let v = answered_in_order(&s, "h", &posted, Duration::from_secs(60)).await;
+    assert_eq!(v.duplicates, 0, "{v:?}");
+    assert_eq!(s.dead_letters().await, 0);
+}
