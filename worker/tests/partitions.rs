@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use stack::{Stack, Worker, balanced, chat_of, gauge, owners, partition_of, text, text_of};
-use tgpipe_testkit::sink::RecordedCall;
-use tgpipe_testkit::{eventually, eventually_ok};
+use stack::{
+    Stack, Verdict, Worker, balanced, gauge, longest_gap, msg, owners, partition_of, replies, text,
+};
+use tgpipe_testkit::eventually;
 
 /// One test at a time in this binary under `cargo test` (nextest runs them one at a time
 /// through its `cluster` test group): each runs a cluster and several workers, and
@@ -34,11 +35,6 @@ async fn workers(s: &Stack, names: &[&str]) -> Vec<Worker> {
         out.push(s.worker(&env).await);
     }
     out
-}
-
-/// The text of update `i` of chat `chat` in a burst tagged `tag`.
-fn msg(tag: &str, chat: i64, i: usize) -> String {
-    format!("{tag}{chat}-{i}")
 }
 
 /// Posts `per_chat` texts to each of `chats` the way Telegram does: a chat's next update
@@ -65,109 +61,23 @@ fn burst(
         .collect()
 }
 
-/// Replies of a burst per chat, in the order the stand-in received them.
-fn replies(s: &Stack, tag: &str) -> BTreeMap<i64, Vec<RecordedCall>> {
-    let mut per_chat: BTreeMap<i64, Vec<RecordedCall>> = BTreeMap::new();
-    for call in s.calls_of("sendMessage") {
-        if text_of(&call).starts_with(tag) {
-            per_chat.entry(chat_of(&call)).or_default().push(call);
-        }
-    }
-    per_chat
-}
-
-/// What a burst's replies say.
-#[derive(Debug, Default)]
-struct Verdict {
-    /// Chats whose replies, repeats collapsed, are not exactly the updates in order.
-    out_of_order: Vec<i64>,
-    /// Updates not answered yet.
-    missing: usize,
-    /// Replies beyond the first of an update (each one right after its first: a repeat of
-    /// an update whose pod died after replying, before acknowledging).
-    duplicates: usize,
-}
-
-fn judge(s: &Stack, tag: &str, chats: std::ops::Range<i64>, per_chat: usize) -> Verdict {
-    let got = replies(s, tag);
-    let mut v = Verdict::default();
-    for chat in chats {
-        let texts: Vec<String> = got
-            .get(&chat)
-            .map(|c| c.iter().map(text_of).collect())
-            .unwrap_or_default();
-        let mut collapsed = texts.clone();
-        collapsed.dedup();
-        v.duplicates += texts.len() - collapsed.len();
-        let want: Vec<String> = (0..per_chat).map(|i| msg(tag, chat, i)).collect();
-        if collapsed.len() < want.len() {
-            v.missing += want.len() - collapsed.len();
-        }
-        if collapsed.len() > want.len() || want[..collapsed.len()] != collapsed[..] {
-            v.out_of_order.push(chat);
-        }
-    }
-    v
-}
-
-/// Waits (up to `limit`) until a burst is answered; then checks the order.
-async fn answered_in_order(
+/// Waits (up to `limit`) until a burst of `per_chat` texts to each of `chats` is
+/// answered; then checks the order.
+async fn burst_answered(
     s: &Stack,
     tag: &str,
     chats: std::ops::Range<i64>,
     per_chat: usize,
     limit: Duration,
 ) -> Verdict {
-    eventually_ok(limit, "the burst is answered", || {
-        let v = judge(s, tag, chats.clone(), per_chat);
-        assert!(
-            v.out_of_order.is_empty(),
-            "chats answered out of order: {:?}",
-            v.out_of_order
-        );
-        std::future::ready(match v.missing {
-            0 => Ok(()),
-            missing => Err(format!("{missing} updates not answered")),
-        })
-    })
-    .await;
-    // Late repeats would show now.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let v = judge(s, tag, chats, per_chat);
-    assert!(v.out_of_order.is_empty(), "{v:?}");
-    v
+    let posted: BTreeMap<i64, usize> = chats.map(|c| (c, per_chat)).collect();
+    stack::answered_in_order(s, tag, &posted, limit).await
 }
 
 async fn join(posts: Vec<tokio::task::JoinHandle<()>>) {
     for p in posts {
         p.await.unwrap();
     }
-}
-
-/// The longest pause between consecutive replies of one chat, over `chats`, counted
-/// from `since` (a chat's first reply after it counts from it).
-fn longest_gap(s: &Stack, tag: &str, chats: &[i64], since: SystemTime) -> Duration {
-    let got = replies(s, tag);
-    let mut worst = Duration::ZERO;
-    for chat in chats {
-        let Some(calls) = got.get(chat) else {
-            continue;
-        };
-        let mut last = since;
-        for c in calls.iter().filter(|c| c.at >= since) {
-            let gap = c.at.duration_since(last).unwrap_or_default();
-            if gap > worst {
-                worst = gap;
-                eprintln!(
-                    "chat {chat} (partition p{:03}): {gap:?} before `{}`",
-                    partition_of(*chat),
-                    text_of(c)
-                );
-            }
-            last = c.at;
-        }
-    }
-    worst
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +87,7 @@ async fn three_workers_on_a_cluster_answer_every_chat_in_order_once() {
     let _w = workers(&s, &["a", "b", "c"]).await;
     balanced(&s, &["a", "b", "c"]).await;
     join(burst(&s, "o", 100_000, 10_000..10_100, 10)).await;
-    let v = answered_in_order(&s, "o", 10_000..10_100, 10, Duration::from_secs(60)).await;
+    let v = burst_answered(&s, "o", 10_000..10_100, 10, Duration::from_secs(60)).await;
     assert_eq!(v.duplicates, 0, "every update answered once");
     assert_eq!(s.dead_letters().await, 0);
     // Streams replicated three times, and each pod had a share.
@@ -210,7 +120,7 @@ async fn kill_9_of_a_worker_mid_burst_fails_over_within_10s_in_order() {
     workers[0].kill9();
     let killed = SystemTime::now();
     join(posts).await;
-    let v = answered_in_order(&s, "k", chats.clone(), 30, Duration::from_secs(90)).await;
+    let v = burst_answered(&s, "k", chats.clone(), 30, Duration::from_secs(90)).await;
     // Repeats only of what the dead pod had in flight: at most one per chat it ran.
     let dead: Vec<i64> = chats
         .clone()
@@ -244,7 +154,7 @@ async fn sigterm_hands_partitions_over_without_waiting_for_the_lease_ttl() {
     let status = workers[0].terminate(Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
     join(posts).await;
-    let v = answered_in_order(&s, "t", chats.clone(), 40, Duration::from_secs(90)).await;
+    let v = burst_answered(&s, "t", chats.clone(), 40, Duration::from_secs(90)).await;
     assert_eq!(v.duplicates, 0, "a drain repeats nothing");
     let moved: Vec<i64> = chats
         .filter(|c| before[&partition_of(*c)].starts_with("a-"))
@@ -272,7 +182,7 @@ async fn a_pod_added_mid_run_takes_partitions_and_order_holds() {
     let _b = workers(&s, &["b"]).await;
     let after = balanced(&s, &["a", "b"]).await;
     join(posts).await;
-    let v = answered_in_order(&s, "j", chats, 25, Duration::from_secs(90)).await;
+    let v = burst_answered(&s, "j", chats, 25, Duration::from_secs(90)).await;
     assert_eq!(v.duplicates, 0, "a handover repeats nothing");
     assert_eq!(s.dead_letters().await, 0);
     let b = after.values().filter(|m| m.starts_with("b-")).count();
@@ -321,7 +231,7 @@ async fn kill_9_of_the_stream_leader_mid_burst_loses_nothing_and_keeps_order() {
             post_retrying(&s, &round(i, chat)).await;
         }
     }
-    let v = answered_in_order(&s, "l", chats, 20, Duration::from_secs(90)).await;
+    let v = burst_answered(&s, "l", chats, 20, Duration::from_secs(90)).await;
     eprintln!("stream leader {leader} killed: {v:?}");
     assert_eq!(s.dead_letters().await, 0);
 }
@@ -356,7 +266,7 @@ async fn a_pod_whose_leases_lapsed_in_a_leader_election_takes_them_back() {
             post_retrying(&s, &round(i, chat)).await;
         }
     }
-    let v = answered_in_order(&s, "g", chats, 15, Duration::from_secs(60)).await;
+    let v = burst_answered(&s, "g", chats, 15, Duration::from_secs(60)).await;
     eprintln!("ownership bucket leader {leader} killed: {v:?}");
     // Every partition has an owner again.
     let owned = owners(&s).await;
@@ -373,7 +283,7 @@ async fn one_chat_with_1000_queued_updates_does_not_delay_200_other_chats() {
     join(burst(&s, "h", 600_000, 60_000..60_001, 1000)).await;
     let started = Instant::now();
     join(burst(&s, "x", 700_000, 61_000..61_200, 1)).await;
-    answered_in_order(&s, "x", 61_000..61_200, 1, Duration::from_secs(10)).await;
+    burst_answered(&s, "x", 61_000..61_200, 1, Duration::from_secs(10)).await;
     let took = started.elapsed();
     let hot = replies(&s, "h").get(&60_000).map_or(0, Vec::len);
     eprintln!("200 other chats answered in {took:?} while the busy chat had {hot} of 1000");

@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::TryStreamExt;
-use stack::{Stack, Worker, balanced_over, chat_of, gauge, owners, text, text_of};
+use stack::{
+    Stack, Worker, answered_in_order, balanced_over, gauge, longest_gap, msg, owners, text,
+};
 use tgpipe_testkit::eventually_ok;
-use tgpipe_testkit::sink::RecordedCall;
 
 /// One test at a time in this binary under `cargo test` (nextest runs them one at a time
 /// through its test group): each runs a cluster, up to six workers and a steady load, and
@@ -64,11 +65,6 @@ async fn workers(s: &Stack, names: &[&str], partitions: u16) -> Vec<Worker> {
         out.push(worker(s, name, partitions).await);
     }
     out
-}
-
-/// The text of update `i` of chat `chat` in a load tagged `tag`.
-fn msg(tag: &str, chat: i64, i: usize) -> String {
-    format!("{tag}{chat}-{i}")
 }
 
 /// A steady load: each chat posts numbered updates the way Telegram does (the next only
@@ -167,79 +163,6 @@ impl Load {
     }
 }
 
-/// Replies of a load per chat, in the order the stand-in received them.
-fn replies(s: &Stack, tag: &str) -> BTreeMap<i64, Vec<RecordedCall>> {
-    let mut per_chat: BTreeMap<i64, Vec<RecordedCall>> = BTreeMap::new();
-    for call in s.calls_of("sendMessage") {
-        if text_of(&call).starts_with(tag) {
-            per_chat.entry(chat_of(&call)).or_default().push(call);
-        }
-    }
-    per_chat
-}
-
-/// What a load's replies say.
-#[derive(Debug, Default)]
-struct Verdict {
-    /// Chats whose replies, repeats collapsed, are not exactly the updates in order.
-    out_of_order: Vec<i64>,
-    /// Updates not answered yet.
-    missing: usize,
-    /// Replies beyond the first of an update (each one right after its first: a repeat of
-    /// an update whose pod died after replying, before acknowledging).
-    duplicates: usize,
-}
-
-/// Judges the replies of a load that posted `posted[chat]` updates to each chat.
-fn judge(s: &Stack, tag: &str, posted: &BTreeMap<i64, usize>) -> Verdict {
-    let got = replies(s, tag);
-    let mut v = Verdict::default();
-    for (&chat, &n) in posted {
-        let texts: Vec<String> = got
-            .get(&chat)
-            .map(|c| c.iter().map(text_of).collect())
-            .unwrap_or_default();
-        let mut collapsed = texts.clone();
-        collapsed.dedup();
-        v.duplicates += texts.len() - collapsed.len();
-        let want: Vec<String> = (0..n).map(|i| msg(tag, chat, i)).collect();
-        if collapsed.len() < want.len() {
-            v.missing += want.len() - collapsed.len();
-        }
-        if collapsed.len() > want.len() || want[..collapsed.len()] != collapsed[..] {
-            v.out_of_order.push(chat);
-        }
-    }
-    v
-}
-
-/// Waits (up to `limit`) until a load is answered; then checks the order.
-async fn answered_in_order(
-    s: &Stack,
-    tag: &str,
-    posted: &BTreeMap<i64, usize>,
-    limit: Duration,
-) -> Verdict {
-    eventually_ok(limit, "the load is answered", || {
-        let v = judge(s, tag, posted);
-        assert!(
-            v.out_of_order.is_empty(),
-            "chats answered out of order: {:?}",
-            v.out_of_order
-        );
-        std::future::ready(match v.missing {
-            0 => Ok(()),
-            missing => Err(format!("{missing} updates not answered")),
-        })
-    })
-    .await;
-    // Late repeats would show now.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let v = judge(s, tag, posted);
-    assert!(v.out_of_order.is_empty(), "{v:?}");
-    v
-}
-
 /// The shard of a chat (its partition once a lane has as many partitions as shards).
 fn shard_of(chat: i64) -> u16 {
     tgpipe_shared::subject::Shard::of(
@@ -247,32 +170,6 @@ fn shard_of(chat: i64) -> u16 {
         std::num::NonZeroU16::new(SHARDS).unwrap(),
     )
     .0
-}
-
-/// The longest pause between consecutive replies of one chat, over `chats`, counted
-/// from `since` (a chat's first reply after it counts from it).
-fn longest_gap(s: &Stack, tag: &str, chats: &[i64], since: SystemTime) -> Duration {
-    let got = replies(s, tag);
-    let mut worst = Duration::ZERO;
-    for chat in chats {
-        let Some(calls) = got.get(chat) else {
-            continue;
-        };
-        let mut last = since;
-        for c in calls.iter().filter(|c| c.at >= since) {
-            let gap = c.at.duration_since(last).unwrap_or_default();
-            if gap > worst {
-                worst = gap;
-                eprintln!(
-                    "chat {chat} (shard {}): {gap:?} before `{}`",
-                    shard_of(*chat),
-                    text_of(c)
-                );
-            }
-            last = c.at;
-        }
-    }
-    worst
 }
 
 /// A partition consumer of the default lane, as the stream has it.

@@ -5,9 +5,10 @@
 // Each test file uses a part of it.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream;
 use async_nats::jetstream::message::StreamMessage;
@@ -664,4 +665,114 @@ pub fn header(m: &StreamMessage, name: &str) -> String {
         .get(name)
         .map(|v| v.as_str().to_owned())
         .unwrap_or_default()
+}
+
+// Loads of numbered texts per chat, and what their replies say.
+
+/// The text of update `i` of chat `chat` in a load tagged `tag`.
+pub fn msg(tag: &str, chat: i64, i: usize) -> String {
+    format!("{tag}{chat}-{i}")
+}
+
+/// Replies of a load per chat, in the order the stand-in received them.
+pub fn replies(s: &Stack, tag: &str) -> BTreeMap<i64, Vec<RecordedCall>> {
+    let mut per_chat: BTreeMap<i64, Vec<RecordedCall>> = BTreeMap::new();
+    for call in s.calls_of("sendMessage") {
+        if text_of(&call).starts_with(tag) {
+            per_chat.entry(chat_of(&call)).or_default().push(call);
+        }
+    }
+    per_chat
+}
+
+/// What a load's replies say.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Chats whose replies, repeats collapsed, are not exactly the updates in order.
+    pub out_of_order: Vec<i64>,
+    /// Updates not answered yet.
+    pub missing: usize,
+    /// Replies beyond the first of an update (each one right after its first: a repeat of
+    /// an update whose pod died after replying, before acknowledging).
+    pub duplicates: usize,
+}
+
+/// Judges the replies of a load that posted `posted[chat]` updates to each chat.
+pub fn judge(s: &Stack, tag: &str, posted: &BTreeMap<i64, usize>) -> Verdict {
+    let got = replies(s, tag);
+    let mut v = Verdict::default();
+    for (&chat, &n) in posted {
+        let texts: Vec<String> = got
+            .get(&chat)
+            .map(|c| c.iter().map(text_of).collect())
+            .unwrap_or_default();
+        let mut collapsed = texts.clone();
+        collapsed.dedup();
+        v.duplicates += texts.len() - collapsed.len();
+        let want: Vec<String> = (0..n).map(|i| msg(tag, chat, i)).collect();
+        if collapsed.len() < want.len() {
+            v.missing += want.len() - collapsed.len();
+        }
+        if collapsed.len() > want.len() || want[..collapsed.len()] != collapsed[..] {
+            v.out_of_order.push(chat);
+        }
+    }
+    v
+}
+
+/// Waits (up to `limit`) until a load is answered; then checks the order.
+pub async fn answered_in_order(
+    s: &Stack,
+    tag: &str,
+    posted: &BTreeMap<i64, usize>,
+    limit: Duration,
+) -> Verdict {
+    tgpipe_testkit::eventually_ok(limit, "the load is answered", || {
+        let v = judge(s, tag, posted);
+        assert!(
+            v.out_of_order.is_empty(),
+            "chats answered out of order: {:?}",
+            v.out_of_order
+        );
+        std::future::ready(match v.missing {
+            0 => Ok(()),
+            missing => Err(format!("{missing} updates not answered")),
+        })
+    })
+    .await;
+    // Late repeats would show now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v = judge(s, tag, posted);
+    assert!(v.out_of_order.is_empty(), "{v:?}");
+    v
+}
+
+/// The longest pause between consecutive replies of one chat, over `chats`, counted
+/// from `since` (a chat's first reply after it counts from it).
+pub fn longest_gap(s: &Stack, tag: &str, chats: &[i64], since: SystemTime) -> Duration {
+    let got = replies(s, tag);
+    let mut worst = Duration::ZERO;
+    for chat in chats {
+        let Some(calls) = got.get(chat) else {
+            continue;
+        };
+        let mut last = since;
+        for c in calls.iter().filter(|c| c.at >= since) {
+            let gap = c.at.duration_since(last).unwrap_or_default();
+            if gap > worst {
+                worst = gap;
+                eprintln!(
+                    "chat {chat} (shard {}): {gap:?} before `{}`",
+                    tgpipe_shared::subject::Shard::of(
+                        tgpipe_shared::OrderingKey::Chat(*chat),
+                        std::num::NonZeroU16::new(64).unwrap(),
+                    )
+                    .0,
+                    text_of(c)
+                );
+            }
+            last = c.at;
+        }
+    }
+    worst
 }
