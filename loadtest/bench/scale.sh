@@ -17,6 +17,7 @@
 #   WORKERS="1 3" UPDATES=12000 ./loadtest/bench/scale.sh
 #   MODE=latency ./loadtest/bench/scale.sh             # 200 ms calls, 16 slots a pod, 1 2 3 5 workers
 #   MODE=latency PARTITIONS="16 64" ./loadtest/bench/scale.sh
+#   MODE=latency BALANCE="count backlog" ./loadtest/bench/scale.sh
 #
 # MODE=throughput (the default) loads the workers' CPU: 6000 updates, the stand-in at
 # 50 ms, 128 run slots a pod. MODE=latency makes every update wait on the Bot API: 3000
@@ -27,7 +28,8 @@
 # CONNECTIONS (100, Telegram's maximum), LATENCY_MS (50 / 200), WORKERS ("1 2 3" /
 # "1 2 3 5"), TGPIPE_CONCURRENCY (the workers' run slots, 128 / 16), PARTITIONS (the
 # workers' TGPIPE_PARTITIONS, one pass of every worker count for each value listed;
-# unset, their default: one per shard, 64), ROUNDS (1; with more, each pass's median
+# unset, their default: one per shard, 64), BALANCE (the workers' TGPIPE_BALANCE, one
+# pass of every worker count for each value listed; backlog by default), ROUNDS (1; with more, each pass's median
 # round is reported), SETTLE_TIMEOUT (60: seconds to wait for ownership to settle).
 # Every pass gets a fresh cluster, Redis and stand-in record.
 set -euo pipefail
@@ -50,6 +52,7 @@ CONCURRENCY=${TGPIPE_CONCURRENCY:-$d_concurrency}
 # The workers' default: one partition per shard.
 PARTITIONS=${PARTITIONS:-${TGPIPE_PARTITIONS:-${TGPIPE_SHARDS:-64}}}
 SETTLE_TIMEOUT=${SETTLE_TIMEOUT:-60}
+BALANCE=${BALANCE:-${TGPIPE_BALANCE:-backlog}}
 BOT_ID=123456
 SECRET=scale-secret
 TOKEN=$BOT_ID:scale-token
@@ -106,10 +109,11 @@ wait_settled() { # partitions, ops port...
   return 1
 }
 
-# One pass: a fresh stack with $1 workers and $2 partitions. Writes the load generator's
-# JSON report to $dir/report.json and "handled owned" per worker to $dir/pods.
-pass() { # workers, partitions, round
-  local n=$1 parts=$2 dir="$WORK/pass-$1-$2-$3"
+# One pass: a fresh stack with $1 workers, $2 partitions and TGPIPE_BALANCE=$4. Writes
+# the load generator's JSON report to $dir/report.json and "handled owned" per worker to
+# $dir/pods.
+pass() { # workers, partitions, round, balance
+  local n=$1 parts=$2 bal=$4 dir="$WORK/pass-$1-$2-$3-$4"
   mkdir -p "$dir"
   local ports=() cports=() routes=() urls=() i
   for i in 0 1 2; do
@@ -148,7 +152,7 @@ pass() { # workers, partitions, round
     NATS_URL=$nats_url REDIS_URL=redis://127.0.0.1:$redis TGPIPE_LISTEN=127.0.0.1:${ops[-1]} \
       TGPIPE_BOT_TOKENS=$TOKEN TGPIPE_API_URL=http://127.0.0.1:$sink TGPIPE_RATE_LIMITS=off \
       TGPIPE_STREAM_REPLICAS=3 TGPIPE_CONCURRENCY=$CONCURRENCY TGPIPE_PARTITIONS=$parts \
-      TGPIPE_MEMBER=w$w RUST_LOG=warn \
+      TGPIPE_BALANCE=$bal TGPIPE_MEMBER=w$w RUST_LOG=warn \
       "$B/tgpipe-example-bot" run >"$dir/worker$w.log" 2>&1 & PIDS+=($!)
     wait_http "http://127.0.0.1:${ops[-1]}/readyz" "worker $w"
   done
@@ -177,24 +181,25 @@ pass() { # workers, partitions, round
   stop_all
 }
 
-log "scale-out ($MODE): $UPDATES updates over $CHATS chats, $CONNECTIONS connections, stand-in at ${LATENCY_MS} ms, $CONCURRENCY run slots a worker, workers: $WORKERS, partitions: $PARTITIONS"
-printf '%s\n' "| partitions | workers | replies/s | vs first row | accepted/s | lost | duplicates | out of order | p50 ms | p99 ms | handled per worker (share, partitions owned) | share vs mean, busiest / least | load avg |"
-printf '%s\n' "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
+log "scale-out ($MODE): $UPDATES updates over $CHATS chats, $CONNECTIONS connections, stand-in at ${LATENCY_MS} ms, $CONCURRENCY run slots a worker, workers: $WORKERS, partitions: $PARTITIONS, balance: $BALANCE"
+printf '%s\n' "| partitions | balance | workers | replies/s | vs first row | accepted/s | lost | duplicates | out of order | p50 ms | p99 ms | handled per worker (share, partitions owned) | share vs mean, busiest / least | load avg |"
+printf '%s\n' "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
 for parts in $PARTITIONS; do
+ for bal in $BALANCE; do
   first=
   for n in $WORKERS; do
     dirs=()
     for r in $(seq 1 "$ROUNDS"); do
-      pass "$n" "$parts" "$r"
-      dirs+=("$WORK/pass-$n-$parts-$r")
+      pass "$n" "$parts" "$r" "$bal"
+      dirs+=("$WORK/pass-$n-$parts-$r-$bal")
     done
     # The median round by replies/s, with its workers' shares.
-    line=$(python3 - "$n" "$parts" "${first:-0}" "${dirs[@]}" <<'PY'
+    line=$(python3 - "$n" "$parts" "${first:-0}" "$bal" "${dirs[@]}" <<'PY'
 import json, sys
 
-n, parts, first = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+n, parts, first, bal = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 rounds = []
-for d in sys.argv[4:]:
+for d in sys.argv[5:]:
     r = json.load(open(f"{d}/report.json"))
     r["pods"] = [tuple(map(int, l.split())) for l in open(f"{d}/pods") if l.strip()]
     r["load"] = open(f"{d}/load").read().strip()
@@ -207,8 +212,8 @@ shares = [h / total for h, _ in r["pods"]]
 most, least = max(shares) * n - 1, min(shares) * n - 1
 pods = " / ".join(f"{h} ({100 * s:.1f}%, {o})" for (h, o), s in zip(r["pods"], shares))
 ratio = f"{r['reply_per_s'] / first:.2f}x" if first else "1.00x"
-print(r["reply_per_s"], "| %d | %d | %.0f | %s | %.0f | %d | %d | %d | %.1f | %.1f | %s | %+.1f%% / %+.1f%% | %s |" % (
-    parts, n, r["reply_per_s"], ratio, r["accept_per_s"], r["lost"], r["duplicates"],
+print(r["reply_per_s"], "| %d | %s | %d | %.0f | %s | %.0f | %d | %d | %d | %.1f | %.1f | %s | %+.1f%% / %+.1f%% | %s |" % (
+    parts, bal, n, r["reply_per_s"], ratio, r["accept_per_s"], r["lost"], r["duplicates"],
     r["out_of_order"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], pods, 100 * most,
     100 * least, r["load"]))
 PY
@@ -216,4 +221,5 @@ PY
     first=${first:-${line%% *}}
     echo "${line#* }"
   done
+ done
 done

@@ -355,3 +355,80 @@ async fn a_lane_kind_typo_stops_the_worker_with_exit_64() {
         "{stderr}"
     );
 }
+
+/// Two pods on a cluster with 4 run slots each and a stand-in answering after 100 ms
+/// (40 replies/s a pod); 48 chats of 10 updates whose partitions hashing gave to pod
+/// `a`. Returns the updates each pod handled, and the partitions moved by a plan.
+async fn backlog_hashed_onto_one_pod(balance: &str, tag: &str) -> (f64, f64, f64) {
+    let s = Arc::new(Stack::cluster(Duration::from_millis(100)).await);
+    let mut w = Vec::new();
+    for name in ["a", "b"] {
+        w.push(
+            s.worker(&[
+                ("TGPIPE_LEASE_TTL", "5s"),
+                ("TGPIPE_CONCURRENCY", "4"),
+                ("TGPIPE_BALANCE", balance),
+                ("TGPIPE_MEMBER", name),
+            ])
+            .await,
+        );
+    }
+    let owners = balanced(&s, &["a", "b"]).await;
+    let chats: Vec<i64> = (80_000..)
+        .filter(|c| owners[&partition_of(*c)].starts_with("a-"))
+        .take(48)
+        .collect();
+    let posts = chats
+        .iter()
+        .map(|&chat| {
+            let s = Arc::clone(&s);
+            let tag = tag.to_owned();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    let id = 800_000 + i as i64 * 1000 + (chat - 80_000);
+                    let status = s.post(&text(id, chat, &msg(&tag, chat, i))).await;
+                    assert_eq!(status, 200, "the ingress stores every update");
+                }
+            })
+        })
+        .collect();
+    join(posts).await;
+    let posted: BTreeMap<i64, usize> = chats.iter().map(|c| (*c, 10)).collect();
+    let v = stack::answered_in_order(&s, tag, &posted, Duration::from_secs(60)).await;
+    assert_eq!(v.duplicates, 0, "a move repeats nothing: {v:?}");
+    assert_eq!(s.dead_letters().await, 0);
+    let handled = |m: &str| {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("tgpipe_worker_outcomes_total") && l.contains("outcome=\"handled\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let (ma, mb) = (w[0].metrics().await, w[1].metrics().await);
+    let moves = gauge(&ma, "tgpipe_worker_backlog_moves_total")
+        + gauge(&mb, "tgpipe_worker_backlog_moves_total");
+    (handled(&ma), handled(&mb), moves)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_hashed_onto_one_pod_is_shared_with_the_idle_pod_in_order() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (a, b, moves) = backlog_hashed_onto_one_pod("backlog", "bl").await;
+    eprintln!("handled: a {a}, b {b}; partitions moved {moves}");
+    assert_eq!(a + b, 480.0);
+    assert!(moves >= 1.0, "the planner moved partitions");
+    // Alone, `a` would take 12 s; the plan comes within about 2 s and moves about half.
+    assert!(
+        b >= 120.0,
+        "the idle pod took a share of the backlog: a {a}, b {b}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tgpipe_balance_count_a_backlog_hashed_onto_one_pod_stays_there() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (a, b, moves) = backlog_hashed_onto_one_pod("count", "bc").await;
+    eprintln!("handled: a {a}, b {b}; partitions moved {moves}");
+    assert_eq!((a, b, moves), (480.0, 0.0, 0.0));
+}

@@ -203,6 +203,15 @@ pub enum RateLimitMode {
     Off,
 }
 
+/// How a lane's partitions are shared by its pods (`TGPIPE_BALANCE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Balance {
+    /// By waiting updates: partitions move from the busiest pod to the least busy one.
+    Backlog,
+    /// By partition count alone (rendezvous hashing).
+    Count,
+}
+
 /// Why the bot settings are unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum BotsError {
@@ -450,6 +459,12 @@ pub struct RunArgs {
     #[arg(long, env = "TGPIPE_PARTITIONS",
         value_parser = clap::value_parser!(u16).range(1..=i64::from(super::lane::MAX_PARTITIONS)))]
     pub partitions: Option<u16>,
+    /// How the lane's partitions are shared by its pods. `backlog`: one pod moves
+    /// partitions from the pod with the most waiting updates to the one with the fewest,
+    /// so that every pod finishes its share together. `count`: every pod holds the same
+    /// number of partitions, by hashing alone.
+    #[arg(long, env = "TGPIPE_BALANCE", value_enum, default_value_t = Balance::Backlog)]
+    pub balance: Balance,
     /// How long a pod that stopped heartbeating (killed, partitioned away) keeps its
     /// partitions; after it they move to the live pods.
     #[arg(long, env = "TGPIPE_LEASE_TTL", default_value = "5s", value_parser = parse_duration)]
@@ -654,6 +669,8 @@ impl RunArgs {
             lease_ttl: self.lease_ttl,
             replicas: usize::from(self.stream.replicas),
             partitions: self.partitions(),
+            balance: self.balance == Balance::Backlog,
+            balance_slack: u64::from(self.concurrency),
         }
     }
 

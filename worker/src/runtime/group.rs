@@ -36,6 +36,7 @@ use futures::StreamExt;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::stream::Stream;
 
+use super::balance::{Backlog, Plan};
 use super::lane::{ConsumerSettings, Lane, Layout, Partition};
 
 /// How often the ownership view is read from the bucket again, besides the watch.
@@ -56,6 +57,12 @@ pub struct GroupSettings {
     /// Partitions this pod wants the lane to have (`TGPIPE_PARTITIONS`). The lane runs
     /// with the count its consumers are laid out for until every pod wants another.
     pub partitions: u16,
+    /// Follow the plan of the lane's planner, made from the partitions' backlogs
+    /// (`TGPIPE_BALANCE=backlog`), rather than hashing alone.
+    pub balance: bool,
+    /// Backlog a pod may have above or below the mean before partitions move: its run
+    /// slots (`TGPIPE_CONCURRENCY`), since updates running are not waiting.
+    pub balance_slack: u64,
 }
 
 /// Why the group could not be joined.
@@ -343,6 +350,8 @@ pub(super) struct Consumers {
     pub lane: Lane,
     /// How its consumers are set up (the partition count is the layout's).
     pub settings: ConsumerSettings,
+    /// Their backlogs, read while this pod plans the lane.
+    pub backlog: Arc<Backlog>,
 }
 
 /// What a member says of itself in its key: the partition count it runs with, and the
@@ -352,6 +361,8 @@ pub(super) struct Consumers {
 struct MemberView {
     runs: u16,
     wants: u16,
+    /// It follows the lane's plan (`balance=backlog`); pods before plans say nothing.
+    plans: bool,
 }
 
 impl MemberView {
@@ -365,15 +376,19 @@ impl MemberView {
         MemberView {
             runs,
             wants: field("want=").unwrap_or(runs),
+            plans: text.split_whitespace().any(|f| f == "balance=backlog"),
         }
     }
 
     fn value(&self) -> String {
-        if self.runs == self.wants {
-            format!("partitions={}", self.runs)
-        } else {
-            format!("partitions={} want={}", self.runs, self.wants)
+        let mut value = format!("partitions={}", self.runs);
+        if self.runs != self.wants {
+            value.push_str(&format!(" want={}", self.wants));
         }
+        if self.plans {
+            value.push_str(" balance=backlog");
+        }
+        value
     }
 }
 
@@ -456,6 +471,10 @@ impl Group {
             consumers,
             runs,
         }
+    }
+
+    fn plan_key(&self) -> String {
+        format!("{}.plan", self.prefix)
     }
 
     fn layout_key(&self) -> String {
@@ -635,7 +654,9 @@ impl Group {
             let mut keys = self.kv.keys().await.map_err(|e| e.to_string())?;
             let (mut members, mut owners) = (BTreeMap::new(), BTreeMap::new());
             let mut laying_out = false;
+            let mut plan = None;
             let layout_key = self.layout_key();
+            let plan_key = self.plan_key();
             while let Some(key) = keys.next().await {
                 let key = key.map_err(|e| e.to_string())?;
                 if let Some(m) = key.strip_prefix(members_prefix) {
@@ -645,6 +666,9 @@ impl Group {
                     }
                 } else if key == layout_key {
                     laying_out = true;
+                } else if key == plan_key {
+                    let value = self.kv.get(&key).await.map_err(|e| e.to_string())?;
+                    plan = value.and_then(|v| Plan::parse(&v));
                 } else if let Some(p) = key
                     .strip_prefix(owners_prefix)
                     .and_then(|p| p.parse::<u16>().ok())
@@ -658,6 +682,7 @@ impl Group {
                 members,
                 owners,
                 laying_out,
+                plan,
             })
         };
         tokio::time::timeout(limit, read)
@@ -683,7 +708,12 @@ impl Group {
         let members_prefix = format!("{}.members.", self.prefix);
         let owners_prefix = format!("{}.owners.", self.prefix);
         let layout_key = self.layout_key();
+        let plan_key = self.plan_key();
         let wants = self.settings.partitions;
+        let plans = self.settings.balance;
+        // The lane's plan as last read, and what this pod knows while it plans.
+        let mut plan: Option<Plan> = None;
+        let mut planning = Planning::default();
         let mut members: BTreeMap<String, MemberView> = BTreeMap::new();
         let mut warned: BTreeSet<String> = BTreeSet::new();
         // A change of the partition count under way at start is finished first.
@@ -728,8 +758,8 @@ impl Group {
                 match read {
                     Ok(view) => {
                         watch = Some(view.watch);
-                        (members, owners, laying_out) =
-                            (view.members, view.owners, view.laying_out);
+                        (members, owners, laying_out, plan) =
+                            (view.members, view.owners, view.laying_out, view.plan);
                         // What this pod holds stays in the view until its renewal says
                         // otherwise (a read racing a renewal must not free it).
                         for p in held.keys() {
@@ -802,6 +832,8 @@ impl Group {
                                 }
                             } else if entry.key == layout_key {
                                 laying_out = live;
+                            } else if entry.key == plan_key {
+                                plan = if live { Plan::parse(&entry.value) } else { None };
                             } else if let Some(p) = entry
                                 .key
                                 .strip_prefix(&owners_prefix)
@@ -847,6 +879,7 @@ impl Group {
                 let me_view = MemberView {
                     runs: self.runs,
                     wants,
+                    plans,
                 };
                 let put = self
                     .kv
@@ -933,6 +966,7 @@ impl Group {
                     let me_view = MemberView {
                         runs: self.runs,
                         wants,
+                        plans,
                     };
                     // Not while a pod lays the consumers out: listing them as they are
                     // made waits for their Raft groups. Its member key says when it is done.
@@ -967,12 +1001,22 @@ impl Group {
                 }
                 if phase != Phase::Steady {
                     super::metrics::partitions_owned(&self.lane, 0);
+                    // The consumers are being laid out again: no backlog to read.
+                    self.consumers.backlog.set_planner(false);
                     continue;
                 }
             }
             let list: Vec<String> = members.keys().cloned().collect();
             let me = list.iter().position(|m| *m == self.member);
-            let assignment = assign(self.runs, &list);
+            // The lane's plan while every member follows plans and it is for these
+            // members and this count; hashing otherwise.
+            let planned = plans && members.values().all(|m| m.plans);
+            let assignment: Vec<Option<usize>> = match &plan {
+                Some(pl) if planned && pl.applies(self.runs, &list) => {
+                    pl.owners.iter().map(|i| Some(*i)).collect()
+                }
+                _ => assign(self.runs, &list),
+            };
             let mut claims = Vec::new();
             for p in 0..self.runs {
                 let mine = me.is_some() && assignment[usize::from(p)] == me;
@@ -1029,6 +1073,21 @@ impl Group {
                     return;
                 }
             }
+            // The first member plans the lane from its partitions' backlogs.
+            let planner = planned && synced && !laying_out && list.first() == Some(&self.member);
+            self.consumers.backlog.set_planner(planner);
+            if !planner {
+                planning.settled_since = None;
+            } else {
+                let made = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    made = self.plan_step(&list, &assignment, &owners, &mut planning, &mut plan, heartbeat) => made,
+                };
+                if !made {
+                    resync_at = Some(Instant::now());
+                }
+            }
             super::metrics::partitions_owned(
                 &self.lane,
                 held.values().filter(|h| !h.releasing).count(),
@@ -1070,6 +1129,99 @@ impl Group {
                 () = tokio::time::sleep_until(drain_until) => break,
             }
         }
+    }
+
+    /// One step of the planner: a new plan when every partition is where the current
+    /// assignment puts it and a backlog read since then shows the busiest pod well above
+    /// the mean; the plan put again before it could expire. False when a write failed.
+    async fn plan_step(
+        &self,
+        list: &[String],
+        assignment: &[Option<usize>],
+        owners: &BTreeMap<u16, String>,
+        planning: &mut Planning,
+        plan: &mut Option<Plan>,
+        heartbeat: Duration,
+    ) -> bool {
+        let now = Instant::now();
+        if !super::balance::settled(assignment, list, owners) {
+            planning.settled_since = None;
+        } else {
+            let since = *planning.settled_since.get_or_insert(now);
+            let spaced = planning
+                .made_at
+                .is_none_or(|at| now.duration_since(at) >= super::balance::SPACING);
+            let reading = self
+                .consumers
+                .backlog
+                .last()
+                .filter(|r| spaced && r.at > since && r.loads.len() == usize::from(self.runs));
+            let current: Vec<usize> = assignment.iter().map(|o| o.unwrap_or(0)).collect();
+            if let Some(r) = reading
+                && let Some(next) = super::balance::rebalance(
+                    &current,
+                    &r.loads,
+                    list.len(),
+                    self.settings.balance_slack,
+                )
+            {
+                let moves = next.iter().zip(&current).filter(|(a, b)| a != b).count();
+                let next = Plan {
+                    partitions: self.runs,
+                    members: list.to_vec(),
+                    owners: next,
+                };
+                let put = self.kv.put(self.plan_key(), Bytes::from(next.value()));
+                match tokio::time::timeout(heartbeat, put).await {
+                    Ok(Ok(_)) => {
+                        let pods = |a: &[usize]| {
+                            let mut pods = vec![0u64; list.len()];
+                            for (o, l) in a.iter().zip(&r.loads) {
+                                pods[*o] += l;
+                            }
+                            pods
+                        };
+                        tracing::info!(
+                            lane = %self.lane,
+                            moves,
+                            backlog_before = ?pods(&current),
+                            backlog_after = ?pods(&next.owners),
+                            "moving partitions from the busiest pods to the least busy"
+                        );
+                        super::metrics::backlog_plan(&self.lane, moves);
+                        *plan = Some(next);
+                        planning.put_at = Some(now);
+                        planning.made_at = Some(now);
+                        planning.settled_since = None;
+                        return true;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "putting the lane's plan");
+                        return false;
+                    }
+                    Err(_) => {
+                        tracing::warn!("putting the lane's plan: no answer");
+                        return false;
+                    }
+                }
+            }
+        }
+        // The plan in force lives as long as its planner: put again before it expires.
+        if let Some(pl) = plan.as_ref().filter(|pl| pl.applies(self.runs, list))
+            && planning
+                .put_at
+                .is_none_or(|at| now.duration_since(at) >= heartbeat)
+        {
+            let put = self.kv.put(self.plan_key(), Bytes::from(pl.value()));
+            match tokio::time::timeout(heartbeat, put).await {
+                Ok(Ok(_)) => planning.put_at = Some(now),
+                _ => {
+                    tracing::warn!("putting the lane's plan again: no answer");
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Renews every held lease that is due, concurrently, each bounded by `limit`.
@@ -1271,6 +1423,19 @@ struct View {
     owners: BTreeMap<u16, String>,
     /// A pod holds the layout key: it is changing the lane's partition count.
     laying_out: bool,
+    /// The lane's plan, if one is in the bucket.
+    plan: Option<Plan>,
+}
+
+/// What the planner of a lane keeps between its steps.
+#[derive(Debug, Default)]
+struct Planning {
+    /// Since when every partition has been held where the assignment puts it.
+    settled_since: Option<Instant>,
+    /// When the plan was last put into the bucket.
+    put_at: Option<Instant>,
+    /// When this pod last made a plan.
+    made_at: Option<Instant>,
 }
 
 /// What one lease renewal found.
@@ -1328,10 +1493,11 @@ mod tests {
     }
 
     #[test]
-    fn member_keys_say_the_count_run_and_the_count_wanted() {
+    fn member_keys_say_the_count_run_the_count_wanted_and_whether_plans_are_followed() {
         let same = MemberView {
             runs: 16,
             wants: 16,
+            plans: false,
         };
         assert_eq!(
             same.value(),
@@ -1341,13 +1507,19 @@ mod tests {
         let moving = MemberView {
             runs: 16,
             wants: 64,
+            plans: true,
         };
-        assert_eq!(moving.value(), "partitions=16 want=64");
-        assert_eq!(MemberView::parse(b"partitions=16 want=64"), moving);
+        assert_eq!(moving.value(), "partitions=16 want=64 balance=backlog");
+        assert_eq!(MemberView::parse(moving.value().as_bytes()), moving);
         assert_eq!(MemberView::parse(b"partitions=16"), same);
+        assert!(!MemberView::parse(b"partitions=16 balance=count").plans);
         assert_eq!(
             MemberView::parse(b"\xff junk"),
-            MemberView { runs: 0, wants: 0 }
+            MemberView {
+                runs: 0,
+                wants: 0,
+                plans: false
+            }
         );
     }
 
@@ -1363,6 +1535,7 @@ mod tests {
                         MemberView {
                             runs: *runs,
                             wants: *wants,
+                            plans: true,
                         },
                     )
                 })

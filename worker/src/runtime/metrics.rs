@@ -11,6 +11,8 @@
 //! | `tgpipe_worker_consumer_ack_pending` | gauge | `lane`: delivered, not yet acknowledged, of the partitions this pod owns |
 //! | `tgpipe_worker_partitions_owned` | gauge | `lane` |
 //! | `tgpipe_worker_rebalances_total` | counter | `lane`: partitions taken by this pod |
+//! | `tgpipe_worker_backlog_plans_total` | counter | `lane`: plans this pod made from the partitions' backlogs (it was the lane's planner) |
+//! | `tgpipe_worker_backlog_moves_total` | counter | `lane`: partitions those plans moved to another pod |
 //! | `tgpipe_worker_partitions_lost_total` | counter | `lane`: leases lost without a handover (expired or taken) |
 //! | `tgpipe_worker_handover_seconds` | histogram | `lane`: from the decision to give a partition up to its lease's deletion |
 //! | `tgpipe_worker_held_updates` | gauge | `lane`: updates queued in the pod (in memory or parked), not yet started |
@@ -104,6 +106,12 @@ pub(crate) fn partitions_owned(lane: &str, n: usize) {
 
 pub(crate) fn rebalance(lane: &str) {
     metrics::counter!("tgpipe_worker_rebalances_total", "lane" => lane.to_owned()).increment(1);
+}
+
+pub(crate) fn backlog_plan(lane: &str, moves: usize) {
+    metrics::counter!("tgpipe_worker_backlog_plans_total", "lane" => lane.to_owned()).increment(1);
+    metrics::counter!("tgpipe_worker_backlog_moves_total", "lane" => lane.to_owned())
+        .increment(moves as u64);
 }
 
 pub(crate) fn partition_lost(lane: &str) {

@@ -9,6 +9,7 @@
 //! Operations endpoints `/healthz`, `/readyz` and `/metrics` listen on `TGPIPE_LISTEN`.
 //! See `docs/operations.md` for lanes, acknowledgement, dead letters and draining.
 
+mod balance;
 mod config;
 mod consume;
 mod deadlines;
@@ -26,8 +27,9 @@ mod webhook_watch;
 // The runtime's public surface: the command line and its argument groups, the validated
 // configuration `serve` takes, and the commands a program embedding the worker calls.
 pub use self::config::{
-    BotArgs, BotsArgs, Cli, Command, ConfigError, DlqArgs, DlqCommand, FsmArgs, PollCommandArgs,
-    ProvisionArgs, RateLimitMode, RunArgs, WebhookArgs, WebhookWatchArgs, WorkerConfig,
+    Balance, BotArgs, BotsArgs, Cli, Command, ConfigError, DlqArgs, DlqCommand, FsmArgs,
+    PollCommandArgs, ProvisionArgs, RateLimitMode, RunArgs, WebhookArgs, WebhookWatchArgs,
+    WorkerConfig,
 };
 pub use self::deadlines::Deadlines;
 pub use self::dlq::{DeadLetter, DlqError, command as dlq_command};
@@ -565,6 +567,7 @@ pub async fn serve(
             .run(),
         )
     });
+    let backlog = Arc::new(balance::Backlog::default());
     let group = group::Group::new(
         bucket,
         js.clone(),
@@ -573,6 +576,7 @@ pub async fn serve(
             stream: stream.clone(),
             lane: lane.clone(),
             settings: config.consumers,
+            backlog: Arc::clone(&backlog),
         },
         runs,
         member.clone(),
@@ -608,6 +612,7 @@ pub async fn serve(
     let lag_task = tokio::spawn(watch_lag(
         Arc::clone(&lane_consumers),
         Arc::clone(&owned),
+        backlog,
         client.clone(),
         lane.name().to_owned(),
         checks,
@@ -668,35 +673,32 @@ struct LaneChecks {
 }
 
 /// Reports the lag of the partitions this pod owns (summed over the pods, the lane's
-/// lag) and keeps readiness: NATS connected and the lane's consumers answering.
+/// lag) and keeps readiness: NATS connected and the lane's consumers answering. While
+/// this pod plans the lane, it reads every partition's backlog, every second, for the
+/// plan.
 async fn watch_lag(
     consumers: Arc<std::sync::Mutex<Vec<jetstream::consumer::PullConsumer>>>,
     owned: Arc<std::sync::Mutex<std::collections::BTreeSet<u16>>>,
+    backlog: Arc<balance::Backlog>,
     client: async_nats::Client,
     lane: String,
     checks: LaneChecks,
 ) {
+    use futures::StreamExt;
     loop {
-        let mine: Vec<u16> = owned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .copied()
-            .collect();
+        let started = std::time::Instant::now();
+        let mine = owned.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let all: Vec<jetstream::consumer::PullConsumer> =
+            consumers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let every = backlog.every_partition();
         let connected = client.connection_state() == async_nats::connection::State::Connected;
         checks.nats.set(connected);
         let mut ok = connected;
         let (mut pending, mut ack_pending) = (0u64, 0usize);
-        let consumer = |p: usize| {
-            consumers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(p)
-                .cloned()
-        };
         if ok
             && mine.is_empty()
-            && let Some(mut c) = consumer(0)
+            && !every
+            && let Some(mut c) = all.first().cloned()
             && let Err(e) = c.info().await
         {
             // Owning nothing (more pods than partitions, or before the first
@@ -704,23 +706,49 @@ async fn watch_lag(
             tracing::warn!(error = %e, "consumer info");
             ok = false;
         }
-        for p in mine {
-            let Some(mut c) = consumer(usize::from(p)) else {
-                continue;
-            };
+        let read: Vec<(u16, Option<(u64, usize)>)> = futures::stream::iter(
+            all.into_iter()
+                .enumerate()
+                .filter_map(|(p, c)| Some((u16::try_from(p).ok()?, c)))
+                .filter(|(p, _)| every || mine.contains(p)),
+        )
+        .map(|(p, mut c)| async move {
             match c.info().await {
-                Ok(info) => {
-                    pending += info.num_pending;
-                    ack_pending += info.num_ack_pending;
-                }
+                Ok(info) => (p, Some((info.num_pending, info.num_ack_pending))),
                 Err(e) => {
-                    tracing::warn!(error = %e, "consumer info");
-                    ok = false;
+                    tracing::warn!(error = %e, partition = p, "consumer info");
+                    (p, None)
                 }
             }
+        })
+        .buffered(8)
+        .collect()
+        .await;
+        let mut loads = Vec::with_capacity(read.len());
+        for (p, info) in read {
+            let Some((undelivered, unacked)) = info else {
+                if mine.contains(&p) || (mine.is_empty() && p == 0) {
+                    ok = false;
+                }
+                loads.push(None);
+                continue;
+            };
+            if mine.contains(&p) {
+                pending += undelivered;
+                ack_pending += unacked;
+            }
+            loads.push(Some(undelivered + unacked as u64));
+        }
+        if every && let Some(loads) = loads.into_iter().collect::<Option<Vec<u64>>>() {
+            backlog.record(started, loads);
         }
         metrics::lag(&lane, pending, ack_pending);
         checks.consumers.set(ok);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let pause = if every {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(2)
+        };
+        tokio::time::sleep(pause).await;
     }
 }

@@ -136,6 +136,8 @@ float64, and `quote`/`%v` print one of a million or more in exponent form
 {{- end }}
 - name: TGPIPE_PARTITIONS
   value: {{ include "tgpipe.int" $partitions | quote }}
+- name: TGPIPE_BALANCE
+  value: {{ $v.worker.balance | quote }}
 - name: TGPIPE_MAX_DELIVER
   value: {{ include "tgpipe.int" $v.worker.maxDeliver | quote }}
 {{- if lt (int $v.worker.shutdownGraceSeconds) (add (int $v.worker.handlerTimeoutSeconds) 5) }}
