@@ -239,16 +239,16 @@ async fn owned(workers: &[&Worker]) -> Vec<usize> {
 }
 
 /// Waits (up to [`SWITCH_LIMIT`]) until the lane runs on `partitions` partitions: its
-/// consumers are laid out for them and `workers` own them all, evenly (loads differ by
-/// one at most). Returns when it saw that.
+/// consumers are laid out for them and `workers` own them all, each some. (Hashing gives
+/// each pod an even count first; the lane's plan may then move partitions by backlog.)
+/// Returns when it saw that.
 async fn switched(s: &Stack, workers: &[&Worker], partitions: u16) -> Instant {
     let what = format!("the lane switches to {partitions} partitions");
     eventually_ok(SWITCH_LIMIT, &what, || async {
         laid_out_for(s, partitions).await?;
         let owned = owned(workers).await;
         let total = usize::from(partitions);
-        let (lo, hi) = (total / workers.len(), total.div_ceil(workers.len()));
-        if owned.iter().sum::<usize>() == total && owned.iter().all(|n| (lo..=hi).contains(n)) {
+        if owned.iter().sum::<usize>() == total && owned.iter().all(|n| *n > 0) {
             Ok(Instant::now())
         } else {
             Err(format!("the workers own {owned:?}"))
@@ -323,8 +323,10 @@ async fn a_pod_killed_during_a_rolling_change_of_partitions_loses_nothing() {
     let load = Load::start(&s, "q", 2_000_000, 20_000..20_120);
     load.more(4, Duration::from_secs(30)).await;
     let new = roll_up_to_the_last(&s, &mut old, &["x", "y", "z"]).await;
-    let before = balanced_over(&s, &["c", "x", "y", "z"], OLD).await;
-    // The chats the last old pod runs: each may see its in-flight update twice.
+    balanced_over(&s, &["c", "x", "y", "z"], OLD).await;
+    // The chats the last old pod runs: each may see its in-flight update twice. Read
+    // now: the lane's plan may have moved partitions by their backlog.
+    let before = owners(&s).await;
     let dead: Vec<i64> = (20_000..20_120)
         .filter(|c| before[&(shard_of(*c) % OLD)].starts_with("c-"))
         .collect();

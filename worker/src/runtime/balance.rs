@@ -17,8 +17,8 @@
 //! key). Otherwise each pod falls back to rendezvous hashing, which needs no plan.
 //!
 //! Hysteresis keeps partitions from flapping: the planner plans again only once every
-//! partition is owned where the last plan put it, only from backlogs read after that,
-//! and not within [`SPACING`] of its last plan. A move must take a real amount of work
+//! partition is owned where the last plan put it, only from backlogs read
+//! [`SETTLED_FOR`] after that, and not within [`SPACING`] of its last plan. A move must take a real amount of work
 //! off the busiest pod.
 
 use std::collections::BTreeMap;
@@ -33,6 +33,10 @@ const TOLERANCE_PERCENT: u64 = 2;
 /// A plan follows the last one after this long at the earliest, so that a lane under
 /// lasting overload does not move partitions all the time.
 pub(super) const SPACING: Duration = Duration::from_secs(2);
+
+/// A plan is made from a backlog read at least this long after every partition came to
+/// be held where the assignment puts it: a handover's replay settles first.
+pub(super) const SETTLED_FOR: Duration = Duration::from_secs(1);
 
 /// The lane's backlog by partition, as this pod last read it from the consumers.
 #[derive(Debug, Default)]

@@ -1132,8 +1132,8 @@ impl Group {
     }
 
     /// One step of the planner: a new plan when every partition is where the current
-    /// assignment puts it and a backlog read since then shows the busiest pod well above
-    /// the mean; the plan put again before it could expire. False when a write failed.
+    /// assignment puts it and a backlog read since then shows a pod far from the mean;
+    /// the plan put again before it could expire. False when a write failed.
     async fn plan_step(
         &self,
         list: &[String],
@@ -1151,11 +1151,11 @@ impl Group {
             let spaced = planning
                 .made_at
                 .is_none_or(|at| now.duration_since(at) >= super::balance::SPACING);
-            let reading = self
-                .consumers
-                .backlog
-                .last()
-                .filter(|r| spaced && r.at > since && r.loads.len() == usize::from(self.runs));
+            let reading = self.consumers.backlog.last().filter(|r| {
+                spaced
+                    && r.at >= since + super::balance::SETTLED_FOR
+                    && r.loads.len() == usize::from(self.runs)
+            });
             let current: Vec<usize> = assignment.iter().map(|o| o.unwrap_or(0)).collect();
             if let Some(r) = reading
                 && let Some(next) = super::balance::rebalance(

@@ -516,6 +516,25 @@ pub async fn balanced_over(
     .await
 }
 
+/// Waits until every partition of the default lane is held, each by one of the members
+/// named `names`. Their counts may differ: after a load, the lane's plan puts partitions
+/// where the backlog was, not an even count on each pod.
+pub async fn held_over(s: &Stack, names: &[&str]) -> std::collections::BTreeMap<u16, String> {
+    let what = format!("every partition is held by one of {names:?}");
+    tgpipe_testkit::eventually_ok(Duration::from_secs(30), &what, || async {
+        let o = owners(s).await;
+        let ours = o
+            .values()
+            .all(|h| names.iter().any(|n| h.starts_with(&format!("{n}-"))));
+        if o.len() == usize::from(PARTITIONS) && ours {
+            Ok(o)
+        } else {
+            Err(format!("{o:?}"))
+        }
+    })
+    .await
+}
+
 /// The value of the first sample of `name` (a metric name with its labels, as the
 /// exposition writes it) in a Prometheus text, 0 when absent.
 pub fn gauge(metrics: &str, name: &str) -> f64 {
