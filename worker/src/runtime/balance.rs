@@ -44,6 +44,8 @@ pub(super) struct Backlog {
     /// Set while this pod plans the lane: every partition is read, not only its own.
     every: AtomicBool,
     last: Mutex<Option<Reading>>,
+    /// The planner's slack: a stream holding no more has nothing to balance.
+    slack: u64,
 }
 
 /// One reading of every partition's backlog.
@@ -56,6 +58,19 @@ pub(super) struct Reading {
 }
 
 impl Backlog {
+    /// The backlogs of a lane whose pods may be `slack` updates apart.
+    pub(super) fn new(slack: u64) -> Backlog {
+        Backlog {
+            slack,
+            ..Backlog::default()
+        }
+    }
+
+    /// Updates a pod may have above or below the mean.
+    pub(super) fn slack(&self) -> u64 {
+        self.slack
+    }
+
     /// Whether every partition is to be read (this pod plans).
     pub(super) fn every_partition(&self) -> bool {
         self.every.load(Ordering::Acquire)

@@ -1074,7 +1074,11 @@ impl Group {
                 }
             }
             // The first member plans the lane from its partitions' backlogs.
-            let planner = planned && synced && !laying_out && list.first() == Some(&self.member);
+            let planner = planned
+                && synced
+                && !laying_out
+                && list.len() > 1
+                && list.first() == Some(&self.member);
             self.consumers.backlog.set_planner(planner);
             if !planner {
                 planning.settled_since = None;

@@ -567,7 +567,7 @@ pub async fn serve(
             .run(),
         )
     });
-    let backlog = Arc::new(balance::Backlog::default());
+    let backlog = Arc::new(balance::Backlog::new(config.group.balance_slack));
     let group = group::Group::new(
         bucket,
         js.clone(),
@@ -612,7 +612,7 @@ pub async fn serve(
     let lag_task = tokio::spawn(watch_lag(
         Arc::clone(&lane_consumers),
         Arc::clone(&owned),
-        backlog,
+        (stream.clone(), backlog),
         client.clone(),
         lane.name().to_owned(),
         checks,
@@ -675,11 +675,12 @@ struct LaneChecks {
 /// Reports the lag of the partitions this pod owns (summed over the pods, the lane's
 /// lag) and keeps readiness: NATS connected and the lane's consumers answering. While
 /// this pod plans the lane, it reads every partition's backlog, every second, for the
-/// plan.
+/// plan; when the whole stream holds no more than the slack, one read of the stream
+/// says there is nothing to balance.
 async fn watch_lag(
     consumers: Arc<std::sync::Mutex<Vec<jetstream::consumer::PullConsumer>>>,
     owned: Arc<std::sync::Mutex<std::collections::BTreeSet<u16>>>,
-    backlog: Arc<balance::Backlog>,
+    (mut stream, backlog): (jetstream::stream::Stream, Arc<balance::Backlog>),
     client: async_nats::Client,
     lane: String,
     checks: LaneChecks,
@@ -690,7 +691,16 @@ async fn watch_lag(
         let mine = owned.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let all: Vec<jetstream::consumer::PullConsumer> =
             consumers.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let every = backlog.every_partition();
+        let planning = backlog.every_partition();
+        let mut every = planning;
+        if every
+            && let Ok(info) = stream.info().await
+            && info.state.messages <= backlog.slack()
+        {
+            // The stream's messages (every lane's, and timers waiting) bound the backlog.
+            backlog.record(started, vec![0; all.len()]);
+            every = false;
+        }
         let connected = client.connection_state() == async_nats::connection::State::Connected;
         checks.nats.set(connected);
         let mut ok = connected;
@@ -744,7 +754,7 @@ async fn watch_lag(
         }
         metrics::lag(&lane, pending, ack_pending);
         checks.consumers.set(ok);
-        let pause = if every {
+        let pause = if planning {
             Duration::from_secs(1)
         } else {
             Duration::from_secs(2)
