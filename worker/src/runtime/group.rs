@@ -42,6 +42,9 @@ use super::lane::{ConsumerSettings, Lane, Layout, Partition};
 /// How often the ownership view is read from the bucket again, besides the watch.
 const RESYNC: Duration = Duration::from_secs(30);
 
+/// Keys of the bucket a resync reads at once.
+const RESYNC_READS: usize = 16;
+
 /// The KV bucket of memberships and leases (`TGPIPE_GROUP_BUCKET`).
 pub(super) const DEFAULT_BUCKET: &str = "tgpipe_groups";
 
@@ -657,24 +660,39 @@ impl Group {
             let mut plan = None;
             let layout_key = self.layout_key();
             let plan_key = self.plan_key();
+            let mut wanted = Vec::new();
             while let Some(key) = keys.next().await {
                 let key = key.map_err(|e| e.to_string())?;
-                if let Some(m) = key.strip_prefix(members_prefix) {
-                    let value = self.kv.get(&key).await.map_err(|e| e.to_string())?;
-                    if let Some(value) = value {
-                        members.insert(m.to_owned(), MemberView::parse(&value));
-                    }
-                } else if key == layout_key {
+                if key == layout_key {
                     laying_out = true;
+                } else if key.starts_with(members_prefix)
+                    || key.starts_with(owners_prefix)
+                    || key == plan_key
+                {
+                    wanted.push(key);
+                }
+            }
+            // Read together: a lane of 64 partitions has as many lease keys, and one
+            // read after the other would take seconds on a busy cluster.
+            let mut values = futures::stream::iter(wanted)
+                .map(|key| async move {
+                    let value = self.kv.get(&key).await;
+                    (key, value)
+                })
+                .buffer_unordered(RESYNC_READS);
+            while let Some((key, value)) = values.next().await {
+                let Some(value) = value.map_err(|e| e.to_string())? else {
+                    continue;
+                };
+                if let Some(m) = key.strip_prefix(members_prefix) {
+                    members.insert(m.to_owned(), MemberView::parse(&value));
                 } else if key == plan_key {
-                    let value = self.kv.get(&key).await.map_err(|e| e.to_string())?;
-                    plan = value.and_then(|v| Plan::parse(&v));
+                    plan = Plan::parse(&value);
                 } else if let Some(p) = key
                     .strip_prefix(owners_prefix)
                     .and_then(|p| p.parse::<u16>().ok())
-                    && let Some(holder) = self.kv.get(&key).await.map_err(|e| e.to_string())?
                 {
-                    owners.insert(p, String::from_utf8_lossy(&holder).into_owned());
+                    owners.insert(p, String::from_utf8_lossy(&value).into_owned());
                 }
             }
             Ok(View {
@@ -725,6 +743,8 @@ impl Group {
         // A pod holds the layout key: nothing is claimed meanwhile.
         let mut laying_out = false;
         let mut check_layout_at = Instant::now() + RESYNC;
+        // The layout check running, and the count this pod ran with when it started.
+        let mut layout_check: Option<(u16, tokio::task::JoinHandle<_>)> = None;
         // While switching: when the layout is next read from the stream.
         let mut look_at = Instant::now();
         // Partitions whose lease key exists, by holder.
@@ -750,10 +770,11 @@ impl Group {
             if watch.is_none() || resync_at.is_some_and(|at| Instant::now() >= at) {
                 // Every blocking call of the loop yields to `stop`: a drain with NATS
                 // gone must not wait for reads that cannot succeed.
-                let read = tokio::select! {
-                    biased;
-                    () = stop.cancelled() => break,
-                    read = self.resync(&members_prefix, &owners_prefix, ttl) => read,
+                // The leases held are renewed while the bucket is read: a slow read
+                // (a busy cluster) must not cost this pod its partitions.
+                let read = self.resync(&members_prefix, &owners_prefix, ttl);
+                let Some(read) = self.renewing(&mut held, &stop, read).await else {
+                    break;
                 };
                 match read {
                     Ok(view) => {
@@ -931,21 +952,31 @@ impl Group {
                 if let Some(to) = target {
                     tracing::info!(lane = %self.lane, from = self.runs, to, "every pod of the lane wants another partition count; handing every partition over to change it");
                     phase = Phase::Switching { to };
-                } else if laying_out || now >= check_layout_at {
-                    // Another pod is laying the consumers out, or a slow check that they
-                    // are still the ones this pod runs with.
-                    check_layout_at = now + RESYNC;
-                    let layout = tokio::select! {
-                        biased;
-                        () = stop.cancelled() => break,
-                        l = super::lane::layout_in_force(&self.consumers.stream, &self.consumers.lane) => l,
-                    };
-                    if let Ok(layout) = layout
+                } else if let Some((runs, check)) =
+                    layout_check.take_if(|(_, check)| check.is_finished())
+                {
+                    // A check started before a change of the count says nothing of it.
+                    if let Ok(Ok(layout)) = check.await
+                        && runs == self.runs
                         && layout != Layout::Complete(self.runs)
                     {
                         tracing::warn!(lane = %self.lane, runs = self.runs, ?layout, "the lane's consumers were laid out again; handing every partition over");
                         phase = Phase::Switching { to: wants };
                     }
+                } else if layout_check.is_none() && (laying_out || now >= check_layout_at) {
+                    // Another pod is laying the consumers out, or a slow check that they
+                    // are still the ones this pod runs with. Listing the consumers waits
+                    // on every one's Raft group: it runs beside the loop, which keeps
+                    // renewing the leases meanwhile.
+                    check_layout_at = now + RESYNC;
+                    let (stream, lane) =
+                        (self.consumers.stream.clone(), self.consumers.lane.clone());
+                    layout_check = Some((
+                        self.runs,
+                        tokio::spawn(
+                            async move { super::lane::layout_in_force(&stream, &lane).await },
+                        ),
+                    ));
                 }
             }
             if let Phase::Switching { to } = phase {
@@ -1047,10 +1078,8 @@ impl Group {
                 };
                 (p, sent, rev, epoch)
             }));
-            let claimed = tokio::select! {
-                biased;
-                () = stop.cancelled() => break,
-                claimed = claiming => claimed,
+            let Some(claimed) = self.renewing(&mut held, &stop, claiming).await else {
+                break;
             };
             for (p, sent, rev, epoch) in claimed {
                 let (Ok(rev), Some(epoch)) = (rev, epoch) else {
@@ -1083,10 +1112,16 @@ impl Group {
             if !planner {
                 planning.settled_since = None;
             } else {
-                let made = tokio::select! {
-                    biased;
-                    () = stop.cancelled() => break,
-                    made = self.plan_step(&list, &assignment, &owners, &mut planning, &mut plan, heartbeat) => made,
+                let step = self.plan_step(
+                    &list,
+                    &assignment,
+                    &owners,
+                    &mut planning,
+                    &mut plan,
+                    heartbeat,
+                );
+                let Some(made) = self.renewing(&mut held, &stop, step).await else {
+                    break;
                 };
                 if !made {
                     resync_at = Some(Instant::now());
@@ -1226,6 +1261,33 @@ impl Group {
             }
         }
         true
+    }
+
+    /// Runs `work` (a read or write of the bucket) while renewing the leases held, so
+    /// that a slow answer from a busy cluster does not cost this pod its partitions.
+    /// `None` when `stop` resolved first.
+    async fn renewing<T>(
+        &self,
+        held: &mut BTreeMap<u16, Held>,
+        stop: &tokio_util::sync::CancellationToken,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let heartbeat = self.settings.lease_ttl / 3;
+        tokio::pin!(work);
+        loop {
+            // Beside the work, not before it: a renewal under way when the work is done
+            // is dropped (its revision is read again on the next renewal).
+            let renewal = async {
+                tokio::time::sleep(heartbeat / 2).await;
+                self.renew(held, heartbeat).await;
+            };
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return None,
+                out = &mut work => return Some(out),
+                _ = renewal => {}
+            }
+        }
     }
 
     /// Renews every held lease that is due, concurrently, each bounded by `limit`.
@@ -1456,6 +1518,76 @@ enum Renewal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read of the bucket that a busy cluster answered late stopped the renewals:
+    /// the pod lost every partition it held, and reran their updates in flight.
+    #[tokio::test]
+    async fn a_slow_read_of_the_ownership_bucket_does_not_cost_the_pod_its_leases() {
+        let nats = tgpipe_testkit::NatsServer::start();
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client);
+        let stream = js
+            .create_stream(jetstream::stream::Config {
+                name: "TG_UPDATES".into(),
+                subjects: vec!["tg.>".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let settings = GroupSettings {
+            bucket: "tgpipe_groups".into(),
+            lease_ttl: Duration::from_secs(2),
+            replicas: 1,
+            partitions: 4,
+            balance: false,
+            balance_slack: 4,
+        };
+        let kv = bucket(&js, &settings).await.unwrap();
+        let consumers = Consumers {
+            stream,
+            lane: Lane::new("default", None).unwrap(),
+            settings: ConsumerSettings {
+                shards: 64,
+                partitions: 4,
+                max_ack_pending: 1000,
+                ack_wait: Duration::from_secs(30),
+                pin_timeout: Duration::from_secs(30),
+            },
+            backlog: Arc::new(Backlog::new(4)),
+        };
+        let group = Group::new(kv, js, "TG_UPDATES", consumers, 4, "a-1".into(), settings);
+        let key = group.owner_key(Partition(0));
+        let rev = group.kv.create(&key, "a-1".into()).await.unwrap();
+        let own = Arc::new(Ownership::new(
+            Partition(0),
+            4,
+            1,
+            Instant::now(),
+            group.settings.lease_ttl,
+        ));
+        tokio::spawn(Arc::clone(&own).watchdog("default".into()));
+        let mut held = BTreeMap::from([(
+            0,
+            Held {
+                own: Arc::clone(&own),
+                revision: Arc::new(AtomicU64::new(rev)),
+                renewed: Instant::now(),
+                releasing: false,
+                gone: Arc::new(AtomicBool::new(false)),
+            },
+        )]);
+        // A read that takes twice the lease's TTL.
+        let slow = tokio::time::sleep(group.settings.lease_ttl * 2);
+        let stop = tokio_util::sync::CancellationToken::new();
+        assert_eq!(group.renewing(&mut held, &stop, slow).await, Some(()));
+        assert!(
+            !own.is_lost(),
+            "the lease expired while the bucket was read"
+        );
+        let entry = group.kv.entry(&key).await.unwrap().unwrap();
+        assert_eq!(entry.operation, kv::Operation::Put);
+        assert!(entry.revision > rev, "renewed meanwhile");
+    }
 
     fn members(n: usize) -> Vec<String> {
         let mut m: Vec<String> = (0..n).map(|i| format!("worker-{i}-abcdef{i:02}")).collect();

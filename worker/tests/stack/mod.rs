@@ -520,13 +520,22 @@ pub async fn balanced_over(
 /// named `names`. Their counts may differ: after a load, the lane's plan puts partitions
 /// where the backlog was, not an even count on each pod.
 pub async fn held_over(s: &Stack, names: &[&str]) -> std::collections::BTreeMap<u16, String> {
+    held_over_of(s, names, PARTITIONS).await
+}
+
+/// [`held_over`] for a lane of `partitions` partitions.
+pub async fn held_over_of(
+    s: &Stack,
+    names: &[&str],
+    partitions: u16,
+) -> std::collections::BTreeMap<u16, String> {
     let what = format!("every partition is held by one of {names:?}");
     tgpipe_testkit::eventually_ok(Duration::from_secs(30), &what, || async {
         let o = owners(s).await;
         let ours = o
             .values()
             .all(|h| names.iter().any(|n| h.starts_with(&format!("{n}-"))));
-        if o.len() == usize::from(PARTITIONS) && ours {
+        if o.len() == usize::from(partitions) && ours {
             Ok(o)
         } else {
             Err(format!("{o:?}"))
