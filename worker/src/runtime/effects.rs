@@ -10,8 +10,9 @@
 //! answer, written under the partition's fence) for the pod that runs it next. A repeated
 //! call is matched by its number and method. Reads (`get*`) are made afresh and not
 //! numbered. Calls outside a dispatch (a task the handler spawned, a program of its own)
-//! pass through. The record is deleted once the update is acknowledged (the memory of
-//! finished updates then skips its copies) and otherwise expires after `TGPIPE_SEEN_TTL`.
+//! pass through. The record is deleted as the update is remembered as finished, in the
+//! same round trip as the memory's insert (which then skips its copies); without that
+//! memory, once the update is acknowledged. Otherwise it expires after `TGPIPE_SEEN_TTL`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -136,9 +137,15 @@ impl UpdateCalls {
         })
     }
 
-    /// Forgets the record once the update is finished (acknowledged): the memory of
-    /// finished updates skips its later copies. Fire and forget: a record left behind
-    /// expires.
+    /// The key of the record in Redis, when this update made a call that wrote one:
+    /// the memory of finished updates deletes it as it remembers the update.
+    pub(crate) fn record_key(&self) -> Option<&str> {
+        self.store.get().map(|_| self.key.as_str())
+    }
+
+    /// Forgets the record once the update is finished (acknowledged), where the memory
+    /// of finished updates is off: it skips no copies then, but a record is kept only
+    /// for the update's attempts. Fire and forget: a record left behind expires.
     pub(crate) fn finished(&self) {
         if let Some(store) = self.store.get() {
             let (mut redis, key) = (store.redis.clone(), self.key.clone());

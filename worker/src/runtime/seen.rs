@@ -22,7 +22,9 @@ use tgpipe::fsm::OwnerFence;
 
 /// Adds the id, trims to the cap, refreshes the TTL, unless a later owner of the chat's
 /// partition (in this lane) wrote before: `ARGV[4]` is the lane, `ARGV[5]` the epoch
-/// (`0`: unfenced). Returns 0 when fenced off.
+/// (`0`: unfenced). Returns 0 when fenced off. `KEYS[3]`, when given, is the record of
+/// the update's Bot API calls ([`super::effects`]): no longer needed once the update is
+/// remembered (its copies are skipped), it goes in the same round trip.
 const INSERT: &str = r"
 if ARGV[5] ~= '0' then
   local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[4]) or '0')
@@ -33,6 +35,7 @@ end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if KEYS[3] then redis.call('UNLINK', KEYS[3]) end
 return 1
 ";
 
@@ -93,14 +96,16 @@ impl Seen {
     }
 
     /// Remembers that `update_id` of this chat is finished, forgetting the oldest beyond
-    /// the cap, in one round trip. `Ok(false)`: fenced off, a later owner of the chat's
-    /// partition wrote first.
+    /// the cap, and deletes `record` (the key of the update's calls, if it made some), in
+    /// one round trip. `Ok(false)`: fenced off, a later owner of the chat's partition
+    /// wrote first (nothing is deleted).
     pub(super) async fn insert(
         &self,
         bot: BotId,
         chat: i64,
         update_id: i64,
         fence: Option<&OwnerFence>,
+        record: Option<&str>,
     ) -> Result<bool, redis::RedisError> {
         if fence.is_some_and(|f| !f.is_current()) {
             return Ok(false);
@@ -110,10 +115,12 @@ impl Seen {
             .unwrap_or(u64::MAX)
             .max(1);
         let (lane, epoch) = fence.map_or(("", 0), |f| (f.lane(), f.epoch()));
-        let done: i64 = self
-            .insert
-            .key(&key)
-            .key(format!("{key}:fence"))
+        let mut insert = self.insert.key(&key);
+        insert.key(format!("{key}:fence"));
+        if let Some(record) = record {
+            insert.key(record);
+        }
+        let done: i64 = insert
             .arg(update_id)
             .arg(self.cap)
             .arg(ttl_ms)
@@ -148,12 +155,71 @@ mod tests {
             OwnerFence::new("chat", 1, 30),
             OwnerFence::new("chat", 1, 12),
         );
-        assert!(seen.insert(BotId(1), 5, 100, Some(&new)).await.unwrap());
-        assert!(!seen.insert(BotId(1), 5, 101, Some(&old)).await.unwrap());
+        assert!(
+            seen.insert(BotId(1), 5, 100, Some(&new), None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !seen
+                .insert(BotId(1), 5, 101, Some(&old), None)
+                .await
+                .unwrap()
+        );
         assert!(seen.contains(BotId(1), 5, 100).await.unwrap());
         assert!(
             !seen.contains(BotId(1), 5, 101).await.unwrap(),
             "the stale insert was refused"
         );
+    }
+
+    /// The record of an update's Bot API calls was deleted in a round trip of its own
+    /// after the update was remembered; the insert deletes it, unless fenced off.
+    #[tokio::test]
+    async fn remembering_an_update_deletes_its_record_of_calls_in_the_same_round_trip() {
+        let server = tgpipe_testkit::RedisServer::start();
+        let mut redis = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .unwrap();
+        let seen = Seen::new(redis.clone().into(), 64, Duration::from_secs(60));
+        let (new, old) = (
+            OwnerFence::new("chat", 1, 30),
+            OwnerFence::new("chat", 1, 12),
+        );
+        let (kept, gone) = ("tgpipe:effects:{1:5}:100", "tgpipe:effects:{1:5}:101");
+        for record in [kept, gone] {
+            redis::cmd("HSET")
+                .arg(record)
+                .arg("0")
+                .arg("sendMessage")
+                .query_async::<()>(&mut redis)
+                .await
+                .unwrap();
+        }
+        assert!(
+            seen.insert(BotId(1), 5, 101, Some(&new), Some(gone))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !seen
+                .insert(BotId(1), 5, 100, Some(&old), Some(kept))
+                .await
+                .unwrap()
+        );
+        let exists = |key: &'static str| {
+            let mut redis = redis.clone();
+            async move {
+                redis::cmd("EXISTS")
+                    .arg(key)
+                    .query_async::<i64>(&mut redis)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(exists(gone).await, 0, "deleted with the insert");
+        assert_eq!(exists(kept).await, 1, "a fenced-off insert deletes nothing");
     }
 }

@@ -263,11 +263,13 @@ impl Pod {
                 chat,
                 stream_seq,
                 delivered,
+                record: calls_done.as_ref().and_then(|c| c.record_key()),
             },
         )
         .instrument(span)
         .await;
-        if let (true, Some(calls)) = (acked, calls_done) {
+        // With the memory of finished updates, its insert deleted the record.
+        if let (true, None, Some(calls)) = (acked, &self.me.seen, calls_done) {
             calls.finished();
         }
     }

@@ -69,6 +69,7 @@ impl Pod {
             chat,
             stream_seq,
             delivered,
+            record,
         } = at;
         let span = tracing::Span::current();
         span.record(
@@ -101,10 +102,12 @@ impl Pod {
                 // election) and that a new owner replays must be found finished, or it
                 // would run again after the chat's later updates.
                 // Every part of an album: a redelivered one is a duplicate.
+                // The first part's record of Bot API calls goes with it.
                 if let (Some(seen), Some((chat, _))) = (&self.me.seen, chat) {
-                    for env in job.parts().filter_map(|j| j.env.as_ref().ok()) {
+                    for (i, env) in job.parts().filter_map(|j| j.env.as_ref().ok()).enumerate() {
+                        let record = record.filter(|_| i == 0);
                         match seen
-                            .insert(bot_id, chat, env.update_id, Some(&job.part.fence))
+                            .insert(bot_id, chat, env.update_id, Some(&job.part.fence), record)
                             .await
                         {
                             Ok(true) => {}
@@ -239,6 +242,8 @@ pub(super) struct Settle<'a> {
     pub(super) chat: Option<(i64, i64)>,
     pub(super) stream_seq: u64,
     pub(super) delivered: u32,
+    /// The key of the update's record of Bot API calls, when it wrote one.
+    pub(super) record: Option<&'a str>,
 }
 
 /// What an attempt decided.
