@@ -905,10 +905,9 @@ impl Group {
                 let put = self
                     .kv
                     .put(self.member_key(&self.member), Bytes::from(me_view.value()));
-                let put = tokio::select! {
-                    biased;
-                    () = stop.cancelled() => break,
-                    put = tokio::time::timeout(heartbeat, put) => put,
+                let put = tokio::time::timeout(heartbeat, put);
+                let Some(put) = self.renewing(&mut held, &stop, put).await else {
+                    break;
                 };
                 match put {
                     Ok(Ok(_)) => {
